@@ -1,0 +1,72 @@
+"""EC2 ``Filters`` and ``MaxResults``/``NextToken``, applied generically to output dicts.
+
+Each action names its filters as getters on the EC2-shaped items it returns, so a filter always
+means what the client sees. Values match with EC2's wildcards (``*`` and ``?``), case-sensitively;
+several values of one filter are ORed, several filters ANDed. Unknown filter names are refused
+with ``InvalidParameterValue`` as EC2 does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from cloudlab.api.errors import ApiError
+
+Getter = Callable[[dict[str, Any]], Any]
+
+
+def _values(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, set)):
+        return [str(v).lower() if isinstance(v, bool) else str(v) for v in value]
+    return [str(value).lower() if isinstance(value, bool) else str(value)]
+
+
+def apply_filters(items: Iterable[dict[str, Any]], filters: Sequence[Mapping[str, Any]] | None,
+                  getters: Mapping[str, Getter]) -> list[dict[str, Any]]:
+    items = list(items)
+    for flt in filters or []:
+        name = flt.get("Name")
+        wanted = [str(v) for v in flt.get("Values") or []]
+        if not name:
+            raise ApiError("InvalidParameterValue", "a filter needs a Name")
+        getter = getters.get(name)
+        if getter is None and name.startswith("tag:"):
+            key = name[4:]
+
+            def getter(item: dict[str, Any], key: str = key) -> Any:
+                return [t["Value"] for t in item.get("Tags", []) if t.get("Key") == key]
+        if getter is None:
+            raise ApiError("InvalidParameterValue", f"The filter '{name}' is invalid; valid filters: "
+                           + ", ".join(sorted(getters)))
+        items = [item for item in items
+                 if any(fnmatch.fnmatchcase(have, want) for have in _values(getter(item)) for want in wanted)]
+    return items
+
+
+def paginate(items: list[Any], max_results: int | None, next_token: str | None,
+             bounds: tuple[int, int] = (5, 1000)) -> tuple[list[Any], str | None]:
+    """A page of ``items`` and the token for the next one (None on the last page)."""
+    start = 0
+    if next_token:
+        try:
+            start = int(base64.urlsafe_b64decode(next_token.encode()).decode())
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise ApiError("InvalidNextToken", "The specified NextToken is not valid") from None
+        if start < 0 or start > len(items):
+            raise ApiError("InvalidNextToken", "The specified NextToken is not valid")
+    if max_results is None:
+        return items[start:], None
+    low, high = bounds
+    if not low <= max_results <= high:
+        raise ApiError("InvalidParameterValue",
+                       f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value between "
+                       f"{low} and {high}.")
+    end = start + max_results
+    token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
+    return items[start:end], token

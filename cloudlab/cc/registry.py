@@ -1,0 +1,127 @@
+"""The cluster controller's node registry: who is there, alive, and with how much room.
+
+Heartbeats are the CC's periodic ``describe_resource`` calls (as Eucalyptus' CC polls its NCs):
+a node that has not answered for ``dead_after_s`` is not offered to the scheduler. Resources
+promised to instances that a node has not reported yet are held as reservations, so two requests
+in quick succession never overcommit a node between heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudlab.cc.scheduler import NodeView
+from cloudlab.rpc import Channel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeEntry:
+    name: str
+    channel: Channel
+    url: str | None = None
+    report: dict[str, Any] | None = None
+    last_seen: float | None = None  # monotonic time at which the last good answer was *asked for*
+    last_error: str | None = None
+    reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # instance -> (vcpus, MiB)
+
+
+class NodeRegistry:
+    """Thread-safe registry with a heartbeat thread."""
+
+    def __init__(self, interval_s: float = 1.0, dead_after_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self.dead_after_s = dead_after_s
+        self._nodes: dict[str, NodeEntry] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="heartbeat")
+        self._thread: threading.Thread | None = None
+
+    def add(self, name: str, channel: Channel, url: str | None = None) -> None:
+        with self._lock:
+            old = self._nodes.get(name)
+            self._nodes[name] = NodeEntry(name, channel, url, reservations=old.reservations if old else {})
+        self.poll_one(name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._nodes)
+
+    def entry(self, name: str) -> NodeEntry | None:
+        with self._lock:
+            return self._nodes.get(name)
+
+    def alive(self, entry: NodeEntry) -> bool:
+        return entry.last_seen is not None and time.monotonic() - entry.last_seen < self.dead_after_s
+
+    # -- heartbeats ------------------------------------------------------------------------------
+    def poll_one(self, name: str) -> None:
+        entry = self.entry(name)
+        if entry is None:
+            return
+        asked = time.monotonic()  # the report shows at least everything that existed at this moment
+        try:
+            report = entry.channel.call("describe_resource", {}, timeout=max(2.0, self.dead_after_s))
+        except Exception as exc:  # a dead node is a state, not a crash
+            if entry.last_error != str(exc):
+                log.warning("node %s does not answer: %s", name, exc)
+            entry.last_error = str(exc)
+            return
+        with self._lock:
+            if entry.last_seen is not None and asked < entry.last_seen:
+                return  # an older poll finished after a newer one
+            entry.report = report
+            entry.last_seen = asked
+            entry.last_error = None
+            reported = {i["instance_id"] for i in report.get("instances", [])}
+            for instance_id in list(entry.reservations):
+                if instance_id in reported:
+                    del entry.reservations[instance_id]
+
+    def poll_all(self) -> None:
+        list(self._pool.map(self.poll_one, self.names()))
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval_s):
+                self.poll_all()
+
+        self._thread = threading.Thread(target=loop, name="cc-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- capacity ----------------------------------------------------------------------------------
+    def views(self) -> list[NodeView]:
+        """Live nodes with reservations subtracted, for a scheduling policy."""
+        views = []
+        with self._lock:
+            for entry in self._nodes.values():
+                if not self.alive(entry) or entry.report is None:
+                    continue
+                r = entry.report
+                vcpus = sum(v for v, _ in entry.reservations.values())
+                memory = sum(m for _, m in entry.reservations.values())
+                views.append(NodeView(entry.name, r["vcpus_total"], r["memory_mb_total"],
+                                      r["vcpus_free"] - vcpus, r["memory_mb_free"] - memory,
+                                      len(r.get("instances", [])) + len(entry.reservations)))
+        return sorted(views, key=lambda v: v.name)
+
+    def reserve(self, node: str, instance_id: str, vcpus: int, memory_mb: int) -> None:
+        with self._lock:
+            self._nodes[node].reservations[instance_id] = (vcpus, memory_mb)
+
+    def release(self, node: str, instance_id: str) -> None:
+        with self._lock:
+            entry = self._nodes.get(node)
+            if entry is not None:
+                entry.reservations.pop(instance_id, None)

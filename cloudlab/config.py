@@ -1,0 +1,51 @@
+"""A cloud's configuration (``cloud.json`` in its state folder), written by ``cloudlab up``."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_API_PORT = 8773  # Eucalyptus' port for its EC2 endpoint
+DEFAULT_REGION = "cloudlab-1"
+
+
+@dataclass
+class CloudConfig:
+    """Everything ``cloudlab serve`` needs to start the same cloud again."""
+
+    hypervisor: str = "qemu:///embed"  # the root= of an embedded driver is filled in per node
+    nodes: int = 1
+    network: str = "none"
+    scheduler: str = "GREEDY"
+    cluster: str = "cluster1"
+    region: str = DEFAULT_REGION
+    api_host: str = "127.0.0.1"
+    api_port: int = DEFAULT_API_PORT
+    accel: str = "auto"
+    node_vcpus: int | None = None
+    node_memory_mb: int | None = None
+    heartbeat_s: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def zone(self) -> str:
+        return f"{self.region}a"
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> CloudConfig:
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def node_names(self) -> list[str]:
+        width = max(2, len(str(self.nodes)))
+        return [f"node-{i:0{width}d}" for i in range(1, self.nodes + 1)]

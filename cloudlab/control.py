@@ -1,0 +1,152 @@
+"""Starting, finding and stopping the background service (used by the CLI and the Python client).
+
+``up`` returns once the EC2 endpoint answers, or fails with the service log's last lines;
+``down`` asks the service to terminate its instances and stop, and then makes sure that no QEMU
+process of this cloud is left, even if the service had been killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cloudlab.config import CloudConfig
+from cloudlab.paths import StateLayout
+
+
+class ControlError(Exception):
+    """A one-line, actionable problem starting or stopping the cloud."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child is not alive
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def service_pid(layout: StateLayout) -> int | None:
+    try:
+        pid = int(layout.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def endpoint(layout: StateLayout) -> dict[str, Any] | None:
+    """The running cloud's endpoint record, or None if it is not running."""
+    if service_pid(layout) is None:
+        return None
+    try:
+        return json.loads(layout.endpoint_file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL we wrote
+        return json.loads(response.read())
+
+
+def check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ControlError(f"port {port} on {host} is taken ({exc.strerror}): stop what uses it or run "
+                               f"'cloudlab up --port N' (0 picks a free port)") from None
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dict[str, Any]:
+    """Start the service unless it runs; return its endpoint record."""
+    running = endpoint(layout)
+    if running is not None:
+        return running | {"already_running": True}
+    check_port_free(config.api_host, config.api_port)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    config.save(layout.config)
+    layout.endpoint_file.unlink(missing_ok=True)
+    with layout.log.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cloudlab.cli", "--state", str(layout.root), "serve"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=layout.root)
+    layout.pidfile.write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ControlError(f"the cloud service exited with status {process.returncode}; its log "
+                               f"({layout.log}) ends with:\n{tail(layout.log)}")
+        info = endpoint(layout)
+        if info is not None:
+            try:
+                get_json(info["url"].rstrip("/") + "/_cloudlab/health", timeout=2)
+                return info | {"already_running": False}
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise ControlError(f"the cloud did not answer within {timeout_s:.0f} s; see {layout.log}:\n{tail(layout.log)}")
+
+
+def leftover_qemu(layout: StateLayout) -> list[int]:
+    """QEMU processes whose command line points into this state folder."""
+    marker = str(layout.root.resolve()).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline.split(b"\0", 1)[0] and marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
+    """Stop the service (terminating its instances) and sweep anything it left."""
+    pid = service_pid(layout)
+    stopped = False
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        stopped = True
+    swept = leftover_qemu(layout)
+    for qemu in swept:
+        try:
+            os.kill(qemu, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    layout.pidfile.unlink(missing_ok=True)
+    layout.endpoint_file.unlink(missing_ok=True)
+    return {"stopped": stopped, "swept_qemu": swept}

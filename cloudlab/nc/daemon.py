@@ -1,0 +1,55 @@
+"""A node controller as its own process: serves signed messages over HTTP, registers with its CC.
+
+One process per node keeps each embedded libvirt driver (one per process) and, later, each node's
+network namespace apart. The NC re-announces itself periodically, so a restarted CC finds it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from cloudlab.nc.node import NodeController
+from cloudlab.rpc import Dispatcher, HttpChannel, serve_http
+from cloudlab.security.ca import CertificateAuthority
+from cloudlab.security.messages import MessageSigner, MessageVerifier
+
+log = logging.getLogger(__name__)
+
+REGISTER_EVERY_S = 10.0
+
+
+def run_node(pki_dir: Path, name: str, cc_url: str, uri: str, node_dir: Path, *, host: str = "127.0.0.1",
+             port: int = 0, vcpus: int | None = None, memory_mb: int | None = None, accel: str = "auto",
+             accel_cache: Path | None = None, stop: threading.Event | None = None) -> None:
+    """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
+    ca = CertificateAuthority.load_or_create(pki_dir)
+    identity = ca.identity(name, "nc")
+    signer, verifier = MessageSigner(identity), MessageVerifier(ca.ca_certificate)
+    node = NodeController(name, uri, node_dir, vcpus=vcpus, memory_mb=memory_mb, accel=accel,
+                          accel_cache=accel_cache)
+    dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
+    node.register_routes(dispatcher)
+    server = serve_http(dispatcher, host, port)
+    url = f"http://{host}:{server.server_port}"
+    cc = HttpChannel("cc", "cc", signer, verifier, cc_url, timeout=10)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    log.info("node %s serving %s at %s; cluster controller %s", name, uri, url, cc_url)
+    registered = False
+    while not stop.is_set():
+        try:
+            cc.call("register_node", {"url": url})
+            if not registered:
+                log.info("node %s registered with %s", name, cc_url)
+            registered = True
+        except Exception as exc:
+            log.warning("node %s cannot register with %s: %s", name, cc_url, exc)
+            registered = False
+        stop.wait(REGISTER_EVERY_S if registered else 1.0)
+    server.shutdown()
+    node.close()

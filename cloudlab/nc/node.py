@@ -1,0 +1,259 @@
+"""The node controller (NC): one per host, speaks only libvirt.
+
+It builds domain XML from what the cluster controller sends, starts, reboots and destroys domains,
+answers with console output, and reports its resources and the instances it holds. It keeps no
+database: libvirt's persistent domain definitions (with cloudlab metadata) are its state, so a
+restarted NC finds its instances where it left them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from cloudlab.errors import CloudError
+from cloudlab.nc.domain_xml import DEFAULT_CMDLINE, DomainSpec, build_domain_xml, read_metadata
+from cloudlab.nc.hypervisor import driver_kind, open_connection
+from cloudlab.nc.states import node_state
+from cloudlab.rpc import Dispatcher
+
+log = logging.getLogger(__name__)
+
+CPU_OVERCOMMIT = 4  # vCPUs per host core offered to the scheduler on a QEMU host
+MEMORY_SHARE = 0.8  # share of host memory offered to instances
+CONSOLE_TAIL_BYTES = 64 * 1024  # EC2 returns the last 64 KiB of console output
+
+
+class NodeController:
+    """Runs instances on one host through one libvirt connection."""
+
+    def __init__(self, name: str, uri: str, node_dir: Path, *, vcpus: int | None = None,
+                 memory_mb: int | None = None, accel: str = "auto", accel_cache: Path | None = None) -> None:
+        self.name = name
+        self.uri = uri
+        self.node_dir = node_dir
+        self.kind = driver_kind(uri)
+        self._accel_setting = accel
+        self._accel_cache = accel_cache
+        self._accel: str | None = "test" if self.kind == "test" else None
+        node_dir.mkdir(parents=True, exist_ok=True)
+        self.conn = open_connection(uri)
+        info = self.conn.getInfo()
+        host_memory_mb, host_cpus = int(info[1]), int(info[2])
+        if self.kind == "qemu":
+            self.vcpus_total = vcpus or host_cpus * CPU_OVERCOMMIT
+            self.memory_mb_total = memory_mb or int(host_memory_mb * MEMORY_SHARE)
+        else:
+            self.vcpus_total = vcpus or host_cpus
+            self.memory_mb_total = memory_mb or host_memory_mb
+        self._lock = threading.RLock()
+        self._metadata: dict[str, dict[str, str]] = {}
+        self.started_at = time.time()
+        self.events: list[dict[str, Any]] = []
+        self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        if self.kind == "qemu":
+            threading.Thread(target=self._warm_up, name=f"warm-{name}", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Have libvirt probe QEMU's capabilities now (~4 s under TCG, once per driver root),
+        rather than inside the first RunInstances."""
+        try:
+            self.conn.getDomainCapabilities(None, "x86_64", None, "qemu", 0)
+        except libvirt.libvirtError as exc:
+            log.warning("node %s: QEMU capability probe failed: %s", self.name, exc)
+
+    # -- wiring -------------------------------------------------------------------------------
+    def register_routes(self, dispatcher: Dispatcher) -> None:
+        """Only a cluster controller may command a node."""
+        for action, handler in {
+            "describe_resource": lambda m: self.describe_resource(),
+            "run_instance": lambda m: self.run_instance(m.body),
+            "terminate_instance": lambda m: self.terminate_instance(m.body["instance_id"]),
+            "reboot_instance": lambda m: self.reboot_instance(m.body["instance_id"]),
+            "get_console_output": lambda m: self.get_console_output(m.body["instance_id"]),
+        }.items():
+            dispatcher.route(action, handler, {"cc"})
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    # -- libvirt events -----------------------------------------------------------------------
+    def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
+        entry = {"instance_id": dom.name(), "event": event, "detail": detail, "time": time.time()}
+        self.events.append(entry)
+        del self.events[:-200]
+        log.info("node %s: domain %s lifecycle event %s/%s", self.name, dom.name(), event, detail)
+
+    # -- instances ---------------------------------------------------------------------------
+    def _domains(self) -> dict[str, tuple[libvirt.virDomain, dict[str, str]]]:
+        """cloudlab's domains on this host with their metadata (cached by UUID: it never changes)."""
+        found = {}
+        for dom in self.conn.listAllDomains():
+            name = dom.name()
+            if not name.startswith("i-"):
+                continue
+            key = dom.UUIDString()
+            meta = self._metadata.get(key)
+            if meta is None:
+                try:
+                    meta = read_metadata(dom.XMLDesc(0))
+                except libvirt.libvirtError:
+                    continue
+                if meta is None:
+                    continue
+                self._metadata[key] = meta
+            found[name] = (dom, meta)
+        if len(self._metadata) > 4 * len(found) + 64:
+            live = {dom.UUIDString() for dom, _ in found.values()}
+            self._metadata = {k: v for k, v in self._metadata.items() if k in live}
+        return found
+
+    def _lookup(self, instance_id: str) -> libvirt.virDomain:
+        try:
+            return self.conn.lookupByName(instance_id)
+        except libvirt.libvirtError as exc:
+            raise CloudError("InvalidInstanceID.NotFound",
+                             f"The instance ID '{instance_id}' does not exist on node {self.name}") from exc
+
+    def instances(self) -> list[dict[str, Any]]:
+        """What this node holds, as the hypervisor sees it."""
+        result = []
+        for name, (dom, meta) in self._domains().items():
+            try:
+                state, _reason = dom.state()
+            except libvirt.libvirtError:
+                continue  # vanished between listing and asking
+            result.append({"instance_id": name, "state": node_state(state),
+                           "vcpus": int(meta.get("vcpus", 1)), "memory_mb": int(meta.get("memory_mb", 0))})
+        return result
+
+    def describe_resource(self) -> dict[str, Any]:
+        """Capacity, free capacity and instances: the CC's heartbeat answer."""
+        instances = self.instances()
+        # Every defined domain holds its room: one being started is still shut off, and a guest
+        # that powered itself off is cleaned up by the cloud controller within seconds.
+        used_vcpus = sum(i["vcpus"] for i in instances)
+        used_memory = sum(i["memory_mb"] for i in instances)
+        return {
+            "node": self.name, "uri": self.uri, "hypervisor": self.kind, "accel": self._accel,
+            "vcpus_total": self.vcpus_total, "vcpus_free": self.vcpus_total - used_vcpus,
+            "memory_mb_total": self.memory_mb_total, "memory_mb_free": self.memory_mb_total - used_memory,
+            "instances": instances, "time": time.time(),
+        }
+
+    def accelerator(self, kernel: Path, ramdisk: Path | None) -> str:
+        """KVM only where a real short boot proved it works (cached), else TCG."""
+        if self._accel is None:
+            if self._accel_setting in ("kvm", "tcg"):
+                self._accel = self._accel_setting
+            elif ramdisk is None:
+                self._accel = "tcg"
+            else:
+                from cloudlab.nc.accel import probe_accelerator
+
+                self._accel = probe_accelerator(kernel, ramdisk, cache_file=self._accel_cache)
+            log.info("node %s uses accelerator %s", self.name, self._accel)
+        return self._accel
+
+    def run_instance(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Define and start one instance; idempotent for an instance already here.
+
+        Only the capacity check and the definition happen under the node's lock (a defined domain
+        counts against capacity); starting QEMU, the slow part, runs concurrently.
+        """
+        instance_id = str(body["instance_id"])
+        vcpus, memory_mb = int(body["vcpus"]), int(body["memory_mb"])
+        kernel = Path(body["kernel"])
+        ramdisk = Path(body["ramdisk"]) if body.get("ramdisk") else None
+        with self._lock:
+            existing = self._domains().get(instance_id)
+            if existing is not None:
+                return {"instance_id": instance_id, "state": node_state(existing[0].state()[0]), "node": self.name}
+            if self.kind == "qemu":
+                for path in (kernel, ramdisk):
+                    if path is not None and not path.is_file():
+                        raise CloudError("InvalidAMIID.Unavailable", f"image file {path} is missing on node {self.name}")
+            free = self.describe_resource()
+            if vcpus > free["vcpus_free"] or memory_mb > free["memory_mb_free"]:
+                raise CloudError("InsufficientInstanceCapacity",
+                                 f"node {self.name} has {free['vcpus_free']} vCPUs and "
+                                 f"{free['memory_mb_free']} MiB free; {instance_id} needs {vcpus} and {memory_mb}")
+            instance_dir = self.node_dir / "instances" / instance_id
+            instance_dir.mkdir(parents=True, exist_ok=True)
+            console_log = instance_dir / "console.log"
+            console_log.write_bytes(b"")
+            accel = self.accelerator(kernel, ramdisk) if self.kind == "qemu" else "test"
+            spec = DomainSpec(
+                instance_id=instance_id, vcpus=vcpus, memory_mb=memory_mb, kernel=kernel, ramdisk=ramdisk,
+                console_log=console_log, accel=accel, cmdline=str(body.get("cmdline") or DEFAULT_CMDLINE),
+                metadata={"owner": str(body.get("owner", "")), "image_id": str(body.get("image_id", "")),
+                          "instance_type": str(body.get("instance_type", "")), "vcpus": str(vcpus),
+                          "memory_mb": str(memory_mb), "node": self.name},
+            )
+            try:
+                dom = self.conn.defineXML(build_domain_xml(spec))
+            except libvirt.libvirtError as exc:
+                raise CloudError("InternalError", f"node {self.name} could not define {instance_id}: {exc}") from exc
+        try:
+            dom.create()
+        except libvirt.libvirtError as exc:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefine()
+            raise CloudError("InternalError", f"node {self.name} could not start {instance_id}: {exc}") from exc
+        log.info("node %s started %s (%s, %d vCPU, %d MiB)", self.name, instance_id, accel, vcpus, memory_mb)
+        return {"instance_id": instance_id, "state": node_state(dom.state()[0]), "node": self.name,
+                "started_at": time.time(), "accel": accel}
+
+    def terminate_instance(self, instance_id: str) -> dict[str, Any]:
+        """Destroy and undefine; terminating something already gone is not an error."""
+        with self._lock:
+            try:
+                dom = self.conn.lookupByName(instance_id)
+            except libvirt.libvirtError:
+                return {"instance_id": instance_id, "previous": "absent", "state": "absent"}
+            previous = node_state(dom.state()[0])
+            try:
+                if dom.isActive():
+                    dom.destroy()
+            except libvirt.libvirtError as exc:
+                if dom.isActive():
+                    raise CloudError("InternalError", f"node {self.name} could not stop {instance_id}: {exc}") from exc
+            try:
+                dom.undefine()
+            except libvirt.libvirtError as exc:
+                raise CloudError("InternalError", f"node {self.name} could not undefine {instance_id}: {exc}") from exc
+            log.info("node %s terminated %s", self.name, instance_id)
+            return {"instance_id": instance_id, "previous": previous, "state": "absent"}
+
+    def reboot_instance(self, instance_id: str) -> dict[str, Any]:
+        """Reset the guest (an instance-store guest has nothing to flush, and ACPI may be ignored)."""
+        dom = self._lookup(instance_id)
+        try:
+            if self.kind == "test":
+                dom.reboot(0)
+            else:
+                dom.reset(0)
+        except libvirt.libvirtError as exc:
+            raise CloudError("IncorrectInstanceState", f"{instance_id} cannot be rebooted now: {exc}") from exc
+        return {"instance_id": instance_id, "state": node_state(dom.state()[0])}
+
+    def get_console_output(self, instance_id: str) -> dict[str, Any]:
+        """The last 64 KiB of the serial console, as text."""
+        path = self.node_dir / "instances" / instance_id / "console.log"
+        if not path.exists():
+            self._lookup(instance_id)
+            return {"instance_id": instance_id, "output": "", "time": time.time()}
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            handle.seek(max(0, size - CONSOLE_TAIL_BYTES))
+            data = handle.read()
+        return {"instance_id": instance_id, "output": data.decode("utf-8", "replace"), "time": path.stat().st_mtime}

@@ -1,0 +1,84 @@
+"""Where a cloud keeps its state, and how a client finds it.
+
+The cloud runs as a service; notebooks and the CLI find it through its state folder (endpoint and
+credentials), never through an in-kernel object, so restarting a kernel loses nothing.
+Resolution order: an explicit ``--state``, then ``$CLOUDLAB_STATE``, then the nearest ``.cloudlab``
+folder in the current directory or its parents that holds a cloud, else ``./.cloudlab``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR_NAME = ".cloudlab"
+
+
+def find_state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The state folder to use (see the module docstring for the order)."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get("CLOUDLAB_STATE")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / STATE_DIR_NAME
+        if (candidate / "cloud.json").exists():
+            return candidate
+    return here / STATE_DIR_NAME
+
+
+def cache_dir() -> Path:
+    """Build caches shared by every state folder on this machine (images, the KVM probe)."""
+    return Path(os.environ.get("CLOUDLAB_CACHE") or Path.home() / ".cache" / "cloudlab").expanduser()
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Names of everything inside one cloud's state folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "cloud.json"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "clc.db"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def credentials(self) -> Path:
+        return self.root / "credentials"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "service.pid"
+
+    @property
+    def endpoint_file(self) -> Path:
+        return self.root / "endpoint.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "service.log"
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "status.json"
+
+    def node_dir(self, node: str) -> Path:
+        return self.root / "nodes" / node
+
+    def cluster_dir(self, cluster: str) -> Path:
+        return self.root / "clusters" / cluster

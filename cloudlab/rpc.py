@@ -1,0 +1,187 @@
+"""Signed messages between controllers, over an in-process or an HTTP transport.
+
+Every hop (CLC→CC, CC→NC, NC→CC registration) carries a signed envelope and every reply is signed
+by the receiver, so both directions are checked. The two transports differ only in how the bytes
+travel: :class:`LocalChannel` hands them to the receiver's :class:`Dispatcher` in the same process,
+:class:`HttpChannel` POSTs them; signing and verification are identical, so a test of one covers
+the checks of the other.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import threading
+import urllib.parse
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from cloudlab.errors import CloudError, ControllerUnavailable
+from cloudlab.security.messages import MessageRejected, MessageSigner, MessageVerifier, VerifiedMessage
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[VerifiedMessage], Any]
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Route:
+    handler: Handler
+    allowed_roles: frozenset[str]
+
+
+class Dispatcher:
+    """The receiving side of a controller: verifies, routes by action, signs the reply.
+
+    A refused message reaches no handler, so it changes nothing; the refusal is logged and answered
+    with a signed error reply naming the reason.
+    """
+
+    def __init__(self, name: str, signer: MessageSigner, verifier: MessageVerifier) -> None:
+        self.name = name
+        self._signer = signer
+        self._verifier = verifier
+        self._routes: dict[str, Route] = {}
+        self.refused: list[str] = []
+
+    def route(self, action: str, handler: Handler, allowed_roles: Collection[str]) -> None:
+        self._routes[action] = Route(handler, frozenset(allowed_roles))
+
+    def handle(self, data: bytes) -> bytes:
+        action, nonce = _peek(data)
+        route = self._routes.get(action)
+        try:
+            if route is None:
+                # Verify anyway so that garbage is refused as garbage, then report the unknown action.
+                self._verifier.verify(data, {"clc", "cc", "nc"})
+                raise CloudError("InvalidAction", f"{self.name} has no action {action!r}")
+            message = self._verifier.verify(data, route.allowed_roles)
+            result = route.handler(message)
+            reply: dict[str, Any] = {"ok": True, "result": result}
+        except MessageRejected as exc:
+            self.refused.append(str(exc))
+            del self.refused[:-100]
+            log.warning("%s refused a message: %s", self.name, exc)
+            reply = {"ok": False, "error": {"code": "MessageRejected", "message": str(exc)}}
+        except CloudError as exc:
+            reply = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+        except Exception as exc:  # a handler bug must not kill the controller's server thread
+            log.exception("%s: action %s failed", self.name, action)
+            reply = {"ok": False, "error": {"code": "InternalError", "message": f"{type(exc).__name__}: {exc}"}}
+        # The reply quotes the request's nonce, so a requester can tell it answers *its* request.
+        return self._signer.sign(f"{action}.reply", reply, reply_to=nonce)
+
+
+def _peek(data: bytes) -> tuple[str, str | None]:
+    """The claimed action and nonce of a message, before (or without) verifying it."""
+    try:
+        envelope = json.loads(data)
+        action, nonce = envelope.get("action", ""), envelope.get("nonce")
+        return (action if isinstance(action, str) else "",
+                nonce if isinstance(nonce, str) and len(nonce) <= 64 else None)
+    except Exception:
+        return "", None
+
+
+class Channel(Protocol):
+    """What a controller holds to talk to another one."""
+
+    peer: str
+
+    def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any: ...
+
+
+class _SignedChannel:
+    def __init__(self, peer: str, peer_role: str, signer: MessageSigner, verifier: MessageVerifier) -> None:
+        self.peer = peer
+        self._peer_role = peer_role
+        self._signer = signer
+        self._verifier = verifier
+
+    def _send(self, data: bytes, timeout: float | None) -> bytes:
+        raise NotImplementedError
+
+    def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        sent = self._signer.seal(action, body)
+        reply_bytes = self._send(sent.data, timeout)
+        try:
+            reply = self._verifier.verify(reply_bytes, {self._peer_role}, in_reply_to=sent.nonce).body
+        except MessageRejected as exc:
+            raise CloudError("MessageRejected", f"reply from {self.peer} refused: {exc}") from exc
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise CloudError("InternalError", f"malformed reply from {self.peer}")
+        if reply["ok"]:
+            return reply.get("result")
+        error = reply.get("error") or {}
+        raise CloudError(str(error.get("code", "InternalError")), str(error.get("message", "")))
+
+
+class LocalChannel(_SignedChannel):
+    """Same-process transport: the bytes go straight to the receiver's dispatcher."""
+
+    def __init__(self, peer: str, peer_role: str, signer: MessageSigner, verifier: MessageVerifier,
+                 dispatcher: Dispatcher) -> None:
+        super().__init__(peer, peer_role, signer, verifier)
+        self._dispatcher = dispatcher
+
+    def _send(self, data: bytes, timeout: float | None) -> bytes:
+        return self._dispatcher.handle(data)
+
+
+class HttpChannel(_SignedChannel):
+    """HTTP transport: POST the envelope to ``<url>/message``; the reply body is the signed reply."""
+
+    def __init__(self, peer: str, peer_role: str, signer: MessageSigner, verifier: MessageVerifier,
+                 url: str, timeout: float = 30.0) -> None:
+        super().__init__(peer, peer_role, signer, verifier)
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise ValueError(f"controller URL must look like http://HOST:PORT, got {url!r}")
+        self.url = url
+        self._host = parsed.hostname
+        self._port = parsed.port or 80
+        self._timeout = timeout
+
+    def _send(self, data: bytes, timeout: float | None) -> bytes:
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout or self._timeout)
+        try:
+            conn.request("POST", "/message", body=data, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.read(MAX_MESSAGE_BYTES)
+        except OSError as exc:
+            raise ControllerUnavailable(f"{self.peer} at {self.url} is unreachable: {exc}") from exc
+        finally:
+            conn.close()
+
+
+class _MessageHandler(BaseHTTPRequestHandler):
+    dispatcher: Dispatcher
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("Content-Length") or 0)
+        if self.path != "/message" or length <= 0 or length > MAX_MESSAGE_BYTES:
+            self.send_error(400, "POST a signed message to /message")
+            return
+        reply = self.dispatcher.handle(self.rfile.read(length))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep the log quiet
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+def serve_http(dispatcher: Dispatcher, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """Serve ``dispatcher`` over HTTP in a daemon thread; ``server.server_port`` tells the port."""
+    handler = type("BoundMessageHandler", (_MessageHandler,), {"dispatcher": dispatcher})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=f"rpc-{dispatcher.name}", daemon=True).start()
+    return server

@@ -1,0 +1,260 @@
+"""The cloud as one supervised background service: CLC + EC2 endpoint, one CC, its NCs.
+
+The CLC and CC run in this process and talk through the in-process transport (same signing and
+checks as HTTP). Node controllers on a QEMU hypervisor run as child processes (one embedded libvirt
+driver per process), registered with the CC over HTTP and restarted if they die; nodes on libvirt's
+test driver run in-process, so that fifty simulated nodes cost threads, not processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudlab.cc.cluster import ClusterController
+from cloudlab.clc.cloud import CloudController
+from cloudlab.clc.images import Images
+from cloudlab.clc.store import Store
+from cloudlab.config import CloudConfig
+from cloudlab.nc.hypervisor import driver_kind, test_driver_uri
+from cloudlab.nc.node import NodeController
+from cloudlab.paths import StateLayout, cache_dir
+from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
+from cloudlab.security.ca import CertificateAuthority
+from cloudlab.security.messages import MessageSigner, MessageVerifier
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_REASON = "Server.CloudShutdown: the cloud was stopped (cloudlab down)"
+
+
+def node_uri(config: CloudConfig, layout: StateLayout, node: str) -> str:
+    """The libvirt URI of ``node``: embedded roots are per node, test nodes get private hosts."""
+    uri = config.hypervisor
+    if uri.startswith("qemu:///embed"):
+        return f"qemu:///embed?root={layout.node_dir(node) / 'libvirt'}"
+    if uri.startswith("test://"):
+        return test_driver_uri(layout.node_dir(node), config.node_vcpus or 16, config.node_memory_mb or 32768)
+    return uri
+
+
+@dataclass
+class ChildNode:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    last_start: float = 0.0
+    last_exit: int | None = None
+    history: list[str] = field(default_factory=list)
+
+
+class CloudService:
+    """Builds and runs one cloud from its state folder."""
+
+    def __init__(self, layout: StateLayout, config: CloudConfig) -> None:
+        self.layout = layout
+        self.config = config
+        self.ca = CertificateAuthority.load_or_create(layout.pki)
+        self._stop = threading.Event()
+        self.children: dict[str, ChildNode] = {}
+        self.local_nodes: dict[str, NodeController] = {}
+        self.api_server: Any = None
+        self.started = time.time()
+
+    def _signer_verifier(self, name: str, role: str) -> tuple[MessageSigner, MessageVerifier]:
+        return MessageSigner(self.ca.identity(name, role)), MessageVerifier(self.ca.ca_certificate)
+
+    def build(self) -> None:
+        config, layout = self.config, self.layout
+        cluster_name = config.cluster
+        clc_signer, clc_verifier = self._signer_verifier("clc", "clc")
+        cc_signer, cc_verifier = self._signer_verifier(f"cc-{cluster_name}", "cc")
+        self.cc = ClusterController(cluster_name, policy=config.scheduler, heartbeat_s=config.heartbeat_s,
+                                    signer=cc_signer, verifier=cc_verifier)
+        self.cc_dispatcher = Dispatcher(f"cc-{cluster_name}", cc_signer, cc_verifier)
+        self.cc.register_routes(self.cc_dispatcher)
+        self.cc_server = serve_http(self.cc_dispatcher, "127.0.0.1", 0)
+        self.cc_url = f"http://127.0.0.1:{self.cc_server.server_port}"
+        self.store = Store(layout.database)
+        self.clc = CloudController(self.store, Images(self.store, layout.images), self.ca, region=config.region)
+        channel = LocalChannel(f"cc-{cluster_name}", "cc", clc_signer, clc_verifier, self.cc_dispatcher)
+        self.clc.add_cluster(cluster_name, config.zone, channel, network=config.network, policy=self.cc.policy.name)
+        admin, key = self.clc.users.ensure_admin()
+        write_credentials(layout, admin.name, key.access_key, key.secret_key)
+        self._register_default_image(admin.name)
+        for name in config.node_names():
+            self._start_node(name)
+
+    def _register_default_image(self, owner: str) -> None:
+        """Register the cached default image if it was built (``cloudlab image build``)."""
+        from cloudlab.images.cached import find_built_image
+
+        built = find_built_image()
+        if built is None:
+            log.info("no default image built yet: run 'cloudlab image build'")
+            return
+        image, new = self.clc.images.register_default(built.kernel, built.ramdisk, owner,
+                                                      "cloudlab default image (Debian cloud kernel, busybox, "
+                                                      "iperf3, dropbear)")
+        if new:
+            log.info("registered the default image as %s", image.image_id)
+
+    def _start_node(self, name: str) -> None:
+        uri = node_uri(self.config, self.layout, name)
+        node_dir = self.layout.node_dir(name)
+        if driver_kind(uri) == "test":
+            node = NodeController(name, uri, node_dir, vcpus=self.config.node_vcpus,
+                                  memory_mb=self.config.node_memory_mb, accel="test")
+            signer, verifier = self._signer_verifier(name, "nc")
+            dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
+            node.register_routes(dispatcher)
+            cc_signer, cc_verifier = self._signer_verifier(f"cc-{self.config.cluster}", "cc")
+            self.cc.add_node(name, LocalChannel(name, "nc", cc_signer, cc_verifier, dispatcher))
+            self.local_nodes[name] = node
+            return
+        argv = [sys.executable, "-m", "cloudlab.cli", "--state", str(self.layout.root), "nc", "--name", name,
+                "--cc", self.cc_url, "--hypervisor", uri, "--accel", self.config.accel]
+        if self.config.node_vcpus:
+            argv += ["--vcpus", str(self.config.node_vcpus)]
+        if self.config.node_memory_mb:
+            argv += ["--memory", str(self.config.node_memory_mb)]
+        child = ChildNode(name, argv)
+        self.children[name] = child
+        self._spawn(child)
+
+    def _spawn(self, child: ChildNode) -> None:
+        log_path = self.layout.node_dir(child.name) / "nc.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as out:
+            child.process = subprocess.Popen(child.argv, stdout=out, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, cwd=self.layout.root)
+        child.last_start = time.time()
+        log.info("started node controller %s (pid %d)", child.name, child.process.pid)
+
+    def wait_for_nodes(self, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            views = {v.name for v in self.cc.registry.views()}
+            if all(name in views for name in self.config.node_names()):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def supervise_once(self) -> None:
+        """Restart node controllers that died (with a back-off), and note it for ``cloudlab status``."""
+        for child in self.children.values():
+            if child.process is None or child.process.poll() is None:
+                continue
+            child.last_exit = child.process.returncode
+            if time.time() - child.last_start < min(30.0, 2.0 ** min(child.restarts, 5)):
+                continue
+            child.restarts += 1
+            child.history.append(f"{time.strftime('%H:%M:%S')} exited {child.last_exit}, restarted")
+            log.warning("node controller %s exited with %s; restarting", child.name, child.last_exit)
+            self._spawn(child)
+
+    def status(self) -> dict[str, Any]:
+        cluster = self.cc.describe_cluster()
+        counts: dict[str, int] = {}
+        for row in self.store.query("SELECT state, COUNT(*) AS n FROM instances GROUP BY state"):
+            counts[row["state"]] = row["n"]
+        for node in cluster["nodes"]:
+            child = self.children.get(node["name"])
+            node["process"] = None if child is None or child.process is None else {
+                "pid": child.process.pid, "running": child.process.poll() is None,
+                "restarts": child.restarts, "history": child.history[-5:]}
+            node["instances"] = len(node["instances"])
+        return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
+                "endpoint": self.endpoint_url, "region": self.config.region, "hypervisor": self.config.hypervisor,
+                "clusters": [{"name": self.config.cluster, "zone": self.config.zone, "network": self.config.network,
+                              "scheduler": cluster["policy"], "cc_url": self.cc_url, "nodes": cluster["nodes"]}],
+                "instances": counts, "unknown_vms": self.clc.unknown_vms(),
+                "refused_messages": self.cc_dispatcher.refused[-10:]}
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.config.api_host}:{self.api_server.server_port}/"
+
+    def run(self) -> int:
+        """Start everything, write the endpoint file, and serve until SIGTERM."""
+        from cloudlab.api.server import serve_api  # the service composes the API; the core never imports it
+
+        self.build()
+        self.api_server = serve_api(self.clc, self.config.api_host, self.config.api_port,
+                                    status=self.status)
+        self.cc.start()
+        self.wait_for_nodes()
+        self.clc.reconcile_once()
+        self.clc.start()
+        write_json(self.layout.endpoint_file, {"url": self.endpoint_url, "pid": os.getpid(), "cc_url": self.cc_url,
+                                               "region": self.config.region, "started": self.started})
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        log.info("cloud is up: EC2 endpoint %s", self.endpoint_url)
+        while not self._stop.wait(1.0):
+            self.supervise_once()
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        log.info("stopping the cloud")
+        try:
+            n = self.clc.shutdown_all(SHUTDOWN_REASON)
+            log.info("terminated %d instance(s)", n)
+        except Exception:
+            log.exception("terminating instances on shutdown failed")
+        self.clc.stop()
+        self.cc.stop()
+        for child in self.children.values():
+            if child.process is not None and child.process.poll() is None:
+                child.process.terminate()
+        for child in self.children.values():
+            if child.process is not None:
+                try:
+                    child.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+        for node in self.local_nodes.values():
+            node.close()
+        if self.api_server is not None:
+            self.api_server.shutdown()
+        self.cc_server.shutdown()
+        self.store.close()
+        self.layout.endpoint_file.unlink(missing_ok=True)
+        log.info("cloud stopped")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_credentials(layout: StateLayout, user: str, access_key: str, secret_key: str) -> Path:
+    path = layout.credentials / f"{user}.json"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_json(path, {"user": user, "access_key": access_key, "secret_key": secret_key})
+    path.chmod(0o600)
+    return path
+
+
+def run_service(layout: StateLayout) -> int:
+    """Entry point of ``cloudlab serve`` (the background process ``cloudlab up`` starts)."""
+    config = CloudConfig.load(layout.config)
+    service = CloudService(layout, config)
+    return service.run()
+
+
+def accel_cache_file() -> Path:
+    return cache_dir() / "accel.json"
