@@ -217,7 +217,7 @@ def cmd_nc(args: argparse.Namespace) -> int:
 
     layout = _layout(args)
     _log_to_stderr(args.verbose)
-    uri = args.hypervisor or f"qemu:///embed?root={layout.node_dir(args.name) / 'libvirt'}"
+    uri = args.hypervisor or f"qemu:///embed?root={layout.libvirt_root(args.name)}"
     run_node(Path(args.pki) if args.pki else layout.pki, args.name, args.cc, uri, layout.node_dir(args.name),
              host=args.listen, port=args.port, vcpus=args.vcpus, memory_mb=args.memory, accel=args.accel,
              accel_cache=cache_dir() / "accel.json")

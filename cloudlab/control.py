@@ -114,8 +114,8 @@ def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dic
 
 
 def leftover_qemu(layout: StateLayout) -> list[int]:
-    """QEMU processes whose command line points into this state folder."""
-    marker = str(layout.root.resolve()).encode()
+    """QEMU processes whose command line points into this state folder (or its short socket links)."""
+    markers = (str(layout.root.resolve()).encode(), layout.short_prefix.encode())
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -124,7 +124,7 @@ def leftover_qemu(layout: StateLayout) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmdline.split(b"\0", 1)[0] and marker in cmdline:
+        if b"qemu-system" in cmdline.split(b"\0", 1)[0] and any(m in cmdline for m in markers):
             found.append(int(entry.name))
     return found
 
@@ -149,4 +149,7 @@ def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
             pass
     layout.pidfile.unlink(missing_ok=True)
     layout.endpoint_file.unlink(missing_ok=True)
+    for link in Path(layout.short_prefix).parent.glob(Path(layout.short_prefix).name + "*"):
+        if link.is_symlink():
+            link.unlink()
     return {"stopped": stopped, "swept_qemu": swept}

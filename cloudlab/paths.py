@@ -8,6 +8,7 @@ folder in the current directory or its parents that holds a cloud, else ``./.clo
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,31 @@ class StateLayout:
 
     def node_dir(self, node: str) -> Path:
         return self.root / "nodes" / node
+
+    @property
+    def short_prefix(self) -> str:
+        """A short, per-state-folder path prefix under /run (or /tmp) for UNIX sockets.
+
+        libvirt puts each guest's monitor socket under its driver root, and a UNIX socket path has
+        at most 107 bytes; a state folder deep in a home or temp directory exceeds that. So the
+        driver root is reached through a short symlink named after a hash of the state path.
+        """
+        base = "/run/cloudlab" if os.access("/run", os.W_OK) else "/tmp/cloudlab"
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:10]
+        return f"{base}/{digest}-"
+
+    def libvirt_root(self, node: str) -> Path:
+        """The embedded libvirt driver root of ``node``: a short symlink into the state folder."""
+        real = self.node_dir(node) / "libvirt"
+        real.mkdir(parents=True, exist_ok=True)
+        link = Path(self.short_prefix + node)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not (link.is_symlink() and os.readlink(link) == str(real)):
+            tmp = link.with_name(link.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(real)
+            os.replace(tmp, link)
+        return link
 
     def cluster_dir(self, cluster: str) -> Path:
         return self.root / "clusters" / cluster

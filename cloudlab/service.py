@@ -41,7 +41,7 @@ def node_uri(config: CloudConfig, layout: StateLayout, node: str) -> str:
     """The libvirt URI of ``node``: embedded roots are per node, test nodes get private hosts."""
     uri = config.hypervisor
     if uri.startswith("qemu:///embed"):
-        return f"qemu:///embed?root={layout.node_dir(node) / 'libvirt'}"
+        return f"qemu:///embed?root={layout.libvirt_root(node)}"
     if uri.startswith("test://"):
         return test_driver_uri(layout.node_dir(node), config.node_vcpus or 16, config.node_memory_mb or 32768)
     return uri

@@ -59,6 +59,6 @@ def operation_model(name: str) -> OperationModel:
     botocore caches operation models on the service model, so repeated calls are cheap.
     """
     model = service_model()
-    if name not in _operation_names:
-        raise invalid_action(name)
+    if not isinstance(name, str) or name not in _operation_names:
+        raise invalid_action(str(name))
     return model.operation_model(name)

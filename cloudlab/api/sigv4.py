@@ -348,25 +348,29 @@ def verify_sigv4(
     if claim.service != SERVICE:
         raise ApiError(SIGNATURE_DOES_NOT_MATCH, f"Credential should be scoped to correct service: '{SERVICE}'.")
 
-    head = "\n".join(
-        (
-            method.upper(),
-            canonical_uri(path),
-            canonical_query(pairs),
-            _canonical_headers(signed_header_names, header_map),
-            claim.signed_headers,
-        )
-    )
+    prefix = f"{method.upper()}\n{canonical_uri(path)}\n{canonical_query(pairs)}\n"
+    suffix = f"\n{claim.signed_headers}\n"
+    header_blocks = [_canonical_headers(signed_header_names, header_map)]
+    host_values = header_map.get("host", [])
+    if any(value != value.lower() for value in host_values):
+        # Host names are case-insensitive and botocore signs the host from the URL lower-cased,
+        # while the HTTP client sends it as written in the endpoint URL: accept either spelling.
+        lowered = dict(header_map, host=[value.lower() for value in host_values])
+        header_blocks.append(_canonical_headers(signed_header_names, lowered))
     scope = f"{claim.scope_date}/{claim.region}/{claim.service}/{TERMINATOR}"
     try:
         key = signing_key(secret, claim.scope_date, claim.region, claim.service)
         provided = claim.signature.lower()
-        for payload_hash in _payload_hashes(header_map, body, claim.presigned):
-            canonical_request = f"{head}\n{payload_hash}".encode()
-            string_to_sign = f"{ALGORITHM}\n{claim.amz_date}\n{scope}\n{hashlib.sha256(canonical_request).hexdigest()}"
-            expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
-            if hmac.compare_digest(expected, provided):
-                return SignedIdentity(claim.access_key, claim.region, claim.service)
+        payload_hashes = _payload_hashes(header_map, body, claim.presigned)
+        for block in header_blocks:
+            for payload_hash in payload_hashes:
+                canonical_request = f"{prefix}{block}{suffix}{payload_hash}".encode()
+                string_to_sign = (
+                    f"{ALGORITHM}\n{claim.amz_date}\n{scope}\n{hashlib.sha256(canonical_request).hexdigest()}"
+                )
+                expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+                if hmac.compare_digest(expected, provided):
+                    return SignedIdentity(claim.access_key, claim.region, claim.service)
     except UnicodeError:  # lone surrogates in a header or the region: nothing anyone could have signed
         pass
     raise signature_mismatch()

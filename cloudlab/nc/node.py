@@ -47,6 +47,10 @@ class NodeController:
         info = self.conn.getInfo()
         host_memory_mb, host_cpus = int(info[1]), int(info[2])
         if self.kind == "qemu":
+            # getInfo()'s memory is one NUMA cell's on some hosts; the host total is in the stats.
+            with contextlib.suppress(libvirt.libvirtError, KeyError):
+                host_memory_mb = int(self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)["total"]) // 1024
+        if self.kind == "qemu":
             self.vcpus_total = vcpus or host_cpus * CPU_OVERCOMMIT
             self.memory_mb_total = memory_mb or int(host_memory_mb * MEMORY_SHARE)
         else:
@@ -61,12 +65,19 @@ class NodeController:
             threading.Thread(target=self._warm_up, name=f"warm-{name}", daemon=True).start()
 
     def _warm_up(self) -> None:
-        """Have libvirt probe QEMU's capabilities now (~4 s under TCG, once per driver root),
-        rather than inside the first RunInstances."""
+        """Probe what the first RunInstances would otherwise wait for: QEMU's capabilities (~4 s
+        under TCG, once per driver root) and the accelerator (a boot of the default image, cached)."""
         try:
             self.conn.getDomainCapabilities(None, "x86_64", None, "qemu", 0)
         except libvirt.libvirtError as exc:
             log.warning("node %s: QEMU capability probe failed: %s", self.name, exc)
+        if self._accel is None:
+            from cloudlab.images.cached import find_built_image
+
+            built = find_built_image()
+            if built is not None:
+                with self._lock:
+                    self.accelerator(built.kernel, built.ramdisk)
 
     # -- wiring -------------------------------------------------------------------------------
     def register_routes(self, dispatcher: Dispatcher) -> None:

@@ -1,0 +1,101 @@
+"""Fixtures with real clouds, started the way a user starts them (``cloudlab up``), in temp state folders.
+
+Tests that need root, QEMU or the default image skip with a stated reason only where the tool is
+truly absent; ``make test`` installs all of them first, so in CI nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from cloudlab import control
+from cloudlab.config import CloudConfig
+from cloudlab.paths import StateLayout
+
+
+@dataclass
+class RunningCloud:
+    layout: StateLayout
+    info: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return self.info["url"]
+
+    def credentials(self, user: str = "admin") -> dict[str, str]:
+        return json.loads((self.layout.credentials / f"{user}.json").read_text())
+
+    def ec2(self, user: str = "admin", **overrides: Any) -> Any:
+        creds = self.credentials(user)
+        kwargs = {"endpoint_url": self.url, "region_name": self.info["region"],
+                  "aws_access_key_id": creds["access_key"], "aws_secret_access_key": creds["secret_key"],
+                  "config": Config(retries={"max_attempts": 1})}
+        kwargs.update(overrides)
+        return boto3.client("ec2", **kwargs)
+
+    def status(self) -> dict[str, Any]:
+        return control.get_json(self.url.rstrip("/") + "/_cloudlab/status")
+
+
+def start_cloud(root: Path, **config: Any) -> RunningCloud:
+    layout = StateLayout(root)
+    info = control.up(layout, CloudConfig(api_port=0, **config), timeout_s=120)
+    return RunningCloud(layout, info)
+
+
+@pytest.fixture
+def cloud_factory(tmp_path: Path) -> Iterator[Callable[..., RunningCloud]]:
+    """Start clouds on demand; every one is stopped (``cloudlab down``) after the test."""
+    started: list[RunningCloud] = []
+
+    def start(name: str = "state", **config: Any) -> RunningCloud:
+        cloud = start_cloud(tmp_path / name, **config)
+        started.append(cloud)
+        return cloud
+
+    yield start
+    for cloud in started:
+        control.down(cloud.layout)
+
+
+@pytest.fixture(scope="session")
+def sim_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
+    """One cloud on libvirt's test driver (4 simulated nodes), shared by the API tests."""
+    cloud = start_cloud(tmp_path_factory.mktemp("sim") / "state", hypervisor="test:///default", nodes=4,
+                        node_vcpus=8, node_memory_mb=4096)
+    yield cloud
+    control.down(cloud.layout)
+
+
+def vm_requirements() -> str | None:
+    """Why real VMs cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "booting VMs through the embedded QEMU driver needs root (CI runs as root)"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed (make test installs it)"
+    from cloudlab.images.cached import find_built_image
+
+    if find_built_image() is None:
+        return "the default image is not built (make test builds it: cloudlab image build)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def vm_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
+    """A cloud with one node on the embedded QEMU driver (TCG unless the KVM probe proved KVM)."""
+    reason = vm_requirements()
+    if reason:
+        pytest.skip(reason)
+    cloud = start_cloud(tmp_path_factory.mktemp("vm") / "state")
+    yield cloud
+    control.down(cloud.layout)

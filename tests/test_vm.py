@@ -1,0 +1,134 @@
+"""Real instances: TCG (or probed KVM) guests booted through the embedded libvirt QEMU driver,
+driven by unmodified boto3 through the EC2 endpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from cloudlab import control
+from tests.clouds import RunningCloud, start_cloud
+
+pytestmark = pytest.mark.vm
+
+BOOT_TIMEOUT_S = 120
+
+
+def default_image(ec2: Any) -> str:
+    return ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"][0]["ImageId"]
+
+
+def instances(ec2: Any, ids: list[str]) -> dict[str, Any]:
+    return {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]}
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.3)
+
+
+def wait_running(ec2: Any, ids: list[str]) -> None:
+    def check() -> bool:
+        found = instances(ec2, ids)
+        dead = {i: v.get("StateReason") for i, v in found.items() if v["State"]["Name"] in ("terminated", "shutting-down")}
+        assert not dead, f"instances ended before running: {dead}"
+        return all(v["State"]["Name"] == "running" for v in found.values())
+
+    wait_for(check, BOOT_TIMEOUT_S, "running")
+
+
+def boot_markers(ec2: Any, instance_id: str) -> list[str]:
+    output = ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+    return [line for line in output.splitlines() if line.startswith("cloudlab-boot:")]
+
+
+def test_two_instances_boot_list_and_terminate(vm_cloud: RunningCloud) -> None:
+    ec2 = vm_cloud.ec2()
+    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=2, MaxCount=2,
+                                                      InstanceType="t2.micro")["Instances"]]
+    wait_running(ec2, ids)
+    for instance_id in ids:
+        markers = wait_for(lambda i=instance_id: boot_markers(ec2, i), BOOT_TIMEOUT_S, f"boot marker of {instance_id}")
+        assert f"host={instance_id}" in markers[0] and "uptime=" in markers[0]
+    qemu = control.leftover_qemu(vm_cloud.layout)
+    assert len(qemu) == 2, "each instance is one real QEMU process"
+    listed = instances(ec2, ids)
+    assert {i["Placement"]["HostId"] for i in listed.values()} == {"node-01"}
+    ec2.terminate_instances(InstanceIds=ids)
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    wait_for(lambda: not control.leftover_qemu(vm_cloud.layout), 30, "QEMU processes to exit")
+
+
+def test_reboot_boots_the_guest_again(vm_cloud: RunningCloud) -> None:
+    ec2 = vm_cloud.ec2()
+    [instance_id] = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1,
+                                                                MaxCount=1)["Instances"]]
+    try:
+        wait_for(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, "first boot")
+        ec2.reboot_instances(InstanceIds=[instance_id])
+        wait_for(lambda: len(boot_markers(ec2, instance_id)) >= 2, BOOT_TIMEOUT_S, "boot after reboot")
+        assert instances(ec2, [instance_id])[instance_id]["State"]["Name"] == "running"
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+
+
+def test_vanished_vm_is_terminated_with_a_reason(vm_cloud: RunningCloud) -> None:
+    ec2 = vm_cloud.ec2()
+    before = set(control.leftover_qemu(vm_cloud.layout))
+    [instance_id] = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1,
+                                                                MaxCount=1)["Instances"]]
+    wait_running(ec2, [instance_id])
+    [pid] = wait_for(lambda: list(set(control.leftover_qemu(vm_cloud.layout)) - before), 30, "its QEMU process")
+    os.kill(pid, signal.SIGKILL)  # the VM dies behind the cloud's back
+    final = wait_for(lambda: (i := instances(ec2, [instance_id])[instance_id])["State"]["Name"] == "terminated" and i,
+                     60, "terminated")
+    assert final["StateReason"]["Code"].startswith(("Client.InstanceInitiatedShutdown", "Server."))
+
+
+def test_restart_after_kill_keeps_instances(cloud_factory: Any) -> None:
+    """kill -9 of the whole service: the VM survives, `up` reconciles, nothing is lost, `down` cleans."""
+    from tests.clouds import vm_requirements
+
+    if reason := vm_requirements():
+        pytest.skip(reason)
+    cloud: RunningCloud = cloud_factory("restart")
+    ec2 = cloud.ec2()
+    [instance_id] = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1,
+                                                                MaxCount=1)["Instances"]]
+    wait_for(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, "boot")
+    ledger_before = _ledger(cloud)
+    pid = control.service_pid(cloud.layout)
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: control.service_pid(cloud.layout) is None, 10, "service to die")
+    assert control.leftover_qemu(cloud.layout), "the guest outlives its controllers"
+    again = start_cloud(cloud.layout.root)
+    ec2 = again.ec2()
+    time.sleep(3)  # a few reconcile passes
+    inst = instances(ec2, [instance_id])[instance_id]
+    assert inst["State"]["Name"] == "running"
+    assert boot_markers(ec2, instance_id), "console output still served after the restart"
+    assert _ledger(again)[: len(ledger_before)] == ledger_before
+    control.down(again.layout)
+    assert not control.leftover_qemu(again.layout)
+    rows = _ledger(again)
+    assert rows[-1][1:] == (instance_id, "terminated")
+
+
+def _ledger(cloud: RunningCloud) -> list[tuple[int, str, str]]:
+    import sqlite3
+
+    db = sqlite3.connect(cloud.layout.database)
+    try:
+        return [tuple(r) for r in db.execute("SELECT seq, instance_id, event FROM ledger ORDER BY seq")]
+    finally:
+        db.close()
