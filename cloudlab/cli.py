@@ -203,6 +203,19 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_accel(args: argparse.Namespace) -> int:
+    from cloudlab.images.cached import find_built_image
+    from cloudlab.nc.accel import probe_accelerator
+
+    built = find_built_image()
+    if built is None:
+        raise CliError("the KVM probe boots the default image, which is not built: run 'cloudlab image build'")
+    accel = probe_accelerator(built.kernel, built.ramdisk, cache_file=cache_dir() / "accel.json")
+    if not args.quiet:
+        print(f"accelerator: {accel}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from cloudlab.service import run_service
 
@@ -276,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = image_sub.add_parser("list", parents=[state], help="list registered images")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_image_list)
+
+    p = sub.add_parser("accel", parents=[state], help="probe whether KVM works here (a short real boot, cached); "
+                                                       "else TCG")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    p.set_defaults(func=cmd_accel)
 
     p = sub.add_parser("serve", parents=[state], help="run the cloud in the foreground (what 'up' starts)")
     p.add_argument("--verbose", action="store_true")

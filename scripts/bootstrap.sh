@@ -48,7 +48,7 @@ fi
 
 say "default image"
 .venv/bin/cloudlab image build --quiet
-.venv/bin/python -m cloudlab.nc.accel --quiet
+.venv/bin/cloudlab accel --quiet
 
 kernel_dir=.venv/share/jupyter/kernels/cloudlab
 if ! cmp -s kernels/cloudlab/kernel.json "$kernel_dir/kernel.json" 2>/dev/null; then

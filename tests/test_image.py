@@ -185,12 +185,16 @@ def test_unknown_package_says_run_apt_get_update(tmp_path: Path, monkeypatch: py
 class Guest:
     """One QEMU/TCG guest on the default image: serial console on a pipe, QMP on a unix socket."""
 
-    def __init__(self, image: BuiltImage, workdir: Path, extra_cmdline: str = "") -> None:
+    def __init__(self, image: BuiltImage, workdir: Path, extra_cmdline: str = "", nic: bool = False) -> None:
         self.qmp_path = workdir / "qmp.sock"
+        # A virtio NIC on QEMU's user-mode network with restrict=on: the guest reaches nothing.
+        network = ["-nic", "none"]
+        if nic:
+            network = ["-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0"]
         argv = [
             "qemu-system-x86_64",
             "-accel", "tcg", "-m", "256",
-            "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot", "-nic", "none",
+            "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot", *network,
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-kernel", str(image.kernel), "-initrd", str(image.ramdisk),
             "-append", f"{DEFAULT_KERNEL_CMDLINE} {extra_cmdline}".strip(),
@@ -268,10 +272,10 @@ class Guest:
 def guest_factory(image: BuiltImage, tmp_path: Path):
     guests: list[Guest] = []
 
-    def start(extra_cmdline: str = "") -> Guest:
+    def start(extra_cmdline: str = "", nic: bool = False) -> Guest:
         workdir = tmp_path / f"guest{len(guests)}"
         workdir.mkdir()
-        guests.append(Guest(image, workdir, extra_cmdline))
+        guests.append(Guest(image, workdir, extra_cmdline, nic))
         return guests[-1]
 
     yield start
@@ -307,13 +311,21 @@ def test_tcg_boot_marker_then_acpi_power_button_powers_off(guest_factory) -> Non
 @needs_qemu
 @pytest.mark.parametrize("command", ["poweroff", "reboot"])
 def test_guest_side_poweroff_and_reboot_end_qemu(guest_factory, command: str) -> None:
-    """``poweroff``/``reboot`` typed in the guest go through PID 1; with -no-reboot both end QEMU."""
-    guest = guest_factory("cloudlab.shell=1")
+    """``poweroff``/``reboot`` typed in the guest go through PID 1; with -no-reboot both end QEMU.
+
+    On the way it checks the guest's userland: iperf3 and dropbear run (their libraries are
+    there), the virtio NIC is up with its static address, and dropbear listens on port 22.
+    """
+    guest = guest_factory("cloudlab.shell=1 cloudlab.ip=10.0.2.15/24,10.0.2.2", nic=True)
     guest.wait_for(BOOT_LINE, timeout=60)
-    guest.type("iperf3 --version; dropbear -V 2>&1 | head -1; echo checked-$((6*7))")
+    guest.type("iperf3 --version; dropbear -V 2>&1 | head -1; ip -o addr show eth0; ip -o link show eth0")
+    guest.type("sleep 1; netstat -tln; echo checked-$((6*7))")
     guest.wait_for(r"checked-42", timeout=30)
     assert re.search(r"iperf 3\.\d+", guest.output), "iperf3 does not run in the guest (libraries?)"
     assert "Dropbear" in guest.output
+    assert "inet 10.0.2.15/24" in guest.output
+    assert re.search(r"eth0: <[^>]*\bUP\b", guest.output)
+    assert re.search(r":22\s", guest.output), "dropbear is not listening"
     guest.type(command)
     assert guest.exited_within(30) == 0, f"QEMU still running after {command}; console:\n{guest.output[-2000:]}"
     assert f"{SHUTDOWN_MARKER}{command} host=cloudlab" in guest.output

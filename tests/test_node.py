@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
@@ -200,16 +201,26 @@ def test_domains_without_cloudlab_metadata_are_ignored(node: NodeController) -> 
     assert names(node.conn) == ["i-0aaaaaaaaaaaaaaaa", "webserver"]
 
 
+@pytest.mark.parametrize("name", ["webserver", "i-0aaaaaaaaaaaaaaaa"])
+def test_a_foreign_domain_cannot_be_terminated_or_rebooted_through_the_node(node: NodeController, name: str) -> None:
+    """The node ignores domains it did not create (no cloudlab metadata) in its reports; it must not
+    destroy one either when asked by name (on a shared qemu:///system host that is someone else's VM)."""
+    node.conn.defineXML(foreign_domain_xml(name)).create()
+    assert node.terminate_instance(name)["previous"] == "absent"
+    assert names(node.conn) == [name] and node.conn.lookupByName(name).isActive()
+    with pytest.raises(CloudError) as excinfo:
+        node.reboot_instance(name)
+    assert excinfo.value.code == "InvalidInstanceID.NotFound"
+
+
 def test_lifecycle_events_are_recorded(node: NodeController) -> None:
     node.run_instance(body())
     node.conn.lookupByName(IID).destroy()
-    deadline = threading.Event()
-    for _ in range(100):
-        kinds = {e["event"] for e in node.events if e["instance_id"] == IID}
-        if {libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STOPPED} <= kinds:
-            break
-        deadline.wait(0.05)
-    assert {libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STOPPED} <= kinds
+    wanted = {libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STOPPED}
+    deadline = time.monotonic() + 5
+    while not wanted <= {e["event"] for e in node.events if e["instance_id"] == IID}:
+        assert time.monotonic() < deadline, node.events
+        time.sleep(0.02)
 
 
 # -- domain XML -----------------------------------------------------------------------------------------------

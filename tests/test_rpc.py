@@ -212,16 +212,19 @@ def test_a_reply_signed_by_the_wrong_role_is_refused(channel_for: Callable[..., 
     assert "role-not-allowed" in excinfo.value.message
 
 
-def test_a_reply_from_a_foreign_ca_is_refused(tmp_path: Path, pair: Callable[[str, str], Pair]) -> None:
+def test_a_reply_from_a_foreign_ca_is_refused(tmp_path: Path, ca: CertificateAuthority,
+                                              pair: Callable[[str, str], Pair]) -> None:
+    # an impostor that trusts our CA (so it accepts and answers the request) but signs with a look-alike
+    # identity from its own CA: same name, same role, different issuer
     foreign = CertificateAuthority.load_or_create(tmp_path / "foreign-pki")
+    answered: list[str] = []
     impostor = Dispatcher("cc-test", MessageSigner(foreign.identity("cc-test", "cc")),
-                          MessageVerifier(foreign.ca_certificate))
-    impostor.route("echo", lambda m: "hello", {"clc"})
+                          MessageVerifier(ca.ca_certificate))
+    impostor.route("echo", lambda m: answered.append(m.sender) or "hello", {"clc"})
     signer, verifier = pair("clc", "clc")
-    # the impostor also refuses *our* request (our certificate is not from its CA), and says so in a
-    # reply that we in turn refuse: either way nothing from the other CA is believed
     with pytest.raises(CloudError) as excinfo:
         LocalChannel("cc-test", "cc", signer, verifier, impostor).call("echo", {})
+    assert answered == ["clc"]  # the request went through; only the answer is refused
     assert excinfo.value.code == "MessageRejected"
     assert "untrusted-certificate" in excinfo.value.message
 

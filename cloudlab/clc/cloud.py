@@ -398,7 +398,10 @@ class CloudController:
             state = row["state"]
             if seen == "running" and state == "pending" and row["dispatched_at"] is not None:
                 self._transition(instance_id, "running", None, expect=("pending",))
-            elif seen == "shutoff" and state in ("pending", "running"):
+            elif seen == "shutoff" and state in ("pending", "running") and row["dispatched_at"] is not None \
+                    and row["dispatched_at"] < report_time:
+                # (a domain that is defined but not yet started also shows as shut off, hence the check
+                # that the node had confirmed the start before this report was asked for)
                 log.info("%s shut itself off on %s", instance_id, name)
                 if self._transition(instance_id, "shutting-down", REASON_GUEST_SHUTDOWN, expect=(state,)):
                     self._submit(self._dispatch_terminate, instance_id)

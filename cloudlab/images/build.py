@@ -51,14 +51,13 @@ BUILDER_VERSION = "1"
 
 #: The kernel command line the default image is meant to boot with (libvirt's ``<cmdline>``).
 #: ``console=ttyS0``: the serial port is the guest's console and carries the boot marker.
-#: ``quiet``: every console byte is an emulated UART write; silencing the kernel saves ~1 s on TCG.
+#: ``quiet``: every console byte is an emulated UART write; a silent kernel boots ~0.3 s sooner on TCG.
 #: ``panic=-1``: reboot at once on a panic, so with ``-no-reboot``/``on_reboot=destroy`` a broken
 #: guest ends instead of hanging. ``tsc=reliable no_timer_check``: skip clocksource checks that are
 #: slow and pointless on emulated timers. ``8250.nr_uarts=1``: probe one UART, not four.
-#: ``cryptomgr.notests``: skip the kernel's crypto self-tests, which are slow on TCG.
-DEFAULT_KERNEL_CMDLINE = (
-    "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
-)
+#: ``cryptomgr.notests``: skip the kernel's crypto self-tests, which are slow on TCG. Together these
+#: four took the TCG boot to the marker from ~2.85 s to ~2.5 s on the development machine.
+DEFAULT_KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
 
 #: The line init.sh prints once the guest is up; probes and tests wait for it on the serial console.
 BOOT_MARKER = "cloudlab-boot: "
@@ -250,8 +249,17 @@ def _resolve_packages(cache: Path, say: Callable[[str], None]) -> tuple[list[_Pa
 def _depends(names: Iterable[str]) -> dict[str, list[str]]:
     """Map each package to its (pre-)dependencies, as ``apt-cache depends`` lists them."""
     out = _run(
-        ["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
-         "--no-replaces", "--no-enhances", *names]
+        [
+            "apt-cache",
+            "depends",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+            *names,
+        ]
     )
     result: dict[str, list[str]] = {}
     current: list[str] | None = None
@@ -290,9 +298,7 @@ def _library_closure(roots: Iterable[str]) -> list[str]:
                 f"package {missing[0]} is unknown to apt; run apt-get update (or apt-get install {missing[0]})"
             )
         seen.extend(frontier)
-        frontier = sorted(
-            {d for ds in deps.values() for d in ds if _LIBRARY_PACKAGE.match(d) and d not in seen}
-        )
+        frontier = sorted({d for ds in deps.values() for d in ds if _LIBRARY_PACKAGE.match(d) and d not in seen})
     return seen
 
 
@@ -418,8 +424,17 @@ def _fetch_debs(packages: list[_Package], debs_dir: Path, say: Callable[[str], N
         say(f"downloading {len(missing)} packages with apt-get download")
         with tempfile.TemporaryDirectory(prefix=".download.", dir=debs_dir) as tmp:
             # As root apt drops to the _apt user for downloads, which cannot write our directory.
-            _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
-                  *(f"{p.name}={p.version}" for p in missing)], cwd=Path(tmp))
+            _run(
+                [
+                    "apt-get",
+                    "download",
+                    "-q",
+                    "-o",
+                    "APT::Sandbox::User=root",
+                    *(f"{p.name}={p.version}" for p in missing),
+                ],
+                cwd=Path(tmp),
+            )
             for p in missing:
                 got = Path(tmp) / p.deb_name
                 if not got.is_file():

@@ -76,7 +76,7 @@ dropbear -R -p 22 -P /run/dropbear.pid 2>/dev/null &
 read -r uptime _ </proc/uptime
 say "cloudlab-boot: ok host=$host uptime=$uptime"
 
-shutdown() {
+stop_guest() {
     action=$1
     read -r uptime _ </proc/uptime
     say "cloudlab-shutdown: $action host=$host uptime=$uptime"
@@ -87,8 +87,8 @@ shutdown() {
     "$action" -f
     echo o >/proc/sysrq-trigger  # only reached if the reboot syscall failed
 }
-trap 'shutdown poweroff' USR1 USR2
-trap 'shutdown reboot' TERM INT
+trap 'stop_guest poweroff' USR1 USR2
+trap 'stop_guest reboot' TERM INT
 
 if [ -n "$shell" ]; then
     (while :; do setsid -c sh -l </dev/ttyS0 >/dev/ttyS0 2>&1; done) &

@@ -45,7 +45,8 @@ def probe_accelerator(
 
     ``cache_file`` defaults to ``<cloudlab cache>/accel.json``. A missing or unopenable /dev/kvm
     (or a missing QEMU) answers "tcg" at once, without a probe and without caching (it is free to
-    check again). The probe VM is always killed with its whole process group and reaped.
+    check again). A cached verdict is reused unless it was a timeout shorter than ``timeout_s``.
+    The probe VM is always killed with its whole process group and reaped, whatever happens.
     """
     if not kvm_device_usable():
         return "tcg"

@@ -58,6 +58,7 @@ class NodeController:
             self.memory_mb_total = memory_mb or host_memory_mb
         self._lock = threading.RLock()
         self._metadata: dict[str, dict[str, str]] = {}
+        self._starting: set[str] = set()
         self.started_at = time.time()
         self.events: list[dict[str, Any]] = []
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
@@ -143,6 +144,8 @@ class NodeController:
                 state, _reason = dom.state()
             except libvirt.libvirtError:
                 continue  # vanished between listing and asking
+            if name in self._starting:
+                state = libvirt.VIR_DOMAIN_NOSTATE  # defined, QEMU still starting: pending, not shut off
             result.append({"instance_id": name, "state": node_state(state),
                            "vcpus": int(meta.get("vcpus", 1)), "memory_mb": int(meta.get("memory_mb", 0))})
         return result
@@ -214,12 +217,15 @@ class NodeController:
                 dom = self.conn.defineXML(build_domain_xml(spec))
             except libvirt.libvirtError as exc:
                 raise CloudError("InternalError", f"node {self.name} could not define {instance_id}: {exc}") from exc
+            self._starting.add(instance_id)
         try:
             dom.create()
         except libvirt.libvirtError as exc:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
             raise CloudError("InternalError", f"node {self.name} could not start {instance_id}: {exc}") from exc
+        finally:
+            self._starting.discard(instance_id)
         log.info("node %s started %s (%s, %d vCPU, %d MiB)", self.name, instance_id, accel, vcpus, memory_mb)
         return {"instance_id": instance_id, "state": node_state(dom.state()[0]), "node": self.name,
                 "started_at": time.time(), "accel": accel}
