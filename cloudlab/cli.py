@@ -47,7 +47,8 @@ def _port(text: str) -> int:
 def _hypervisor(text: str) -> str:
     if not text.startswith(("qemu:///embed", "qemu:///system", "qemu:///session", "test://")):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a supported libvirt URI: use qemu:///embed (default), qemu:///system or test:///default")
+            f"{text!r} is not a supported libvirt URI: use qemu:///embed (default), qemu:///system or test:///default"
+        )
     return text
 
 
@@ -57,12 +58,21 @@ def _layout(args: argparse.Namespace) -> StateLayout:
 
 # -- commands -----------------------------------------------------------------------------------------------
 
+
 def cmd_up(args: argparse.Namespace) -> int:
     layout = _layout(args)
     config = CloudConfig.load(layout.config) if layout.config.exists() else CloudConfig()
-    for option, attr in (("hypervisor", "hypervisor"), ("nodes", "nodes"), ("network", "network"),
-                         ("scheduler", "scheduler"), ("port", "api_port"), ("accel", "accel"),
-                         ("node_vcpus", "node_vcpus"), ("node_memory", "node_memory_mb")):
+    for option, attr in (
+        ("hypervisor", "hypervisor"),
+        ("nodes", "nodes"),
+        ("network", "network"),
+        ("scheduler", "scheduler"),
+        ("port", "api_port"),
+        ("accel", "accel"),
+        ("node_vcpus", "node_vcpus"),
+        ("node_memory", "node_memory_mb"),
+        ("cc_listen", "cc_host"),
+    ):
         value = getattr(args, option)
         if value is not None:
             setattr(config, attr, value)
@@ -74,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     word = "already running" if info.get("already_running") else "up"
     print(f"cloud {word}: EC2 endpoint {info['url']} (state {layout.root})")
-    print(f"use it with: eval \"$(cloudlab --state {layout.root} env)\"")
+    print(f'use it with: eval "$(cloudlab --state {layout.root} env)"')
     return 0
 
 
@@ -102,8 +112,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = control.get_json(info["url"].rstrip("/") + "/_cloudlab/status")
     except OSError as exc:
-        raise CliError(f"the cloud service (pid {info.get('pid')}) does not answer: {exc}; "
-                       "see its log or restart it (cloudlab down && cloudlab up)") from None
+        raise CliError(
+            f"the cloud service (pid {info.get('pid')}) does not answer: {exc}; "
+            "see its log or restart it (cloudlab down && cloudlab up)"
+        ) from None
     status = {"running": True, "state": str(layout.root)} | status
     if args.json:
         print(json.dumps(status, indent=2, default=str))
@@ -111,19 +123,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"cloud running: pid {status['pid']}, up {status['uptime_s']} s, endpoint {status['endpoint']}")
     print(f"state {layout.root}; region {status['region']}; hypervisor {status['hypervisor']}")
     for cluster in status["clusters"]:
-        print(f"cluster {cluster['name']} (zone {cluster['zone']}, network {cluster['network']}, "
-              f"scheduler {cluster['scheduler']}): {len(cluster['nodes'])} node(s)")
+        print(
+            f"cluster {cluster['name']} (zone {cluster['zone']}, network {cluster['network']}, "
+            f"scheduler {cluster['scheduler']}): {len(cluster['nodes'])} node(s)"
+        )
         for node in cluster["nodes"]:
             health = "alive" if node["alive"] else f"NOT ANSWERING ({node.get('last_error')})"
             proc = node.get("process")
             extra = f", pid {proc['pid']}, restarts {proc['restarts']}" if proc else ""
-            print(f"  {node['name']}: {health}, {node['vcpus_free']}/{node['vcpus_total']} vCPU and "
-                  f"{node['memory_mb_free']}/{node['memory_mb_total']} MiB free, {node['instances']} instance(s), "
-                  f"accel {node.get('accel') or '-'}{extra}")
+            print(
+                f"  {node['name']}: {health}, {node['vcpus_free']}/{node['vcpus_total']} vCPU and "
+                f"{node['memory_mb_free']}/{node['memory_mb_total']} MiB free, {node['instances']} instance(s), "
+                f"accel {node.get('accel') or '-'}{extra}"
+            )
     counts = ", ".join(f"{n} {s}" for s, n in sorted(status["instances"].items())) or "none"
     print(f"instances: {counts}")
     for vm in status.get("unknown_vms", []):
-        print(f"  unknown VM {vm['instance_id']} on {vm['node']} ({vm['state']}): not in the cloud's records, left alone")
+        print(
+            f"  unknown VM {vm['instance_id']} on {vm['node']} ({vm['state']}): not in the cloud's records, left alone"
+        )
     return 0
 
 
@@ -170,8 +188,9 @@ def _register_default(layout: StateLayout, built: Any) -> Any:
 
     store = Store(layout.database)
     try:
-        return Images(store, layout.images).register_default(built.kernel, built.ramdisk, "admin",
-                                                             "cloudlab default image")
+        return Images(store, layout.images).register_default(
+            built.kernel, built.ramdisk, "admin", "cloudlab default image"
+        )
     finally:
         store.close()
 
@@ -188,8 +207,18 @@ def cmd_image_list(args: argparse.Namespace) -> int:
         images = Images(store, layout.images).list()
     finally:
         store.close()
-    rows = [{"image_id": i.image_id, "name": i.name, "type": i.kind, "state": i.state, "owner": i.owner,
-             "kernel": i.kernel_id or "", "ramdisk": i.ramdisk_id or ""} for i in images]
+    rows = [
+        {
+            "image_id": i.image_id,
+            "name": i.name,
+            "type": i.kind,
+            "state": i.state,
+            "owner": i.owner,
+            "kernel": i.kernel_id or "",
+            "ramdisk": i.ramdisk_id or "",
+        }
+        for i in images
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -216,6 +245,30 @@ def cmd_accel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_credentials(args: argparse.Namespace) -> int:
+    import shutil
+
+    from cloudlab.security.ca import CertificateAuthority
+
+    layout = _layout(args)
+    if not (layout.pki / "ca.key").exists():
+        raise CliError(f"no cloud CA in {layout.pki}: start the cloud once with 'cloudlab up'")
+    try:
+        identity = CertificateAuthority.load_or_create(layout.pki).identity(args.name, "nc")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(layout.pki / "ca.crt", out / "ca.crt")
+    crt, key = out / f"nc-{args.name}.crt", out / f"nc-{args.name}.key"
+    crt.write_bytes(identity.certificate_pem)
+    shutil.copyfile(identity.key_path or layout.pki / f"nc-{args.name}.key", key)
+    key.chmod(0o600)
+    print(f"wrote {out}/ca.crt, {crt.name} and {key.name}; on the new host run:")
+    print(f"  cloudlab nc --name {args.name} --cc CC_URL --pki {out} --listen 0.0.0.0")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from cloudlab.service import run_service
 
@@ -231,39 +284,68 @@ def cmd_nc(args: argparse.Namespace) -> int:
     layout = _layout(args)
     _log_to_stderr(args.verbose)
     uri = args.hypervisor or f"qemu:///embed?root={layout.libvirt_root(args.name)}"
-    run_node(Path(args.pki) if args.pki else layout.pki, args.name, args.cc, uri, layout.node_dir(args.name),
-             host=args.listen, port=args.port, vcpus=args.vcpus, memory_mb=args.memory, accel=args.accel,
-             accel_cache=cache_dir() / "accel.json")
+    run_node(
+        Path(args.pki) if args.pki else layout.pki,
+        args.name,
+        args.cc,
+        uri,
+        layout.node_dir(args.name),
+        host=args.listen,
+        port=args.port,
+        vcpus=args.vcpus,
+        memory_mb=args.memory,
+        accel=args.accel,
+        accel_cache=cache_dir() / "accel.json",
+    )
     return 0
 
 
 def _log_to_stderr(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 # -- parser ---------------------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     state = argparse.ArgumentParser(add_help=False)
-    state.add_argument("--state", metavar="DIR", default=argparse.SUPPRESS,
-                       help="the cloud's state folder (default: $CLOUDLAB_STATE or the nearest .cloudlab/)")
+    state.add_argument(
+        "--state",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="the cloud's state folder (default: $CLOUDLAB_STATE or the nearest .cloudlab/)",
+    )
     parser = argparse.ArgumentParser(
-        prog="cloudlab", parents=[state],
+        prog="cloudlab",
+        parents=[state],
         description="A small, real, EC2-compatible private cloud on this machine: libvirt VMs, an EC2 Query API "
-                    "for boto3 and the AWS CLI, and a JupyterLab front end.")
+        "for boto3 and the AWS CLI, and a JupyterLab front end.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("up", parents=[state], help="start the cloud in the background (returns when its API answers)")
-    p.add_argument("--hypervisor", type=_hypervisor, metavar="URI",
-                   help="libvirt URI: qemu:///embed (default), qemu:///system or test:///default")
+    p.add_argument(
+        "--hypervisor",
+        type=_hypervisor,
+        metavar="URI",
+        help="libvirt URI: qemu:///embed (default), qemu:///system or test:///default",
+    )
     p.add_argument("--nodes", type=_positive, metavar="N", help="number of node controllers (default 1)")
     p.add_argument("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)")
     p.add_argument("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN or module:Class")
-    p.add_argument("--port", type=_port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)")
+    p.add_argument(
+        "--port", type=_port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)"
+    )
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], help="accelerator (default auto: probe KVM, else TCG)")
     p.add_argument("--node-vcpus", type=_positive, metavar="N", help="vCPUs each node offers")
     p.add_argument("--node-memory", type=_positive, metavar="MIB", help="memory (MiB) each node offers")
+    p.add_argument(
+        "--cc-listen",
+        metavar="ADDR",
+        help="address the cluster controller listens on for node controllers on other hosts (default 127.0.0.1)",
+    )
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the API (default 90)")
     p.set_defaults(func=cmd_up)
 
@@ -281,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", parents=[state], help="build and list machine images")
     image_sub = image.add_subparsers(dest="image_command", metavar="SUBCOMMAND", required=True)
-    p = image_sub.add_parser("build", parents=[state], help="build the default image from Debian packages "
-                                                              "(cached) and register it")
+    p = image_sub.add_parser(
+        "build", parents=[state], help="build the default image from Debian packages (cached) and register it"
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if the cached image is current")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_image_build)
@@ -290,10 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_image_list)
 
-    p = sub.add_parser("accel", parents=[state], help="probe whether KVM works here (a short real boot, cached); "
-                                                       "else TCG")
+    p = sub.add_parser(
+        "accel", parents=[state], help="probe whether KVM works here (a short real boot, cached); else TCG"
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing")
     p.set_defaults(func=cmd_accel)
+
+    p = sub.add_parser(
+        "node-credentials", parents=[state], help="issue a node certificate and write what a node on another host needs"
+    )
+    p.add_argument("name", help="the new node's name")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write ca.crt and the node's cert/key to")
+    p.set_defaults(func=cmd_node_credentials)
 
     p = sub.add_parser("serve", parents=[state], help="run the cloud in the foreground (what 'up' starts)")
     p.add_argument("--verbose", action="store_true")

@@ -53,8 +53,12 @@ class Cloud:
 
     def boto3_kwargs(self) -> dict[str, str]:
         """What ``boto3.client("ec2", **kwargs)`` needs to talk to this cloud."""
-        return {"endpoint_url": self.endpoint_url, "region_name": self.region,
-                "aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key}
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+        }
 
     # -- listings ---------------------------------------------------------------------------------------
     def instances(self, *, include_terminated: bool = True) -> pd.DataFrame:
@@ -66,19 +70,34 @@ class Cloud:
                 for inst in reservation["Instances"]:
                     if not include_terminated and inst["State"]["Name"] == "terminated":
                         continue
-                    rows.append({"instance_id": inst["InstanceId"], "state": inst["State"]["Name"],
-                                 "type": inst["InstanceType"], "image": inst["ImageId"],
-                                 "node": inst.get("Placement", {}).get("HostId"),
-                                 "zone": inst.get("Placement", {}).get("AvailabilityZone"),
-                                 "launched": inst.get("LaunchTime"), "owner": reservation.get("OwnerId"),
-                                 "reason": (inst.get("StateReason") or {}).get("Message", "")})
+                    rows.append(
+                        {
+                            "instance_id": inst["InstanceId"],
+                            "state": inst["State"]["Name"],
+                            "type": inst["InstanceType"],
+                            "image": inst["ImageId"],
+                            "node": inst.get("Placement", {}).get("HostId"),
+                            "zone": inst.get("Placement", {}).get("AvailabilityZone"),
+                            "launched": inst.get("LaunchTime"),
+                            "owner": reservation.get("OwnerId"),
+                            "reason": (inst.get("StateReason") or {}).get("Message", ""),
+                        }
+                    )
         columns = ["instance_id", "state", "type", "image", "node", "zone", "launched", "owner", "reason"]
         return pd.DataFrame(rows, columns=columns)
 
     def images(self) -> pd.DataFrame:
-        rows = [{"image_id": i["ImageId"], "name": i.get("Name"), "type": i.get("ImageType"), "state": i["State"],
-                 "kernel": i.get("KernelId"), "ramdisk": i.get("RamdiskId")}
-                for i in self.ec2.describe_images()["Images"]]
+        rows = [
+            {
+                "image_id": i["ImageId"],
+                "name": i.get("Name"),
+                "type": i.get("ImageType"),
+                "state": i["State"],
+                "kernel": i.get("KernelId"),
+                "ramdisk": i.get("RamdiskId"),
+            }
+            for i in self.ec2.describe_images()["Images"]
+        ]
         return pd.DataFrame(rows, columns=["image_id", "name", "type", "state", "kernel", "ramdisk"])
 
     def status(self) -> dict[str, Any]:
@@ -88,10 +107,19 @@ class Cloud:
         rows = []
         for cluster in self.status()["clusters"]:
             for node in cluster["nodes"]:
-                rows.append({"node": node["name"], "cluster": cluster["name"], "alive": node["alive"],
-                             "vcpus_free": node["vcpus_free"], "vcpus_total": node["vcpus_total"],
-                             "memory_mb_free": node["memory_mb_free"], "memory_mb_total": node["memory_mb_total"],
-                             "instances": node["instances"], "accel": node.get("accel")})
+                rows.append(
+                    {
+                        "node": node["name"],
+                        "cluster": cluster["name"],
+                        "alive": node["alive"],
+                        "vcpus_free": node["vcpus_free"],
+                        "vcpus_total": node["vcpus_total"],
+                        "memory_mb_free": node["memory_mb_free"],
+                        "memory_mb_total": node["memory_mb_total"],
+                        "instances": node["instances"],
+                        "accel": node.get("accel"),
+                    }
+                )
         return pd.DataFrame(rows)
 
     # -- actions ----------------------------------------------------------------------------------------
@@ -101,11 +129,17 @@ class Cloud:
             raise RuntimeError("the cloud has no default image: run 'cloudlab image build'")
         return images[0]["ImageId"]
 
-    def run(self, count: int = 1, *, image_id: str | None = None, instance_type: str = "t2.micro",
-            **kwargs: Any) -> list[str]:
+    def run(
+        self, count: int = 1, *, image_id: str | None = None, instance_type: str = "t2.micro", **kwargs: Any
+    ) -> list[str]:
         """Start ``count`` instances; returns their ids."""
-        reservation = self.ec2.run_instances(ImageId=image_id or self.default_image(), MinCount=count,
-                                             MaxCount=count, InstanceType=instance_type, **kwargs)
+        reservation = self.ec2.run_instances(
+            ImageId=image_id or self.default_image(),
+            MinCount=count,
+            MaxCount=count,
+            InstanceType=instance_type,
+            **kwargs,
+        )
         return [i["InstanceId"] for i in reservation["Instances"]]
 
     def console(self, instance_id: str) -> str:
@@ -116,8 +150,9 @@ class Cloud:
         found = self.ec2.describe_instances(InstanceIds=ids)
         return {i["InstanceId"]: i["State"]["Name"] for r in found["Reservations"] for i in r["Instances"]}
 
-    def wait_booted(self, instance_ids: Iterable[str], timeout: float = 120.0, poll: float = 0.2,
-                    progress: bool = False) -> pd.DataFrame:
+    def wait_booted(
+        self, instance_ids: Iterable[str], timeout: float = 120.0, poll: float = 0.2, progress: bool = False
+    ) -> pd.DataFrame:
         """Wait until each instance is running and its console shows the boot marker.
 
         Returns one row per instance with the seconds from this call to ``running`` and to the
@@ -151,8 +186,17 @@ class Cloud:
             time.sleep(poll)
         if bar is not None:
             bar.close()
-        return pd.DataFrame([{"instance_id": i, "running_s": round(running[i], 2), "boot_s": round(booted[i][0], 2),
-                              "guest_uptime_s": booted[i][1]} for i in ids])
+        return pd.DataFrame(
+            [
+                {
+                    "instance_id": i,
+                    "running_s": round(running[i], 2),
+                    "boot_s": round(booted[i][0], 2),
+                    "guest_uptime_s": booted[i][1],
+                }
+                for i in ids
+            ]
+        )
 
     def wait_state(self, instance_ids: Iterable[str], state: str, timeout: float = 60.0, poll: float = 0.2) -> None:
         ids = list(instance_ids)
@@ -179,7 +223,12 @@ def connect(state: str | None = None, user: str = "admin") -> Cloud:
     if not creds_path.exists():
         raise CloudNotRunning(f"no credentials for user {user!r} in {layout.credentials}")
     creds = json.loads(creds_path.read_text())
-    client = boto3.client("ec2", endpoint_url=info["url"], region_name=info["region"],
-                          aws_access_key_id=creds["access_key"], aws_secret_access_key=creds["secret_key"],
-                          config=Config(retries={"max_attempts": 2, "mode": "standard"}))
+    client = boto3.client(
+        "ec2",
+        endpoint_url=info["url"],
+        region_name=info["region"],
+        aws_access_key_id=creds["access_key"],
+        aws_secret_access_key=creds["secret_key"],
+        config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+    )
     return Cloud(layout, info["url"], info["region"], user, client, creds["access_key"], creds["secret_key"])

@@ -24,6 +24,7 @@ class CloudConfig:
     region: str = DEFAULT_REGION
     api_host: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
+    cc_host: str = "127.0.0.1"  # where the cluster controller listens for node controllers
     accel: str = "auto"
     node_vcpus: int | None = None
     node_memory_mb: int | None = None

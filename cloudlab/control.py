@@ -7,6 +7,7 @@ process of this cloud is left, even if the service had been killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,8 +72,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ControlError(f"port {port} on {host} is taken ({exc.strerror}): stop what uses it or run "
-                               f"'cloudlab up --port N' (0 picks a free port)") from None
+            raise ControlError(
+                f"port {port} on {host} is taken ({exc.strerror}): stop what uses it or run "
+                f"'cloudlab up --port N' (0 picks a free port)"
+            ) from None
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -94,14 +97,20 @@ def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dic
     with layout.log.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "cloudlab.cli", "--state", str(layout.root), "serve"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            cwd=layout.root)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=layout.root,
+        )
     layout.pidfile.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ControlError(f"the cloud service exited with status {process.returncode}; its log "
-                               f"({layout.log}) ends with:\n{tail(layout.log)}")
+            raise ControlError(
+                f"the cloud service exited with status {process.returncode}; its log "
+                f"({layout.log}) ends with:\n{tail(layout.log)}"
+            )
         info = endpoint(layout)
         if info is not None:
             try:
@@ -143,10 +152,8 @@ def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
         stopped = True
     swept = leftover_qemu(layout)
     for qemu in swept:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(qemu, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     layout.pidfile.unlink(missing_ok=True)
     layout.endpoint_file.unlink(missing_ok=True)
     for link in Path(layout.short_prefix).parent.glob(Path(layout.short_prefix).name + "*"):

@@ -81,8 +81,10 @@ def _peek(data: bytes) -> tuple[str, str | None]:
     try:
         envelope = json.loads(data)
         action, nonce = envelope.get("action", ""), envelope.get("nonce")
-        return (action if isinstance(action, str) else "",
-                nonce if isinstance(nonce, str) and len(nonce) <= 64 else None)
+        return (
+            action if isinstance(action, str) else "",
+            nonce if isinstance(nonce, str) and len(nonce) <= 64 else None,
+        )
     except Exception:
         return "", None
 
@@ -123,8 +125,9 @@ class _SignedChannel:
 class LocalChannel(_SignedChannel):
     """Same-process transport: the bytes go straight to the receiver's dispatcher."""
 
-    def __init__(self, peer: str, peer_role: str, signer: MessageSigner, verifier: MessageVerifier,
-                 dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, peer: str, peer_role: str, signer: MessageSigner, verifier: MessageVerifier, dispatcher: Dispatcher
+    ) -> None:
         super().__init__(peer, peer_role, signer, verifier)
         self._dispatcher = dispatcher
 
@@ -135,8 +138,15 @@ class LocalChannel(_SignedChannel):
 class HttpChannel(_SignedChannel):
     """HTTP transport: POST the envelope to ``<url>/message``; the reply body is the signed reply."""
 
-    def __init__(self, peer: str, peer_role: str, signer: MessageSigner, verifier: MessageVerifier,
-                 url: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        peer: str,
+        peer_role: str,
+        signer: MessageSigner,
+        verifier: MessageVerifier,
+        url: str,
+        timeout: float = 30.0,
+    ) -> None:
         super().__init__(peer, peer_role, signer, verifier)
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
@@ -178,10 +188,18 @@ class _MessageHandler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
+class BurstTolerantHTTPServer(ThreadingHTTPServer):
+    """socketserver's listen backlog of 5 makes a burst of calls stall for a second (SYN retry) or
+    fail with ECONNRESET; a controller takes bursts (a scheduler fan-out, 100 instances at once)."""
+
+    request_queue_size = 128
+    daemon_threads = True
+
+
 def serve_http(dispatcher: Dispatcher, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """Serve ``dispatcher`` over HTTP in a daemon thread; ``server.server_port`` tells the port."""
     handler = type("BoundMessageHandler", (_MessageHandler,), {"dispatcher": dispatcher})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = BurstTolerantHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name=f"rpc-{dispatcher.name}", daemon=True).start()
     return server

@@ -79,12 +79,17 @@ class CloudService:
         cluster_name = config.cluster
         clc_signer, clc_verifier = self._signer_verifier("clc", "clc")
         cc_signer, cc_verifier = self._signer_verifier(f"cc-{cluster_name}", "cc")
-        self.cc = ClusterController(cluster_name, policy=config.scheduler, heartbeat_s=config.heartbeat_s,
-                                    signer=cc_signer, verifier=cc_verifier)
+        self.cc = ClusterController(
+            cluster_name,
+            policy=config.scheduler,
+            heartbeat_s=config.heartbeat_s,
+            signer=cc_signer,
+            verifier=cc_verifier,
+        )
         self.cc_dispatcher = Dispatcher(f"cc-{cluster_name}", cc_signer, cc_verifier)
         self.cc.register_routes(self.cc_dispatcher)
-        self.cc_server = serve_http(self.cc_dispatcher, "127.0.0.1", 0)
-        self.cc_url = f"http://127.0.0.1:{self.cc_server.server_port}"
+        self.cc_server = serve_http(self.cc_dispatcher, config.cc_host, 0)
+        self.cc_url = f"http://{config.cc_host}:{self.cc_server.server_port}"
         self.store = Store(layout.database)
         self.clc = CloudController(self.store, Images(self.store, layout.images), self.ca, region=config.region)
         channel = LocalChannel(f"cc-{cluster_name}", "cc", clc_signer, clc_verifier, self.cc_dispatcher)
@@ -103,9 +108,12 @@ class CloudService:
         if built is None:
             log.info("no default image built yet: run 'cloudlab image build'")
             return
-        image, new = self.clc.images.register_default(built.kernel, built.ramdisk, owner,
-                                                      "cloudlab default image (Debian cloud kernel, busybox, "
-                                                      "iperf3, dropbear)")
+        image, new = self.clc.images.register_default(
+            built.kernel,
+            built.ramdisk,
+            owner,
+            "cloudlab default image (Debian cloud kernel, busybox, iperf3, dropbear)",
+        )
         if new:
             log.info("registered the default image as %s", image.image_id)
 
@@ -113,8 +121,9 @@ class CloudService:
         uri = node_uri(self.config, self.layout, name)
         node_dir = self.layout.node_dir(name)
         if driver_kind(uri) == "test":
-            node = NodeController(name, uri, node_dir, vcpus=self.config.node_vcpus,
-                                  memory_mb=self.config.node_memory_mb, accel="test")
+            node = NodeController(
+                name, uri, node_dir, vcpus=self.config.node_vcpus, memory_mb=self.config.node_memory_mb, accel="test"
+            )
             signer, verifier = self._signer_verifier(name, "nc")
             dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
             node.register_routes(dispatcher)
@@ -122,8 +131,22 @@ class CloudService:
             self.cc.add_node(name, LocalChannel(name, "nc", cc_signer, cc_verifier, dispatcher))
             self.local_nodes[name] = node
             return
-        argv = [sys.executable, "-m", "cloudlab.cli", "--state", str(self.layout.root), "nc", "--name", name,
-                "--cc", self.cc_url, "--hypervisor", uri, "--accel", self.config.accel]
+        argv = [
+            sys.executable,
+            "-m",
+            "cloudlab.cli",
+            "--state",
+            str(self.layout.root),
+            "nc",
+            "--name",
+            name,
+            "--cc",
+            self.cc_url,
+            "--hypervisor",
+            uri,
+            "--accel",
+            self.config.accel,
+        ]
         if self.config.node_vcpus:
             argv += ["--vcpus", str(self.config.node_vcpus)]
         if self.config.node_memory_mb:
@@ -136,8 +159,9 @@ class CloudService:
         log_path = self.layout.node_dir(child.name) / "nc.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
-            child.process = subprocess.Popen(child.argv, stdout=out, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, cwd=self.layout.root)
+            child.process = subprocess.Popen(
+                child.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.layout.root
+            )
         child.last_start = time.time()
         log.info("started node controller %s (pid %d)", child.name, child.process.pid)
 
@@ -170,16 +194,37 @@ class CloudService:
             counts[row["state"]] = row["n"]
         for node in cluster["nodes"]:
             child = self.children.get(node["name"])
-            node["process"] = None if child is None or child.process is None else {
-                "pid": child.process.pid, "running": child.process.poll() is None,
-                "restarts": child.restarts, "history": child.history[-5:]}
+            node["process"] = (
+                None
+                if child is None or child.process is None
+                else {
+                    "pid": child.process.pid,
+                    "running": child.process.poll() is None,
+                    "restarts": child.restarts,
+                    "history": child.history[-5:],
+                }
+            )
             node["instances"] = len(node["instances"])
-        return {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
-                "endpoint": self.endpoint_url, "region": self.config.region, "hypervisor": self.config.hypervisor,
-                "clusters": [{"name": self.config.cluster, "zone": self.config.zone, "network": self.config.network,
-                              "scheduler": cluster["policy"], "cc_url": self.cc_url, "nodes": cluster["nodes"]}],
-                "instances": counts, "unknown_vms": self.clc.unknown_vms(),
-                "refused_messages": self.cc_dispatcher.refused[-10:]}
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "endpoint": self.endpoint_url,
+            "region": self.config.region,
+            "hypervisor": self.config.hypervisor,
+            "clusters": [
+                {
+                    "name": self.config.cluster,
+                    "zone": self.config.zone,
+                    "network": self.config.network,
+                    "scheduler": cluster["policy"],
+                    "cc_url": self.cc_url,
+                    "nodes": cluster["nodes"],
+                }
+            ],
+            "instances": counts,
+            "unknown_vms": self.clc.unknown_vms(),
+            "refused_messages": self.cc_dispatcher.refused[-10:],
+        }
 
     @property
     def endpoint_url(self) -> str:
@@ -190,14 +235,21 @@ class CloudService:
         from cloudlab.api.server import serve_api  # the service composes the API; the core never imports it
 
         self.build()
-        self.api_server = serve_api(self.clc, self.config.api_host, self.config.api_port,
-                                    status=self.status)
+        self.api_server = serve_api(self.clc, self.config.api_host, self.config.api_port, status=self.status)
         self.cc.start()
         self.wait_for_nodes()
         self.clc.reconcile_once()
         self.clc.start()
-        write_json(self.layout.endpoint_file, {"url": self.endpoint_url, "pid": os.getpid(), "cc_url": self.cc_url,
-                                               "region": self.config.region, "started": self.started})
+        write_json(
+            self.layout.endpoint_file,
+            {
+                "url": self.endpoint_url,
+                "pid": os.getpid(),
+                "cc_url": self.cc_url,
+                "region": self.config.region,
+                "started": self.started,
+            },
+        )
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         log.info("cloud is up: EC2 endpoint %s", self.endpoint_url)

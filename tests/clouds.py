@@ -37,9 +37,13 @@ class RunningCloud:
 
     def ec2(self, user: str = "admin", **overrides: Any) -> Any:
         creds = self.credentials(user)
-        kwargs = {"endpoint_url": self.url, "region_name": self.info["region"],
-                  "aws_access_key_id": creds["access_key"], "aws_secret_access_key": creds["secret_key"],
-                  "config": Config(retries={"max_attempts": 1})}
+        kwargs = {
+            "endpoint_url": self.url,
+            "region_name": self.info["region"],
+            "aws_access_key_id": creds["access_key"],
+            "aws_secret_access_key": creds["secret_key"],
+            "config": Config(retries={"max_attempts": 1}),
+        }
         kwargs.update(overrides)
         return boto3.client("ec2", **kwargs)
 
@@ -71,8 +75,13 @@ def cloud_factory(tmp_path: Path) -> Iterator[Callable[..., RunningCloud]]:
 @pytest.fixture(scope="session")
 def sim_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
     """One cloud on libvirt's test driver (4 simulated nodes), shared by the API tests."""
-    cloud = start_cloud(tmp_path_factory.mktemp("sim") / "state", hypervisor="test:///default", nodes=4,
-                        node_vcpus=8, node_memory_mb=4096)
+    cloud = start_cloud(
+        tmp_path_factory.mktemp("sim") / "state",
+        hypervisor="test:///default",
+        nodes=4,
+        node_vcpus=8,
+        node_memory_mb=4096,
+    )
     yield cloud
     control.down(cloud.layout)
 

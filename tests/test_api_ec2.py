@@ -29,8 +29,9 @@ def default_image(ec2: Any) -> str:
 def wait_states(ec2: Any, ids: list[str], state: str, timeout: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        found = {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
-                 for i in r["Instances"]}
+        found = {
+            i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]
+        }
         if all(i["State"]["Name"] == state for i in found.values()):
             return found
         assert time.monotonic() < deadline, {k: v["State"]["Name"] for k, v in found.items()}
@@ -78,8 +79,9 @@ def test_instance_lifecycle(ec2: Any, sim_cloud: RunningCloud) -> None:
         assert inst["Placement"]["HostId"].startswith("node-")
         assert inst["LaunchTime"].year >= 2024
     # filters and the boto3 waiter (which filters by state) work
-    running = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["running"]},
-                                              {"Name": "instance-id", "Values": ids}])
+    running = ec2.describe_instances(
+        Filters=[{"Name": "instance-state-name", "Values": ["running"]}, {"Name": "instance-id", "Values": ids}]
+    )
     assert sorted(i["InstanceId"] for r in running["Reservations"] for i in r["Instances"]) == sorted(ids)
     ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 1, "MaxAttempts": 5})
     ec2.reboot_instances(InstanceIds=ids)
@@ -94,13 +96,18 @@ def test_instance_lifecycle(ec2: Any, sim_cloud: RunningCloud) -> None:
 
 
 def test_pagination(ec2: Any) -> None:
-    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=7, MaxCount=7,
-                                                      InstanceType="t2.nano")["Instances"]]
+    ids = [
+        i["InstanceId"]
+        for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=7, MaxCount=7, InstanceType="t2.nano")[
+            "Instances"
+        ]
+    ]
     try:
         seen: list[str] = []
         pages = 0
         for page in ec2.get_paginator("describe_instances").paginate(
-                Filters=[{"Name": "instance-id", "Values": ids}], PaginationConfig={"PageSize": 5}):
+            Filters=[{"Name": "instance-id", "Values": ids}], PaginationConfig={"PageSize": 5}
+        ):
             pages += 1
             seen += [i["InstanceId"] for r in page["Reservations"] for i in r["Instances"]]
         assert pages == 2 and sorted(seen) == sorted(ids)
@@ -108,15 +115,18 @@ def test_pagination(ec2: Any) -> None:
         ec2.terminate_instances(InstanceIds=ids)
 
 
-@pytest.mark.parametrize(("kwargs", "code"), [
-    ({"ImageId": "ami-0123456789abcdef0", "MinCount": 1, "MaxCount": 1}, "InvalidAMIID.NotFound"),
-    ({"ImageId": "not-an-image", "MinCount": 1, "MaxCount": 1}, "InvalidAMIID.Malformed"),
-    ({"MinCount": 1, "MaxCount": 1, "InstanceType": "z9.enormous"}, "InvalidParameterValue"),
-    ({"MinCount": 3, "MaxCount": 2}, "InvalidParameterValue"),
-    ({"MinCount": 0, "MaxCount": 1}, "InvalidParameterValue"),
-    ({"MinCount": 100, "MaxCount": 100, "InstanceType": "m1.xlarge"}, "InsufficientInstanceCapacity"),
-    ({"MinCount": 1, "MaxCount": 1, "Placement": {"AvailabilityZone": "mars-1a"}}, "InvalidParameterValue"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"ImageId": "ami-0123456789abcdef0", "MinCount": 1, "MaxCount": 1}, "InvalidAMIID.NotFound"),
+        ({"ImageId": "not-an-image", "MinCount": 1, "MaxCount": 1}, "InvalidAMIID.Malformed"),
+        ({"MinCount": 1, "MaxCount": 1, "InstanceType": "z9.enormous"}, "InvalidParameterValue"),
+        ({"MinCount": 3, "MaxCount": 2}, "InvalidParameterValue"),
+        ({"MinCount": 0, "MaxCount": 1}, "InvalidParameterValue"),
+        ({"MinCount": 100, "MaxCount": 100, "InstanceType": "m1.xlarge"}, "InsufficientInstanceCapacity"),
+        ({"MinCount": 1, "MaxCount": 1, "Placement": {"AvailabilityZone": "mars-1a"}}, "InvalidParameterValue"),
+    ],
+)
 def test_run_instances_bad_input(ec2: Any, kwargs: dict[str, Any], code: str) -> None:
     before = ec2.describe_instances()["Reservations"]
     kwargs = {"ImageId": default_image(ec2)} | kwargs
@@ -127,19 +137,24 @@ def test_run_instances_bad_input(ec2: Any, kwargs: dict[str, Any], code: str) ->
     assert ec2.describe_instances()["Reservations"] == before  # nothing half-created
 
 
-@pytest.mark.parametrize(("call", "code"), [
-    (lambda ec2: ec2.describe_instances(InstanceIds=["i-0123456789abcdef0"]), "InvalidInstanceID.NotFound"),
-    (lambda ec2: ec2.describe_instances(InstanceIds=["bogus"]), "InvalidInstanceID.Malformed"),
-    (lambda ec2: ec2.terminate_instances(InstanceIds=["i-0123456789abcdef0"]), "InvalidInstanceID.NotFound"),
-    (lambda ec2: ec2.reboot_instances(InstanceIds=["i-0123456789abcdef0"]), "InvalidInstanceID.NotFound"),
-    (lambda ec2: ec2.get_console_output(InstanceId="i-0123456789abcdef0"), "InvalidInstanceID.NotFound"),
-    (lambda ec2: ec2.describe_instances(Filters=[{"Name": "no-such-filter", "Values": ["x"]}]),
-     "InvalidParameterValue"),
-    (lambda ec2: ec2.describe_instances(MaxResults=2), "InvalidParameterValue"),
-    (lambda ec2: ec2.describe_instances(NextToken="!!garbage!!"), "InvalidNextToken"),
-    (lambda ec2: ec2.describe_regions(RegionNames=["us-east-1"]), "InvalidParameterValue"),
-    (lambda ec2: ec2.describe_vpcs(), "UnsupportedOperation"),
-])
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        (lambda ec2: ec2.describe_instances(InstanceIds=["i-0123456789abcdef0"]), "InvalidInstanceID.NotFound"),
+        (lambda ec2: ec2.describe_instances(InstanceIds=["bogus"]), "InvalidInstanceID.Malformed"),
+        (lambda ec2: ec2.terminate_instances(InstanceIds=["i-0123456789abcdef0"]), "InvalidInstanceID.NotFound"),
+        (lambda ec2: ec2.reboot_instances(InstanceIds=["i-0123456789abcdef0"]), "InvalidInstanceID.NotFound"),
+        (lambda ec2: ec2.get_console_output(InstanceId="i-0123456789abcdef0"), "InvalidInstanceID.NotFound"),
+        (
+            lambda ec2: ec2.describe_instances(Filters=[{"Name": "no-such-filter", "Values": ["x"]}]),
+            "InvalidParameterValue",
+        ),
+        (lambda ec2: ec2.describe_instances(MaxResults=2), "InvalidParameterValue"),
+        (lambda ec2: ec2.describe_instances(NextToken="!!garbage!!"), "InvalidNextToken"),
+        (lambda ec2: ec2.describe_regions(RegionNames=["us-east-1"]), "InvalidParameterValue"),
+        (lambda ec2: ec2.describe_vpcs(), "UnsupportedOperation"),
+    ],
+)
 def test_errors_have_ec2_codes(ec2: Any, call: Any, code: str) -> None:
     with pytest.raises(ClientError) as excinfo:
         call(ec2)
@@ -171,8 +186,9 @@ def test_unknown_action_and_raw_garbage(sim_cloud: RunningCloud) -> None:
     import urllib.request
 
     for body in (b"Action=FlyToTheMoon&Version=2016-11-15", b"\xff\xfe\x00garbage", b""):
-        request = urllib.request.Request(sim_cloud.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+        request = urllib.request.Request(
+            sim_cloud.url, data=body, method="POST", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
         with pytest.raises(urllib.error.HTTPError) as excinfo:
             urllib.request.urlopen(request, timeout=5)
         text = excinfo.value.read().decode()
@@ -193,8 +209,12 @@ def test_aws_env_contract(sim_cloud: RunningCloud, monkeypatch: pytest.MonkeyPat
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "cloudlab.cli", "--state", str(sim_cloud.layout.root), "env"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "--state", str(sim_cloud.layout.root), "env"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     env = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
     assert set(env) >= {"AWS_ENDPOINT_URL_EC2", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
     for key, value in env.items():

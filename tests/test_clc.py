@@ -43,8 +43,13 @@ class Cloud:
     def __init__(self, root: Path, nodes: int = 2) -> None:
         self.root = root
         self.layout = StateLayout(root / "state")
-        self.config = CloudConfig(hypervisor="test:///default", nodes=nodes, node_vcpus=NODE_VCPUS,
-                                  node_memory_mb=NODE_MEMORY_MB, heartbeat_s=0.05)
+        self.config = CloudConfig(
+            hypervisor="test:///default",
+            nodes=nodes,
+            node_vcpus=NODE_VCPUS,
+            node_memory_mb=NODE_MEMORY_MB,
+            heartbeat_s=0.05,
+        )
         self.service = CloudService(self.layout, self.config)
         self.service.build()
         self.service.cc.start()
@@ -71,8 +76,11 @@ class Cloud:
         return self.clc.instance(instance_id)["state"]
 
     def wait_state(self, ids: list[str], state: str, timeout: float = 15.0) -> None:
-        wait_until(lambda: all(self.state(i) == state for i in ids), timeout,
-                   f"{ids} to be {state} (now {[self.state(i) for i in ids]})")
+        wait_until(
+            lambda: all(self.state(i) == state for i in ids),
+            timeout,
+            f"{ids} to be {state} (now {[self.state(i) for i in ids]})",
+        )
 
     def ledger(self, instance_id: str | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM ledger", ()
@@ -84,8 +92,10 @@ class Cloud:
         return [row["event"] for row in self.ledger(instance_id)]
 
     def domains(self) -> dict[str, list[str]]:
-        return {name: sorted(d.name() for d in node.conn.listAllDomains())
-                for name, node in self.service.local_nodes.items()}
+        return {
+            name: sorted(d.name() for d in node.conn.listAllDomains())
+            for name, node in self.service.local_nodes.items()
+        }
 
     def node_of(self, instance_id: str) -> Any:
         return self.service.local_nodes[self.clc.instance(instance_id)["node"]]
@@ -132,8 +142,9 @@ def error_code(excinfo: pytest.ExceptionInfo[CloudError]) -> str:
 
 
 def test_run_instances_records_pending_instances_that_become_running(cloud: Cloud) -> None:
-    reservation = cloud.clc.run_instances(cloud.admin, cloud.image.image_id, min_count=2, max_count=2,
-                                          instance_type="t2.small")
+    reservation = cloud.clc.run_instances(
+        cloud.admin, cloud.image.image_id, min_count=2, max_count=2, instance_type="t2.small"
+    )
     assert reservation["reservation_id"].startswith("r-") and reservation["owner"] == "admin"
     ids = [i["instance_id"] for i in reservation["instances"]]
     assert len(ids) == 2 and all(i.startswith("i-") and len(i) == 19 for i in ids)
@@ -186,8 +197,14 @@ def test_the_ledger_records_every_state_change_with_usage_facts(cloud: Cloud) ->
     assert [r["event"] for r in rows] == ["pending", "running", "shutting-down", "terminated"]
     node = cloud.clc.instance(instance_id)["node"]
     for row in rows:
-        assert (row["user"], row["instance_type"], row["vcpus"], row["memory_mb"], row["node"], row["cluster"]) == \
-            ("admin", "c1.medium", 2, 512, node, "cluster1")
+        assert (row["user"], row["instance_type"], row["vcpus"], row["memory_mb"], row["node"], row["cluster"]) == (
+            "admin",
+            "c1.medium",
+            2,
+            512,
+            node,
+            "cluster1",
+        )
     times = [r["time"] for r in rows]
     assert times == sorted(times)
     assert rows[2]["detail"].startswith("Client.UserInitiatedShutdown")
@@ -215,10 +232,20 @@ def test_the_ledger_is_append_only(cloud: Cloud) -> None:
 
 @pytest.mark.parametrize(("current", "new"), [(c, n) for c in STATE_CODES for n in STATE_CODES])
 def test_the_state_machine(current: str, new: str) -> None:
-    allowed = {("pending", "running"), ("pending", "shutting-down"), ("pending", "terminated"),
-               ("running", "shutting-down"), ("running", "terminated"), ("running", "stopping"),
-               ("shutting-down", "terminated"), ("stopping", "stopped"), ("stopping", "terminated"),
-               ("stopped", "pending"), ("stopped", "shutting-down"), ("stopped", "terminated")}
+    allowed = {
+        ("pending", "running"),
+        ("pending", "shutting-down"),
+        ("pending", "terminated"),
+        ("running", "shutting-down"),
+        ("running", "terminated"),
+        ("running", "stopping"),
+        ("shutting-down", "terminated"),
+        ("stopping", "stopped"),
+        ("stopping", "terminated"),
+        ("stopped", "pending"),
+        ("stopped", "shutting-down"),
+        ("stopped", "terminated"),
+    }
     assert {(c, n) for c, targets in TRANSITIONS.items() for n in targets} == allowed
     if (current, new) in allowed:
         check_transition("i-0123456789abcdef0", current, new)
@@ -237,8 +264,10 @@ def test_terminate_returns_previous_and_current_state(cloud: Cloud) -> None:
     assert {c for _, _, c in changes} <= {"shutting-down", "terminated"}
     cloud.wait_state(ids, "terminated")
     assert all(i not in names for i in ids for names in cloud.domains().values())
-    assert cloud.clc.terminate_instances(cloud.admin, ids) == [(ids[0], "terminated", "terminated"),
-                                                                (ids[1], "terminated", "terminated")]
+    assert cloud.clc.terminate_instances(cloud.admin, ids) == [
+        (ids[0], "terminated", "terminated"),
+        (ids[1], "terminated", "terminated"),
+    ]
     assert [e for i in ids for e in cloud.events(i)].count("terminated") == 2  # no second event
     with pytest.raises(CloudError) as excinfo:
         cloud.clc.terminate_instances(cloud.admin, [])
@@ -271,11 +300,13 @@ def test_users_see_only_their_own_instances_and_admins_see_all(cloud: Cloud) -> 
     assert cloud.clc.describe_instances(carol) == []
     assert sorted(i["instance_id"] for i in cloud.clc.describe_instances(cloud.admin)) == sorted(admins + bobs)
     assert [i["owner"] for i in cloud.clc.describe_instances(cloud.admin, bobs)] == ["bob", "bob"]
-    for call in (lambda: cloud.clc.describe_instances(bob, admins),
-                 lambda: cloud.clc.terminate_instances(bob, admins),
-                 lambda: cloud.clc.reboot_instances(bob, admins),
-                 lambda: cloud.clc.console_output(bob, admins[0]),
-                 lambda: cloud.clc.terminate_instances(carol, [bobs[0]])):
+    for call in (
+        lambda: cloud.clc.describe_instances(bob, admins),
+        lambda: cloud.clc.terminate_instances(bob, admins),
+        lambda: cloud.clc.reboot_instances(bob, admins),
+        lambda: cloud.clc.console_output(bob, admins[0]),
+        lambda: cloud.clc.terminate_instances(carol, [bobs[0]]),
+    ):
         with pytest.raises(CloudError) as excinfo:
             call()
         assert error_code(excinfo) == "InvalidInstanceID.NotFound"
@@ -333,8 +364,9 @@ def test_concurrent_requests_with_one_client_token_make_one_reservation(cloud: C
     reservations: list[str] = []
 
     def launch() -> None:
-        reservations.append(cloud.clc.run_instances(cloud.admin, cloud.image.image_id,
-                                                    client_token="retry-storm")["reservation_id"])
+        reservations.append(
+            cloud.clc.run_instances(cloud.admin, cloud.image.image_id, client_token="retry-storm")["reservation_id"]
+        )
 
     threads = [threading.Thread(target=launch) for _ in range(3)]
     for t in threads:
@@ -346,10 +378,15 @@ def test_concurrent_requests_with_one_client_token_make_one_reservation(cloud: C
     assert len(cloud.clc.describe_instances(cloud.admin)) == 1
 
 
-@pytest.mark.parametrize(("min_count", "max_count", "code"), [
-    (0, 1, "InvalidParameterValue"), (-1, 1, "InvalidParameterValue"), (3, 2, "InvalidParameterValue"),
-    (1, 1001, "InstanceLimitExceeded"),
-])
+@pytest.mark.parametrize(
+    ("min_count", "max_count", "code"),
+    [
+        (0, 1, "InvalidParameterValue"),
+        (-1, 1, "InvalidParameterValue"),
+        (3, 2, "InvalidParameterValue"),
+        (1, 1001, "InstanceLimitExceeded"),
+    ],
+)
 def test_count_validation(cloud: Cloud, min_count: int, max_count: int, code: str) -> None:
     with pytest.raises(CloudError) as excinfo:
         cloud.clc.run_instances(cloud.admin, cloud.image.image_id, min_count=min_count, max_count=max_count)
@@ -389,10 +426,16 @@ def _fits_one(cloud: Cloud) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("image_id", "code"), [
-    ("not-an-image", "InvalidAMIID.Malformed"), ("ami-xyz", "InvalidAMIID.Malformed"), ("", "InvalidAMIID.Malformed"),
-    ("ami-0123456789abcdef0", "InvalidAMIID.NotFound"), ("ami-01234567", "InvalidAMIID.NotFound"),
-])
+@pytest.mark.parametrize(
+    ("image_id", "code"),
+    [
+        ("not-an-image", "InvalidAMIID.Malformed"),
+        ("ami-xyz", "InvalidAMIID.Malformed"),
+        ("", "InvalidAMIID.Malformed"),
+        ("ami-0123456789abcdef0", "InvalidAMIID.NotFound"),
+        ("ami-01234567", "InvalidAMIID.NotFound"),
+    ],
+)
 def test_bad_image_ids(cloud: Cloud, image_id: str, code: str) -> None:
     with pytest.raises(CloudError) as excinfo:
         cloud.clc.run_instances(cloud.admin, image_id)
@@ -446,12 +489,20 @@ def test_a_vm_that_vanished_is_terminated_with_a_reason(cloud: Cloud) -> None:
 def test_an_unknown_vm_is_reported_and_left_alone(cloud: Cloud) -> None:
     node = cloud.service.local_nodes["node-01"]
     stranger = "i-0badc0ffee0000000"
-    spec = DomainSpec(instance_id=stranger, vcpus=1, memory_mb=128, kernel=Path("/k"), ramdisk=None,
-                      console_log=cloud.root / "stranger.log", accel="test",
-                      metadata={"owner": "nobody", "vcpus": "1", "memory_mb": "128", "node": "node-01"})
+    spec = DomainSpec(
+        instance_id=stranger,
+        vcpus=1,
+        memory_mb=128,
+        kernel=Path("/k"),
+        ramdisk=None,
+        console_log=cloud.root / "stranger.log",
+        accel="test",
+        metadata={"owner": "nobody", "vcpus": "1", "memory_mb": "128", "node": "node-01"},
+    )
     node.conn.defineXML(build_domain_xml(spec)).create()
-    found = wait_until(lambda: [v for v in cloud.clc.unknown_vms() if v["instance_id"] == stranger],
-                       what="the stranger to be reported")
+    found = wait_until(
+        lambda: [v for v in cloud.clc.unknown_vms() if v["instance_id"] == stranger], what="the stranger to be reported"
+    )
     assert found[0]["node"] == "node-01" and found[0]["state"] == "running"
     time.sleep(0.3)  # several reconcile rounds later it is still there, untouched and unrecorded
     assert node.conn.lookupByName(stranger).isActive()
@@ -469,12 +520,15 @@ def test_a_guest_that_shuts_itself_off_is_terminated(cloud: Cloud) -> None:
     assert row["state_reason"].startswith("Client.InstanceInitiatedShutdown")
     assert cloud.events(instance_id) == ["pending", "running", "shutting-down", "terminated"]
     assert cloud.ledger(instance_id)[2]["detail"].startswith("Client.InstanceInitiatedShutdown")
-    wait_until(lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()],
-               what="the shut-off domain to be cleaned up")
+    wait_until(
+        lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()],
+        what="the shut-off domain to be cleaned up",
+    )
 
 
-def test_the_vm_of_a_terminated_instance_that_reappears_is_removed(cloud: Cloud,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_vm_of_a_terminated_instance_that_reappears_is_removed(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("cloudlab.clc.cloud.RETRY_AFTER_S", 0.1)
     (instance_id,) = cloud.run()
     cloud.wait_state([instance_id], "running")
@@ -483,8 +537,9 @@ def test_the_vm_of_a_terminated_instance_that_reappears_is_removed(cloud: Cloud,
     cloud.wait_state([instance_id], "terminated")
     # the node brings the old VM back (say, a node restored from a snapshot)
     node.run_instance({"instance_id": instance_id, "vcpus": 1, "memory_mb": 256, "kernel": "/k", "ramdisk": None})
-    wait_until(lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()],
-               what="the leftover VM to be removed")
+    wait_until(
+        lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()], what="the leftover VM to be removed"
+    )
     assert cloud.state(instance_id) == "terminated"
     assert cloud.events(instance_id).count("terminated") == 1
     assert [v for v in cloud.clc.unknown_vms() if v["instance_id"] == instance_id] == []
@@ -523,7 +578,8 @@ class FailingLink:
 
 
 def test_a_restart_reconciles_records_without_losing_or_duplicating_ledger_events(
-        make_cloud: Callable[..., Cloud], tmp_path: Path) -> None:
+    make_cloud: Callable[..., Cloud], tmp_path: Path
+) -> None:
     first = make_cloud(tmp_path)
     running = first.run(count=2)
     done = first.run()
@@ -555,10 +611,9 @@ def test_a_restart_reconciles_records_without_losing_or_duplicating_ledger_event
     assert undispatched in second.domains()[second.clc.instance(undispatched)["node"]]
     time.sleep(0.3)  # let a few more reconcile rounds pass: nothing may be added twice
     ledger_after = second.ledger()
-    assert ledger_after[:len(ledger_before)] == ledger_before  # nothing lost or rewritten
-    added = [(r["instance_id"], r["event"]) for r in ledger_after[len(ledger_before):]]
-    assert sorted(added) == sorted([(running[0], "terminated"), (running[1], "terminated"),
-                                    (undispatched, "running")])
+    assert ledger_after[: len(ledger_before)] == ledger_before  # nothing lost or rewritten
+    added = [(r["instance_id"], r["event"]) for r in ledger_after[len(ledger_before) :]]
+    assert sorted(added) == sorted([(running[0], "terminated"), (running[1], "terminated"), (undispatched, "running")])
     assert [r["seq"] for r in ledger_after] == sorted({r["seq"] for r in ledger_after})
     for row in ledger_after:
         assert all(row[f] is not None for f in LEDGER_FIELDS if f != "detail")

@@ -21,23 +21,40 @@ def cloudlab(*args: str, state: Path | None = None, timeout: float = 120) -> sub
     return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["down"], ["status"], ["env"], ["image"], ["image", "build"],
-                                     ["image", "list"], ["serve"], ["nc"], ["accel"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["up"],
+        ["down"],
+        ["status"],
+        ["env"],
+        ["image"],
+        ["image", "build"],
+        ["image", "list"],
+        ["serve"],
+        ["nc"],
+        ["accel"],
+    ],
+)
 def test_help_everywhere(command: list[str]) -> None:
     result = cloudlab(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: cloudlab" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["up", "--nodes", "0"], "must be at least 1"),
-    (["up", "--nodes", "many"], "not a whole number"),
-    (["up", "--hypervisor", "xen:///"], "not a supported libvirt URI"),
-    (["up", "--port", "70000"], "not a port"),
-    (["up", "--network", "token-ring"], "invalid choice"),
-    (["frobnicate"], "invalid choice"),
-    (["nc", "--name", "n1"], "--cc"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["up", "--nodes", "0"], "must be at least 1"),
+        (["up", "--nodes", "many"], "not a whole number"),
+        (["up", "--hypervisor", "xen:///"], "not a supported libvirt URI"),
+        (["up", "--port", "70000"], "not a port"),
+        (["up", "--network", "token-ring"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+        (["nc", "--name", "n1"], "--cc"),
+    ],
+)
 def test_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:
     result = cloudlab(*args, state=tmp_path / "state")
     assert result.returncode == 2
@@ -46,12 +63,15 @@ def test_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:
     assert not (tmp_path / "state").exists(), "a refused command leaves nothing behind"
 
 
-@pytest.mark.parametrize(("args", "needle", "code"), [
-    (["status"], "cloud is not running", 3),
-    (["env"], "cloud is not running", 1),
-    (["image", "list"], "no cloud in", 1),
-    (["up", "--network", "vde"], "not available yet", 1),
-])
+@pytest.mark.parametrize(
+    ("args", "needle", "code"),
+    [
+        (["status"], "cloud is not running", 3),
+        (["env"], "cloud is not running", 1),
+        (["image", "list"], "no cloud in", 1),
+        (["up", "--network", "vde"], "not available yet", 1),
+    ],
+)
 def test_clear_errors_without_a_cloud(tmp_path: Path, args: list[str], needle: str, code: int) -> None:
     result = cloudlab(*args, state=tmp_path / "state")
     assert result.returncode == code, (result.stdout, result.stderr)

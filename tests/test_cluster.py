@@ -38,8 +38,13 @@ def instance(i: int, vcpus: int = 1, memory_mb: int = 256) -> dict[str, Any]:
 
 
 def start_body(i: int, vcpus: int = 1, memory_mb: int = 256) -> dict[str, Any]:
-    return instance(i, vcpus, memory_mb) | {"kernel": "/k", "ramdisk": None, "owner": "alice",
-                                            "image_id": "ami-0123456789abcdef0", "instance_type": "t2.micro"}
+    return instance(i, vcpus, memory_mb) | {
+        "kernel": "/k",
+        "ramdisk": None,
+        "owner": "alice",
+        "image_id": "ami-0123456789abcdef0",
+        "instance_type": "t2.micro",
+    }
 
 
 class SwitchableChannel:
@@ -59,13 +64,28 @@ class SwitchableChannel:
 class Cluster:
     """A CC and its NCs in one process."""
 
-    def __init__(self, tmp_path: Path, *, nodes: int = 2, vcpus: int = 4, memory_mb: int = 2048,
-                 policy: str = "GREEDY", heartbeat_s: float = 0.05, dead_after_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        nodes: int = 2,
+        vcpus: int = 4,
+        memory_mb: int = 2048,
+        policy: str = "GREEDY",
+        heartbeat_s: float = 0.05,
+        dead_after_s: float = 5.0,
+    ) -> None:
         self.tmp_path = tmp_path
         self.ca = CertificateAuthority.load_or_create(tmp_path / "pki")
         self.cc_signer, self.cc_verifier = self.pair("cc-cluster1", "cc")
-        self.cc = ClusterController("cluster1", policy=policy, heartbeat_s=heartbeat_s, dead_after_s=dead_after_s,
-                                    signer=self.cc_signer, verifier=self.cc_verifier)
+        self.cc = ClusterController(
+            "cluster1",
+            policy=policy,
+            heartbeat_s=heartbeat_s,
+            dead_after_s=dead_after_s,
+            signer=self.cc_signer,
+            verifier=self.cc_verifier,
+        )
         self.cc_dispatcher = Dispatcher("cc-cluster1", self.cc_signer, self.cc_verifier)
         self.cc.register_routes(self.cc_dispatcher)
         self.nodes: dict[str, NodeController] = {}
@@ -177,8 +197,10 @@ def test_back_to_back_schedules_never_overcommit(make_cluster: Callable[..., Clu
     second = cluster.cc.schedule([instance(2, vcpus=3)])["placements"]  # no heartbeat in between
     assert first == {instance(1)["instance_id"]: "node-01"}
     assert second == {instance(2)["instance_id"]: "node-02"}
-    assert cluster.reservations() == {"node-01": {instance(1)["instance_id"]: (3, 256)},
-                                      "node-02": {instance(2)["instance_id"]: (3, 256)}}
+    assert cluster.reservations() == {
+        "node-01": {instance(1)["instance_id"]: (3, 256)},
+        "node-02": {instance(2)["instance_id"]: (3, 256)},
+    }
     assert cluster.free() == {"node-01": (1, 1792), "node-02": (1, 1792)}
     with pytest.raises(CloudError) as excinfo:
         cluster.cc.schedule([instance(3, vcpus=2)])
@@ -311,8 +333,7 @@ def test_a_node_that_never_answered_is_not_alive() -> None:
     registry.stop()
 
 
-def test_stopping_during_a_heartbeat_round_ends_the_heartbeat_thread_cleanly(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stopping_during_a_heartbeat_round_ends_the_heartbeat_thread_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     """More nodes than heartbeat workers, each slow to answer: stop() arrives mid-round."""
     crashes: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))

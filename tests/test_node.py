@@ -28,9 +28,16 @@ IID2 = "i-0fedcba9876543210"
 
 
 def body(instance_id: str = IID, vcpus: int = 1, memory_mb: int = 256, **extra: Any) -> dict[str, Any]:
-    return {"instance_id": instance_id, "vcpus": vcpus, "memory_mb": memory_mb, "kernel": "/images/vmlinuz",
-            "ramdisk": "/images/initrd.img", "owner": "alice", "image_id": "ami-0123456789abcdef0",
-            "instance_type": "t2.micro"} | extra
+    return {
+        "instance_id": instance_id,
+        "vcpus": vcpus,
+        "memory_mb": memory_mb,
+        "kernel": "/images/vmlinuz",
+        "ramdisk": "/images/initrd.img",
+        "owner": "alice",
+        "image_id": "ami-0123456789abcdef0",
+        "instance_type": "t2.micro",
+    } | extra
 
 
 def names(conn: libvirt.virConnect) -> list[str]:
@@ -48,8 +55,10 @@ def node(tmp_path: Path) -> Iterator[NodeController]:
 
 
 def foreign_domain_xml(name: str) -> str:
-    return (f"<domain type='test'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>2</vcpu>"
-            "<os><type arch='x86_64'>hvm</type></os></domain>")
+    return (
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>2</vcpu>"
+        "<os><type arch='x86_64'>hvm</type></os></domain>"
+    )
 
 
 # -- running, idempotence, capacity -------------------------------------------------------------------------
@@ -61,8 +70,14 @@ def test_run_instance_defines_and_starts_a_domain_with_cloudlab_metadata(node: N
     dom = node.conn.lookupByName(IID)
     assert dom.isActive() and dom.isPersistent()
     meta = read_metadata(dom.XMLDesc(0))
-    assert meta == {"owner": "alice", "image_id": "ami-0123456789abcdef0", "instance_type": "t2.micro",
-                    "vcpus": "1", "memory_mb": "256", "node": "node-01"}
+    assert meta == {
+        "owner": "alice",
+        "image_id": "ami-0123456789abcdef0",
+        "instance_type": "t2.micro",
+        "vcpus": "1",
+        "memory_mb": "256",
+        "node": "node-01",
+    }
     info = dom.info()
     assert info[3] == 1 and info[1] == 256 * 1024  # vCPUs, KiB
     assert "cloudlab.hostname=" + IID in dom.XMLDesc(0)
@@ -172,8 +187,12 @@ def test_console_output_is_the_tail_of_the_log(node: NodeController) -> None:
 
 def test_describe_resource_accounting(node: NodeController) -> None:
     empty = node.describe_resource()
-    assert (empty["vcpus_total"], empty["vcpus_free"], empty["memory_mb_total"], empty["memory_mb_free"]) == \
-        (4, 4, 2048, 2048)
+    assert (empty["vcpus_total"], empty["vcpus_free"], empty["memory_mb_total"], empty["memory_mb_free"]) == (
+        4,
+        4,
+        2048,
+        2048,
+    )
     assert empty["instances"] == [] and empty["node"] == "node-01" and empty["hypervisor"] == "test"
     node.run_instance(body(IID, vcpus=1, memory_mb=256))
     node.run_instance(body(IID2, vcpus=2, memory_mb=1024))
@@ -228,9 +247,14 @@ def test_lifecycle_events_are_recorded(node: NodeController) -> None:
 
 def spec(accel: str = "tcg", **overrides: Any) -> DomainSpec:
     values: dict[str, Any] = {
-        "instance_id": IID, "vcpus": 2, "memory_mb": 384, "kernel": Path("/var/images/vmlinuz"),
-        "ramdisk": Path("/var/images/initrd.img"), "console_log": Path("/var/nodes/n1/console.log"),
-        "accel": accel, "metadata": {"owner": "alice", "image_id": "ami-0123456789abcdef0"},
+        "instance_id": IID,
+        "vcpus": 2,
+        "memory_mb": 384,
+        "kernel": Path("/var/images/vmlinuz"),
+        "ramdisk": Path("/var/images/initrd.img"),
+        "console_log": Path("/var/nodes/n1/console.log"),
+        "accel": accel,
+        "metadata": {"owner": "alice", "image_id": "ami-0123456789abcdef0"},
     }
     return DomainSpec(**(values | overrides))
 
@@ -280,13 +304,16 @@ def test_metadata_survives_libvirt(node: NodeController) -> None:
     assert read_metadata(dom.XMLDesc(0)) == metadata
 
 
-@pytest.mark.parametrize("xml", [
-    foreign_domain_xml("webserver"),
-    "<domain type='kvm'><name>x</name><metadata><other xmlns='urn:x' owner='a'/></metadata></domain>",
-    "<domain><name>x</name><metadata><instance owner='no namespace'/></metadata></domain>",
-    "not xml at all <",
-    "",
-])
+@pytest.mark.parametrize(
+    "xml",
+    [
+        foreign_domain_xml("webserver"),
+        "<domain type='kvm'><name>x</name><metadata><other xmlns='urn:x' owner='a'/></metadata></domain>",
+        "<domain><name>x</name><metadata><instance owner='no namespace'/></metadata></domain>",
+        "not xml at all <",
+        "",
+    ],
+)
 def test_read_metadata_is_none_for_foreign_xml(xml: str) -> None:
     assert read_metadata(xml) is None
 
@@ -299,10 +326,12 @@ class NodeUnderAttack:
 
     def __init__(self, tmp_path: Path) -> None:
         self.ca = CertificateAuthority.load_or_create(tmp_path / "pki")
-        self.node = NodeController("node-01", private_host_uri(tmp_path / "node-01", 4, 2048), tmp_path / "node-01",
-                                   accel="test")
-        self.dispatcher = Dispatcher("nc-node-01", MessageSigner(self.ca.identity("node-01", "nc")),
-                                     MessageVerifier(self.ca.ca_certificate))
+        self.node = NodeController(
+            "node-01", private_host_uri(tmp_path / "node-01", 4, 2048), tmp_path / "node-01", accel="test"
+        )
+        self.dispatcher = Dispatcher(
+            "nc-node-01", MessageSigner(self.ca.identity("node-01", "nc")), MessageVerifier(self.ca.ca_certificate)
+        )
         self.node.register_routes(self.dispatcher)
         self.httpd: ThreadingHTTPServer = serve_http(self.dispatcher)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
@@ -346,12 +375,14 @@ def _post(url: str, data: bytes) -> bytes:
 def transport(request: pytest.FixtureRequest, target: NodeUnderAttack) -> dict[str, Callable[..., Any]]:
     """``channel(signer)`` and ``send(raw bytes) -> reply bytes`` for the transport under test."""
     if request.param == "local":
-        return {"channel": lambda signer: LocalChannel("node-01", "nc", signer, target.reply_verifier(),
-                                                       target.dispatcher),
-                "send": target.dispatcher.handle}
-    return {"channel": lambda signer: HttpChannel("node-01", "nc", signer, target.reply_verifier(), target.url,
-                                                  timeout=5),
-            "send": lambda data: _post(target.url, data)}
+        return {
+            "channel": lambda signer: LocalChannel("node-01", "nc", signer, target.reply_verifier(), target.dispatcher),
+            "send": target.dispatcher.handle,
+        }
+    return {
+        "channel": lambda signer: HttpChannel("node-01", "nc", signer, target.reply_verifier(), target.url, timeout=5),
+        "send": lambda data: _post(target.url, data),
+    }
 
 
 def refusal(target: NodeUnderAttack, reply: bytes, nonce: str) -> dict[str, Any]:
@@ -361,8 +392,9 @@ def refusal(target: NodeUnderAttack, reply: bytes, nonce: str) -> dict[str, Any]
     return answer["error"]
 
 
-def test_a_cluster_controller_may_run_an_instance(target: NodeUnderAttack,
-                                                  transport: dict[str, Callable[..., Any]]) -> None:
+def test_a_cluster_controller_may_run_an_instance(
+    target: NodeUnderAttack, transport: dict[str, Callable[..., Any]]
+) -> None:
     channel = transport["channel"](target.signer("cc-cluster1", "cc"))
     assert channel.call("run_instance", body())["state"] == "running"
     assert names(target.node.conn) == [IID]
@@ -372,9 +404,9 @@ def test_a_cluster_controller_may_run_an_instance(target: NodeUnderAttack,
 
 
 @pytest.mark.parametrize(("name", "role"), [("clc", "clc"), ("node-02", "nc"), ("alice", "user")])
-def test_only_a_cluster_controller_may_run_an_instance(target: NodeUnderAttack,
-                                                       transport: dict[str, Callable[..., Any]],
-                                                       name: str, role: str) -> None:
+def test_only_a_cluster_controller_may_run_an_instance(
+    target: NodeUnderAttack, transport: dict[str, Callable[..., Any]], name: str, role: str
+) -> None:
     with pytest.raises(CloudError) as excinfo:
         transport["channel"](target.signer(name, role)).call("run_instance", body())
     assert excinfo.value.code == "MessageRejected"
@@ -383,8 +415,9 @@ def test_only_a_cluster_controller_may_run_an_instance(target: NodeUnderAttack,
     assert any("role-not-allowed" in r for r in target.dispatcher.refused)
 
 
-def test_a_cc_of_a_foreign_ca_is_refused(tmp_path: Path, target: NodeUnderAttack,
-                                         transport: dict[str, Callable[..., Any]]) -> None:
+def test_a_cc_of_a_foreign_ca_is_refused(
+    tmp_path: Path, target: NodeUnderAttack, transport: dict[str, Callable[..., Any]]
+) -> None:
     foreign = CertificateAuthority.load_or_create(tmp_path / "foreign-pki")
     with pytest.raises(CloudError) as excinfo:
         transport["channel"](target.signer("cc-cluster1", "cc", foreign)).call("run_instance", body())
@@ -394,8 +427,9 @@ def test_a_cc_of_a_foreign_ca_is_refused(tmp_path: Path, target: NodeUnderAttack
 
 
 @pytest.mark.parametrize("tamper", ["vcpus", "instance_id", "action"])
-def test_a_tampered_message_is_refused(target: NodeUnderAttack, transport: dict[str, Callable[..., Any]],
-                                       tamper: str) -> None:
+def test_a_tampered_message_is_refused(
+    target: NodeUnderAttack, transport: dict[str, Callable[..., Any]], tamper: str
+) -> None:
     signer = target.signer("cc-cluster1", "cc")
     sent = signer.seal("describe_resource" if tamper == "action" else "run_instance", body())
     envelope = json.loads(sent.data)
@@ -410,11 +444,12 @@ def test_a_tampered_message_is_refused(target: NodeUnderAttack, transport: dict[
 
 
 @pytest.mark.parametrize("strip", ["signature", "sender_cert", "both"])
-def test_an_unsigned_message_is_refused(target: NodeUnderAttack, transport: dict[str, Callable[..., Any]],
-                                        strip: str) -> None:
+def test_an_unsigned_message_is_refused(
+    target: NodeUnderAttack, transport: dict[str, Callable[..., Any]], strip: str
+) -> None:
     sent = target.signer("cc-cluster1", "cc").seal("run_instance", body())
     envelope = json.loads(sent.data)
-    for field in (["signature", "sender_cert"] if strip == "both" else [strip]):
+    for field in ["signature", "sender_cert"] if strip == "both" else [strip]:
         del envelope[field]
     error = refusal(target, transport["send"](json.dumps(envelope).encode()), sent.nonce)
     assert error["code"] == "MessageRejected" and "unsigned" in error["message"]
@@ -436,8 +471,9 @@ def test_a_replayed_message_is_refused(target: NodeUnderAttack, transport: dict[
     assert target.node.conn.listAllDomains() == []
 
 
-def test_a_refused_message_does_not_burn_the_real_senders_nonce(target: NodeUnderAttack,
-                                                                 transport: dict[str, Callable[..., Any]]) -> None:
+def test_a_refused_message_does_not_burn_the_real_senders_nonce(
+    target: NodeUnderAttack, transport: dict[str, Callable[..., Any]]
+) -> None:
     sent = target.signer("cc-cluster1", "cc").seal("run_instance", body())
     envelope = json.loads(sent.data)
     envelope["body"]["vcpus"] = 4

@@ -81,21 +81,27 @@ def http_url(shared_server: Server) -> Iterator[str]:
         httpd.server_close()
 
 
-def local(server: Server, pair: Callable[[str, str], Pair], name: str = "clc", role: str = "clc",
-          peer_role: str = "cc") -> LocalChannel:
+def local(
+    server: Server, pair: Callable[[str, str], Pair], name: str = "clc", role: str = "clc", peer_role: str = "cc"
+) -> LocalChannel:
     signer, verifier = pair(name, role)
     return LocalChannel("cc-test", peer_role, signer, verifier, server.dispatcher)
 
 
-def remote(url: str, pair: Callable[[str, str], Pair], name: str = "clc", role: str = "clc",
-           peer_role: str = "cc", timeout: float = 5.0) -> HttpChannel:
+def remote(
+    url: str,
+    pair: Callable[[str, str], Pair],
+    name: str = "clc",
+    role: str = "clc",
+    peer_role: str = "cc",
+    timeout: float = 5.0,
+) -> HttpChannel:
     signer, verifier = pair(name, role)
     return HttpChannel("cc-test", peer_role, signer, verifier, url, timeout=timeout)
 
 
 @pytest.fixture(params=["local", "http"])
-def channel_for(request: pytest.FixtureRequest, server: Server, pair: Callable[[str, str], Pair]
-                ) -> Callable[..., Any]:
+def channel_for(request: pytest.FixtureRequest, server: Server, pair: Callable[[str, str], Pair]) -> Callable[..., Any]:
     """Build a channel to ``server`` over the transport under test."""
     if request.param == "local":
         return lambda **kw: local(server, pair, **kw)
@@ -106,16 +112,18 @@ def channel_for(request: pytest.FixtureRequest, server: Server, pair: Callable[[
 # -- the happy path ------------------------------------------------------------------------------------------
 
 
-def test_call_returns_the_handlers_result_with_the_verified_sender(channel_for: Callable[..., Any],
-                                                                   server: Server) -> None:
+def test_call_returns_the_handlers_result_with_the_verified_sender(
+    channel_for: Callable[..., Any], server: Server
+) -> None:
     body = {"n": 1, "nested": {"list": [1, "two", None]}}
     assert channel_for().call("echo", body) == {"echo": body, "from": ["clc", "clc"]}
     (message,) = server.seen
     assert (message.action, message.sender, message.role, message.body) == ("echo", "clc", "clc", body)
 
 
-def test_the_reply_is_signed_by_the_receiver_and_quotes_the_request(server: Server,
-                                                                    pair: Callable[[str, str], Pair]) -> None:
+def test_the_reply_is_signed_by_the_receiver_and_quotes_the_request(
+    server: Server, pair: Callable[[str, str], Pair]
+) -> None:
     signer, verifier = pair("clc", "clc")
     sent = signer.seal("echo", {"x": 1})
     reply_bytes = server.dispatcher.handle(sent.data)
@@ -180,7 +188,8 @@ def test_a_cloud_error_in_the_handler_keeps_its_code_and_message(channel_for: Ca
 
 
 def test_an_unexpected_handler_exception_is_internal_error_and_the_server_lives_on(
-        channel_for: Callable[..., Any], server: Server) -> None:
+    channel_for: Callable[..., Any], server: Server
+) -> None:
     channel = channel_for()
     for _ in range(2):
         with pytest.raises(CloudError) as excinfo:
@@ -212,14 +221,16 @@ def test_a_reply_signed_by_the_wrong_role_is_refused(channel_for: Callable[..., 
     assert "role-not-allowed" in excinfo.value.message
 
 
-def test_a_reply_from_a_foreign_ca_is_refused(tmp_path: Path, ca: CertificateAuthority,
-                                              pair: Callable[[str, str], Pair]) -> None:
+def test_a_reply_from_a_foreign_ca_is_refused(
+    tmp_path: Path, ca: CertificateAuthority, pair: Callable[[str, str], Pair]
+) -> None:
     # an impostor that trusts our CA (so it accepts and answers the request) but signs with a look-alike
     # identity from its own CA: same name, same role, different issuer
     foreign = CertificateAuthority.load_or_create(tmp_path / "foreign-pki")
     answered: list[str] = []
-    impostor = Dispatcher("cc-test", MessageSigner(foreign.identity("cc-test", "cc")),
-                          MessageVerifier(ca.ca_certificate))
+    impostor = Dispatcher(
+        "cc-test", MessageSigner(foreign.identity("cc-test", "cc")), MessageVerifier(ca.ca_certificate)
+    )
     impostor.route("echo", lambda m: answered.append(m.sender) or "hello", {"clc"})
     signer, verifier = pair("clc", "clc")
     with pytest.raises(CloudError) as excinfo:
@@ -277,8 +288,9 @@ def _post(url: str, path: str, data: bytes) -> tuple[int, bytes]:
         conn.close()
 
 
-def test_http_server_refuses_garbage_and_keeps_serving(server: Server, http_url: str,
-                                                       pair: Callable[[str, str], Pair]) -> None:
+def test_http_server_refuses_garbage_and_keeps_serving(
+    server: Server, http_url: str, pair: Callable[[str, str], Pair]
+) -> None:
     status, _ = _post(http_url, "/elsewhere", b"{}")
     assert status == 400
     status, body = _post(http_url, "/message", b"\xff not json")
@@ -308,8 +320,7 @@ def _burst(channel: HttpChannel, n: int) -> tuple[list[Any], list[BaseException]
     return results, errors
 
 
-def test_http_server_handles_concurrent_calls(server: Server, http_url: str,
-                                              pair: Callable[[str, str], Pair]) -> None:
+def test_http_server_handles_concurrent_calls(server: Server, http_url: str, pair: Callable[[str, str], Pair]) -> None:
     results, errors = _burst(remote(http_url, pair), 8)
     assert errors == []
     assert sorted(results) == list(range(8))

@@ -22,8 +22,14 @@ def all_instances(ec2: Any) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(("scheduler", "expect_nodes"), [("GREEDY", 25), ("ROUNDROBIN", 50)])
 def test_500_instances_on_50_nodes(cloud_factory: Any, scheduler: str, expect_nodes: int) -> None:
     # 50 nodes of 20 vCPUs: GREEDY fills 25 of them with 500 one-vCPU instances, ROUNDROBIN spreads over all.
-    cloud: RunningCloud = cloud_factory(scheduler.lower(), hypervisor="test:///default", nodes=50, node_vcpus=20,
-                                        node_memory_mb=20 * 256, scheduler=scheduler)
+    cloud: RunningCloud = cloud_factory(
+        scheduler.lower(),
+        hypervisor="test:///default",
+        nodes=50,
+        node_vcpus=20,
+        node_memory_mb=20 * 256,
+        scheduler=scheduler,
+    )
     ec2 = cloud.ec2()
     image = ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"][0]["ImageId"]
     for _ in range(5):

@@ -20,10 +20,23 @@ from cloudlab.cc.scheduler import (
 )
 
 
-def node(name: str, vcpus: int = 4, memory_mb: int = 1024, *, free_vcpus: int | None = None,
-         free_memory: int | None = None, instances: int = 0) -> NodeView:
-    return NodeView(name, vcpus, memory_mb, vcpus if free_vcpus is None else free_vcpus,
-                    memory_mb if free_memory is None else free_memory, instances)
+def node(
+    name: str,
+    vcpus: int = 4,
+    memory_mb: int = 1024,
+    *,
+    free_vcpus: int | None = None,
+    free_memory: int | None = None,
+    instances: int = 0,
+) -> NodeView:
+    return NodeView(
+        name,
+        vcpus,
+        memory_mb,
+        vcpus if free_vcpus is None else free_vcpus,
+        memory_mb if free_memory is None else free_memory,
+        instances,
+    )
 
 
 def req(i: int | str, vcpus: int = 1, memory_mb: int = 256) -> InstanceRequest:
@@ -191,15 +204,15 @@ def test_place_refuses_a_policy_that_overcommits() -> None:
 
 def test_place_with_a_student_policy() -> None:
     nodes = [node("a", free_vcpus=1), node("b", free_vcpus=3), node("c", free_vcpus=2)]
-    assert place(MostFree(), [req(i) for i in range(4)], nodes) == {"i-0": "b", "i-1": "b", "i-2": "c",
-                                                                     "i-3": "a"}
+    assert place(MostFree(), [req(i) for i in range(4)], nodes) == {"i-0": "b", "i-1": "b", "i-2": "c", "i-3": "a"}
 
 
 # -- load_policy / register_policy ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("spec", "cls"), [("GREEDY", Greedy), ("greedy", Greedy), ("RoundRobin", RoundRobin),
-                                           ("roundrobin", RoundRobin)])
+@pytest.mark.parametrize(
+    ("spec", "cls"), [("GREEDY", Greedy), ("greedy", Greedy), ("RoundRobin", RoundRobin), ("roundrobin", RoundRobin)]
+)
 def test_load_policy_by_name_is_case_insensitive(spec: str, cls: type) -> None:
     policy = load_policy(spec)
     assert type(policy) is cls

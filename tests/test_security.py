@@ -302,9 +302,7 @@ def test_signer_refuses_bodies_that_would_not_round_trip(cc: Identity) -> None:
     "strip",
     [("signature",), ("sender_cert",), ("signature", "sender_cert")],
 )
-def test_unsigned_messages_are_refused(
-    cc: Identity, verifier: MessageVerifier, strip: tuple[str, ...]
-) -> None:
+def test_unsigned_messages_are_refused(cc: Identity, verifier: MessageVerifier, strip: tuple[str, ...]) -> None:
     env = envelope(MessageSigner(cc).sign("RunInstance", BODY))
     for key in strip:
         del env[key]
@@ -348,17 +346,13 @@ def test_tampered_body_with_recomputed_digest_is_refused(cc: Identity, verifier:
         ("reply_to", "f" * 32),
     ],
 )
-def test_tampered_signed_fields_are_refused(
-    cc: Identity, verifier: MessageVerifier, field: str, value: Any
-) -> None:
+def test_tampered_signed_fields_are_refused(cc: Identity, verifier: MessageVerifier, field: str, value: Any) -> None:
     env = envelope(MessageSigner(cc).sign("RunInstance", BODY))
     env[field] = value
     assert refused(verifier, encode(env)).reason == "bad-signature"
 
 
-def test_someone_elses_certificate_cannot_be_borrowed(
-    cc: Identity, clc: Identity, verifier: MessageVerifier
-) -> None:
+def test_someone_elses_certificate_cannot_be_borrowed(cc: Identity, clc: Identity, verifier: MessageVerifier) -> None:
     """An NC cannot pass itself off as the CLC by attaching the CLC's (public) certificate."""
     env = envelope(MessageSigner(cc).sign("RunInstance", BODY))
     env["sender_cert"] = clc.certificate_pem.decode()
@@ -441,23 +435,17 @@ def test_certificate_from_a_foreign_ca_is_refused(foreign: Identity, verifier: M
 def test_expired_and_future_certificates_are_refused(ca: CertificateAuthority) -> None:
     now = dt.datetime.now(dt.UTC)
     verifier = MessageVerifier(ca.ca_certificate)
-    expired = ca.issue(
-        "old-node", "nc", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
-    )
+    expired = ca.issue("old-node", "nc", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
     exc = refused(verifier, MessageSigner(expired).sign("Report", {}), ["nc"])
     assert exc.reason == "untrusted-certificate" and "expired" in str(exc)
-    early = ca.issue(
-        "new-node", "nc", not_before=now + dt.timedelta(days=1), not_after=now + dt.timedelta(days=30)
-    )
+    early = ca.issue("new-node", "nc", not_before=now + dt.timedelta(days=1), not_after=now + dt.timedelta(days=30))
     exc = refused(verifier, MessageSigner(early).sign("Report", {}), ["nc"])
     assert exc.reason == "untrusted-certificate" and "not valid yet" in str(exc)
 
 
 def test_a_cached_certificate_still_expires(ca: CertificateAuthority) -> None:
     now = dt.datetime.now(dt.UTC)
-    ident = ca.issue(
-        "short-lived", "nc", not_before=now - dt.timedelta(hours=1), not_after=now + dt.timedelta(hours=1)
-    )
+    ident = ca.issue("short-lived", "nc", not_before=now - dt.timedelta(hours=1), not_after=now + dt.timedelta(hours=1))
     clock = FakeClock(now.timestamp())
     verifier = MessageVerifier(ca.ca_certificate, clock=clock)
     signer = MessageSigner(ident, clock=clock)
@@ -466,9 +454,7 @@ def test_a_cached_certificate_still_expires(ca: CertificateAuthority) -> None:
     assert refused(verifier, signer.sign("Report", {}), "nc").reason == "untrusted-certificate"
 
 
-def test_the_ca_certificate_is_not_a_sender(
-    ca: CertificateAuthority, cc: Identity, verifier: MessageVerifier
-) -> None:
+def test_the_ca_certificate_is_not_a_sender(ca: CertificateAuthority, cc: Identity, verifier: MessageVerifier) -> None:
     """Even signed by the CA key itself, a message from the CA certificate carries no role."""
     ca_identity = Identity(
         name="ca",
@@ -555,9 +541,7 @@ def test_oversized_messages_are_malformed(cc: Identity, ca: CertificateAuthority
     assert refused(verifier, data).reason == "malformed"
 
 
-def test_refusals_are_one_clear_line(
-    nc: Identity, verifier: MessageVerifier, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_refusals_are_one_clear_line(nc: Identity, verifier: MessageVerifier, caplog: pytest.LogCaptureFixture) -> None:
     exc = refused(verifier, MessageSigner(nc).sign("RunInstance\nInjected: yes", BODY), ["cc"])
     text = str(exc)
     assert "\n" not in text
@@ -568,9 +552,7 @@ def test_refusals_are_one_clear_line(
 # -- replies -------------------------------------------------------------------------------------------
 
 
-def test_reply_signed_by_receiver_verifies_at_sender(
-    cc: Identity, nc: Identity, ca: CertificateAuthority
-) -> None:
+def test_reply_signed_by_receiver_verifies_at_sender(cc: Identity, nc: Identity, ca: CertificateAuthority) -> None:
     at_cc, at_nc = MessageVerifier(ca.ca_certificate), MessageVerifier(ca.ca_certificate)
     request = MessageSigner(cc).seal("RunInstance", BODY)
     verified = at_nc.verify(request.data, ["cc"])
@@ -640,9 +622,7 @@ def test_sign_and_verify_are_fast(cc: Identity, verifier: MessageVerifier) -> No
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
 FIELDS = [
@@ -691,9 +671,7 @@ def test_fuzz_field_mutations(cc: Identity, ca: CertificateAuthority, edits: lis
     byte=st.integers(min_value=0, max_value=255),
     how=st.sampled_from(["replace", "insert", "delete", "truncate"]),
 )
-def test_fuzz_byte_mutations(
-    cc: Identity, ca: CertificateAuthority, position: int, byte: int, how: str
-) -> None:
+def test_fuzz_byte_mutations(cc: Identity, ca: CertificateAuthority, position: int, byte: int, how: str) -> None:
     data = bytearray(MessageSigner(cc).sign("RunInstance", BODY))
     original = envelope(bytes(data))
     i = position % len(data)
@@ -757,17 +735,13 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> tuple[
 
 
 def test_mutual_tls_with_cloud_certificates(ca: CertificateAuthority, cc: Identity, nc: Identity) -> None:
-    der, error = _handshake(
-        tls_context(nc, ca, server=True), tls_context(cc, ca.ca_certificate, server=False)
-    )
+    der, error = _handshake(tls_context(nc, ca, server=True), tls_context(cc, ca.ca_certificate, server=False))
     assert error is None
     peer = x509.load_der_x509_certificate(der)
     assert subject_identity(peer) == ("cluster1", Role.CC)
 
 
-def test_mutual_tls_refuses_a_foreign_client(
-    ca: CertificateAuthority, nc: Identity, foreign: Identity
-) -> None:
+def test_mutual_tls_refuses_a_foreign_client(ca: CertificateAuthority, nc: Identity, foreign: Identity) -> None:
     assert foreign.key_path is not None
     # An identity without files goes through the temporary-file path.
     key = serialization.load_pem_private_key(foreign.key_path.read_bytes(), None)

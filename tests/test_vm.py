@@ -39,7 +39,9 @@ def wait_for(predicate: Any, timeout: float, what: str) -> Any:
 def wait_running(ec2: Any, ids: list[str]) -> None:
     def check() -> bool:
         found = instances(ec2, ids)
-        dead = {i: v.get("StateReason") for i, v in found.items() if v["State"]["Name"] in ("terminated", "shutting-down")}
+        dead = {
+            i: v.get("StateReason") for i, v in found.items() if v["State"]["Name"] in ("terminated", "shutting-down")
+        }
         assert not dead, f"instances ended before running: {dead}"
         return all(v["State"]["Name"] == "running" for v in found.values())
 
@@ -53,8 +55,12 @@ def boot_markers(ec2: Any, instance_id: str) -> list[str]:
 
 def test_two_instances_boot_list_and_terminate(vm_cloud: RunningCloud) -> None:
     ec2 = vm_cloud.ec2()
-    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=2, MaxCount=2,
-                                                      InstanceType="t2.micro")["Instances"]]
+    ids = [
+        i["InstanceId"]
+        for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=2, MaxCount=2, InstanceType="t2.micro")[
+            "Instances"
+        ]
+    ]
     wait_running(ec2, ids)
     for instance_id in ids:
         markers = wait_for(lambda i=instance_id: boot_markers(ec2, i), BOOT_TIMEOUT_S, f"boot marker of {instance_id}")
@@ -70,8 +76,9 @@ def test_two_instances_boot_list_and_terminate(vm_cloud: RunningCloud) -> None:
 
 def test_reboot_boots_the_guest_again(vm_cloud: RunningCloud) -> None:
     ec2 = vm_cloud.ec2()
-    [instance_id] = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1,
-                                                                MaxCount=1)["Instances"]]
+    [instance_id] = [
+        i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
+    ]
     try:
         wait_for(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, "first boot")
         ec2.reboot_instances(InstanceIds=[instance_id])
@@ -84,13 +91,17 @@ def test_reboot_boots_the_guest_again(vm_cloud: RunningCloud) -> None:
 def test_vanished_vm_is_terminated_with_a_reason(vm_cloud: RunningCloud) -> None:
     ec2 = vm_cloud.ec2()
     before = set(control.leftover_qemu(vm_cloud.layout))
-    [instance_id] = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1,
-                                                                MaxCount=1)["Instances"]]
+    [instance_id] = [
+        i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
+    ]
     wait_running(ec2, [instance_id])
     [pid] = wait_for(lambda: list(set(control.leftover_qemu(vm_cloud.layout)) - before), 30, "its QEMU process")
     os.kill(pid, signal.SIGKILL)  # the VM dies behind the cloud's back
-    final = wait_for(lambda: (i := instances(ec2, [instance_id])[instance_id])["State"]["Name"] == "terminated" and i,
-                     60, "terminated")
+    final = wait_for(
+        lambda: (i := instances(ec2, [instance_id])[instance_id])["State"]["Name"] == "terminated" and i,
+        60,
+        "terminated",
+    )
     assert final["StateReason"]["Code"].startswith(("Client.InstanceInitiatedShutdown", "Server."))
 
 
@@ -102,8 +113,9 @@ def test_restart_after_kill_keeps_instances(cloud_factory: Any) -> None:
         pytest.skip(reason)
     cloud: RunningCloud = cloud_factory("restart")
     ec2 = cloud.ec2()
-    [instance_id] = [i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1,
-                                                                MaxCount=1)["Instances"]]
+    [instance_id] = [
+        i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
+    ]
     wait_for(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, "boot")
     ledger_before = _ledger(cloud)
     pid = control.service_pid(cloud.layout)

@@ -67,23 +67,35 @@ def _owner_ids(ctx: Context) -> dict[str, str]:
 def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     placement = req.get("Placement") or {}
     result = ctx.clc.run_instances(
-        ctx.user, req["ImageId"], instance_type=req.get("InstanceType"), min_count=req["MinCount"],
-        max_count=req["MaxCount"], zone=placement.get("AvailabilityZone"), client_token=req.get("ClientToken"),
-        user_data=req.get("UserData"), key_name=req.get("KeyName"))
+        ctx.user,
+        req["ImageId"],
+        instance_type=req.get("InstanceType"),
+        min_count=req["MinCount"],
+        max_count=req["MaxCount"],
+        zone=placement.get("AvailabilityZone"),
+        client_token=req.get("ClientToken"),
+        user_data=req.get("UserData"),
+        key_name=req.get("KeyName"),
+    )
     return views.reservation(result["reservation_id"], ctx.user.user_id, result["instances"])
 
 
 @action("DescribeInstances")
 def describe_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     if req.get("MaxResults") is not None and req.get("InstanceIds"):
-        raise ApiError("InvalidParameterCombination",
-                       "The parameter instancesSet cannot be used with the parameter maxResults")
+        raise ApiError(
+            "InvalidParameterCombination", "The parameter instancesSet cannot be used with the parameter maxResults"
+        )
     rows = ctx.clc.describe_instances(ctx.user, req.get("InstanceIds") or None)
     owners = _owner_ids(ctx)
     items = []
     for row in rows:
         item = views.instance(row)
-        item["_reservation"], item["_owner_id"], item["_owner"] = row["reservation_id"], owners.get(row["owner"]), row["owner"]
+        item["_reservation"], item["_owner_id"], item["_owner"] = (
+            row["reservation_id"],
+            owners.get(row["owner"]),
+            row["owner"],
+        )
         items.append(item)
     items = filters.apply_filters(items, req.get("Filters"), INSTANCE_FILTERS)
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
@@ -100,9 +112,12 @@ def describe_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
 @action("TerminateInstances")
 def terminate_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     changes = ctx.clc.terminate_instances(ctx.user, req["InstanceIds"])
-    return {"TerminatingInstances": [
-        {"InstanceId": i, "PreviousState": views.state(prev), "CurrentState": views.state(cur)}
-        for i, prev, cur in changes]}
+    return {
+        "TerminatingInstances": [
+            {"InstanceId": i, "PreviousState": views.state(prev), "CurrentState": views.state(cur)}
+            for i, prev, cur in changes
+        ]
+    }
 
 
 @action("RebootInstances")
@@ -137,8 +152,7 @@ IMAGE_FILTERS: dict[str, filters.Getter] = {
 def describe_images(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     owners = _owner_ids(ctx)
     wanted_ids = req.get("ImageIds") or []
-    records = [r for r in ctx.clc.images.list()
-               if r.is_public or r.owner == ctx.user.name or ctx.user.is_admin]
+    records = [r for r in ctx.clc.images.list() if r.is_public or r.owner == ctx.user.name or ctx.user.is_admin]
     if wanted_ids:
         known = {r.image_id for r in records}
         missing = [i for i in wanted_ids if i not in known]
@@ -156,32 +170,62 @@ def describe_images(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
 
 # -- zones and regions -----------------------------------------------------------------------------------
 
+
 @action("DescribeAvailabilityZones")
 def describe_availability_zones(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-    items = [{"ZoneName": z["zone"], "ZoneId": f"{z['region']}-az{n}", "State": "available",
-              "RegionName": z["region"], "ZoneType": "availability-zone", "GroupName": z["region"],
-              "NetworkBorderGroup": z["region"], "OptInStatus": "opt-in-not-required", "Messages": []}
-             for n, z in enumerate(ctx.clc.zones(), start=1)]
+    items = [
+        {
+            "ZoneName": z["zone"],
+            "ZoneId": f"{z['region']}-az{n}",
+            "State": "available",
+            "RegionName": z["region"],
+            "ZoneType": "availability-zone",
+            "GroupName": z["region"],
+            "NetworkBorderGroup": z["region"],
+            "OptInStatus": "opt-in-not-required",
+            "Messages": [],
+        }
+        for n, z in enumerate(ctx.clc.zones(), start=1)
+    ]
     if req.get("ZoneNames"):
         unknown = [z for z in req["ZoneNames"] if z not in {i["ZoneName"] for i in items}]
         if unknown:
             raise ApiError("InvalidParameterValue", f"Invalid availability zone: [{', '.join(unknown)}]")
         items = [i for i in items if i["ZoneName"] in req["ZoneNames"]]
-    items = filters.apply_filters(items, req.get("Filters"), {
-        "zone-name": lambda z: z["ZoneName"], "zone-id": lambda z: z["ZoneId"], "state": lambda z: z["State"],
-        "region-name": lambda z: z["RegionName"], "zone-type": lambda z: z["ZoneType"]})
+    items = filters.apply_filters(
+        items,
+        req.get("Filters"),
+        {
+            "zone-name": lambda z: z["ZoneName"],
+            "zone-id": lambda z: z["ZoneId"],
+            "state": lambda z: z["State"],
+            "region-name": lambda z: z["RegionName"],
+            "zone-type": lambda z: z["ZoneType"],
+        },
+    )
     return {"AvailabilityZones": items}
 
 
 @action("DescribeRegions")
 def describe_regions(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-    items = [{"RegionName": ctx.clc.region, "Endpoint": ctx.host.split(":")[0] or "127.0.0.1",
-              "OptInStatus": "opt-in-not-required"}]
+    items = [
+        {
+            "RegionName": ctx.clc.region,
+            "Endpoint": ctx.host.split(":")[0] or "127.0.0.1",
+            "OptInStatus": "opt-in-not-required",
+        }
+    ]
     if req.get("RegionNames"):
         unknown = [r for r in req["RegionNames"] if r != ctx.clc.region]
         if unknown:
             raise ApiError("InvalidParameterValue", f"Invalid region: {', '.join(unknown)}")
-    items = filters.apply_filters(items, req.get("Filters"), {
-        "region-name": lambda r: r["RegionName"], "endpoint": lambda r: r["Endpoint"],
-        "opt-in-status": lambda r: r["OptInStatus"]})
+    items = filters.apply_filters(
+        items,
+        req.get("Filters"),
+        {
+            "region-name": lambda r: r["RegionName"],
+            "endpoint": lambda r: r["Endpoint"],
+            "opt-in-status": lambda r: r["OptInStatus"],
+        },
+    )
     return {"Regions": items}

@@ -27,8 +27,9 @@ def _values(value: Any) -> list[str]:
     return [str(value).lower() if isinstance(value, bool) else str(value)]
 
 
-def apply_filters(items: Iterable[dict[str, Any]], filters: Sequence[Mapping[str, Any]] | None,
-                  getters: Mapping[str, Getter]) -> list[dict[str, Any]]:
+def apply_filters(
+    items: Iterable[dict[str, Any]], filters: Sequence[Mapping[str, Any]] | None, getters: Mapping[str, Getter]
+) -> list[dict[str, Any]]:
     items = list(items)
     for flt in filters or []:
         name = flt.get("Name")
@@ -41,16 +42,22 @@ def apply_filters(items: Iterable[dict[str, Any]], filters: Sequence[Mapping[str
 
             def getter(item: dict[str, Any], key: str = key) -> Any:
                 return [t["Value"] for t in item.get("Tags", []) if t.get("Key") == key]
+
         if getter is None:
-            raise ApiError("InvalidParameterValue", f"The filter '{name}' is invalid; valid filters: "
-                           + ", ".join(sorted(getters)))
-        items = [item for item in items
-                 if any(fnmatch.fnmatchcase(have, want) for have in _values(getter(item)) for want in wanted)]
+            raise ApiError(
+                "InvalidParameterValue", f"The filter '{name}' is invalid; valid filters: " + ", ".join(sorted(getters))
+            )
+        items = [
+            item
+            for item in items
+            if any(fnmatch.fnmatchcase(have, want) for have in _values(getter(item)) for want in wanted)
+        ]
     return items
 
 
-def paginate(items: list[Any], max_results: int | None, next_token: str | None,
-             bounds: tuple[int, int] = (5, 1000)) -> tuple[list[Any], str | None]:
+def paginate(
+    items: list[Any], max_results: int | None, next_token: str | None, bounds: tuple[int, int] = (5, 1000)
+) -> tuple[list[Any], str | None]:
     """A page of ``items`` and the token for the next one (None on the last page)."""
     start = 0
     if next_token:
@@ -64,9 +71,10 @@ def paginate(items: list[Any], max_results: int | None, next_token: str | None,
         return items[start:], None
     low, high = bounds
     if not low <= max_results <= high:
-        raise ApiError("InvalidParameterValue",
-                       f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value between "
-                       f"{low} and {high}.")
+        raise ApiError(
+            "InvalidParameterValue",
+            f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value between {low} and {high}.",
+        )
     end = start + max_results
     token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
     return items[start:end], token

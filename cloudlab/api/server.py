@@ -25,6 +25,7 @@ from cloudlab.api.sigv4 import authenticate
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.users import User
 from cloudlab.errors import CloudError
+from cloudlab.rpc import BurstTolerantHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,16 @@ class Ec2Api:
         self.requests = 0
         self.errors = 0
 
-    def _authenticate(self, method: str, host: str, path: str, query: str, headers: dict[str, str], body: bytes,
-                      params: dict[str, str]) -> User:
+    def _authenticate(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        params: dict[str, str],
+    ) -> User:
         found: dict[str, User] = {}
 
         def secret_for(access_key: str) -> str | None:
@@ -67,8 +76,9 @@ class Ec2Api:
             name = params.get("Action")
             if not name:
                 raise ApiError("MissingAction", "The request must contain the parameter Action")
-            user = self._authenticate(method, headers.get("host", ""), parts.path or "/", parts.query, headers,
-                                      body, params)
+            user = self._authenticate(
+                method, headers.get("host", ""), parts.path or "/", parts.query, headers, body, params
+            )
             handler = actions.ACTIONS.get(name)
             if handler is None:
                 if name in operation_names():
@@ -91,8 +101,9 @@ class Ec2Api:
         except Exception as exc:
             self.errors += 1
             log.exception("request %s failed", request_id)
-            return 500, serialize_error("InternalError", f"An internal error has occurred ({type(exc).__name__})",
-                                        request_id)
+            return 500, serialize_error(
+                "InternalError", f"An internal error has occurred ({type(exc).__name__})", request_id
+            )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -116,8 +127,12 @@ class _Handler(BaseHTTPRequestHandler):
             length = -1
         if length < 0 or length > MAX_BODY_BYTES:
             self.close_connection = True
-            self._answer(413 if length > 0 else 400, serialize_error(
-                "InvalidParameterValue", f"request body must be 0..{MAX_BODY_BYTES} bytes", str(uuid.uuid4())))
+            self._answer(
+                413 if length > 0 else 400,
+                serialize_error(
+                    "InvalidParameterValue", f"request body must be 0..{MAX_BODY_BYTES} bytes", str(uuid.uuid4())
+                ),
+            )
             return
         body = self.rfile.read(length) if length else b""
         if method == "GET" and self.path.rstrip("/") in ("/_cloudlab/status", "/_cloudlab/health"):
@@ -139,17 +154,20 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-def serve_api(clc: CloudController, host: str, port: int,
-              status: Callable[[], dict[str, Any]] | None = None) -> ThreadingHTTPServer:
+def serve_api(
+    clc: CloudController, host: str, port: int, status: Callable[[], dict[str, Any]] | None = None
+) -> ThreadingHTTPServer:
     """Serve the EC2 endpoint in a daemon thread. Port 0 picks a free port (``server.server_port``)."""
     api = Ec2Api(clc, status)
     handler = type("BoundEc2Handler", (_Handler,), {"api": api})
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = BurstTolerantHTTPServer((host, port), handler)
     except OSError as exc:
-        raise CloudError("InvalidParameterValue",
-                         f"cannot listen on {host}:{port} ({exc.strerror}): another program uses it; "
-                         "choose another port with 'cloudlab up --port N' (0 picks a free one)") from exc
+        raise CloudError(
+            "InvalidParameterValue",
+            f"cannot listen on {host}:{port} ({exc.strerror}): another program uses it; "
+            "choose another port with 'cloudlab up --port N' (0 picks a free one)",
+        ) from exc
     server.daemon_threads = True
     server.api = api  # type: ignore[attr-defined]
     Thread(target=server.serve_forever, name="ec2-api", daemon=True).start()

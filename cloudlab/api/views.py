@@ -30,58 +30,78 @@ def _prune(value: dict[str, Any]) -> dict[str, Any]:
 def instance(row: dict[str, Any], show_node: bool = True) -> dict[str, Any]:
     """One Instance. ``Placement.HostId`` names the node the instance runs on."""
     reason = row.get("state_reason")
-    return _prune({
-        "InstanceId": row["instance_id"],
-        "ImageId": row["image_id"],
-        "State": state(row["state"]),
-        "PrivateDnsName": "",
-        "PublicDnsName": "",
-        "StateTransitionReason": reason or "",
-        "KeyName": row.get("key_name"),
-        "AmiLaunchIndex": row.get("launch_index", 0),
-        "InstanceType": row["instance_type"],
-        "LaunchTime": row["launch_time"],
-        "Placement": _prune({"AvailabilityZone": row["zone"], "Tenancy": "default",
-                             "HostId": row.get("node") if show_node else None}),
-        "KernelId": row.get("kernel_id"),
-        "RamdiskId": row.get("ramdisk_id"),
-        "Monitoring": {"State": "disabled"},
-        "Architecture": "x86_64",
-        "RootDeviceType": "instance-store",
-        "VirtualizationType": "hvm",
-        "StateReason": _reason(reason) if row["state"] != "running" else None,
-        "CpuOptions": {"CoreCount": row["vcpus"], "ThreadsPerCore": 1},
-    })
+    return _prune(
+        {
+            "InstanceId": row["instance_id"],
+            "ImageId": row["image_id"],
+            "State": state(row["state"]),
+            "PrivateDnsName": "",
+            "PublicDnsName": "",
+            "StateTransitionReason": reason or "",
+            "KeyName": row.get("key_name"),
+            "AmiLaunchIndex": row.get("launch_index", 0),
+            "InstanceType": row["instance_type"],
+            "LaunchTime": row["launch_time"],
+            "Placement": _prune(
+                {
+                    "AvailabilityZone": row["zone"],
+                    "Tenancy": "default",
+                    "HostId": row.get("node") if show_node else None,
+                }
+            ),
+            "KernelId": row.get("kernel_id"),
+            "RamdiskId": row.get("ramdisk_id"),
+            "Monitoring": {"State": "disabled"},
+            "Architecture": "x86_64",
+            "RootDeviceType": "instance-store",
+            "VirtualizationType": "hvm",
+            "StateReason": _reason(reason) if row["state"] != "running" else None,
+            "CpuOptions": {"CoreCount": row["vcpus"], "ThreadsPerCore": 1},
+        }
+    )
 
 
-def reservation(reservation_id: str, owner_id: str, rows: list[dict[str, Any]],
-                requester: str | None = None) -> dict[str, Any]:
-    return _prune({"ReservationId": reservation_id, "OwnerId": owner_id, "RequesterId": requester,
-                   "Groups": [], "Instances": [instance(r) for r in rows]})
+def reservation(
+    reservation_id: str, owner_id: str, rows: list[dict[str, Any]], requester: str | None = None
+) -> dict[str, Any]:
+    return _prune(
+        {
+            "ReservationId": reservation_id,
+            "OwnerId": owner_id,
+            "RequesterId": requester,
+            "Groups": [],
+            "Instances": [instance(r) for r in rows],
+        }
+    )
 
 
 def image(record: Any, owner_id: str) -> dict[str, Any]:
     from cloudlab.api.protocol import format_timestamp
 
-    return _prune({
-        "ImageId": record.image_id,
-        "ImageLocation": f"cloudlab/{record.name}",
-        "State": record.state,
-        "OwnerId": owner_id,
-        "Public": bool(record.is_public),
-        "Architecture": "x86_64",
-        "ImageType": record.kind,
-        "KernelId": record.kernel_id,
-        "RamdiskId": record.ramdisk_id,
-        "Name": record.name,
-        "Description": record.description or None,
-        "RootDeviceType": "instance-store",
-        "VirtualizationType": "hvm",
-        "CreationDate": format_timestamp(record.created),
-    })
+    return _prune(
+        {
+            "ImageId": record.image_id,
+            "ImageLocation": f"cloudlab/{record.name}",
+            "State": record.state,
+            "OwnerId": owner_id,
+            "Public": bool(record.is_public),
+            "Architecture": "x86_64",
+            "ImageType": record.kind,
+            "KernelId": record.kernel_id,
+            "RamdiskId": record.ramdisk_id,
+            "Name": record.name,
+            "Description": record.description or None,
+            "RootDeviceType": "instance-store",
+            "VirtualizationType": "hvm",
+            "CreationDate": format_timestamp(record.created),
+        }
+    )
 
 
 def console_output(instance_id: str, text: str, when: float) -> dict[str, Any]:
     """EC2 returns console output base64-encoded (boto3 decodes it for the caller)."""
-    return {"InstanceId": instance_id, "Output": base64.b64encode(text.encode("utf-8", "replace")).decode(),
-            "Timestamp": when}
+    return {
+        "InstanceId": instance_id,
+        "Output": base64.b64encode(text.encode("utf-8", "replace")).decode(),
+        "Timestamp": when,
+    }

@@ -23,9 +23,16 @@ log = logging.getLogger(__name__)
 class ClusterController:
     """Schedules and relays for one cluster."""
 
-    def __init__(self, name: str, *, policy: SchedulingPolicy | str = "GREEDY",
-                 heartbeat_s: float = 1.0, dead_after_s: float = 5.0,
-                 signer: MessageSigner | None = None, verifier: MessageVerifier | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        policy: SchedulingPolicy | str = "GREEDY",
+        heartbeat_s: float = 1.0,
+        dead_after_s: float = 5.0,
+        signer: MessageSigner | None = None,
+        verifier: MessageVerifier | None = None,
+    ) -> None:
         self.name = name
         self.policy = load_policy(policy) if isinstance(policy, str) else policy
         self.registry = NodeRegistry(heartbeat_s, dead_after_s)
@@ -39,12 +46,15 @@ class ClusterController:
             "schedule": lambda m: self.schedule(m.body["instances"], int(m.body.get("min_count", 1))),
             "release": lambda m: self.release(m.body["node"], m.body["instance_id"]),
             "run_instance": lambda m: self.node_call(m.body["node"], "run_instance", m.body["instance"]),
-            "terminate_instance": lambda m: self.node_call(m.body["node"], "terminate_instance",
-                                                           {"instance_id": m.body["instance_id"]}),
-            "reboot_instance": lambda m: self.node_call(m.body["node"], "reboot_instance",
-                                                        {"instance_id": m.body["instance_id"]}),
-            "get_console_output": lambda m: self.node_call(m.body["node"], "get_console_output",
-                                                           {"instance_id": m.body["instance_id"]}),
+            "terminate_instance": lambda m: self.node_call(
+                m.body["node"], "terminate_instance", {"instance_id": m.body["instance_id"]}
+            ),
+            "reboot_instance": lambda m: self.node_call(
+                m.body["node"], "reboot_instance", {"instance_id": m.body["instance_id"]}
+            ),
+            "get_console_output": lambda m: self.node_call(
+                m.body["node"], "get_console_output", {"instance_id": m.body["instance_id"]}
+            ),
             "describe_cluster": lambda m: self.describe_cluster(),
         }.items():
             dispatcher.route(action, handler, {"clc"})
@@ -80,10 +90,13 @@ class ClusterController:
             except ValueError as exc:
                 raise CloudError("InternalError", str(exc)) from exc
             if len(placements) < min_count:
-                free = ", ".join(f"{v.name}: {v.vcpus_free} vCPU/{v.memory_mb_free} MiB" for v in views) or "no live nodes"
-                raise CloudError("InsufficientInstanceCapacity",
-                                 f"cluster {self.name} can place {len(placements)} of the {min_count} instances "
-                                 f"needed ({free})")
+                free = (
+                    ", ".join(f"{v.name}: {v.vcpus_free} vCPU/{v.memory_mb_free} MiB" for v in views) or "no live nodes"
+                )
+                raise CloudError(
+                    "InsufficientInstanceCapacity",
+                    f"cluster {self.name} can place {len(placements)} of the {min_count} instances needed ({free})",
+                )
             by_id = {r.instance_id: r for r in requests}
             for instance_id, node in placements.items():
                 self.registry.reserve(node, instance_id, by_id[instance_id].vcpus, by_id[instance_id].memory_mb)
@@ -118,13 +131,20 @@ class ClusterController:
             if entry is None:
                 continue
             report = entry.report or {}
-            nodes.append({
-                "name": name, "url": entry.url, "alive": self.registry.alive(entry),
-                "age_s": None if entry.last_seen is None else now - entry.last_seen,
-                "last_error": entry.last_error,
-                "vcpus_total": report.get("vcpus_total", 0), "vcpus_free": report.get("vcpus_free", 0),
-                "memory_mb_total": report.get("memory_mb_total", 0), "memory_mb_free": report.get("memory_mb_free", 0),
-                "hypervisor": report.get("hypervisor"), "accel": report.get("accel"),
-                "instances": report.get("instances", []),
-            })
+            nodes.append(
+                {
+                    "name": name,
+                    "url": entry.url,
+                    "alive": self.registry.alive(entry),
+                    "age_s": None if entry.last_seen is None else now - entry.last_seen,
+                    "last_error": entry.last_error,
+                    "vcpus_total": report.get("vcpus_total", 0),
+                    "vcpus_free": report.get("vcpus_free", 0),
+                    "memory_mb_total": report.get("memory_mb_total", 0),
+                    "memory_mb_free": report.get("memory_mb_free", 0),
+                    "hypervisor": report.get("hypervisor"),
+                    "accel": report.get("accel"),
+                    "instances": report.get("instances", []),
+                }
+            )
         return {"cluster": self.name, "policy": self.policy.name, "nodes": nodes}

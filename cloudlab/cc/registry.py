@@ -41,7 +41,8 @@ class NodeRegistry:
         self._nodes: dict[str, NodeEntry] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="heartbeat")
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="heartbeat")
+        self._polling: set[str] = set()
         self._thread: threading.Thread | None = None
 
     def add(self, name: str, channel: Channel, url: str | None = None) -> None:
@@ -86,18 +87,45 @@ class NodeRegistry:
                     del entry.reservations[instance_id]
 
     def poll_all(self) -> None:
-        list(self._pool.map(self.poll_one, self.names()))
+        """Poll every node once and wait for the answers (used at start-up and by tests)."""
+        for future in [self._submit_poll(name) for name in self.names()]:
+            if future is not None:
+                future.result()
+
+    def _submit_poll(self, name: str) -> Any:
+        """Queue a poll of ``name`` unless one is still running: a hanging node must not delay the others."""
+        with self._lock:
+            if name in self._polling:
+                return None
+            self._polling.add(name)
+
+        def run() -> None:
+            try:
+                self.poll_one(name)
+            finally:
+                with self._lock:
+                    self._polling.discard(name)
+
+        try:
+            return self._pool.submit(run)
+        except RuntimeError:  # the pool is shut down: the registry is stopping
+            with self._lock:
+                self._polling.discard(name)
+            return None
 
     def start(self) -> None:
         def loop() -> None:
             while not self._stop.wait(self.interval_s):
-                self.poll_all()
+                for name in self.names():
+                    self._submit_poll(name)
 
         self._thread = threading.Thread(target=loop, name="cc-heartbeat", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- capacity ----------------------------------------------------------------------------------
@@ -111,9 +139,16 @@ class NodeRegistry:
                 r = entry.report
                 vcpus = sum(v for v, _ in entry.reservations.values())
                 memory = sum(m for _, m in entry.reservations.values())
-                views.append(NodeView(entry.name, r["vcpus_total"], r["memory_mb_total"],
-                                      r["vcpus_free"] - vcpus, r["memory_mb_free"] - memory,
-                                      len(r.get("instances", [])) + len(entry.reservations)))
+                views.append(
+                    NodeView(
+                        entry.name,
+                        r["vcpus_total"],
+                        r["memory_mb_total"],
+                        r["vcpus_free"] - vcpus,
+                        r["memory_mb_free"] - memory,
+                        len(r.get("instances", [])) + len(entry.reservations),
+                    )
+                )
         return sorted(views, key=lambda v: v.name)
 
     def reserve(self, node: str, instance_id: str, vcpus: int, memory_mb: int) -> None:

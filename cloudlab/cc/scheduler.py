@@ -111,16 +111,21 @@ def load_policy(spec: str) -> SchedulingPolicy:
     else:
         cls = _POLICIES.get(spec.upper())
         if cls is None:
-            raise ValueError(f"unknown scheduling policy {spec!r}; choose one of {', '.join(policy_names())} "
-                             "or give module:Class")
-    policy = cls()
+            raise ValueError(
+                f"unknown scheduling policy {spec!r}; choose one of {', '.join(policy_names())} or give module:Class"
+            )
+    if not isinstance(cls, type):
+        raise ValueError(f"{spec!r} is not a scheduling policy class")
+    try:
+        policy = cls()
+    except TypeError as exc:
+        raise ValueError(f"cannot create scheduling policy {spec!r} without arguments: {exc}") from exc
     if not isinstance(policy, SchedulingPolicy):
         raise ValueError(f"{spec!r} is not a scheduling policy: it needs a name and choose(request, nodes)")
     return policy
 
 
-def place(policy: SchedulingPolicy, requests: Sequence[InstanceRequest],
-          nodes: Sequence[NodeView]) -> dict[str, str]:
+def place(policy: SchedulingPolicy, requests: Sequence[InstanceRequest], nodes: Sequence[NodeView]) -> dict[str, str]:
     """Place ``requests`` in order; stops at the first that fits nowhere. Returns instance → node.
 
     Each placement is subtracted from the chosen node's view before the next call, and a policy that
@@ -135,10 +140,17 @@ def place(policy: SchedulingPolicy, requests: Sequence[InstanceRequest],
             break
         node = views.get(choice)
         if node is None or not node.fits(request):
-            raise ValueError(f"policy {policy.name} chose {choice!r}, which does not exist or does not fit "
-                             f"{request.instance_id} ({request.vcpus} vCPU, {request.memory_mb} MiB)")
-        views[choice] = NodeView(node.name, node.vcpus_total, node.memory_mb_total,
-                                 node.vcpus_free - request.vcpus, node.memory_mb_free - request.memory_mb,
-                                 node.instances + 1)
+            raise ValueError(
+                f"policy {policy.name} chose {choice!r}, which does not exist or does not fit "
+                f"{request.instance_id} ({request.vcpus} vCPU, {request.memory_mb} MiB)"
+            )
+        views[choice] = NodeView(
+            node.name,
+            node.vcpus_total,
+            node.memory_mb_total,
+            node.vcpus_free - request.vcpus,
+            node.memory_mb_free - request.memory_mb,
+            node.instances + 1,
+        )
         placements[request.instance_id] = choice
     return placements

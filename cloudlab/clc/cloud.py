@@ -54,8 +54,14 @@ class ClusterLink:
 class CloudController:
     """Users, images and instances, with a reconciler that follows what the nodes report."""
 
-    def __init__(self, store: Store, images: Images, ca: CertificateAuthority | None,
-                 region: str = "cloudlab-1", reconcile_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        images: Images,
+        ca: CertificateAuthority | None,
+        region: str = "cloudlab-1",
+        reconcile_s: float = 1.0,
+    ) -> None:
         self.store = store
         self.region = region
         self.users = Users(store, ca)
@@ -68,20 +74,28 @@ class CloudController:
         self._last_attempt: dict[str, float] = {}
         self._inflight: set[str] = set()
         self._attempt_lock = threading.Lock()
+        self._token_lock = threading.Lock()
+        self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         seed_vm_types(store)
 
     # -- clusters ------------------------------------------------------------------------------------
-    def add_cluster(self, name: str, zone: str, channel: Channel, *, network: str = "none",
-                    policy: str = "GREEDY") -> None:
+    def add_cluster(
+        self, name: str, zone: str, channel: Channel, *, network: str = "none", policy: str = "GREEDY"
+    ) -> None:
         with self.store.transaction() as db:
-            db.execute("INSERT INTO clusters (name, zone, network, policy, created) VALUES (?,?,?,?,?)"
-                       " ON CONFLICT(name) DO UPDATE SET zone=excluded.zone, network=excluded.network,"
-                       " policy=excluded.policy", (name, zone, network, policy, time.time()))
+            db.execute(
+                "INSERT INTO clusters (name, zone, network, policy, created) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(name) DO UPDATE SET zone=excluded.zone, network=excluded.network,"
+                " policy=excluded.policy",
+                (name, zone, network, policy, time.time()),
+            )
         self.clusters[name] = ClusterLink(name, zone, network, channel)
 
     def zones(self) -> list[dict[str, Any]]:
-        return [{"zone": link.zone, "cluster": link.name, "network": link.network, "region": self.region}
-                for link in self.clusters.values()]
+        return [
+            {"zone": link.zone, "cluster": link.name, "network": link.network, "region": self.region}
+            for link in self.clusters.values()
+        ]
 
     def _cluster_for_zone(self, zone: str | None) -> ClusterLink:
         if not self.clusters:
@@ -91,14 +105,16 @@ class CloudController:
         for link in self.clusters.values():
             if link.zone == zone:
                 return link
-        raise CloudError("InvalidParameterValue", f"Invalid availability zone: [{zone}]; zones: "
-                         + ", ".join(link.zone for link in self.clusters.values()))
+        raise CloudError(
+            "InvalidParameterValue",
+            f"Invalid availability zone: [{zone}]; zones: " + ", ".join(link.zone for link in self.clusters.values()),
+        )
 
     # -- visibility -----------------------------------------------------------------------------------
     def _visible(self, user: User, instance_ids: list[str] | None) -> list[Any]:
         for instance_id in instance_ids or []:
             if not is_valid_id(instance_id, "i"):
-                raise CloudError("InvalidInstanceID.Malformed", f"Invalid id: \"{instance_id}\"")
+                raise CloudError("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
         sql, params = "SELECT * FROM instances", []
         where = []
         if not user.is_admin:
@@ -114,8 +130,12 @@ class CloudController:
             missing = sorted(set(instance_ids) - {r["instance_id"] for r in rows})
             if missing:
                 quoted = ", ".join(f"'{m}'" for m in missing)
-                raise CloudError("InvalidInstanceID.NotFound", f"The instance IDs {quoted} do not exist"
-                                 if len(missing) > 1 else f"The instance ID {quoted} does not exist")
+                raise CloudError(
+                    "InvalidInstanceID.NotFound",
+                    f"The instance IDs {quoted} do not exist"
+                    if len(missing) > 1
+                    else f"The instance ID {quoted} does not exist",
+                )
         return rows
 
     def describe_instances(self, user: User, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
@@ -126,8 +146,15 @@ class CloudController:
         return dict(row) if row else None
 
     # -- state changes ------------------------------------------------------------------------------------
-    def _transition(self, instance_id: str, new: str, reason: str | None = None, *,
-                    expect: tuple[str, ...] | None = None, **fields: Any) -> bool:
+    def _transition(
+        self,
+        instance_id: str,
+        new: str,
+        reason: str | None = None,
+        *,
+        expect: tuple[str, ...] | None = None,
+        **fields: Any,
+    ) -> bool:
         """Move one instance to ``new`` and append a ledger event; False if it was not in ``expect``."""
         with self.store.transaction() as db:
             row = db.execute("SELECT * FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
@@ -142,32 +169,92 @@ class CloudController:
                 sets["terminated_at"] = now
             if new == "running" and "running_at" not in fields:
                 sets["running_at"] = now
-            db.execute(f"UPDATE instances SET {', '.join(f'{k}=?' for k in sets)} WHERE instance_id=?",
-                       (*sets.values(), instance_id))
+            db.execute(
+                f"UPDATE instances SET {', '.join(f'{k}=?' for k in sets)} WHERE instance_id=?",
+                (*sets.values(), instance_id),
+            )
             append_ledger(db, dict(row) | {"node": row["node"]}, new, reason, when=now)
         return True
 
     # -- RunInstances ----------------------------------------------------------------------------------
-    def run_instances(self, user: User, image_id: str, *, instance_type: str | None = None, min_count: int = 1,
-                      max_count: int = 1, zone: str | None = None, client_token: str | None = None,
-                      user_data: str | None = None, key_name: str | None = None) -> dict[str, Any]:
+    def run_instances(
+        self,
+        user: User,
+        image_id: str,
+        *,
+        instance_type: str | None = None,
+        min_count: int = 1,
+        max_count: int = 1,
+        zone: str | None = None,
+        client_token: str | None = None,
+        user_data: str | None = None,
+        key_name: str | None = None,
+    ) -> dict[str, Any]:
         """Validate, schedule, record (pending) and dispatch; returns the reservation."""
         if min_count < 1 or max_count < min_count:
-            raise CloudError("InvalidParameterValue",
-                             f"MinCount ({min_count}) must be at least 1 and at most MaxCount ({max_count})")
+            raise CloudError(
+                "InvalidParameterValue", f"MinCount ({min_count}) must be at least 1 and at most MaxCount ({max_count})"
+            )
         if max_count > MAX_INSTANCES_PER_REQUEST:
-            raise CloudError("InstanceLimitExceeded",
-                             f"at most {MAX_INSTANCES_PER_REQUEST} instances per request (asked for {max_count})")
+            raise CloudError(
+                "InstanceLimitExceeded",
+                f"at most {MAX_INSTANCES_PER_REQUEST} instances per request (asked for {max_count})",
+            )
         if client_token:
-            row = self.store.one("SELECT reservation_id FROM reservations WHERE owner=? AND client_token=?",
-                                 (user.name, client_token))
-            if row is not None:
-                return self.reservation(row["reservation_id"])
+            # One request per (owner, token) at a time, so that concurrent retries make one reservation.
+            with self._token_lock:
+                lock = self._token_locks.setdefault((user.name, client_token), threading.Lock())
+            with lock:
+                row = self.store.one(
+                    "SELECT reservation_id FROM reservations WHERE owner=? AND client_token=?",
+                    (user.name, client_token),
+                )
+                if row is not None:
+                    return self.reservation(row["reservation_id"])
+                return self._run_instances(
+                    user,
+                    image_id,
+                    instance_type=instance_type,
+                    min_count=min_count,
+                    max_count=max_count,
+                    zone=zone,
+                    client_token=client_token,
+                    user_data=user_data,
+                    key_name=key_name,
+                )
+        return self._run_instances(
+            user,
+            image_id,
+            instance_type=instance_type,
+            min_count=min_count,
+            max_count=max_count,
+            zone=zone,
+            client_token=None,
+            user_data=user_data,
+            key_name=key_name,
+        )
+
+    def _run_instances(
+        self,
+        user: User,
+        image_id: str,
+        *,
+        instance_type: str | None,
+        min_count: int,
+        max_count: int,
+        zone: str | None,
+        client_token: str | None,
+        user_data: str | None,
+        key_name: str | None,
+    ) -> dict[str, Any]:
         if not is_valid_id(image_id, "ami"):
-            raise CloudError("InvalidAMIID.Malformed", f"Invalid id: \"{image_id}\" (expecting \"ami-...\")")
+            raise CloudError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" (expecting "ami-...")')
         image = self.images.get(image_id)
-        if image is None or image.kind != "machine" or (not image.is_public and image.owner != user.name
-                                                        and not user.is_admin):
+        if (
+            image is None
+            or image.kind != "machine"
+            or (not image.is_public and image.owner != user.name and not user.is_admin)
+        ):
             raise CloudError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         if image.state != "available":
             raise CloudError("InvalidAMIID.Unavailable", f"image {image_id} is {image.state}")
@@ -175,41 +262,73 @@ class CloudController:
         vm_type = get_vm_type(self.store, instance_type or DEFAULT_TYPE)
         link = self._cluster_for_zone(zone)
         ids = [new_id("i") for _ in range(max_count)]
-        placement = link.channel.call("schedule", {
-            "instances": [{"instance_id": i, "vcpus": vm_type.vcpus, "memory_mb": vm_type.memory_mb} for i in ids],
-            "min_count": min_count})
+        placement = link.channel.call(
+            "schedule",
+            {
+                "instances": [{"instance_id": i, "vcpus": vm_type.vcpus, "memory_mb": vm_type.memory_mb} for i in ids],
+                "min_count": min_count,
+            },
+        )
         placements: dict[str, str] = placement["placements"]
         reservation_id = new_id("r")
         now = time.time()
+        inserted: list[dict[str, Any]] = []
+        with self._attempt_lock:  # the reconciler must not start these before we do
+            for instance_id in placements:
+                self._last_attempt[instance_id] = time.monotonic()
         try:
             with self.store.transaction() as db:
-                db.execute("INSERT INTO reservations (reservation_id, owner, client_token, created) VALUES (?,?,?,?)",
-                           (reservation_id, user.name, client_token, now))
+                db.execute(
+                    "INSERT INTO reservations (reservation_id, owner, client_token, created) VALUES (?,?,?,?)",
+                    (reservation_id, user.name, client_token, now),
+                )
                 for index, instance_id in enumerate(i for i in ids if i in placements):
-                    row = {"instance_id": instance_id, "reservation_id": reservation_id, "owner": user.name,
-                           "image_id": image.image_id, "kernel_id": image.kernel_id, "ramdisk_id": image.ramdisk_id,
-                           "instance_type": vm_type.name, "vcpus": vm_type.vcpus, "memory_mb": vm_type.memory_mb,
-                           "cluster": link.name, "zone": link.zone, "node": placements[instance_id],
-                           "state": "pending", "launch_index": index, "key_name": key_name,
-                           "user_data": user_data, "launch_time": now, "updated": now}
-                    db.execute(f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                               tuple(row.values()))
+                    row = {
+                        "instance_id": instance_id,
+                        "reservation_id": reservation_id,
+                        "owner": user.name,
+                        "image_id": image.image_id,
+                        "kernel_id": image.kernel_id,
+                        "ramdisk_id": image.ramdisk_id,
+                        "instance_type": vm_type.name,
+                        "vcpus": vm_type.vcpus,
+                        "memory_mb": vm_type.memory_mb,
+                        "cluster": link.name,
+                        "zone": link.zone,
+                        "node": placements[instance_id],
+                        "state": "pending",
+                        "launch_index": index,
+                        "key_name": key_name,
+                        "user_data": user_data,
+                        "launch_time": now,
+                        "updated": now,
+                    }
+                    db.execute(
+                        f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()),
+                    )
                     append_ledger(db, row, "pending", None, when=now)
+                    inserted.append(
+                        row | {"dispatched_at": None, "running_at": None, "terminated_at": None, "state_reason": None}
+                    )
         except BaseException:
             for instance_id, node in placements.items():
                 self._quietly(link, "release", {"node": node, "instance_id": instance_id})
             raise
+        # EC2 answers with the instances as created (``pending``), whatever the dispatch does next.
+        answer = {"reservation_id": reservation_id, "owner": user.name, "instances": inserted}
         for instance_id in ids:
             if instance_id in placements:
                 self._submit(self._dispatch_run, instance_id, str(kernel), str(ramdisk) if ramdisk else None)
-        return self.reservation(reservation_id)
+        return answer
 
     def reservation(self, reservation_id: str) -> dict[str, Any]:
         row = self.store.one("SELECT * FROM reservations WHERE reservation_id=?", (reservation_id,))
         if row is None:
             raise CloudError("InvalidReservationID.NotFound", f"no reservation {reservation_id}")
-        instances = self.store.query("SELECT * FROM instances WHERE reservation_id=? ORDER BY launch_index",
-                                     (reservation_id,))
+        instances = self.store.query(
+            "SELECT * FROM instances WHERE reservation_id=? ORDER BY launch_index", (reservation_id,)
+        )
         return {"reservation_id": reservation_id, "owner": row["owner"], "instances": [dict(i) for i in instances]}
 
     def _quietly(self, link: ClusterLink, action: str, body: dict[str, Any]) -> Any:
@@ -220,9 +339,16 @@ class CloudController:
             return None
 
     def _start_body(self, row: dict[str, Any], kernel: str, ramdisk: str | None) -> dict[str, Any]:
-        return {"instance_id": row["instance_id"], "vcpus": row["vcpus"], "memory_mb": row["memory_mb"],
-                "kernel": kernel, "ramdisk": ramdisk, "owner": row["owner"], "image_id": row["image_id"],
-                "instance_type": row["instance_type"]}
+        return {
+            "instance_id": row["instance_id"],
+            "vcpus": row["vcpus"],
+            "memory_mb": row["memory_mb"],
+            "kernel": kernel,
+            "ramdisk": ramdisk,
+            "owner": row["owner"],
+            "image_id": row["image_id"],
+            "instance_type": row["instance_type"],
+        }
 
     def _dispatch_run(self, instance_id: str, kernel: str, ramdisk: str | None) -> None:
         row = self.instance(instance_id)
@@ -232,22 +358,26 @@ class CloudController:
         if link is None:
             return
         try:
-            result = link.channel.call("run_instance", {"node": row["node"],
-                                                        "instance": self._start_body(row, kernel, ramdisk)})
+            result = link.channel.call(
+                "run_instance", {"node": row["node"], "instance": self._start_body(row, kernel, ramdisk)}
+            )
         except CloudError as exc:
             if exc.code == "Unavailable":
                 log.warning("start of %s deferred: %s", instance_id, exc.message)
                 return  # retried by the reconciler
             log.warning("start of %s failed: %s", instance_id, exc)
-            self._transition(instance_id, "terminated", REASON_START_FAILED.format(message=exc.message),
-                             expect=("pending",))
+            self._transition(
+                instance_id, "terminated", REASON_START_FAILED.format(message=exc.message), expect=("pending",)
+            )
             return
         except Exception:
             log.exception("start of %s failed unexpectedly; will retry", instance_id)
             return
         with self.store.transaction() as db:
-            db.execute("UPDATE instances SET dispatched_at=? WHERE instance_id=? AND dispatched_at IS NULL",
-                       (time.time(), instance_id))
+            db.execute(
+                "UPDATE instances SET dispatched_at=? WHERE instance_id=? AND dispatched_at IS NULL",
+                (time.time(), instance_id),
+            )
         if result.get("state") == "running":
             self._transition(instance_id, "running", None, expect=("pending",))
         after = self.instance(instance_id)
@@ -292,9 +422,11 @@ class CloudController:
         rows = self._visible(user, instance_ids)
         for row in rows:
             if row["state"] not in ("running", "pending"):
-                raise CloudError("IncorrectInstanceState",
-                                 f"The instance '{row['instance_id']}' is not in a state from which it can be "
-                                 f"rebooted (it is {row['state']})")
+                raise CloudError(
+                    "IncorrectInstanceState",
+                    f"The instance '{row['instance_id']}' is not in a state from which it can be "
+                    f"rebooted (it is {row['state']})",
+                )
         for row in rows:
             if row["state"] != "running":
                 continue
@@ -380,38 +512,59 @@ class CloudController:
         if not node["alive"] and row is not None:
             return
         with self.store.transaction() as db:
-            db.execute("INSERT INTO nodes (name, cluster, hypervisor, accel, vcpus_total, memory_mb_total, first_seen,"
-                       " last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET cluster=excluded.cluster,"
-                       " hypervisor=excluded.hypervisor, accel=excluded.accel, vcpus_total=excluded.vcpus_total,"
-                       " memory_mb_total=excluded.memory_mb_total, last_seen=excluded.last_seen",
-                       (node["name"], cluster, node.get("hypervisor"), node.get("accel"), node.get("vcpus_total"),
-                        node.get("memory_mb_total"), now, now))
+            db.execute(
+                "INSERT INTO nodes (name, cluster, hypervisor, accel, vcpus_total, memory_mb_total, first_seen,"
+                " last_seen) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET cluster=excluded.cluster,"
+                " hypervisor=excluded.hypervisor, accel=excluded.accel, vcpus_total=excluded.vcpus_total,"
+                " memory_mb_total=excluded.memory_mb_total, last_seen=excluded.last_seen",
+                (
+                    node["name"],
+                    cluster,
+                    node.get("hypervisor"),
+                    node.get("accel"),
+                    node.get("vcpus_total"),
+                    node.get("memory_mb_total"),
+                    now,
+                    now,
+                ),
+            )
 
     def _reconcile_node(self, link: ClusterLink, node: dict[str, Any], report_time: float) -> None:
         name = node["name"]
         reported = {i["instance_id"]: i["state"] for i in node["instances"]}
-        records = {r["instance_id"]: r for r in self.store.query(
-            f"SELECT * FROM instances WHERE node=? AND state IN ({','.join('?' * len(LIVE_STATES))})",
-            (name, *LIVE_STATES))}
+        records = {
+            r["instance_id"]: r
+            for r in self.store.query(
+                f"SELECT * FROM instances WHERE node=? AND state IN ({','.join('?' * len(LIVE_STATES))})",
+                (name, *LIVE_STATES),
+            )
+        }
         for instance_id, row in records.items():
             seen = reported.get(instance_id)
             state = row["state"]
             if seen == "running" and state == "pending" and row["dispatched_at"] is not None:
                 self._transition(instance_id, "running", None, expect=("pending",))
-            elif seen == "shutoff" and state in ("pending", "running") and row["dispatched_at"] is not None \
-                    and row["dispatched_at"] < report_time:
+            elif (
+                seen == "shutoff"
+                and state in ("pending", "running")
+                and row["dispatched_at"] is not None
+                and row["dispatched_at"] < report_time
+            ):
                 # (a domain that is defined but not yet started also shows as shut off, hence the check
                 # that the node had confirmed the start before this report was asked for)
                 log.info("%s shut itself off on %s", instance_id, name)
                 if self._transition(instance_id, "shutting-down", REASON_GUEST_SHUTDOWN, expect=(state,)):
                     self._submit(self._dispatch_terminate, instance_id)
-            elif seen is None and state in ("pending", "running") and row["dispatched_at"] is not None \
-                    and row["dispatched_at"] < report_time:
+            elif (
+                seen is None
+                and state in ("pending", "running")
+                and row["dispatched_at"] is not None
+                and row["dispatched_at"] < report_time
+            ):
                 log.warning("%s vanished from node %s", instance_id, name)
                 self._transition(instance_id, "terminated", REASON_VANISHED.format(node=name), expect=(state,))
-            elif seen is None and state == "shutting-down":
-                if row["updated"] < report_time:
-                    self._transition(instance_id, "terminated", expect=("shutting-down",))
+            elif seen is None and state == "shutting-down" and row["updated"] < report_time:
+                self._transition(instance_id, "terminated", expect=("shutting-down",))
         strangers = [i for i in reported if i not in records]
         for instance_id in strangers:
             row = self.instance(instance_id)
@@ -428,21 +581,29 @@ class CloudController:
     def _note_unknown(self, node: str, instance_id: str, state: str) -> None:
         now = time.time()
         with self.store.transaction() as db:
-            existing = db.execute("SELECT 1 FROM unknown_vms WHERE node=? AND instance_id=?",
-                                  (node, instance_id)).fetchone()
-            db.execute("INSERT INTO unknown_vms (node, instance_id, state, first_seen, last_seen) VALUES (?,?,?,?,?)"
-                       " ON CONFLICT(node, instance_id) DO UPDATE SET state=excluded.state, last_seen=excluded.last_seen",
-                       (node, instance_id, state, now, now))
+            existing = db.execute(
+                "SELECT 1 FROM unknown_vms WHERE node=? AND instance_id=?", (node, instance_id)
+            ).fetchone()
+            db.execute(
+                "INSERT INTO unknown_vms (node, instance_id, state, first_seen, last_seen) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(node, instance_id) DO UPDATE SET state=excluded.state, last_seen=excluded.last_seen",
+                (node, instance_id, state, now, now),
+            )
         if existing is None:
             log.warning("node %s runs %s, which the cloud has no record of: reported, left alone", node, instance_id)
 
     def unknown_vms(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.store.query("SELECT * FROM unknown_vms WHERE last_seen > ? ORDER BY node",
-                                                  (time.time() - 60,))]
+        return [
+            dict(r)
+            for r in self.store.query(
+                "SELECT * FROM unknown_vms WHERE last_seen > ? ORDER BY node", (time.time() - 60,)
+            )
+        ]
 
     def _retry_unfinished(self) -> None:
-        for row in self.store.query("SELECT * FROM instances WHERE (state='pending' AND dispatched_at IS NULL)"
-                                    " OR state='shutting-down'"):
+        for row in self.store.query(
+            "SELECT * FROM instances WHERE (state='pending' AND dispatched_at IS NULL) OR state='shutting-down'"
+        ):
             instance_id = row["instance_id"]
             if not self._due(instance_id):
                 continue
@@ -451,16 +612,18 @@ class CloudController:
                 continue
             image = self.images.get(row["image_id"])
             if image is None:
-                self._transition(instance_id, "terminated", REASON_START_FAILED.format(message="image is gone"),
-                                 expect=("pending",))
+                self._transition(
+                    instance_id, "terminated", REASON_START_FAILED.format(message="image is gone"), expect=("pending",)
+                )
                 continue
             kernel, ramdisk = self.images.files(image)
             self._submit(self._dispatch_run, instance_id, str(kernel), str(ramdisk) if ramdisk else None)
 
     def shutdown_all(self, reason: str) -> int:
         """Terminate every live instance (``cloudlab down``): their VMs go away with the cloud."""
-        rows = self.store.query(f"SELECT * FROM instances WHERE state IN ({','.join('?' * len(LIVE_STATES))})",
-                                LIVE_STATES)
+        rows = self.store.query(
+            f"SELECT * FROM instances WHERE state IN ({','.join('?' * len(LIVE_STATES))})", LIVE_STATES
+        )
         for row in rows:
             if row["state"] != "shutting-down":
                 self._transition(row["instance_id"], "shutting-down", reason, expect=(row["state"],))

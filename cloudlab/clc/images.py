@@ -61,8 +61,9 @@ class Images:
         return [_row_to_image(r) for r in self._store.query("SELECT * FROM images ORDER BY created, image_id")]
 
     def by_name(self, name: str) -> Image | None:
-        row = self._store.one("SELECT * FROM images WHERE name=? AND kind='machine' AND state='available'"
-                              " ORDER BY created DESC", (name,))
+        row = self._store.one(
+            "SELECT * FROM images WHERE name=? AND kind='machine' AND state='available' ORDER BY created DESC", (name,)
+        )
         return _row_to_image(row) if row else None
 
     def _store_file(self, source: Path, digest: str) -> Path:
@@ -78,8 +79,9 @@ class Images:
             os.replace(tmp, target)
         return target
 
-    def register(self, name: str, kernel: Path, ramdisk: Path | None, *, owner: str,
-                 description: str = "", public: bool = True) -> Image:
+    def register(
+        self, name: str, kernel: Path, ramdisk: Path | None, *, owner: str, description: str = "", public: bool = True
+    ) -> Image:
         """Register a machine image from a kernel and an optional ramdisk the cloud can read."""
         for path in (kernel, ramdisk):
             if path is not None and not path.is_file():
@@ -96,13 +98,25 @@ class Images:
         machine_id = new_id("ami")
         with self._store.transaction() as db:
             for kind, (image_id, digest, stored) in parts.items():
-                db.execute("INSERT OR IGNORE INTO images (image_id, name, kind, owner, path, sha256, state, description,"
-                           " is_public, created) VALUES (?,?,?,?,?,?,'available',?,?,?)",
-                           (image_id, f"{name}-{kind}", kind, owner, str(stored), digest, description, int(public), now))
-            db.execute("INSERT INTO images (image_id, name, kind, owner, kernel_id, ramdisk_id, state, description,"
-                       " is_public, created) VALUES (?,?,'machine',?,?,?,'available',?,?,?)",
-                       (machine_id, name, owner, parts["kernel"][0], parts.get("ramdisk", (None,))[0],
-                        description, int(public), now))
+                db.execute(
+                    "INSERT OR IGNORE INTO images (image_id, name, kind, owner, path, sha256, state, description,"
+                    " is_public, created) VALUES (?,?,?,?,?,?,'available',?,?,?)",
+                    (image_id, f"{name}-{kind}", kind, owner, str(stored), digest, description, int(public), now),
+                )
+            db.execute(
+                "INSERT INTO images (image_id, name, kind, owner, kernel_id, ramdisk_id, state, description,"
+                " is_public, created) VALUES (?,?,'machine',?,?,?,'available',?,?,?)",
+                (
+                    machine_id,
+                    name,
+                    owner,
+                    parts["kernel"][0],
+                    parts.get("ramdisk", (None,))[0],
+                    description,
+                    int(public),
+                    now,
+                ),
+            )
         image = self.get(machine_id)
         assert image is not None
         return image
@@ -121,7 +135,9 @@ class Images:
                 return current, False
             stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(current.created))
             with self._store.transaction() as db:
-                db.execute("UPDATE images SET name=? WHERE image_id=?", (f"{DEFAULT_IMAGE_NAME}-{stamp}", current.image_id))
+                db.execute(
+                    "UPDATE images SET name=? WHERE image_id=?", (f"{DEFAULT_IMAGE_NAME}-{stamp}", current.image_id)
+                )
         return self.register(DEFAULT_IMAGE_NAME, kernel, ramdisk, owner=owner, description=description), True
 
     def files(self, image: Image) -> tuple[Path, Path | None]:

@@ -25,6 +25,7 @@ REASON_GUEST_SHUTDOWN = "Client.InstanceInitiatedShutdown: Instance initiated sh
 def check_transition(instance_id: str, current: str, new: str) -> None:
     """Raise ``IncorrectInstanceState`` for a move EC2 would not make."""
     if new not in TRANSITIONS.get(current, frozenset()):
-        raise CloudError("IncorrectInstanceState",
-                         f"The instance '{instance_id}' is not in a state from which it can move to {new} "
-                         f"(it is {current})")
+        raise CloudError(
+            "IncorrectInstanceState",
+            f"The instance '{instance_id}' is not in a state from which it can move to {new} (it is {current})",
+        )

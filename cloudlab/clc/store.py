@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS images (
     is_public INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reservations (
     reservation_id TEXT PRIMARY KEY, owner TEXT NOT NULL, client_token TEXT, created REAL NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS reservations_by_token ON reservations(owner, client_token)
+    WHERE client_token IS NOT NULL;
 CREATE TABLE IF NOT EXISTS instances (
     instance_id TEXT PRIMARY KEY, reservation_id TEXT NOT NULL, owner TEXT NOT NULL, image_id TEXT NOT NULL,
     kernel_id TEXT, ramdisk_id TEXT, instance_type TEXT NOT NULL, vcpus INTEGER NOT NULL,
@@ -108,12 +110,27 @@ class Store:
             self._db.close()
 
 
-def append_ledger(db: sqlite3.Connection, instance: sqlite3.Row | dict[str, Any], event: str,
-                  detail: str | None = None, when: float | None = None) -> None:
+def append_ledger(
+    db: sqlite3.Connection,
+    instance: sqlite3.Row | dict[str, Any],
+    event: str,
+    detail: str | None = None,
+    when: float | None = None,
+) -> None:
     """Append one usage event for ``instance`` (call inside the transaction that changed it)."""
     db.execute(
         "INSERT INTO ledger (time, user, instance_id, instance_type, vcpus, memory_mb, node, cluster, event, detail)"
         " VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (when or time.time(), instance["owner"], instance["instance_id"], instance["instance_type"],
-         instance["vcpus"], instance["memory_mb"], instance["node"], instance["cluster"], event, detail),
+        (
+            when or time.time(),
+            instance["owner"],
+            instance["instance_id"],
+            instance["instance_type"],
+            instance["vcpus"],
+            instance["memory_mb"],
+            instance["node"],
+            instance["cluster"],
+            event,
+            detail,
+        ),
     )

@@ -51,13 +51,16 @@ class Users:
         return User(row["name"], row["user_id"], bool(row["is_admin"]), bool(row["enabled"])) if row else None
 
     def list(self) -> list[User]:
-        return [User(r["name"], r["user_id"], bool(r["is_admin"]), bool(r["enabled"]))
-                for r in self._store.query("SELECT * FROM users ORDER BY name")]
+        return [
+            User(r["name"], r["user_id"], bool(r["is_admin"]), bool(r["enabled"]))
+            for r in self._store.query("SELECT * FROM users ORDER BY name")
+        ]
 
     def create(self, name: str, *, admin: bool = False) -> User:
         if not USER_NAME_RE.match(name):
-            raise CloudError("InvalidParameterValue",
-                             f"user name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+            raise CloudError(
+                "InvalidParameterValue", f"user name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+            )
         if self.get(name) is not None:
             raise CloudError("InvalidParameterValue", f"user {name!r} already exists")
         certificate = None
@@ -65,8 +68,10 @@ class Users:
             certificate = self._ca.identity(name, "user").certificate_pem.decode()
         user_id = "".join(secrets.choice(string.digits) for _ in range(12))
         with self._store.transaction() as db:
-            db.execute("INSERT INTO users (name, user_id, is_admin, enabled, certificate, created) VALUES (?,?,?,?,?,?)",
-                       (name, user_id, int(admin), 1, certificate, time.time()))
+            db.execute(
+                "INSERT INTO users (name, user_id, is_admin, enabled, certificate, created) VALUES (?,?,?,?,?,?)",
+                (name, user_id, int(admin), 1, certificate, time.time()),
+            )
         return User(name, user_id, admin, True)
 
     def ensure_admin(self) -> tuple[User, AccessKey]:
@@ -80,8 +85,10 @@ class Users:
             raise CloudError("InvalidParameterValue", f"no user {name!r}")
         key = _new_access_key()
         with self._store.transaction() as db:
-            db.execute("INSERT INTO access_keys (access_key, secret_key, user_name, active, created) VALUES (?,?,?,1,?)",
-                       (key.access_key, key.secret_key, name, time.time()))
+            db.execute(
+                "INSERT INTO access_keys (access_key, secret_key, user_name, active, created) VALUES (?,?,?,1,?)",
+                (key.access_key, key.secret_key, name, time.time()),
+            )
         return AccessKey(key.access_key, key.secret_key, name)
 
     def keys(self, name: str) -> list[AccessKey]:
@@ -92,7 +99,9 @@ class Users:
         """The enabled user and secret behind an active access key, or None."""
         row = self._store.one(
             "SELECT u.name, u.user_id, u.is_admin, u.enabled, k.secret_key FROM access_keys k"
-            " JOIN users u ON u.name = k.user_name WHERE k.access_key=? AND k.active=1", (access_key,))
+            " JOIN users u ON u.name = k.user_name WHERE k.access_key=? AND k.active=1",
+            (access_key,),
+        )
         if row is None or not row["enabled"]:
             return None
         return User(row["name"], row["user_id"], bool(row["is_admin"]), True), row["secret_key"]

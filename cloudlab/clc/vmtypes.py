@@ -48,5 +48,7 @@ def get_vm_type(store: Store, name: str) -> VmType:
 
 
 def list_vm_types(store: Store) -> list[VmType]:
-    return [VmType(r["name"], r["vcpus"], r["memory_mb"])
-            for r in store.query("SELECT * FROM vm_types ORDER BY vcpus, memory_mb, name")]
+    return [
+        VmType(r["name"], r["vcpus"], r["memory_mb"])
+        for r in store.query("SELECT * FROM vm_types ORDER BY vcpus, memory_mb, name")
+    ]

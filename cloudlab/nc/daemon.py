@@ -10,10 +10,12 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
+from cloudlab.errors import CloudError
 from cloudlab.nc.node import NodeController
 from cloudlab.rpc import Dispatcher, HttpChannel, serve_http
-from cloudlab.security.ca import CertificateAuthority
+from cloudlab.security.ca import CertificateAuthority, Identity, load_ca_certificate
 from cloudlab.security.messages import MessageSigner, MessageVerifier
 
 log = logging.getLogger(__name__)
@@ -21,15 +23,43 @@ log = logging.getLogger(__name__)
 REGISTER_EVERY_S = 10.0
 
 
-def run_node(pki_dir: Path, name: str, cc_url: str, uri: str, node_dir: Path, *, host: str = "127.0.0.1",
-             port: int = 0, vcpus: int | None = None, memory_mb: int | None = None, accel: str = "auto",
-             accel_cache: Path | None = None, stop: threading.Event | None = None) -> None:
+def node_identity(pki_dir: Path, name: str) -> tuple[Identity, Any]:
+    """This node's identity and the cloud CA's certificate.
+
+    On the cloud's own host the CA is at hand and issues the certificate on demand; on another host
+    the folder holds only ``ca.crt`` and ``nc-<name>.crt``/``.key`` copied from the cloud.
+    """
+    if (pki_dir / "ca.key").exists():
+        ca = CertificateAuthority.load_or_create(pki_dir)
+        return ca.identity(name, "nc"), ca.ca_certificate
+    crt, key, ca_crt = pki_dir / f"nc-{name}.crt", pki_dir / f"nc-{name}.key", pki_dir / "ca.crt"
+    missing = [str(p) for p in (crt, key, ca_crt) if not p.exists()]
+    if missing:
+        raise CloudError(
+            "InvalidParameterValue", f"node {name} needs {', '.join(missing)} from the cloud's .cloudlab/pki folder"
+        )
+    return Identity.load(crt, key), load_ca_certificate(ca_crt)
+
+
+def run_node(
+    pki_dir: Path,
+    name: str,
+    cc_url: str,
+    uri: str,
+    node_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    vcpus: int | None = None,
+    memory_mb: int | None = None,
+    accel: str = "auto",
+    accel_cache: Path | None = None,
+    stop: threading.Event | None = None,
+) -> None:
     """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
-    ca = CertificateAuthority.load_or_create(pki_dir)
-    identity = ca.identity(name, "nc")
-    signer, verifier = MessageSigner(identity), MessageVerifier(ca.ca_certificate)
-    node = NodeController(name, uri, node_dir, vcpus=vcpus, memory_mb=memory_mb, accel=accel,
-                          accel_cache=accel_cache)
+    identity, ca_certificate = node_identity(pki_dir, name)
+    signer, verifier = MessageSigner(identity), MessageVerifier(ca_certificate)
+    node = NodeController(name, uri, node_dir, vcpus=vcpus, memory_mb=memory_mb, accel=accel, accel_cache=accel_cache)
     dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
     node.register_routes(dispatcher)
     server = serve_http(dispatcher, host, port)

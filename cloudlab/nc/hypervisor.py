@@ -70,9 +70,10 @@ def driver_kind(uri: str) -> str:
     """``qemu`` or ``test`` (the libvirt driver family the URI selects)."""
     scheme = urlsplit(uri).scheme.split("+")[0]
     if scheme not in ("qemu", "test"):
-        raise CloudError("InvalidParameterValue",
-                         f"unsupported hypervisor URI {uri!r}: use qemu:///embed?root=DIR, qemu:///system "
-                         "or test:///default")
+        raise CloudError(
+            "InvalidParameterValue",
+            f"unsupported hypervisor URI {uri!r}: use qemu:///embed?root=DIR, qemu:///system or test:///default",
+        )
     return scheme
 
 

@@ -33,8 +33,17 @@ CONSOLE_TAIL_BYTES = 64 * 1024  # EC2 returns the last 64 KiB of console output
 class NodeController:
     """Runs instances on one host through one libvirt connection."""
 
-    def __init__(self, name: str, uri: str, node_dir: Path, *, vcpus: int | None = None,
-                 memory_mb: int | None = None, accel: str = "auto", accel_cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        uri: str,
+        node_dir: Path,
+        *,
+        vcpus: int | None = None,
+        memory_mb: int | None = None,
+        accel: str = "auto",
+        accel_cache: Path | None = None,
+    ) -> None:
         self.name = name
         self.uri = uri
         self.node_dir = node_dir
@@ -93,10 +102,8 @@ class NodeController:
             dispatcher.route(action, handler, {"cc"})
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             self.conn.close()
-        except libvirt.libvirtError:
-            pass
 
     # -- libvirt events -----------------------------------------------------------------------
     def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
@@ -130,11 +137,13 @@ class NodeController:
         return found
 
     def _lookup(self, instance_id: str) -> libvirt.virDomain:
-        try:
-            return self.conn.lookupByName(instance_id)
-        except libvirt.libvirtError as exc:
-            raise CloudError("InvalidInstanceID.NotFound",
-                             f"The instance ID '{instance_id}' does not exist on node {self.name}") from exc
+        """One of *cloudlab's* domains: a VM on the host without cloudlab metadata is not ours to touch."""
+        found = self._domains().get(instance_id)
+        if found is None:
+            raise CloudError(
+                "InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist on node {self.name}"
+            )
+        return found[0]
 
     def instances(self) -> list[dict[str, Any]]:
         """What this node holds, as the hypervisor sees it."""
@@ -146,8 +155,14 @@ class NodeController:
                 continue  # vanished between listing and asking
             if name in self._starting:
                 state = libvirt.VIR_DOMAIN_NOSTATE  # defined, QEMU still starting: pending, not shut off
-            result.append({"instance_id": name, "state": node_state(state),
-                           "vcpus": int(meta.get("vcpus", 1)), "memory_mb": int(meta.get("memory_mb", 0))})
+            result.append(
+                {
+                    "instance_id": name,
+                    "state": node_state(state),
+                    "vcpus": int(meta.get("vcpus", 1)),
+                    "memory_mb": int(meta.get("memory_mb", 0)),
+                }
+            )
         return result
 
     def describe_resource(self) -> dict[str, Any]:
@@ -158,10 +173,16 @@ class NodeController:
         used_vcpus = sum(i["vcpus"] for i in instances)
         used_memory = sum(i["memory_mb"] for i in instances)
         return {
-            "node": self.name, "uri": self.uri, "hypervisor": self.kind, "accel": self._accel,
-            "vcpus_total": self.vcpus_total, "vcpus_free": self.vcpus_total - used_vcpus,
-            "memory_mb_total": self.memory_mb_total, "memory_mb_free": self.memory_mb_total - used_memory,
-            "instances": instances, "time": time.time(),
+            "node": self.name,
+            "uri": self.uri,
+            "hypervisor": self.kind,
+            "accel": self._accel,
+            "vcpus_total": self.vcpus_total,
+            "vcpus_free": self.vcpus_total - used_vcpus,
+            "memory_mb_total": self.memory_mb_total,
+            "memory_mb_free": self.memory_mb_total - used_memory,
+            "instances": instances,
+            "time": time.time(),
         }
 
     def accelerator(self, kernel: Path, ramdisk: Path | None) -> str:
@@ -195,23 +216,38 @@ class NodeController:
             if self.kind == "qemu":
                 for path in (kernel, ramdisk):
                     if path is not None and not path.is_file():
-                        raise CloudError("InvalidAMIID.Unavailable", f"image file {path} is missing on node {self.name}")
+                        raise CloudError(
+                            "InvalidAMIID.Unavailable", f"image file {path} is missing on node {self.name}"
+                        )
             free = self.describe_resource()
             if vcpus > free["vcpus_free"] or memory_mb > free["memory_mb_free"]:
-                raise CloudError("InsufficientInstanceCapacity",
-                                 f"node {self.name} has {free['vcpus_free']} vCPUs and "
-                                 f"{free['memory_mb_free']} MiB free; {instance_id} needs {vcpus} and {memory_mb}")
+                raise CloudError(
+                    "InsufficientInstanceCapacity",
+                    f"node {self.name} has {free['vcpus_free']} vCPUs and "
+                    f"{free['memory_mb_free']} MiB free; {instance_id} needs {vcpus} and {memory_mb}",
+                )
             instance_dir = self.node_dir / "instances" / instance_id
             instance_dir.mkdir(parents=True, exist_ok=True)
             console_log = instance_dir / "console.log"
             console_log.write_bytes(b"")
             accel = self.accelerator(kernel, ramdisk) if self.kind == "qemu" else "test"
             spec = DomainSpec(
-                instance_id=instance_id, vcpus=vcpus, memory_mb=memory_mb, kernel=kernel, ramdisk=ramdisk,
-                console_log=console_log, accel=accel, cmdline=str(body.get("cmdline") or DEFAULT_CMDLINE),
-                metadata={"owner": str(body.get("owner", "")), "image_id": str(body.get("image_id", "")),
-                          "instance_type": str(body.get("instance_type", "")), "vcpus": str(vcpus),
-                          "memory_mb": str(memory_mb), "node": self.name},
+                instance_id=instance_id,
+                vcpus=vcpus,
+                memory_mb=memory_mb,
+                kernel=kernel,
+                ramdisk=ramdisk,
+                console_log=console_log,
+                accel=accel,
+                cmdline=str(body.get("cmdline") or DEFAULT_CMDLINE),
+                metadata={
+                    "owner": str(body.get("owner", "")),
+                    "image_id": str(body.get("image_id", "")),
+                    "instance_type": str(body.get("instance_type", "")),
+                    "vcpus": str(vcpus),
+                    "memory_mb": str(memory_mb),
+                    "node": self.name,
+                },
             )
             try:
                 dom = self.conn.defineXML(build_domain_xml(spec))
@@ -227,15 +263,20 @@ class NodeController:
         finally:
             self._starting.discard(instance_id)
         log.info("node %s started %s (%s, %d vCPU, %d MiB)", self.name, instance_id, accel, vcpus, memory_mb)
-        return {"instance_id": instance_id, "state": node_state(dom.state()[0]), "node": self.name,
-                "started_at": time.time(), "accel": accel}
+        return {
+            "instance_id": instance_id,
+            "state": node_state(dom.state()[0]),
+            "node": self.name,
+            "started_at": time.time(),
+            "accel": accel,
+        }
 
     def terminate_instance(self, instance_id: str) -> dict[str, Any]:
         """Destroy and undefine; terminating something already gone is not an error."""
         with self._lock:
             try:
-                dom = self.conn.lookupByName(instance_id)
-            except libvirt.libvirtError:
+                dom = self._lookup(instance_id)
+            except CloudError:
                 return {"instance_id": instance_id, "previous": "absent", "state": "absent"}
             previous = node_state(dom.state()[0])
             try:

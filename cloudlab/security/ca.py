@@ -239,9 +239,7 @@ class CertificateAuthority:
     Use :meth:`load_or_create`; the constructor only wraps already loaded material.
     """
 
-    def __init__(
-        self, pki_dir: Path, certificate: x509.Certificate, private_key: ec.EllipticCurvePrivateKey
-    ) -> None:
+    def __init__(self, pki_dir: Path, certificate: x509.Certificate, private_key: ec.EllipticCurvePrivateKey) -> None:
         self.pki_dir = Path(pki_dir)
         self._certificate = certificate
         self._private_key = private_key
@@ -482,9 +480,7 @@ def _locked(pki_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def tls_context(
-    identity: Identity, ca: x509.Certificate | CertificateAuthority, server: bool
-) -> ssl.SSLContext:
+def tls_context(identity: Identity, ca: x509.Certificate | CertificateAuthority, server: bool) -> ssl.SSLContext:
     """An ``SSLContext`` for mutual TLS with the cloud's certificates (TLS 1.2+, peer certificate required).
 
     Both sides present their identity and accept only peers whose certificate chains to the cloud

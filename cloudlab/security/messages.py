@@ -335,9 +335,7 @@ class MessageVerifier:
         """How many nonces are held for replay detection (bounded by the message rate × the window)."""
         return len(self._nonces)
 
-    def verify(
-        self, data: bytes, allowed_roles: Collection[str], *, in_reply_to: str | None = None
-    ) -> VerifiedMessage:
+    def verify(self, data: bytes, allowed_roles: Collection[str], *, in_reply_to: str | None = None) -> VerifiedMessage:
         """Return the verified message, or raise :class:`MessageRejected` (and log it).
 
         ``allowed_roles`` are the roles that may send this message (a single role string is accepted).
@@ -477,9 +475,7 @@ class MessageVerifier:
         try:
             certificate = x509.load_pem_x509_certificate(pem.encode("utf-8"))
         except Exception:
-            raise MessageRejected(
-                "malformed", "sender_cert is not a PEM certificate", action=action
-            ) from None
+            raise MessageRejected("malformed", "sender_cert is not a PEM certificate", action=action) from None
         try:
             certificate.verify_directly_issued_by(self._ca)
         except Exception:

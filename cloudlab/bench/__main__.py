@@ -1,0 +1,116 @@
+"""``python -m cloudlab.bench`` (``make bench``): the foundation's figures, written to a results file.
+
+Boot times (1 and 4 concurrent instances, median of N) against a hand-started QEMU; the idle
+cloud's memory; 1,000 instances on 50 test-driver nodes and DescribeInstances of 1,000 against
+their baselines. Nothing here asserts a time: the figures are for people to read and compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cloudlab import control
+from cloudlab.bench.boot import run_boot_benchmark
+from cloudlab.bench.environment import describe_environment
+from cloudlab.bench.footprint import controller_memory
+from cloudlab.bench.scale import run_scale_benchmark
+from cloudlab.config import CloudConfig
+from cloudlab.paths import StateLayout
+
+TARGETS = {
+    "boot_marker_1_median_s": 5.0,
+    "idle_rss_mb": 150.0,
+    "scale_all_running_s": 20.0,
+    "describe_1000_median_ms": 200.0,
+}
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cloudlab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="results", help="folder for the results (default results/)")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per boot measurement (default 5)")
+    parser.add_argument("--only", default="boot,footprint,scale", help="comma-separated parts to run")
+    args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
+    results: dict[str, Any] = {}
+    accel = None
+    with tempfile.TemporaryDirectory(prefix="cloudlab-bench-") as tmp:
+        if parts & {"boot", "footprint"}:
+            from cloudlab.client import connect
+
+            layout = StateLayout(Path(tmp) / "state")
+            info = control.up(layout, CloudConfig(api_port=0), timeout_s=120)
+            try:
+                cloud = connect(str(layout.root))
+                deadline = time.monotonic() + 60
+                while (accel := next(iter(cloud.nodes()["accel"]), None)) is None and time.monotonic() < deadline:
+                    time.sleep(0.5)  # the node is still probing QEMU and the accelerator
+                if "footprint" in parts:
+                    time.sleep(3)
+                    results["idle_memory"] = controller_memory(info["pid"])
+                    say(f"idle cloud: {results['idle_memory']['total_rss_mb']} MB resident")
+                if "boot" in parts:
+                    results["boot"] = run_boot_benchmark(cloud, accel or "tcg", args.repeats, progress=say)
+            finally:
+                control.down(layout)
+        if "scale" in parts:
+            results["scale"] = run_scale_benchmark(progress=say)
+    results["environment"] = describe_environment(accel)
+    results["targets"] = TARGETS
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out / f"bench-foundation-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if "boot" in results:
+        import pandas as pd
+
+        pd.DataFrame(results["boot"].pop("rows")).to_csv(out / f"bench-boot-{stamp}.csv", index=False)
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(report(results))
+    print(f"\nresults written to {path}")
+    return 0
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["figure                                         measured        baseline        ratio    target"]
+    if "boot" in results:
+        for count in (1, 4):
+            b = results["boot"][f"concurrent_{count}"]
+            lines.append(f"RunInstances→running, {count} concurrent (median)   {b['cloud_running_s']['median']:7.2f} s")
+            lines.append(
+                f"RunInstances→boot marker, {count} concurrent        {b['cloud_marker_s']['median']:7.2f} s "
+                f"  {b['by_hand_marker_s']['median']:7.2f} s (QEMU by hand) "
+                f"x{b['ratio_cloud_to_hand_marker']:<6} {'< 5 s' if count == 1 else ''}"
+            )
+    if "idle_memory" in results:
+        lines.append(
+            f"idle cloud resident memory                     {results['idle_memory']['total_rss_mb']:7.1f} MB"
+            f"{'':33}< 150 MB"
+        )
+    if "scale" in results:
+        s = results["scale"]
+        lines.append(
+            f"1,000 instances on 50 test nodes all running   {s['all_running_s']:7.2f} s "
+            f"  {s['baseline_libvirt_define_start_s']:7.2f} s (libvirt)    x{s['ratio_cloud_to_baseline']:<6} < 20 s"
+        )
+        lines.append(
+            f"DescribeInstances of 1,000 (server, median)    {s['describe_server_ms']['median']:7.1f} ms"
+            f"  {s['describe_sql_floor_ms']['median']:7.1f} ms (SQL)       x{s['ratio_describe_to_sql_floor']:<6}"
+            " < 200 ms"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
