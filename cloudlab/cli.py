@@ -147,13 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     layout = _layout(args)
-    info = control.endpoint(layout)
-    if info is None:
-        raise CliError(f"cloud is not running (state {layout.root}); start it with: cloudlab up")
-    path = layout.credentials / f"{args.user}.json"
-    if not path.exists():
-        raise CliError(f"no credentials for user {args.user!r} in {layout.credentials}")
-    creds = json.loads(path.read_text())
+    info, creds = control.connection(layout, args.user)
     print(f"export AWS_ENDPOINT_URL_EC2={info['url']}")
     print(f"export AWS_ACCESS_KEY_ID={creds['access_key']}")
     print(f"export AWS_SECRET_ACCESS_KEY={creds['secret_key']}")

@@ -7,7 +7,6 @@ client pointed at it. The helpers here only wrap what any boto3 user would write
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -216,13 +215,10 @@ class Cloud:
 def connect(state: str | None = None, user: str = "admin") -> Cloud:
     """Connect to the running cloud of ``state`` (default: ``$CLOUDLAB_STATE`` or the nearest ``.cloudlab``)."""
     layout = StateLayout(find_state_dir(state))
-    info = control.endpoint(layout)
-    if info is None:
-        raise CloudNotRunning(f"no cloud is running in {layout.root}: start one with 'cloudlab up' (or 'make lab')")
-    creds_path = layout.credentials / f"{user}.json"
-    if not creds_path.exists():
-        raise CloudNotRunning(f"no credentials for user {user!r} in {layout.credentials}")
-    creds = json.loads(creds_path.read_text())
+    try:
+        info, creds = control.connection(layout, user)
+    except control.ControlError as exc:
+        raise CloudNotRunning(str(exc)) from None
     client = boto3.client(
         "ec2",
         endpoint_url=info["url"],

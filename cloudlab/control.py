@@ -59,6 +59,17 @@ def endpoint(layout: StateLayout) -> dict[str, Any] | None:
         return None
 
 
+def connection(layout: StateLayout, user: str = "admin") -> tuple[dict[str, Any], dict[str, str]]:
+    """The running cloud's endpoint record and ``user``'s access key, or ControlError saying what to do."""
+    info = endpoint(layout)
+    if info is None:
+        raise ControlError(f"cloud is not running (state {layout.root}); start it with: cloudlab up (or make lab)")
+    path = layout.credentials / f"{user}.json"
+    if not path.exists():
+        raise ControlError(f"no credentials for user {user!r} in {layout.credentials}")
+    return info, json.loads(path.read_text())
+
+
 def get_json(url: str, timeout: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URL we wrote
         return json.loads(response.read())

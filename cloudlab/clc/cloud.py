@@ -13,6 +13,7 @@ A VM on a node that the CLC has no record of is reported (``unknown_vms``), neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -200,39 +201,30 @@ class CloudController:
                 "InstanceLimitExceeded",
                 f"at most {MAX_INSTANCES_PER_REQUEST} instances per request (asked for {max_count})",
             )
+        # One request per (owner, token) at a time, so that concurrent retries make one reservation.
+        lock: Any = contextlib.nullcontext()
         if client_token:
-            # One request per (owner, token) at a time, so that concurrent retries make one reservation.
             with self._token_lock:
                 lock = self._token_locks.setdefault((user.name, client_token), threading.Lock())
-            with lock:
+        with lock:
+            if client_token:
                 row = self.store.one(
                     "SELECT reservation_id FROM reservations WHERE owner=? AND client_token=?",
                     (user.name, client_token),
                 )
                 if row is not None:
                     return self.reservation(row["reservation_id"])
-                return self._run_instances(
-                    user,
-                    image_id,
-                    instance_type=instance_type,
-                    min_count=min_count,
-                    max_count=max_count,
-                    zone=zone,
-                    client_token=client_token,
-                    user_data=user_data,
-                    key_name=key_name,
-                )
-        return self._run_instances(
-            user,
-            image_id,
-            instance_type=instance_type,
-            min_count=min_count,
-            max_count=max_count,
-            zone=zone,
-            client_token=None,
-            user_data=user_data,
-            key_name=key_name,
-        )
+            return self._run_instances(
+                user,
+                image_id,
+                instance_type=instance_type,
+                min_count=min_count,
+                max_count=max_count,
+                zone=zone,
+                client_token=client_token or None,
+                user_data=user_data,
+                key_name=key_name,
+            )
 
     def _run_instances(
         self,

@@ -337,11 +337,14 @@ def _inputs_hash(packages: list[_Package], kernel_release: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _finished_image(target: Path, inputs_hash: str) -> BuiltImage | None:
-    """The cached image if it is complete and was built from the same inputs, else None."""
+def _finished_image(target: Path, inputs_hash: str | None) -> BuiltImage | None:
+    """The cached image if it is complete and was built from the same inputs, else None.
+
+    ``inputs_hash=None`` accepts any complete image (starting the cloud must not ask apt).
+    """
     try:
         manifest = json.loads((target / "manifest.json").read_text())
-        if manifest.get("inputs_hash") != inputs_hash:
+        if inputs_hash is not None and manifest.get("inputs_hash") != inputs_hash:
             return None
         for name, info in manifest["outputs"].items():
             if (target / name).stat().st_size != info["size"]:
@@ -704,11 +707,8 @@ def _cpio_record(
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _file_info(path: Path) -> dict:
