@@ -13,8 +13,8 @@ setup:
 
 lab: setup
 	$(BIN)/cloudlab --state $(STATE) up
-	CLOUDLAB_STATE=$(STATE) $(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --allow-root \
-		notebooks/quickstart.ipynb
+	CLOUDLAB_STATE=$(STATE) $(BIN)/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 --allow-root \
+		--LabApp.default_url=/lab/tree/quickstart.ipynb $(LAB_ARGS)
 
 demo: setup
 	@mkdir -p results
