@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cloudlab.clc.images import Images
 from cloudlab.clc.states import (
@@ -37,6 +37,7 @@ from cloudlab.rpc import Channel
 from cloudlab.security.ca import CertificateAuthority
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_INSTANCES_PER_REQUEST = 1000
 RETRY_AFTER_S = 5.0
@@ -77,7 +78,21 @@ class CloudController:
         self._attempt_lock = threading.Lock()
         self._token_lock = threading.Lock()
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._services: dict[type, Any] = {}
+        self._services_lock = threading.Lock()
         seed_vm_types(store)
+
+    def service(self, cls: type[T]) -> T:
+        """The CLC's one instance of a domain service (key pairs, groups, tags, ...), built on first use.
+
+        A service class takes the cloud controller as its only argument and creates its tables with
+        ``clc.store.ensure_schema``; this keeps each resource type in a module of its own.
+        """
+        with self._services_lock:
+            found = self._services.get(cls)
+            if found is None:
+                found = self._services[cls] = cls(self)
+            return found
 
     # -- clusters ------------------------------------------------------------------------------------
     def add_cluster(

@@ -80,9 +80,18 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._lock = threading.RLock()
+        self._schemas: set[str] = set()
         self._db.executescript(SCHEMA)
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def ensure_schema(self, sql: str) -> None:
+        """Create a domain module's tables (``CREATE ... IF NOT EXISTS``), once per process."""
+        with self._lock:
+            if sql in self._schemas:
+                return
+            self._db.executescript(sql)
+            self._schemas.add(sql)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

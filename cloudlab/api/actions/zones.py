@@ -1,0 +1,71 @@
+"""Availability zones (one per cluster) and the region."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudlab.api import filters
+from cloudlab.api.actions import Context, action
+from cloudlab.api.errors import ApiError
+
+# -- zones and regions -----------------------------------------------------------------------------------
+
+
+@action("DescribeAvailabilityZones")
+def describe_availability_zones(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    items = [
+        {
+            "ZoneName": z["zone"],
+            "ZoneId": f"{z['region']}-az{n}",
+            "State": "available",
+            "RegionName": z["region"],
+            "ZoneType": "availability-zone",
+            "GroupName": z["region"],
+            "NetworkBorderGroup": z["region"],
+            "OptInStatus": "opt-in-not-required",
+            "Messages": [],
+        }
+        for n, z in enumerate(ctx.clc.zones(), start=1)
+    ]
+    if req.get("ZoneNames"):
+        unknown = [z for z in req["ZoneNames"] if z not in {i["ZoneName"] for i in items}]
+        if unknown:
+            raise ApiError("InvalidParameterValue", f"Invalid availability zone: [{', '.join(unknown)}]")
+        items = [i for i in items if i["ZoneName"] in req["ZoneNames"]]
+    items = filters.apply_filters(
+        items,
+        req.get("Filters"),
+        {
+            "zone-name": lambda z: z["ZoneName"],
+            "zone-id": lambda z: z["ZoneId"],
+            "state": lambda z: z["State"],
+            "region-name": lambda z: z["RegionName"],
+            "zone-type": lambda z: z["ZoneType"],
+        },
+    )
+    return {"AvailabilityZones": items}
+
+
+@action("DescribeRegions")
+def describe_regions(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    items = [
+        {
+            "RegionName": ctx.clc.region,
+            "Endpoint": ctx.host.split(":")[0] or "127.0.0.1",
+            "OptInStatus": "opt-in-not-required",
+        }
+    ]
+    if req.get("RegionNames"):
+        unknown = [r for r in req["RegionNames"] if r != ctx.clc.region]
+        if unknown:
+            raise ApiError("InvalidParameterValue", f"Invalid region: {', '.join(unknown)}")
+    items = filters.apply_filters(
+        items,
+        req.get("Filters"),
+        {
+            "region-name": lambda r: r["RegionName"],
+            "endpoint": lambda r: r["Endpoint"],
+            "opt-in-status": lambda r: r["OptInStatus"],
+        },
+    )
+    return {"Regions": items}
