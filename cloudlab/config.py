@@ -24,7 +24,10 @@ class CloudConfig:
     region: str = DEFAULT_REGION
     api_host: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
-    cc_host: str = "127.0.0.1"  # where the cluster controller listens for node controllers
+    cc_host: str = "127.0.0.1"
+    # Elastic (public) addresses come from this pool. TEST-NET-2 (RFC 5737) is never routed on the
+    # internet; NAT into the cloud's own namespaces arrives with the networking issue.
+    public_pool: str = "198.51.100.0/24"  # where the cluster controller listens for node controllers
     accel: str = "auto"
     node_vcpus: int | None = None
     node_memory_mb: int | None = None
