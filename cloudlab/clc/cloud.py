@@ -63,9 +63,11 @@ class CloudController:
         ca: CertificateAuthority | None,
         region: str = "cloudlab-1",
         reconcile_s: float = 1.0,
+        public_pool: str = "198.51.100.0/24",
     ) -> None:
         self.store = store
         self.region = region
+        self.public_pool = public_pool
         self.users = Users(store, ca)
         self.images = images
         self.clusters: dict[str, ClusterLink] = {}
