@@ -81,6 +81,7 @@ class CloudController:
         self._token_lock = threading.Lock()
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self._services: dict[type, Any] = {}
+        self._node_alive: dict[str, bool] = {}
         self._services_lock = threading.Lock()
         seed_vm_types(store)
 
@@ -191,7 +192,7 @@ class CloudController:
                 f"UPDATE instances SET {', '.join(f'{k}=?' for k in sets)} WHERE instance_id=?",
                 (*sets.values(), instance_id),
             )
-            append_ledger(db, dict(row) | {"node": row["node"]}, new, reason, when=now)
+            append_ledger(db, dict(row) | sets, new, reason, when=now)
         return True
 
     # -- RunInstances ----------------------------------------------------------------------------------
@@ -262,6 +263,7 @@ class CloudController:
         if (
             image is None
             or image.kind != "machine"
+            or image.state == "deregistered"
             or (not image.is_public and image.owner != user.name and not user.is_admin)
         ):
             raise CloudError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
@@ -348,12 +350,14 @@ class CloudController:
             return None
 
     def _start_body(self, row: dict[str, Any], kernel: str, ramdisk: str | None) -> dict[str, Any]:
+        image = self.images.get(row["image_id"])
         return {
             "instance_id": row["instance_id"],
             "vcpus": row["vcpus"],
             "memory_mb": row["memory_mb"],
             "kernel": kernel,
             "ramdisk": ramdisk,
+            "disk": image.path if image is not None and image.kind == "machine" else None,
             "owner": row["owner"],
             "image_id": row["image_id"],
             "instance_type": row["instance_type"],
@@ -411,19 +415,94 @@ class CloudController:
         return changes
 
     def _dispatch_terminate(self, instance_id: str) -> None:
+        """Remove the VM of a ``shutting-down`` (→ terminated) or ``stopping`` (→ stopped) instance."""
         row = self.instance(instance_id)
-        if row is None:
+        if row is None or row["state"] not in ("shutting-down", "stopping"):
             return
+        final = "terminated" if row["state"] == "shutting-down" else "stopped"
         link = self.clusters.get(row["cluster"])
-        if link is None or not row["node"]:
-            self._transition(instance_id, "terminated", expect=("shutting-down",))
-            return
-        try:
-            link.channel.call("terminate_instance", {"node": row["node"], "instance_id": instance_id})
-        except Exception as exc:
-            log.warning("terminate of %s on %s not done yet: %s", instance_id, row["node"], exc)
-            return  # stays shutting-down; the reconciler retries
-        self._transition(instance_id, "terminated", expect=("shutting-down",))
+        if link is not None and row["node"]:
+            try:
+                link.channel.call("terminate_instance", {"node": row["node"], "instance_id": instance_id})
+            except Exception as exc:
+                log.warning("%s of %s on %s not done yet: %s", final, instance_id, row["node"], exc)
+                return  # the reconciler retries
+        self._transition(instance_id, final, expect=(row["state"],))
+
+    # -- StopInstances / StartInstances ----------------------------------------------------------------
+    def stop_instances(self, user: User, instance_ids: list[str]) -> list[tuple[str, str, str]]:
+        """Power the VMs off and keep the instances (their room on the node is given back).
+
+        cloudlab's images boot from a kernel and ramdisk, so a stopped instance keeps its identity,
+        type, user data, groups and addresses, and boots afresh on start, possibly on another node.
+        """
+        if not instance_ids:
+            raise CloudError("MissingParameter", "The request must contain the parameter InstanceId")
+        rows = {r["instance_id"]: r for r in self._visible(user, instance_ids)}
+        for instance_id, row in rows.items():
+            if row["state"] in ("terminated", "shutting-down"):
+                raise CloudError(
+                    "IncorrectInstanceState",
+                    f"The instance '{instance_id}' is not in a state from which it can be stopped "
+                    f"(it is {row['state']})",
+                )
+        changes = []
+        for instance_id in instance_ids:
+            previous = rows[instance_id]["state"]
+            if previous in ("pending", "running"):
+                self._transition(
+                    instance_id, "stopping", "Client.UserInitiatedShutdown: User initiated shutdown", expect=(previous,)
+                )
+                self._submit(self._dispatch_terminate, instance_id)
+            current = (self.instance(instance_id) or {}).get("state", previous)
+            changes.append((instance_id, previous, current))
+        return changes
+
+    def start_instances(self, user: User, instance_ids: list[str]) -> list[tuple[str, str, str]]:
+        """Schedule stopped instances again and boot them."""
+        if not instance_ids:
+            raise CloudError("MissingParameter", "The request must contain the parameter InstanceId")
+        rows = {r["instance_id"]: r for r in self._visible(user, instance_ids)}
+        for instance_id, row in rows.items():
+            if row["state"] not in ("stopped", "pending", "running"):
+                raise CloudError(
+                    "IncorrectInstanceState",
+                    f"The instance '{instance_id}' is not in a state from which it can be started "
+                    f"(it is {row['state']})",
+                )
+        changes = []
+        for instance_id in instance_ids:
+            row = rows[instance_id]
+            if row["state"] == "stopped":
+                link = self.clusters.get(row["cluster"])
+                if link is None:
+                    raise CloudError("InsufficientInstanceCapacity", f"cluster {row['cluster']} is gone")
+                placed = link.channel.call(
+                    "schedule",
+                    {
+                        "instances": [
+                            {"instance_id": instance_id, "vcpus": row["vcpus"], "memory_mb": row["memory_mb"]}
+                        ],
+                        "min_count": 1,
+                    },
+                )["placements"]
+                self._transition(
+                    instance_id,
+                    "pending",
+                    None,
+                    expect=("stopped",),
+                    node=placed[instance_id],
+                    dispatched_at=None,
+                    running_at=None,
+                )
+                image = self.images.get(row["image_id"])
+                if image is None:
+                    raise CloudError("InvalidAMIID.Unavailable", f"the image of {instance_id} is gone")
+                kernel, ramdisk = self.images.files(image)
+                self._submit(self._dispatch_run, instance_id, str(kernel), str(ramdisk) if ramdisk else None)
+            current = (self.instance(instance_id) or {}).get("state", row["state"])
+            changes.append((instance_id, row["state"], current))
+        return changes
 
     def reboot_instances(self, user: User, instance_ids: list[str]) -> None:
         if not instance_ids:
@@ -508,6 +587,7 @@ class CloudController:
                 continue
             now = time.time()
             for node in cluster["nodes"]:
+                self._node_alive[node["name"]] = bool(node["alive"])
                 self._note_node(link.name, node, now)
                 if not node["alive"] or node["age_s"] is None:
                     continue
@@ -572,12 +652,12 @@ class CloudController:
             ):
                 log.warning("%s vanished from node %s", instance_id, name)
                 self._transition(instance_id, "terminated", REASON_VANISHED.format(node=name), expect=(state,))
-            elif seen is None and state == "shutting-down" and row["updated"] < report_time:
-                self._transition(instance_id, "terminated", expect=("shutting-down",))
+            elif seen is None and state in ("shutting-down", "stopping") and row["updated"] < report_time:
+                self._transition(instance_id, "terminated" if state == "shutting-down" else "stopped", expect=(state,))
         strangers = [i for i in reported if i not in records]
         for instance_id in strangers:
             row = self.instance(instance_id)
-            if row is not None and row["state"] == "terminated":
+            if row is not None and row["state"] in ("terminated", "stopped"):
                 if self._due(instance_id):
                     self._submit(self._dispatch_terminate_leftover, instance_id, link, name)
             elif row is None:
@@ -601,6 +681,10 @@ class CloudController:
         if existing is None:
             log.warning("node %s runs %s, which the cloud has no record of: reported, left alone", node, instance_id)
 
+    def node_health(self) -> dict[str, bool]:
+        """Whether each node answered its cluster controller at the last reconcile pass."""
+        return dict(self._node_alive)
+
     def unknown_vms(self) -> list[dict[str, Any]]:
         return [
             dict(r)
@@ -611,12 +695,13 @@ class CloudController:
 
     def _retry_unfinished(self) -> None:
         for row in self.store.query(
-            "SELECT * FROM instances WHERE (state='pending' AND dispatched_at IS NULL) OR state='shutting-down'"
+            "SELECT * FROM instances WHERE (state='pending' AND dispatched_at IS NULL)"
+            " OR state IN ('shutting-down', 'stopping')"
         ):
             instance_id = row["instance_id"]
             if not self._due(instance_id):
                 continue
-            if row["state"] == "shutting-down":
+            if row["state"] in ("shutting-down", "stopping"):
                 self._submit(self._dispatch_terminate, instance_id)
                 continue
             image = self.images.get(row["image_id"])

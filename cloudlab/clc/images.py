@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloudlab.clc.store import Store
 from cloudlab.errors import CloudError
 from cloudlab.ids import new_id
 
 DEFAULT_IMAGE_NAME = "cloudlab-default"
+AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,11 @@ class Images:
         return _row_to_image(row) if row else None
 
     def list(self) -> list[Image]:
-        return [_row_to_image(r) for r in self._store.query("SELECT * FROM images ORDER BY created, image_id")]
+        """Every image that is not deregistered."""
+        return [
+            _row_to_image(r)
+            for r in self._store.query("SELECT * FROM images WHERE state != 'deregistered' ORDER BY created, image_id")
+        ]
 
     def by_name(self, name: str) -> Image | None:
         row = self._store.one(
@@ -77,10 +84,18 @@ class Images:
         return target
 
     def register(
-        self, name: str, kernel: Path, ramdisk: Path | None, *, owner: str, description: str = "", public: bool = True
+        self,
+        name: str,
+        kernel: Path,
+        ramdisk: Path | None,
+        *,
+        owner: str,
+        description: str = "",
+        public: bool = True,
+        disk: Path | None = None,
     ) -> Image:
-        """Register a machine image from a kernel and an optional ramdisk the cloud can read."""
-        for path in (kernel, ramdisk):
+        """Register a machine image from a kernel, an optional ramdisk and an optional disk the cloud can read."""
+        for path in (kernel, ramdisk, disk):
             if path is not None and not path.is_file():
                 raise CloudError("InvalidParameterValue", f"image file {path} does not exist or is not a file")
         now = time.time()
@@ -93,6 +108,7 @@ class Images:
             stored = self._store_file(path, digest)
             parts[kind] = (existing["image_id"] if existing else new_id(prefix), digest, stored)
         machine_id = new_id("ami")
+        disk_path = str(self._store_file(disk, file_sha256(disk))) if disk is not None else None
         with self._store.transaction() as db:
             for kind, (image_id, digest, stored) in parts.items():
                 db.execute(
@@ -101,14 +117,15 @@ class Images:
                     (image_id, f"{name}-{kind}", kind, owner, str(stored), digest, description, int(public), now),
                 )
             db.execute(
-                "INSERT INTO images (image_id, name, kind, owner, kernel_id, ramdisk_id, state, description,"
-                " is_public, created) VALUES (?,?,'machine',?,?,?,'available',?,?,?)",
+                "INSERT INTO images (image_id, name, kind, owner, kernel_id, ramdisk_id, path, state, description,"
+                " is_public, created) VALUES (?,?,'machine',?,?,?,?,'available',?,?,?)",
                 (
                     machine_id,
                     name,
                     owner,
                     parts["kernel"][0],
                     parts.get("ramdisk", (None,))[0],
+                    disk_path,
                     description,
                     int(public),
                     now,
@@ -136,6 +153,75 @@ class Images:
                     "UPDATE images SET name=? WHERE image_id=?", (f"{DEFAULT_IMAGE_NAME}-{stamp}", current.image_id)
                 )
         return self.register(DEFAULT_IMAGE_NAME, kernel, ramdisk, owner=owner, description=description), True
+
+    def check_new_name(self, owner: str, name: str) -> None:
+        """EC2's AMI name rules: 3-128 characters of a small set, unique per owner."""
+        if not AMI_NAME_RE.match(name):
+            raise CloudError(
+                "InvalidAMIName.Malformed",
+                f"AMI name {name!r} must be 3-128 letters, digits or ( ) [ ] space . / - ' @ _",
+            )
+        if self._store.one(
+            "SELECT 1 FROM images WHERE owner=? AND name=? AND kind='machine' AND state='available'", (owner, name)
+        ):
+            raise CloudError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by an image you own")
+
+    def register_location(self, owner: str, name: str, location: str, description: str = "") -> Image:
+        """RegisterImage from ``ImageLocation``: a folder the cloud can read with the kernel
+        (``vmlinuz`` or ``kernel``), optionally the ramdisk (``initrd.img``, ``initrd`` or ``ramdisk``) and a
+        disk (``disk.img``, attached read-only as vda). New images are private, as in EC2."""
+        self.check_new_name(owner, name)
+        folder = Path(location.removeprefix("file://")).expanduser()
+        if not folder.is_absolute() or not folder.is_dir():
+            raise CloudError(
+                "InvalidParameterValue",
+                f"ImageLocation {location!r} must be an absolute path of a folder the cloud can read, "
+                "holding vmlinuz (and optionally initrd.img and disk.img)",
+            )
+
+        def first(*names: str) -> Path | None:
+            return next((folder / n for n in names if (folder / n).is_file()), None)
+
+        kernel = first("vmlinuz", "kernel", "bzImage")
+        if kernel is None:
+            raise CloudError("InvalidParameterValue", f"ImageLocation {location!r} holds no vmlinuz (or kernel) file")
+        return self.register(
+            name,
+            kernel,
+            first("initrd.img", "initrd", "ramdisk"),
+            owner=owner,
+            description=description,
+            public=False,
+            disk=first("disk.img"),
+        )
+
+    def register_parts(
+        self, owner: str, name: str, kernel_id: str, ramdisk_id: str | None, description: str = "", visible: Any = None
+    ) -> Image:
+        """RegisterImage from an existing kernel image (aki) and optional ramdisk image (ari)."""
+        self.check_new_name(owner, name)
+        kernel = self.get(kernel_id)
+        if kernel is None or kernel.kind != "kernel" or (visible and not visible(kernel)):
+            raise CloudError("InvalidAKIID.NotFound", f"The kernel image id '[{kernel_id}]' does not exist")
+        if ramdisk_id:
+            ramdisk = self.get(ramdisk_id)
+            if ramdisk is None or ramdisk.kind != "ramdisk" or (visible and not visible(ramdisk)):
+                raise CloudError("InvalidARIID.NotFound", f"The ramdisk image id '[{ramdisk_id}]' does not exist")
+        machine_id = new_id("ami")
+        with self._store.transaction() as db:
+            db.execute(
+                "INSERT INTO images (image_id, name, kind, owner, kernel_id, ramdisk_id, state, description,"
+                " is_public, created) VALUES (?,?,'machine',?,?,?,'available',?,0,?)",
+                (machine_id, name, owner, kernel_id, ramdisk_id or None, description, time.time()),
+            )
+        image = self.get(machine_id)
+        assert image is not None
+        return image
+
+    def deregister(self, image_id: str) -> None:
+        """The image can no longer be launched or described; running instances keep running."""
+        with self._store.transaction() as db:
+            db.execute("UPDATE images SET state='deregistered' WHERE image_id=?", (image_id,))
 
     def files(self, image: Image) -> tuple[Path, Path | None]:
         """The kernel and ramdisk paths that boot a machine image."""

@@ -28,6 +28,7 @@ class DomainSpec:
     console_log: Path
     cmdline: str = DEFAULT_CMDLINE
     accel: str = "tcg"  # "kvm", "tcg" or "test" (libvirt's test driver)
+    disk: Path | None = None  # the image's disk, attached read-only (shared by every instance of the image)
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -58,6 +59,12 @@ def build_domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(dom, "on_reboot").text = "restart"
     ET.SubElement(dom, "on_crash").text = "destroy"
     devices = ET.SubElement(dom, "devices")
+    if spec.disk is not None:
+        disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type="raw")
+        ET.SubElement(disk, "source", file=str(spec.disk))
+        ET.SubElement(disk, "target", dev="vda", bus="virtio")
+        ET.SubElement(disk, "readonly")
     if spec.accel != "test":
         serial = ET.SubElement(devices, "serial", type="file")
         ET.SubElement(serial, "source", path=str(spec.console_log), append="on")

@@ -209,12 +209,13 @@ class NodeController:
         vcpus, memory_mb = int(body["vcpus"]), int(body["memory_mb"])
         kernel = Path(body["kernel"])
         ramdisk = Path(body["ramdisk"]) if body.get("ramdisk") else None
+        disk = Path(body["disk"]) if body.get("disk") else None
         with self._lock:
             existing = self._domains().get(instance_id)
             if existing is not None:
                 return {"instance_id": instance_id, "state": node_state(existing[0].state()[0]), "node": self.name}
             if self.kind == "qemu":
-                for path in (kernel, ramdisk):
+                for path in (kernel, ramdisk, disk):
                     if path is not None and not path.is_file():
                         raise CloudError(
                             "InvalidAMIID.Unavailable", f"image file {path} is missing on node {self.name}"
@@ -239,6 +240,7 @@ class NodeController:
                 ramdisk=ramdisk,
                 console_log=console_log,
                 accel=accel,
+                disk=disk,
                 cmdline=str(body.get("cmdline") or DEFAULT_CMDLINE),
                 metadata={
                     "owner": str(body.get("owner", "")),

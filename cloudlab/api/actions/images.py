@@ -42,3 +42,74 @@ def describe_images(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     items = filters.apply_filters(items, req.get("Filters"), IMAGE_FILTERS)
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     return {"Images": page, "NextToken": token}
+
+
+def _visible_image(ctx: Context, image_id: str) -> Any:
+    image = ctx.clc.images.get(image_id)
+    if (
+        image is None
+        or image.state == "deregistered"
+        or not (image.is_public or image.owner == ctx.user.name or ctx.user.is_admin)
+    ):
+        raise ApiError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+    return image
+
+
+@action("RegisterImage")
+def register_image(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    images = ctx.clc.images
+    name, description = req["Name"], req.get("Description") or ""
+    if req.get("Architecture") not in (None, "x86_64"):
+        raise ApiError("InvalidParameterValue", "this cloud runs x86_64 images only")
+    if req.get("ImageLocation"):
+        image = images.register_location(ctx.user.name, name, req["ImageLocation"], description)
+    elif req.get("KernelId"):
+
+        def visible(part: Any) -> bool:
+            return bool(part.is_public or part.owner == ctx.user.name or ctx.user.is_admin)
+
+        image = images.register_parts(
+            ctx.user.name, name, req["KernelId"], req.get("RamdiskId"), description, visible=visible
+        )
+    else:
+        raise ApiError(
+            "MissingParameter",
+            "RegisterImage needs ImageLocation (a folder the cloud can read with "
+            "vmlinuz, initrd.img, disk.img) or KernelId (and RamdiskId) of registered images",
+        )
+    return {"ImageId": image.image_id}
+
+
+@action("DeregisterImage")
+def deregister_image(ctx: Context, req: dict[str, Any]) -> None:
+    image = _visible_image(ctx, req["ImageId"])
+    if image.owner != ctx.user.name and not ctx.user.is_admin:
+        raise ApiError("AuthFailure", f"Not authorized for image:{image.image_id}")
+    ctx.clc.images.deregister(image.image_id)
+    return None
+
+
+@action("DescribeImageAttribute")
+def describe_image_attribute(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    image = _visible_image(ctx, req["ImageId"])
+    attribute = req["Attribute"]
+    answer: dict[str, Any] = {"ImageId": image.image_id}
+    if attribute == "description":
+        answer["Description"] = {"Value": image.description} if image.description else {}
+    elif attribute == "kernel":
+        answer["KernelId"] = {"Value": image.kernel_id} if image.kernel_id else {}
+    elif attribute == "ramdisk":
+        answer["RamdiskId"] = {"Value": image.ramdisk_id} if image.ramdisk_id else {}
+    elif attribute == "launchPermission":
+        answer["LaunchPermissions"] = [{"Group": "all"}] if image.is_public else []
+    elif attribute == "productCodes":
+        answer["ProductCodes"] = []
+    elif attribute == "blockDeviceMapping":
+        answer["BlockDeviceMappings"] = []
+    elif attribute == "bootMode":
+        answer["BootMode"] = {"Value": "legacy-bios"}
+    else:
+        raise ApiError(
+            "InvalidParameterValue", f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute."
+        )
+    return answer

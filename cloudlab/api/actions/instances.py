@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Any
 
-from cloudlab.api import filters, views
+from cloudlab.api import enrich, filters, views
 from cloudlab.api.actions import Context, action, owner_ids
 from cloudlab.api.errors import ApiError
 
@@ -97,3 +97,142 @@ def reboot_instances(ctx: Context, req: dict[str, Any]) -> None:
 def get_console_output(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     text, when = ctx.clc.console_output(ctx.user, req["InstanceId"])
     return views.console_output(req["InstanceId"], text, when)
+
+
+def _state_changes(changes: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    return [
+        {"InstanceId": i, "PreviousState": views.state(prev), "CurrentState": views.state(cur)}
+        for i, prev, cur in changes
+    ]
+
+
+@action("StopInstances")
+def stop_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    return {"StoppingInstances": _state_changes(ctx.clc.stop_instances(ctx.user, req["InstanceIds"]))}
+
+
+@action("StartInstances")
+def start_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    return {"StartingInstances": _state_changes(ctx.clc.start_instances(ctx.user, req["InstanceIds"]))}
+
+
+STATUS_FILTERS: dict[str, filters.Getter] = {
+    "availability-zone": lambda s: s["AvailabilityZone"],
+    "instance-state-name": lambda s: s["InstanceState"]["Name"],
+    "instance-state-code": lambda s: s["InstanceState"]["Code"],
+    "instance-status.status": lambda s: s["InstanceStatus"]["Status"],
+    "instance-status.reachability": lambda s: s["InstanceStatus"]["Details"][0]["Status"],
+    "system-status.status": lambda s: s["SystemStatus"]["Status"],
+    "system-status.reachability": lambda s: s["SystemStatus"]["Details"][0]["Status"],
+}
+
+
+def _status(state: str, healthy: bool | None) -> dict[str, Any]:
+    """EC2's status checks: ``ok`` once running on a live node, ``initializing`` before, else n/a."""
+    if state != "running":
+        return {"Status": "not-applicable", "Details": [{"Name": "reachability", "Status": "not-applicable"}]}
+    if healthy is None:
+        return {"Status": "initializing", "Details": [{"Name": "reachability", "Status": "initializing"}]}
+    word = "ok" if healthy else "impaired"
+    return {"Status": word, "Details": [{"Name": "reachability", "Status": "passed" if healthy else "failed"}]}
+
+
+@action("DescribeInstanceStatus")
+def describe_instance_status(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    if req.get("MaxResults") is not None and req.get("InstanceIds"):
+        raise ApiError("InvalidParameterCombination", "The parameter instancesSet cannot be used with maxResults")
+    rows = ctx.clc.describe_instances(ctx.user, req.get("InstanceIds") or None)
+    nodes_alive = ctx.clc.node_health()
+    items = []
+    for row in rows:
+        if row["state"] != "running" and not req.get("IncludeAllInstances"):
+            continue
+        node_ok = nodes_alive.get(row["node"]) if row["node"] else None
+        items.append(
+            {
+                "InstanceId": row["instance_id"],
+                "AvailabilityZone": row["zone"],
+                "InstanceState": views.state(row["state"]),
+                "InstanceStatus": _status(row["state"], node_ok),
+                "SystemStatus": _status(row["state"], node_ok),
+            }
+        )
+    items = filters.apply_filters(items, req.get("Filters"), STATUS_FILTERS)
+    page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
+    return {"InstanceStatuses": page, "NextToken": token}
+
+
+TYPE_FILTERS: dict[str, filters.Getter] = {
+    "instance-type": lambda t: t["InstanceType"],
+    "vcpu-info.default-vcpus": lambda t: t["VCpuInfo"]["DefaultVCpus"],
+    "memory-info.size-in-mib": lambda t: t["MemoryInfo"]["SizeInMiB"],
+    "current-generation": lambda t: t["CurrentGeneration"],
+    "processor-info.supported-architecture": lambda t: t["ProcessorInfo"]["SupportedArchitectures"],
+}
+
+
+@action("DescribeInstanceTypes")
+def describe_instance_types(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    from cloudlab.clc.vmtypes import list_vm_types
+
+    known = {t.name: t for t in list_vm_types(ctx.clc.store)}
+    wanted = req.get("InstanceTypes") or list(known)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ApiError(
+            "InvalidInstanceType", f"The following supplied instance types do not exist: [{', '.join(unknown)}]"
+        )
+    items = [
+        {
+            "InstanceType": t.name,
+            "CurrentGeneration": True,
+            "SupportedUsageClasses": ["on-demand"],
+            "SupportedRootDeviceTypes": ["instance-store"],
+            "SupportedVirtualizationTypes": ["hvm"],
+            "BareMetal": False,
+            "ProcessorInfo": {"SupportedArchitectures": ["x86_64"]},
+            "VCpuInfo": {"DefaultVCpus": t.vcpus, "DefaultCores": t.vcpus, "DefaultThreadsPerCore": 1},
+            "MemoryInfo": {"SizeInMiB": t.memory_mb},
+            "InstanceStorageSupported": False,
+            "FreeTierEligible": t.name in ("t2.micro", "t2.nano"),
+        }
+        for t in known.values()
+        if t.name in wanted
+    ]
+    items = filters.apply_filters(items, req.get("Filters"), TYPE_FILTERS)
+    page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"), bounds=(5, 100))
+    return {"InstanceTypes": page, "NextToken": token}
+
+
+@action("DescribeInstanceAttribute")
+def describe_instance_attribute(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    [row] = ctx.clc.describe_instances(ctx.user, [req["InstanceId"]])
+    attribute = req["Attribute"]
+    answer: dict[str, Any] = {"InstanceId": row["instance_id"]}
+    simple = {
+        "instanceType": ("InstanceType", row["instance_type"]),
+        "kernel": ("KernelId", row["kernel_id"]),
+        "ramdisk": ("RamdiskId", row["ramdisk_id"]),
+        "userData": ("UserData", row["user_data"]),
+        "instanceInitiatedShutdownBehavior": ("InstanceInitiatedShutdownBehavior", "terminate"),
+        "disableApiTermination": ("DisableApiTermination", False),
+        "disableApiStop": ("DisableApiStop", False),
+        "rootDeviceName": ("RootDeviceName", None),
+        "sourceDestCheck": ("SourceDestCheck", True),
+        "ebsOptimized": ("EbsOptimized", False),
+        "enaSupport": ("EnaSupport", False),
+    }
+    if attribute in simple:
+        member, value = simple[attribute]
+        answer[member] = {"Value": value} if value is not None else {}
+    elif attribute == "groupSet":
+        answer["Groups"] = enrich.groups_of(ctx, [row["instance_id"]]).get(row["instance_id"], [])
+    elif attribute == "blockDeviceMapping":
+        answer["BlockDeviceMappings"] = []
+    elif attribute == "productCodes":
+        answer["ProductCodes"] = []
+    else:
+        raise ApiError(
+            "InvalidParameterValue", f"Value ({attribute}) for parameter attribute is invalid. Unknown attribute."
+        )
+    return answer

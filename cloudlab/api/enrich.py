@@ -1,0 +1,46 @@
+"""What other resource types add to an instance or image as EC2 shows it: tags, security groups,
+the public address. One query per type for a whole page of items, never one per item."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def groups_of(ctx: Any, instance_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    from cloudlab.clc.groups import SecurityGroups
+
+    return ctx.clc.service(SecurityGroups).groups_of(instance_ids) if instance_ids else {}
+
+
+def tags_of(ctx: Any, resource_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    from cloudlab.clc.tags import Tags
+
+    return ctx.clc.service(Tags).for_resources(resource_ids) if resource_ids else {}
+
+
+def public_ips_of(ctx: Any, instance_ids: list[str]) -> dict[str, str]:
+    from cloudlab.clc.addresses import Addresses
+
+    return ctx.clc.service(Addresses).public_ips_of(instance_ids) if instance_ids else {}
+
+
+def instances(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add Tags, SecurityGroups and PublicIpAddress to EC2-shaped instance items (in place)."""
+    ids = [item["InstanceId"] for item in items]
+    tags, groups, public = tags_of(ctx, ids), groups_of(ctx, ids), public_ips_of(ctx, ids)
+    for item in items:
+        instance_id = item["InstanceId"]
+        if tags.get(instance_id):
+            item["Tags"] = tags[instance_id]
+        item["SecurityGroups"] = groups.get(instance_id, [])
+        if instance_id in public:
+            item["PublicIpAddress"] = public[instance_id]
+    return items
+
+
+def images(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    tags = tags_of(ctx, [item["ImageId"] for item in items])
+    for item in items:
+        if tags.get(item["ImageId"]):
+            item["Tags"] = tags[item["ImageId"]]
+    return items
