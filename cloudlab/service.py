@@ -91,8 +91,9 @@ class CloudService:
         self.cc_server = serve_http(self.cc_dispatcher, config.cc_host, 0)
         self.cc_url = f"http://{config.cc_host}:{self.cc_server.server_port}"
         self.store = Store(layout.database)
-        self.clc = CloudController(self.store, Images(self.store, layout.images), self.ca, region=config.region,
-                                   public_pool=config.public_pool)
+        self.clc = CloudController(
+            self.store, Images(self.store, layout.images), self.ca, region=config.region, public_pool=config.public_pool
+        )
         channel = LocalChannel(f"cc-{cluster_name}", "cc", clc_signer, clc_verifier, self.cc_dispatcher)
         self.clc.add_cluster(cluster_name, config.zone, channel, network=config.network, policy=self.cc.policy.name)
         admin, key = self.clc.users.ensure_admin()
