@@ -480,3 +480,16 @@ def test_a_refused_message_does_not_burn_the_real_senders_nonce(
     refusal(target, transport["send"](json.dumps(envelope).encode()), sent.nonce)
     ok = target.reply_verifier().verify(transport["send"](sent.data), {"nc"}, in_reply_to=sent.nonce).body
     assert ok["ok"] is True and names(target.node.conn) == [IID]
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+def test_an_expired_message_is_refused(
+    target: NodeUnderAttack, transport: dict[str, Callable[..., Any]], skew_s: float
+) -> None:
+    """A message stamped an hour in the past (or the future) is outside the time window."""
+    identity = target.ca.identity("cc-cluster1", "cc")
+    stale = MessageSigner(identity, clock=lambda: time.time() + skew_s)
+    sent = stale.seal("run_instance", body())
+    error = refusal(target, transport["send"](sent.data), sent.nonce)
+    assert error["code"] == "MessageRejected" and "expired" in error["message"]
+    assert target.node.conn.listAllDomains() == []
