@@ -171,6 +171,7 @@ class HttpChannel(_SignedChannel):
 class _MessageHandler(BaseHTTPRequestHandler):
     dispatcher: Dispatcher
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # see cloudlab.api.server: two writes per answer otherwise wait ~40 ms
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         length = int(self.headers.get("Content-Length") or 0)

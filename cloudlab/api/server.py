@@ -109,6 +109,9 @@ class Ec2Api:
 class _Handler(BaseHTTPRequestHandler):
     api: Ec2Api
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes; with Nagle's algorithm and the client's delayed ACK
+    # every answer waited ~40 ms. TCP_NODELAY sends them at once.
+    disable_nagle_algorithm = True
     server_version = "cloudlab"
     sys_version = ""
 

@@ -21,7 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from cloudlab.clc.addresses import Addresses
+from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.images import Images
+from cloudlab.clc.keypairs import KeyPairs
 from cloudlab.clc.states import (
     LIVE_STATES,
     REASON_GUEST_SHUTDOWN,
@@ -29,6 +32,7 @@ from cloudlab.clc.states import (
     check_transition,
 )
 from cloudlab.clc.store import Store, append_ledger
+from cloudlab.clc.tags import Tags, validate_specifications
 from cloudlab.clc.users import User, Users
 from cloudlab.clc.vmtypes import DEFAULT_TYPE, get_vm_type, seed_vm_types
 from cloudlab.errors import CloudError
@@ -193,6 +197,8 @@ class CloudController:
                 (*sets.values(), instance_id),
             )
             append_ledger(db, dict(row) | sets, new, reason, when=now)
+            if new in ("shutting-down", "terminated"):
+                Addresses.on_instance_terminated(db, instance_id)  # EC2 disassociates elastic addresses
         return True
 
     # -- RunInstances ----------------------------------------------------------------------------------
@@ -208,6 +214,9 @@ class CloudController:
         client_token: str | None = None,
         user_data: str | None = None,
         key_name: str | None = None,
+        security_groups: list[str] | None = None,
+        security_group_ids: list[str] | None = None,
+        tag_specifications: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Validate, schedule, record (pending) and dispatch; returns the reservation."""
         if min_count < 1 or max_count < min_count:
@@ -242,6 +251,9 @@ class CloudController:
                 client_token=client_token or None,
                 user_data=user_data,
                 key_name=key_name,
+                security_groups=security_groups or [],
+                security_group_ids=security_group_ids or [],
+                tag_specifications=tag_specifications or [],
             )
 
     def _run_instances(
@@ -256,7 +268,12 @@ class CloudController:
         client_token: str | None,
         user_data: str | None,
         key_name: str | None,
+        security_groups: list[str],
+        security_group_ids: list[str],
+        tag_specifications: list[dict[str, Any]],
     ) -> dict[str, Any]:
+        # Services first: creating one runs its schema script, which must not happen inside a transaction.
+        key_pairs, groups, tags = self.service(KeyPairs), self.service(SecurityGroups), self.service(Tags)
         if not is_valid_id(image_id, "ami"):
             raise CloudError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" (expecting "ami-...")')
         image = self.images.get(image_id)
@@ -272,6 +289,10 @@ class CloudController:
         kernel, ramdisk = self.images.files(image)
         vm_type = get_vm_type(self.store, instance_type or DEFAULT_TYPE)
         link = self._cluster_for_zone(zone)
+        if key_name:
+            key_pairs.require(user, key_name)
+        group_ids = groups.resolve_for_launch(user, security_groups, security_group_ids)
+        validate_specifications("instance", tag_specifications)
         ids = [new_id("i") for _ in range(max_count)]
         placement = link.channel.call(
             "schedule",
@@ -319,8 +340,13 @@ class CloudController:
                         tuple(row.values()),
                     )
                     append_ledger(db, row, "pending", None, when=now)
+                    groups.attach(db, instance_id, group_ids)
                     inserted.append(
                         row | {"dispatched_at": None, "running_at": None, "terminated_at": None, "state_reason": None}
+                    )
+                if tag_specifications:
+                    tags.apply_specifications(
+                        db, user, "instance", [r["instance_id"] for r in inserted], tag_specifications
                     )
         except BaseException:
             for instance_id, node in placements.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab.clc.store import Store
+from cloudlab.clc.tags import Tags
 from cloudlab.errors import CloudError
 from cloudlab.ids import new_id
 
@@ -222,6 +223,7 @@ class Images:
         """The image can no longer be launched or described; running instances keep running."""
         with self._store.transaction() as db:
             db.execute("UPDATE images SET state='deregistered' WHERE image_id=?", (image_id,))
+            Tags.remove_resource(db, image_id)
 
     def files(self, image: Image) -> tuple[Path, Path | None]:
         """The kernel and ramdisk paths that boot a machine image."""

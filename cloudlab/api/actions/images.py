@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudlab.api import filters, views
+from cloudlab.api import enrich, filters, views
 from cloudlab.api.actions import Context, action, owner_ids
 from cloudlab.api.errors import ApiError
 
@@ -21,6 +21,7 @@ IMAGE_FILTERS: dict[str, filters.Getter] = {
     "ramdisk-id": lambda i: i.get("RamdiskId"),
     "architecture": lambda i: i["Architecture"],
     "description": lambda i: i.get("Description"),
+    "tag-key": lambda i: [t["Key"] for t in i.get("Tags", [])],
 }
 
 
@@ -39,6 +40,7 @@ def describe_images(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     if req.get("Owners"):
         wanted = {ctx.user.user_id if o == "self" else owners.get(o, o) for o in req["Owners"]}
         items = [i for i in items if i["OwnerId"] in wanted]
+    enrich.images(ctx, items)
     items = filters.apply_filters(items, req.get("Filters"), IMAGE_FILTERS)
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     return {"Images": page, "NextToken": token}

@@ -27,6 +27,13 @@ INSTANCE_FILTERS: dict[str, filters.Getter] = {
     "owner-id": lambda i: i["_owner_id"],
     "architecture": lambda i: i["Architecture"],
     "root-device-type": lambda i: i["RootDeviceType"],
+    "instance.group-id": lambda i: [g["GroupId"] for g in i.get("SecurityGroups", [])],
+    "instance.group-name": lambda i: [g["GroupName"] for g in i.get("SecurityGroups", [])],
+    "group-id": lambda i: [g["GroupId"] for g in i.get("SecurityGroups", [])],
+    "group-name": lambda i: [g["GroupName"] for g in i.get("SecurityGroups", [])],
+    "ip-address": lambda i: i.get("PublicIpAddress"),
+    "tag-key": lambda i: [t["Key"] for t in i.get("Tags", [])],
+    "tag-value": lambda i: [t["Value"] for t in i.get("Tags", [])],
 }
 
 
@@ -43,8 +50,14 @@ def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         client_token=req.get("ClientToken"),
         user_data=req.get("UserData"),
         key_name=req.get("KeyName"),
+        security_groups=req.get("SecurityGroups"),
+        security_group_ids=req.get("SecurityGroupIds"),
+        tag_specifications=req.get("TagSpecifications"),
     )
-    return views.reservation(result["reservation_id"], ctx.user.user_id, result["instances"])
+    answer = views.reservation(result["reservation_id"], ctx.user.user_id, result["instances"])
+    enrich.instances(ctx, answer["Instances"])
+    answer["Groups"] = answer["Instances"][0]["SecurityGroups"] if answer["Instances"] else []
+    return answer
 
 
 @action("DescribeInstances")
@@ -64,6 +77,7 @@ def describe_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
             row["owner"],
         )
         items.append(item)
+    enrich.instances(ctx, items)
     items = filters.apply_filters(items, req.get("Filters"), INSTANCE_FILTERS)
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     reservations = []
