@@ -94,3 +94,25 @@ def test_instances_are_private(users: dict[str, tuple[Any, str]], sim_cloud: Run
     assert res["OwnerId"] == alice_id
     assert admin.describe_instances(Filters=[{"Name": "owner-id", "Values": [alice_id]}])["Reservations"]
     alice.terminate_instances(InstanceIds=[instance])
+
+
+def test_dry_run_tells_allowed_from_unauthorized(users: dict[str, tuple[Any, str]]) -> None:
+    alice, _ = users["alice"]
+    bob, _ = users["bob"]
+    image = alice.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"][0]["ImageId"]
+    [inst] = alice.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.nano")["Instances"]
+    try:
+        for client, code in ((alice, "DryRunOperation"), (bob, "UnauthorizedOperation")):
+            with pytest.raises(ClientError) as excinfo:
+                client.terminate_instances(InstanceIds=[inst["InstanceId"]], DryRun=True)
+            assert excinfo.value.response["Error"]["Code"] == code
+        with pytest.raises(ClientError) as excinfo:
+            bob.deregister_image(ImageId=image, DryRun=True)
+        assert excinfo.value.response["Error"]["Code"] == "UnauthorizedOperation"
+        with pytest.raises(ClientError) as excinfo:
+            alice.terminate_instances(InstanceIds=["i-0123456789abcdef0"], DryRun=True)
+        assert excinfo.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
+        state = alice.describe_instances(InstanceIds=[inst["InstanceId"]])["Reservations"][0]["Instances"][0]
+        assert state["State"]["Name"] in ("pending", "running"), "a dry run changes nothing"
+    finally:
+        alice.terminate_instances(InstanceIds=[inst["InstanceId"]])

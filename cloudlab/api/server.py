@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cloudlab.api import actions
+from cloudlab.api.dryrun import dry_run
 from cloudlab.api.errors import ApiError
 from cloudlab.api.model import operation_model, operation_names
 from cloudlab.api.protocol import parse_body, parse_request, serialize_error, serialize_response
@@ -86,9 +87,9 @@ class Ec2Api:
                 raise ApiError("InvalidAction", f"The action {name} is not valid for this web service.")
             op = operation_model(name)
             request = parse_request(op, params)
-            if request.get("DryRun"):
-                raise ApiError("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
             ctx = actions.Context(self.clc, user, request_id, headers.get("host", ""))
+            if request.get("DryRun"):
+                dry_run(ctx, name, request)
             output = handler(ctx, request)
             return 200, serialize_response(op, output or {}, request_id)
         except ApiError as exc:
