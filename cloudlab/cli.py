@@ -7,10 +7,13 @@ Every command has ``--help``; every failure is one line that says what to do, wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +266,194 @@ def cmd_node_credentials(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _user_admin(layout: StateLayout) -> Iterator[Any]:
+    """The cloud's users, straight from its state folder (works whether the cloud runs or not)."""
+    from cloudlab.clc.store import Store
+    from cloudlab.clc.users import Users
+    from cloudlab.security.ca import CertificateAuthority
+
+    if not layout.database.exists():
+        raise CliError(f"no cloud in {layout.root}: start it once with 'cloudlab up' (users live in its state)")
+    if not (layout.pki / "ca.key").exists():
+        raise CliError(f"the cloud in {layout.root} has no CA ({layout.pki}/ca.key): start it once with 'cloudlab up'")
+    store = Store(layout.database)
+    try:
+        yield Users(store, CertificateAuthority.load_or_create(layout.pki))
+    finally:
+        store.close()
+
+
+def _print_table(rows: list[dict[str, Any]], empty: str) -> None:
+    if not rows:
+        print(empty)
+        return
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}
+    print("  ".join(k.upper().ljust(w) for k, w in widths.items()).rstrip())
+    for row in rows:
+        print("  ".join(str(row[k]).ljust(w) for k, w in widths.items()).rstrip())
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    with _user_admin(layout) as users:
+        user = users.create(args.name, admin=args.admin)
+        key = users.create_key(user.name)
+    kind = "admin user" if user.is_admin else "user"
+    print(f"{kind} {user.name} added: account {user.user_id}, access key {key.access_key}")
+    print(
+        f"its secret is in the bundle 'cloudlab creds {user.name}' writes (or make another: cloudlab user keys create)"
+    )
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    with _user_admin(layout) as users:
+        counts = users.active_key_counts()
+        rows = [
+            {
+                "name": u.name,
+                "account_id": u.user_id,
+                "admin": u.is_admin,
+                "enabled": u.enabled,
+                "active_keys": counts.get(u.name, 0),
+            }
+            for u in users.list()
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, "no users (the admin user is created by the first 'cloudlab up')")
+    return 0
+
+
+def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
+    layout = _layout(args)
+    with _user_admin(layout) as users:
+        before = users.require(args.name)
+        users.set_enabled(args.name, enabled)
+    word = "enabled" if enabled else "disabled"
+    if before.enabled == enabled:
+        print(f"user {args.name} was already {word}")
+    elif enabled:
+        print(f"user {args.name} enabled: its active keys work again")
+    else:
+        print(f"user {args.name} disabled: every request signed with its keys now fails with AuthFailure")
+    return 0
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    return _set_enabled(args, False)
+
+
+def cmd_user_enable(args: argparse.Namespace) -> int:
+    return _set_enabled(args, True)
+
+
+def cmd_user_keys_create(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    with _user_admin(layout) as users:
+        key = users.create_key(args.name)
+    if args.json:
+        print(json.dumps({"user": key.user_name, "access_key": key.access_key, "secret_key": key.secret_key}))
+        return 0
+    print(f"access key id:     {key.access_key}")
+    print(f"secret access key: {key.secret_key}")
+    print("keep the secret: this command shows it once")
+    return 0
+
+
+def cmd_user_keys_list(args: argparse.Namespace) -> int:
+    layout = _layout(args)
+    with _user_admin(layout) as users:
+        records = users.key_records(args.name)
+    rows = [{"access_key": k.access_key, "active": k.active, "created": _when(k.created)} for k in records]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, f"user {args.name} has no access keys: cloudlab user keys create {args.name}")
+    return 0
+
+
+def cmd_user_keys_delete(args: argparse.Namespace) -> int:
+    from cloudlab.clc.users import ADMIN
+
+    layout = _layout(args)
+    with _user_admin(layout) as users:
+        revoked = users.revoke_key(args.name, args.access_key)
+        remaining = users.keys(args.name)
+    if not revoked:
+        print(f"access key {args.access_key} of user {args.name} was already revoked")
+        return 0
+    if args.name == ADMIN and remaining:
+        _repoint_admin_credentials(layout, args.access_key, remaining[0])
+    print(f"access key {args.access_key} of user {args.name} revoked: requests signed with it fail with AuthFailure")
+    return 0
+
+
+def _repoint_admin_credentials(layout: StateLayout, revoked: str, replacement: Any) -> None:
+    """Keep ``credentials/admin.json`` (what ``cloudlab env`` and the notebooks use) on a working key."""
+    path = layout.credentials / "admin.json"
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if current.get("access_key") == revoked:
+        from cloudlab.service import write_credentials
+
+        write_credentials(layout, replacement.user_name, replacement.access_key, replacement.secret_key)
+
+
+def cmd_creds(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from cloudlab.credentials import usage_lines, write_bundle
+    from cloudlab.security.ca import CertificateAuthority
+
+    layout = _layout(args)
+    with _user_admin(layout) as users:
+        user = users.require(args.name)
+        info = control.endpoint(layout)
+        if info is None:
+            raise CliError(
+                f"the cloud is not running (state {layout.root}), so its endpoint URL is not known: "
+                "start it with 'cloudlab up' and run this again"
+            )
+        keys = users.keys(user.name)
+        key = keys[0] if keys else users.create_key(user.name)
+        ca = CertificateAuthority.load_or_create(layout.pki)
+        identity = ca.identity(user.name, "user")
+        key_pem = identity.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        bundle = write_bundle(
+            Path(args.out) if args.out else layout.credentials / user.name,
+            user.name,
+            endpoint_url=info["url"],
+            region=info["region"],
+            access_key=key.access_key,
+            secret_key=key.secret_key,
+            certificate_pem=identity.certificate_pem,
+            private_key_pem=key_pem,
+            ca_pem=ca.ca_pem,
+        )
+    files = ", ".join(p.name for p in (bundle.certificate, bundle.private_key, bundle.ca_certificate))
+    print(
+        f"wrote the credentials of {user.name} (access key {key.access_key}) to {bundle.folder}: {files}, "
+        "config, credentials, eucarc"
+    )
+    for line in usage_lines(bundle):
+        print(f"  {line}")
+    if not user.enabled:
+        print(f"note: user {user.name} is disabled; enable it with: cloudlab user enable {user.name}", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from cloudlab.service import run_service
 
@@ -379,6 +570,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the new node's name")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write ca.crt and the node's cert/key to")
     p.set_defaults(func=cmd_node_credentials)
+
+    user = sub.add_parser(
+        "user",
+        parents=[state],
+        help="add, list, disable and enable users and manage their access keys (cloud up or down)",
+        description="Users and their EC2 access keys, read and changed in the cloud's state folder: works whether "
+        "the cloud runs or not (a running cloud sees every change at once).",
+    )
+    user_sub = user.add_subparsers(dest="user_command", metavar="SUBCOMMAND", required=True)
+    p = user_sub.add_parser("add", parents=[state], help="add a user (certificate, account id, first access key)")
+    p.add_argument("name", help="1-64 letters, digits, '.', '_' or '-'")
+    p.add_argument("--admin", action="store_true", help="an administrator: sees and manages every user's resources")
+    p.set_defaults(func=cmd_user_add)
+    p = user_sub.add_parser("list", parents=[state], help="list users: account id, admin, enabled, active keys")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_user_list)
+    p = user_sub.add_parser("disable", parents=[state], help="disable a user: its keys fail with AuthFailure")
+    p.add_argument("name", help="the user")
+    p.set_defaults(func=cmd_user_disable)
+    p = user_sub.add_parser("enable", parents=[state], help="enable a disabled user again")
+    p.add_argument("name", help="the user")
+    p.set_defaults(func=cmd_user_enable)
+    keys = user_sub.add_parser("keys", parents=[state], help="a user's access keys: create, list, delete")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
+    p = keys_sub.add_parser("create", parents=[state], help="create an access key and print its secret (once)")
+    p.add_argument("name", help="the user")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_user_keys_create)
+    p = keys_sub.add_parser("list", parents=[state], help="list a user's access keys, revoked ones included")
+    p.add_argument("name", help="the user")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_user_keys_list)
+    p = keys_sub.add_parser("delete", parents=[state], help="revoke an access key (it then fails with AuthFailure)")
+    p.add_argument("name", help="the user")
+    p.add_argument("access_key", metavar="ACCESS_KEY_ID", help="the key to revoke (AKIA...)")
+    p.set_defaults(func=cmd_user_keys_delete)
+
+    p = sub.add_parser(
+        "creds",
+        parents=[state],
+        help="write a user's credential bundle: certificate, key, AWS CLI/boto3 profile, eucarc",
+        description="Write NAME.crt/NAME.key (the user's certificate from the cloud CA), cloud-ca.crt, an AWS "
+        "config + credentials pair with the profile cloudlab-NAME, and a eucarc. Needs the cloud running (the "
+        "files name its endpoint URL).",
+    )
+    p.add_argument("name", help="the user")
+    p.add_argument("--out", metavar="DIR", help="folder to write to (default <state>/credentials/NAME/)")
+    p.set_defaults(func=cmd_creds)
 
     p = sub.add_parser("serve", parents=[state], help="run the cloud in the foreground (what 'up' starts)")
     p.add_argument("--verbose", action="store_true")

@@ -31,18 +31,33 @@ def outputs_text(notebook: Path) -> str:
     return "\n".join(texts)
 
 
-@pytest.mark.parametrize(("name", "parameters", "expected"), [
-    ("demo.ipynb", {"count": 2}, ["final_state", "terminated", "node-01"]),
-    ("quickstart.ipynb", {}, ["cloudlab-boot: ok", "terminated"]),
-])
-def test_notebook_runs_against_the_cloud(vm_cloud: RunningCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         name: str, parameters: dict, expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "parameters", "expected"),
+    [
+        ("demo.ipynb", {"count": 2}, ["final_state", "terminated", "node-01"]),
+        ("quickstart.ipynb", {}, ["cloudlab-boot: ok", "terminated"]),
+    ],
+)
+def test_notebook_runs_against_the_cloud(
+    vm_cloud: RunningCloud,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    parameters: dict,
+    expected: list[str],
+) -> None:
     import papermill
 
     monkeypatch.setenv("CLOUDLAB_STATE", str(vm_cloud.layout.root))  # the kernel inherits it
     output = tmp_path / name
-    papermill.execute_notebook(str(NOTEBOOKS / name), str(output), parameters=parameters,
-                               kernel_name=kernel_name(), cwd=str(NOTEBOOKS), progress_bar=False)
+    papermill.execute_notebook(
+        str(NOTEBOOKS / name),
+        str(output),
+        parameters=parameters,
+        kernel_name=kernel_name(),
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+    )
     text = outputs_text(output)
     for needle in expected:
         assert needle in text, f"{needle!r} not in the outputs of {name}"

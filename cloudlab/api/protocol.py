@@ -753,8 +753,17 @@ def serialize_response(op: OperationModel, output: Mapping[str, Any] | None, req
     return "".join(out).encode("utf-8")
 
 
+MAX_ERROR_MESSAGE = 1024
+
+
 def serialize_error(code: str, message: str, request_id: str) -> bytes:
-    """EC2's error envelope, which botocore parses into ``Error.Code``/``Error.Message``."""
+    """EC2's error envelope, which botocore parses into ``Error.Code``/``Error.Message``.
+
+    The message is capped: messages quote client input, and an error must never turn a huge
+    parameter into a huge answer.
+    """
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[: MAX_ERROR_MESSAGE - 3] + "..."
     return (
         f"{_XML_DECLARATION}<Response><Errors><Error><Code>{xml_escape(code)}</Code>"
         f"<Message>{xml_escape(message)}</Message></Error></Errors>"

@@ -113,6 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body leave in two writes; with Nagle's algorithm and the client's delayed ACK
     # every answer waited ~40 ms. TCP_NODELAY sends them at once.
     disable_nagle_algorithm = True
+    timeout = 30  # seconds a client may stall mid-request before its connection is dropped
     server_version = "cloudlab"
     sys_version = ""
 
@@ -139,6 +140,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            self._drain_and_refuse(
+                400, "IncompleteRequest", f"the request body ended after {len(body)} of {length} bytes"
+            )
+            return
         if method == "GET" and self.path.rstrip("/") in ("/_cloudlab/status", "/_cloudlab/health"):
             info = {"ok": True} if self.api.status is None or self.path.endswith("health") else self.api.status()
             self._answer(200, json.dumps(info, default=str).encode(), "application/json")
@@ -153,6 +159,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self._serve("GET")
+
+    def _unsupported_method(self) -> None:
+        self._drain_and_refuse(405, "InvalidHttpRequest", f"The EC2 Query API takes GET and POST, not {self.command}")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _unsupported_method  # noqa: N815
+
+    def _drain_and_refuse(self, status: int, code: str, message: str) -> None:
+        self.close_connection = True
+        self._answer(status, serialize_error(code, message, str(uuid.uuid4())))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, oversized headers) in EC2's envelope, not HTML."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer with a full status line
+            self.request_version = self.protocol_version
+        body = serialize_error("InvalidHttpRequest", message or explain or f"HTTP {code}", str(uuid.uuid4()))
+        try:
+            self.send_response(code if 400 <= code < 500 else 400)
+            self.send_header("Content-Type", "text/xml;charset=UTF-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s " + format, self.address_string(), *args)

@@ -2,7 +2,8 @@
 
 Boot times (1 and 4 concurrent instances, median of N) against a hand-started QEMU; the idle
 cloud's memory; 1,000 instances on 50 test-driver nodes and DescribeInstances of 1,000 against
-their baselines. Nothing here asserts a time: the figures are for people to read and compare.
+their baselines; the EC2 endpoint under load against moto's (part ``api``). Nothing here asserts a
+time: the figures are for people to read and compare.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab import control
+from cloudlab.bench.api_load import report_lines as api_report_lines
+from cloudlab.bench.api_load import run_api_load_benchmark
 from cloudlab.bench.boot import run_boot_benchmark
 from cloudlab.bench.environment import describe_environment
 from cloudlab.bench.footprint import controller_memory
@@ -28,6 +31,9 @@ TARGETS = {
     "idle_rss_mb": 150.0,
     "scale_all_running_s": 20.0,
     "describe_1000_median_ms": 200.0,
+    "api_throughput_ratio_to_moto": 10.0,
+    "api_p99_ms": 100.0,
+    "api_errors": 0,
 }
 
 
@@ -39,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cloudlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="results", help="folder for the results (default results/)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per boot measurement (default 5)")
-    parser.add_argument("--only", default="boot,footprint,scale", help="comma-separated parts to run")
+    parser.add_argument("--only", default="boot,footprint,scale,api", help="comma-separated parts to run")
+    parser.add_argument("--api-seconds", type=float, default=10.0, help="load duration per side in part api")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     results: dict[str, Any] = {}
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 control.down(layout)
         if "scale" in parts:
             results["scale"] = run_scale_benchmark(progress=say)
+        if "api" in parts:
+            results["api"] = run_api_load_benchmark(seconds=args.api_seconds, progress=say)
     results["environment"] = describe_environment(accel)
     results["targets"] = TARGETS
     out = Path(args.output)
@@ -109,6 +118,8 @@ def report(results: dict[str, Any]) -> str:
             f"  {s['describe_sql_floor_ms']['median']:7.1f} ms (SQL)       x{s['ratio_describe_to_sql_floor']:<6}"
             " < 200 ms"
         )
+    if "api" in results:
+        lines += api_report_lines(results["api"])
     return "\n".join(lines)
 
 

@@ -35,6 +35,16 @@ class AccessKey:
     user_name: str
 
 
+@dataclass(frozen=True)
+class KeyRecord:
+    """An access key as an administrator lists it: no secret, but whether it still works."""
+
+    access_key: str
+    user_name: str
+    active: bool
+    created: float
+
+
 def _new_access_key() -> AccessKey:
     alphabet = string.ascii_uppercase + string.digits
     access = "AKIA" + "".join(secrets.choice(alphabet) for _ in range(16))
@@ -105,3 +115,62 @@ class Users:
         if row is None or not row["enabled"]:
             return None
         return User(row["name"], row["user_id"], bool(row["is_admin"]), True), row["secret_key"]
+
+    # -- administration (the ``cloudlab user`` commands) --------------------------------------------
+
+    def require(self, name: str) -> User:
+        """The user called ``name``, or a CloudError naming it."""
+        user = self.get(name)
+        if user is None:
+            raise CloudError("InvalidParameterValue", f"no user {name!r}")
+        return user
+
+    def set_enabled(self, name: str, enabled: bool) -> User:
+        """Enable or disable a user; a disabled user's keys fail with AuthFailure (the admin stays enabled)."""
+        user = self.require(name)
+        if name == ADMIN and not enabled:
+            raise CloudError(
+                "InvalidParameterValue", f"the {ADMIN!r} user cannot be disabled: the cloud's tools use it"
+            )
+        with self._store.transaction() as db:
+            db.execute("UPDATE users SET enabled=? WHERE name=?", (int(enabled), name))
+        return User(user.name, user.user_id, user.is_admin, enabled)
+
+    def key_records(self, name: str) -> list[KeyRecord]:
+        """Every access key ``name`` ever had, revoked ones included, oldest first."""
+        self.require(name)
+        rows = self._store.query(
+            "SELECT access_key, user_name, active, created FROM access_keys WHERE user_name=? ORDER BY created",
+            (name,),
+        )
+        return [KeyRecord(r["access_key"], r["user_name"], bool(r["active"]), r["created"]) for r in rows]
+
+    def active_key_counts(self) -> dict[str, int]:
+        """User name -> number of active access keys (users without any are absent)."""
+        rows = self._store.query("SELECT user_name, COUNT(*) AS n FROM access_keys WHERE active=1 GROUP BY user_name")
+        return {r["user_name"]: r["n"] for r in rows}
+
+    def revoke_key(self, name: str, access_key: str) -> bool:
+        """Deactivate one of ``name``'s keys (kept for the record); False if it was revoked already.
+
+        The admin user keeps at least one active key, or nothing could administer the cloud over the API.
+        """
+        self.require(name)
+        with self._store.transaction() as db:
+            row = db.execute(
+                "SELECT active FROM access_keys WHERE access_key=? AND user_name=?", (access_key, name)
+            ).fetchone()
+            if row is None:
+                raise CloudError("InvalidParameterValue", f"user {name!r} has no access key {access_key!r}")
+            if not row["active"]:
+                return False
+            if name == ADMIN:
+                (active,) = db.execute(
+                    "SELECT COUNT(*) FROM access_keys WHERE user_name=? AND active=1", (name,)
+                ).fetchone()
+                if active <= 1:
+                    raise CloudError(
+                        "InvalidParameterValue", f"this is the last active key of {ADMIN!r}: create another first"
+                    )
+            db.execute("UPDATE access_keys SET active=0 WHERE access_key=?", (access_key,))
+        return True
