@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +50,32 @@ class RunningCloud:
 
     def status(self) -> dict[str, Any]:
         return control.get_json(self.url.rstrip("/") + "/_cloudlab/status")
+
+    def new_user(self, prefix: str) -> Any:
+        """A fresh user of the running cloud (made in its database, beside the service) and a boto3 client as them."""
+        from cloudlab.clc.store import Store
+        from cloudlab.clc.users import Users
+
+        store = Store(self.layout.database)
+        try:
+            users = Users(store, None)
+            name = f"{prefix}-{secrets.token_hex(4)}"
+            users.create(name)
+            key = users.create_key(name)
+        finally:
+            store.close()
+        return self.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key)
+
+
+def error_code(excinfo: pytest.ExceptionInfo[Any]) -> str:
+    """The EC2 error code of a botocore ClientError."""
+    return excinfo.value.response["Error"]["Code"]
+
+
+def default_image(ec2: Any) -> str:
+    """The id of the cloud's default image (``Name=cloudlab-default``)."""
+    images = ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"]
+    return images[0]["ImageId"]
 
 
 def start_cloud(root: Path, **config: Any) -> RunningCloud:

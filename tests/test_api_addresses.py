@@ -7,7 +7,6 @@ own (the per-user limit is 5) and give back every address and instance they take
 from __future__ import annotations
 
 import ipaddress
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,32 +17,10 @@ from botocore.exceptions import ClientError
 from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags
-from cloudlab.clc.users import User, Users
-from tests.clouds import RunningCloud
+from cloudlab.clc.users import User
+from tests.clouds import RunningCloud, default_image, error_code
 
 POOL = ipaddress.ip_network("198.51.100.0/24")
-
-
-def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
-    return excinfo.value.response["Error"]["Code"]
-
-
-def new_user(cloud: RunningCloud, prefix: str) -> Any:
-    """A fresh user of the running cloud and a boto3 client acting as that user."""
-    store = Store(cloud.layout.database)
-    try:
-        users = Users(store, None)
-        name = f"{prefix}-{secrets.token_hex(4)}"
-        users.create(name)
-        key = users.create_key(name)
-    finally:
-        store.close()
-    return cloud.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key)
-
-
-def default_image(ec2: Any) -> str:
-    images = ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"]
-    return images[0]["ImageId"]
 
 
 def run_one(ec2: Any) -> str:
@@ -57,14 +34,14 @@ def addresses(ec2: Any, **kwargs: Any) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def alice(sim_cloud: RunningCloud) -> Iterator[Any]:
-    ec2 = new_user(sim_cloud, "eip-alice")
+    ec2 = sim_cloud.new_user("eip-alice")
     yield ec2
     release_all(ec2)
 
 
 @pytest.fixture(scope="module")
 def bob(sim_cloud: RunningCloud) -> Iterator[Any]:
-    ec2 = new_user(sim_cloud, "eip-bob")
+    ec2 = sim_cloud.new_user("eip-bob")
     yield ec2
     release_all(ec2)
 
@@ -140,7 +117,7 @@ def test_lowest_free_address_is_given_first(alice: Any) -> None:
 
 
 def test_per_user_limit(sim_cloud: RunningCloud) -> None:
-    ec2 = new_user(sim_cloud, "eip-limit")
+    ec2 = sim_cloud.new_user("eip-limit")
     taken = [ec2.allocate_address()["AllocationId"] for _ in range(5)]
     try:
         with pytest.raises(ClientError) as excinfo:

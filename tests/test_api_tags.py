@@ -6,7 +6,6 @@ of their own and remove every tag they put on shared resources (the default imag
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,31 +15,9 @@ from botocore.exceptions import ClientError
 
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags
-from cloudlab.clc.users import User, Users
+from cloudlab.clc.users import User
 from cloudlab.errors import CloudError
-from tests.clouds import RunningCloud
-
-
-def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
-    return excinfo.value.response["Error"]["Code"]
-
-
-def new_user(cloud: RunningCloud, prefix: str) -> Any:
-    """A fresh user of the running cloud and a boto3 client acting as that user."""
-    store = Store(cloud.layout.database)
-    try:
-        users = Users(store, None)
-        name = f"{prefix}-{secrets.token_hex(4)}"
-        users.create(name)
-        key = users.create_key(name)
-    finally:
-        store.close()
-    return cloud.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key)
-
-
-def default_image(ec2: Any) -> str:
-    images = ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"]
-    return images[0]["ImageId"]
+from tests.clouds import RunningCloud, default_image, error_code
 
 
 def tags_of(ec2: Any, resource_id: str) -> dict[str, str]:
@@ -50,12 +27,12 @@ def tags_of(ec2: Any, resource_id: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def alice(sim_cloud: RunningCloud) -> Any:
-    return new_user(sim_cloud, "tags-alice")
+    return sim_cloud.new_user("tags-alice")
 
 
 @pytest.fixture(scope="module")
 def bob(sim_cloud: RunningCloud) -> Any:
-    return new_user(sim_cloud, "tags-bob")
+    return sim_cloud.new_user("tags-bob")
 
 
 @pytest.fixture(scope="module")
