@@ -66,7 +66,12 @@ CREATE TABLE IF NOT EXISTS unknown_vms (
 
 
 class Store:
-    """A serialised SQLite connection (one writer; the CLC is one process)."""
+    """One SQLite database: a single, serialised writer connection, and a reader connection per thread.
+
+    WAL lets readers see the last committed state while a write is in progress, so DescribeInstances
+    and the API's authentication never queue behind the reconciler's writes. A thread inside a
+    write transaction reads through the writer, so it sees its own uncommitted changes.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +86,9 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._lock = threading.RLock()
         self._schemas: set[str] = set()
+        self._local = threading.local()
+        self._writer_thread: int | None = None
+        self._closed = False
         self._db.executescript(SCHEMA)
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -98,6 +106,7 @@ class Store:
         """A write transaction; commits on success, rolls back on any exception."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            outer, self._writer_thread = self._writer_thread, threading.get_ident()
             try:
                 yield self._db
             except BaseException:
@@ -105,18 +114,35 @@ class Store:
                 raise
             else:
                 self._db.execute("COMMIT")
+            finally:
+                self._writer_thread = outer
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "db", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.row_factory = sqlite3.Row
+            self._local.db = conn
+        return conn
 
     def query(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        if self._writer_thread == threading.get_ident():
             return self._db.execute(sql, params).fetchall()
+        return self._reader().execute(sql, params).fetchall()
 
     def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Row | None:
-        with self._lock:
+        if self._writer_thread == threading.get_ident():
             return self._db.execute(sql, params).fetchone()
+        return self._reader().execute(sql, params).fetchone()
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
+            reader = getattr(self._local, "db", None)
+            if reader is not None:
+                reader.close()
+                self._local.db = None
 
 
 def append_ledger(
