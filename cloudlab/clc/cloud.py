@@ -88,6 +88,9 @@ class CloudController:
         self._node_alive: dict[str, bool] = {}
         self._services_lock = threading.Lock()
         seed_vm_types(store)
+        # The resource services create their tables now, never inside a later transaction.
+        for service in (Tags, KeyPairs, SecurityGroups, Addresses):
+            self.service(service)
 
     def service(self, cls: type[T]) -> T:
         """The CLC's one instance of a domain service (key pairs, groups, tags, ...), built on first use.

@@ -94,10 +94,16 @@ class Store:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def ensure_schema(self, sql: str) -> None:
-        """Create a domain module's tables (``CREATE ... IF NOT EXISTS``), once per process."""
+        """Create a domain module's tables (``CREATE ... IF NOT EXISTS``), once per process.
+
+        ``executescript`` commits whatever transaction is open, so calling this inside one is a bug
+        that would silently break that transaction's atomicity: refuse it loudly.
+        """
         with self._lock:
             if sql in self._schemas:
                 return
+            if self._writer_thread is not None:
+                raise RuntimeError("ensure_schema inside a transaction would commit it: create services first")
             self._db.executescript(sql)
             self._schemas.add(sql)
 
