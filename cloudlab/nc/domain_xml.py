@@ -73,6 +73,7 @@ def build_domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(console, "source", path=str(spec.console_log), append="on")
         ET.SubElement(console, "target", type="serial", port="0")
         ET.SubElement(devices, "memballoon", model="none")
+        ET.SubElement(devices, "controller", type="usb", model="none")  # nothing to plug in; one device less to boot
         rng = ET.SubElement(devices, "rng", model="virtio")
         ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
     ET.register_namespace("cloudlab", METADATA_NS)
