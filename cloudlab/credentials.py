@@ -15,11 +15,11 @@ Nothing here talks to the cloud: the caller hands in the endpoint, the key pair 
 
 from __future__ import annotations
 
-import os
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from cloudlab.files import write_atomic
 
 __all__ = ["Bundle", "profile_name", "usage_lines", "write_bundle"]
 
@@ -46,17 +46,7 @@ class Bundle:
 
 
 def _write(path: Path, data: str | bytes, mode: int) -> None:
-    """Write atomically, with the final mode from the first byte (a secret is never briefly readable)."""
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode)
 
 
 def _aws_config(profile: str, region: str, endpoint_url: str) -> str:

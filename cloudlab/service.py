@@ -25,6 +25,7 @@ from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.images import Images
 from cloudlab.clc.store import Store
 from cloudlab.config import CloudConfig
+from cloudlab.files import write_atomic
 from cloudlab.nc.hypervisor import driver_kind, test_driver_uri
 from cloudlab.nc.node import NodeController
 from cloudlab.paths import StateLayout, cache_dir
@@ -288,18 +289,15 @@ class CloudService:
         log.info("cloud stopped")
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n", mode)
 
 
 def write_credentials(layout: StateLayout, user: str, access_key: str, secret_key: str) -> Path:
     path = layout.credentials / f"{user}.json"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_json(path, {"user": user, "access_key": access_key, "secret_key": secret_key})
-    path.chmod(0o600)
+    write_json(path, {"user": user, "access_key": access_key, "secret_key": secret_key}, mode=0o600)
     return path
 
 

@@ -26,10 +26,8 @@ Users see only their own key pairs; an admin sees (and may delete by id) everyon
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
-import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cloudlab.clc.tags import Tags
 from cloudlab.clc.users import User
 from cloudlab.errors import CloudError
+from cloudlab.files import write_atomic
 from cloudlab.ids import new_id
 
 SCHEMA = """
@@ -127,17 +126,7 @@ def _write_private(path: Path, material: str) -> None:
     for folder in (path.parent.parent, path.parent):
         folder.mkdir(mode=0o700, exist_ok=True)
         os.chmod(folder, 0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pem")  # created 0600
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(material)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, material, 0o600)
 
 
 # -- validation ---------------------------------------------------------------------------------------------

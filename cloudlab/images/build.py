@@ -45,6 +45,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from cloudlab.files import write_atomic
+
 #: Bump whenever the builder's logic changes the image it produces; part of the inputs hash (with
 #: this file's own digest, so an edit that forgets the bump still rebuilds).
 BUILDER_VERSION = "1"
@@ -716,9 +718,7 @@ def _file_info(path: Path) -> dict:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -24,6 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from cloudlab.files import write_atomic
 from cloudlab.images.build import BOOT_MARKER, DEFAULT_KERNEL_CMDLINE, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -184,9 +185,7 @@ def _read_cache(path: Path) -> dict[str, dict]:
 def _write_cache(path: Path, entries: dict[str, dict]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"entries": entries}, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"entries": entries}, indent=2) + "\n")
     except OSError as exc:  # a cache that cannot be written only costs a probe next time
         log.warning("cannot write accelerator cache %s: %s", path, exc)
 

@@ -44,6 +44,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cloudlab.files import write_atomic
+
 __all__ = [
     "CertificateAuthority",
     "Identity",
@@ -140,20 +142,8 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically with the final mode from the first byte: a key is never briefly world-readable
-    and a crash never leaves half a certificate behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Atomic, with the final mode from the first byte: a key is never briefly world-readable."""
+    write_atomic(path, data, mode)
 
 
 def _load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
