@@ -51,20 +51,23 @@ class RunningCloud:
     def status(self) -> dict[str, Any]:
         return control.get_json(self.url.rstrip("/") + "/_cloudlab/status")
 
-    def new_user(self, prefix: str) -> Any:
-        """A fresh user of the running cloud (made in its database, beside the service) and a boto3 client as them."""
+    def create_user(self, prefix: str) -> tuple[Any, Any]:
+        """A fresh user of the running cloud (made in its database, beside the service): (User, boto3 client)."""
         from cloudlab.clc.store import Store
         from cloudlab.clc.users import Users
 
         store = Store(self.layout.database)
         try:
             users = Users(store, None)
-            name = f"{prefix}-{secrets.token_hex(4)}"
-            users.create(name)
-            key = users.create_key(name)
+            user = users.create(f"{prefix}-{secrets.token_hex(4)}")
+            key = users.create_key(user.name)
         finally:
             store.close()
-        return self.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key)
+        return user, self.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key)
+
+    def new_user(self, prefix: str) -> Any:
+        """A boto3 client acting as a fresh user."""
+        return self.create_user(prefix)[1]
 
 
 def error_code(excinfo: pytest.ExceptionInfo[Any]) -> str:

@@ -47,12 +47,10 @@ def cloud_db(sim_cloud: RunningCloud) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def bob(cloud_db: Any, sim_cloud: RunningCloud) -> tuple[str, str, Any]:
+def bob(sim_cloud: RunningCloud) -> tuple[str, str, Any]:
     """A second, ordinary user: (name, 12-digit user id, boto3 client)."""
-    name = unique("bob")
-    user = cloud_db.users.create(name)
-    key = cloud_db.users.create_key(name)
-    return name, user.user_id, sim_cloud.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key)
+    user, client = sim_cloud.create_user("bob")
+    return user.name, user.user_id, client
 
 
 def group(ec2: Any, group_id: str) -> dict[str, Any]:

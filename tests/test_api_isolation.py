@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from cloudlab.clc.store import Store
-from cloudlab.clc.users import Users
 from tests.clouds import RunningCloud
 
 
 @pytest.fixture(scope="module")
 def users(sim_cloud: RunningCloud) -> dict[str, tuple[Any, str]]:
     """alice and bob: (boto3 client, account id)."""
-    store = Store(sim_cloud.layout.database)
     found = {}
-    try:
-        registry = Users(store, None)
-        for who in ("alice", "bob"):
-            name = f"{who}-{uuid.uuid4().hex[:8]}"
-            user = registry.create(name)
-            key = registry.create_key(name)
-            found[who] = (
-                sim_cloud.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key),
-                user.user_id,
-            )
-    finally:
-        store.close()
+    for who in ("alice", "bob"):
+        user, client = sim_cloud.create_user(who)
+        found[who] = (client, user.user_id)
     return found
 
 

@@ -7,7 +7,6 @@ import hashlib
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from cloudlab.clc.keypairs import private_key_path
-from cloudlab.clc.store import Store
-from cloudlab.clc.users import Users
 from tests.clouds import RunningCloud
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
@@ -49,17 +46,10 @@ def raw_ec2(sim_cloud: RunningCloud) -> Any:
 
 
 @pytest.fixture(scope="module")
-def bob(sim_cloud: RunningCloud) -> Iterator[tuple[str, Any]]:
+def bob(sim_cloud: RunningCloud) -> tuple[str, Any]:
     """A second, ordinary user (made directly in the cloud's database) and a boto3 client for them."""
-    store = Store(sim_cloud.layout.database)
-    try:
-        users = Users(store, None)
-        name = unique("bob")
-        users.create(name)
-        key = users.create_key(name)
-    finally:
-        store.close()
-    yield name, sim_cloud.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key)
+    user, client = sim_cloud.create_user("bob")
+    return user.name, client
 
 
 def describe_one(ec2: Any, name: str) -> dict[str, Any]:
