@@ -5,6 +5,15 @@
 # starts acpid and dropbear, prints ONE boot-marker line on the console, then waits for a shutdown
 # request. Tools watch the serial console for the marker ("cloudlab-boot: ok host=... uptime=...").
 #
+# With a gateway (cloudlab.ip=ADDR/PREFIX,GATEWAY) it then asks the EC2 metadata service at
+# 169.254.169.254 (reached through the default route) for the instance id, the key pair's public key
+# (-> /root/.ssh/authorized_keys, which dropbear reads) and the user data (-> /run/cloudlab/user-data;
+# a "#!" script runs in the background once the marker is out, output in /var/log/user-data.log,
+# then a console line "cloudlab-user-data: exit=N"). It prints "cloudlab-metadata: instance-id=...
+# key=yes|no user-data=yes|no" (or "cloudlab-metadata: unreachable") before the marker, and the
+# marker waits for dropbear to listen, so it still means "ready for SSH". A cloud without a metadata
+# service costs at most ~6 s of boot (cloudlab.metadata=0 skips the requests).
+#
 # Shutdown is always clean and always goes through PID 1:
 #   ACPI power button (libvirt's virDomainShutdown, QEMU's system_powerdown)
 #       -> kernel "button" driver -> /dev/input/event* (evdev) -> busybox acpid
@@ -16,8 +25,12 @@
 #
 # Kernel command line options read here:
 #   cloudlab.hostname=NAME      hostname (default "cloudlab")
-#   cloudlab.ip=ADDR/PREFIX[,GATEWAY]   static address on the first NIC (DHCP/metadata come later)
+#   cloudlab.ip=ADDR/PREFIX[,GATEWAY]   static address on the first NIC (+ default route, metadata)
 #   cloudlab.shell=1            a root shell on ttyS0 after the marker (debugging, tests)
+#   cloudlab.sshkey=BASE64      base64 of an OpenSSH public key line, added to root's authorized_keys
+#                               (VMs without a metadata service; the kernel command line holds 2048
+#                               bytes, so an ed25519 key (~140 base64 chars) or RSA-2048 (~540) fits)
+#   cloudlab.metadata=0         do not ask the metadata service (benchmarks without one boot faster)
 
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 export HOME=/root
@@ -42,11 +55,15 @@ done </etc/cloudlab/modules
 host=cloudlab
 ip_config=
 shell=
+ssh_key=
+metadata=1
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         cloudlab.hostname=*) host=${arg#*=} ;;
         cloudlab.ip=*) ip_config=${arg#*=} ;;
         cloudlab.shell=1) shell=1 ;;
+        cloudlab.sshkey=*) ssh_key=${arg#*=} ;;
+        cloudlab.metadata=0) metadata= ;;
     esac
 done
 hostname "$host"
@@ -67,14 +84,86 @@ if [ -n "$ip_config" ] && [ -n "$first_nic" ]; then
     case "$ip_config" in *,*) ip route add default via "${ip_config#*,}" dev "$first_nic" ;; esac
 fi
 
+# SSH: host keys are made on the first connection (-R), so nothing here delays the marker; -s: no
+# password logins (root has none; keys only), so a BatchMode client fails fast instead of asking.
+# Started before the metadata requests so that its start-up overlaps them (it reads authorized_keys
+# at each login, so keys added below count).
+dropbear -R -s -p 22 -P /run/dropbear.pid 2>/dev/null
+
+# Root logs in with keys only: authorized_keys must be root's, the file 600 and its directory 700.
+mkdir -p /root/.ssh /run/cloudlab
+chmod 700 /root /root/.ssh
+add_key() {
+    [ -n "$1" ] || return 1
+    printf '%s\n' "$1" >>/root/.ssh/authorized_keys
+    chmod 600 /root/.ssh/authorized_keys
+}
+if [ -n "$ssh_key" ]; then
+    add_key "$(printf '%s' "$ssh_key" | base64 -d 2>/dev/null)" || say "cloudlab-init: bad cloudlab.sshkey"
+fi
+
+# Uptime in centiseconds (/proc/uptime has two decimals; "1" prefix: no octal surprises with "08").
+now_cs() {
+    read -r up _ </proc/uptime
+    echo $((${up%.*} * 100 + 1${up#*.} - 100))
+}
+# One metadata GET to stdout. busybox-static's wget has no -T (and crashes on it), so `timeout`
+# bounds each try: connect + request + reply in 2 s.
+imds_get() { timeout 2 wget -q -O - "http://169.254.169.254/latest/$1" 2>/dev/null; }
+
+# Metadata: only with a gateway (169.254.169.254 is reached through the default route). The first
+# request is retried (the service may come up just after the VM) for up to 4 s of tries, so with
+# each try bounded by 2 s a cloud without metadata delays the marker by at most ~6 s.
+case "$ip_config" in *,*) ;; *) metadata= ;; esac
+if [ -n "$metadata" ] && [ -n "$first_nic" ]; then
+    deadline=$(($(now_cs) + 400))
+    instance_id=
+    while :; do
+        instance_id=$(imds_get meta-data/instance-id) && [ -n "$instance_id" ] && break
+        instance_id=
+        [ "$(now_cs)" -lt "$deadline" ] || break
+        sleep 0.3
+    done
+    if [ -n "$instance_id" ]; then
+        key=no
+        add_key "$(imds_get meta-data/public-keys/0/openssh-key)" && key=yes
+        user_data=no
+        if imds_get user-data >/run/cloudlab/user-data.part; then
+            mv /run/cloudlab/user-data.part /run/cloudlab/user-data
+            user_data=yes
+        else
+            rm -f /run/cloudlab/user-data.part
+        fi
+        say "cloudlab-metadata: instance-id=$instance_id key=$key user-data=$user_data"
+    else
+        say "cloudlab-metadata: unreachable"
+    fi
+fi
+
 # Power button -> acpid (reads /dev/input/event*, runs /etc/acpi/power-button).
 acpid -c /etc/acpi -a /etc/acpid.conf -l /run/acpid.log -p /run/acpid.pid
 
-# SSH: host keys are made on the first connection (-R), so nothing here delays the marker.
-dropbear -R -p 22 -P /run/dropbear.pid 2>/dev/null &
+# dropbear forks before it binds port 22, so wait (bounded, 2.5 s) until it listens: the marker promises
+# a guest that accepts SSH at once (0016 = port 22, 0A = LISTEN in /proc/net/tcp*).
+listening=
+for _ in $(seq 50); do
+    grep -q ':0016 [0-9A-F:]* 0A ' /proc/net/tcp /proc/net/tcp6 2>/dev/null && listening=1 && break
+    sleep 0.05
+done
+[ -n "$listening" ] || say "cloudlab-init: dropbear is not listening on port 22"
 
 read -r uptime _ </proc/uptime
 say "cloudlab-boot: ok host=$host uptime=$uptime"
+
+# User data that is a script ("#!") runs once, in the background, after the marker (so a busy script
+# does not delay it): output to /var/log/user-data.log, its exit status as one console line.
+if [ -f /run/cloudlab/user-data ] && [ "$(head -c 2 /run/cloudlab/user-data)" = "#!" ]; then
+    chmod 700 /run/cloudlab/user-data
+    (
+        cd /root && /run/cloudlab/user-data </dev/null >>/var/log/user-data.log 2>&1
+        say "cloudlab-user-data: exit=$?"
+    ) &
+fi
 
 stop_guest() {
     action=$1
