@@ -75,12 +75,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         ("node_vcpus", "node_vcpus"),
         ("node_memory", "node_memory_mb"),
         ("cc_listen", "cc_host"),
+        ("subnet", "subnet"),
+        ("underlay", "underlay"),
+        ("nat_node", "nat_nodes"),
+        ("cable", "cable"),
     ):
         value = getattr(args, option)
         if value is not None:
             setattr(config, attr, value)
-    if config.network != "none":
-        raise CliError(f"network flavour {config.network!r} is not available yet; use --network none")
+    if config.network != "none" and control.endpoint(layout) is None:
+        _check_network(layout, config)
     try:
         info = control.up(layout, config, timeout_s=args.timeout)
     except control.ControlError as exc:
@@ -89,6 +93,119 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"cloud {word}: EC2 endpoint {info['url']} (state {layout.root})")
     print(f'use it with: eval "$(cloudlab --state {layout.root} env)"')
     return 0
+
+
+def _check_network(layout: StateLayout, config: CloudConfig) -> None:
+    """Refuse a network that cannot be built (overlaps, a missing tool, a bad layout) before starting anything."""
+    from cloudlab.cc.network import ClusterNetwork
+    from cloudlab.net import NetError
+
+    if os.geteuid() != 0:
+        raise CliError(f"the {config.network} network needs root (namespaces, taps, nftables): run as root")
+    try:
+        ClusterNetwork(
+            config.cluster,
+            config.network,
+            prefix=layout.network_prefix,
+            nodes=config.node_names(),
+            subnet=config.subnet,
+            underlay=config.underlay,
+            run_dir=layout.network_run_dir,
+            nat_nodes=config.nat_nodes,
+            cable=config.cable,
+        ).check(config.public_pool)
+    except (NetError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _outside_namespace(layout: StateLayout) -> str:
+    from cloudlab.net import netns
+
+    if control.endpoint(layout) is None:
+        raise CliError(f"cloud is not running (state {layout.root}); start it with: cloudlab up --network vde")
+    name = f"{layout.network_prefix}-out"
+    if not netns.exists(name):
+        raise CliError("this cloud has no network (started with --network none): restart it with --network vde|direct")
+    return name
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from cloudlab.net import netns
+
+    layout = _layout(args)
+    command = [c for c in args.cmd if c != "--"] or [os.environ.get("SHELL", "/bin/sh")]
+    argv = netns.command(_outside_namespace(layout), command)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+    return 127  # not reached
+
+
+def ssh_argv(key: Path, address: str, user: str = "root", command: list[str] | None = None) -> list[str]:
+    """OpenSSH to an instance: its host key is new on every launch, so it is neither checked nor remembered."""
+    return [
+        "ssh",
+        "-i",
+        str(key),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "BatchMode=yes",
+        f"{user}@{address}",
+        *(command or []),
+    ]
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    from cloudlab.clc.keypairs import held_private_keys
+    from cloudlab.net import netns
+
+    layout = _layout(args)
+    namespace = _outside_namespace(layout)
+    info, creds = control.connection(layout, "admin")
+    import boto3
+
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=info["url"],
+        region_name=info["region"],
+        aws_access_key_id=creds["access_key"],
+        aws_secret_access_key=creds["secret_key"],
+    )
+    try:
+        reservations = ec2.describe_instances(InstanceIds=[args.instance_id])["Reservations"]
+    except Exception as exc:
+        raise CliError(f"cannot find {args.instance_id}: {exc}") from None
+    if not reservations or not reservations[0]["Instances"]:
+        raise CliError(f"no instance {args.instance_id}")
+    owner = reservations[0]["OwnerId"]
+    instance = reservations[0]["Instances"][0]
+    if instance["State"]["Name"] != "running":
+        raise CliError(f"{args.instance_id} is {instance['State']['Name']}, not running")
+    address = instance.get("PublicIpAddress") if args.public else instance.get("PrivateIpAddress")
+    if not address:
+        raise CliError(f"{args.instance_id} has no {'public' if args.public else 'private'} address")
+    if args.identity:
+        key = Path(args.identity)
+    elif instance.get("KeyName"):
+        # OwnerId is an account number; the key store is by user name, so look for the key pair's file.
+        keys = held_private_keys(layout.root, instance["KeyName"])
+        if len(keys) != 1:
+            why = "does not hold" if not keys else "holds several"
+            raise CliError(f"cloudlab {why} private keys named {instance['KeyName']!r} (owner {owner}): pass -i KEY")
+        key = keys[0]
+    else:
+        raise CliError(f"{args.instance_id} was launched without a key pair: pass -i KEY")
+    command = [c for c in args.cmd if c != "--"]
+    argv = netns.command(namespace, ssh_argv(key, address, args.user, command))
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+    return 127  # not reached
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -481,6 +598,7 @@ def cmd_nc(args: argparse.Namespace) -> int:
         memory_mb=args.memory,
         accel=args.accel,
         accel_cache=cache_dir() / "accel.json",
+        advertise=args.advertise,
     )
     return 0
 
@@ -531,8 +649,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="address the cluster controller listens on for node controllers on other hosts (default 127.0.0.1)",
     )
+    p.add_argument("--subnet", metavar="CIDR", help="instances' private range, a /24 per group (10.211.0.0/16)")
+    p.add_argument(
+        "--underlay", metavar="CIDR", help="range between the host namespaces (default auto: a free 10.253.N.0/24)"
+    )
+    p.add_argument(
+        "--nat-node", action="append", metavar="NODE", help="put NODE's host behind a NAT (repeatable; vde only)"
+    )
+    p.add_argument("--cable", choices=["tcp", "ssh", "unix"], help="VDE cable transport between hosts (default tcp)")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the API (default 90)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser(
+        "exec",
+        parents=[state],
+        help="run a command in the cluster's outside namespace (instances' addresses are reachable there)",
+    )
+    p.add_argument("--cluster", default=None, help="cluster (default the only one)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] (default a shell)")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("ssh", parents=[state], help="SSH to an instance from the cluster's outside namespace")
+    p.add_argument("instance_id", metavar="INSTANCE_ID")
+    p.add_argument("-i", dest="identity", metavar="KEY", help="private key (default the launch key pair's)")
+    p.add_argument("--user", default="root", help="login (default root)")
+    p.add_argument("--public", action="store_true", help="use the elastic address instead of the private one")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] (default a login shell)")
+    p.set_defaults(func=cmd_ssh)
 
     p = sub.add_parser("down", parents=[state], help="terminate all instances and stop the cloud")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait before killing (default 90)")
@@ -630,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pki", metavar="DIR", help="folder with ca.crt and this node's certificate and key")
     p.add_argument("--listen", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=0, help="port to serve on (default any)")
+    p.add_argument("--advertise", metavar="URL", help="URL the CC reaches this node at (behind a NAT: the forward)")
     p.add_argument("--vcpus", type=_positive, help="vCPUs to offer")
     p.add_argument("--memory", type=_positive, help="memory (MiB) to offer")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")

@@ -33,6 +33,13 @@ class CloudConfig:
     node_vcpus: int | None = None
     node_memory_mb: int | None = None
     heartbeat_s: float = 1.0
+    # Cluster networks (``network`` vde or direct): instances' private range (a /24 per security group),
+    # the controllers' underlay between host namespaces, nodes placed behind a NAT, and the transport
+    # of the VDE cables between hosts.
+    subnet: str = "10.211.0.0/16"
+    underlay: str = "auto"  # a free 10.253.N.0/24, chosen at start
+    nat_nodes: list[str] = field(default_factory=list)
+    cable: str = "tcp"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cloudlab.cc.network import sweep as sweep_network
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
 
@@ -133,8 +135,8 @@ def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dic
     raise ControlError(f"the cloud did not answer within {timeout_s:.0f} s; see {layout.log}:\n{tail(layout.log)}")
 
 
-def leftover_qemu(layout: StateLayout) -> list[int]:
-    """QEMU processes whose command line points into this state folder (or its short socket links)."""
+def leftover_qemu(layout: StateLayout, programs: tuple[bytes, ...] = (b"qemu-system",)) -> list[int]:
+    """QEMU (or ``programs``) processes whose command line points into this state folder (or its short links)."""
     markers = (str(layout.root.resolve()).encode(), layout.short_prefix.encode())
     found = []
     for entry in Path("/proc").iterdir():
@@ -144,7 +146,8 @@ def leftover_qemu(layout: StateLayout) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmdline.split(b"\0", 1)[0] and any(m in cmdline for m in markers):
+        argv0 = cmdline.split(b"\0", 1)[0]
+        if any(p in argv0 for p in programs) and any(m in cmdline for m in markers):
             found.append(int(entry.name))
     return found
 
@@ -165,9 +168,15 @@ def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
     for qemu in swept:
         with contextlib.suppress(ProcessLookupError):
             os.kill(qemu, signal.SIGKILL)
+    # Switches, plugs and cables of a killed service, then its namespaces and root veth.
+    for leftover in leftover_qemu(layout, (b"vde_switch", b"vde_plug", b"dpipe")):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leftover, signal.SIGKILL)
+    swept_network = sweep_network(layout.network_prefix)
+    shutil.rmtree(layout.network_run_dir, ignore_errors=True)
     layout.pidfile.unlink(missing_ok=True)
     layout.endpoint_file.unlink(missing_ok=True)
     for link in Path(layout.short_prefix).parent.glob(Path(layout.short_prefix).name + "*"):
         if link.is_symlink():
             link.unlink()
-    return {"stopped": stopped, "swept_qemu": swept}
+    return {"stopped": stopped, "swept_qemu": swept, "swept_network": swept_network}

@@ -93,6 +93,17 @@ class StateLayout:
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:10]
         return f"{base}/{digest}-"
 
+    @property
+    def network_prefix(self) -> str:
+        """Names of this cloud's namespaces (``<prefix>-out``, ``<prefix>-node-01``) and root veth: short and
+        unique per state folder, because an interface name has at most 15 characters."""
+        return "cl" + hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:6]
+
+    @property
+    def network_run_dir(self) -> Path:
+        """Where switches keep their sockets: a short path (UNIX socket paths have at most 107 bytes)."""
+        return Path(self.short_prefix + "net")
+
     def libvirt_root(self, node: str) -> Path:
         """The embedded libvirt driver root of ``node``: a short symlink into the state folder."""
         real = self.node_dir(node) / "libvirt"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab.cc.cluster import ClusterController
+from cloudlab.cc.network import NC_PORT
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.images import Images
 from cloudlab.clc.store import Store
@@ -70,6 +71,8 @@ class CloudService:
         self.children: dict[str, ChildNode] = {}
         self.local_nodes: dict[str, NodeController] = {}
         self.api_server: Any = None
+        self.network: Any = None  # cloudlab.cc.network.ClusterNetwork when the cluster has one
+        self.metadata_server: Any = None
         self.started = time.time()
 
     def _signer_verifier(self, name: str, role: str) -> tuple[MessageSigner, MessageVerifier]:
@@ -89,19 +92,72 @@ class CloudService:
         )
         self.cc_dispatcher = Dispatcher(f"cc-{cluster_name}", cc_signer, cc_verifier)
         self.cc.register_routes(self.cc_dispatcher)
-        self.cc_server = serve_http(self.cc_dispatcher, config.cc_host, 0)
-        self.cc_url = f"http://{config.cc_host}:{self.cc_server.server_port}"
+        cc_host = config.cc_host
+        if config.network != "none":
+            self.network = self._build_network()
+            self.cc.network = self.network
+            cc_host = self.network.root_address  # NCs in their host namespaces reach the CC over the underlay
+        self.cc_server = serve_http(self.cc_dispatcher, cc_host, 0)
+        self.cc_url = f"http://{cc_host}:{self.cc_server.server_port}"
         self.store = Store(layout.database)
         self.clc = CloudController(
             self.store, Images(self.store, layout.images), self.ca, region=config.region, public_pool=config.public_pool
         )
         channel = LocalChannel(f"cc-{cluster_name}", "cc", clc_signer, clc_verifier, self.cc_dispatcher)
-        self.clc.add_cluster(cluster_name, config.zone, channel, network=config.network, policy=self.cc.policy.name)
+        self.clc.add_cluster(
+            cluster_name,
+            config.zone,
+            channel,
+            network=config.network,
+            policy=self.cc.policy.name,
+            subnet=config.subnet if config.network != "none" else None,
+        )
+        if self.network is not None:
+            self._start_metadata_service()
         admin, key = self.clc.users.ensure_admin()
         write_credentials(layout, admin.name, key.access_key, key.secret_key)
         self._register_default_image(admin.name)
         for name in config.node_names():
             self._start_node(name)
+
+    def _build_network(self) -> Any:
+        from cloudlab.cc.network import ClusterNetwork
+
+        config = self.config
+        network = ClusterNetwork(
+            config.cluster,
+            config.network,
+            prefix=self.layout.network_prefix,
+            nodes=config.node_names(),
+            subnet=config.subnet,
+            underlay=config.underlay,
+            run_dir=self.layout.network_run_dir,
+            nat_nodes=config.nat_nodes,
+            cable=config.cable,
+        )
+        network.check(config.public_pool)
+        network.build()
+        log.info("cluster %s: %s network built (outside namespace %s)", config.cluster, config.network,
+                 network.outside)
+        return network
+
+    def _start_metadata_service(self) -> None:
+        """The EC2 metadata service on 169.254.169.254:80 inside the cluster's outside namespace."""
+        from cloudlab.clc.network import InstanceNetworks
+        from cloudlab.net import netns
+        from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
+
+        networks = self.clc.service(InstanceNetworks)
+        cluster = self.config.cluster
+
+        def lookup(address: str) -> InstanceMetadata | None:
+            found = networks.metadata(cluster, address)
+            return None if found is None else InstanceMetadata(**found)
+
+        with netns.entered(self.network.outside):
+            sock = listen_socket()
+        self.metadata_server = MetadataServer(lookup, sock)
+        self.metadata_server.start()
 
     def _register_default_image(self, owner: str) -> None:
         """Register the cached default image if it was built (``cloudlab image build``)."""
@@ -154,6 +210,12 @@ class CloudService:
             argv += ["--vcpus", str(self.config.node_vcpus)]
         if self.config.node_memory_mb:
             argv += ["--memory", str(self.config.node_memory_mb)]
+        if self.network is not None:
+            from cloudlab.net import netns
+
+            namespace, address, url = self.network.nc_endpoint(name)
+            argv += ["--listen", address, "--port", str(NC_PORT), "--advertise", url]
+            argv = netns.command(namespace, argv)  # libvirt makes its taps, and QEMU runs, in the host's namespace
         child = ChildNode(name, argv)
         self.children[name] = child
         self._spawn(child)
@@ -189,6 +251,8 @@ class CloudService:
             child.history.append(f"{time.strftime('%H:%M:%S')} exited {child.last_exit}, restarted")
             log.warning("node controller %s exited with %s; restarting", child.name, child.last_exit)
             self._spawn(child)
+        if self.network is not None:
+            self.network.supervise_once()
 
     def status(self) -> dict[str, Any]:
         cluster = self.cc.describe_cluster()
@@ -222,6 +286,7 @@ class CloudService:
                     "scheduler": cluster["policy"],
                     "cc_url": self.cc_url,
                     "nodes": cluster["nodes"],
+                    "network_detail": cluster.get("network"),
                 }
             ],
             "instances": counts,
@@ -237,7 +302,12 @@ class CloudService:
         """Start everything, write the endpoint file, and serve until SIGTERM."""
         from cloudlab.api.server import serve_api  # the service composes the API; the core never imports it
 
-        self.build()
+        try:
+            self.build()
+        except BaseException:
+            if self.network is not None:
+                self.network.teardown()
+            raise
         self.api_server = serve_api(self.clc, self.config.api_host, self.config.api_port, status=self.status)
         self.cc.start()
         self.wait_for_nodes()
@@ -281,6 +351,13 @@ class CloudService:
                     child.process.kill()
         for node in self.local_nodes.values():
             node.close()
+        if self.metadata_server is not None:
+            self.metadata_server.stop()
+        if self.network is not None:
+            try:
+                self.network.teardown()
+            except Exception:
+                log.exception("tearing the cluster network down failed")
         if self.api_server is not None:
             self.api_server.shutdown()
         self.cc_server.shutdown()

@@ -69,7 +69,8 @@ def test_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:
         (["status"], "cloud is not running", 3),
         (["env"], "cloud is not running", 1),
         (["image", "list"], "no cloud in", 1),
-        (["up", "--network", "vde"], "not available yet", 1),
+        (["exec", "--", "true"], "cloud is not running", 1),
+        (["ssh", "i-0123456789abcdef0", "--", "true"], "cloud is not running", 1),
     ],
 )
 def test_clear_errors_without_a_cloud(tmp_path: Path, args: list[str], needle: str, code: int) -> None:

@@ -24,10 +24,17 @@ def public_ips_of(ctx: Any, instance_ids: list[str]) -> dict[str, str]:
     return ctx.clc.service(Addresses).public_ips_of(instance_ids) if instance_ids else {}
 
 
+def private_ips_of(ctx: Any, instance_ids: list[str]) -> dict[str, str]:
+    from cloudlab.clc.network import InstanceNetworks
+
+    return ctx.clc.service(InstanceNetworks).private_ips_of(instance_ids) if instance_ids else {}
+
+
 def instances(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add Tags, SecurityGroups and PublicIpAddress to EC2-shaped instance items (in place)."""
+    """Add Tags, SecurityGroups and the public and private addresses to EC2-shaped instance items (in place)."""
     ids = [item["InstanceId"] for item in items]
     tags, groups, public = tags_of(ctx, ids), groups_of(ctx, ids), public_ips_of(ctx, ids)
+    private = private_ips_of(ctx, ids)
     for item in items:
         instance_id = item["InstanceId"]
         if tags.get(instance_id):
@@ -35,6 +42,8 @@ def instances(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         item["SecurityGroups"] = groups.get(instance_id, [])
         if instance_id in public:
             item["PublicIpAddress"] = public[instance_id]
+        if instance_id in private:
+            item["PrivateIpAddress"] = private[instance_id]
     return items
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from cloudlab.cc.registry import NodeRegistry
 from cloudlab.cc.scheduler import InstanceRequest, SchedulingPolicy, load_policy, place
 from cloudlab.errors import CloudError
+from cloudlab.net import NetError
 from cloudlab.rpc import Channel, Dispatcher, HttpChannel
 from cloudlab.security.messages import MessageSigner, MessageVerifier
 
@@ -39,13 +40,17 @@ class ClusterController:
         self._signer = signer
         self._verifier = verifier
         self._schedule_lock = threading.Lock()
+        self.network: Any = None  # a cloudlab.cc.network.ClusterNetwork when the cluster has one
 
     # -- wiring ------------------------------------------------------------------------------------
     def register_routes(self, dispatcher: Dispatcher) -> None:
         for action, handler in {
             "schedule": lambda m: self.schedule(m.body["instances"], int(m.body.get("min_count", 1))),
             "release": lambda m: self.release(m.body["node"], m.body["instance_id"]),
-            "run_instance": lambda m: self.node_call(m.body["node"], "run_instance", m.body["instance"]),
+            "run_instance": lambda m: self.node_call(
+                m.body["node"], "run_instance", self._with_attachment(m.body["node"], m.body["instance"])
+            ),
+            "network_sync": lambda m: self.network_sync(m.body["plan"]),
             "terminate_instance": lambda m: self.node_call(
                 m.body["node"], "terminate_instance", {"instance_id": m.body["instance_id"]}
             ),
@@ -122,6 +127,24 @@ class ClusterController:
             self.registry.release(node, str(body["instance_id"]))
         return result
 
+    # -- network ---------------------------------------------------------------------------------------------
+    def _with_attachment(self, node: str, instance: dict[str, Any]) -> dict[str, Any]:
+        """Tell the NC where on its host the instance's NIC goes (the CLC knows ports, not hosts)."""
+        nic = instance.get("nic")
+        if not nic or self.network is None:
+            return instance
+        return instance | {"nic": nic | {"attach": self.network.attachment(node, int(nic["vlan"]))}}
+
+    def network_sync(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """Apply the CLC's network plan (groups' VLANs, ingress rules, elastic NAT) to the router."""
+        if self.network is None:
+            return {"applied": False}
+        try:
+            self.network.apply(plan)
+        except NetError as exc:
+            raise CloudError("InvalidParameterValue", str(exc)) from exc
+        return {"applied": True}
+
     def describe_cluster(self) -> dict[str, Any]:
         """Every node with its last report and how old that report is (so a caller can judge absence)."""
         nodes = []
@@ -147,4 +170,5 @@ class ClusterController:
                     "instances": report.get("instances", []),
                 }
             )
-        return {"cluster": self.name, "policy": self.policy.name, "nodes": nodes}
+        network = self.network.describe() if self.network is not None else None
+        return {"cluster": self.name, "policy": self.policy.name, "nodes": nodes, "network": network}

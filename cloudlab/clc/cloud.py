@@ -18,13 +18,14 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.images import Images
 from cloudlab.clc.keypairs import KeyPairs
+from cloudlab.clc.network import InstanceNetworks, plan_digest
 from cloudlab.clc.states import (
     LIVE_STATES,
     REASON_GUEST_SHUTDOWN,
@@ -45,6 +46,8 @@ T = TypeVar("T")
 
 MAX_INSTANCES_PER_REQUEST = 1000
 RETRY_AFTER_S = 5.0
+NETWORK_SYNC_S = 0.5  # how soon a changed rule or association reaches the router
+NETWORK_RESYNC_S = 30.0  # the whole plan is sent again this often even when unchanged
 REASON_VANISHED = "Server.InstanceVanished: the VM was no longer on node {node} when the cloud checked"
 REASON_START_FAILED = "Server.InternalError: {message}"
 
@@ -89,7 +92,10 @@ class CloudController:
         self._services_lock = threading.Lock()
         seed_vm_types(store)
         # The resource services create their tables now, never inside a later transaction.
-        for service in (Tags, KeyPairs, SecurityGroups, Addresses):
+        self.cluster_subnets: dict[str, str] = {}
+        self._network_lock = threading.Lock()
+        self._network_sent: dict[str, tuple[str | None, float]] = {}
+        for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks):
             self.service(service)
 
     def service(self, cls: type[T]) -> T:
@@ -106,8 +112,20 @@ class CloudController:
 
     # -- clusters ------------------------------------------------------------------------------------
     def add_cluster(
-        self, name: str, zone: str, channel: Channel, *, network: str = "none", policy: str = "GREEDY"
+        self,
+        name: str,
+        zone: str,
+        channel: Channel,
+        *,
+        network: str = "none",
+        policy: str = "GREEDY",
+        subnet: str | None = None,
     ) -> None:
+        """Add (or re-add, after a restart) a cluster; one with a network gives its instances ports in ``subnet``."""
+        if network != "none":
+            if subnet is None:
+                raise ValueError(f"cluster {name} has network {network} but no subnet")
+            self.cluster_subnets[name] = subnet
         with self.store.transaction() as db:
             db.execute(
                 "INSERT INTO clusters (name, zone, network, policy, created) VALUES (?,?,?,?,?)"
@@ -277,6 +295,7 @@ class CloudController:
     ) -> dict[str, Any]:
         # Services first: creating one runs its schema script, which must not happen inside a transaction.
         key_pairs, groups, tags = self.service(KeyPairs), self.service(SecurityGroups), self.service(Tags)
+        networks = self.service(InstanceNetworks)
         if not is_valid_id(image_id, "ami"):
             raise CloudError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" (expecting "ami-...")')
         image = self.images.get(image_id)
@@ -344,6 +363,8 @@ class CloudController:
                     )
                     append_ledger(db, row, "pending", None, when=now)
                     groups.attach(db, instance_id, group_ids)
+                    if networks.has_network(link.name):
+                        networks.allocate(db, link.name, instance_id, group_ids[0])
                     inserted.append(
                         row | {"dispatched_at": None, "running_at": None, "terminated_at": None, "state_reason": None}
                     )
@@ -390,7 +411,13 @@ class CloudController:
             "owner": row["owner"],
             "image_id": row["image_id"],
             "instance_type": row["instance_type"],
+            "nic": self._nic(row),
         }
+
+    def _nic(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The instance's port, if its cluster has a network (the CC adds where on the node to attach it)."""
+        port = self.service(InstanceNetworks).port(row["instance_id"])
+        return None if port is None else asdict(port)
 
     def _dispatch_run(self, instance_id: str, kernel: str, ramdisk: str | None) -> None:
         row = self.instance(instance_id)
@@ -400,6 +427,7 @@ class CloudController:
         if link is None:
             return
         try:
+            self.sync_network(link.name)  # the instance's gateway must exist before its init asks for metadata
             result = link.channel.call(
                 "run_instance", {"node": row["node"], "instance": self._start_body(row, kernel, ramdisk)}
             )
@@ -576,6 +604,35 @@ class CloudController:
 
         self._thread = threading.Thread(target=loop, name="clc-reconcile", daemon=True)
         self._thread.start()
+        if self.cluster_subnets:
+            self._network_thread = threading.Thread(target=self._network_loop, name="clc-network", daemon=True)
+            self._network_thread.start()
+
+    # -- cluster networks -----------------------------------------------------------------------------------
+    def _network_loop(self) -> None:
+        """Keep every cluster's router in step with the records: a rule authorised, revoked or an address
+        associated takes effect within one period, and a restarted CC gets the whole plan again."""
+        while not self._stop.wait(NETWORK_SYNC_S):
+            for name in list(self.cluster_subnets):
+                try:
+                    self.sync_network(name)
+                except Exception as exc:
+                    log.warning("network of cluster %s not synchronised: %s", name, exc)
+
+    def sync_network(self, cluster: str, force: bool = False) -> bool:
+        """Send ``cluster``'s network plan to its CC if it changed (or ``force``); True if sent."""
+        link = self.clusters.get(cluster)
+        if link is None or cluster not in self.cluster_subnets:
+            return False
+        with self._network_lock:
+            plan = self.service(InstanceNetworks).plan(cluster)
+            digest = plan_digest(plan)
+            sent, when = self._network_sent.get(cluster, (None, 0.0))
+            if not force and digest == sent and time.monotonic() - when < NETWORK_RESYNC_S:
+                return False
+            link.channel.call("network_sync", {"plan": plan})
+            self._network_sent[cluster] = (digest, time.monotonic())
+            return True
 
     def stop(self) -> None:
         self._stop.set()

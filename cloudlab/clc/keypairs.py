@@ -108,6 +108,11 @@ def ed25519_fingerprint(public_key: ed25519.Ed25519PublicKey) -> str:
 # -- where the cloud keeps private keys it created -----------------------------------------------------------
 
 
+def held_private_keys(state_dir: Path, name: str) -> list[Path]:
+    """Every private key the cloud holds for key pairs called ``name`` (one per owner that created one)."""
+    return sorted((state_dir / "keys").glob(f"*/{private_key_path(state_dir, '-', name).name}"))
+
+
 def private_key_path(state_dir: Path, owner: str, name: str) -> Path:
     """Where the cloud keeps the private key of ``owner``'s created key pair ``name``.
 

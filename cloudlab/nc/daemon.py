@@ -55,6 +55,7 @@ def run_node(
     accel: str = "auto",
     accel_cache: Path | None = None,
     stop: threading.Event | None = None,
+    advertise: str | None = None,
 ) -> None:
     """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
     identity, ca_certificate = node_identity(pki_dir, name)
@@ -63,7 +64,8 @@ def run_node(
     dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
     node.register_routes(dispatcher)
     server = serve_http(dispatcher, host, port)
-    url = f"http://{host}:{server.server_port}"
+    # Behind a NAT the CC reaches this node at the NAT's forwarded address, not at the one it listens on.
+    url = advertise or f"http://{host}:{server.server_port}"
     cc = HttpChannel("cc", "cc", signer, verifier, cc_url, timeout=10)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

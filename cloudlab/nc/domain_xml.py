@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 METADATA_NS = "https://cloudlab.invalid/xmlns/instance/1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+#: PCI slot of a VDE NIC added through <qemu:commandline>: libvirt does not know the device, so it
+#: must not pick the slot for anything else.
+VDE_NIC_SLOT = 0x10
 # The image builder's tuned command line (fast TCG boot); see cloudlab.images.build.
 DEFAULT_CMDLINE = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
 
@@ -30,6 +34,19 @@ class DomainSpec:
     accel: str = "tcg"  # "kvm", "tcg" or "test" (libvirt's test driver)
     disk: Path | None = None  # the image's disk, attached read-only (shared by every instance of the image)
     metadata: dict[str, str] = field(default_factory=dict)
+    nic: Nic | None = None
+
+
+@dataclass(frozen=True)
+class Nic:
+    """The instance's one NIC: a tap on a bridge (direct) or QEMU's VDE back-end on a switch port (vde)."""
+
+    mac: str
+    address: str  # ADDR/PREFIX, set by the guest's init from the kernel command line
+    gateway: str
+    bridge: str | None = None
+    vde_sock: str | None = None
+    vde_port: int | None = None
 
 
 def build_domain_xml(spec: DomainSpec) -> str:
@@ -50,6 +67,8 @@ def build_domain_xml(spec: DomainSpec) -> str:
     if spec.ramdisk is not None:
         ET.SubElement(os_el, "initrd").text = str(spec.ramdisk)
     cmdline = f"{spec.cmdline} cloudlab.hostname={spec.instance_id}"
+    if spec.nic is not None:
+        cmdline += f" cloudlab.ip={spec.nic.address},{spec.nic.gateway}"
     ET.SubElement(os_el, "cmdline").text = cmdline
     features = ET.SubElement(dom, "features")
     ET.SubElement(features, "acpi")
@@ -76,8 +95,51 @@ def build_domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(devices, "controller", type="usb", model="none")  # nothing to plug in; one device less to boot
         rng = ET.SubElement(devices, "rng", model="virtio")
         ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
+    if spec.nic is not None:
+        _add_nic(dom, devices, spec.nic)
     ET.register_namespace("cloudlab", METADATA_NS)
+    ET.register_namespace("qemu", QEMU_NS)
     return ET.tostring(dom, encoding="unicode")
+
+
+def _add_nic(dom: ET.Element, devices: ET.Element, nic: Nic) -> None:
+    if nic.bridge is not None:
+        iface = ET.SubElement(devices, "interface", type="bridge")
+        ET.SubElement(iface, "mac", address=nic.mac)
+        ET.SubElement(iface, "source", bridge=nic.bridge)
+        ET.SubElement(iface, "model", type="virtio")
+        return
+    # libvirt has no VDE interface type; QEMU's own vde netdev is passed through.
+    commandline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+    netdev = f"vde,id=cln0,sock={nic.vde_sock},port={nic.vde_port}"
+    device = f"virtio-net-pci,netdev=cln0,mac={nic.mac},bus=pci.0,addr={VDE_NIC_SLOT:#x}"
+    for arg in ("-netdev", netdev, "-device", device):
+        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
+
+
+def tap_of(xml: str) -> str | None:
+    """The tap libvirt made for a running domain's bridged NIC."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    target = root.find("devices/interface/target")
+    return target.get("dev") if target is not None else None
+
+
+def vde_port_of(xml: str) -> int | None:
+    """The VDE switch port a domain's QEMU was given (so a restarted NC knows which ports are taken)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for arg in root.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"):
+        value = arg.get("value", "")
+        if value.startswith("vde,"):
+            for part in value.split(","):
+                if part.startswith("port="):
+                    return int(part[5:])
+    return None
 
 
 def read_metadata(xml: str) -> dict[str, str] | None:

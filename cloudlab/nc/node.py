@@ -18,9 +18,18 @@ from typing import Any
 import libvirt
 
 from cloudlab.errors import CloudError
-from cloudlab.nc.domain_xml import DEFAULT_CMDLINE, DomainSpec, build_domain_xml, read_metadata
+from cloudlab.nc.domain_xml import (
+    DEFAULT_CMDLINE,
+    DomainSpec,
+    Nic,
+    build_domain_xml,
+    read_metadata,
+    tap_of,
+    vde_port_of,
+)
 from cloudlab.nc.hypervisor import driver_kind, open_connection
 from cloudlab.nc.states import node_state
+from cloudlab.net import NetError, vde
 from cloudlab.rpc import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -232,7 +241,10 @@ class NodeController:
             console_log = instance_dir / "console.log"
             console_log.write_bytes(b"")
             accel = self.accelerator(kernel, ramdisk) if self.kind == "qemu" else "test"
+            nic_body = body.get("nic") if self.kind == "qemu" else None
+            nic = self._nic(nic_body) if nic_body else None
             spec = DomainSpec(
+                nic=nic,
                 instance_id=instance_id,
                 vcpus=vcpus,
                 memory_mb=memory_mb,
@@ -258,7 +270,11 @@ class NodeController:
             self._starting.add(instance_id)
         try:
             dom.create()
-        except libvirt.libvirtError as exc:
+            if nic is not None:
+                self._join_vlan(dom, nic, nic_body)
+        except (libvirt.libvirtError, NetError) as exc:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
             raise CloudError("InternalError", f"node {self.name} could not start {instance_id}: {exc}") from exc
@@ -272,6 +288,30 @@ class NodeController:
             "started_at": time.time(),
             "accel": accel,
         }
+
+    # -- NICs -------------------------------------------------------------------------------------------------
+    def _nic(self, body: dict[str, Any]) -> Nic:
+        """The NIC for a start request (the node's lock is held: a VDE port is picked among the free ones)."""
+        attach = body["attach"]
+        if attach["kind"] == "bridge":
+            return Nic(body["mac"], body["address"], body["gateway"], bridge=attach["bridge"])
+        taken = {vde_port_of(dom.XMLDesc(0)) for dom, _meta in self._domains().values()}
+        port = next((p for p in range(attach["first_port"], attach["last_port"] + 1) if p not in taken), None)
+        if port is None:
+            raise CloudError("InsufficientInstanceCapacity", f"node {self.name}'s VDE switch has no free port")
+        return Nic(body["mac"], body["address"], body["gateway"], vde_sock=attach["sock"], vde_port=port)
+
+    @staticmethod
+    def _join_vlan(dom: Any, nic: Nic, body: dict[str, Any]) -> None:
+        """Put the started instance's switch port into its security group's VLAN (untagged)."""
+        attach, vlan = body["attach"], int(body["vlan"])
+        if nic.bridge is not None:
+            if tap_of(dom.XMLDesc(0)) is None:
+                raise NetError(f"libvirt reported no tap for {dom.name()}")
+            return  # the group's own bridge is its segment: nothing more to do
+        else:
+            assert nic.vde_port is not None
+            vde.VdeManagement(Path(attach["mgmt"])).set_port_vlan(nic.vde_port, vlan)
 
     def terminate_instance(self, instance_id: str) -> dict[str, Any]:
         """Destroy and undefine; terminating something already gone is not an error."""

@@ -32,6 +32,7 @@ INSTANCE_FILTERS: dict[str, filters.Getter] = {
     "group-id": lambda i: [g["GroupId"] for g in i.get("SecurityGroups", [])],
     "group-name": lambda i: [g["GroupName"] for g in i.get("SecurityGroups", [])],
     "ip-address": lambda i: i.get("PublicIpAddress"),
+    "private-ip-address": lambda i: i.get("PrivateIpAddress"),
     "tag-key": lambda i: [t["Key"] for t in i.get("Tags", [])],
     "tag-value": lambda i: [t["Value"] for t in i.get("Tags", [])],
 }

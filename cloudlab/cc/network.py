@@ -1,0 +1,481 @@
+"""The cluster's network, built and owned by the cluster controller: namespaces, VDE or bridges, the router.
+
+On one machine every host of the cluster is a network namespace (Mininet-style) and so is the
+cluster's *outside*: the router and public side the cluster controller's host would have. The
+root namespace gets one veth into the outside (the controllers' underlay link) and nothing else.
+
+::
+
+    root ns ── veth ──┐                outside ns  (cl<id>-out: router, NAT, metadata, `cloudlab exec`)
+                      lan0 (underlay bridge, 10.253.0.0/24)
+                      │       │ gateways g<vlan>, 169.254.169.254 and elastic addresses on lo
+             host ns node-01  host ns node-02 (optionally behind a NAT namespace)
+             NC + libvirt     NC + libvirt
+             vde_switch ═════ vde_switch    (vde: switches joined by a cable the far host dials)
+             or br<vlan> per group (direct: one host)
+
+Each security group is one VLAN and one /24 (see ``cloudlab.clc.network``); the router holds every
+group's gateway on its own link into that segment (a veth to the group's bridge, or a tap on an access
+port of the group's VLAN on the first host's switch) and enforces the groups' ingress rules with
+nftables. Everything here is recreated from the plan the CLC sends, so applying the same plan twice
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cloudlab.net import NetError, firewall, links, netns, vde
+
+log = logging.getLogger(__name__)
+
+FLAVOURS = ("vde", "direct")
+NC_PORT = 8775  # every NC listens on this port in its own host namespace
+CABLE_BASE_PORT = 7100  # host i's cable listener on the first host: CABLE_BASE_PORT + i
+CABLE_PORT_BASE = 2  # cable ports on switches: 2 .. 15
+GATEWAY_PORT_BASE = 16  # the router's tap into VLAN v sits on port 16 + (v - 100) of the first host's switch
+FIRST_INSTANCE_PORT = 80  # instance ports on a switch: 80 .. SWITCH_PORTS-1
+SWITCH_PORTS = 256
+FIREWALL_TABLE = "cloudlab"
+FIRST_VLAN = 100  # as in cloudlab.clc.network (the CC does not import the CLC)
+METADATA_ADDRESS = "169.254.169.254"
+#: Elastic addresses are local addresses of the router (so they route, and DNAT sends them on to the
+#: instance). A dummy link would be tidier, but kernels without the dummy module exist (this CI's).
+PUBLIC_LINK = "lo"
+
+
+@dataclass
+class Host:
+    """One simulated host of the cluster: a namespace, an NC, a switch or bridge."""
+
+    node: str
+    index: int
+    namespace: str
+    address: str  # its address on the underlay (or behind its NAT)
+    behind_nat: bool = False
+    nat_namespace: str | None = None
+    public_address: str | None = None  # where the CC reaches it (its NAT's address when behind one)
+    switch: vde.VdeSwitch | None = None
+    cables: list[Any] = field(default_factory=list)
+
+
+class ClusterNetwork:
+    """Builds, supervises and tears down one cluster's network."""
+
+    def __init__(
+        self,
+        cluster: str,
+        flavour: str,
+        *,
+        prefix: str,
+        nodes: list[str],
+        subnet: str,
+        underlay: str,
+        run_dir: Path,
+        nat_nodes: list[str] | None = None,
+        cable: str = "tcp",
+    ) -> None:
+        if flavour not in FLAVOURS:
+            raise NetError(f"unknown network flavour {flavour!r}: use vde or direct")
+        nat_nodes = list(nat_nodes or [])
+        unknown = [n for n in nat_nodes if n not in nodes]
+        if unknown:
+            raise NetError(f"--nat-node {unknown[0]} is not a node of this cloud ({', '.join(nodes)})")
+        if flavour == "direct" and len(nodes) > 1:
+            raise NetError(
+                f"the direct network cannot span hosts (cluster {cluster} has {len(nodes)} nodes): "
+                "use --network vde for a cluster on several hosts, or --nodes 1"
+            )
+        if nodes and nodes[0] in nat_nodes:
+            raise NetError(f"the first node ({nodes[0]}) hosts the router and cannot sit behind a NAT: pick another")
+        if cable not in ("tcp", "ssh", "unix"):
+            raise NetError(f"unknown cable transport {cable!r}: use tcp, ssh or unix")
+        self.cluster = cluster
+        self.flavour = flavour
+        self.prefix = prefix
+        self.subnet = subnet
+        self.underlay = free_underlay(prefix) if underlay == "auto" else ipaddress.IPv4Network(underlay)
+        self.run_dir = run_dir
+        self.cable_kind = cable
+        self.outside = f"{prefix}-out"
+        self.root_link = prefix  # the veth end in the root namespace
+        hosts = list(self.underlay.hosts())
+        self.root_address = str(hosts[0])
+        self.router_address = str(hosts[1])
+        self.hosts: dict[str, Host] = {}
+        for i, node in enumerate(nodes, start=1):
+            behind = node in nat_nodes
+            host = Host(node, i, f"{prefix}-{node}", str(hosts[9 + i]), behind_nat=behind)
+            if behind:
+                host.nat_namespace = f"{prefix}-nat{i}"
+                host.public_address = str(hosts[39 + i])
+                host.address = f"192.168.{100 + i}.2"
+            else:
+                host.public_address = host.address
+            self.hosts[node] = host
+        self.gateway_plugs: dict[int, vde.TapPlug] = {}
+        self.vlans: set[int] = set()
+        self.public_ips: set[str] = set()
+        self.digest: str | None = None
+        self.history: list[str] = []
+        self._lock = threading.RLock()
+        self.built = False
+
+    # -- checks -------------------------------------------------------------------------------------------
+    def check(self, public_pool: str) -> None:
+        """Refuse, before building anything, what would collide: overlapping ranges, a missing tool."""
+        ranges = {"--subnet": self.subnet, "--underlay": str(self.underlay), "public pool": public_pool}
+        ipaddress.IPv4Network(self.subnet)  # a bad CIDR fails here with its own message
+        nets = {k: ipaddress.ip_network(v, strict=False) for k, v in ranges.items()}
+        names = list(nets)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if nets[a].overlaps(nets[b]):
+                    raise NetError(f"{a} {nets[a]} overlaps {b} {nets[b]}: choose ranges that do not overlap")
+        taken = host_routes(exclude=self.root_link)
+        for route, dev in taken:
+            # Only the underlay appears in the root namespace (instance subnets live in namespaces).
+            if self.underlay.overlaps(route):
+                raise NetError(
+                    f"--underlay {self.underlay} overlaps this host's route {route} on {dev}: "
+                    "start the cloud with another --underlay (or the default, auto)"
+                )
+        if self.flavour == "vde":
+            vde.require_binaries()
+        if shutil.which("nft") is None:
+            raise NetError("nft is missing: apt-get install nftables (or run make setup)")
+
+    # -- build --------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        """Namespaces, underlay, per-host switching, the router; undone completely if any step fails."""
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        self.built = True
+
+    def _build(self) -> None:
+        self.teardown()  # leftovers of a killed cloud with the same state folder
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        out = self.outside
+        netns.create(out)
+        links.bridge(out, "lan0", vlan_filtering=False)
+        links.add_address(out, "lan0", f"{self.router_address}/{self.underlay.prefixlen}")
+        links.sysctl(out, "net.ipv4.ip_forward", 1)
+        self._root_veth()
+        links.add_address(out, "lo", f"{METADATA_ADDRESS}/32")
+        for host in self.hosts.values():
+            self._build_host(host)
+        first = next(iter(self.hosts.values()))
+        if self.flavour == "vde":
+            for host in list(self.hosts.values())[1:]:
+                self._cable(first, host)
+        self.apply({"groups": [], "rules": [], "nats": []})
+
+    def _root_veth(self) -> None:
+        with IPRoute() as ipr:
+            try:
+                ipr.link("add", ifname=self.root_link, kind="veth", peer={"ifname": "up0", "net_ns_fd": self.outside})
+            except NetlinkError as exc:
+                raise NetError(f"cannot create the veth {self.root_link} into {self.outside}: {exc}") from exc
+            idx = ipr.link_lookup(ifname=self.root_link)[0]
+            ipr.addr("add", index=idx, address=self.root_address, prefixlen=self.underlay.prefixlen)
+            ipr.link("set", index=idx, state="up")
+        links.set_master(self.outside, "up0", "lan0")
+        links.up(self.outside, "up0")
+
+    def _build_host(self, host: Host) -> None:
+        ns = host.namespace
+        netns.create(ns)
+        prefixlen = self.underlay.prefixlen
+        if host.behind_nat:
+            assert host.nat_namespace is not None and host.public_address is not None
+            nat = host.nat_namespace
+            netns.create(nat)
+            links.veth(nat, "wan0", self.outside, f"n{host.index}")
+            links.set_master(self.outside, f"n{host.index}", "lan0")
+            links.add_address(nat, "wan0", f"{host.public_address}/{prefixlen}")
+            links.veth(nat, "in0", ns, "eth0")
+            inner = f"192.168.{100 + host.index}"
+            links.add_address(nat, "in0", f"{inner}.1/24")
+            links.add_address(ns, "eth0", f"{host.address}/24")
+            links.add_route(ns, "0.0.0.0/0", gateway=f"{inner}.1")
+            links.sysctl(nat, "net.ipv4.ip_forward", 1)
+            # Masquerade outgoing (the host dials out: registration, cables); forward only the NC's port in,
+            # as an administrator would for a node behind a home router.
+            netns.run(
+                nat,
+                ["nft", "-f", "-"],
+                input=(
+                    "table ip cloudlab_nat {\n"
+                    "  chain prerouting {\n"
+                    "    type nat hook prerouting priority dstnat;\n"
+                    f'    iifname "wan0" tcp dport {NC_PORT} dnat to {host.address}:{NC_PORT}\n'
+                    "  }\n"
+                    "  chain postrouting {\n"
+                    "    type nat hook postrouting priority srcnat;\n"
+                    '    oifname "wan0" masquerade\n'
+                    "  }\n"
+                    "}\n"
+                ),
+            )
+        else:
+            links.veth(ns, "eth0", self.outside, f"h{host.index}")
+            links.set_master(self.outside, f"h{host.index}", "lan0")
+            links.add_address(ns, "eth0", f"{host.address}/{prefixlen}")
+        if self.flavour == "vde":
+            host_dir = self.run_dir / host.node
+            host_dir.mkdir(parents=True, exist_ok=True)
+            host.switch = vde.VdeSwitch(
+                host_dir / "sw", host_dir / "mgmt", numports=SWITCH_PORTS, log=host_dir / "switch.log", netns=ns
+            )
+            host.switch.start()
+
+    def _cable(self, first: Host, host: Host) -> None:
+        """Join ``host``'s switch to the first host's: the far host dials, so a NAT in between does not matter."""
+        assert first.switch is not None and host.switch is not None
+        port_here = CABLE_PORT_BASE + host.index
+        if self.cable_kind == "unix":
+            cable: Any = vde.UnixCable(first.switch.sock, host.switch.sock, port_a=port_here, port_b=CABLE_PORT_BASE)
+            cable.start()
+            first.cables.append(cable)
+            return
+        tcp_port = CABLE_BASE_PORT + host.index
+        listener = vde.TcpCableListener(first.switch.sock, first.address, tcp_port, first.namespace,
+                                        port_on_switch=port_here)
+        listener.start()
+        first.cables.append(listener)
+        dialer = vde.TcpCableDialer(host.switch.sock, first.address, tcp_port, host.namespace,
+                                    port_on_switch=CABLE_PORT_BASE)
+        dialer.start()
+        host.cables.append(dialer)
+
+    @staticmethod
+    def _wait_link(ns: str, ifname: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if links.exists(ns, ifname):
+                return
+            time.sleep(0.05)
+        raise NetError(f"{ifname} did not appear in {ns} within {timeout_s:.0f} s (see the plug's log)")
+
+    # -- the plan -------------------------------------------------------------------------------------------
+    def apply(self, plan: dict[str, Any]) -> None:
+        """Make the router match ``plan`` (groups' VLANs and gateways, ingress rules, NAT)."""
+        with self._lock:
+            groups = [firewall.GroupNet(**{k: g[k] for k in ("group_id", "vlan", "subnet", "gateway")})
+                      for g in plan["groups"]]
+            for group in groups:
+                if group.vlan not in self.vlans:
+                    self._add_vlan(group)
+            wanted_public = {n["public_ip"] for n in plan["nats"]}
+            for ip in sorted(wanted_public - self.public_ips):
+                links.add_address(self.outside, PUBLIC_LINK, f"{ip}/32")
+            for ip in sorted(self.public_ips - wanted_public):
+                links.del_address(self.outside, PUBLIC_LINK, f"{ip}/32")
+            self.public_ips = wanted_public
+            ruleset = firewall.cluster_ruleset(
+                FIREWALL_TABLE,
+                groups,
+                [firewall.IngressRule(**r) for r in plan["rules"]],
+                [firewall.ElasticNat(n["public_ip"], n["private_ip"]) for n in plan["nats"]],
+            )
+            firewall.apply(self.outside, ruleset)
+
+    def _add_vlan(self, group: firewall.GroupNet) -> None:
+        """Give ``group`` its layer-2 segment on every host and its gateway ``g<vlan>`` on the router.
+
+        direct: one bridge per group (``br<vlan>``) joined to the router by a veth. (A single
+        VLAN-filtering bridge would do the same with one device, but kernels without
+        CONFIG_BRIDGE_VLAN_FILTERING and 802.1Q exist, this CI's among them; a bridge per group works on all.)
+        vde: a VLAN on every switch, tagged on the cables, and a tap plugged into an access port of it.
+        """
+        vid = group.vlan
+        prefixlen = ipaddress.IPv4Network(group.subnet).prefixlen
+        first = next(iter(self.hosts.values()))
+        gateway_link = f"g{vid}"
+        if self.flavour == "direct":
+            links.bridge(first.namespace, f"br{vid}", vlan_filtering=False)
+            links.veth(first.namespace, f"t{vid}", self.outside, gateway_link)
+            links.set_master(first.namespace, f"t{vid}", f"br{vid}")
+        else:
+            for host in self.hosts.values():
+                assert host.switch is not None
+                host.switch.create_vlan(vid)
+                if host is first:
+                    trunk_ports = [CABLE_PORT_BASE + h.index for h in self.hosts.values() if h is not first]
+                else:
+                    trunk_ports = [CABLE_PORT_BASE]
+                for port in trunk_ports:
+                    host.switch.add_tagged(vid, port)
+            assert first.switch is not None
+            port = GATEWAY_PORT_BASE + (vid - FIRST_VLAN)
+            plug = vde.TapPlug(first.switch.sock, gateway_link, self.outside, port=port)
+            plug.start()
+            self._wait_link(self.outside, gateway_link)
+            first.switch.set_port_vlan(port, vid)
+            links.up(self.outside, gateway_link)
+            self.gateway_plugs[vid] = plug
+        links.add_address(self.outside, gateway_link, f"{group.gateway}/{prefixlen}")
+        self.vlans.add(vid)
+
+    # -- what a node needs -----------------------------------------------------------------------------------
+    def attachment(self, node: str, vlan: int) -> dict[str, Any]:
+        """How ``node``'s NC attaches a NIC in ``vlan`` (added by the CC to each start request)."""
+        host = self.hosts[node]
+        if self.flavour == "direct":
+            return {"kind": "bridge", "bridge": f"br{vlan}", "netns": host.namespace}
+        assert host.switch is not None
+        return {
+            "kind": "vde",
+            "sock": str(host.switch.sock),
+            "mgmt": str(host.switch.mgmt),
+            "netns": host.namespace,
+            "first_port": FIRST_INSTANCE_PORT,
+            "last_port": SWITCH_PORTS - 1,
+        }
+
+    def nc_endpoint(self, node: str) -> tuple[str, str, str]:
+        """(namespace, listen address, advertised URL) of ``node``'s NC."""
+        host = self.hosts[node]
+        return host.namespace, host.address, f"http://{host.public_address}:{NC_PORT}"
+
+    # -- supervision ------------------------------------------------------------------------------------------
+    def processes(self) -> list[tuple[str, Any]]:
+        found: list[tuple[str, Any]] = []
+        for host in self.hosts.values():
+            if host.switch is not None:
+                found.append((f"switch {host.node}", host.switch))
+            for cable in host.cables:
+                found.append((f"cable {host.node}", cable))
+        for vid, plug in sorted(self.gateway_plugs.items()):
+            found.append((f"gateway plug {vid}", plug))
+        return found
+
+    def supervise_once(self) -> list[str]:
+        """Restart dead switches, cables and plugs; return what happened (for the log and status)."""
+        events: list[str] = []
+        with self._lock:
+            for label, proc in self.processes():
+                if proc.alive():
+                    continue
+                try:
+                    proc.restart()
+                    event = f"{time.strftime('%H:%M:%S')} {label} died; restarted"
+                    if label.startswith("switch"):
+                        event += " (instances attached before must be stopped and started to reconnect)"
+                        self._reattach_after_switch(label.split(" ", 1)[1])
+                except Exception as exc:  # reported, retried on the next round
+                    event = f"{time.strftime('%H:%M:%S')} {label} died; restart failed: {exc}"
+                log.warning("cluster %s: %s", self.cluster, event)
+                events.append(event)
+                self.history.append(event)
+        del self.history[:-20]
+        return events
+
+    def _reattach_after_switch(self, node: str) -> None:
+        """A restarted switch loses its connections: the plugs and cables into it must dial again."""
+        host = self.hosts[node]
+        for cable in host.cables:
+            if cable.alive():
+                cable.restart()
+        if host is next(iter(self.hosts.values())):
+            for plug in self.gateway_plugs.values():
+                plug.restart()
+        for other in self.hosts.values():
+            if other is not host:
+                for cable in other.cables:
+                    cable.restart()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "flavour": self.flavour,
+            "subnet": self.subnet,
+            "underlay": str(self.underlay),
+            "namespaces": {"outside": self.outside, **{h.node: h.namespace for h in self.hosts.values()},
+                           **{f"nat {h.node}": h.nat_namespace for h in self.hosts.values() if h.nat_namespace}},
+            "hosts": [
+                {"node": h.node, "namespace": h.namespace, "address": h.address, "behind_nat": h.behind_nat,
+                 "reached_at": h.public_address}
+                for h in self.hosts.values()
+            ],
+            "processes": [{"role": label} | proc.describe() for label, proc in self.processes()],
+            "vlans": sorted(self.vlans),
+            "public_ips": sorted(self.public_ips),
+            "history": self.history[-10:],
+            "healthy": all(proc.alive() for _, proc in self.processes()),
+        }
+
+    # -- teardown ----------------------------------------------------------------------------------------------
+    def teardown(self) -> None:
+        """Stop every process and remove every namespace and link this cluster made (idempotent)."""
+        for _label, proc in reversed(self.processes()):
+            try:
+                proc.stop()
+            except Exception as exc:
+                log.warning("stopping %s failed: %s", _label, exc)
+        self.gateway_plugs = {}
+        for host in self.hosts.values():
+            host.switch = None
+            host.cables = []
+        sweep(self.prefix)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.vlans.clear()
+        self.public_ips.clear()
+        self.built = False
+
+
+def host_routes(exclude: str | None = None) -> list[tuple[ipaddress.IPv4Network, str]]:
+    """The root namespace's IPv4 routes (not the default route, loopback or ``exclude``'s) with their devices."""
+    found = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for route in ipr.get_routes(family=2):
+            dst = route.get_attr("RTA_DST")
+            if dst is None:
+                continue  # the default route: cloudlab never sends there, so it cannot collide
+            net = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False)
+            dev = names.get(route.get_attr("RTA_OIF"), "?")
+            if dev != exclude and not net.is_loopback:
+                found.append((net, dev))
+    return found
+
+
+def free_underlay(prefix: str) -> ipaddress.IPv4Network:
+    """The first 10.253.N.0/24 no route of this host uses (so several clouds can run side by side)."""
+    taken = [net for net, dev in host_routes(exclude=prefix)]
+    for n in range(256):
+        candidate = ipaddress.IPv4Network(f"10.253.{n}.0/24")
+        if not any(candidate.overlaps(t) for t in taken):
+            return candidate
+    raise NetError("no free /24 in 10.253.0.0/16 for the underlay: pass --underlay CIDR")
+
+
+def sweep(prefix: str) -> list[str]:
+    """Remove every namespace named ``<prefix>-*`` (killing what runs inside) and the root veth ``prefix``."""
+    removed = []
+    for name in netns.names(prefix + "-"):
+        netns.kill_all(name)
+        netns.remove(name)
+        removed.append(name)
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=prefix)
+        if found:
+            try:
+                ipr.link("del", index=found[0])
+                removed.append(prefix)
+            except NetlinkError as exc:
+                if exc.code != 19:
+                    raise
+    return removed

@@ -1,0 +1,366 @@
+"""Whole clouds with real networks: instances boot on a direct or VDE network, fetch their key and user
+data from the metadata service, answer SSH, and the security groups, elastic addresses, supervision
+and teardown behave as EC2 users expect.
+
+Every address used here belongs to the cloud's own namespaces; before sending, each test checks that
+the route to it from the outside namespace is one of cloudlab's interfaces, never a default route.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudlab import control
+from cloudlab.client import connect
+from cloudlab.net import NetError, links, netns
+from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
+
+pytestmark = pytest.mark.vm
+
+USER_DATA = "#!/bin/sh\necho user-data-ran-$(hostname)\n"
+
+
+def _requirements() -> str | None:
+    reason = vm_requirements()
+    if reason:
+        return reason
+    for tool in ("vde_switch", "vde_plug", "nft", "ssh"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
+            return f"{tool} is not installed (make test installs it)"
+    return None
+
+
+def cli(cloud: RunningCloud, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "--state", str(cloud.layout.root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def outside(cloud: RunningCloud) -> str:
+    return f"{cloud.layout.network_prefix}-out"
+
+
+def assert_cloudlab_route(cloud: RunningCloud, address: str) -> None:
+    """The outside namespace reaches ``address`` through cloudlab's own links, never a default route."""
+    route = links.route_get(outside(cloud), address)
+    assert route.get("gateway") is None, route
+    assert route["dev"] == "lo" or re.fullmatch(r"g\d+", route["dev"]), route
+
+
+def route_dev(cloud: RunningCloud, address: str) -> str | None:
+    """The outside namespace's device towards ``address``, or None while there is no route."""
+    try:
+        return links.route_get(outside(cloud), address)["dev"]
+    except NetError:
+        return None
+
+
+def ssh(cloud: RunningCloud, instance_id: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return cli(cloud, "ssh", instance_id, "--", command, timeout=timeout)
+
+
+def wait_for(check: Any, timeout: float, what: str, every: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what} not within {timeout:.0f} s (last: {last!r})")
+
+
+def tcp_open(cloud: RunningCloud, client_id: str, address: str, port: int) -> bool:
+    """Whether a TCP connection from instance ``client_id`` to ``address:port`` is accepted (bounded: 2 s)."""
+    result = ssh(cloud, client_id, f"echo probe | nc -w 2 {address} {port} >/dev/null 2>&1 && echo OPEN || echo SHUT")
+    return "OPEN" in result.stdout
+
+
+def launch(ec2: Any, image: str, count: int, group_ids: list[str], key: str) -> list[dict[str, Any]]:
+    reply = ec2.run_instances(
+        ImageId=image,
+        MinCount=count,
+        MaxCount=count,
+        KeyName=key,
+        SecurityGroupIds=group_ids,
+        UserData=USER_DATA,
+    )
+    return reply["Instances"]
+
+
+def describe(ec2: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    found = ec2.describe_instances(InstanceIds=ids)
+    return {i["InstanceId"]: i for r in found["Reservations"] for i in r["Instances"]}
+
+
+def no_leftovers(cloud: RunningCloud) -> None:
+    prefix = cloud.layout.network_prefix
+    assert netns.names(prefix + "-") == []
+    assert not Path(f"/sys/class/net/{prefix}").exists()
+    assert control.leftover_qemu(cloud.layout, (b"vde_switch", b"vde_plug", b"qemu-system")) == []
+
+
+# -- the direct flavour ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def direct_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    cloud = start_cloud(tmp_path_factory.mktemp("direct") / "state", network="direct", node_vcpus=4,
+                        node_memory_mb=1024)
+    yield cloud
+    control.down(cloud.layout)
+    no_leftovers(cloud)
+
+
+@pytest.fixture(scope="module")
+def direct_instances(direct_cloud: RunningCloud) -> dict[str, Any]:
+    """Two instances in group "web" and one in group "db", each with a key pair and user data."""
+    ec2 = direct_cloud.ec2()
+    ec2.create_key_pair(KeyName="netkey", KeyType="ed25519")
+    web = ec2.create_security_group(GroupName="web", Description="web tier")["GroupId"]
+    db = ec2.create_security_group(GroupName="db", Description="database tier")["GroupId"]
+    for group in (web, db):
+        ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22,
+                                             CidrIp="0.0.0.0/0")
+    image = default_image(ec2)
+    a, b = launch(ec2, image, 2, [web], "netkey")
+    (c,) = launch(ec2, image, 1, [db], "netkey")
+    ids = [a["InstanceId"], b["InstanceId"], c["InstanceId"]]
+    connect(str(direct_cloud.layout.root)).wait_booted(ids, timeout=180)
+    return {"ids": ids, "web": web, "db": db, "ec2": ec2}
+
+
+def test_instances_get_addresses_in_their_groups_subnets(direct_cloud: RunningCloud, direct_instances: dict) -> None:
+    ec2 = direct_instances["ec2"]
+    a, b, c = direct_instances["ids"]
+    found = describe(ec2, [a, b, c])
+    addresses = {i: ipaddress.ip_address(found[i]["PrivateIpAddress"]) for i in (a, b, c)}
+    subnet = ipaddress.ip_network("10.211.0.0/16")
+    assert all(addr in subnet for addr in addresses.values())
+    assert len(set(addresses.values())) == 3
+    # Same group, same /24; other group, another /24 (Eucalyptus' managed mode).
+    web_net = ipaddress.ip_network(f"{addresses[a]}/24", strict=False)
+    assert addresses[b] in web_net
+    assert addresses[c] not in web_net
+    filtered = ec2.describe_instances(Filters=[{"Name": "private-ip-address", "Values": [str(addresses[c])]}])
+    assert [i["InstanceId"] for r in filtered["Reservations"] for i in r["Instances"]] == [c]
+
+
+def test_guests_fetch_key_and_user_data_from_the_metadata_service(
+    direct_cloud: RunningCloud, direct_instances: dict
+) -> None:
+    ec2 = direct_instances["ec2"]
+    for instance_id in direct_instances["ids"]:
+        console = ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+        assert f"cloudlab-metadata: instance-id={instance_id} key=yes user-data=yes" in console, console[-2000:]
+
+
+def test_ssh_with_the_created_key_runs_commands_and_returns_their_status(
+    direct_cloud: RunningCloud, direct_instances: dict
+) -> None:
+    a = direct_instances["ids"][0]
+    address = describe(direct_instances["ec2"], [a])[a]["PrivateIpAddress"]
+    assert_cloudlab_route(direct_cloud, address)
+    # (user data runs in the background after the boot marker: wait for its output, bounded)
+    wait_for(lambda: f"user-data-ran-{a}" in ssh(direct_cloud, a, "cat /var/log/user-data.log").stdout, 60,
+             "the user data's output over SSH with the launch key")
+    assert ssh(direct_cloud, a, "exit 7").returncode == 7
+    # Plain OpenSSH from `cloudlab exec`, with the private key as CreateKeyPair returned it.
+    key = next((direct_cloud.layout.root / "keys").glob("*/netkey.pem"))
+    plain = cli(direct_cloud, "exec", "--", "ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
+                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"root@{address}", "hostname")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == a
+
+
+def test_same_group_talks_on_its_vlan(direct_cloud: RunningCloud, direct_instances: dict) -> None:
+    a, b, _c = direct_instances["ids"]
+    b_address = describe(direct_instances["ec2"], [b])[b]["PrivateIpAddress"]
+    result = ssh(direct_cloud, a, f"ping -c 2 -W 2 {b_address}")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ingress_rules_take_effect_on_running_instances_and_stop_when_revoked(
+    direct_cloud: RunningCloud, direct_instances: dict
+) -> None:
+    ec2 = direct_instances["ec2"]
+    a, _b, c = direct_instances["ids"]
+    c_address = describe(ec2, [c])[c]["PrivateIpAddress"]
+    assert ssh(direct_cloud, c, "iperf3 -s -D -p 5201").returncode == 0
+    assert not tcp_open(direct_cloud, a, c_address, 5201), "db must not accept 5201 before a rule allows it"
+    permission = {
+        "IpProtocol": "tcp",
+        "FromPort": 5201,
+        "ToPort": 5201,
+        "UserIdGroupPairs": [{"GroupId": direct_instances["web"]}],
+    }
+    ec2.authorize_security_group_ingress(GroupId=direct_instances["db"], IpPermissions=[permission])
+    wait_for(lambda: tcp_open(direct_cloud, a, c_address, 5201), 20, "the authorised rule")
+    ec2.revoke_security_group_ingress(GroupId=direct_instances["db"], IpPermissions=[permission])
+    wait_for(lambda: not tcp_open(direct_cloud, a, c_address, 5201), 20, "the revoked rule")
+
+
+def test_elastic_address_is_nated_to_the_instance(direct_cloud: RunningCloud, direct_instances: dict) -> None:
+    ec2 = direct_instances["ec2"]
+    c = direct_instances["ids"][2]
+    allocation = ec2.allocate_address(Domain="vpc")
+    public_ip = allocation["PublicIp"]
+    association = ec2.associate_address(AllocationId=allocation["AllocationId"], InstanceId=c)
+    try:
+        assert describe(ec2, [c])[c]["PublicIpAddress"] == public_ip
+        wait_for(lambda: route_dev(direct_cloud, public_ip) == "lo", 10, "the public address on the router")
+        assert_cloudlab_route(direct_cloud, public_ip)
+        result = wait_for(lambda: (r := cli(direct_cloud, "ssh", "--public", c, "--", "hostname")).returncode == 0
+                          and r, 30, "SSH to the elastic address")
+        assert result.stdout.strip() == c
+        metadata = ssh(direct_cloud, c, "wget -q -O - http://169.254.169.254/latest/meta-data/public-ipv4")
+        assert metadata.stdout.strip() == public_ip
+    finally:
+        ec2.disassociate_address(AssociationId=association["AssociationId"])
+    wait_for(
+        lambda: all(not a.startswith(public_ip + "/") for a in links.addresses(outside(direct_cloud), "lo")),
+        10,
+        "the router to drop the disassociated address",
+    )
+    probe = f"busybox nc -w 2 {public_ip} 22 </dev/null >/dev/null 2>&1 && echo ANSWERS || echo GONE"
+    result = cli(direct_cloud, "exec", "--", "sh", "-c", probe)
+    assert result.stdout.strip() == "GONE"
+    ec2.release_address(AllocationId=allocation["AllocationId"])
+
+
+def test_status_json_lists_the_network(direct_cloud: RunningCloud, direct_instances: dict) -> None:
+    status = json.loads(cli(direct_cloud, "status", "--json").stdout)
+    network = status["clusters"][0]["network_detail"]
+    assert status["clusters"][0]["network"] == "direct"
+    assert network["flavour"] == "direct"
+    assert network["namespaces"]["outside"] == outside(direct_cloud)
+    assert all(netns.exists(ns) for ns in network["namespaces"].values())
+    assert network["vlans"]  # the two groups in use
+
+
+def test_user_data_metadata_endpoints_answer_from_inside(direct_cloud: RunningCloud, direct_instances: dict) -> None:
+    a = direct_instances["ids"][0]
+    out = ssh(direct_cloud, a, "wget -q -O - http://169.254.169.254/latest/meta-data/instance-id; echo;"
+                               " wget -q -O - http://169.254.169.254/latest/user-data | base64").stdout.split()
+    assert out[0] == a
+    assert base64.b64decode("".join(out[1:])).decode() == USER_DATA
+
+
+# -- the VDE flavour across two hosts, one behind a NAT ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vde_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    cloud = start_cloud(
+        tmp_path_factory.mktemp("vde") / "state",
+        network="vde",
+        nodes=2,
+        nat_nodes=["node-02"],
+        scheduler="ROUNDROBIN",
+        node_vcpus=2,
+        node_memory_mb=512,
+    )
+    yield cloud
+    control.down(cloud.layout)
+    no_leftovers(cloud)
+
+
+def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud: RunningCloud) -> None:
+    ec2 = vde_cloud.ec2()
+    ec2.create_key_pair(KeyName="vdekey")
+    group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22,
+                                         CidrIp="0.0.0.0/0")
+    instances = launch(ec2, default_image(ec2), 2, [group], "vdekey")
+    ids = [i["InstanceId"] for i in instances]
+    connect(str(vde_cloud.layout.root)).wait_booted(ids, timeout=180)
+    found = describe(ec2, ids)
+    assert {found[i]["Placement"]["HostId"] for i in ids} == {"node-01", "node-02"}
+    behind_nat = next(i for i in ids if found[i]["Placement"]["HostId"] == "node-02")
+    other = next(i for i in ids if i != behind_nat)
+    # SSH to the instance on the NATed host goes router -> switch 1 -> cable -> switch 2.
+    result = wait_for(lambda: (r := ssh(vde_cloud, behind_nat, "hostname")).returncode == 0 and r, 60,
+                      "SSH across the cable")
+    assert result.stdout.strip() == behind_nat
+    ping = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 {found[other]['PrivateIpAddress']}")
+    assert ping.returncode == 0, ping.stdout
+
+    status = json.loads(cli(vde_cloud, "status", "--json").stdout)
+    network = status["clusters"][0]["network_detail"]
+    assert network["flavour"] == "vde"
+    roles = {p["role"] for p in network["processes"]}
+    assert {"switch node-01", "switch node-02", "cable node-02"} <= roles
+    assert any(role.startswith("gateway plug ") for role in roles)
+    assert any(h["behind_nat"] for h in network["hosts"])
+    assert network["healthy"]
+
+    # Kill the cable the NATed host dialled: the supervisor notices, dials again, traffic flows again.
+    cable = next(p for p in network["processes"] if p["role"] == "cable node-02")
+    os.kill(cable["pid"], signal.SIGKILL)
+
+    def repaired() -> bool:
+        detail = json.loads(cli(vde_cloud, "status", "--json").stdout)["clusters"][0]["network_detail"]
+        return detail["healthy"] and any("cable node-02" in h for h in detail["history"])
+
+    wait_for(repaired, 20, "the cable's restart")
+    wait_for(lambda: ssh(vde_cloud, behind_nat, "true").returncode == 0, 30, "SSH after the cable came back")
+    assert set(describe(ec2, ids)) == set(ids)  # the records are intact
+
+
+# -- bad input: a clear one-line error, and nothing built ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--network", "direct", "--nodes", "2"], "direct network cannot span hosts"),
+        (["--network", "vde", "--subnet", "198.51.100.0/25"], "overlaps public pool"),
+        (["--network", "vde", "--subnet", "10.253.0.0/16", "--underlay", "10.253.7.0/24"], "overlaps --underlay"),
+        (["--network", "vde", "--nodes", "2", "--nat-node", "node-01"], "cannot sit behind a NAT"),
+        (["--network", "vde", "--nat-node", "node-07"], "not a node of this cloud"),
+        (["--network", "vde", "--subnet", "10.0.0.300/16"], "does not appear to be an IPv4 or IPv6 network"),
+    ],
+)
+def test_bad_network_options_are_refused_before_anything_is_built(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("network clouds need root (CI runs as root)")
+    state = tmp_path / "state"
+    result = subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "--state", str(state), "up", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    from cloudlab.paths import StateLayout
+
+    layout = StateLayout(state)
+    assert netns.names(layout.network_prefix + "-") == []
+    assert control.endpoint(layout) is None
