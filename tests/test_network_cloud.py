@@ -329,6 +329,21 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     wait_for(lambda: ssh(vde_cloud, behind_nat, "true").returncode == 0, 30, "SSH after the cable came back")
     assert set(describe(ec2, ids)) == set(ids)  # the records are intact
 
+    # Kill a switch: it is restarted with its VLANs, its cables dial again, and status says that the
+    # instances plugged into it (QEMU's VDE back-end does not reconnect) need a stop and start.
+    switch = next(p for p in network["processes"] if p["role"] == "switch node-02")
+    os.kill(switch["pid"], signal.SIGKILL)
+
+    def switch_back() -> list[str] | None:
+        detail = json.loads(cli(vde_cloud, "status", "--json").stdout)["clusters"][0]["network_detail"]
+        events = [h for h in detail["history"] if "switch node-02 died; restarted" in h]
+        return events if detail["healthy"] and events else None
+
+    events = wait_for(switch_back, 20, "the switch's restart")
+    assert "stopped and started" in events[-1]
+    states = {i: found["State"]["Name"] for i, found in describe(ec2, ids).items()}
+    assert states == {i: "running" for i in ids}
+
 
 # -- bad input: a clear one-line error, and nothing built ----------------------------------------------------------
 
@@ -364,3 +379,20 @@ def test_bad_network_options_are_refused_before_anything_is_built(
     layout = StateLayout(state)
     assert netns.names(layout.network_prefix + "-") == []
     assert control.endpoint(layout) is None
+
+
+def test_workloads_run_in_instances_and_return_dataframes(
+    direct_cloud: RunningCloud, direct_instances: dict
+) -> None:
+    from cloudlab.bench.workloads import cpu_burn_on, iperf_between, ping_between
+
+    a, b, _c = direct_instances["ids"]
+    cloud = connect(str(direct_cloud.layout.root))
+    throughput = iperf_between(cloud, server_id=b, client_id=a, duration_s=1, progress=False)
+    assert list(throughput["client"]) == [a]
+    assert throughput["gbit_s"].iloc[0] > 0
+    assert throughput["retransmits"].iloc[0] >= 0
+    rtt = ping_between(cloud, a, b, count=3)
+    assert rtt["loss_pct"].iloc[0] == 0 and rtt["rtt_ms"].iloc[0] > 0
+    burn = cpu_burn_on(cloud, [a], seconds=1, progress=False)
+    assert burn.columns[0] == "instance_id" and len(burn) == 1

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cloudlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="results", help="folder for the results (default results/)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per boot measurement (default 5)")
-    parser.add_argument("--only", default="boot,footprint,scale,api", help="comma-separated parts to run")
+    parser.add_argument("--only", default="boot,footprint,scale,api,network", help="comma-separated parts to run")
+    parser.add_argument("--network-repeats", type=int, default=3, help="repeats per path in part network (default 3)")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load duration per side in part api")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
@@ -77,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     results["environment"] = describe_environment(accel)
     results["targets"] = TARGETS
     out = Path(args.output)
+    if "network" in parts:
+        from cloudlab.bench.network import main as network_main
+
+        say("network paths: cloudlab direct and vde against the same paths built by hand, VDE cables")
+        network_main(
+            ["--output", str(out), "--repeats", str(args.network_repeats), "--chart", "--variants",
+             "--transports", "unix,tcp,ssh,udp,vxvde"]
+        )
+        parts.discard("network")
+        if not parts:
+            return 0
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = out / f"bench-foundation-{stamp}.json"

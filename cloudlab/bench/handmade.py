@@ -1,0 +1,550 @@
+"""Network paths built BY HAND with the plain tools, as a researcher would type them: the baselines
+cloudlab's own paths are compared with.
+
+Each builder is a context manager yielding a ``PathUnderTest``: two ends (``Remote``), the server's
+address, and what was built. Everything lives in network namespaces named ``clb<6 hex>-hand-<role>``; the
+root namespace gets nothing. On exit (also on error) every process started is killed, every
+process left inside the namespaces is killed, and the namespaces are deleted.
+
+- ``namespaces_bridge()``   two namespaces, veth into a third one holding a Linux bridge
+- ``namespaces_vde()``      two namespaces, a tap each, joined to one vde_switch by ``vde_plug``
+- ``vms_bridge(image)``     two TCG VMs on taps on a Linux bridge, measured VM-to-VM over SSH
+- ``vms_vde(image)``        two TCG VMs on one vde_switch through QEMU's ``vde`` netdev
+- ``cable_path(transport)`` two hosts, a vde_switch each, joined by a cable over unix/tcp/ssh/udp/vxvde
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudlab.bench.remote import NamespaceRemote, Remote, SshRemote, netns_argv
+
+PREFIX = "clb"
+MARK = "hand"  # clb<hex>-hand-<role>: cloudlab's own namespaces share the clb<hex>- prefix, never this mark
+NET = "10.77.0"  # the measured L2 segment, only ever inside our namespaces
+UNDERLAY = "10.78.0"  # the hosts' own link a cable runs over (tcp, ssh, udp, vxvde)
+TRANSPORTS = ("unix", "tcp", "ssh", "udp", "vxvde")
+GUEST_CMDLINE = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
+
+
+@dataclass
+class PathUnderTest:
+    kind: str
+    label: str
+    built_by: str
+    server: Remote
+    client: Remote
+    server_address: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
+    started = time.monotonic()
+    for _ in range(int(timeout / interval) + 1):
+        if predicate():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            break
+        time.sleep(interval)
+    raise BuildError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Lab:
+    """Namespaces, processes and a scratch folder for one hand-built path; ``close()`` removes them all."""
+
+    def __init__(self) -> None:
+        self.tag = PREFIX + secrets.token_hex(3)
+        self.namespaces: list[str] = []
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+
+    # -- plain tools -------------------------------------------------------------------------------
+    def sh(self, *argv: str, timeout: float = 20) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise BuildError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
+        return done.stdout
+
+    def ip(self, netns: str, *args: str) -> str:
+        return self.sh("ip", "-n", netns, *args)
+
+    def netns(self, role: str) -> str:
+        name = f"{self.tag}-{MARK}-{role}"
+        self.sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self.ip(name, "link", "set", "lo", "up")
+        return name
+
+    def spawn(self, what: str, argv: list[str], netns: str | None = None, **kwargs: Any) -> subprocess.Popen:
+        log = open(self.tmp / f"{what}.log", "ab")  # noqa: SIM115 - the child owns it
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", log)
+        proc = subprocess.Popen([*netns_argv(netns), *argv], stderr=log, start_new_session=True, **kwargs)
+        log.close()
+        self.processes.append((what, proc))
+        return proc
+
+    def log(self, what: str) -> str:
+        path = self.tmp / f"{what}.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+    def alive(self, what: str, proc: subprocess.Popen) -> None:
+        if proc.poll() is not None:
+            raise BuildError(f"{what} exited ({proc.returncode}): {self.log(what).strip()}")
+
+    def check_route(self, netns: str, address: str, dev: str) -> dict[str, Any]:
+        """Refuse to send unless ``address`` is reached directly through our own ``dev`` in ``netns``."""
+        routes = json.loads(self.sh("ip", "-n", netns, "-j", "route", "get", address) or "[]")
+        route = routes[0] if routes else {}
+        if route.get("dev") != dev or route.get("gateway"):
+            raise BuildError(f"in {netns}, {address} is routed {route}, not directly via {dev}")
+        return route
+
+    def ping_ok(self, netns: str, address: str) -> bool:
+        done = subprocess.run(
+            [*netns_argv(netns), "busybox", "ping", "-c", "1", "-W", "1", "-w", "2", address],
+            capture_output=True,
+            timeout=10,
+        )
+        return done.returncode == 0
+
+    # -- VDE ---------------------------------------------------------------------------------------
+    def vde_switch(self, name: str, netns: str) -> Path:
+        sock = self.tmp / name
+        # vde_switch's console reads stdin; a pipe we hold keeps it from seeing EOF and quitting.
+        proc = self.spawn(f"switch-{name}", ["vde_switch", "-s", str(sock)], netns, stdin=subprocess.PIPE)
+        _wait(lambda: (sock / "ctl").exists() or proc.poll() is not None, 10, f"vde_switch {name}")
+        self.alive(f"switch-{name}", proc)
+        return sock
+
+    def vde_tap(self, sock: Path | str, netns: str, tap: str, address: str | None) -> None:
+        """``vde_plug vde://SOCK tap://TAP`` run inside ``netns``, so the tap is made there (``sock`` may
+        also be a whole vdeplug URL, e.g. ``ptp:///path``)."""
+        url = sock if isinstance(sock, str) and "://" in sock else f"vde://{sock}"
+        proc = self.spawn(f"plug-{tap}-{netns}", ["vde_plug", url, f"tap://{tap}"], netns)
+        _wait(lambda: self._has_link(netns, tap) or proc.poll() is not None, 10, f"tap {tap} in {netns}")
+        self.alive(f"plug-{tap}-{netns}", proc)
+        self.ip(netns, "link", "set", tap, "up")
+        if address:
+            self.ip(netns, "addr", "add", f"{address}/24", "dev", tap)
+
+    def _has_link(self, netns: str, dev: str) -> bool:
+        done = subprocess.run(["ip", "-n", netns, "link", "show", dev], capture_output=True, timeout=10)
+        return done.returncode == 0
+
+    def veth(self, ns1: str, dev1: str, ns2: str, dev2: str) -> None:
+        self.ip(ns1, "link", "add", dev1, "type", "veth", "peer", "name", dev2, "netns", ns2)
+        self.ip(ns1, "link", "set", dev1, "up")
+        self.ip(ns2, "link", "set", dev2, "up")
+
+    # -- teardown ----------------------------------------------------------------------------------
+    def close(self) -> list[str]:
+        """Kill everything, delete the namespaces and the scratch folder; returns what went wrong."""
+        problems: list[str] = []
+        for _what, proc in reversed(self.processes):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for what, proc in self.processes:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    problems.append(f"{what} (pid {proc.pid}) would not die")
+            if proc.stdin:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        for name in reversed(self.namespaces):
+            for _ in range(3):  # whatever else still runs in the namespace (daemons like iperf3 -D)
+                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10)
+                alive = [int(p) for p in pids.stdout.split()]
+                if not alive:
+                    break
+                for pid in alive:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.2)
+            done = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True, timeout=10)
+            if done.returncode != 0:
+                problems.append(f"ip netns delete {name}: {done.stderr.strip()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return problems
+
+
+@contextlib.contextmanager
+def _lab() -> Iterator[Lab]:
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        problems = lab.close()
+        if problems:
+            print(f"[bench] teardown of {lab.tag}: {'; '.join(problems)}", file=sys.stderr)
+
+
+def _endpoints(lab: Lab, client_ns: str, server_ns: str, dev: str, server_address: str) -> None:
+    lab.check_route(client_ns, server_address, dev)
+    _wait(lambda: lab.ping_ok(client_ns, server_address), 15, f"{server_address} to answer from {client_ns}", 0.2)
+
+
+# ------------------------------------------------------------------------------------- namespaces
+
+
+@contextlib.contextmanager
+def namespaces_bridge() -> Iterator[PathUnderTest]:
+    """Two namespaces, each a veth into a third ("switch") namespace that holds a Linux bridge."""
+    with _lab() as lab:
+        sw, a, b = lab.netns("sw"), lab.netns("a"), lab.netns("b")
+        lab.ip(sw, "link", "add", "br0", "type", "bridge")
+        lab.ip(sw, "link", "set", "br0", "up")
+        for host, n in ((a, 1), (b, 2)):
+            port = f"p{n}"
+            lab.veth(host, "eth0", sw, port)
+            lab.ip(sw, "link", "set", port, "master", "br0")
+            lab.ip(host, "addr", "add", f"{NET}.{n}/24", "dev", "eth0")
+        _endpoints(lab, a, b, "eth0", f"{NET}.2")
+        yield PathUnderTest(
+            "bridge",
+            "namespaces, veth + Linux bridge",
+            "hand",
+            NamespaceRemote(b),
+            NamespaceRemote(a),
+            f"{NET}.2",
+            {"ends": "namespaces", "namespaces": list(lab.namespaces)},
+        )
+
+
+@contextlib.contextmanager
+def namespaces_vde(attach: str = "vde_plug") -> Iterator[PathUnderTest]:
+    """Two namespaces, each with a tap joined to one vde_switch by ``vde_plug vde://SOCK tap://TAP``.
+
+    ``attach="vde_plug2tap"``: the older ``vde_plug2tap -s SOCK TAP``; ``attach="ptp"``: no switch,
+    the two taps joined point to point by ``vde_plug ptp://SOCK tap://TAP`` at both ends."""
+    if attach not in ("vde_plug", "vde_plug2tap", "ptp"):
+        raise ValueError("attach must be vde_plug, vde_plug2tap or ptp")
+    with _lab() as lab:
+        a, b = lab.netns("a"), lab.netns("b")
+        sock = lab.vde_switch("sw", lab.netns("sw")) if attach != "ptp" else lab.tmp / "ptp"
+        for host, n in ((a, 1), (b, 2)):
+            if attach == "ptp":
+                lab.vde_tap(f"ptp://{sock}", host, "tap0", f"{NET}.{n}")
+                if n == 1:
+                    _wait(sock.exists, 10, "the ptp socket")
+            elif attach == "vde_plug2tap":
+                lab.ip(host, "tuntap", "add", "tap0", "mode", "tap")
+                proc = lab.spawn(f"plug2tap-{host}", ["vde_plug2tap", "-s", str(sock), "tap0"], host)
+                time.sleep(0.3)
+                lab.alive(f"plug2tap-{host}", proc)
+                lab.ip(host, "link", "set", "tap0", "up")
+                lab.ip(host, "addr", "add", f"{NET}.{n}/24", "dev", "tap0")
+            else:
+                lab.vde_tap(sock, host, "tap0", f"{NET}.{n}")
+        _endpoints(lab, a, b, "tap0", f"{NET}.2")
+        yield PathUnderTest(
+            "vde" if attach == "vde_plug" else f"vde-{attach}",
+            f"namespaces, taps on vde_switch ({attach})" if attach != "ptp" else "namespaces, taps joined by vde ptp",
+            "hand",
+            NamespaceRemote(b),
+            NamespaceRemote(a),
+            f"{NET}.2",
+            {"ends": "namespaces", "attach": attach, "namespaces": list(lab.namespaces)},
+        )
+
+
+# ------------------------------------------------------------------------------------- cables
+
+_TCP_END = """
+import os, socket, sys, time
+mode, host, port, sock = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+if mode == "listen":
+    server = socket.create_server((host, port))
+    server.settimeout(30)
+    conn, _ = server.accept()
+    server.close()
+else:
+    for _ in range(100):
+        try:
+            conn = socket.create_connection((host, port), timeout=5)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        sys.exit("no TCP connection")
+conn.settimeout(None)
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+fd = conn.detach()
+os.dup2(fd, 0)
+os.dup2(fd, 1)
+os.execvp("vde_plug", ["vde_plug", "vde://" + sock])
+"""
+
+
+@contextlib.contextmanager
+def cable_path(transport: str = "unix") -> Iterator[PathUnderTest]:
+    """Two hosts (namespaces), each with its own vde_switch and a tap on it; the switches joined by a
+    cable over ``transport``: unix (``vde_plug vde://A vde://B``), tcp (``vde_plug`` on both ends of
+    one TCP connection, like ``nc``), ssh (``vde_plug vde://A = ssh ... vde_plug vde://B`` to a
+    dropbear in the peer host), udp (``udp://LPORT->RHOST:RPORT``), vxvde (multicast)."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}")
+    with _lab() as lab:
+        ha, hb = lab.netns("ha"), lab.netns("hb")
+        sock_a, sock_b = lab.vde_switch("swa", ha), lab.vde_switch("swb", hb)
+        lab.vde_tap(sock_a, ha, "tap0", f"{NET}.1")
+        lab.vde_tap(sock_b, hb, "tap0", f"{NET}.2")
+        ua, ub = f"{UNDERLAY}.1", f"{UNDERLAY}.2"
+        if transport != "unix":
+            lab.veth(ha, "u0", hb, "u0")
+            lab.ip(ha, "addr", "add", f"{ua}/24", "dev", "u0")
+            lab.ip(hb, "addr", "add", f"{ub}/24", "dev", "u0")
+            lab.check_route(ha, ub, "u0")
+        extra: dict[str, Any] = {"ends": "namespaces", "transport": transport}
+        cable: list[subprocess.Popen] = []
+        if transport == "unix":
+            cable.append(lab.spawn("cable", ["vde_plug", f"vde://{sock_a}", f"vde://{sock_b}"], ha))
+        elif transport == "tcp":
+            cable.append(lab.spawn("cable-b", [sys.executable, "-c", _TCP_END, "listen", ub, "5300", str(sock_b)], hb))
+            cable.append(lab.spawn("cable-a", [sys.executable, "-c", _TCP_END, "connect", ub, "5300", str(sock_a)], ha))
+        elif transport == "udp":
+            cable.append(lab.spawn("cable-a", ["vde_plug", f"vde://{sock_a}", f"udp://5400->{ub}:5401"], ha))
+            cable.append(lab.spawn("cable-b", ["vde_plug", f"vde://{sock_b}", f"udp://5401->{ua}:5400"], hb))
+        elif transport == "vxvde":
+            for host, sock in ((ha, sock_a), (hb, sock_b)):
+                lab.ip(host, "route", "add", "239.0.0.0/8", "dev", "u0")
+                cable.append(lab.spawn(f"cable-{host}", ["vde_plug", f"vde://{sock}", "vxvde://239.0.0.77"], host))
+        elif transport == "ssh":
+            argv = _dropbear(lab, hb, ub, 2222, extra)
+            # vde_plug vde://A = ssh ... vde_plug vde://B : the ssh client's stdin/stdout carry the frames
+            remote = ["vde_plug", f"vde://{sock_b}"]
+            cable.append(lab.spawn("cable", ["vde_plug", "--", f"vde://{sock_a}", "=", *argv, *remote], ha))
+        time.sleep(0.3)
+        for proc in cable:
+            lab.alive("cable", proc)
+        _endpoints(lab, ha, hb, "tap0", f"{NET}.2")
+        extra["namespaces"] = list(lab.namespaces)
+        yield PathUnderTest(
+            f"cable-{transport}",
+            f"namespaces, vde_switch + {transport} cable + vde_switch",
+            "hand",
+            NamespaceRemote(hb),
+            NamespaceRemote(ha),
+            f"{NET}.2",
+            extra,
+        )
+
+
+def _dropbear(lab: Lab, netns: str, address: str, port: int, extra: dict[str, Any]) -> list[str]:
+    """A throwaway dropbear in ``netns`` that accepts a throwaway key; returns the ssh client's argv.
+
+    Dropbear reads ``~root/.ssh/authorized_keys``; /root is never touched: dropbear runs in its own
+    mount namespace where a scratch folder is bind-mounted over /root."""
+    home = lab.tmp / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    os.chmod(home, 0o700)
+    key = lab.tmp / "id_ed25519"
+    lab.sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", lab.tag, "-f", str(key))
+    (home / ".ssh" / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    os.chmod(home / ".ssh" / "authorized_keys", 0o600)
+    hostkey = lab.tmp / "dropbear_ed25519"
+    lab.sh("dropbearkey", "-t", "ed25519", "-f", str(hostkey))
+    script = (
+        f"mount --bind {home} /root && exec dropbear -F -E -s -r {hostkey} -p {address}:{port} "
+        f"-P {lab.tmp / 'dropbear.pid'}"
+    )
+    proc = lab.spawn("dropbear", ["unshare", "--mount", "--propagation", "private", "sh", "-c", script], netns)
+    client = SshRemote(address, key, None)
+    argv = client.argv("")[:-2]  # the options without user@host and command
+    argv += ["-p", str(port), "-o", "Compression=no", f"root@{address}"]
+    probe = [*netns_argv(lab.namespaces[0]), *argv, "true"]
+    _wait(
+        lambda: (
+            proc.poll() is not None
+            or subprocess.run(probe, capture_output=True, timeout=15, stdin=subprocess.DEVNULL).returncode == 0
+        ),
+        20,
+        "dropbear to accept the key",
+        0.3,
+    )
+    lab.alive("dropbear", proc)
+    extra["ssh"] = f"OpenSSH client -> dropbear {address}:{port}"
+    return argv
+
+
+# ------------------------------------------------------------------------------------- VMs
+
+
+def _keypair(lab: Lab) -> tuple[Path, str]:
+    key = lab.tmp / "vm_ed25519"
+    lab.sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", lab.tag, "-f", str(key))
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
+def _default_image(image: Any) -> Any:
+    if image is None:
+        from cloudlab.images.cached import find_built_image
+
+        image = find_built_image()
+        if image is None:
+            raise BuildError("no default image built (cloudlab image build)")
+    return image
+
+
+def _qemu(lab: Lab, name: str, image: Any, address: str, pubkey: str, netdev: str, mac: str, netns: str) -> None:
+    b64 = base64.b64encode(pubkey.encode()).decode()
+    append = f"{GUEST_CMDLINE} cloudlab.hostname={name} cloudlab.ip={address}/24 cloudlab.sshkey={b64}"
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-smp",
+        "1",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        f"file:{lab.tmp / f'{name}.console'}",
+        "-no-reboot",
+        "-kernel",
+        str(image.kernel),
+        "-initrd",
+        str(image.ramdisk),
+        "-append",
+        append,
+        "-netdev",
+        netdev,
+        "-device",
+        f"virtio-net-pci,netdev=n0,mac={mac}",
+    ]
+    lab.spawn(f"qemu-{name}", argv, netns)
+
+
+def _wait_boot(lab: Lab, names: list[str], timeout: float) -> float:
+    def booted() -> bool:
+        for name in names:
+            proc = next(p for w, p in lab.processes if w == f"qemu-{name}")
+            lab.alive(f"qemu-{name}", proc)
+        consoles = [lab.tmp / f"{name}.console" for name in names]
+        return all(c.exists() and b"cloudlab-boot:" in c.read_bytes() for c in consoles)
+
+    return _wait(booted, timeout, f"{', '.join(names)} to boot", 0.25)
+
+
+def console(lab: Lab, name: str) -> str:
+    path = lab.tmp / f"{name}.console"
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+@contextlib.contextmanager
+def _vms(image: Any, switch: str, boot_timeout: float, ssh_timeout: float) -> Iterator[PathUnderTest]:
+    image = _default_image(image)
+    with _lab() as lab:
+        key, pubkey = _keypair(lab)
+        sw, m = lab.netns("sw"), lab.netns("m")
+        started = time.monotonic()
+        if switch == "bridge":
+            lab.ip(sw, "link", "add", "br0", "type", "bridge")
+            lab.ip(sw, "link", "set", "br0", "up")
+            for n in (1, 2):
+                lab.ip(sw, "tuntap", "add", f"t{n}", "mode", "tap")
+                lab.ip(sw, "link", "set", f"t{n}", "master", "br0", "up")
+            lab.veth(m, "eth0", sw, "pm")
+            lab.ip(sw, "link", "set", "pm", "master", "br0")
+            lab.ip(m, "addr", "add", f"{NET}.100/24", "dev", "eth0")
+            mdev = "eth0"
+            netdevs = {n: f"tap,id=n0,ifname=t{n},script=no,downscript=no" for n in (1, 2)}
+        else:
+            sock = lab.vde_switch("sw", sw)
+            lab.vde_tap(sock, m, "tap0", f"{NET}.100")
+            mdev = "tap0"
+            netdevs = {n: f"vde,id=n0,sock={sock}" for n in (1, 2)}
+        for n, name in ((1, "vma"), (2, "vmb")):
+            _qemu(lab, name, image, f"{NET}.{n}", pubkey, netdevs[n], f"52:54:00:77:00:0{n}", sw)
+        boot_s = _wait_boot(lab, ["vma", "vmb"], boot_timeout)
+        lab.check_route(m, f"{NET}.1", mdev)
+        lab.check_route(m, f"{NET}.2", mdev)
+        vma, vmb = SshRemote(f"{NET}.1", key, m), SshRemote(f"{NET}.2", key, m)
+        try:
+            vma.wait_ready(ssh_timeout)
+            vmb.wait_ready(ssh_timeout)
+        except TimeoutError as exc:
+            raise BuildError(f"{exc}\n--- console of vma ---\n{console(lab, 'vma')}") from exc
+        ready_s = time.monotonic() - started
+        route = vma.run(f"ip route get {NET}.2", timeout=20)
+        if route.returncode != 0 or "dev" not in route.stdout or " via " in route.stdout:
+            raise BuildError(f"in vma, {NET}.2 is not on its own segment: {route.stdout} {route.stderr}")
+        kind = "vm-bridge" if switch == "bridge" else "vm-vde"
+        label = "TCG VMs, taps on a Linux bridge" if switch == "bridge" else "TCG VMs, QEMU vde netdev on vde_switch"
+        yield PathUnderTest(
+            kind,
+            label,
+            "hand",
+            vmb,
+            vma,
+            f"{NET}.2",
+            {
+                "ends": "vms",
+                "accel": "tcg",
+                "boot_s": round(boot_s, 2),
+                "ready_s": round(ready_s, 2),
+                "namespaces": list(lab.namespaces),
+            },
+        )
+
+
+def vms_bridge(
+    image: Any = None, boot_timeout: float = 60, ssh_timeout: float = 60
+) -> contextlib.AbstractContextManager:
+    """Two TCG VMs (QEMU started by hand) on taps in a Linux bridge; VM A is the client, VM B the server."""
+    return _vms(image, "bridge", boot_timeout, ssh_timeout)
+
+
+def vms_vde(image: Any = None, boot_timeout: float = 60, ssh_timeout: float = 60) -> contextlib.AbstractContextManager:
+    """Two TCG VMs on one vde_switch through QEMU's ``-netdev vde,sock=...``."""
+    return _vms(image, "vde", boot_timeout, ssh_timeout)
+
+
+def leftover_namespaces() -> list[str]:
+    """Hand-built namespaces (``clb<6 hex>-hand-<role>``) still present; cloudlab's own are not listed."""
+    import re
+
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if re.fullmatch(rf"{PREFIX}[0-9a-f]{{6}}-{MARK}-[a-z0-9]+", n)]
+
+
+def remove_leftovers() -> list[str]:
+    """Delete the hand-built namespaces a killed benchmark left behind (and kill what runs in them)."""
+    removed = []
+    for name in leftover_namespaces():
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10).stdout
+        for pid in pids.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        if subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10).returncode == 0:
+            removed.append(name)
+    return removed

@@ -1,0 +1,309 @@
+"""The network benchmark: paths side by side, repeats with spread, results as a DataFrame.
+
+Every path (hand-built baselines from ``cloudlab.bench.handmade`` and cloudlab's own, which yield
+the same ``PathUnderTest``) is built once and measured ``repeats`` times: iperf3 throughput and
+retransmits, ping RTT and loss, the machine's CPU. ``ratios`` compares paths (cloudlab against
+hand-built, direct against VDE) with the spread taken from the repeats.
+
+``python -m cloudlab.bench.network --output results`` runs the hand-built suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cloudlab.bench import handmade
+from cloudlab.bench.handmade import PathUnderTest
+from cloudlab.bench.measure import iperf, ping
+
+PathSource = Callable[[], AbstractContextManager[PathUnderTest]] | AbstractContextManager[PathUnderTest]
+METRICS = ("gbit_s", "retransmits", "rtt_ms", "host_cpu_pct")
+COLUMNS = [
+    "path",
+    "label",
+    "kind",
+    "built_by",
+    "repeat",
+    "gbit_s",
+    "retransmits",
+    "rtt_ms",
+    "rtt_mdev_ms",
+    "loss_pct",
+    "host_cpu_pct",
+    "client_cpu_pct",
+    "server_cpu_pct",
+    "duration_s",
+    "streams",
+    "build_s",
+    "load_1m",
+    "error",
+]
+
+
+def path_id(path: PathUnderTest) -> str:
+    return f"{path.built_by}:{path.kind}"
+
+
+def run_paths(
+    paths: Iterable[PathSource],
+    repeats: int = 3,
+    duration_s: float = 3,
+    streams: int = 1,
+    progress: bool = True,
+    ping_count: int = 5,
+) -> pd.DataFrame:
+    """One row per measured run. A path that cannot be built or measured gives a row with ``error``
+    (and the benchmark goes on to the next path)."""
+    from tqdm.auto import tqdm
+
+    sources = list(paths)
+    rows: list[dict[str, Any]] = []
+    load_start = os.getloadavg()
+    bar = tqdm(total=len(sources) * repeats, desc="network paths", unit="run", disable=not progress)
+    try:
+        for index, source in enumerate(sources):
+            name = getattr(source, "__name__", None) or getattr(getattr(source, "func", None), "__name__", "")
+            started = time.monotonic()
+            done = 0
+            try:
+                manager = source() if callable(source) else source
+                with manager as path:
+                    build_s = round(time.monotonic() - started, 2)
+                    bar.set_postfix_str(path_id(path))
+                    for repeat in range(repeats):
+                        rows.append(_measure(path, repeat, duration_s, streams, ping_count, build_s))
+                        done += 1
+                        bar.update(1)
+            except Exception as exc:  # noqa: BLE001 - recorded in the results, not lost
+                detail = f"{type(exc).__name__}: {exc}"
+                print(f"[bench] path {index} ({name}) failed: {detail}", file=sys.stderr)
+                traceback.print_exc(limit=3, file=sys.stderr)
+                rows.append({"path": f"?:{name or index}", "label": name, "repeat": done, "error": detail[:2000]})
+                bar.update(repeats - done)
+    finally:
+        bar.close()
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs.update(load_avg_start=load_start, repeats=repeats, duration_s=duration_s, streams=streams)
+    return df
+
+
+def _measure(
+    path: PathUnderTest, repeat: int, duration_s: float, streams: int, ping_count: int, build_s: float
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": path_id(path),
+        "label": path.label,
+        "kind": path.kind,
+        "built_by": path.built_by,
+        "repeat": repeat,
+        "build_s": build_s,
+        "streams": streams,
+        "load_1m": round(os.getloadavg()[0], 2),  # another workload on the machine skews every figure
+    }
+    try:
+        rtt = ping(path.client, path.server_address, count=ping_count)
+        row.update(rtt_ms=rtt["rtt_ms"], rtt_mdev_ms=rtt["rtt_mdev_ms"], loss_pct=rtt["loss_pct"])
+        result = iperf(path.server, path.client, path.server_address, duration_s=duration_s, streams=streams)
+        row.update(
+            gbit_s=result["gbit_s"],
+            retransmits=result["retransmits"],
+            host_cpu_pct=result["cpu_host_pct"],
+            client_cpu_pct=result["client_cpu_pct"],
+            server_cpu_pct=result["server_cpu_pct"],
+            duration_s=result["duration_s"],
+        )
+    except Exception as exc:  # noqa: BLE001 - one failed repeat is a row with an error
+        row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    return row
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Median, min, max and stdev of each metric per path (failed runs left out; ``n`` counts the rest)."""
+    ok = df[df["error"].isna()] if "error" in df else df
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok.astype({m: float for m in METRICS if m in ok})
+    grouped = ok.groupby(["path", "kind", "built_by"], sort=False)
+    table = grouped[[m for m in METRICS if m in ok]].agg(["median", "min", "max", "std"])
+    table.columns = [f"{metric}_{'stdev' if stat == 'std' else stat}" for metric, stat in table.columns]
+    table.insert(0, "n", grouped.size())
+    table.insert(1, "label", grouped["label"].first())
+    return table.reset_index().round(4)
+
+
+def default_pairs(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(name, numerator path, denominator path): cloudlab/hand per kind, and direct/VDE per builder."""
+    present = set(df["path"].dropna())
+    pairs = []
+    for kind in sorted({p.split(":", 1)[1] for p in present}):
+        if f"cloudlab:{kind}" in present and f"hand:{kind}" in present:
+            pairs.append((f"cloudlab/hand {kind}", f"cloudlab:{kind}", f"hand:{kind}"))
+    for builder in ("hand", "cloudlab"):
+        for direct, vde in (("bridge", "vde"), ("vm-bridge", "vm-vde")):
+            if f"{builder}:{direct}" in present and f"{builder}:{vde}" in present:
+                pairs.append((f"VDE penalty {builder} {direct}/{vde}", f"{builder}:{direct}", f"{builder}:{vde}"))
+    return pairs
+
+
+def ratios(
+    df: pd.DataFrame, pairs: Iterable[tuple[str, str] | tuple[str, str, str]] | None = None, metric: str = "gbit_s"
+) -> dict[str, dict[str, Any]]:
+    """Ratio of medians of ``metric`` for each (numerator, denominator) pair of path ids, with the
+    spread from the repeats: low = min(num)/max(den), high = max(num)/min(den)."""
+    ok = df[df["error"].isna()] if "error" in df else df
+    out: dict[str, dict[str, Any]] = {}
+    for pair in default_pairs(df) if pairs is None else pairs:
+        name, num, den = pair if len(pair) == 3 else (f"{pair[0]} / {pair[1]}", *pair)
+        a = ok.loc[ok["path"] == num, metric].astype(float).dropna()
+        b = ok.loc[ok["path"] == den, metric].astype(float).dropna()
+        if a.empty or b.empty or b.median() == 0:
+            out[name] = {"numerator": num, "denominator": den, "metric": metric, "ratio": None}
+            continue
+        out[name] = {
+            "numerator": num,
+            "denominator": den,
+            "metric": metric,
+            "ratio": round(a.median() / b.median(), 3),
+            "low": round(a.min() / b.max(), 3) if b.max() else None,
+            "high": round(a.max() / b.min(), 3) if b.min() else None,
+            "n": [len(a), len(b)],
+        }
+    return out
+
+
+def tool_versions() -> dict[str, str]:
+    from cloudlab.bench.environment import _version
+
+    return {
+        "iperf3": _version(["iperf3", "--version"]),
+        "vde_switch": _version(["vde_switch", "--version"]),
+        "vde_plug": _version(["sh", "-c", "dpkg-query -W -f '${Version}' vdeplug 2>/dev/null || echo unknown"]),
+        "ip": _version(["ip", "-V"]),
+        "ssh": _version(["sh", "-c", "ssh -V 2>&1"]),
+    }
+
+
+def write_results(df: pd.DataFrame, out_dir: Path | str, name: str = "network") -> dict[str, Path]:
+    """``bench-NAME-STAMP.csv`` (the runs), ``-summary.csv`` and ``.json`` (runs, summary, ratios,
+    environment) under ``out_dir``."""
+    from cloudlab.bench.environment import describe_environment
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    files = {
+        "csv": out / f"bench-{name}-{stamp}.csv",
+        "summary_csv": out / f"bench-{name}-{stamp}-summary.csv",
+        "json": out / f"bench-{name}-{stamp}.json",
+    }
+    summary = summarise(df)
+    df.to_csv(files["csv"], index=False)
+    summary.to_csv(files["summary_csv"], index=False)
+    environment = describe_environment("tcg")
+    environment["tools"] = tool_versions()
+    environment["run"] = dict(df.attrs)  # load average when the runs started, repeats, duration
+    document = {
+        "environment": environment,
+        "summary": json.loads(summary.to_json(orient="records")) if not summary.empty else [],
+        "ratios": ratios(df),
+        "rtt_ratios": ratios(df, metric="rtt_ms"),
+        "runs": json.loads(df.to_json(orient="records")),
+    }
+    files["json"].write_text(json.dumps(document, indent=2, default=str) + "\n")
+    return files
+
+
+def handmade_suite(
+    image: Any = None,
+    include_vms: bool = True,
+    transports: Iterable[str] = ("unix", "tcp", "ssh", "udp"),
+    variants: bool = False,
+) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
+    """Factories for the hand-built baselines, in the order they are measured (``variants``: also the
+    other ways of putting a tap on VDE that DESIGN.md's table lists, ``vde_plug2tap`` and ``ptp``)."""
+    suite: list[Callable[[], AbstractContextManager[PathUnderTest]]] = [
+        handmade.namespaces_bridge,
+        handmade.namespaces_vde,
+    ]
+    if variants:
+        suite += [functools.partial(handmade.namespaces_vde, a) for a in ("vde_plug2tap", "ptp")]
+    suite += [functools.partial(handmade.cable_path, t) for t in transports]
+    if include_vms:
+        suite += [functools.partial(handmade.vms_bridge, image), functools.partial(handmade.vms_vde, image)]
+    return suite
+
+
+def full_suite(
+    hand: list[Callable[[], AbstractContextManager[PathUnderTest]]],
+) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
+    """cloudlab's two flavours, each measured right before the hand-built path of the same kind (so
+    that a drift in the machine's load hits both sides of a ratio alike), then the remaining paths."""
+    from cloudlab.bench.cloudpaths import cloud_vms
+
+    ordered: list[Callable[[], AbstractContextManager[PathUnderTest]]] = []
+    for flavour, hand_kind in (("direct", handmade.vms_bridge), ("vde", handmade.vms_vde)):
+        ordered.append(functools.partial(cloud_vms, flavour))
+        ordered += [f for f in hand if getattr(f, "func", None) is hand_kind]
+    return ordered + [f for f in hand if f not in ordered]
+
+
+def report_lines(summary: pd.DataFrame, pairs: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    lines = [f"{'path':22} {'Gbit/s (min–max)':>24} {'retr':>7} {'RTT ms':>8} {'CPU %':>6}"]
+    for row in summary.itertuples():
+        spread = f"{row.gbit_s_median:.3f} ({row.gbit_s_min:.3f}–{row.gbit_s_max:.3f})"
+        lines.append(
+            f"{row.path:22} {spread:>24} {row.retransmits_median:7.0f} {row.rtt_ms_median:8.3f} "
+            f"{row.host_cpu_pct_median:6.1f}"
+        )
+    for name, r in (pairs or {}).items():
+        if r.get("ratio") is not None:
+            lines.append(f"{name}: x{r['ratio']} ({r['low']}–{r['high']})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cloudlab.bench.network", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="results")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3)
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--no-vms", action="store_true")
+    parser.add_argument("--no-cloud", action="store_true", help="only the hand-built paths (no cloudlab cloud)")
+    parser.add_argument("--variants", action="store_true", help="also vde_plug2tap and ptp taps")
+    parser.add_argument("--transports", default="unix,tcp,ssh,udp")
+    parser.add_argument("--chart", action="store_true", help="also write PNG charts")
+    args = parser.parse_args(argv)
+    transports = [t for t in args.transports.split(",") if t]
+    suite = handmade_suite(include_vms=not args.no_vms, transports=transports, variants=args.variants)
+    if not args.no_cloud and not args.no_vms:
+        suite = full_suite(suite)
+    df = run_paths(suite, repeats=args.repeats, duration_s=args.duration, streams=args.streams)
+    files = write_results(df, args.output, "network")
+    summary = summarise(df)
+    if not summary.empty:
+        print("\n".join(report_lines(summary, ratios(df))))
+    if args.chart and not summary.empty:
+        from cloudlab.bench.chart import rtt_chart, throughput_chart
+
+        stem = files["json"].with_suffix("")
+        files["throughput_png"] = throughput_chart(df, Path(f"{stem}-throughput.png"))
+        files["rtt_png"] = rtt_chart(df, Path(f"{stem}-rtt.png"))
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
+    return 0 if df["error"].isna().all() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The network benchmark's measurement layer and its hand-built baseline paths.
+
+Parsers are tested on captured iperf3 JSON and ping output (iputils and busybox). The paths are
+built for real in namespaces ``clb<hex>-*``, measured for 1 s, and must leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cloudlab.bench import handmade, measure, network
+from cloudlab.bench.remote import NamespaceRemote, SshRemote
+
+IPERF_JSON = {
+    "start": {"test_start": {"protocol": "TCP", "num_streams": 1, "duration": 1}},
+    "intervals": [],
+    "end": {
+        "streams": [{"sender": {"bits_per_second": 12893100000.0, "retransmits": 45}}],
+        "sum_sent": {
+            "start": 0,
+            "end": 1.004,
+            "seconds": 1.004,
+            "bytes": 1617999872,
+            "bits_per_second": 12893100000.0,
+            "retransmits": 45,
+            "sender": True,
+        },
+        "sum_received": {
+            "start": 0,
+            "end": 1.004,
+            "seconds": 1.004,
+            "bytes": 1611923456,
+            "bits_per_second": 12847800000.0,
+            "sender": True,
+        },
+        "cpu_utilization_percent": {
+            "host_total": 45.43,
+            "host_user": 1.2,
+            "host_system": 44.2,
+            "remote_total": 43.71,
+            "remote_user": 0.9,
+            "remote_system": 42.8,
+        },
+        "sender_tcp_congestion": "cubic",
+        "receiver_tcp_congestion": "cubic",
+    },
+}
+
+IPUTILS_PING = """PING 10.77.0.2 (10.77.0.2) 56(84) bytes of data.
+64 bytes from 10.77.0.2: icmp_seq=1 ttl=64 time=0.061 ms
+64 bytes from 10.77.0.2: icmp_seq=2 ttl=64 time=0.045 ms
+64 bytes from 10.77.0.2: icmp_seq=3 ttl=64 time=0.032 ms
+
+--- 10.77.0.2 ping statistics ---
+4 packets transmitted, 3 received, 25% packet loss, time 605ms
+rtt min/avg/max/mdev = 0.032/0.046/0.061/0.010 ms
+"""
+
+BUSYBOX_PING = """PING 10.77.0.2 (10.77.0.2): 56 data bytes
+64 bytes from 10.77.0.2: seq=0 ttl=64 time=2.031 ms
+64 bytes from 10.77.0.2: seq=1 ttl=64 time=4.000 ms
+64 bytes from 10.77.0.2: seq=2 ttl=64 time=3.000 ms
+
+--- 10.77.0.2 ping statistics ---
+3 packets transmitted, 3 packets received, 0% packet loss
+round-trip min/avg/max = 2.031/3.010/4.000 ms
+"""
+
+BUSYBOX_ALL_LOST = """PING 10.77.0.9 (10.77.0.9): 56 data bytes
+
+--- 10.77.0.9 ping statistics ---
+3 packets transmitted, 0 packets received, 100% packet loss
+"""
+
+NEEDED = ("ip", "nsenter", "iperf3", "busybox", "vde_switch", "vde_plug")
+missing = [tool for tool in NEEDED if shutil.which(tool) is None]
+needs_tools = pytest.mark.skipif(
+    bool(missing) or os.geteuid() != 0, reason=f"needs root and {NEEDED}: missing {missing}"
+)
+
+
+# ------------------------------------------------------------------------------------- parsers
+
+
+def test_iperf_json_gives_numbers() -> None:
+    result = measure.parse_iperf_json(json.dumps(IPERF_JSON))
+    assert result["gbit_s"] == pytest.approx(12.8478)
+    assert result["retransmits"] == 45
+    assert result["client_cpu_pct"] == 45.4 and result["server_cpu_pct"] == 43.7
+    assert result["streams"] == 1
+
+
+def test_iperf_json_error_and_garbage_raise() -> None:
+    with pytest.raises(measure.MeasurementError, match="unable to connect"):
+        measure.parse_iperf_json(json.dumps({"start": {}, "end": {}, "error": "unable to connect to server"}))
+    with pytest.raises(measure.MeasurementError, match="not JSON"):
+        measure.parse_iperf_json("iperf3: error - ...")
+
+
+def test_iputils_ping() -> None:
+    result = measure.parse_ping(IPUTILS_PING)
+    assert (result["sent"], result["received"], result["loss_pct"]) == (4, 3, 25.0)
+    assert (result["rtt_min_ms"], result["rtt_ms"], result["rtt_max_ms"], result["rtt_mdev_ms"]) == (
+        0.032,
+        0.046,
+        0.061,
+        0.010,
+    )
+
+
+def test_busybox_ping_mdev_from_replies() -> None:
+    result = measure.parse_ping(BUSYBOX_PING)
+    assert (result["sent"], result["received"], result["loss_pct"]) == (3, 3, 0.0)
+    assert result["rtt_ms"] == 3.010 and result["rtt_min_ms"] == 2.031 and result["rtt_max_ms"] == 4.0
+    assert result["rtt_mdev_ms"] == pytest.approx(0.804, abs=0.001)
+
+
+def test_ping_all_lost_and_no_summary() -> None:
+    result = measure.parse_ping(BUSYBOX_ALL_LOST)
+    assert result["loss_pct"] == 100.0 and result["received"] == 0
+    assert result["rtt_ms"] != result["rtt_ms"]  # NaN
+    with pytest.raises(measure.MeasurementError):
+        measure.parse_ping("ping: bad address 'x'")
+
+
+def test_host_cpu_sampler() -> None:
+    with measure.HostCpu() as cpu:
+        sum(i * i for i in range(300_000))
+    assert 0 <= cpu.pct <= 100
+
+
+def test_ssh_remote_argv_is_batch_and_throwaway(tmp_path: Path) -> None:
+    argv = SshRemote("10.77.0.1", tmp_path / "k", netns="clb000000-m").argv("true")
+    assert argv[:3] == ["nsenter", "--net=/run/netns/clb000000-m", "--"]
+    assert "BatchMode=yes" in argv and "UserKnownHostsFile=/dev/null" in argv and "StrictHostKeyChecking=no" in argv
+    assert argv[-2:] == ["root@10.77.0.1", "true"]
+
+
+# ------------------------------------------------------------------------------------- results
+
+
+def _fake_runs() -> pd.DataFrame:
+    rows = []
+    for built_by, kind, values in (
+        ("hand", "bridge", [19.0, 18.0, 20.0]),
+        ("hand", "vde", [0.4, 0.3, 0.5]),
+        ("cloudlab", "bridge", [17.0, 18.0, 16.0]),
+    ):
+        for repeat, gbit in enumerate(values):
+            rows.append(
+                {
+                    "path": f"{built_by}:{kind}",
+                    "label": kind,
+                    "kind": kind,
+                    "built_by": built_by,
+                    "repeat": repeat,
+                    "gbit_s": gbit,
+                    "retransmits": 3,
+                    "rtt_ms": 0.1 + repeat / 100,
+                    "host_cpu_pct": 90.0,
+                }
+            )
+    rows.append({"path": "?:broken", "label": "broken", "repeat": 0, "error": "BuildError: no"})
+    return pd.DataFrame(rows, columns=network.COLUMNS)
+
+
+def test_summary_ratios_results_and_charts(tmp_path: Path) -> None:
+    df = _fake_runs()
+    summary = network.summarise(df).set_index("path")
+    assert summary.loc["hand:bridge", "gbit_s_median"] == 19.0
+    assert summary.loc["hand:bridge", "gbit_s_min"] == 18.0 and summary.loc["hand:bridge", "gbit_s_max"] == 20.0
+    assert summary.loc["hand:bridge", "n"] == 3 and "?:broken" not in summary.index
+    found = network.ratios(df)
+    assert found["cloudlab/hand bridge"]["ratio"] == pytest.approx(17 / 19, abs=1e-3)
+    assert found["cloudlab/hand bridge"]["low"] == pytest.approx(16 / 20, abs=1e-3)
+    assert found["VDE penalty hand bridge/vde"]["ratio"] == pytest.approx(19 / 0.4, abs=1e-2)
+    assert network.ratios(df, [("hand:vde", "hand:bridge")])["hand:vde / hand:bridge"]["ratio"] == pytest.approx(
+        0.4 / 19, abs=1e-3
+    )
+    files = network.write_results(df, tmp_path, "network-test")
+    document = json.loads(files["json"].read_text())
+    assert document["environment"]["tools"]["iperf3"].startswith("iperf")
+    assert len(document["runs"]) == 10 and pd.read_csv(files["csv"]).shape[0] == 10
+    from cloudlab.bench.chart import rtt_chart, throughput_chart
+
+    assert throughput_chart(df, tmp_path / "t.png").stat().st_size > 1000
+    assert rtt_chart(df, tmp_path / "r.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------- real paths
+
+
+def _ours_left(tag: str) -> tuple[list[str], list[str]]:
+    namespaces = [n for n in handmade.leftover_namespaces() if n.startswith(tag + "-")]
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=10).stdout
+    processes = [line for line in ps.splitlines() if tag in line and "ps -eo" not in line]
+    return namespaces, processes
+
+
+def _measure_and_check(factory) -> dict:
+    with factory() as path:
+        tag = path.extra["namespaces"][0].split("-")[0]
+        assert all(n.startswith(tag + "-") for n in path.extra["namespaces"])
+        rtt = measure.ping(path.client, path.server_address, count=3, interval=0.2)
+        result = measure.iperf(path.server, path.client, path.server_address, duration_s=1)
+    assert result["gbit_s"] > 0 and result["retransmits"] is not None
+    assert rtt["loss_pct"] < 100 and rtt["rtt_ms"] > 0
+    assert _ours_left(tag) == ([], []), "teardown left namespaces or processes behind"
+    return {**result, **rtt}
+
+
+@needs_tools
+def test_namespaces_bridge() -> None:
+    result = _measure_and_check(handmade.namespaces_bridge)
+    assert result["gbit_s"] > 1  # a veth + bridge path moves well over a gigabit even on 2 cores
+
+
+@needs_tools
+def test_namespaces_vde() -> None:
+    _measure_and_check(handmade.namespaces_vde)
+
+
+@needs_tools
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_cable_path(transport: str) -> None:
+    _measure_and_check(lambda: handmade.cable_path(transport))
+
+
+@needs_tools
+@pytest.mark.skipif(not (shutil.which("dropbear") and shutil.which("ssh")), reason="needs dropbear and ssh")
+def test_cable_over_ssh_leaves_root_home_alone() -> None:
+    before = sorted(os.listdir("/root/.ssh")) if os.path.isdir("/root/.ssh") else None
+    _measure_and_check(lambda: handmade.cable_path("ssh"))
+    assert (sorted(os.listdir("/root/.ssh")) if os.path.isdir("/root/.ssh") else None) == before
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert " /root " not in mounts  # the bind mount lived only in dropbear's mount namespace
+
+
+@needs_tools
+def test_teardown_on_error_removes_everything() -> None:
+    tag = None
+    with pytest.raises(RuntimeError, match="boom"), handmade.namespaces_vde() as path:
+        tag = path.extra["namespaces"][0].split("-")[0]
+        NamespaceRemote(path.extra["namespaces"][1]).run("iperf3 -s -D -p 5999")  # a stray daemon
+        raise RuntimeError("boom")
+    assert tag and _ours_left(tag) == ([], [])
+
+
+@needs_tools
+def test_run_paths_records_failures_and_goes_on() -> None:
+    def broken():
+        raise handmade.BuildError("cannot build this one")
+
+    df = network.run_paths([broken, handmade.namespaces_bridge], repeats=2, duration_s=1, progress=False, ping_count=2)
+    assert df["error"].iloc[0].startswith("BuildError")
+    ok = df[df["error"].isna()]
+    assert list(ok["path"]) == ["hand:bridge", "hand:bridge"] and (ok["gbit_s"] > 0).all()
+    assert (ok["rtt_ms"] > 0).all() and (ok["host_cpu_pct"] > 0).all()
+
+
+@pytest.mark.vm
+@needs_tools
+@pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None or shutil.which("ssh") is None, reason="needs qemu-system-x86_64 and ssh"
+)
+def test_vms_bridge_vm_to_vm() -> None:
+    from cloudlab.images.cached import find_built_image
+
+    image = find_built_image()
+    if image is None:
+        pytest.skip("no default image built (cloudlab image build)")
+    if (
+        b"cloudlab.sshkey"
+        not in subprocess.run(
+            ["sh", "-c", f"zcat {image.ramdisk} | cpio -i --to-stdout init"], capture_output=True, timeout=60
+        ).stdout
+    ):
+        pytest.skip("the built image's init has no cloudlab.sshkey hook yet: rebuild the image")
+    with handmade.vms_bridge(image) as path:
+        tag = path.extra["namespaces"][0].split("-")[0]
+        assert isinstance(path.client, SshRemote) and path.extra["ends"] == "vms"
+        rtt = measure.ping(path.client, path.server_address, count=3)
+        result = measure.iperf(path.server, path.client, path.server_address, duration_s=1)
+        burn = measure.cpu_burn(path.client, seconds=1)
+    assert result["gbit_s"] > 0 and rtt["loss_pct"] < 100 and burn["ops_per_s"] > 0
+    assert _ours_left(tag) == ([], [])
