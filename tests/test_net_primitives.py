@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -47,6 +48,10 @@ def test_namespace_lifecycle(make_ns: Callable[[str], str]) -> None:
     assert links.ping(ns, "127.0.0.1", count=1) == 1
     proc = netns.popen(ns, ["sleep", "30"])
     try:
+        # nsenter enters the namespace a moment after it starts: wait for it (bounded)
+        deadline = time.monotonic() + 5
+        while proc.pid not in netns.processes_in(ns) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert proc.pid in netns.processes_in(ns)
         netns.kill_all(ns)
         assert proc.wait(5) != 0
