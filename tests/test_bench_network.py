@@ -228,6 +228,19 @@ def test_namespaces_vde() -> None:
 
 
 @needs_tools
+def test_namespaces_vde_jumbo_frames_on_vdeplug_switch() -> None:
+    with pytest.raises(ValueError, match="1514"), handmade.namespaces_vde(mtu=9000):  # vde_switch would drop them
+        pass
+    with handmade.namespaces_vde(switch="vdeplug-switch", mtu=9000, dgram_qlen=64) as path:
+        assert path.kind == "vde-vdeplug-switch-qlen64-mtu9000"
+        tuned = path.client.run("cat /proc/sys/net/unix/max_dgram_qlen; ip -o link show tap0").stdout
+        assert tuned.startswith("64\n") and " mtu 9000 " in tuned
+        assert measure.iperf(path.server, path.client, path.server_address, duration_s=1)["gbit_s"] > 0
+        tag = path.extra["namespaces"][0].split("-")[0]
+    assert _ours_left(tag) == ([], [])
+
+
+@needs_tools
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 def test_cable_path(transport: str) -> None:
     _measure_and_check(lambda: handmade.cable_path(transport))

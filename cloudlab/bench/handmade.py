@@ -10,6 +10,16 @@ process left inside the namespaces is killed, and the namespaces are deleted.
 - ``namespaces_vde()``      two namespaces, a tap each, joined to one vde_switch by ``vde_plug``
 - ``vms_bridge(image)``     two TCG VMs on taps on a Linux bridge, measured VM-to-VM over SSH
 - ``vms_vde(image)``        two TCG VMs on one vde_switch through QEMU's ``vde`` netdev
+
+Knobs of the VDE builders (defaults = the plain path; each non-default one shows in ``kind``):
+``switch`` (``vde_switch``; ``hub`` = ``vde_switch -x``; ``vdeplug-switch``/``vdeplug-hub`` = vdeplug4's
+``switch://``/``hub://`` run as ``vde_plug URL null://``), ``dgram_qlen`` (``net.unix.max_dgram_qlen``,
+default 10, set in every namespace the path creates before anything runs there: VDE's frames travel as
+unix datagrams and a datagram socket's receive queue holds at most that many), ``mtu`` (of every
+interface on the measured segment: the taps, and inside VMs their NIC; VDE's cost is per frame;
+``vde_switch`` itself drops frames longer than 1514 bytes, so an MTU above 1500 needs vdeplug4's
+``switch://``/``hub://`` or ``ptp``; those carry MTU 9000 but nothing at 16000).
+``net.core.{r,w}mem_default`` are not a knob: in a namespace other than the root one they are read-only.
 - ``cable_path(transport)`` two hosts, a vde_switch each, joined by a cable over unix/tcp/ssh/udp/vxvde
 """
 
@@ -38,6 +48,7 @@ MARK = "hand"  # clb<hex>-hand-<role>: cloudlab's own namespaces share the clb<h
 NET = "10.77.0"  # the measured L2 segment, only ever inside our namespaces
 UNDERLAY = "10.78.0"  # the hosts' own link a cable runs over (tcp, ssh, udp, vxvde)
 TRANSPORTS = ("unix", "tcp", "ssh", "udp", "vxvde")
+SWITCHES = ("vde_switch", "hub", "vdeplug-switch", "vdeplug-hub")
 GUEST_CMDLINE = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
 
 
@@ -70,8 +81,9 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, interval: fl
 class Lab:
     """Namespaces, processes and a scratch folder for one hand-built path; ``close()`` removes them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, sysctls: dict[str, int] | None = None) -> None:
         self.tag = PREFIX + secrets.token_hex(3)
+        self.sysctls = dict(sysctls or {})  # set in each namespace we create, never in the root one
         self.namespaces: list[str] = []
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
@@ -91,6 +103,9 @@ class Lab:
         self.sh("ip", "netns", "add", name)
         self.namespaces.append(name)
         self.ip(name, "link", "set", "lo", "up")
+        for key, value in self.sysctls.items():
+            path = "/proc/sys/" + key.replace(".", "/")
+            self.sh(*netns_argv(name), "sh", "-c", f"echo {int(value)} > {path} && cat {path}")
         return name
 
     def spawn(self, what: str, argv: list[str], netns: str | None = None, **kwargs: Any) -> subprocess.Popen:
@@ -127,10 +142,19 @@ class Lab:
         return done.returncode == 0
 
     # -- VDE ---------------------------------------------------------------------------------------
-    def vde_switch(self, name: str, netns: str) -> Path:
+    def vde_switch(self, name: str, netns: str, switch: str = "vde_switch") -> Path:
+        """A switch at ``tmp/name`` that plugs join with ``vde://``: ``vde_switch`` (``hub``: its ``-x``
+        hub mode) or vdeplug4's in-process ``switch://``/``hub://`` held open by ``vde_plug URL null://``."""
+        if switch not in SWITCHES:
+            raise ValueError(f"switch must be one of {SWITCHES}")
         sock = self.tmp / name
-        # vde_switch's console reads stdin; a pipe we hold keeps it from seeing EOF and quitting.
-        proc = self.spawn(f"switch-{name}", ["vde_switch", "-s", str(sock)], netns, stdin=subprocess.PIPE)
+        if switch in ("vde_switch", "hub"):
+            argv = ["vde_switch", "-s", str(sock), *(["-x"] if switch == "hub" else [])]
+            # vde_switch's console reads stdin; a pipe we hold keeps it from seeing EOF and quitting.
+            proc = self.spawn(f"switch-{name}", argv, netns, stdin=subprocess.PIPE)
+        else:
+            url = f"{switch.removeprefix('vdeplug-')}://{sock}"
+            proc = self.spawn(f"switch-{name}", ["vde_plug", url, "null://"], netns)
         _wait(lambda: (sock / "ctl").exists() or proc.poll() is not None, 10, f"vde_switch {name}")
         self.alive(f"switch-{name}", proc)
         return sock
@@ -195,8 +219,8 @@ class Lab:
 
 
 @contextlib.contextmanager
-def _lab() -> Iterator[Lab]:
-    lab = Lab()
+def _lab(sysctls: dict[str, int] | None = None) -> Iterator[Lab]:
+    lab = Lab(sysctls)
     try:
         yield lab
     finally:
@@ -237,17 +261,51 @@ def namespaces_bridge() -> Iterator[PathUnderTest]:
         )
 
 
+def _tuning(
+    dgram_qlen: int | None, mtu: int | None, switch: str = "vde_switch"
+) -> tuple[dict[str, int], str, dict[str, Any]]:
+    """The sysctls for our namespaces, the suffix the knobs add to ``kind`` and what goes in ``extra``."""
+    if mtu is not None and int(mtu) > 1500 and switch in ("vde_switch", "hub"):
+        raise ValueError(
+            "vde_switch drops frames longer than 1514 bytes (measured: 0 Gbit/s at MTU 4000 and "
+            "9000); use switch='vdeplug-switch' or 'vdeplug-hub' for a larger MTU"
+        )
+    sysctls: dict[str, int] = {}
+    suffix = ""
+    extra: dict[str, Any] = {}
+    if dgram_qlen is not None:
+        sysctls["net.unix.max_dgram_qlen"] = int(dgram_qlen)
+        suffix += f"-qlen{int(dgram_qlen)}"
+        extra["sysctls"] = dict(sysctls)
+    if mtu is not None:
+        suffix += f"-mtu{int(mtu)}"
+        extra["mtu"] = int(mtu)
+    return sysctls, suffix, extra
+
+
+def _switch_label(switch: str) -> str:
+    return {"hub": "vde_switch -x", "vdeplug-switch": "vdeplug4 switch://", "vdeplug-hub": "vdeplug4 hub://"}.get(
+        switch, "vde_switch"
+    )
+
+
 @contextlib.contextmanager
-def namespaces_vde(attach: str = "vde_plug") -> Iterator[PathUnderTest]:
+def namespaces_vde(
+    attach: str = "vde_plug", dgram_qlen: int | None = None, switch: str = "vde_switch", mtu: int | None = None
+) -> Iterator[PathUnderTest]:
     """Two namespaces, each with a tap joined to one vde_switch by ``vde_plug vde://SOCK tap://TAP``.
 
     ``attach="vde_plug2tap"``: the older ``vde_plug2tap -s SOCK TAP``; ``attach="ptp"``: no switch,
-    the two taps joined point to point by ``vde_plug ptp://SOCK tap://TAP`` at both ends."""
+    the two taps joined point to point by ``vde_plug ptp://SOCK tap://TAP`` at both ends.
+    ``switch``, ``dgram_qlen``, ``mtu``: see the module's docstring."""
     if attach not in ("vde_plug", "vde_plug2tap", "ptp"):
         raise ValueError("attach must be vde_plug, vde_plug2tap or ptp")
-    with _lab() as lab:
+    if switch not in SWITCHES or (attach == "ptp" and switch != "vde_switch"):
+        raise ValueError(f"switch must be one of {SWITCHES} (and vde_switch with ptp, which has none)")
+    sysctls, suffix, tuned = _tuning(dgram_qlen, mtu, "ptp" if attach == "ptp" else switch)
+    with _lab(sysctls) as lab:
         a, b = lab.netns("a"), lab.netns("b")
-        sock = lab.vde_switch("sw", lab.netns("sw")) if attach != "ptp" else lab.tmp / "ptp"
+        sock = lab.vde_switch("sw", lab.netns("sw"), switch) if attach != "ptp" else lab.tmp / "ptp"
         for host, n in ((a, 1), (b, 2)):
             if attach == "ptp":
                 lab.vde_tap(f"ptp://{sock}", host, "tap0", f"{NET}.{n}")
@@ -262,15 +320,23 @@ def namespaces_vde(attach: str = "vde_plug") -> Iterator[PathUnderTest]:
                 lab.ip(host, "addr", "add", f"{NET}.{n}/24", "dev", "tap0")
             else:
                 lab.vde_tap(sock, host, "tap0", f"{NET}.{n}")
+            if mtu is not None:
+                lab.ip(host, "link", "set", "tap0", "mtu", str(int(mtu)))
         _endpoints(lab, a, b, "tap0", f"{NET}.2")
+        kind = ("vde" if attach == "vde_plug" else f"vde-{attach}") + (f"-{switch}" if switch != "vde_switch" else "")
+        label = (
+            f"namespaces, taps on {_switch_label(switch)} ({attach})"
+            if attach != "ptp"
+            else "namespaces, taps joined by vde ptp"
+        )
         yield PathUnderTest(
-            "vde" if attach == "vde_plug" else f"vde-{attach}",
-            f"namespaces, taps on vde_switch ({attach})" if attach != "ptp" else "namespaces, taps joined by vde ptp",
+            kind + suffix,
+            label + "".join(f" {k}={v}" for k, v in tuned.items()),
             "hand",
             NamespaceRemote(b),
             NamespaceRemote(a),
             f"{NET}.2",
-            {"ends": "namespaces", "attach": attach, "namespaces": list(lab.namespaces)},
+            {"ends": "namespaces", "attach": attach, "switch": switch, **tuned, "namespaces": list(lab.namespaces)},
         )
 
 
@@ -460,9 +526,19 @@ def console(lab: Lab, name: str) -> str:
 
 
 @contextlib.contextmanager
-def _vms(image: Any, switch: str, boot_timeout: float, ssh_timeout: float) -> Iterator[PathUnderTest]:
+def _vms(
+    image: Any,
+    switch: str,
+    boot_timeout: float,
+    ssh_timeout: float,
+    attach: str = "qemu",
+    dgram_qlen: int | None = None,
+    vde: str = "vde_switch",
+    mtu: int | None = None,
+) -> Iterator[PathUnderTest]:
     image = _default_image(image)
-    with _lab() as lab:
+    sysctls, suffix, tuned = _tuning(dgram_qlen, mtu, vde)
+    with _lab(sysctls) as lab:
         key, pubkey = _keypair(lab)
         sw, m = lab.netns("sw"), lab.netns("m")
         started = time.monotonic()
@@ -478,10 +554,21 @@ def _vms(image: Any, switch: str, boot_timeout: float, ssh_timeout: float) -> It
             mdev = "eth0"
             netdevs = {n: f"tap,id=n0,ifname=t{n},script=no,downscript=no" for n in (1, 2)}
         else:
-            sock = lab.vde_switch("sw", sw)
+            sock = lab.vde_switch("sw", sw, vde)
             lab.vde_tap(sock, m, "tap0", f"{NET}.100")
             mdev = "tap0"
             netdevs = {n: f"vde,id=n0,sock={sock}" for n in (1, 2)}
+            if attach == "tap":
+                # A tap has one queue: QEMU and vde_plug cannot both open the same one (EBUSY). Each
+                # VM gets its own tap vN, vde_plug its own tap pN, and a per-VM Linux bridge joins them.
+                for n in (1, 2):
+                    lab.ip(sw, "tuntap", "add", f"v{n}", "mode", "tap")
+                    lab.vde_tap(sock, sw, f"p{n}", None)
+                    lab.ip(sw, "link", "add", f"b{n}", "type", "bridge")
+                    lab.ip(sw, "link", "set", f"b{n}", "up")
+                    lab.ip(sw, "link", "set", f"v{n}", "master", f"b{n}", "up")
+                    lab.ip(sw, "link", "set", f"p{n}", "master", f"b{n}")
+                    netdevs[n] = f"tap,id=n0,ifname=v{n},script=no,downscript=no,vhost=off"
         for n, name in ((1, "vma"), (2, "vmb")):
             _qemu(lab, name, image, f"{NET}.{n}", pubkey, netdevs[n], f"52:54:00:77:00:0{n}", sw)
         boot_s = _wait_boot(lab, ["vma", "vmb"], boot_timeout)
@@ -494,11 +581,26 @@ def _vms(image: Any, switch: str, boot_timeout: float, ssh_timeout: float) -> It
         except TimeoutError as exc:
             raise BuildError(f"{exc}\n--- console of vma ---\n{console(lab, 'vma')}") from exc
         ready_s = time.monotonic() - started
+        if mtu is not None:
+            for dev in [mdev] + [f"{p}{n}" for p in ("v", "p", "b") for n in (1, 2) if attach == "tap"]:
+                lab.ip(sw if dev[0] in "vpb" else m, "link", "set", dev, "mtu", str(int(mtu)))
+            for vm in (vma, vmb):  # the guest's NIC: the only interface besides lo
+                done = vm.run(
+                    f"for d in $(ls /sys/class/net); do [ $d = lo ] || ip link set $d mtu {int(mtu)}; done; "
+                    "cat /sys/class/net/*/mtu",
+                    timeout=20,
+                )
+                if done.returncode != 0 or str(int(mtu)) not in done.stdout:
+                    raise BuildError(f"mtu {mtu} in the guest: {done.stdout} {done.stderr}")
         route = vma.run(f"ip route get {NET}.2", timeout=20)
         if route.returncode != 0 or "dev" not in route.stdout or " via " in route.stdout:
             raise BuildError(f"in vma, {NET}.2 is not on its own segment: {route.stdout} {route.stderr}")
-        kind = "vm-bridge" if switch == "bridge" else "vm-vde"
-        label = "TCG VMs, taps on a Linux bridge" if switch == "bridge" else "TCG VMs, QEMU vde netdev on vde_switch"
+        if switch == "bridge":
+            kind, label = "vm-bridge", "TCG VMs, taps on a Linux bridge"
+        else:
+            kind = "vm-vde" + ("-tap" if attach == "tap" else "") + (f"-{vde}" if vde != "vde_switch" else "") + suffix
+            how = "taps bridged to vde_plug taps" if attach == "tap" else "QEMU vde netdev"
+            label = f"TCG VMs, {how} on {_switch_label(vde)}" + "".join(f" {k}={v}" for k, v in tuned.items())
         yield PathUnderTest(
             kind,
             label,
@@ -511,6 +613,7 @@ def _vms(image: Any, switch: str, boot_timeout: float, ssh_timeout: float) -> It
                 "accel": "tcg",
                 "boot_s": round(boot_s, 2),
                 "ready_s": round(ready_s, 2),
+                **({} if switch == "bridge" else {"attach": attach, "switch": vde, **tuned}),
                 "namespaces": list(lab.namespaces),
             },
         )
@@ -523,9 +626,23 @@ def vms_bridge(
     return _vms(image, "bridge", boot_timeout, ssh_timeout)
 
 
-def vms_vde(image: Any = None, boot_timeout: float = 60, ssh_timeout: float = 60) -> contextlib.AbstractContextManager:
-    """Two TCG VMs on one vde_switch through QEMU's ``-netdev vde,sock=...``."""
-    return _vms(image, "vde", boot_timeout, ssh_timeout)
+def vms_vde(
+    image: Any = None,
+    boot_timeout: float = 60,
+    ssh_timeout: float = 60,
+    attach: str = "qemu",
+    dgram_qlen: int | None = None,
+    switch: str = "vde_switch",
+    mtu: int | None = None,
+) -> contextlib.AbstractContextManager:
+    """Two TCG VMs on one vde_switch through QEMU's ``-netdev vde,sock=...`` (``attach="tap"``: through
+    a QEMU tap per VM, bridged to a tap that ``vde_plug vde://SOCK tap://TAP`` puts on the switch).
+    ``switch``, ``dgram_qlen``, ``mtu``: see the module's docstring."""
+    if attach not in ("qemu", "tap"):
+        raise ValueError("attach must be qemu or tap")
+    if switch not in SWITCHES:
+        raise ValueError(f"switch must be one of {SWITCHES}")
+    return _vms(image, "vde", boot_timeout, ssh_timeout, attach, dgram_qlen, switch, mtu)
 
 
 def leftover_namespaces() -> list[str]:

@@ -232,16 +232,29 @@ def handmade_suite(
     variants: bool = False,
 ) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
     """Factories for the hand-built baselines, in the order they are measured (``variants``: also the
-    other ways of putting a tap on VDE that DESIGN.md's table lists, ``vde_plug2tap`` and ``ptp``)."""
+    ways of shrinking VDE's cost: the taps DESIGN.md's table lists (``vde_plug2tap``, ``ptp``), a longer
+    datagram queue, vdeplug4's in-process switch, jumbo frames, and a tap instead of QEMU's vde back-end)."""
     suite: list[Callable[[], AbstractContextManager[PathUnderTest]]] = [
         handmade.namespaces_bridge,
         handmade.namespaces_vde,
     ]
     if variants:
         suite += [functools.partial(handmade.namespaces_vde, a) for a in ("vde_plug2tap", "ptp")]
+        suite += [
+            functools.partial(handmade.namespaces_vde, dgram_qlen=2048),
+            functools.partial(handmade.namespaces_vde, switch="vdeplug-switch"),
+            functools.partial(handmade.namespaces_vde, switch="vdeplug-switch", mtu=9000),
+            functools.partial(handmade.namespaces_vde, "ptp", mtu=9000),
+        ]
     suite += [functools.partial(handmade.cable_path, t) for t in transports]
     if include_vms:
         suite += [functools.partial(handmade.vms_bridge, image), functools.partial(handmade.vms_vde, image)]
+        if variants:
+            suite += [
+                functools.partial(handmade.vms_vde, image, attach="tap"),
+                functools.partial(handmade.vms_vde, image, switch="vdeplug-switch"),
+                functools.partial(handmade.vms_vde, image, attach="tap", switch="vdeplug-switch", mtu=9000),
+            ]
     return suite
 
 
@@ -281,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--no-vms", action="store_true")
     parser.add_argument("--no-cloud", action="store_true", help="only the hand-built paths (no cloudlab cloud)")
-    parser.add_argument("--variants", action="store_true", help="also vde_plug2tap and ptp taps")
+    parser.add_argument("--variants", action="store_true", help="also ways to shrink VDE's cost (taps, queue, MTU)")
     parser.add_argument("--transports", default="unix,tcp,ssh,udp")
     parser.add_argument("--chart", action="store_true", help="also write PNG charts")
     args = parser.parse_args(argv)
