@@ -16,6 +16,7 @@ from botocore.loaders import Loader
 from botocore.model import OperationModel, ServiceModel
 
 from cloudlab.api.errors import invalid_action
+from cloudlab.api.extension import extend_model
 
 SERVICE_NAME = "ec2"
 API_VERSION = "2016-11-15"
@@ -41,6 +42,7 @@ def service_model() -> ServiceModel:
             data_dir = str(Path(botocore.__file__).parent / "data")
             loader = Loader(extra_search_paths=[data_dir], include_default_search_paths=False)
             data = loader.load_service_model(SERVICE_NAME, "service-2", api_version=API_VERSION)
+            data = extend_model(data)  # cloudlab's own actions (DescribeUsage), in the same format
             loaded = ServiceModel(data, service_name=SERVICE_NAME)
             _operation_names = frozenset(loaded.operation_names)
             _service_model = loaded

@@ -14,6 +14,7 @@ A VM on a node that the CLC has no record of is reported (``unknown_vms``), neve
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from cloudlab.clc.states import (
 )
 from cloudlab.clc.store import Store, append_ledger
 from cloudlab.clc.tags import Tags, validate_specifications
+from cloudlab.clc.usage import NETWORK_EVENT
 from cloudlab.clc.users import User, Users
 from cloudlab.clc.vmtypes import DEFAULT_TYPE, get_vm_type, seed_vm_types
 from cloudlab.errors import CloudError
@@ -50,6 +52,7 @@ NETWORK_SYNC_S = 0.5  # how soon a changed rule or association reaches the route
 NETWORK_RESYNC_S = 30.0  # the whole plan is sent again this often even when unchanged
 REASON_VANISHED = "Server.InstanceVanished: the VM was no longer on node {node} when the cloud checked"
 REASON_START_FAILED = "Server.InternalError: {message}"
+NETWORK_LEDGER_S = 60.0  # a running instance's changed byte counters reach the ledger at most this often
 
 
 @dataclass
@@ -95,6 +98,10 @@ class CloudController:
         self.cluster_subnets: dict[str, str] = {}
         self._network_lock = threading.Lock()
         self._network_sent: dict[str, tuple[str | None, float]] = {}
+        # byte counters of running instances: last seen in a node report, last written to the ledger
+        self._bytes_lock = threading.Lock()
+        self._bytes_seen: dict[str, tuple[int, int]] = {}
+        self._bytes_logged: dict[str, tuple[int, int, float]] = {}
         for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks):
             self.service(service)
 
@@ -213,6 +220,8 @@ class CloudController:
                 sets["terminated_at"] = now
             if new == "running" and "running_at" not in fields:
                 sets["running_at"] = now
+            if row["state"] == "running":
+                self._flush_bytes(db, dict(row), now)  # the interval ends: its last counters first
             db.execute(
                 f"UPDATE instances SET {', '.join(f'{k}=?' for k in sets)} WHERE instance_id=?",
                 (*sets.values(), instance_id),
@@ -221,6 +230,52 @@ class CloudController:
             if new in ("shutting-down", "terminated"):
                 Addresses.on_instance_terminated(db, instance_id)  # EC2 disassociates elastic addresses
         return True
+
+    # -- network byte counters for the ledger ------------------------------------------------------------
+    def _note_bytes(self, row: Any, rx: int, tx: int) -> None:
+        """A node reported ``row``'s cumulative NIC counters: append them to the ledger when they changed,
+        at most every NETWORK_LEDGER_S per instance (the end of its running interval appends the rest)."""
+        instance_id = row["instance_id"]
+        with self._bytes_lock:
+            self._bytes_seen[instance_id] = (rx, tx)
+            logged = self._bytes_logged.get(instance_id)
+        if logged is None:  # first sight in this process: what the ledger holds for this VM session
+            last = self.store.one(
+                "SELECT detail FROM ledger WHERE instance_id=? AND event=? AND seq > COALESCE("
+                "(SELECT MAX(seq) FROM ledger WHERE instance_id=? AND event='running'), 0) ORDER BY seq DESC LIMIT 1",
+                (instance_id, NETWORK_EVENT, instance_id),
+            )
+            counts = json.loads(last["detail"]) if last is not None else {"rx": 0, "tx": 0}
+            logged = (int(counts["rx"]), int(counts["tx"]), float("-inf"))
+            with self._bytes_lock:
+                self._bytes_logged.setdefault(instance_id, logged)
+        if (rx, tx) == logged[:2] or time.monotonic() - logged[2] < NETWORK_LEDGER_S:
+            return
+        with self.store.transaction() as db:
+            current = db.execute("SELECT * FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
+            if current is None or current["state"] != "running":
+                return
+            append_ledger(db, dict(current), NETWORK_EVENT, json.dumps({"rx": rx, "tx": tx}))
+            with self._bytes_lock:
+                self._bytes_logged[instance_id] = (rx, tx, time.monotonic())
+
+    def _flush_bytes(self, db: Any, row: dict[str, Any], now: float) -> None:
+        """Append the last counters seen for ``row`` if the ledger does not have them (inside a transaction)."""
+        with self._bytes_lock:
+            seen = self._bytes_seen.pop(row["instance_id"], None)
+            logged = self._bytes_logged.pop(row["instance_id"], None)
+        if seen is not None and (logged is None or seen != logged[:2]):
+            append_ledger(db, row, NETWORK_EVENT, json.dumps({"rx": seen[0], "tx": seen[1]}), when=now)
+
+    def _final_bytes(self, instance_id: str, result: Any) -> None:
+        """The counters a node read just before it destroyed the VM, into the ledger."""
+        if not isinstance(result, dict) or "net_rx_bytes" not in result:
+            return
+        counts = {"rx": int(result["net_rx_bytes"]), "tx": int(result["net_tx_bytes"])}
+        with self.store.transaction() as db:
+            row = db.execute("SELECT * FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
+            if row is not None:
+                append_ledger(db, dict(row), NETWORK_EVENT, json.dumps(counts))
 
     # -- RunInstances ----------------------------------------------------------------------------------
     def run_instances(
@@ -480,10 +535,11 @@ class CloudController:
         link = self.clusters.get(row["cluster"])
         if link is not None and row["node"]:
             try:
-                link.channel.call("terminate_instance", {"node": row["node"], "instance_id": instance_id})
+                result = link.channel.call("terminate_instance", {"node": row["node"], "instance_id": instance_id})
             except Exception as exc:
                 log.warning("%s of %s on %s not done yet: %s", final, instance_id, row["node"], exc)
                 return  # the reconciler retries
+            self._final_bytes(instance_id, result)
         self._transition(instance_id, final, expect=(row["state"],))
 
     # -- StopInstances / StartInstances ----------------------------------------------------------------
@@ -714,6 +770,16 @@ class CloudController:
                 (name, *LIVE_STATES),
             )
         }
+        for item in node["instances"]:
+            row = records.get(item["instance_id"])
+            if (
+                "net_rx_bytes" in item
+                and row is not None
+                and row["state"] == "running"
+                and row["running_at"] is not None
+                and row["running_at"] < report_time  # counters of this VM, not of one before a stop/start
+            ):
+                self._note_bytes(row, int(item["net_rx_bytes"]), int(item["net_tx_bytes"]))
         for instance_id, row in records.items():
             seen = reported.get(instance_id)
             state = row["state"]

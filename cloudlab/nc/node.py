@@ -9,6 +9,7 @@ restarted NC finds its instances where it left them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -37,6 +38,26 @@ log = logging.getLogger(__name__)
 CPU_OVERCOMMIT = 4  # vCPUs per host core offered to the scheduler on a QEMU host
 MEMORY_SHARE = 0.8  # share of host memory offered to instances
 CONSOLE_TAIL_BYTES = 64 * 1024  # EC2 returns the last 64 KiB of console output
+NET_BASELINE_FILE = "net-baseline.json"  # a VDE port's counters when the instance got it
+
+
+def vde_port_counters(text: str) -> dict[int, tuple[int, int]]:
+    """Port → (bytes into the switch, bytes out of it), from vde_switch's ``port/print``.
+
+    Each port's block reads ``Port 0005 untagged_vlan=... ACTIVE ...`` then ``IN:  pkts N bytes N`` and
+    ``OUT: pkts N bytes N`` (IN is what the port's plug sent to the switch).
+    """
+    counters: dict[int, list[int]] = {}
+    port: int | None = None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "Port" and parts[1].isdigit():
+            port = int(parts[1])
+            counters[port] = [0, 0]
+        elif port is not None and parts and parts[0] in ("IN:", "OUT:") and "bytes" in parts[:-1]:
+            with contextlib.suppress(ValueError):
+                counters[port][0 if parts[0] == "IN:" else 1] = int(parts[parts.index("bytes") + 1])
+    return {p: (c[0], c[1]) for p, c in counters.items()}
 
 
 class NodeController:
@@ -77,6 +98,11 @@ class NodeController:
         self._lock = threading.RLock()
         self._metadata: dict[str, dict[str, str]] = {}
         self._starting: set[str] = set()
+        # network byte counters: where each running domain's NIC is counted, keyed by (UUID, domain id)
+        self._nic_where: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self._vde_mgmt: dict[str, vde.VdeManagement] = {}
+        self._vde_lock = threading.Lock()
+        self._net_baseline: dict[str, tuple[int, int]] = {}
         self.started_at = time.time()
         self.events: list[dict[str, Any]] = []
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
@@ -155,24 +181,112 @@ class NodeController:
         return found[0]
 
     def instances(self) -> list[dict[str, Any]]:
-        """What this node holds, as the hypervisor sees it."""
+        """What this node holds, as the hypervisor sees it (with the NIC's byte counters where known)."""
         result = []
-        for name, (dom, meta) in self._domains().items():
+        switches: dict[str, dict[int, tuple[int, int]] | None] = {}  # one port/print per switch per report
+        domains = self._domains()
+        for name, (dom, meta) in domains.items():
             try:
                 state, _reason = dom.state()
             except libvirt.libvirtError:
                 continue  # vanished between listing and asking
             if name in self._starting:
                 state = libvirt.VIR_DOMAIN_NOSTATE  # defined, QEMU still starting: pending, not shut off
-            result.append(
-                {
-                    "instance_id": name,
-                    "state": node_state(state),
-                    "vcpus": int(meta.get("vcpus", 1)),
-                    "memory_mb": int(meta.get("memory_mb", 0)),
-                }
-            )
+            entry = {
+                "instance_id": name,
+                "state": node_state(state),
+                "vcpus": int(meta.get("vcpus", 1)),
+                "memory_mb": int(meta.get("memory_mb", 0)),
+            }
+            if entry["state"] == "running":
+                counters = self._nic_counters(name, dom, meta, switches)
+                if counters is not None:
+                    entry["net_rx_bytes"], entry["net_tx_bytes"] = counters
+            result.append(entry)
+        if len(self._nic_where) > 4 * len(domains) + 64:
+            self._nic_where.clear()
         return result
+
+    # -- network byte counters (for the accounting ledger) -------------------------------------------------------
+    def _nic_counters(
+        self, name: str, dom: Any, meta: dict[str, str], switches: dict[str, dict[int, tuple[int, int]] | None]
+    ) -> tuple[int, int] | None:
+        """(received, sent) bytes of a running domain's NIC, seen from the guest; None where unknown.
+
+        A bridged NIC is a tap libvirt knows (``interfaceStats``, already from the guest's side); a VDE NIC
+        is a switch port libvirt does not know, counted by the switch (less the port's counters when the
+        instance got it, as a port outlives the VMs that use it).
+        """
+        if self.kind != "qemu":
+            return None  # the test driver's domains have no NIC
+        try:
+            key = (dom.UUIDString(), dom.ID())
+            where = self._nic_where.get(key)
+            if where is None:
+                xml = dom.XMLDesc(0)
+                port, tap = vde_port_of(xml), tap_of(xml)
+                if port is not None and meta.get("vde_mgmt"):
+                    where = ("vde", meta["vde_mgmt"], port)
+                elif tap is not None:
+                    where = ("tap", tap)
+                else:
+                    where = ("none",)
+                self._nic_where[key] = where
+            if where[0] == "tap":
+                stats = dom.interfaceStats(where[1])
+                return int(stats[0]), int(stats[4])
+            if where[0] == "vde":
+                mgmt, port = where[1], where[2]
+                if mgmt not in switches:
+                    switches[mgmt] = self._vde_ports(mgmt)
+                ports = switches[mgmt]
+                if ports is None or port not in ports:
+                    return None
+                into_switch, out_of_switch = ports[port]
+                base_rx, base_tx = self._baseline(name)
+                rx, tx = out_of_switch, into_switch
+                return (rx - base_rx if rx >= base_rx else rx), (tx - base_tx if tx >= base_tx else tx)
+        except (libvirt.libvirtError, OSError, ValueError, IndexError) as exc:
+            log.debug("node %s: no byte counters for %s: %s", self.name, name, exc)
+        return None
+
+    def _vde_ports(self, mgmt: str) -> dict[int, tuple[int, int]] | None:
+        """The port counters of the switch managed at ``mgmt`` (a kept connection, made again once on failure)."""
+        with self._vde_lock:
+            for _attempt in range(2):
+                link = self._vde_mgmt.get(mgmt)
+                try:
+                    if link is None:
+                        link = self._vde_mgmt[mgmt] = vde.VdeManagement(Path(mgmt))
+                    return vde_port_counters(link.command("port/print"))
+                except (NetError, OSError) as exc:
+                    stale = self._vde_mgmt.pop(mgmt, None)
+                    if stale is not None:
+                        with contextlib.suppress(Exception):
+                            stale.close()
+                    log.debug("node %s: switch %s: %s", self.name, mgmt, exc)
+        return None
+
+    def _baseline(self, instance_id: str) -> tuple[int, int]:
+        found = self._net_baseline.get(instance_id)
+        if found is None:
+            path = self.node_dir / "instances" / instance_id / NET_BASELINE_FILE
+            try:
+                data = json.loads(path.read_text())
+                found = (int(data["rx"]), int(data["tx"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                found = (0, 0)
+            self._net_baseline[instance_id] = found
+        return found
+
+    def _note_baseline(self, instance_id: str, mgmt: str, port: int) -> None:
+        """Remember the VDE port's counters as the instance starts (kept beside its console log)."""
+        ports = self._vde_ports(mgmt) or {}
+        into_switch, out_of_switch = ports.get(port, (0, 0))
+        self._net_baseline[instance_id] = (out_of_switch, into_switch)
+        path = self.node_dir / "instances" / instance_id / NET_BASELINE_FILE
+        with contextlib.suppress(OSError):
+            path.write_text(json.dumps({"rx": out_of_switch, "tx": into_switch}))
 
     def describe_resource(self) -> dict[str, Any]:
         """Capacity, free capacity and instances: the CC's heartbeat answer."""
@@ -243,6 +357,8 @@ class NodeController:
             accel = self.accelerator(kernel, ramdisk) if self.kind == "qemu" else "test"
             nic_body = body.get("nic") if self.kind == "qemu" else None
             nic = self._nic(nic_body) if nic_body else None
+            # a VDE port's counters are read on its switch's management socket: remember where that is
+            nic_meta = {"vde_mgmt": str(nic_body["attach"]["mgmt"])} if nic and nic.vde_port is not None else {}
             spec = DomainSpec(
                 nic=nic,
                 instance_id=instance_id,
@@ -261,7 +377,8 @@ class NodeController:
                     "vcpus": str(vcpus),
                     "memory_mb": str(memory_mb),
                     "node": self.name,
-                },
+                }
+                | nic_meta,
             )
             try:
                 dom = self.conn.defineXML(build_domain_xml(spec))
@@ -272,6 +389,8 @@ class NodeController:
             dom.create()
             if nic is not None:
                 self._join_vlan(dom, nic, nic_body)
+                if nic.vde_port is not None:
+                    self._note_baseline(instance_id, str(nic_body["attach"]["mgmt"]), nic.vde_port)
         except (libvirt.libvirtError, NetError) as exc:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
@@ -321,6 +440,11 @@ class NodeController:
             except CloudError:
                 return {"instance_id": instance_id, "previous": "absent", "state": "absent"}
             previous = node_state(dom.state()[0])
+            final: dict[str, Any] = {}
+            if previous == "running":  # the NIC's last byte counts, for the accounting ledger
+                counters = self._nic_counters(instance_id, dom, self._domains().get(instance_id, (dom, {}))[1], {})
+                if counters is not None:
+                    final = {"net_rx_bytes": counters[0], "net_tx_bytes": counters[1]}
             try:
                 if dom.isActive():
                     dom.destroy()
@@ -332,7 +456,8 @@ class NodeController:
             except libvirt.libvirtError as exc:
                 raise CloudError("InternalError", f"node {self.name} could not undefine {instance_id}: {exc}") from exc
             log.info("node %s terminated %s", self.name, instance_id)
-            return {"instance_id": instance_id, "previous": previous, "state": "absent"}
+            self._net_baseline.pop(instance_id, None)
+            return {"instance_id": instance_id, "previous": previous, "state": "absent", **final}
 
     def reboot_instance(self, instance_id: str) -> dict[str, Any]:
         """Reset the guest (an instance-store guest has nothing to flush, and ACPI may be ignored)."""
