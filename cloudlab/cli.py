@@ -265,12 +265,65 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{node['memory_mb_free']}/{node['memory_mb_total']} MiB free, {node['instances']} instance(s), "
                 f"accel {node.get('accel') or '-'}{extra}"
             )
+        network = cluster.get("network_detail")
+        if network:
+            health = "healthy" if network["healthy"] else "NOT HEALTHY"
+            print(
+                f"  network {network['flavour']} ({health}): subnet {network['subnet']}, "
+                f"underlay {network['underlay']}, outside namespace {network['namespaces']['outside']} "
+                f"(cloudlab exec), VLANs {network['vlans'] or '-'}"
+            )
+            for proc in network["processes"]:
+                state = "running" if proc.get("alive") else "DEAD"
+                print(f"    {proc['role']}: {state}, pid {proc.get('pid')}, restarts {proc.get('restarts', 0)}")
+            for event in network["history"][-3:]:
+                print(f"    {event}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(status["instances"].items())) or "none"
     print(f"instances: {counts}")
     for vm in status.get("unknown_vms", []):
         print(
             f"  unknown VM {vm['instance_id']} on {vm['node']} ({vm['state']}): not in the cloud's records, left alone"
         )
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """The accounting report from the ledger, through the admin-only DescribeUsage action."""
+    import botocore.exceptions
+
+    from cloudlab.usage import fetch_usage
+
+    layout = _layout(args)
+    info, creds = control.connection(layout, "admin")
+    kwargs = {
+        "endpoint_url": info["url"],
+        "region_name": info["region"],
+        "aws_access_key_id": creds["access_key"],
+        "aws_secret_access_key": creds["secret_key"],
+    }
+    try:
+        frame = fetch_usage(kwargs, user=args.user, since=args.since, until=args.until, by=args.by)
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise CliError(f"{error.get('Code')}: {error.get('Message')}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise CliError(f"the cloud's API at {info['url']} failed: {exc}") from None
+    if args.csv:
+        frame.to_csv(sys.stdout, index=False)
+        return 0
+    since, until = frame.attrs.get("since"), frame.attrs.get("until")
+    window = f"{since:%Y-%m-%d %H:%M:%S}Z" if since is not None else "the beginning"
+    window += f" to {until:%Y-%m-%d %H:%M:%S}Z" if until is not None else ""
+    if frame.empty:
+        print(f"no usage from {window}")
+        return 0
+    total = {args.by: "TOTAL"} | frame.attrs["total"]
+    shown = frame.copy()
+    shown.loc[len(shown)] = {k: total.get(k, "") for k in shown.columns}
+    for column in ("instance_hours", "vcpu_hours", "gb_hours"):
+        shown[column] = shown[column].map(lambda v: f"{float(v):.3f}")
+    print(f"usage by {args.by}, from {window} (billed: time in running)")
+    print(shown.to_string(index=False))
     return 0
 
 
@@ -710,6 +763,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[state], help="what runs: controllers, nodes, instances")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "usage", parents=[state], help="accounting report from the ledger: instance, vCPU and GB hours, bytes"
+    )
+    p.add_argument("--user", help="only this user's usage")
+    p.add_argument("--since", metavar="T", help="window start: ISO date/time (UTC) or a duration ago (2h, 7d)")
+    p.add_argument("--until", metavar="T", help="window end (default now), as --since")
+    p.add_argument("--by", choices=["user", "type", "day", "instance"], default="user", help="grouping (default user)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout (no total row)")
+    p.set_defaults(func=cmd_usage)
 
     p = sub.add_parser("env", parents=[state], help="print export lines for boto3 and the AWS CLI")
     p.add_argument("--user", default="admin", help="whose credentials (default admin)")

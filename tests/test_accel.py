@@ -73,9 +73,7 @@ def test_verdict_is_cached_and_second_call_spawns_nothing(
 
     monkeypatch.setattr(accel, "_boot_with_kvm", forbidden)
     monkeypatch.setattr(accel.subprocess, "Popen", forbidden)
-    started = time.monotonic()
-    assert probe_accelerator(*fake_image, cache_file=cache) == "kvm"
-    assert time.monotonic() - started < 0.5
+    assert probe_accelerator(*fake_image, cache_file=cache) == "kvm"  # (QEMU would have raised above)
 
     # A different kernel is a different question.
     fake_image[0].write_bytes(b"another kernel")

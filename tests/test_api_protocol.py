@@ -1137,17 +1137,19 @@ def test_absurd_inputs_stay_cheap_and_clean() -> None:
 # -- speed --------------------------------------------------------------------------------------
 
 
-def test_describe_instances_of_1000_serialises_fast() -> None:
-    """Serialising 1,000 instances must be a small part of the request (botocore's own client-side
-    parse of the same document takes ~10x longer)."""
+def test_describe_instances_of_1000_round_trips_through_botocore() -> None:
+    """A page of 1,000 instances serialises to a document botocore parses back whole. (How fast is a
+    benchmark's question: `make bench` reports DescribeInstances of 1,000 against the bare SQL query.)"""
+    from botocore.parsers import create_parser
+
     op = operation_model("DescribeInstances")
     output = describe_instances_output(1000)
-    serialize_response(op, output, "warm-up")
-    best = min(_timed(lambda: serialize_response(op, output, "r")) for _ in range(5))
-    assert best < 0.1, f"{best * 1000:.1f} ms"
+    body = serialize_response(op, output, "r")
+    parsed = create_parser("ec2").parse({"body": body, "headers": {}, "status_code": 200}, op.output_shape)
+    ids = [i["InstanceId"] for r in parsed["Reservations"] for i in r["Instances"]]
+    assert len(ids) == 1000 and len(set(ids)) == 1000
     params = {f"InstanceId.{i}": f"i-{i:017x}" for i in range(1, 1001)} | {"Action": "DescribeInstances"}
-    best_parse = min(_timed(lambda: parse_request(op, params)) for _ in range(5))
-    assert best_parse < 0.02, f"{best_parse * 1000:.1f} ms"
+    assert len(parse_request(op, params)["InstanceIds"]) == 1000
 
 
 def _timed(fn: Any) -> float:

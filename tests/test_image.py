@@ -53,12 +53,11 @@ def image() -> BuiltImage:
 # building and caching
 
 
-def test_second_call_is_cached_and_quick(image: BuiltImage) -> None:
-    started = time.monotonic()
+def test_second_call_is_cached(image: BuiltImage) -> None:
+    before = image.ramdisk.stat().st_mtime_ns
     again = build_default_image()
-    elapsed = time.monotonic() - started
     assert again.rebuilt is False
-    assert elapsed < 1.0, f"a cached image took {elapsed:.2f} s to find"
+    assert again.ramdisk.stat().st_mtime_ns == before, "a cached image must not be written again"
     assert again.kernel == image.kernel and again.ramdisk == image.ramdisk
     assert again.manifest["inputs_hash"] == image.manifest["inputs_hash"]
 
