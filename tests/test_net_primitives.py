@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
