@@ -217,6 +217,12 @@ def cmd_bench_network(args: argparse.Namespace) -> int:
     return network_main(argv)
 
 
+def cmd_bench_notebook(args: argparse.Namespace) -> int:
+    from cloudlab.bench.notebooks import main as notebook_main
+
+    return notebook_main(args.rest)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     layout = _layout(args)
     result = control.down(layout, timeout_s=args.timeout)
@@ -755,6 +761,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vms", action="store_true", help="only namespaces and cables (no VMs)")
     p.add_argument("--variants", action="store_true", help="also vde_plug2tap and ptp taps (ways to shrink VDE's cost)")
     p.set_defaults(func=cmd_bench_network)
+    p = bench_sub.add_parser(
+        "notebook",
+        help="run a notebook headless with papermill (-p key value ..., --sweep key=v1,v2 ...); see --help",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="NAME [-p KEY VALUE]... [--sweep K=V1,V2]... [--output DIR]")
+    p.set_defaults(func=cmd_bench_notebook)
 
     p = sub.add_parser("down", parents=[state], help="terminate all instances and stop the cloud")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait before killing (default 90)")
@@ -873,7 +886,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    at = next((i for i in range(len(argv) - 1) if argv[i : i + 2] == ["bench", "notebook"]), None)
+    if at is not None and argv[:at] in ([], ["--state", *argv[1:2]]):
+        # Its own parser (papermill-style -p KEY VALUE, --help); the notebook finds the cloud by CLOUDLAB_STATE.
+        if at == 2:
+            os.environ["CLOUDLAB_STATE"] = str(Path(argv[1]).resolve())
+        args = argparse.Namespace(func=cmd_bench_notebook, rest=argv[at + 2 :])
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (CliError, CloudError, control.ControlError) as exc:

@@ -23,14 +23,17 @@ changes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ipaddress
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -38,6 +41,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from cloudlab.net import NetError, firewall, links, netns, vde
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FLAVOURS = ("vde", "direct")
 #: Cable transports between hosts. (SSH cables work by hand, see the benchmark's cable paths, but on
@@ -441,6 +445,10 @@ class ClusterNetwork:
 
 def host_routes(exclude: str | None = None) -> list[tuple[ipaddress.IPv4Network, str]]:
     """The root namespace's IPv4 routes (not the default route, loopback or ``exclude``'s) with their devices."""
+    return _off_event_loop(lambda: _host_routes(exclude))
+
+
+def _host_routes(exclude: str | None) -> list[tuple[ipaddress.IPv4Network, str]]:
     found = []
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
@@ -465,8 +473,23 @@ def free_underlay(prefix: str) -> ipaddress.IPv4Network:
     raise NetError("no free /24 in 10.253.0.0/16 for the underlay: pass --underlay CIDR")
 
 
+def _off_event_loop(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a worker thread when this thread runs an asyncio loop (a Jupyter kernel's, say):
+    pyroute2's synchronous netlink sockets refuse to open inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
+
+
 def sweep(prefix: str) -> list[str]:
     """Remove every namespace named ``<prefix>-*`` (killing what runs inside) and the root veth ``prefix``."""
+    return _off_event_loop(lambda: _sweep(prefix))
+
+
+def _sweep(prefix: str) -> list[str]:
     removed = []
     for name in netns.names(prefix + "-"):
         netns.kill_all(name)
