@@ -140,30 +140,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 127  # not reached
 
 
-def ssh_argv(key: Path, address: str, user: str = "root", command: list[str] | None = None) -> list[str]:
-    """OpenSSH to an instance: its host key is new on every launch, so it is neither checked nor remembered."""
-    return [
-        "ssh",
-        "-i",
-        str(key),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=10",
-        "-o",
-        "BatchMode=yes",
-        f"{user}@{address}",
-        *(command or []),
-    ]
-
-
 def cmd_ssh(args: argparse.Namespace) -> int:
+    from cloudlab.bench.remote import SshRemote
     from cloudlab.clc.keypairs import held_private_keys
-    from cloudlab.net import netns
 
     layout = _layout(args)
     namespace = _outside_namespace(layout)
@@ -202,7 +181,8 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     else:
         raise CliError(f"{args.instance_id} was launched without a key pair: pass -i KEY")
     command = [c for c in args.cmd if c != "--"]
-    argv = netns.command(namespace, ssh_argv(key, address, args.user, command))
+    # As ssh itself does, the words are joined with spaces for the remote shell; none: a login shell.
+    argv = SshRemote(address, key, netns=namespace, user=args.user).argv(" ".join(command) if command else None)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
     return 127  # not reached

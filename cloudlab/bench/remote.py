@@ -59,7 +59,8 @@ class SshRemote:
         self.connect_timeout = connect_timeout
         self.name = f"{user}@{address}" + (f" via {netns}" if netns else "")
 
-    def argv(self, command: str) -> list[str]:
+    def argv(self, command: str | None) -> list[str]:
+        """The OpenSSH command line (``command`` None: an interactive login shell)."""
         return [
             *netns_argv(self.netns),
             "ssh",
@@ -80,7 +81,7 @@ class SshRemote:
             "-o",
             "ServerAliveCountMax=3",
             f"{self.user}@{self.address}",
-            command,
+            *([] if command is None else [command]),
         ]
 
     def run(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
