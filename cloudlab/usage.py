@@ -9,6 +9,8 @@ botocore does the protocol: a client built from EC2's model plus cloudlab's exte
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any
 
 import botocore.session
@@ -33,13 +35,23 @@ _DEFAULTS = {"instances": 0, "instance_hours": 0.0, "vcpu_hours": 0.0, "gb_hours
 _DEFAULTS["net_tx_bytes"] = 0
 
 
-def usage_client(ec2_client_kwargs: dict[str, Any]) -> Any:
-    """A botocore EC2 client that also knows cloudlab's actions (``describe_usage``)."""
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _session() -> botocore.session.Session:
+    """One session per process: loading the EC2 model and the extension takes about a second, once."""
     session = botocore.session.Session()
     session.register_component("data_loader", extended_loader())
+    return session
+
+
+def usage_client(ec2_client_kwargs: dict[str, Any]) -> Any:
+    """A botocore EC2 client that also knows cloudlab's actions (``describe_usage``)."""
     kwargs = dict(ec2_client_kwargs)
     kwargs.setdefault("config", Config(retries={"max_attempts": 2}))
-    return session.create_client("ec2", **kwargs)
+    with _SESSION_LOCK:  # botocore sessions are not safe to create clients from concurrently
+        return _session().create_client("ec2", **kwargs)
 
 
 def _row(item: dict[str, Any]) -> dict[str, Any]:
