@@ -51,8 +51,8 @@ class RunningCloud:
     def status(self) -> dict[str, Any]:
         return control.get_json(self.url.rstrip("/") + "/_cloudlab/status")
 
-    def create_user(self, prefix: str) -> tuple[Any, Any]:
-        """A fresh user of the running cloud (made in its database, beside the service): (User, boto3 client)."""
+    def add_user(self, prefix: str) -> tuple[Any, Any]:
+        """A fresh user of the running cloud (made in its database, beside the service): (User, access key)."""
         from cloudlab.clc.store import Store
         from cloudlab.clc.users import Users
 
@@ -63,6 +63,11 @@ class RunningCloud:
             key = users.create_key(user.name)
         finally:
             store.close()
+        return user, key
+
+    def create_user(self, prefix: str) -> tuple[Any, Any]:
+        """A fresh user of the running cloud: (User, boto3 client)."""
+        user, key = self.add_user(prefix)
         return user, self.ec2(aws_access_key_id=key.access_key, aws_secret_access_key=key.secret_key)
 
     def new_user(self, prefix: str) -> Any:

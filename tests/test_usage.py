@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import shutil
 import signal
 import time
@@ -245,15 +244,7 @@ def kwargs_of(cloud: RunningCloud, user: str = "admin") -> dict[str, Any]:
 
 def make_user(cloud: RunningCloud, prefix: str) -> tuple[str, dict[str, Any]]:
     """A fresh (non-admin) user of the running cloud: its name and its client keyword arguments."""
-    from cloudlab.clc.users import Users
-
-    db = Store(cloud.layout.database)
-    try:
-        users = Users(db, None)
-        user = users.create(f"{prefix}-{secrets.token_hex(4)}")
-        key = users.create_key(user.name)
-    finally:
-        db.close()
+    user, key = cloud.add_user(prefix)
     kwargs = kwargs_of(cloud) | {"aws_access_key_id": key.access_key, "aws_secret_access_key": key.secret_key}
     return user.name, kwargs
 
