@@ -133,6 +133,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from cloudlab.net import netns
 
     layout = _layout(args)
+    config = CloudConfig.load(layout.config) if layout.config.exists() else CloudConfig()
+    if args.cluster not in (None, config.cluster):
+        raise CliError(f"no cluster {args.cluster!r}: this cloud has one cluster, {config.cluster}")
     command = [c for c in args.cmd if c != "--"] or [os.environ.get("SHELL", "/bin/sh")]
     argv = netns.command(_outside_namespace(layout), command)
     sys.stdout.flush()
