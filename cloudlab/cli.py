@@ -103,17 +103,7 @@ def _check_network(layout: StateLayout, config: CloudConfig) -> None:
     if os.geteuid() != 0:
         raise CliError(f"the {config.network} network needs root (namespaces, taps, nftables): run as root")
     try:
-        ClusterNetwork(
-            config.cluster,
-            config.network,
-            prefix=layout.network_prefix,
-            nodes=config.node_names(),
-            subnet=config.subnet,
-            underlay=config.underlay,
-            run_dir=layout.network_run_dir,
-            nat_nodes=config.nat_nodes,
-            cable=config.cable,
-        ).check(config.public_pool)
+        ClusterNetwork.for_cloud(config, layout).check(config.public_pool)
     except (NetError, ValueError) as exc:
         raise CliError(str(exc)) from None
 
@@ -123,7 +113,7 @@ def _outside_namespace(layout: StateLayout) -> str:
 
     if control.endpoint(layout) is None:
         raise CliError(f"cloud is not running (state {layout.root}); start it with: cloudlab up --network vde")
-    name = f"{layout.network_prefix}-out"
+    name = layout.outside_namespace
     if not netns.exists(name):
         raise CliError("this cloud has no network (started with --network none): restart it with --network vde|direct")
     return name
@@ -144,48 +134,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
-    from cloudlab.bench.remote import SshRemote
-    from cloudlab.clc.keypairs import held_private_keys
+    from cloudlab.bench.workloads import WorkloadError, instance_remote
+    from cloudlab.client import connect
 
     layout = _layout(args)
-    namespace = _outside_namespace(layout)
-    info, creds = control.connection(layout, "admin")
-    import boto3
-
-    ec2 = boto3.client(
-        "ec2",
-        endpoint_url=info["url"],
-        region_name=info["region"],
-        aws_access_key_id=creds["access_key"],
-        aws_secret_access_key=creds["secret_key"],
-    )
+    _outside_namespace(layout)  # a running cloud with a network, or a one-line error
     try:
-        reservations = ec2.describe_instances(InstanceIds=[args.instance_id])["Reservations"]
-    except Exception as exc:
+        remote = instance_remote(
+            connect(str(layout.root)), args.instance_id, key=args.identity, public=args.public, user=args.user
+        )
+    except WorkloadError as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:  # botocore's ClientError: a malformed or unknown id
         raise CliError(f"cannot find {args.instance_id}: {exc}") from None
-    if not reservations or not reservations[0]["Instances"]:
-        raise CliError(f"no instance {args.instance_id}")
-    owner = reservations[0]["OwnerId"]
-    instance = reservations[0]["Instances"][0]
-    if instance["State"]["Name"] != "running":
-        raise CliError(f"{args.instance_id} is {instance['State']['Name']}, not running")
-    address = instance.get("PublicIpAddress") if args.public else instance.get("PrivateIpAddress")
-    if not address:
-        raise CliError(f"{args.instance_id} has no {'public' if args.public else 'private'} address")
-    if args.identity:
-        key = Path(args.identity)
-    elif instance.get("KeyName"):
-        # OwnerId is an account number; the key store is by user name, so look for the key pair's file.
-        keys = held_private_keys(layout.root, instance["KeyName"])
-        if len(keys) != 1:
-            why = "does not hold" if not keys else "holds several"
-            raise CliError(f"cloudlab {why} private keys named {instance['KeyName']!r} (owner {owner}): pass -i KEY")
-        key = keys[0]
-    else:
-        raise CliError(f"{args.instance_id} was launched without a key pair: pass -i KEY")
     command = [c for c in args.cmd if c != "--"]
     # As ssh itself does, the words are joined with spaces for the remote shell; none: a login shell.
-    argv = SshRemote(address, key, netns=namespace, user=args.user).argv(" ".join(command) if command else None)
+    argv = remote.argv(" ".join(command) if command else None)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
     return 127  # not reached

@@ -36,6 +36,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CLOUDLAB_CACHE") or Path.home() / ".cache" / "cloudlab").expanduser()
 
 
+def outside_namespace_of(network_prefix: str) -> str:
+    """The name of the outside namespace of the cloud whose namespaces start with ``network_prefix``."""
+    return f"{network_prefix}-out"
+
+
 @dataclass(frozen=True)
 class StateLayout:
     """Names of everything inside one cloud's state folder."""
@@ -98,6 +103,11 @@ class StateLayout:
         """Names of this cloud's namespaces (``<prefix>-out``, ``<prefix>-node-01``) and root veth: short and
         unique per state folder, because an interface name has at most 15 characters."""
         return "cl" + hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:6]
+
+    @property
+    def outside_namespace(self) -> str:
+        """The cluster's outside namespace (router, NAT, metadata; where ``cloudlab exec`` runs)."""
+        return outside_namespace_of(self.network_prefix)
 
     @property
     def network_run_dir(self) -> Path:

@@ -124,17 +124,7 @@ class CloudService:
         from cloudlab.cc.network import ClusterNetwork
 
         config = self.config
-        network = ClusterNetwork(
-            config.cluster,
-            config.network,
-            prefix=self.layout.network_prefix,
-            nodes=config.node_names(),
-            subnet=config.subnet,
-            underlay=config.underlay,
-            run_dir=self.layout.network_run_dir,
-            nat_nodes=config.nat_nodes,
-            cable=config.cable,
-        )
+        network = ClusterNetwork.for_cloud(config, self.layout)
         network.check(config.public_pool)
         network.build()
         log.info("cluster %s: %s network built (outside namespace %s)", config.cluster, config.network,

@@ -53,7 +53,7 @@ def cli(cloud: RunningCloud, *args: str, timeout: float = 60) -> subprocess.Comp
 
 
 def outside(cloud: RunningCloud) -> str:
-    return f"{cloud.layout.network_prefix}-out"
+    return cloud.layout.outside_namespace
 
 
 def assert_cloudlab_route(cloud: RunningCloud, address: str) -> None:

@@ -28,8 +28,11 @@ def _describe(cloud: Any, instance_id: str) -> dict[str, Any]:
     return found[0]["Instances"][0]
 
 
-def instance_remote(cloud: Any, instance_id: str, key: Path | str | None = None, public: bool = False) -> SshRemote:
-    """Somewhere to run commands: ``instance_id`` over SSH from the cluster's outside namespace."""
+def instance_remote(
+    cloud: Any, instance_id: str, key: Path | str | None = None, public: bool = False, user: str = "root"
+) -> SshRemote:
+    """Somewhere to run commands: ``instance_id`` over SSH from the cluster's outside namespace (the key:
+    ``key``, else the held private key of the key pair it was launched with)."""
     instance = _describe(cloud, instance_id)
     if instance["State"]["Name"] != "running":
         raise WorkloadError(f"{instance_id} is {instance['State']['Name']}, not running")
@@ -41,14 +44,14 @@ def instance_remote(cloud: Any, instance_id: str, key: Path | str | None = None,
         )
     if key is None:
         if not instance.get("KeyName"):
-            raise WorkloadError(f"{instance_id} was launched without a key pair: pass key=PATH")
+            raise WorkloadError(f"{instance_id} was launched without a key pair: pass a private key (-i KEY)")
         keys = held_private_keys(cloud.layout.root, instance["KeyName"])
         if len(keys) != 1:
             raise WorkloadError(
-                f"the cloud holds {len(keys)} private keys named {instance['KeyName']!r}: pass key=PATH"
+                f"the cloud holds {len(keys)} private keys named {instance['KeyName']!r}: pass one (-i KEY)"
             )
         key = keys[0]
-    return SshRemote(address, Path(key), netns=f"{cloud.layout.network_prefix}-out")
+    return SshRemote(address, Path(key), netns=cloud.layout.outside_namespace, user=user)
 
 
 def _bar(total: int, desc: str, progress: bool) -> Any:

@@ -38,7 +38,9 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cloudlab.config import CloudConfig
 from cloudlab.net import NetError, firewall, links, netns, vde
+from cloudlab.paths import StateLayout, outside_namespace_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -114,7 +116,7 @@ class ClusterNetwork:
         self.underlay = free_underlay(prefix) if underlay == "auto" else ipaddress.IPv4Network(underlay)
         self.run_dir = run_dir
         self.cable_kind = cable
-        self.outside = f"{prefix}-out"
+        self.outside = outside_namespace_of(prefix)
         self.root_link = prefix  # the veth end in the root namespace
         hosts = list(self.underlay.hosts())
         self.root_address = str(hosts[0])
@@ -137,6 +139,21 @@ class ClusterNetwork:
         self.history: list[str] = []
         self._lock = threading.RLock()
         self.built = False
+
+    @classmethod
+    def for_cloud(cls, config: CloudConfig, layout: StateLayout) -> ClusterNetwork:
+        """The network ``config`` asks for, named after ``layout``'s state folder (not built yet)."""
+        return cls(
+            config.cluster,
+            config.network,
+            prefix=layout.network_prefix,
+            nodes=config.node_names(),
+            subnet=config.subnet,
+            underlay=config.underlay,
+            run_dir=layout.network_run_dir,
+            nat_nodes=config.nat_nodes,
+            cable=config.cable,
+        )
 
     # -- checks -------------------------------------------------------------------------------------------
     def check(self, public_pool: str) -> None:
