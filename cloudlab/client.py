@@ -29,9 +29,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloudlab import control
+from cloudlab.guest import BOOT_MARKER
 from cloudlab.paths import StateLayout, find_state_dir
 
-BOOT_MARKER = "cloudlab-boot:"
 #: How an instance's launch progresses, as the launcher's progress bars count it.
 PHASES = ("pending", "running", "booted")
 

@@ -12,19 +12,24 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from cloudlab.contract import Action, decode, encode
 from cloudlab.errors import CloudError, ControllerUnavailable
 from cloudlab.security.messages import MessageRejected, MessageSigner, MessageVerifier, VerifiedMessage
 
 log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
 
 Handler = Callable[[VerifiedMessage], Any]
+TypedHandler = Callable[[Req, VerifiedMessage], Rep]
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
@@ -38,7 +43,8 @@ class Dispatcher:
     """The receiving side of a controller: verifies, routes by action, signs the reply.
 
     A refused message reaches no handler, so it changes nothing; the refusal is logged and answered
-    with a signed error reply naming the reason.
+    with a signed error reply naming the reason. Whatever arrives (garbage, a body that does not fit
+    the action's dataclass, a handler that fails), the sender gets a reply, never a closed connection.
     """
 
     def __init__(self, name: str, signer: MessageSigner, verifier: MessageVerifier) -> None:
@@ -48,7 +54,17 @@ class Dispatcher:
         self._routes: dict[str, Route] = {}
         self.refused: list[str] = []
 
+    def serve(self, action: Action[Req, Rep], handler: TypedHandler[Req, Rep]) -> None:
+        """Answer ``action`` with ``handler(request, message)``: the request decoded, the reply encoded."""
+
+        def typed(message: VerifiedMessage) -> Any:
+            request = decode(action.request, message.body, what=f"{action.name} request")
+            return encode(handler(request, message))
+
+        self.route(action.name, typed, action.callers)
+
     def route(self, action: str, handler: Handler, allowed_roles: Collection[str]) -> None:
+        """Answer ``action`` with ``handler(message)`` (untyped: for the transport's own tests)."""
         self._routes[action] = Route(handler, frozenset(allowed_roles))
 
     def handle(self, data: bytes) -> bytes:
@@ -58,22 +74,29 @@ class Dispatcher:
             if route is None:
                 # Verify anyway so that garbage is refused as garbage, then report the unknown action.
                 self._verifier.verify(data, {"clc", "cc", "nc"})
-                raise CloudError("InvalidAction", f"{self.name} has no action {action!r}")
+                raise CloudError("InvalidAction", f"{self.name} has no action {action[:64]!r}")
             message = self._verifier.verify(data, route.allowed_roles)
-            result = route.handler(message)
-            reply: dict[str, Any] = {"ok": True, "result": result}
+            reply: dict[str, Any] = {"ok": True, "result": route.handler(message)}
         except MessageRejected as exc:
             self.refused.append(str(exc))
             del self.refused[:-100]
             log.warning("%s refused a message: %s", self.name, exc)
-            reply = {"ok": False, "error": {"code": "MessageRejected", "message": str(exc)}}
+            reply = _error_reply("MessageRejected", str(exc))
         except CloudError as exc:
-            reply = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+            reply = _error_reply(exc.code, exc.message)
         except Exception as exc:  # a handler bug must not kill the controller's server thread
-            log.exception("%s: action %s failed", self.name, action)
-            reply = {"ok": False, "error": {"code": "InternalError", "message": f"{type(exc).__name__}: {exc}"}}
+            log.exception("%s: action %s failed", self.name, action[:64])
+            reply = _error_reply("InternalError", f"{type(exc).__name__}: {exc}")
         # The reply quotes the request's nonce, so a requester can tell it answers *its* request.
-        return self._signer.sign(f"{action}.reply", reply, reply_to=nonce)
+        try:
+            return self._signer.sign(f"{action[:64] or 'unknown'}.reply", reply, reply_to=nonce)
+        except (TypeError, ValueError) as exc:  # a result that is not JSON: still answer, and say so
+            log.error("%s: the reply to %s could not be signed: %s", self.name, action[:64], exc)
+            return self._signer.sign("unknown.reply", _error_reply("InternalError", "unsignable reply"))
+
+
+def _error_reply(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message[:1024]}}
 
 
 def _peek(data: bytes) -> tuple[str, str | None]:
@@ -83,10 +106,13 @@ def _peek(data: bytes) -> tuple[str, str | None]:
         action, nonce = envelope.get("action", ""), envelope.get("nonce")
         return (
             action if isinstance(action, str) else "",
-            nonce if isinstance(nonce, str) and len(nonce) <= 64 else None,
+            nonce if isinstance(nonce, str) and _NONCE.fullmatch(nonce) else None,
         )
     except Exception:
         return "", None
+
+
+_NONCE = re.compile(r"[0-9a-f]{32}")
 
 
 class Channel(Protocol):
@@ -95,6 +121,8 @@ class Channel(Protocol):
     peer: str
 
     def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any: ...
+
+    def ask(self, action: Action[Req, Rep], request: Req, timeout: float | None = None) -> Rep: ...
 
 
 class _SignedChannel:
@@ -106,6 +134,11 @@ class _SignedChannel:
 
     def _send(self, data: bytes, timeout: float | None) -> bytes:
         raise NotImplementedError
+
+    def ask(self, action: Action[Req, Rep], request: Req, timeout: float | None = None) -> Rep:
+        """Send ``request`` as ``action`` and return the reply decoded to the action's reply type."""
+        result = self.call(action.name, encode(request), timeout)
+        return decode(action.reply, result, what=f"{action.name} reply from {self.peer}")
 
     def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
         sent = self._signer.seal(action, body)

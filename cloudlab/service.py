@@ -26,6 +26,7 @@ from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.images import Images
 from cloudlab.clc.store import Store
 from cloudlab.config import CloudConfig
+from cloudlab.contract import encode
 from cloudlab.files import write_atomic
 from cloudlab.nc.hypervisor import driver_kind, test_driver_uri
 from cloudlab.nc.node import NodeController
@@ -63,9 +64,10 @@ class ChildNode:
 class CloudService:
     """Builds and runs one cloud from its state folder."""
 
-    def __init__(self, layout: StateLayout, config: CloudConfig) -> None:
+    def __init__(self, layout: StateLayout, config: CloudConfig, *, reconcile_s: float = 1.0) -> None:
         self.layout = layout
         self.config = config
+        self.reconcile_s = reconcile_s
         self.ca = CertificateAuthority.load_or_create(layout.pki)
         self._stop = threading.Event()
         self.children: dict[str, ChildNode] = {}
@@ -101,7 +103,12 @@ class CloudService:
         self.cc_url = f"http://{cc_host}:{self.cc_server.server_port}"
         self.store = Store(layout.database)
         self.clc = CloudController(
-            self.store, Images(self.store, layout.images), self.ca, region=config.region, public_pool=config.public_pool
+            self.store,
+            Images(self.store, layout.images),
+            self.ca,
+            region=config.region,
+            public_pool=config.public_pool,
+            reconcile_s=self.reconcile_s,
         )
         channel = LocalChannel(f"cc-{cluster_name}", "cc", clc_signer, clc_verifier, self.cc_dispatcher)
         self.clc.add_cluster(
@@ -127,8 +134,7 @@ class CloudService:
         network = ClusterNetwork.for_cloud(config, self.layout)
         network.check(config.public_pool)
         network.build()
-        log.info("cluster %s: %s network built (outside namespace %s)", config.cluster, config.network,
-                 network.outside)
+        log.info("cluster %s: %s network built (outside namespace %s)", config.cluster, config.network, network.outside)
         return network
 
     def _start_metadata_service(self) -> None:
@@ -171,7 +177,13 @@ class CloudService:
         node_dir = self.layout.node_dir(name)
         if driver_kind(uri) == "test":
             node = NodeController(
-                name, uri, node_dir, vcpus=self.config.node_vcpus, memory_mb=self.config.node_memory_mb, accel="test"
+                name,
+                uri,
+                node_dir,
+                vcpus=self.config.node_vcpus,
+                memory_mb=self.config.node_memory_mb,
+                accel="test",
+                on_change=lambda: self.cc.registry.poll_soon(name),
             )
             signer, verifier = self._signer_verifier(name, "nc")
             dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
@@ -245,7 +257,7 @@ class CloudService:
             self.network.supervise_once()
 
     def status(self) -> dict[str, Any]:
-        cluster = self.cc.describe_cluster()
+        cluster = encode(self.cc.describe_cluster())
         counts: dict[str, int] = {}
         for row in self.store.query("SELECT state, COUNT(*) AS n FROM instances GROUP BY state"):
             counts[row["state"]] = row["n"]
@@ -288,21 +300,30 @@ class CloudService:
     def endpoint_url(self) -> str:
         return f"http://{self.config.api_host}:{self.api_server.server_port}/"
 
-    def run(self) -> int:
-        """Start everything, write the endpoint file, and serve until SIGTERM."""
-        from cloudlab.api.server import serve_api  # the service composes the API; the core never imports it
+    def start(self, *, api: bool = True) -> None:
+        """Build the cloud and start every controller; with ``api``, the EC2 endpoint and its endpoint file.
 
+        This is the whole start sequence of ``cloudlab serve`` but the signal handling and the
+        supervision loop, so tests start a cloud exactly as the service does.
+        """
         try:
             self.build()
         except BaseException:
             if self.network is not None:
                 self.network.teardown()
             raise
-        self.api_server = serve_api(self.clc, self.config.api_host, self.config.api_port, status=self.status)
+        if api:
+            from cloudlab.api.server import serve_api  # the service composes the API; the core never imports it
+
+            self.api_server = serve_api(self.clc, self.config.api_host, self.config.api_port, status=self.status)
         self.cc.start()
         self.wait_for_nodes()
         self.clc.reconcile_once()
         self.clc.start()
+        if api:
+            self._write_endpoint()
+
+    def _write_endpoint(self) -> None:
         write_json(
             self.layout.endpoint_file,
             {
@@ -313,6 +334,10 @@ class CloudService:
                 "started": self.started,
             },
         )
+
+    def run(self) -> int:
+        """Start everything, write the endpoint file, and serve until SIGTERM."""
+        self.start()
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         log.info("cloud is up: EC2 endpoint %s", self.endpoint_url)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cloudlab import contract, waiting
 from cloudlab.clc.states import STATE_CODES, TRANSITIONS, check_transition
 from cloudlab.clc.users import User
 from cloudlab.config import CloudConfig
@@ -30,11 +30,7 @@ LEDGER_FIELDS = ("user", "instance_id", "instance_type", "vcpus", "memory_mb", "
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
-    return value
+    return waiting.wait_until(predicate, timeout, what=what, interval_s=0.02)
 
 
 class Cloud:
@@ -50,14 +46,9 @@ class Cloud:
             node_memory_mb=NODE_MEMORY_MB,
             heartbeat_s=0.05,
         )
-        self.service = CloudService(self.layout, self.config)
-        self.service.build()
-        self.service.cc.start()
-        assert self.service.wait_for_nodes(10)
+        self.service = CloudService(self.layout, self.config, reconcile_s=0.05)
+        self.service.start(api=False)
         self.clc = self.service.clc
-        self.clc.reconcile_s = 0.05
-        self.clc.reconcile_once()
-        self.clc.start()
         kernel, ramdisk = root / "vmlinuz", root / "initrd.img"
         kernel.write_bytes(b"a kernel the test driver never reads\n")
         ramdisk.write_bytes(b"an initramfs\n")
@@ -81,6 +72,12 @@ class Cloud:
             timeout,
             f"{ids} to be {state} (now {[self.state(i) for i in ids]})",
         )
+
+    def passes(self, count: int = 3) -> None:
+        """Wait until the reconciler has made ``count`` more passes over the cluster."""
+        reconciler = self.clc.reconciler
+        target = reconciler.passes + count
+        wait_until(lambda: reconciler.passes >= target, what=f"{count} reconcile passes")
 
     def ledger(self, instance_id: str | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM ledger", ()
@@ -174,9 +171,10 @@ class SlowReservationReads:
 
     def query(self, sql: str, params: Any = ()) -> Any:
         if "WHERE reservation_id=?" in sql and threading.current_thread() is self._caller:
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline and any(r["state"] == "pending" for r in self._store.query(sql, params)):
-                time.sleep(0.01)
+            with contextlib.suppress(waiting.WaitTimeout):
+                waiting.wait_until(
+                    lambda: all(r["state"] != "pending" for r in self._store.query(sql, params)), 1.0, interval_s=0.01
+                )
         return self._store.query(sql, params)
 
 
@@ -351,15 +349,15 @@ class GatedSchedule:
         self.peer = inner.peer
         self.barrier = threading.Barrier(parties)
 
-    def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-        if action == "schedule":
+    def ask(self, action: contract.Action[Any, Any], request: Any, timeout: float | None = None) -> Any:
+        if action is contract.SCHEDULE:
             with contextlib.suppress(threading.BrokenBarrierError):
                 self.barrier.wait(timeout=1.0)
-        return self.inner.call(action, body, timeout)
+        return self.inner.ask(action, request, timeout)
 
 
 def test_concurrent_requests_with_one_client_token_make_one_reservation(cloud: Cloud) -> None:
-    link = cloud.clc.clusters["cluster1"]
+    link = cloud.clc.clusters.get("cluster1")
     link.channel = GatedSchedule(link.channel, 3)
     reservations: list[str] = []
 
@@ -481,7 +479,7 @@ def test_a_vm_that_vanished_is_terminated_with_a_reason(cloud: Cloud) -> None:
     assert "vanished" in row["state_reason"].lower() and row["node"] in row["state_reason"]
     assert cloud.events(ids[0]) == ["pending", "running", "terminated"]
     assert "vanished" in cloud.ledger(ids[0])[-1]["detail"].lower()
-    time.sleep(0.3)  # a few more reconcile rounds
+    cloud.passes()
     assert cloud.state(ids[1]) == "running"
     assert cloud.events(ids[0]).count("terminated") == 1
 
@@ -504,7 +502,7 @@ def test_an_unknown_vm_is_reported_and_left_alone(cloud: Cloud) -> None:
         lambda: [v for v in cloud.clc.unknown_vms() if v["instance_id"] == stranger], what="the stranger to be reported"
     )
     assert found[0]["node"] == "node-01" and found[0]["state"] == "running"
-    time.sleep(0.3)  # several reconcile rounds later it is still there, untouched and unrecorded
+    cloud.passes()  # several reconcile rounds later it is still there, untouched and unrecorded
     assert node.conn.lookupByName(stranger).isActive()
     assert cloud.clc.instance(stranger) is None
     assert cloud.ledger() == []
@@ -529,14 +527,14 @@ def test_a_guest_that_shuts_itself_off_is_terminated(cloud: Cloud) -> None:
 def test_the_vm_of_a_terminated_instance_that_reappears_is_removed(
     cloud: Cloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("cloudlab.clc.cloud.RETRY_AFTER_S", 0.1)
+    monkeypatch.setattr("cloudlab.clc.dispatch.RETRY_AFTER_S", 0.1)
     (instance_id,) = cloud.run()
     cloud.wait_state([instance_id], "running")
     node = cloud.node_of(instance_id)
     cloud.clc.terminate_instances(cloud.admin, [instance_id])
     cloud.wait_state([instance_id], "terminated")
     # the node brings the old VM back (say, a node restored from a snapshot)
-    node.run_instance({"instance_id": instance_id, "vcpus": 1, "memory_mb": 256, "kernel": "/k", "ramdisk": None})
+    node.run_instance(contract.StartInstance(instance_id=instance_id, vcpus=1, memory_mb=256, kernel="/k"))
     wait_until(
         lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()], what="the leftover VM to be removed"
     )
@@ -554,11 +552,11 @@ def test_a_node_that_stops_answering_does_not_terminate_its_instances(cloud: Clo
     entry = registry.entry(name)
     entry.channel = FailingLink(entry.channel, {"describe_resource"})
     wait_until(lambda: not registry.alive(registry.entry(name)), what=f"{name} to be declared dead")
-    time.sleep(0.3)  # several reconcile rounds without a report from that node
+    cloud.passes()  # several reconcile rounds without a report from that node
     assert cloud.state(instance_id) == "running"
     entry.channel = entry.channel.inner
     wait_until(lambda: registry.alive(registry.entry(name)), what=f"{name} to come back")
-    time.sleep(0.2)
+    cloud.passes()
     assert cloud.state(instance_id) == "running"
     assert cloud.events(instance_id) == ["pending", "running"]
 
@@ -571,10 +569,10 @@ class FailingLink:
         self.peer = inner.peer
         self.failing = failing
 
-    def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-        if action in self.failing:
+    def ask(self, action: contract.Action[Any, Any], request: Any, timeout: float | None = None) -> Any:
+        if action.name in self.failing:
             raise ControllerUnavailable(f"{self.peer} is unreachable (test)")
-        return self.inner.call(action, body, timeout)
+        return self.inner.ask(action, request, timeout)
 
 
 def test_a_restart_reconciles_records_without_losing_or_duplicating_ledger_events(
@@ -587,11 +585,11 @@ def test_a_restart_reconciles_records_without_losing_or_duplicating_ledger_event
     first.clc.terminate_instances(first.admin, done)
     first.wait_state(done, "terminated")
     # one start and one termination the CC never got (it became unreachable)
-    link = first.clc.clusters["cluster1"]
+    link = first.clc.clusters.get("cluster1")
     link.channel = FailingLink(link.channel, {"run_instance", "terminate_instance"})
     (undispatched,) = first.run()
     first.clc.terminate_instances(first.admin, running[1:])
-    time.sleep(0.2)
+    first.passes()
     assert first.state(undispatched) == "pending" and first.clc.instance(undispatched)["dispatched_at"] is None
     assert first.state(running[1]) == "shutting-down"
     ledger_before = first.ledger()
@@ -609,7 +607,7 @@ def test_a_restart_reconciles_records_without_losing_or_duplicating_ledger_event
     # the start that never reached a node is sent again
     second.wait_state([undispatched], "running")
     assert undispatched in second.domains()[second.clc.instance(undispatched)["node"]]
-    time.sleep(0.3)  # let a few more reconcile rounds pass: nothing may be added twice
+    second.passes()  # let a few more reconcile rounds pass: nothing may be added twice
     ledger_after = second.ledger()
     assert ledger_after[: len(ledger_before)] == ledger_before  # nothing lost or rewritten
     added = [(r["instance_id"], r["event"]) for r in ledger_after[len(ledger_before) :]]

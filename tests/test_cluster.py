@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cloudlab import contract as c
 from cloudlab.cc.cluster import ClusterController
 from cloudlab.cc.registry import NodeRegistry
 from cloudlab.errors import CloudError, ControllerUnavailable
@@ -23,28 +24,40 @@ from cloudlab.nc.node import NodeController
 from cloudlab.rpc import Dispatcher, HttpChannel, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier
+from cloudlab.waiting import wait_until as _wait_until
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
+    return _wait_until(predicate, timeout, what=what, interval_s=0.02)
 
 
-def instance(i: int, vcpus: int = 1, memory_mb: int = 256) -> dict[str, Any]:
-    return {"instance_id": f"i-{i:017x}", "vcpus": vcpus, "memory_mb": memory_mb}
+def iid(i: int) -> str:
+    return f"i-{i:017x}"
 
 
-def start_body(i: int, vcpus: int = 1, memory_mb: int = 256) -> dict[str, Any]:
-    return instance(i, vcpus, memory_mb) | {
-        "kernel": "/k",
-        "ramdisk": None,
-        "owner": "alice",
-        "image_id": "ami-0123456789abcdef0",
-        "instance_type": "t2.micro",
-    }
+def instance(i: int, vcpus: int = 1, memory_mb: int = 256) -> c.InstanceNeed:
+    return c.InstanceNeed(iid(i), vcpus, memory_mb)
+
+
+def start_body(i: int, vcpus: int = 1, memory_mb: int = 256) -> c.StartInstance:
+    return c.StartInstance(
+        instance_id=iid(i),
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        kernel="/k",
+        owner="alice",
+        image_id="ami-0123456789abcdef0",
+        instance_type="t2.micro",
+    )
+
+
+def schedule(cluster: Any, needs: list[c.InstanceNeed], min_count: int = 1) -> c.Placements:
+    return cluster.cc.schedule(c.ScheduleRequest(instances=tuple(needs), min_count=min_count))
+
+
+def report(vcpus: int = 1) -> c.NodeReport:
+    """A node report as a fake node answers it."""
+    return c.NodeReport("n", "test:///x", "test", "test", vcpus, vcpus, 1, 1, (), 0.0)
 
 
 class SwitchableChannel:
@@ -55,10 +68,10 @@ class SwitchableChannel:
         self.peer = inner.peer
         self.broken = False
 
-    def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+    def ask(self, action: c.Action[Any, Any], request: Any, timeout: float | None = None) -> Any:
         if self.broken:
             raise ControllerUnavailable(f"{self.peer} is unreachable: connection refused")
-        return self.inner.call(action, body, timeout)
+        return self.inner.ask(action, request, timeout)
 
 
 class Cluster:
@@ -167,8 +180,8 @@ def test_heartbeats_follow_what_the_nodes_hold(make_cluster: Callable[..., Clust
     wait_until(lambda: cluster.free()["node-02"] == (1, 1024), what="the heartbeat to report the instance")
     assert cluster.free()["node-01"] == (4, 2048)
     entry = cluster.cc.registry.entry("node-02")
-    assert [i["instance_id"] for i in entry.report["instances"]] == [instance(1)["instance_id"]]
-    cluster.nodes["node-02"].terminate_instance(instance(1)["instance_id"])
+    assert [i.instance_id for i in entry.report.instances] == [iid(1)]
+    cluster.nodes["node-02"].terminate_instance(iid(1))
     wait_until(lambda: cluster.free()["node-02"] == (4, 2048), what="the heartbeat to report the termination")
 
 
@@ -177,33 +190,33 @@ def test_heartbeats_follow_what_the_nodes_hold(make_cluster: Callable[..., Clust
 
 def test_greedy_schedule_packs(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=2, vcpus=4, policy="GREEDY")
-    result = cluster.cc.schedule([instance(i) for i in range(5)])
-    assert result["policy"] == "GREEDY"
-    assert list(result["placements"].values()) == ["node-01"] * 4 + ["node-02"]
+    result = schedule(cluster, [instance(i) for i in range(5)])
+    assert result.policy == "GREEDY"
+    assert list(result.placements.values()) == ["node-01"] * 4 + ["node-02"]
 
 
 def test_roundrobin_schedule_spreads(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=3, vcpus=4, policy="roundrobin")
-    result = cluster.cc.schedule([instance(i) for i in range(4)])
-    assert result["policy"] == "ROUNDROBIN"
-    assert list(result["placements"].values()) == ["node-01", "node-02", "node-03", "node-01"]
+    result = schedule(cluster, [instance(i) for i in range(4)])
+    assert result.policy == "ROUNDROBIN"
+    assert list(result.placements.values()) == ["node-01", "node-02", "node-03", "node-01"]
     # the cursor survives between requests
-    assert list(cluster.cc.schedule([instance(9)])["placements"].values()) == ["node-02"]
+    assert list(schedule(cluster, [instance(9)]).placements.values()) == ["node-02"]
 
 
 def test_back_to_back_schedules_never_overcommit(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=2, vcpus=4, memory_mb=2048)
-    first = cluster.cc.schedule([instance(1, vcpus=3)])["placements"]
-    second = cluster.cc.schedule([instance(2, vcpus=3)])["placements"]  # no heartbeat in between
-    assert first == {instance(1)["instance_id"]: "node-01"}
-    assert second == {instance(2)["instance_id"]: "node-02"}
+    first = schedule(cluster, [instance(1, vcpus=3)]).placements
+    second = schedule(cluster, [instance(2, vcpus=3)]).placements  # no heartbeat in between
+    assert first == {iid(1): "node-01"}
+    assert second == {iid(2): "node-02"}
     assert cluster.reservations() == {
-        "node-01": {instance(1)["instance_id"]: (3, 256)},
-        "node-02": {instance(2)["instance_id"]: (3, 256)},
+        "node-01": {iid(1): (3, 256)},
+        "node-02": {iid(2): (3, 256)},
     }
     assert cluster.free() == {"node-01": (1, 1792), "node-02": (1, 1792)}
     with pytest.raises(CloudError) as excinfo:
-        cluster.cc.schedule([instance(3, vcpus=2)])
+        schedule(cluster, [instance(3, vcpus=2)])
     assert excinfo.value.code == "InsufficientInstanceCapacity"
 
 
@@ -214,7 +227,7 @@ def test_concurrent_schedules_never_overcommit(make_cluster: Callable[..., Clust
 
     def ask(i: int) -> None:
         try:
-            placed.extend(cluster.cc.schedule([instance(i, vcpus=1)])["placements"].values())
+            placed.extend(schedule(cluster, [instance(i, vcpus=1)]).placements.values())
         except CloudError as exc:
             refused.append(exc.code)
 
@@ -229,10 +242,10 @@ def test_concurrent_schedules_never_overcommit(make_cluster: Callable[..., Clust
 
 def test_a_reservation_is_held_until_the_node_reports_the_instance(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=1, vcpus=4)
-    iid = instance(1)["instance_id"]
-    cluster.cc.schedule([instance(1, vcpus=2)])
-    assert cluster.cc.node_call("node-01", "run_instance", start_body(1, vcpus=2))["state"] == "running"
-    assert cluster.reservations() == {"node-01": {iid: (2, 256)}}  # the node has not been polled since
+    first = iid(1)
+    schedule(cluster, [instance(1, vcpus=2)])
+    assert cluster.cc.run_instance("node-01", start_body(1, vcpus=2)).state == "running"
+    assert cluster.reservations() == {"node-01": {first: (2, 256)}}  # the node has not been polled since
     assert cluster.free()["node-01"][0] == 2  # and it is not counted twice either
     cluster.cc.registry.poll_all()
     assert cluster.reservations() == {"node-01": {}}
@@ -241,20 +254,20 @@ def test_a_reservation_is_held_until_the_node_reports_the_instance(make_cluster:
 
 def test_a_failed_start_releases_its_reservation(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=1, vcpus=4)
-    cluster.cc.schedule([instance(1, vcpus=3)])
+    schedule(cluster, [instance(1, vcpus=3)])
     cluster.nodes["node-01"].run_instance(start_body(2, vcpus=2))  # taken behind the CC's back
     with pytest.raises(CloudError) as excinfo:
-        cluster.cc.node_call("node-01", "run_instance", start_body(1, vcpus=3))
+        cluster.cc.run_instance("node-01", start_body(1, vcpus=3))
     assert excinfo.value.code == "InsufficientInstanceCapacity"
     assert cluster.reservations() == {"node-01": {}}
 
 
 def test_terminate_and_release_free_the_reservation(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=1, vcpus=4)
-    cluster.cc.schedule([instance(1, vcpus=2), instance(2, vcpus=2)])
-    cluster.cc.release("node-01", instance(1)["instance_id"])
-    cluster.cc.node_call("node-01", "run_instance", start_body(2, vcpus=2))
-    cluster.cc.node_call("node-01", "terminate_instance", {"instance_id": instance(2)["instance_id"]})
+    schedule(cluster, [instance(1, vcpus=2), instance(2, vcpus=2)])
+    cluster.cc.release("node-01", iid(1))
+    cluster.cc.run_instance("node-01", start_body(2, vcpus=2))
+    cluster.cc.terminate_instance("node-01", iid(2))
     assert cluster.reservations() == {"node-01": {}}
     cluster.cc.registry.poll_all()
     assert cluster.free() == {"node-01": (4, 2048)}
@@ -265,12 +278,12 @@ def test_a_request_that_does_not_fit_raises_and_reserves_nothing(make_cluster: C
     cluster = make_cluster(nodes=2, vcpus=4, memory_mb=2048)
     before = cluster.free()
     with pytest.raises(CloudError) as excinfo:
-        cluster.cc.schedule([instance(1, vcpus=5)])
+        schedule(cluster, [instance(1, vcpus=5)])
     assert excinfo.value.code == "InsufficientInstanceCapacity"
     assert "node-01" in excinfo.value.message  # says what is free
     # three fit, four are needed: none is reserved
     with pytest.raises(CloudError) as excinfo:
-        cluster.cc.schedule([instance(i, vcpus=2, memory_mb=1024) for i in range(5)], min_count=5)
+        schedule(cluster, [instance(i, vcpus=2, memory_mb=1024) for i in range(5)], min_count=5)
     assert excinfo.value.code == "InsufficientInstanceCapacity"
     assert cluster.reservations() == {"node-01": {}, "node-02": {}}
     assert cluster.free() == before
@@ -278,9 +291,9 @@ def test_a_request_that_does_not_fit_raises_and_reserves_nothing(make_cluster: C
 
 def test_min_count_allows_a_partial_placement(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=2, vcpus=4)
-    placements = cluster.cc.schedule([instance(i, vcpus=3) for i in range(4)], min_count=1)["placements"]
+    placements = schedule(cluster, [instance(i, vcpus=3) for i in range(4)], min_count=1).placements
     assert list(placements.values()) == ["node-01", "node-02"]
-    assert sorted(placements) == [instance(0)["instance_id"], instance(1)["instance_id"]]
+    assert sorted(placements) == [iid(0), iid(1)]
 
 
 def test_a_buggy_policy_is_an_internal_error_and_reserves_nothing(make_cluster: Callable[..., Cluster]) -> None:
@@ -293,7 +306,7 @@ def test_a_buggy_policy_is_an_internal_error_and_reserves_nothing(make_cluster: 
     cluster = make_cluster(nodes=2, vcpus=4)
     cluster.cc.policy = AlwaysFirst()
     with pytest.raises(CloudError) as excinfo:
-        cluster.cc.schedule([instance(i, vcpus=2) for i in range(3)])
+        schedule(cluster, [instance(i, vcpus=2) for i in range(3)])
     assert excinfo.value.code == "InternalError"
     assert cluster.reservations() == {"node-01": {}, "node-02": {}}
 
@@ -309,13 +322,13 @@ def test_a_silent_node_dies_and_is_not_offered(make_cluster: Callable[..., Clust
     wait_until(lambda: not registry.alive(registry.entry("node-01")), timeout=5, what="node-01 to be declared dead")
     assert registry.alive(registry.entry("node-02"))
     assert [v.name for v in registry.views()] == ["node-02"]
-    placements = cluster.cc.schedule([instance(i) for i in range(2)])["placements"]
+    placements = schedule(cluster, [instance(i) for i in range(2)]).placements
     assert set(placements.values()) == {"node-02"}  # GREEDY would have picked node-01
-    described = {n["name"]: n for n in cluster.cc.describe_cluster()["nodes"]}
-    assert described["node-01"]["alive"] is False
-    assert described["node-01"]["age_s"] >= 0.5
-    assert "unreachable" in described["node-01"]["last_error"]
-    assert described["node-02"]["alive"] is True and described["node-02"]["last_error"] is None
+    described = {n.name: n for n in cluster.cc.describe_cluster().nodes}
+    assert described["node-01"].alive is False
+    assert described["node-01"].age_s >= 0.5  # at least the dead-after span since its last answer
+    assert "unreachable" in described["node-01"].last_error
+    assert described["node-02"].alive is True and described["node-02"].last_error is None
     # and it comes back when it answers again
     cluster.channels["node-01"].broken = False
     wait_until(lambda: registry.alive(registry.entry("node-01")), timeout=5, what="node-01 to come back")
@@ -345,11 +358,11 @@ def test_stopping_during_a_heartbeat_round_ends_the_heartbeat_thread_cleanly(mon
         def __init__(self, name: str) -> None:
             self.peer = name
 
-        def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        def ask(self, action: Any, request: Any, timeout: float | None = None) -> Any:
             if Slow.delay:
                 asked.set()
                 time.sleep(Slow.delay)
-            return {"vcpus_total": 1, "vcpus_free": 1, "memory_mb_total": 1, "memory_mb_free": 1, "instances": []}
+            return report()
 
     registry = NodeRegistry(interval_s=0.01, dead_after_s=5)
     for i in range(12):
@@ -375,15 +388,15 @@ def test_hanging_nodes_do_not_make_healthy_nodes_look_dead() -> None:
         def __init__(self, name: str) -> None:
             self.peer = name
 
-        def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
+        def ask(self, action: Any, request: Any, timeout: float | None = None) -> Any:
             if Hanging.hang:
                 release.wait(timeout)
                 raise ControllerUnavailable(f"{self.peer}: timed out")
-            return {"vcpus_total": 1, "vcpus_free": 1, "memory_mb_total": 1, "memory_mb_free": 1, "instances": []}
+            return report()
 
     class Healthy(Hanging):
-        def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-            return {"vcpus_total": 4, "vcpus_free": 4, "memory_mb_total": 1, "memory_mb_free": 1, "instances": []}
+        def ask(self, action: Any, request: Any, timeout: float | None = None) -> Any:
+            return report(vcpus=4)
 
     registry = NodeRegistry(interval_s=0.05, dead_after_s=0.3)
     for i in range(8):
@@ -413,33 +426,56 @@ def test_describe_cluster_reports_nodes_with_their_age(make_cluster: Callable[..
     cluster = make_cluster(nodes=2, vcpus=4, memory_mb=2048, policy="ROUNDROBIN")
     cluster.nodes["node-01"].run_instance(start_body(1, vcpus=1, memory_mb=512))
     cluster.cc.registry.poll_all()
-    time.sleep(0.05)
     described = cluster.cc.describe_cluster()
-    assert described["cluster"] == "cluster1" and described["policy"] == "ROUNDROBIN"
-    nodes = {n["name"]: n for n in described["nodes"]}
+    assert described.cluster == "cluster1" and described.policy == "ROUNDROBIN"
+    nodes = {n.name: n for n in described.nodes}
     assert sorted(nodes) == ["node-01", "node-02"]
     n1 = nodes["node-01"]
-    assert n1["alive"] is True and 0.05 <= n1["age_s"] < 5
-    assert (n1["vcpus_total"], n1["vcpus_free"], n1["memory_mb_total"], n1["memory_mb_free"]) == (4, 3, 2048, 1536)
-    assert n1["hypervisor"] == "test" and n1["url"] is None
-    assert [i["instance_id"] for i in n1["instances"]] == [instance(1)["instance_id"]]
-    assert nodes["node-02"]["instances"] == []
+    assert n1.alive is True and n1.age_s is not None and n1.age_s >= 0
+    assert (n1.vcpus_total, n1.vcpus_free, n1.memory_mb_total, n1.memory_mb_free) == (4, 3, 2048, 1536)
+    assert n1.hypervisor == "test" and n1.url is None
+    assert [i.instance_id for i in n1.instances] == [iid(1)]
+    assert nodes["node-02"].instances == ()
 
 
 def test_the_clc_commands_the_cc_through_signed_messages(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(nodes=2, vcpus=4)
     clc = cluster.clc_channel()
-    placements = clc.call("schedule", {"instances": [instance(1, vcpus=2)], "min_count": 1})["placements"]
-    node = placements[instance(1)["instance_id"]]
-    started = clc.call("run_instance", {"node": node, "instance": start_body(1, vcpus=2)})
-    assert started["state"] == "running" and started["node"] == node
-    assert [d.name() for d in cluster.nodes[node].conn.listAllDomains()] == [instance(1)["instance_id"]]
-    assert clc.call("describe_cluster", {})["cluster"] == "cluster1"
-    clc.call("terminate_instance", {"node": node, "instance_id": instance(1)["instance_id"]})
+    placements = clc.ask(c.SCHEDULE, c.ScheduleRequest(instances=(instance(1, vcpus=2),))).placements
+    node = placements[iid(1)]
+    started = clc.ask(c.RUN_INSTANCE, c.RunOnNode(node=node, instance=start_body(1, vcpus=2)))
+    assert started.state == "running" and started.node == node
+    assert [d.name() for d in cluster.nodes[node].conn.listAllDomains()] == [iid(1)]
+    assert clc.ask(c.DESCRIBE_CLUSTER, c.DescribeCluster()).cluster == "cluster1"
+    removed = clc.ask(c.TERMINATE_INSTANCE, c.OnNode(node=node, instance_id=iid(1)))
+    assert (removed.previous, removed.state) == ("running", "absent")
     assert cluster.nodes[node].conn.listAllDomains() == []
     with pytest.raises(CloudError) as excinfo:
-        clc.call("run_instance", {"node": "node-99", "instance": start_body(2)})
+        clc.ask(c.RUN_INSTANCE, c.RunOnNode(node="node-99", instance=start_body(2)))
     assert excinfo.value.code == "InternalError"
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "field"),
+    [
+        ("schedule", {"instances": [{"instance_id": 1, "vcpus": 1, "memory_mb": 1}]}, "$.instances[0].instance_id"),
+        ("schedule", {"instances": [{"instance_id": "i-1", "vcpus": "2", "memory_mb": 1}]}, "$.instances[0].vcpus"),
+        ("schedule", {}, "instances"),
+        ("run_instance", {"node": "node-01"}, "instance"),
+        ("terminate_instance", {"node": "node-01", "instance_id": None}, "$.instance_id"),
+        ("describe_cluster", {"wait_s": "forever"}, "$.wait_s"),
+    ],
+)
+def test_a_malformed_request_is_a_clear_error_and_changes_nothing(
+    make_cluster: Callable[..., Cluster], action: str, body: dict[str, Any], field: str
+) -> None:
+    cluster = make_cluster(nodes=1, vcpus=4)
+    with pytest.raises(CloudError) as excinfo:
+        cluster.clc_channel().call(action, body)
+    assert excinfo.value.code == "MalformedMessage"
+    assert action in excinfo.value.message and field in excinfo.value.message
+    assert cluster.reservations() == {"node-01": {}}
+    assert cluster.nodes["node-01"].conn.listAllDomains() == []
 
 
 @pytest.mark.parametrize(("name", "role"), [("node-01", "nc"), ("alice", "user"), ("cc-other", "cc")])
@@ -447,10 +483,10 @@ def test_only_the_clc_may_command_the_cc(make_cluster: Callable[..., Cluster], n
     cluster = make_cluster(nodes=1, vcpus=4)
     channel = cluster.clc_channel(name, role)
     with pytest.raises(CloudError) as excinfo:
-        channel.call("schedule", {"instances": [instance(1)], "min_count": 1})
+        channel.ask(c.SCHEDULE, c.ScheduleRequest(instances=(instance(1),)))
     assert excinfo.value.code == "MessageRejected"
     with pytest.raises(CloudError):
-        channel.call("run_instance", {"node": "node-01", "instance": start_body(1)})
+        channel.ask(c.RUN_INSTANCE, c.RunOnNode(node="node-01", instance=start_body(1)))
     assert cluster.reservations() == {"node-01": {}}
     assert cluster.nodes["node-01"].conn.listAllDomains() == []
 
@@ -464,19 +500,19 @@ def test_a_node_registers_over_http(make_cluster: Callable[..., Cluster]) -> Non
     node, dispatcher = cluster.make_node("node-07", 4, 2048)
     node_url = cluster.serve(dispatcher)
     to_cc = HttpChannel("cc", "cc", *cluster.pair("node-07", "nc"), cc_url, timeout=5)  # as nc/daemon.py does
-    assert to_cc.call("register_node", {"url": node_url}) == {"cluster": "cluster1", "node": "node-07"}
+    assert to_cc.ask(c.REGISTER_NODE, c.RegisterNode(url=node_url)) == c.Registered(cluster="cluster1", node="node-07")
     entry = cluster.cc.registry.entry("node-07")
     assert entry is not None and entry.url == node_url and isinstance(entry.channel, HttpChannel)
     assert cluster.free() == {"node-07": (4, 2048)}
     # re-registering (every 10 s) changes nothing
-    to_cc.call("register_node", {"url": node_url})
+    to_cc.ask(c.REGISTER_NODE, c.RegisterNode(url=node_url))
     assert cluster.cc.registry.entry("node-07").channel is entry.channel
     # and the CC commands it over HTTP
-    placements = cluster.cc.schedule([instance(1)])["placements"]
-    assert placements == {instance(1)["instance_id"]: "node-07"}
-    cluster.cc.node_call("node-07", "run_instance", start_body(1))
-    assert [d.name() for d in node.conn.listAllDomains()] == [instance(1)["instance_id"]]
-    assert {n["name"]: n["url"] for n in cluster.cc.describe_cluster()["nodes"]} == {"node-07": node_url}
+    placements = schedule(cluster, [instance(1)]).placements
+    assert placements == {iid(1): "node-07"}
+    cluster.cc.run_instance("node-07", start_body(1))
+    assert [d.name() for d in node.conn.listAllDomains()] == [iid(1)]
+    assert {n.name: n.url for n in cluster.cc.describe_cluster().nodes} == {"node-07": node_url}
 
 
 @pytest.mark.parametrize(("name", "role"), [("clc", "clc"), ("cc-other", "cc"), ("node-07", "user")])
@@ -487,7 +523,7 @@ def test_only_a_node_may_register(make_cluster: Callable[..., Cluster], name: st
     node_url = cluster.serve(dispatcher)
     impostor = HttpChannel("cc", "cc", *cluster.pair(name, role), cc_url, timeout=5)
     with pytest.raises(CloudError) as excinfo:
-        impostor.call("register_node", {"url": node_url})
+        impostor.ask(c.REGISTER_NODE, c.RegisterNode(url=node_url))
     assert excinfo.value.code == "MessageRejected"
     assert "role-not-allowed" in excinfo.value.message
     assert cluster.cc.registry.names() == []

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudlab.images.build import BOOT_MARKER, DEFAULT_KERNEL_CMDLINE, BuiltImage, ImageBuildError
+from cloudlab.guest import BOOT_MARKER, DEFAULT_KERNEL_CMDLINE
+from cloudlab.images.build import BuiltImage, ImageBuildError
 from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
 
 pytestmark = pytest.mark.vm

@@ -24,11 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from cloudlab.guest import BOOT_MARKER, DEFAULT_KERNEL_CMDLINE, SHUTDOWN_MARKER
 from cloudlab.images import build
 from cloudlab.images.build import (
-    BOOT_MARKER,
-    DEFAULT_KERNEL_CMDLINE,
-    SHUTDOWN_MARKER,
     BuiltImage,
     ImageBuildError,
     build_default_image,

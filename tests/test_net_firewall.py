@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from cloudlab.contract import ElasticNat, GroupSegment, IngressRule
 from cloudlab.net import NetError, firewall, links, netns
-from cloudlab.net.firewall import ElasticNat, GroupNet, IngressRule
 
 # names of links these tests create: none may ever appear in the host's namespace
 OURS = {"ga", "gb", "pub0"}
@@ -22,7 +22,7 @@ needs_nft = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nft (apt-get install nftables)"
 )
 
-GROUPS = [GroupNet("sg-a", 10, "10.80.1.0/24", "10.80.1.1"), GroupNet("sg-b", 11, "10.80.2.0/24", "10.80.2.1")]
+GROUPS = [GroupSegment("sg-a", 10, "10.80.1.0/24", "10.80.1.1"), GroupSegment("sg-b", 11, "10.80.2.0/24", "10.80.2.1")]
 PUBLIC = "203.0.113.5"
 
 SERVER = """
@@ -71,9 +71,9 @@ def test_ruleset_text() -> None:
 @pytest.mark.parametrize(
     ("groups", "rules", "nats", "message"),
     [
-        ([GroupNet("sg-a", 10, "10.80.1.0/33", "10.80.1.1")], [], [], "bad subnet"),
-        ([GroupNet("sg-a", 5000, "10.80.1.0/24", "10.80.1.1")], [], [], "VLAN 5000"),
-        ([GroupNet("sg-a", 10, "10.80.1.0/24", "10.9.9.9")], [], [], "outside its subnet"),
+        ([GroupSegment("sg-a", 10, "10.80.1.0/33", "10.80.1.1")], [], [], "bad subnet"),
+        ([GroupSegment("sg-a", 5000, "10.80.1.0/24", "10.80.1.1")], [], [], "VLAN 5000"),
+        ([GroupSegment("sg-a", 10, "10.80.1.0/24", "10.9.9.9")], [], [], "outside its subnet"),
         (GROUPS, [rule("sg-a", "tcp", 70000, 70000)], [], "port 70000 out of range"),
         (GROUPS, [rule("sg-a", "tcp", 90, 80)], [], "from_port 90 is above to_port 80"),
         (GROUPS, [rule("sg-a", "sctp", 1, 1)], [], "protocol 'sctp' unknown"),

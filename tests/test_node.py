@@ -15,6 +15,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from cloudlab import contract as c
 from cloudlab.errors import CloudError
 from cloudlab.nc.domain_xml import METADATA_NS, DomainSpec, build_domain_xml, read_metadata
 from cloudlab.nc.hypervisor import test_driver_uri as private_host_uri
@@ -22,22 +23,23 @@ from cloudlab.nc.node import NodeController
 from cloudlab.rpc import Dispatcher, HttpChannel, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier
+from cloudlab.waiting import wait_until
 
 IID = "i-0123456789abcdef0"
 IID2 = "i-0fedcba9876543210"
 
 
-def body(instance_id: str = IID, vcpus: int = 1, memory_mb: int = 256, **extra: Any) -> dict[str, Any]:
-    return {
-        "instance_id": instance_id,
-        "vcpus": vcpus,
-        "memory_mb": memory_mb,
-        "kernel": "/images/vmlinuz",
-        "ramdisk": "/images/initrd.img",
-        "owner": "alice",
-        "image_id": "ami-0123456789abcdef0",
-        "instance_type": "t2.micro",
-    } | extra
+def body(instance_id: str = IID, vcpus: int = 1, memory_mb: int = 256) -> c.StartInstance:
+    return c.StartInstance(
+        instance_id=instance_id,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        kernel="/images/vmlinuz",
+        ramdisk="/images/initrd.img",
+        owner="alice",
+        image_id="ami-0123456789abcdef0",
+        instance_type="t2.micro",
+    )
 
 
 def names(conn: libvirt.virConnect) -> list[str]:
@@ -66,7 +68,7 @@ def foreign_domain_xml(name: str) -> str:
 
 def test_run_instance_defines_and_starts_a_domain_with_cloudlab_metadata(node: NodeController) -> None:
     result = node.run_instance(body())
-    assert result["instance_id"] == IID and result["state"] == "running" and result["node"] == "node-01"
+    assert result.instance_id == IID and result.state == "running" and result.node == "node-01"
     dom = node.conn.lookupByName(IID)
     assert dom.isActive() and dom.isPersistent()
     meta = read_metadata(dom.XMLDesc(0))
@@ -88,11 +90,11 @@ def test_run_instance_is_idempotent(node: NodeController) -> None:
     first = node.run_instance(body())
     uuid = node.conn.lookupByName(IID).UUIDString()
     second = node.run_instance(body())
-    assert second["instance_id"] == first["instance_id"] == IID
-    assert second["state"] == "running"
+    assert second.instance_id == first.instance_id == IID
+    assert second.state == "running"
     assert names(node.conn) == [IID]
     assert node.conn.lookupByName(IID).UUIDString() == uuid
-    assert node.describe_resource()["vcpus_free"] == 3  # counted once
+    assert node.describe_resource().vcpus_free == 3  # counted once
 
 
 def test_run_instance_refuses_when_full_and_defines_nothing(node: NodeController) -> None:
@@ -105,14 +107,14 @@ def test_run_instance_refuses_when_full_and_defines_nothing(node: NodeController
     assert excinfo.value.code == "InsufficientInstanceCapacity"
     assert names(node.conn) == [IID]
     node.run_instance(body(IID2, vcpus=1, memory_mb=1536))  # exactly what is left
-    assert node.describe_resource()["vcpus_free"] == 0
-    assert node.describe_resource()["memory_mb_free"] == 0
+    assert node.describe_resource().vcpus_free == 0
+    assert node.describe_resource().memory_mb_free == 0
 
 
 def test_a_shut_off_domain_still_holds_its_room(node: NodeController) -> None:
     node.run_instance(body(IID, vcpus=4))
     node.conn.lookupByName(IID).destroy()  # the guest powered off; the definition stays
-    assert node.describe_resource()["vcpus_free"] == 0
+    assert node.describe_resource().vcpus_free == 0
     with pytest.raises(CloudError) as excinfo:
         node.run_instance(body(IID2))
     assert excinfo.value.code == "InsufficientInstanceCapacity"
@@ -143,23 +145,23 @@ def test_concurrent_starts_never_overcommit(node: NodeController) -> None:
 
 def test_terminate_destroys_and_undefines(node: NodeController) -> None:
     node.run_instance(body())
-    assert node.terminate_instance(IID) == {"instance_id": IID, "previous": "running", "state": "absent"}
+    assert node.terminate_instance(IID) == c.InstanceRemoved(IID, previous="running", state="absent")
     assert node.conn.listAllDomains() == []
-    assert node.describe_resource()["vcpus_free"] == 4
+    assert node.describe_resource().vcpus_free == 4
 
 
 def test_terminating_a_shut_off_or_absent_instance_is_not_an_error(node: NodeController) -> None:
     node.run_instance(body())
     node.conn.lookupByName(IID).destroy()
-    assert node.terminate_instance(IID)["previous"] == "shutoff"
+    assert node.terminate_instance(IID).previous == "shutoff"
     assert node.conn.listAllDomains() == []
-    assert node.terminate_instance(IID) == {"instance_id": IID, "previous": "absent", "state": "absent"}
-    assert node.terminate_instance(IID2)["previous"] == "absent"
+    assert node.terminate_instance(IID) == c.InstanceRemoved(IID, previous="absent", state="absent")
+    assert node.terminate_instance(IID2).previous == "absent"
 
 
 def test_reboot(node: NodeController) -> None:
     node.run_instance(body())
-    assert node.reboot_instance(IID) == {"instance_id": IID, "state": "running"}
+    assert node.reboot_instance(IID) == c.InstanceState(IID, "running")
     assert node.conn.lookupByName(IID).isActive()
     with pytest.raises(CloudError) as excinfo:
         node.reboot_instance(IID2)
@@ -172,10 +174,10 @@ def test_reboot(node: NodeController) -> None:
 
 def test_console_output_is_the_tail_of_the_log(node: NodeController) -> None:
     node.run_instance(body())
-    assert node.get_console_output(IID)["output"] == ""
+    assert node.get_console_output(IID).output == ""
     log = node.node_dir / "instances" / IID / "console.log"
     log.write_bytes(b"x" * 70_000 + b"cloudlab: booted\n")
-    output = node.get_console_output(IID)["output"]
+    output = node.get_console_output(IID).output
     assert output.endswith("cloudlab: booted\n") and len(output) == 64 * 1024
     with pytest.raises(CloudError) as excinfo:
         node.get_console_output(IID2)
@@ -187,23 +189,23 @@ def test_console_output_is_the_tail_of_the_log(node: NodeController) -> None:
 
 def test_describe_resource_accounting(node: NodeController) -> None:
     empty = node.describe_resource()
-    assert (empty["vcpus_total"], empty["vcpus_free"], empty["memory_mb_total"], empty["memory_mb_free"]) == (
+    assert (empty.vcpus_total, empty.vcpus_free, empty.memory_mb_total, empty.memory_mb_free) == (
         4,
         4,
         2048,
         2048,
     )
-    assert empty["instances"] == [] and empty["node"] == "node-01" and empty["hypervisor"] == "test"
+    assert empty.instances == () and empty.node == "node-01" and empty.hypervisor == "test"
     node.run_instance(body(IID, vcpus=1, memory_mb=256))
     node.run_instance(body(IID2, vcpus=2, memory_mb=1024))
     report = node.describe_resource()
-    assert report["vcpus_free"] == 4 - 3 and report["memory_mb_free"] == 2048 - 1280
-    assert sorted(report["instances"], key=lambda i: i["instance_id"]) == [
-        {"instance_id": IID, "state": "running", "vcpus": 1, "memory_mb": 256},
-        {"instance_id": IID2, "state": "running", "vcpus": 2, "memory_mb": 1024},
+    assert report.vcpus_free == 4 - 3 and report.memory_mb_free == 2048 - 1280
+    assert sorted(report.instances, key=lambda i: i.instance_id) == [
+        c.InstanceReport(IID, "running", 1, 256),
+        c.InstanceReport(IID2, "running", 2, 1024),
     ]
     node.conn.lookupByName(IID2).destroy()
-    states = {i["instance_id"]: i["state"] for i in node.describe_resource()["instances"]}
+    states = {i.instance_id: i.state for i in node.describe_resource().instances}
     assert states == {IID: "running", IID2: "shutoff"}
 
 
@@ -213,8 +215,8 @@ def test_domains_without_cloudlab_metadata_are_ignored(node: NodeController) -> 
         node.conn.defineXML(foreign_domain_xml(name)).create()
     assert len(node.conn.listAllDomains()) == 3
     report = node.describe_resource()
-    assert [i["instance_id"] for i in report["instances"]] == [IID]
-    assert report["vcpus_free"] == 3 and report["memory_mb_free"] == 2048 - 256
+    assert [i.instance_id for i in report.instances] == [IID]
+    assert report.vcpus_free == 3 and report.memory_mb_free == 2048 - 256
     # and they are not touched by a terminate of the node's own instance
     node.terminate_instance(IID)
     assert names(node.conn) == ["i-0aaaaaaaaaaaaaaaa", "webserver"]
@@ -225,21 +227,35 @@ def test_a_foreign_domain_cannot_be_terminated_or_rebooted_through_the_node(node
     """The node ignores domains it did not create (no cloudlab metadata) in its reports; it must not
     destroy one either when asked by name (on a shared qemu:///system host that is someone else's VM)."""
     node.conn.defineXML(foreign_domain_xml(name)).create()
-    assert node.terminate_instance(name)["previous"] == "absent"
+    assert node.terminate_instance(name).previous == "absent"
     assert names(node.conn) == [name] and node.conn.lookupByName(name).isActive()
     with pytest.raises(CloudError) as excinfo:
         node.reboot_instance(name)
     assert excinfo.value.code == "InvalidInstanceID.NotFound"
 
 
-def test_lifecycle_events_are_recorded(node: NodeController) -> None:
-    node.run_instance(body())
-    node.conn.lookupByName(IID).destroy()
-    wanted = {libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STOPPED}
-    deadline = time.monotonic() + 5
-    while not wanted <= {e["event"] for e in node.events if e["instance_id"] == IID}:
-        assert time.monotonic() < deadline, node.events
-        time.sleep(0.02)
+def test_lifecycle_events_reach_the_report_and_the_change_hook(tmp_path: Path) -> None:
+    changes = threading.Semaphore(0)
+    node = NodeController(
+        "node-01",
+        private_host_uri(tmp_path / "node-01", 4, 2048),
+        tmp_path / "node-01",
+        accel="test",
+        on_change=changes.release,
+    )
+    try:
+        node.run_instance(body())
+        node.conn.lookupByName(IID).destroy()
+
+        def seen() -> set[str]:
+            return {e.event for e in node.describe_resource().events if e.instance_id == IID}
+
+        wait_until(lambda: {"started", "stopped"} <= seen(), 5, what="started and stopped events in the report")
+        seqs = [e.seq for e in node.describe_resource().events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert changes.acquire(timeout=5)  # the hook heard of them too
+    finally:
+        node.close()
 
 
 # -- domain XML -----------------------------------------------------------------------------------------------
@@ -396,10 +412,10 @@ def test_a_cluster_controller_may_run_an_instance(
     target: NodeUnderAttack, transport: dict[str, Callable[..., Any]]
 ) -> None:
     channel = transport["channel"](target.signer("cc-cluster1", "cc"))
-    assert channel.call("run_instance", body())["state"] == "running"
+    assert channel.ask(c.NODE_RUN_INSTANCE, body()).state == "running"
     assert names(target.node.conn) == [IID]
-    assert channel.call("describe_resource", {})["vcpus_free"] == 3
-    assert channel.call("terminate_instance", {"instance_id": IID})["previous"] == "running"
+    assert channel.ask(c.DESCRIBE_RESOURCE, c.Empty()).vcpus_free == 3
+    assert channel.ask(c.NODE_TERMINATE_INSTANCE, c.InstanceRef(IID)).previous == "running"
     assert target.node.conn.listAllDomains() == []
 
 
@@ -408,7 +424,7 @@ def test_only_a_cluster_controller_may_run_an_instance(
     target: NodeUnderAttack, transport: dict[str, Callable[..., Any]], name: str, role: str
 ) -> None:
     with pytest.raises(CloudError) as excinfo:
-        transport["channel"](target.signer(name, role)).call("run_instance", body())
+        transport["channel"](target.signer(name, role)).ask(c.NODE_RUN_INSTANCE, body())
     assert excinfo.value.code == "MessageRejected"
     assert "role-not-allowed" in excinfo.value.message
     assert target.node.conn.listAllDomains() == []
@@ -420,7 +436,7 @@ def test_a_cc_of_a_foreign_ca_is_refused(
 ) -> None:
     foreign = CertificateAuthority.load_or_create(tmp_path / "foreign-pki")
     with pytest.raises(CloudError) as excinfo:
-        transport["channel"](target.signer("cc-cluster1", "cc", foreign)).call("run_instance", body())
+        transport["channel"](target.signer("cc-cluster1", "cc", foreign)).ask(c.NODE_RUN_INSTANCE, body())
     assert excinfo.value.code == "MessageRejected"
     assert "untrusted-certificate" in excinfo.value.message
     assert target.node.conn.listAllDomains() == []
@@ -431,7 +447,7 @@ def test_a_tampered_message_is_refused(
     target: NodeUnderAttack, transport: dict[str, Callable[..., Any]], tamper: str
 ) -> None:
     signer = target.signer("cc-cluster1", "cc")
-    sent = signer.seal("describe_resource" if tamper == "action" else "run_instance", body())
+    sent = signer.seal("describe_resource" if tamper == "action" else "run_instance", c.encode(body()))
     envelope = json.loads(sent.data)
     if tamper == "action":
         envelope["action"] = "run_instance"  # a harmless signed request turned into a start
@@ -447,19 +463,19 @@ def test_a_tampered_message_is_refused(
 def test_an_unsigned_message_is_refused(
     target: NodeUnderAttack, transport: dict[str, Callable[..., Any]], strip: str
 ) -> None:
-    sent = target.signer("cc-cluster1", "cc").seal("run_instance", body())
+    sent = target.signer("cc-cluster1", "cc").seal("run_instance", c.encode(body()))
     envelope = json.loads(sent.data)
     for field in ["signature", "sender_cert"] if strip == "both" else [strip]:
         del envelope[field]
     error = refusal(target, transport["send"](json.dumps(envelope).encode()), sent.nonce)
     assert error["code"] == "MessageRejected" and "unsigned" in error["message"]
-    bare = json.dumps({"action": "run_instance", "body": body()}).encode()
+    bare = json.dumps({"action": "run_instance", "body": c.encode(body())}).encode()
     assert json.loads(transport["send"](bare))["body"]["ok"] is False
     assert target.node.conn.listAllDomains() == []
 
 
 def test_a_replayed_message_is_refused(target: NodeUnderAttack, transport: dict[str, Callable[..., Any]]) -> None:
-    sent = target.signer("cc-cluster1", "cc").seal("run_instance", body())
+    sent = target.signer("cc-cluster1", "cc").seal("run_instance", c.encode(body()))
     first = target.reply_verifier().verify(transport["send"](sent.data), {"nc"}, in_reply_to=sent.nonce).body
     assert first["ok"] is True and names(target.node.conn) == [IID]
     # the instance is terminated; whoever recorded the start must not be able to bring it back
@@ -474,7 +490,7 @@ def test_a_replayed_message_is_refused(target: NodeUnderAttack, transport: dict[
 def test_a_refused_message_does_not_burn_the_real_senders_nonce(
     target: NodeUnderAttack, transport: dict[str, Callable[..., Any]]
 ) -> None:
-    sent = target.signer("cc-cluster1", "cc").seal("run_instance", body())
+    sent = target.signer("cc-cluster1", "cc").seal("run_instance", c.encode(body()))
     envelope = json.loads(sent.data)
     envelope["body"]["vcpus"] = 4
     refusal(target, transport["send"](json.dumps(envelope).encode()), sent.nonce)
@@ -489,7 +505,7 @@ def test_an_expired_message_is_refused(
     """A message stamped an hour in the past (or the future) is outside the time window."""
     identity = target.ca.identity("cc-cluster1", "cc")
     stale = MessageSigner(identity, clock=lambda: time.time() + skew_s)
-    sent = stale.seal("run_instance", body())
+    sent = stale.seal("run_instance", c.encode(body()))
     error = refusal(target, transport["send"](sent.data), sent.nonce)
     assert error["code"] == "MessageRejected" and "expired" in error["message"]
     assert target.node.conn.listAllDomains() == []

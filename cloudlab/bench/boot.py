@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab.bench.stats import summarise
+from cloudlab.guest import DEFAULT_KERNEL_CMDLINE, has_booted
 from cloudlab.images.cached import find_built_image
-from cloudlab.nc.domain_xml import DEFAULT_CMDLINE
 
-BOOT_MARKER = b"cloudlab-boot:"
 POLL_S = 0.05
 
 
@@ -41,7 +40,7 @@ def boot_by_hand(kernel: Path, ramdisk: Path, accel: str, memory_mb: int = 256, 
         "-initrd",
         str(ramdisk),
         "-append",
-        f"{DEFAULT_CMDLINE} cloudlab.hostname=bench",
+        f"{DEFAULT_KERNEL_CMDLINE} cloudlab.hostname=bench",
     ]
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -52,7 +51,7 @@ def boot_by_hand(kernel: Path, ramdisk: Path, accel: str, memory_mb: int = 256, 
     try:
         with selectors.DefaultSelector() as selector:
             selector.register(proc.stdout, selectors.EVENT_READ)
-            while BOOT_MARKER not in seen:
+            while not has_booted(seen):
                 remaining = timeout_s - (time.monotonic() - started)
                 if remaining <= 0 or not selector.select(remaining):
                     raise TimeoutError("no boot marker from the hand-started QEMU")
@@ -84,7 +83,7 @@ def boot_through_cloud(cloud: Any, count: int, timeout_s: float = 120) -> list[d
                         if inst["State"]["Name"] == "running":
                             running.setdefault(inst["InstanceId"], time.monotonic() - started)
             for instance_id in [i for i in running if i not in booted]:
-                if "cloudlab-boot:" in (ec2.get_console_output(InstanceId=instance_id).get("Output") or ""):
+                if has_booted(ec2.get_console_output(InstanceId=instance_id).get("Output") or ""):
                     booted[instance_id] = time.monotonic() - started
             time.sleep(POLL_S)
     finally:

@@ -2,23 +2,29 @@
 
 It keeps the node registry, schedules instances onto nodes with a pluggable policy, and relays the
 cloud controller's commands to the right node. Only the CLC may command it; only NCs may register.
+Every action it serves is a typed call of :mod:`cloudlab.contract`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from typing import Any
 
+from cloudlab import contract as c
 from cloudlab.cc.registry import NodeRegistry
 from cloudlab.cc.scheduler import InstanceRequest, SchedulingPolicy, load_policy, place
 from cloudlab.errors import CloudError
 from cloudlab.net import NetError
 from cloudlab.rpc import Channel, Dispatcher, HttpChannel
-from cloudlab.security.messages import MessageSigner, MessageVerifier
+from cloudlab.security.messages import MessageSigner, MessageVerifier, VerifiedMessage
 
 log = logging.getLogger(__name__)
+
+#: The longest a ``describe_cluster`` caller may wait for a change (the CLC asks for about a second).
+MAX_DESCRIBE_WAIT_S = 10.0
 
 
 class ClusterController:
@@ -44,39 +50,41 @@ class ClusterController:
 
     # -- wiring ------------------------------------------------------------------------------------
     def register_routes(self, dispatcher: Dispatcher) -> None:
-        for action, handler in {
-            "schedule": lambda m: self.schedule(m.body["instances"], int(m.body.get("min_count", 1))),
-            "release": lambda m: self.release(m.body["node"], m.body["instance_id"]),
-            "run_instance": lambda m: self.node_call(
-                m.body["node"], "run_instance", self._with_attachment(m.body["node"], m.body["instance"])
-            ),
-            "network_sync": lambda m: self.network_sync(m.body["plan"]),
-            "terminate_instance": lambda m: self.node_call(
-                m.body["node"], "terminate_instance", {"instance_id": m.body["instance_id"]}
-            ),
-            "reboot_instance": lambda m: self.node_call(
-                m.body["node"], "reboot_instance", {"instance_id": m.body["instance_id"]}
-            ),
-            "get_console_output": lambda m: self.node_call(
-                m.body["node"], "get_console_output", {"instance_id": m.body["instance_id"]}
-            ),
-            "describe_cluster": lambda m: self.describe_cluster(),
-        }.items():
-            dispatcher.route(action, handler, {"clc"})
-        dispatcher.route("register_node", lambda m: self.register_remote_node(m.sender, m.body["url"]), {"nc"})
+        dispatcher.serve(c.SCHEDULE, lambda r, m: self.schedule(r))
+        dispatcher.serve(c.RELEASE, lambda r, m: self.release(r.node, r.instance_id))
+        dispatcher.serve(c.RUN_INSTANCE, lambda r, m: self.run_instance(r.node, r.instance))
+        dispatcher.serve(c.TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.node, r.instance_id))
+        dispatcher.serve(
+            c.REBOOT_INSTANCE,
+            lambda r, m: self.node_call(r.node, c.NODE_REBOOT_INSTANCE, c.InstanceRef(r.instance_id)),
+        )
+        dispatcher.serve(
+            c.GET_CONSOLE_OUTPUT,
+            lambda r, m: self.node_call(r.node, c.NODE_GET_CONSOLE_OUTPUT, c.InstanceRef(r.instance_id)),
+        )
+        dispatcher.serve(c.DESCRIBE_CLUSTER, lambda r, m: self.describe_cluster(r.after, r.wait_s))
+        dispatcher.serve(c.NETWORK_SYNC, lambda r, m: self.network_sync(r))
+        dispatcher.serve(c.REGISTER_NODE, lambda r, m: self.register_remote_node(m.sender, r.url))
+        dispatcher.serve(c.NODE_CHANGED, self._node_changed)
 
     def add_node(self, name: str, channel: Channel, url: str | None = None) -> None:
         self.registry.add(name, channel, url)
         log.info("cluster %s: node %s registered", self.name, name)
 
-    def register_remote_node(self, name: str, url: str) -> dict[str, Any]:
+    def register_remote_node(self, name: str, url: str) -> c.Registered:
         """An NC on another host (or process) announces its URL; its identity is its certificate's name."""
         if self._signer is None or self._verifier is None:
             raise CloudError("UnsupportedOperation", "this cluster controller takes no remote nodes")
         entry = self.registry.entry(name)
         if entry is None or entry.url != url:
             self.add_node(name, HttpChannel(name, "nc", self._signer, self._verifier, url), url)
-        return {"cluster": self.name, "node": name}
+        return c.Registered(cluster=self.name, node=name)
+
+    def _node_changed(self, request: c.Empty, message: VerifiedMessage) -> c.Empty:
+        """A node saw a lifecycle event: ask it for its report now rather than at the next heartbeat."""
+        if self.registry.entry(message.sender) is not None:
+            self.registry.poll_soon(message.sender)
+        return c.Empty()
 
     def start(self) -> None:
         self.registry.start()
@@ -85,90 +93,108 @@ class ClusterController:
         self.registry.stop()
 
     # -- scheduling ----------------------------------------------------------------------------------
-    def schedule(self, instances: list[dict[str, Any]], min_count: int = 1) -> dict[str, Any]:
-        """Place as many of ``instances`` as fit (at least ``min_count``) and reserve their room."""
-        requests = [InstanceRequest(str(i["instance_id"]), int(i["vcpus"]), int(i["memory_mb"])) for i in instances]
+    def schedule(self, request: c.ScheduleRequest) -> c.Placements:
+        """Place as many of the instances as fit (at least ``min_count``) and reserve their room."""
+        requests = [InstanceRequest(i.instance_id, i.vcpus, i.memory_mb) for i in request.instances]
         with self._schedule_lock:
             views = self.registry.views()
             try:
                 placements = place(self.policy, requests, views)
             except ValueError as exc:
                 raise CloudError("InternalError", str(exc)) from exc
-            if len(placements) < min_count:
+            if len(placements) < request.min_count:
                 free = (
                     ", ".join(f"{v.name}: {v.vcpus_free} vCPU/{v.memory_mb_free} MiB" for v in views) or "no live nodes"
                 )
                 raise CloudError(
                     "InsufficientInstanceCapacity",
-                    f"cluster {self.name} can place {len(placements)} of the {min_count} instances needed ({free})",
+                    f"cluster {self.name} can place {len(placements)} of the {request.min_count} instances needed"
+                    f" ({free})",
                 )
             by_id = {r.instance_id: r for r in requests}
             for instance_id, node in placements.items():
                 self.registry.reserve(node, instance_id, by_id[instance_id].vcpus, by_id[instance_id].memory_mb)
-        return {"placements": placements, "policy": self.policy.name}
+        return c.Placements(placements=placements, policy=self.policy.name)
 
-    def release(self, node: str, instance_id: str) -> dict[str, Any]:
+    def release(self, node: str, instance_id: str) -> c.Released:
         self.registry.release(node, instance_id)
-        return {}
+        return c.Released()
 
-    def node_call(self, node: str, action: str, body: dict[str, Any]) -> Any:
+    # -- relaying to nodes ---------------------------------------------------------------------------
+    def node_call(self, node: str, action: c.Action[Any, Any], request: Any) -> Any:
         entry = self.registry.entry(node)
         if entry is None:
             raise CloudError("InternalError", f"cluster {self.name} has no node {node!r}")
+        return entry.channel.ask(action, request)
+
+    def run_instance(self, node: str, instance: c.StartInstance) -> c.InstanceStarted:
+        """Start ``instance`` on ``node``, telling the node where its NIC goes.
+
+        A failed start frees its reservation now; a successful one keeps it until the node's next
+        heartbeat reports the instance, so the scheduler never sees the room twice.
+        """
         try:
-            result = entry.channel.call(action, body)
+            return self.node_call(node, c.NODE_RUN_INSTANCE, self._with_attachment(node, instance))
         except Exception:
-            # A failed start frees its reservation now; a successful one keeps it until the node's
-            # next heartbeat reports the instance, so the scheduler never sees the room twice.
-            if action == "run_instance":
-                self.registry.release(node, str(body["instance_id"]))
+            self.registry.release(node, instance.instance_id)
             raise
-        if action == "terminate_instance":
-            self.registry.release(node, str(body["instance_id"]))
-        return result
+
+    def terminate_instance(self, node: str, instance_id: str) -> c.InstanceRemoved:
+        removed = self.node_call(node, c.NODE_TERMINATE_INSTANCE, c.InstanceRef(instance_id))
+        self.registry.release(node, instance_id)
+        return removed
 
     # -- network ---------------------------------------------------------------------------------------------
-    def _with_attachment(self, node: str, instance: dict[str, Any]) -> dict[str, Any]:
+    def _with_attachment(self, node: str, instance: c.StartInstance) -> c.StartInstance:
         """Tell the NC where on its host the instance's NIC goes (the CLC knows ports, not hosts)."""
-        nic = instance.get("nic")
-        if not nic or self.network is None:
+        if instance.nic is None or self.network is None:
             return instance
-        return instance | {"nic": nic | {"attach": self.network.attachment(node, int(nic["vlan"]))}}
+        attach = self.network.attachment(node, instance.nic.vlan)
+        return dataclasses.replace(instance, nic=dataclasses.replace(instance.nic, attach=attach))
 
-    def network_sync(self, plan: dict[str, Any]) -> dict[str, Any]:
+    def network_sync(self, plan: c.NetworkPlan) -> c.NetworkApplied:
         """Apply the CLC's network plan (groups' VLANs, ingress rules, elastic NAT) to the router."""
         if self.network is None:
-            return {"applied": False}
+            return c.NetworkApplied(applied=False)
         try:
             self.network.apply(plan)
         except NetError as exc:
             raise CloudError("InvalidParameterValue", str(exc)) from exc
-        return {"applied": True}
+        return c.NetworkApplied(applied=True)
 
-    def describe_cluster(self) -> dict[str, Any]:
-        """Every node with its last report and how old that report is (so a caller can judge absence)."""
+    # -- reports -----------------------------------------------------------------------------------------------
+    def describe_cluster(self, after: int = 0, wait_s: float = 0.0) -> c.ClusterReport:
+        """Every node with its last report and how old that report is (so a caller can judge absence).
+
+        With ``wait_s``, wait (at most :data:`MAX_DESCRIBE_WAIT_S`) for a report newer than ``after``.
+        """
+        version = self.registry.version
+        if wait_s > 0 and version <= after:
+            version = self.registry.wait_for_change(after, min(wait_s, MAX_DESCRIBE_WAIT_S))
         nodes = []
         now = time.monotonic()
         for name in self.registry.names():
             entry = self.registry.entry(name)
             if entry is None:
                 continue
-            report = entry.report or {}
+            report = entry.report
             nodes.append(
-                {
-                    "name": name,
-                    "url": entry.url,
-                    "alive": self.registry.alive(entry),
-                    "age_s": None if entry.last_seen is None else now - entry.last_seen,
-                    "last_error": entry.last_error,
-                    "vcpus_total": report.get("vcpus_total", 0),
-                    "vcpus_free": report.get("vcpus_free", 0),
-                    "memory_mb_total": report.get("memory_mb_total", 0),
-                    "memory_mb_free": report.get("memory_mb_free", 0),
-                    "hypervisor": report.get("hypervisor"),
-                    "accel": report.get("accel"),
-                    "instances": report.get("instances", []),
-                }
+                c.NodeSummary(
+                    name=name,
+                    url=entry.url,
+                    alive=self.registry.alive(entry),
+                    age_s=None if entry.last_seen is None else now - entry.last_seen,
+                    last_error=entry.last_error,
+                    vcpus_total=report.vcpus_total if report else 0,
+                    vcpus_free=report.vcpus_free if report else 0,
+                    memory_mb_total=report.memory_mb_total if report else 0,
+                    memory_mb_free=report.memory_mb_free if report else 0,
+                    hypervisor=report.hypervisor if report else None,
+                    accel=report.accel if report else None,
+                    instances=report.instances if report else (),
+                )
             )
         network = self.network.describe() if self.network is not None else None
-        return {"cluster": self.name, "policy": self.policy.name, "nodes": nodes, "network": network}
+        return c.ClusterReport(
+            cluster=self.name, policy=self.policy.name, version=version, nodes=tuple(nodes), network=network
+        )

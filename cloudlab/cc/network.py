@@ -39,6 +39,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudlab.config import CloudConfig
+from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
 from cloudlab.net import NetError, firewall, links, netns, vde
 from cloudlab.paths import StateLayout, outside_namespace_of
 
@@ -50,13 +51,12 @@ FLAVOURS = ("vde", "direct")
 #: one machine they need an sshd per host namespace that reads its own authorized_keys: not built in.)
 CABLES = ("tcp", "unix")
 NC_PORT = 8775  # every NC listens on this port in its own host namespace
-CABLE_BASE_PORT = 7100  # host i's cable listener on the first host: CABLE_BASE_PORT + i
-CABLE_PORT_BASE = 2  # cable ports on switches: 2 .. 15
-GATEWAY_PORT_BASE = 16  # the router's tap into VLAN v sits on port 16 + (v - 100) of the first host's switch
+CABLE_TCP_PORT_BASE = 7100  # host i's cable listener on the first host: TCP port CABLE_TCP_PORT_BASE + i
+CABLE_SWITCH_PORT_BASE = 2  # cable ports on switches: 2 .. 15
+GATEWAY_SWITCH_PORT_BASE = 16  # the router's tap into VLAN v: switch port 16 + (v - FIRST_VLAN) on the first host
 FIRST_INSTANCE_PORT = 80  # instance ports on a switch: 80 .. SWITCH_PORTS-1
 SWITCH_PORTS = 256
 FIREWALL_TABLE = "cloudlab"
-FIRST_VLAN = 100  # as in cloudlab.clc.network (the CC does not import the CLC)
 METADATA_ADDRESS = "169.254.169.254"
 #: Elastic addresses are local addresses of the router (so they route, and DNAT sends them on to the
 #: instance). A dummy link would be tidier, but kernels without the dummy module exist (this CI's).
@@ -205,7 +205,7 @@ class ClusterNetwork:
         if self.flavour == "vde":
             for host in list(self.hosts.values())[1:]:
                 self._cable(first, host)
-        self.apply({"groups": [], "rules": [], "nats": []})
+        self.apply(NetworkPlan(cluster=self.cluster))
 
     def _root_veth(self) -> None:
         with IPRoute() as ipr:
@@ -269,19 +269,23 @@ class ClusterNetwork:
     def _cable(self, first: Host, host: Host) -> None:
         """Join ``host``'s switch to the first host's: the far host dials, so a NAT in between does not matter."""
         assert first.switch is not None and host.switch is not None
-        port_here = CABLE_PORT_BASE + host.index
+        port_here = CABLE_SWITCH_PORT_BASE + host.index
         if self.cable_kind == "unix":
-            cable: Any = vde.UnixCable(first.switch.sock, host.switch.sock, port_a=port_here, port_b=CABLE_PORT_BASE)
+            cable: Any = vde.UnixCable(
+                first.switch.sock, host.switch.sock, port_a=port_here, port_b=CABLE_SWITCH_PORT_BASE
+            )
             cable.start()
             first.cables.append(cable)
             return
-        tcp_port = CABLE_BASE_PORT + host.index
-        listener = vde.TcpCableListener(first.switch.sock, first.address, tcp_port, first.namespace,
-                                        port_on_switch=port_here)
+        tcp_port = CABLE_TCP_PORT_BASE + host.index
+        listener = vde.TcpCableListener(
+            first.switch.sock, first.address, tcp_port, first.namespace, port_on_switch=port_here
+        )
         listener.start()
         first.cables.append(listener)
-        dialer = vde.TcpCableDialer(host.switch.sock, first.address, tcp_port, host.namespace,
-                                    port_on_switch=CABLE_PORT_BASE)
+        dialer = vde.TcpCableDialer(
+            host.switch.sock, first.address, tcp_port, host.namespace, port_on_switch=CABLE_SWITCH_PORT_BASE
+        )
         dialer.start()
         host.cables.append(dialer)
 
@@ -295,29 +299,23 @@ class ClusterNetwork:
         raise NetError(f"{ifname} did not appear in {ns} within {timeout_s:.0f} s (see the plug's log)")
 
     # -- the plan -------------------------------------------------------------------------------------------
-    def apply(self, plan: dict[str, Any]) -> None:
+    def apply(self, plan: NetworkPlan) -> None:
         """Make the router match ``plan`` (groups' VLANs and gateways, ingress rules, NAT)."""
         with self._lock:
-            groups = [firewall.GroupNet(**{k: g[k] for k in ("group_id", "vlan", "subnet", "gateway")})
-                      for g in plan["groups"]]
+            groups = list(plan.groups)
             for group in groups:
                 if group.vlan not in self.vlans:
                     self._add_vlan(group)
-            wanted_public = {n["public_ip"] for n in plan["nats"]}
+            wanted_public = {n.public_ip for n in plan.nats}
             for ip in sorted(wanted_public - self.public_ips):
                 links.add_address(self.outside, PUBLIC_LINK, f"{ip}/32")
             for ip in sorted(self.public_ips - wanted_public):
                 links.del_address(self.outside, PUBLIC_LINK, f"{ip}/32")
             self.public_ips = wanted_public
-            ruleset = firewall.cluster_ruleset(
-                FIREWALL_TABLE,
-                groups,
-                [firewall.IngressRule(**r) for r in plan["rules"]],
-                [firewall.ElasticNat(n["public_ip"], n["private_ip"]) for n in plan["nats"]],
-            )
+            ruleset = firewall.cluster_ruleset(FIREWALL_TABLE, groups, list(plan.rules), list(plan.nats))
             firewall.apply(self.outside, ruleset)
 
-    def _add_vlan(self, group: firewall.GroupNet) -> None:
+    def _add_vlan(self, group: GroupSegment) -> None:
         """Give ``group`` its layer-2 segment on every host and its gateway ``g<vlan>`` on the router.
 
         direct: one bridge per group (``br<vlan>``) joined to the router by a veth. (A single
@@ -338,13 +336,13 @@ class ClusterNetwork:
                 assert host.switch is not None
                 host.switch.create_vlan(vid)
                 if host is first:
-                    trunk_ports = [CABLE_PORT_BASE + h.index for h in self.hosts.values() if h is not first]
+                    trunk_ports = [CABLE_SWITCH_PORT_BASE + h.index for h in self.hosts.values() if h is not first]
                 else:
-                    trunk_ports = [CABLE_PORT_BASE]
+                    trunk_ports = [CABLE_SWITCH_PORT_BASE]
                 for port in trunk_ports:
                     host.switch.add_tagged(vid, port)
             assert first.switch is not None
-            port = GATEWAY_PORT_BASE + (vid - FIRST_VLAN)
+            port = GATEWAY_SWITCH_PORT_BASE + (vid - FIRST_VLAN)
             plug = vde.TapPlug(first.switch.sock, gateway_link, self.outside, port=port)
             plug.start()
             self._wait_link(self.outside, gateway_link)
@@ -355,20 +353,20 @@ class ClusterNetwork:
         self.vlans.add(vid)
 
     # -- what a node needs -----------------------------------------------------------------------------------
-    def attachment(self, node: str, vlan: int) -> dict[str, Any]:
+    def attachment(self, node: str, vlan: int) -> Attachment:
         """How ``node``'s NC attaches a NIC in ``vlan`` (added by the CC to each start request)."""
         host = self.hosts[node]
         if self.flavour == "direct":
-            return {"kind": "bridge", "bridge": f"br{vlan}", "netns": host.namespace}
+            return Attachment(kind="bridge", bridge=f"br{vlan}", netns=host.namespace)
         assert host.switch is not None
-        return {
-            "kind": "vde",
-            "sock": str(host.switch.sock),
-            "mgmt": str(host.switch.mgmt),
-            "netns": host.namespace,
-            "first_port": FIRST_INSTANCE_PORT,
-            "last_port": SWITCH_PORTS - 1,
-        }
+        return Attachment(
+            kind="vde",
+            sock=str(host.switch.sock),
+            mgmt=str(host.switch.mgmt),
+            netns=host.namespace,
+            first_port=FIRST_INSTANCE_PORT,
+            last_port=SWITCH_PORTS - 1,
+        )
 
     def nc_endpoint(self, node: str) -> tuple[str, str, str]:
         """(namespace, listen address, advertised URL) of ``node``'s NC."""
@@ -427,11 +425,19 @@ class ClusterNetwork:
             "flavour": self.flavour,
             "subnet": self.subnet,
             "underlay": str(self.underlay),
-            "namespaces": {"outside": self.outside, **{h.node: h.namespace for h in self.hosts.values()},
-                           **{f"nat {h.node}": h.nat_namespace for h in self.hosts.values() if h.nat_namespace}},
+            "namespaces": {
+                "outside": self.outside,
+                **{h.node: h.namespace for h in self.hosts.values()},
+                **{f"nat {h.node}": h.nat_namespace for h in self.hosts.values() if h.nat_namespace},
+            },
             "hosts": [
-                {"node": h.node, "namespace": h.namespace, "address": h.address, "behind_nat": h.behind_nat,
-                 "reached_at": h.public_address}
+                {
+                    "node": h.node,
+                    "namespace": h.namespace,
+                    "address": h.address,
+                    "behind_nat": h.behind_nat,
+                    "reached_at": h.public_address,
+                }
                 for h in self.hosts.values()
             ],
             "processes": [{"role": label} | proc.describe() for label, proc in self.processes()],

@@ -4,6 +4,11 @@ Heartbeats are the CC's periodic ``describe_resource`` calls (as Eucalyptus' CC 
 a node that has not answered for ``dead_after_s`` is not offered to the scheduler. Resources
 promised to instances that a node has not reported yet are held as reservations, so two requests
 in quick succession never overcommit a node between heartbeats.
+
+A node that sees a change (a libvirt lifecycle event) nudges the CC, which polls it at once
+(:meth:`NodeRegistry.poll_soon`). Every report that changes what the cluster holds (an instance
+appears, goes or changes state) bumps :attr:`NodeRegistry.version`, and :meth:`wait_for_change`
+lets the cloud controller wait for that instead of polling on top of the heartbeat.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudlab.cc.scheduler import NodeView
+from cloudlab.contract import DESCRIBE_RESOURCE, Empty, NodeReport
 from cloudlab.rpc import Channel
 
 log = logging.getLogger(__name__)
@@ -26,7 +32,7 @@ class NodeEntry:
     name: str
     channel: Channel
     url: str | None = None
-    report: dict[str, Any] | None = None
+    report: NodeReport | None = None
     last_seen: float | None = None  # monotonic time at which the last good answer was *asked for*
     last_error: str | None = None
     reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # instance -> (vcpus, MiB)
@@ -43,7 +49,10 @@ class NodeRegistry:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="heartbeat")
         self._polling: set[str] = set()
+        self._again: set[str] = set()  # nudged while a poll was running: poll once more after it
         self._thread: threading.Thread | None = None
+        self._changed = threading.Condition(self._lock)
+        self.version = 0  # bumped by every report that changes the cluster's instances
 
     def add(self, name: str, channel: Channel, url: str | None = None) -> None:
         with self._lock:
@@ -69,7 +78,7 @@ class NodeRegistry:
             return
         asked = time.monotonic()  # the report shows at least everything that existed at this moment
         try:
-            report = entry.channel.call("describe_resource", {}, timeout=max(2.0, self.dead_after_s))
+            report = entry.channel.ask(DESCRIBE_RESOURCE, Empty(), timeout=max(2.0, self.dead_after_s))
         except Exception as exc:  # a dead node is a state, not a crash
             if entry.last_error != str(exc):
                 log.warning("node %s does not answer: %s", name, exc)
@@ -78,13 +87,27 @@ class NodeRegistry:
         with self._lock:
             if entry.last_seen is not None and asked < entry.last_seen:
                 return  # an older poll finished after a newer one
+            before = _holdings(entry.report)
             entry.report = report
             entry.last_seen = asked
             entry.last_error = None
-            reported = {i["instance_id"] for i in report.get("instances", [])}
+            reported = {i.instance_id for i in report.instances}
             for instance_id in list(entry.reservations):
                 if instance_id in reported:
                     del entry.reservations[instance_id]
+            if _holdings(report) != before:
+                self.version += 1
+                self._changed.notify_all()
+
+    def wait_for_change(self, after: int, timeout_s: float) -> int:
+        """Wait until :attr:`version` is past ``after`` (or ``timeout_s``); return the version."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version > after or self._stop.is_set(), timeout=timeout_s)
+            return self.version
+
+    def poll_soon(self, name: str) -> None:
+        """Poll ``name`` now, in the background (a node said something changed)."""
+        self._submit_poll(name, again=True)
 
     def poll_all(self) -> None:
         """Poll every node once and wait for the answers (used at start-up and by tests)."""
@@ -92,16 +115,26 @@ class NodeRegistry:
             if future is not None:
                 future.result()
 
-    def _submit_poll(self, name: str) -> Any:
-        """Queue a poll of ``name`` unless one is still running: a hanging node must not delay the others."""
+    def _submit_poll(self, name: str, again: bool = False) -> Any:
+        """Queue a poll of ``name`` unless one is still running: a hanging node must not delay the others.
+
+        With ``again``, a poll already running is followed by one more (the change may have come
+        after it asked)."""
         with self._lock:
             if name in self._polling:
+                if again:
+                    self._again.add(name)
                 return None
             self._polling.add(name)
 
         def run() -> None:
             try:
-                self.poll_one(name)
+                while True:
+                    self.poll_one(name)
+                    with self._lock:
+                        if name not in self._again:
+                            break
+                        self._again.discard(name)
             finally:
                 with self._lock:
                     self._polling.discard(name)
@@ -124,6 +157,8 @@ class NodeRegistry:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -142,11 +177,11 @@ class NodeRegistry:
                 views.append(
                     NodeView(
                         entry.name,
-                        r["vcpus_total"],
-                        r["memory_mb_total"],
-                        r["vcpus_free"] - vcpus,
-                        r["memory_mb_free"] - memory,
-                        len(r.get("instances", [])) + len(entry.reservations),
+                        r.vcpus_total,
+                        r.memory_mb_total,
+                        r.vcpus_free - vcpus,
+                        r.memory_mb_free - memory,
+                        len(r.instances) + len(entry.reservations),
                     )
                 )
         return sorted(views, key=lambda v: v.name)
@@ -160,3 +195,10 @@ class NodeRegistry:
             entry = self._nodes.get(node)
             if entry is not None:
                 entry.reservations.pop(instance_id, None)
+
+
+def _holdings(report: NodeReport | None) -> frozenset[tuple[str, str]]:
+    """What a report says the node holds, without the counters that change all the time."""
+    if report is None:
+        return frozenset()
+    return frozenset((i.instance_id, i.state) for i in report.instances)

@@ -18,9 +18,9 @@ from typing import Any
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags
 from cloudlab.errors import CloudError
+from cloudlab.guest import DEFAULT_IMAGE_NAME
 from cloudlab.ids import new_id
 
-DEFAULT_IMAGE_NAME = "cloudlab-default"
 AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
 
 

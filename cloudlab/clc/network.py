@@ -18,15 +18,29 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import logging
 import sqlite3
+import threading
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from cloudlab.clc.addresses import Addresses
+from cloudlab.clc.clusters import Clusters
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.keypairs import KeyPairs
+from cloudlab.contract import (
+    FIRST_VLAN,
+    NETWORK_SYNC,
+    ElasticNat,
+    GroupSegment,
+    IngressRule,
+    NetworkPlan,
+    NicPlan,
+    encode,
+)
 from cloudlab.errors import CloudError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS group_networks (
@@ -38,38 +52,12 @@ CREATE TABLE IF NOT EXISTS instance_ports (
 CREATE INDEX IF NOT EXISTS instance_ports_by_ip ON instance_ports(cluster, private_ip);
 """
 
-#: VLAN of slot 0; slot n is VLAN FIRST_VLAN + n (VLAN 1 is every bridge's default, so it is never used).
-FIRST_VLAN = 100
+NETWORK_SYNC_S = 0.5  # how soon a changed rule or association reaches the router
+NETWORK_RESYNC_S = 30.0  # the whole plan is sent again this often even when unchanged
 #: Host part of the first instance address in a group's /24 (.1 is the gateway).
 FIRST_HOST = 10
 #: Instance states that hold their private address (a stopped instance keeps it, as in a VPC).
 _HOLDING = ("pending", "running", "stopping", "stopped", "shutting-down")
-
-
-@dataclass(frozen=True)
-class GroupSegment:
-    """One security group's VLAN and subnet in one cluster."""
-
-    group_id: str
-    vlan: int
-    subnet: str
-    gateway: str
-
-
-@dataclass(frozen=True)
-class Port:
-    """An instance's NIC: what the node controller attaches and the guest configures."""
-
-    instance_id: str
-    group_id: str
-    vlan: int
-    address: str  # with prefix, e.g. 10.211.0.10/24
-    gateway: str
-    mac: str
-
-    @property
-    def private_ip(self) -> str:
-        return self.address.split("/")[0]
 
 
 def mac_for(instance_id: str) -> str:
@@ -87,11 +75,18 @@ class InstanceNetworks:
         self.store.ensure_schema(SCHEMA)
 
     # -- configuration ----------------------------------------------------------------------------------------
+    @property
+    def clusters(self) -> Clusters:
+        return self.clc.clusters
+
     def subnet(self, cluster: str) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.clc.cluster_subnets[cluster])
+        subnet = self.clusters.subnet_of(cluster)
+        if subnet is None:
+            raise CloudError("InvalidParameterValue", f"cluster {cluster} has no network")
+        return ipaddress.IPv4Network(subnet)
 
     def has_network(self, cluster: str) -> bool:
-        return cluster in getattr(self.clc, "cluster_subnets", {})
+        return self.clusters.subnet_of(cluster) is not None
 
     def _segment(self, cluster: str, group_id: str, slot: int) -> GroupSegment:
         subnets = list(self.subnet(cluster).subnets(new_prefix=24))
@@ -99,7 +94,7 @@ class InstanceNetworks:
         return GroupSegment(group_id, FIRST_VLAN + slot, str(net), str(net.network_address + 1))
 
     # -- allocation (inside the RunInstances transaction) -------------------------------------------------
-    def allocate(self, db: sqlite3.Connection, cluster: str, instance_id: str, group_id: str) -> Port:
+    def allocate(self, db: sqlite3.Connection, cluster: str, instance_id: str, group_id: str) -> NicPlan:
         """Give ``instance_id`` a port in ``group_id``'s segment, creating the segment on first use."""
         row = db.execute(
             "SELECT slot FROM group_networks WHERE cluster=? AND group_id=?", (cluster, group_id)
@@ -146,10 +141,10 @@ class InstanceNetworks:
             " VALUES (?,?,?,?,?,?)",
             (instance_id, cluster, group_id, address, mac, time.time()),
         )
-        return Port(instance_id, group_id, segment.vlan, f"{address}/{net.prefixlen}", segment.gateway, mac)
+        return NicPlan(instance_id, group_id, segment.vlan, f"{address}/{net.prefixlen}", segment.gateway, mac)
 
     # -- reads --------------------------------------------------------------------------------------------
-    def port(self, instance_id: str) -> Port | None:
+    def port(self, instance_id: str) -> NicPlan | None:
         row = self.store.one(
             "SELECT p.*, g.slot FROM instance_ports p JOIN group_networks g"
             " ON g.cluster = p.cluster AND g.group_id = p.group_id WHERE p.instance_id=?",
@@ -159,8 +154,9 @@ class InstanceNetworks:
             return None
         segment = self._segment(row["cluster"], row["group_id"], row["slot"])
         prefix = ipaddress.IPv4Network(segment.subnet).prefixlen
-        return Port(instance_id, row["group_id"], segment.vlan, f"{row['private_ip']}/{prefix}", segment.gateway,
-                    row["mac"])
+        return NicPlan(
+            instance_id, row["group_id"], segment.vlan, f"{row['private_ip']}/{prefix}", segment.gateway, row["mac"]
+        )
 
     def private_ips_of(self, instance_ids: list[str]) -> dict[str, str]:
         if not instance_ids:
@@ -209,7 +205,7 @@ class InstanceNetworks:
             "mac": port.mac if port else None,
         }
 
-    def plan(self, cluster: str) -> dict[str, Any]:
+    def plan(self, cluster: str) -> NetworkPlan:
         """The router's whole configuration for ``cluster`` as plain data (sent to the CC, hashed to skip no-ops)."""
         held = ",".join("?" * len(_HOLDING))
         rows = self.store.query(
@@ -223,23 +219,64 @@ class InstanceNetworks:
             " ORDER BY a.public_ip",
             (cluster, *_HOLDING),
         )
-        return {
-            "cluster": cluster,
-            "groups": [asdict(s) for s in segments],
-            "rules": [
-                {
-                    "group_id": r.group_id,
-                    "protocol": r.protocol,
-                    "from_port": r.from_port,
-                    "to_port": r.to_port,
-                    "cidr": r.cidr,
-                    "source_group_id": r.source_group_id,
-                }
-                for r in rules
-            ],
-            "nats": [{"public_ip": n["public_ip"], "private_ip": n["private_ip"]} for n in nats],
-        }
+        return NetworkPlan(
+            cluster=cluster,
+            groups=tuple(segments),
+            rules=tuple(
+                IngressRule(r.group_id, r.protocol, r.from_port, r.to_port, r.cidr, r.source_group_id) for r in rules
+            ),
+            nats=tuple(ElasticNat(n["public_ip"], n["private_ip"]) for n in nats),
+        )
 
 
-def plan_digest(plan: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+def plan_digest(plan: NetworkPlan) -> str:
+    return hashlib.sha256(json.dumps(encode(plan), sort_keys=True).encode()).hexdigest()
+
+
+class NetworkSync:
+    """Keeps every cluster's router in step with the records.
+
+    A rule authorised or revoked, or an address associated, takes effect within
+    :data:`NETWORK_SYNC_S`; the whole plan is sent again every :data:`NETWORK_RESYNC_S`, so a
+    restarted CC gets it back.
+    """
+
+    def __init__(self, networks: InstanceNetworks) -> None:
+        self.networks = networks
+        self._lock = threading.Lock()
+        self._sent: dict[str, tuple[str | None, float]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.networks.clusters.with_network():
+            self._thread = threading.Thread(target=self._loop, name="clc-network", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(NETWORK_SYNC_S):
+            for link in self.networks.clusters.with_network():
+                try:
+                    self.sync(link.name)
+                except Exception as exc:
+                    log.warning("network of cluster %s not synchronised: %s", link.name, exc)
+
+    def sync(self, cluster: str, force: bool = False) -> bool:
+        """Send ``cluster``'s network plan to its CC if it changed (or ``force``); True if sent."""
+        link = self.networks.clusters.get(cluster)
+        if link is None or link.subnet is None:
+            return False
+        with self._lock:
+            plan = self.networks.plan(cluster)
+            digest = plan_digest(plan)
+            sent, when = self._sent.get(cluster, (None, 0.0))
+            if not force and digest == sent and time.monotonic() - when < NETWORK_RESYNC_S:
+                return False
+            link.channel.ask(NETWORK_SYNC, plan)
+            self._sent[cluster] = (digest, time.monotonic())
+            return True

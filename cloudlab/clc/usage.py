@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from cloudlab.clc.store import Store
+from cloudlab.clc.store import Store, append_ledger
 
 BILLABLE_STATE = "running"
 STATE_EVENTS = frozenset({"pending", "running", "shutting-down", "terminated", "stopping", "stopped"})
@@ -324,3 +325,67 @@ __all__ = [
     "usage_report",
     "usage_total",
 ]
+
+
+# -- network byte counters into the ledger -------------------------------------------------------------------
+NETWORK_LEDGER_S = 60.0  # a running instance's changed byte counters reach the ledger at most this often
+
+
+class NetworkBytes:
+    """Turns the NIC counters that node reports carry into ``network`` ledger events.
+
+    Counters are cumulative per VM session. A changed reading is appended at most every
+    :data:`NETWORK_LEDGER_S` per instance (reports arrive every second); the end of a running interval
+    appends the last reading seen, and a node's final reading at termination is appended as is.
+    """
+
+    def __init__(self, store: Store, interval_s: float = NETWORK_LEDGER_S) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._logged: dict[str, tuple[int, int, float]] = {}
+
+    def note(self, row: Any, rx: int, tx: int) -> None:
+        """A node reported ``row``'s cumulative counters: append them when they changed and are due."""
+        instance_id = row["instance_id"]
+        with self._lock:
+            self._seen[instance_id] = (rx, tx)
+            logged = self._logged.get(instance_id)
+        if logged is None:  # first sight in this process: what the ledger holds for this VM session
+            last = self.store.one(
+                "SELECT detail FROM ledger WHERE instance_id=? AND event=? AND seq > COALESCE("
+                "(SELECT MAX(seq) FROM ledger WHERE instance_id=? AND event='running'), 0) ORDER BY seq DESC LIMIT 1",
+                (instance_id, NETWORK_EVENT, instance_id),
+            )
+            counts = json.loads(last["detail"]) if last is not None else {"rx": 0, "tx": 0}
+            logged = (int(counts["rx"]), int(counts["tx"]), float("-inf"))
+            with self._lock:
+                self._logged.setdefault(instance_id, logged)
+        if (rx, tx) == logged[:2] or time.monotonic() - logged[2] < self.interval_s:
+            return
+        with self.store.transaction() as db:
+            current = db.execute("SELECT * FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
+            if current is None or current["state"] != "running":
+                return
+            append_ledger(db, dict(current), NETWORK_EVENT, json.dumps({"rx": rx, "tx": tx}))
+            with self._lock:
+                self._logged[instance_id] = (rx, tx, time.monotonic())
+
+    def flush(self, db: Any, row: dict[str, Any], now: float) -> None:
+        """Append the last counters seen for ``row`` if the ledger lacks them (inside the transaction
+        that ends its running interval)."""
+        with self._lock:
+            seen = self._seen.pop(row["instance_id"], None)
+            logged = self._logged.pop(row["instance_id"], None)
+        if seen is not None and (logged is None or seen != logged[:2]):
+            append_ledger(db, row, NETWORK_EVENT, json.dumps({"rx": seen[0], "tx": seen[1]}), when=now)
+
+    def final(self, instance_id: str, rx: int | None, tx: int | None) -> None:
+        """The counters a node read just before it destroyed the VM, into the ledger."""
+        if rx is None or tx is None:
+            return
+        with self.store.transaction() as db:
+            row = db.execute("SELECT * FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
+            if row is not None:
+                append_ledger(db, dict(row), NETWORK_EVENT, json.dumps({"rx": rx, "tx": tx}))

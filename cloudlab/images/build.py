@@ -46,25 +46,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from cloudlab.files import write_atomic
+from cloudlab.guest import DEFAULT_KERNEL_CMDLINE
 
 #: Bump whenever the builder's logic changes the image it produces; part of the inputs hash (with
 #: this file's own digest, so an edit that forgets the bump still rebuilds).
 BUILDER_VERSION = "1"
 
 #: The kernel command line the default image is meant to boot with (libvirt's ``<cmdline>``).
-#: ``console=ttyS0``: the serial port is the guest's console and carries the boot marker.
-#: ``quiet``: every console byte is an emulated UART write; a silent kernel boots ~0.3 s sooner on TCG.
-#: ``panic=-1``: reboot at once on a panic, so with ``-no-reboot``/``on_reboot=destroy`` a broken
-#: guest ends instead of hanging. ``tsc=reliable no_timer_check``: skip clocksource checks that are
-#: slow and pointless on emulated timers. ``8250.nr_uarts=1``: probe one UART, not four.
-#: ``cryptomgr.notests``: skip the kernel's crypto self-tests, which are slow on TCG. Together these
-#: four took the TCG boot to the marker from ~2.85 s to ~2.5 s on the development machine.
-DEFAULT_KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
-
-#: The line init.sh prints once the guest is up; probes and tests wait for it on the serial console.
-BOOT_MARKER = "cloudlab-boot: "
-#: The line init.sh prints when it begins a clean shutdown (power button, ``poweroff``, ``reboot``).
-SHUTDOWN_MARKER = "cloudlab-shutdown: "
 
 #: The metapackage whose dependency names the current cloud kernel package.
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from cloudlab.files import write_atomic
-from cloudlab.images.build import BOOT_MARKER, DEFAULT_KERNEL_CMDLINE, default_cache_dir
+from cloudlab.guest import BOOT_MARKER, DEFAULT_KERNEL_CMDLINE
+from cloudlab.images.build import default_cache_dir
 
 log = logging.getLogger(__name__)
 

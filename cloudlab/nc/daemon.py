@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from cloudlab.contract import NODE_CHANGED, REGISTER_NODE, Empty, RegisterNode
 from cloudlab.errors import CloudError
 from cloudlab.nc.node import NodeController
 from cloudlab.rpc import Dispatcher, HttpChannel, serve_http
@@ -60,14 +61,24 @@ def run_node(
     """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
     identity, ca_certificate = node_identity(pki_dir, name)
     signer, verifier = MessageSigner(identity), MessageVerifier(ca_certificate)
-    node = NodeController(name, uri, node_dir, vcpus=vcpus, memory_mb=memory_mb, accel=accel, accel_cache=accel_cache)
+    cc = HttpChannel("cc", "cc", signer, verifier, cc_url, timeout=10)
+    stop = stop or threading.Event()
+    nudger = ChangeNudger(cc, stop)
+    node = NodeController(
+        name,
+        uri,
+        node_dir,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        accel=accel,
+        accel_cache=accel_cache,
+        on_change=nudger.changed,
+    )
     dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
     node.register_routes(dispatcher)
     server = serve_http(dispatcher, host, port)
     # Behind a NAT the CC reaches this node at the NAT's forwarded address, not at the one it listens on.
     url = advertise or f"http://{host}:{server.server_port}"
-    cc = HttpChannel("cc", "cc", signer, verifier, cc_url, timeout=10)
-    stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -75,7 +86,7 @@ def run_node(
     registered = False
     while not stop.is_set():
         try:
-            cc.call("register_node", {"url": url})
+            cc.ask(REGISTER_NODE, RegisterNode(url=url))
             if not registered:
                 log.info("node %s registered with %s", name, cc_url)
             registered = True
@@ -85,3 +96,30 @@ def run_node(
         stop.wait(REGISTER_EVERY_S if registered else 1.0)
     server.shutdown()
     node.close()
+
+
+class ChangeNudger:
+    """Tells the CC, from a thread of its own, that this node has news (it then asks for the report).
+
+    Lifecycle events arrive on libvirt's event thread, which must never wait for the network; a
+    burst of events (a hundred VMs starting) becomes one nudge per round trip.
+    """
+
+    def __init__(self, cc: HttpChannel, stop: threading.Event) -> None:
+        self._cc = cc
+        self._stop = stop
+        self._pending = threading.Event()
+        threading.Thread(target=self._run, name="nc-nudge", daemon=True).start()
+
+    def changed(self) -> None:
+        self._pending.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._pending.wait(timeout=1.0):
+                continue
+            self._pending.clear()
+            try:
+                self._cc.ask(NODE_CHANGED, Empty(), timeout=5)
+            except Exception as exc:  # the next heartbeat carries the change anyway
+                log.debug("node change not announced: %s", exc)

@@ -11,13 +11,13 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudlab.guest import DEFAULT_KERNEL_CMDLINE
+
 METADATA_NS = "https://cloudlab.invalid/xmlns/instance/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 #: PCI slot of a VDE NIC added through <qemu:commandline>: libvirt does not know the device, so it
 #: must not pick the slot for anything else.
 VDE_NIC_SLOT = 0x10
-# The image builder's tuned command line (fast TCG boot); see cloudlab.images.build.
-DEFAULT_CMDLINE = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class DomainSpec:
     kernel: Path
     ramdisk: Path | None
     console_log: Path
-    cmdline: str = DEFAULT_CMDLINE
+    cmdline: str = DEFAULT_KERNEL_CMDLINE
     accel: str = "tcg"  # "kvm", "tcg" or "test" (libvirt's test driver)
     disk: Path | None = None  # the image's disk, attached read-only (shared by every instance of the image)
     metadata: dict[str, str] = field(default_factory=dict)

@@ -13,14 +13,16 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
+from cloudlab import contract as c
 from cloudlab.errors import CloudError
+from cloudlab.guest import DEFAULT_KERNEL_CMDLINE
 from cloudlab.nc.domain_xml import (
-    DEFAULT_CMDLINE,
     DomainSpec,
     Nic,
     build_domain_xml,
@@ -39,6 +41,18 @@ CPU_OVERCOMMIT = 4  # vCPUs per host core offered to the scheduler on a QEMU hos
 MEMORY_SHARE = 0.8  # share of host memory offered to instances
 CONSOLE_TAIL_BYTES = 64 * 1024  # EC2 returns the last 64 KiB of console output
 NET_BASELINE_FILE = "net-baseline.json"  # a VDE port's counters when the instance got it
+EVENTS_KEPT = 50  # lifecycle events carried in each report
+_EVENT_NAMES = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
 
 
 def vde_port_counters(text: str) -> dict[int, tuple[int, int]]:
@@ -73,8 +87,10 @@ class NodeController:
         memory_mb: int | None = None,
         accel: str = "auto",
         accel_cache: Path | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.on_change = on_change  # told of every lifecycle event (the daemon nudges its CC)
         self.uri = uri
         self.node_dir = node_dir
         self.kind = driver_kind(uri)
@@ -103,8 +119,9 @@ class NodeController:
         self._vde_mgmt: dict[str, vde.VdeManagement] = {}
         self._vde_lock = threading.Lock()
         self._net_baseline: dict[str, tuple[int, int]] = {}
-        self.started_at = time.time()
-        self.events: list[dict[str, Any]] = []
+        self.events: list[c.LifecycleEvent] = []
+        self._event_seq = 0
+        self._events_lock = threading.Lock()
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
         if self.kind == "qemu":
             threading.Thread(target=self._warm_up, name=f"warm-{name}", daemon=True).start()
@@ -126,15 +143,12 @@ class NodeController:
 
     # -- wiring -------------------------------------------------------------------------------
     def register_routes(self, dispatcher: Dispatcher) -> None:
-        """Only a cluster controller may command a node."""
-        for action, handler in {
-            "describe_resource": lambda m: self.describe_resource(),
-            "run_instance": lambda m: self.run_instance(m.body),
-            "terminate_instance": lambda m: self.terminate_instance(m.body["instance_id"]),
-            "reboot_instance": lambda m: self.reboot_instance(m.body["instance_id"]),
-            "get_console_output": lambda m: self.get_console_output(m.body["instance_id"]),
-        }.items():
-            dispatcher.route(action, handler, {"cc"})
+        """Only a cluster controller may command a node (the contract's actions say so)."""
+        dispatcher.serve(c.DESCRIBE_RESOURCE, lambda r, m: self.describe_resource())
+        dispatcher.serve(c.NODE_RUN_INSTANCE, lambda r, m: self.run_instance(r))
+        dispatcher.serve(c.NODE_TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.instance_id))
+        dispatcher.serve(c.NODE_REBOOT_INSTANCE, lambda r, m: self.reboot_instance(r.instance_id))
+        dispatcher.serve(c.NODE_GET_CONSOLE_OUTPUT, lambda r, m: self.get_console_output(r.instance_id))
 
     def close(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):
@@ -142,10 +156,18 @@ class NodeController:
 
     # -- libvirt events -----------------------------------------------------------------------
     def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
-        entry = {"instance_id": dom.name(), "event": event, "detail": detail, "time": time.time()}
-        self.events.append(entry)
-        del self.events[:-200]
-        log.info("node %s: domain %s lifecycle event %s/%s", self.name, dom.name(), event, detail)
+        """Keep the event for the next report and say that something changed (runs on libvirt's event thread)."""
+        name = _EVENT_NAMES.get(event, str(event))
+        with self._events_lock:  # never the node's lock: libvirt's event thread must not wait for a start
+            self._event_seq += 1
+            self.events.append(c.LifecycleEvent(self._event_seq, dom.name(), name, detail, time.time()))
+            del self.events[:-EVENTS_KEPT]
+        log.info("node %s: domain %s lifecycle event %s/%s", self.name, dom.name(), name, detail)
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception as exc:  # the heartbeat will carry the change anyway
+                log.debug("node %s: change notification failed: %s", self.name, exc)
 
     # -- instances ---------------------------------------------------------------------------
     def _domains(self) -> dict[str, tuple[libvirt.virDomain, dict[str, str]]]:
@@ -180,29 +202,35 @@ class NodeController:
             )
         return found[0]
 
-    def instances(self) -> list[dict[str, Any]]:
-        """What this node holds, as the hypervisor sees it (with the NIC's byte counters where known)."""
+    def instances(self) -> list[c.InstanceReport]:
+        """What this node holds, as the hypervisor sees it (with the NIC's byte counters where known).
+
+        A domain whose state cannot be read right now is reported as ``unknown`` rather than left out:
+        leaving it out would tell the cloud controller that it vanished.
+        """
         result = []
         switches: dict[str, dict[int, tuple[int, int]] | None] = {}  # one port/print per switch per report
         domains = self._domains()
         for name, (dom, meta) in domains.items():
             try:
-                state, _reason = dom.state()
-            except libvirt.libvirtError:
-                continue  # vanished between listing and asking
+                state_name = node_state(dom.state()[0])
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # vanished between listing and asking: truly gone
+                state_name = "unknown"
             if name in self._starting:
-                state = libvirt.VIR_DOMAIN_NOSTATE  # defined, QEMU still starting: pending, not shut off
-            entry = {
-                "instance_id": name,
-                "state": node_state(state),
-                "vcpus": int(meta.get("vcpus", 1)),
-                "memory_mb": int(meta.get("memory_mb", 0)),
-            }
-            if entry["state"] == "running":
-                counters = self._nic_counters(name, dom, meta, switches)
-                if counters is not None:
-                    entry["net_rx_bytes"], entry["net_tx_bytes"] = counters
-            result.append(entry)
+                state_name = "pending"  # defined, QEMU still starting: pending, not shut off
+            counters = self._nic_counters(name, dom, meta, switches) if state_name == "running" else None
+            result.append(
+                c.InstanceReport(
+                    instance_id=name,
+                    state=state_name,
+                    vcpus=int(meta.get("vcpus", 1)),
+                    memory_mb=int(meta.get("memory_mb", 0)),
+                    net_rx_bytes=counters[0] if counters else None,
+                    net_tx_bytes=counters[1] if counters else None,
+                )
+            )
         if len(self._nic_where) > 4 * len(domains) + 64:
             self._nic_where.clear()
         return result
@@ -288,25 +316,28 @@ class NodeController:
         with contextlib.suppress(OSError):
             path.write_text(json.dumps({"rx": out_of_switch, "tx": into_switch}))
 
-    def describe_resource(self) -> dict[str, Any]:
-        """Capacity, free capacity and instances: the CC's heartbeat answer."""
+    def describe_resource(self) -> c.NodeReport:
+        """Capacity, free capacity, instances and recent lifecycle events: the CC's heartbeat answer."""
         instances = self.instances()
         # Every defined domain holds its room: one being started is still shut off, and a guest
         # that powered itself off is cleaned up by the cloud controller within seconds.
-        used_vcpus = sum(i["vcpus"] for i in instances)
-        used_memory = sum(i["memory_mb"] for i in instances)
-        return {
-            "node": self.name,
-            "uri": self.uri,
-            "hypervisor": self.kind,
-            "accel": self._accel,
-            "vcpus_total": self.vcpus_total,
-            "vcpus_free": self.vcpus_total - used_vcpus,
-            "memory_mb_total": self.memory_mb_total,
-            "memory_mb_free": self.memory_mb_total - used_memory,
-            "instances": instances,
-            "time": time.time(),
-        }
+        used_vcpus = sum(i.vcpus for i in instances)
+        used_memory = sum(i.memory_mb for i in instances)
+        with self._events_lock:
+            events = tuple(self.events)
+        return c.NodeReport(
+            node=self.name,
+            uri=self.uri,
+            hypervisor=self.kind,
+            accel=self._accel,
+            vcpus_total=self.vcpus_total,
+            vcpus_free=self.vcpus_total - used_vcpus,
+            memory_mb_total=self.memory_mb_total,
+            memory_mb_free=self.memory_mb_total - used_memory,
+            instances=tuple(instances),
+            time=time.time(),
+            events=events,
+        )
 
     def accelerator(self, kernel: Path, ramdisk: Path | None) -> str:
         """KVM only where a real short boot proved it works (cached), else TCG."""
@@ -322,21 +353,21 @@ class NodeController:
             log.info("node %s uses accelerator %s", self.name, self._accel)
         return self._accel
 
-    def run_instance(self, body: dict[str, Any]) -> dict[str, Any]:
+    def run_instance(self, request: c.StartInstance) -> c.InstanceStarted:
         """Define and start one instance; idempotent for an instance already here.
 
         Only the capacity check and the definition happen under the node's lock (a defined domain
         counts against capacity); starting QEMU, the slow part, runs concurrently.
         """
-        instance_id = str(body["instance_id"])
-        vcpus, memory_mb = int(body["vcpus"]), int(body["memory_mb"])
-        kernel = Path(body["kernel"])
-        ramdisk = Path(body["ramdisk"]) if body.get("ramdisk") else None
-        disk = Path(body["disk"]) if body.get("disk") else None
+        instance_id = request.instance_id
+        vcpus, memory_mb = request.vcpus, request.memory_mb
+        kernel = Path(request.kernel)
+        ramdisk = Path(request.ramdisk) if request.ramdisk else None
+        disk = Path(request.disk) if request.disk else None
         with self._lock:
             existing = self._domains().get(instance_id)
             if existing is not None:
-                return {"instance_id": instance_id, "state": node_state(existing[0].state()[0]), "node": self.name}
+                return c.InstanceStarted(instance_id, node_state(existing[0].state()[0]), self.name)
             if self.kind == "qemu":
                 for path in (kernel, ramdisk, disk):
                     if path is not None and not path.is_file():
@@ -344,21 +375,21 @@ class NodeController:
                             "InvalidAMIID.Unavailable", f"image file {path} is missing on node {self.name}"
                         )
             free = self.describe_resource()
-            if vcpus > free["vcpus_free"] or memory_mb > free["memory_mb_free"]:
+            if vcpus > free.vcpus_free or memory_mb > free.memory_mb_free:
                 raise CloudError(
                     "InsufficientInstanceCapacity",
-                    f"node {self.name} has {free['vcpus_free']} vCPUs and "
-                    f"{free['memory_mb_free']} MiB free; {instance_id} needs {vcpus} and {memory_mb}",
+                    f"node {self.name} has {free.vcpus_free} vCPUs and "
+                    f"{free.memory_mb_free} MiB free; {instance_id} needs {vcpus} and {memory_mb}",
                 )
             instance_dir = self.node_dir / "instances" / instance_id
             instance_dir.mkdir(parents=True, exist_ok=True)
             console_log = instance_dir / "console.log"
             console_log.write_bytes(b"")
             accel = self.accelerator(kernel, ramdisk) if self.kind == "qemu" else "test"
-            nic_body = body.get("nic") if self.kind == "qemu" else None
-            nic = self._nic(nic_body) if nic_body else None
+            plan = request.nic if self.kind == "qemu" else None
+            nic = self._nic(plan) if plan is not None else None
             # a VDE port's counters are read on its switch's management socket: remember where that is
-            nic_meta = {"vde_mgmt": str(nic_body["attach"]["mgmt"])} if nic and nic.vde_port is not None else {}
+            nic_meta = {"vde_mgmt": str(plan.attach.mgmt)} if plan and plan.attach and nic and nic.vde_port else {}
             spec = DomainSpec(
                 nic=nic,
                 instance_id=instance_id,
@@ -369,11 +400,11 @@ class NodeController:
                 console_log=console_log,
                 accel=accel,
                 disk=disk,
-                cmdline=str(body.get("cmdline") or DEFAULT_CMDLINE),
+                cmdline=request.cmdline or DEFAULT_KERNEL_CMDLINE,
                 metadata={
-                    "owner": str(body.get("owner", "")),
-                    "image_id": str(body.get("image_id", "")),
-                    "instance_type": str(body.get("instance_type", "")),
+                    "owner": request.owner,
+                    "image_id": request.image_id,
+                    "instance_type": request.instance_type,
                     "vcpus": str(vcpus),
                     "memory_mb": str(memory_mb),
                     "node": self.name,
@@ -387,10 +418,10 @@ class NodeController:
             self._starting.add(instance_id)
         try:
             dom.create()
-            if nic is not None:
-                self._join_vlan(dom, nic, nic_body)
-                if nic.vde_port is not None:
-                    self._note_baseline(instance_id, str(nic_body["attach"]["mgmt"]), nic.vde_port)
+            if nic is not None and plan is not None:
+                self._join_vlan(dom, nic, plan)
+                if nic.vde_port is not None and plan.attach is not None:
+                    self._note_baseline(instance_id, str(plan.attach.mgmt), nic.vde_port)
         except (libvirt.libvirtError, NetError) as exc:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
@@ -400,51 +431,44 @@ class NodeController:
         finally:
             self._starting.discard(instance_id)
         log.info("node %s started %s (%s, %d vCPU, %d MiB)", self.name, instance_id, accel, vcpus, memory_mb)
-        return {
-            "instance_id": instance_id,
-            "state": node_state(dom.state()[0]),
-            "node": self.name,
-            "started_at": time.time(),
-            "accel": accel,
-        }
+        return c.InstanceStarted(instance_id, node_state(dom.state()[0]), self.name, accel)
 
     # -- NICs -------------------------------------------------------------------------------------------------
-    def _nic(self, body: dict[str, Any]) -> Nic:
+    def _nic(self, plan: c.NicPlan) -> Nic:
         """The NIC for a start request (the node's lock is held: a VDE port is picked among the free ones)."""
-        attach = body["attach"]
-        if attach["kind"] == "bridge":
-            return Nic(body["mac"], body["address"], body["gateway"], bridge=attach["bridge"])
+        attach = plan.attach
+        if attach is None:
+            raise CloudError("InvalidParameterValue", f"the NIC of {plan.instance_id} has no attachment on this host")
+        if attach.kind == "bridge":
+            return Nic(plan.mac, plan.address, plan.gateway, bridge=attach.bridge)
+        first, last = attach.first_port or 0, attach.last_port or 0
         taken = {vde_port_of(dom.XMLDesc(0)) for dom, _meta in self._domains().values()}
-        port = next((p for p in range(attach["first_port"], attach["last_port"] + 1) if p not in taken), None)
+        port = next((p for p in range(first, last + 1) if p not in taken), None)
         if port is None:
             raise CloudError("InsufficientInstanceCapacity", f"node {self.name}'s VDE switch has no free port")
-        return Nic(body["mac"], body["address"], body["gateway"], vde_sock=attach["sock"], vde_port=port)
+        return Nic(plan.mac, plan.address, plan.gateway, vde_sock=attach.sock, vde_port=port)
 
     @staticmethod
-    def _join_vlan(dom: Any, nic: Nic, body: dict[str, Any]) -> None:
+    def _join_vlan(dom: Any, nic: Nic, plan: c.NicPlan) -> None:
         """Put the started instance's switch port into its security group's VLAN (untagged)."""
-        attach, vlan = body["attach"], int(body["vlan"])
         if nic.bridge is not None:
             if tap_of(dom.XMLDesc(0)) is None:
                 raise NetError(f"libvirt reported no tap for {dom.name()}")
             return  # the group's own bridge is its segment: nothing more to do
-        else:
-            assert nic.vde_port is not None
-            vde.VdeManagement(Path(attach["mgmt"])).set_port_vlan(nic.vde_port, vlan)
+        assert nic.vde_port is not None and plan.attach is not None and plan.attach.mgmt is not None
+        vde.VdeManagement(Path(plan.attach.mgmt)).set_port_vlan(nic.vde_port, plan.vlan)
 
-    def terminate_instance(self, instance_id: str) -> dict[str, Any]:
+    def terminate_instance(self, instance_id: str) -> c.InstanceRemoved:
         """Destroy and undefine; terminating something already gone is not an error."""
         with self._lock:
             try:
                 dom = self._lookup(instance_id)
             except CloudError:
-                return {"instance_id": instance_id, "previous": "absent", "state": "absent"}
+                return c.InstanceRemoved(instance_id, previous="absent", state="absent")
             previous = node_state(dom.state()[0])
-            final: dict[str, Any] = {}
+            counters = None
             if previous == "running":  # the NIC's last byte counts, for the accounting ledger
                 counters = self._nic_counters(instance_id, dom, self._domains().get(instance_id, (dom, {}))[1], {})
-                if counters is not None:
-                    final = {"net_rx_bytes": counters[0], "net_tx_bytes": counters[1]}
             try:
                 if dom.isActive():
                     dom.destroy()
@@ -457,9 +481,15 @@ class NodeController:
                 raise CloudError("InternalError", f"node {self.name} could not undefine {instance_id}: {exc}") from exc
             log.info("node %s terminated %s", self.name, instance_id)
             self._net_baseline.pop(instance_id, None)
-            return {"instance_id": instance_id, "previous": previous, "state": "absent", **final}
+            return c.InstanceRemoved(
+                instance_id,
+                previous=previous,
+                state="absent",
+                net_rx_bytes=counters[0] if counters else None,
+                net_tx_bytes=counters[1] if counters else None,
+            )
 
-    def reboot_instance(self, instance_id: str) -> dict[str, Any]:
+    def reboot_instance(self, instance_id: str) -> c.InstanceState:
         """Reset the guest (an instance-store guest has nothing to flush, and ACPI may be ignored)."""
         dom = self._lookup(instance_id)
         try:
@@ -469,16 +499,16 @@ class NodeController:
                 dom.reset(0)
         except libvirt.libvirtError as exc:
             raise CloudError("IncorrectInstanceState", f"{instance_id} cannot be rebooted now: {exc}") from exc
-        return {"instance_id": instance_id, "state": node_state(dom.state()[0])}
+        return c.InstanceState(instance_id, node_state(dom.state()[0]))
 
-    def get_console_output(self, instance_id: str) -> dict[str, Any]:
+    def get_console_output(self, instance_id: str) -> c.ConsoleOutput:
         """The last 64 KiB of the serial console, as text."""
         path = self.node_dir / "instances" / instance_id / "console.log"
         if not path.exists():
             self._lookup(instance_id)
-            return {"instance_id": instance_id, "output": "", "time": time.time()}
+            return c.ConsoleOutput(instance_id, "", time.time())
         size = path.stat().st_size
         with path.open("rb") as handle:
             handle.seek(max(0, size - CONSOLE_TAIL_BYTES))
             data = handle.read()
-        return {"instance_id": instance_id, "output": data.decode("utf-8", "replace"), "time": path.stat().st_mtime}
+        return c.ConsoleOutput(instance_id, data.decode("utf-8", "replace"), path.stat().st_mtime)

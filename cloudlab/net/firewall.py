@@ -12,43 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 
+from cloudlab.contract import ElasticNat, GroupSegment, IngressRule
 from cloudlab.net import NetError
 from cloudlab.net import netns as _netns
 
 PROTOCOLS = ("tcp", "udp", "icmp", "-1")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
-
-
-@dataclass(frozen=True)
-class GroupNet:
-    """One security group's network: its VLAN, its subnet, and the router's gateway address in it."""
-
-    group_id: str
-    vlan: int
-    subnet: str
-    gateway: str
-
-
-@dataclass(frozen=True)
-class IngressRule:
-    """One ingress permission of a group (EC2 semantics; for icmp the ports are type and code, -1 = any)."""
-
-    group_id: str
-    protocol: str
-    from_port: int | None
-    to_port: int | None
-    cidr: str | None
-    source_group_id: str | None
-
-
-@dataclass(frozen=True)
-class ElasticNat:
-    """A public address translated 1:1 to an instance's private address."""
-
-    public_ip: str
-    private_ip: str
 
 
 def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -68,9 +38,9 @@ def _address(text: str, what: str) -> ipaddress.IPv4Address:
     return addr
 
 
-def _validate(groups: list[GroupNet], rules: list[IngressRule], nats: list[ElasticNat]) -> None:
+def _validate(groups: list[GroupSegment], rules: list[IngressRule], nats: list[ElasticNat]) -> None:
     """Reject bad input before any text exists: a half-valid ruleset must never be generated."""
-    seen: dict[str, GroupNet] = {}
+    seen: dict[str, GroupSegment] = {}
     for g in groups:
         if g.group_id in seen:
             raise NetError(f"security group {g.group_id} listed twice: give each group one network")
@@ -117,7 +87,7 @@ def _family(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
     return "ip" if net.version == 4 else "ip6"
 
 
-def _chain_names(groups: list[GroupNet]) -> dict[str, str]:
+def _chain_names(groups: list[GroupSegment]) -> dict[str, str]:
     """nft-safe, unique chain names per group id (ids like ``sg-1a2b`` contain characters nft dislikes)."""
     return {g.group_id: f"g{i}_{re.sub(r'[^A-Za-z0-9_]', '_', g.group_id)[:24]}" for i, g in enumerate(groups)}
 
@@ -156,7 +126,7 @@ def _rule_lines(rule: IngressRule, subnets: dict[str, str]) -> list[str]:
 
 def cluster_ruleset(
     table: str,
-    groups: list[GroupNet],
+    groups: list[GroupSegment],
     rules: list[IngressRule],
     nats: list[ElasticNat],
     public_ifname: str | None = None,

@@ -1,0 +1,177 @@
+"""Sending starts and terminations to the clusters, one in flight per instance, retried until done.
+
+Rules (see :mod:`cloudlab.clc.cloud`): a start is sent only for a ``pending`` record that is already
+committed; ``dispatched_at`` is set only once the node confirmed the start; starting and terminating
+are idempotent on the node, so anything unfinished is simply sent again (by the reconciler, at most
+every :data:`RETRY_AFTER_S`). A VM is never left running for a record that is gone or terminated.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from cloudlab import contract as c
+from cloudlab.clc.clusters import ClusterLink, Clusters
+from cloudlab.clc.images import Images
+from cloudlab.clc.instances import InstanceRecords
+from cloudlab.clc.usage import NetworkBytes
+from cloudlab.errors import CloudError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5.0
+REASON_START_FAILED = "Server.InternalError: {message}"
+
+
+class Dispatch:
+    """A pool of workers that carry the CLC's commands to the nodes, with per-instance bookkeeping."""
+
+    def __init__(
+        self,
+        records: InstanceRecords,
+        clusters: Clusters,
+        images: Images,
+        network_bytes: NetworkBytes,
+        *,
+        nic_of: Callable[[str], c.NicPlan | None],
+        before_start: Callable[[str], Any],
+        workers: int = 8,
+    ) -> None:
+        self.records = records
+        self.clusters = clusters
+        self.images = images
+        self.network_bytes = network_bytes
+        self._nic_of = nic_of  # the instance's port, if its cluster has a network
+        self._before_start = before_start  # (cluster) -> None: its router must know the instance first
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clc-dispatch")
+        self._lock = threading.Lock()
+        self._last_attempt: dict[str, float] = {}
+        self._inflight: set[str] = set()
+
+    # -- bookkeeping --------------------------------------------------------------------------------------
+    def hold(self, instance_ids: list[str]) -> None:
+        """Count ``instance_ids`` as just attempted, so the reconciler does not start them before we do."""
+        now = time.monotonic()
+        with self._lock:
+            for instance_id in instance_ids:
+                self._last_attempt[instance_id] = now
+
+    def due(self, instance_id: str) -> bool:
+        with self._lock:
+            if instance_id in self._inflight:
+                return False
+            last = self._last_attempt.get(instance_id)
+        return last is None or time.monotonic() - last > RETRY_AFTER_S
+
+    def submit(self, fn: Callable[..., None], instance_id: str, *args: Any) -> Future[None]:
+        """Queue one command for ``instance_id``; none other is queued while it is in flight."""
+        with self._lock:
+            self._inflight.add(instance_id)
+            self._last_attempt[instance_id] = time.monotonic()
+
+        def run() -> None:
+            try:
+                fn(instance_id, *args)
+            finally:
+                with self._lock:
+                    self._inflight.discard(instance_id)
+                    self._last_attempt[instance_id] = time.monotonic()
+
+        return self._pool.submit(run)
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    # -- the commands -------------------------------------------------------------------------------------
+    def start(self, instance_id: str) -> Future[None]:
+        return self.submit(self._run, instance_id)
+
+    def terminate(self, instance_id: str) -> Future[None]:
+        return self.submit(self._terminate, instance_id)
+
+    def remove_leftover(self, instance_id: str, link: ClusterLink, node: str) -> Future[None]:
+        return self.submit(self._remove_leftover, instance_id, link, node)
+
+    def start_request(self, row: dict[str, Any]) -> c.StartInstance:
+        """What the node needs to boot ``row``: its image's files, its size, its NIC."""
+        image = self.images.get(row["image_id"])
+        if image is None:
+            raise CloudError("InvalidAMIID.Unavailable", f"the image of {row['instance_id']} is gone")
+        kernel, ramdisk = self.images.files(image)
+        return c.StartInstance(
+            instance_id=row["instance_id"],
+            vcpus=row["vcpus"],
+            memory_mb=row["memory_mb"],
+            kernel=str(kernel),
+            ramdisk=str(ramdisk) if ramdisk else None,
+            disk=image.path if image.kind == "machine" else None,
+            owner=row["owner"],
+            image_id=row["image_id"],
+            instance_type=row["instance_type"],
+            nic=self._nic_of(row["instance_id"]),
+        )
+
+    def _run(self, instance_id: str) -> None:
+        row = self.records.get(instance_id)
+        if row is None or row["state"] != "pending":
+            return
+        link = self.clusters.get(row["cluster"])
+        if link is None:
+            return
+        try:
+            request = self.start_request(row)
+            self._before_start(link.name)  # the instance's gateway must exist before its init asks for metadata
+            started = link.channel.ask(c.RUN_INSTANCE, c.RunOnNode(node=row["node"], instance=request))
+        except CloudError as exc:
+            if exc.code == "Unavailable":
+                log.warning("start of %s deferred: %s", instance_id, exc.message)
+                return  # retried by the reconciler
+            log.warning("start of %s failed: %s", instance_id, exc)
+            self.records.transition(
+                instance_id, "terminated", REASON_START_FAILED.format(message=exc.message), expect=("pending",)
+            )
+            return
+        except Exception:
+            log.exception("start of %s failed unexpectedly; will retry", instance_id)
+            return
+        self.records.mark_dispatched(instance_id)
+        if started.state == "running":
+            self.records.transition(instance_id, "running", None, expect=("pending",))
+        after = self.records.get(instance_id)
+        if after is not None and after["state"] in ("shutting-down", "terminated"):
+            # Terminated while the node was starting it: make sure no VM outlives its record.
+            self._terminate(instance_id)
+
+    def _terminate(self, instance_id: str) -> None:
+        """Remove the VM of a ``shutting-down`` (→ terminated) or ``stopping`` (→ stopped) instance."""
+        row = self.records.get(instance_id)
+        if row is None or row["state"] not in ("shutting-down", "stopping"):
+            return
+        final = "terminated" if row["state"] == "shutting-down" else "stopped"
+        link = self.clusters.get(row["cluster"])
+        if link is not None and row["node"]:
+            try:
+                removed = link.channel.ask(c.TERMINATE_INSTANCE, c.OnNode(node=row["node"], instance_id=instance_id))
+            except Exception as exc:
+                log.warning("%s of %s on %s not done yet: %s", final, instance_id, row["node"], exc)
+                return  # the reconciler retries
+            self.network_bytes.final(instance_id, removed.net_rx_bytes, removed.net_tx_bytes)
+        self.records.transition(instance_id, final, expect=(row["state"],))
+
+    def _remove_leftover(self, instance_id: str, link: ClusterLink, node: str) -> None:
+        log.info("cleaning up the VM of terminated instance %s on %s", instance_id, node)
+        quietly(link, c.TERMINATE_INSTANCE, c.OnNode(node=node, instance_id=instance_id))
+
+
+def quietly(link: ClusterLink, action: c.Action[Any, Any], request: Any) -> Any:
+    """Ask ``link``'s cluster, logging rather than raising a failure (for clean-ups)."""
+    try:
+        return link.channel.ask(action, request)
+    except Exception as exc:
+        log.warning("cluster %s: %s %s failed: %s", link.name, action.name, request, exc)
+        return None

@@ -1,0 +1,148 @@
+"""Instance records: who may see which, and every state change with its ledger event, in one place.
+
+Invariants kept here:
+- every state change goes through :meth:`InstanceRecords.transition`, which checks it against EC2's
+  state machine and appends the ledger event in the same transaction (so the ledger never misses a
+  change and never records one that did not happen);
+- the end of a running interval first appends the NIC's last byte counters (usage stays exact);
+- leaving for ``shutting-down`` or ``terminated`` disassociates elastic addresses, as EC2 does;
+- a user sees only their own instances, an admin all; an id that is malformed or unknown is
+  refused with EC2's codes before anything else happens.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cloudlab.clc.addresses import Addresses
+from cloudlab.clc.states import LIVE_STATES, check_transition
+from cloudlab.clc.store import Store, append_ledger
+from cloudlab.clc.usage import NetworkBytes
+from cloudlab.clc.users import User
+from cloudlab.errors import CloudError
+from cloudlab.ids import is_valid_id
+
+_LIVE = ",".join("?" * len(LIVE_STATES))
+
+
+class InstanceRecords:
+    """The ``instances`` table as the rest of the CLC uses it."""
+
+    def __init__(self, store: Store, network_bytes: NetworkBytes) -> None:
+        self.store = store
+        self.network_bytes = network_bytes
+
+    # -- reads --------------------------------------------------------------------------------------------
+    def visible(self, user: User, instance_ids: list[str] | None = None) -> list[Any]:
+        """``user``'s instances (all of them for an admin), or exactly ``instance_ids`` if given."""
+        for instance_id in instance_ids or []:
+            if not is_valid_id(instance_id, "i"):
+                raise CloudError("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
+        sql, params = "SELECT * FROM instances", []
+        where = []
+        if not user.is_admin:
+            where.append("owner=?")
+            params.append(user.name)
+        if instance_ids:
+            where.append(f"instance_id IN ({','.join('?' * len(instance_ids))})")
+            params.extend(instance_ids)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.store.query(sql + " ORDER BY launch_time, launch_index", params)
+        if instance_ids:
+            missing = sorted(set(instance_ids) - {r["instance_id"] for r in rows})
+            if missing:
+                quoted = ", ".join(f"'{m}'" for m in missing)
+                raise CloudError(
+                    "InvalidInstanceID.NotFound",
+                    f"The instance IDs {quoted} do not exist"
+                    if len(missing) > 1
+                    else f"The instance ID {quoted} does not exist",
+                )
+        return rows
+
+    def get(self, instance_id: str) -> dict[str, Any] | None:
+        row = self.store.one("SELECT * FROM instances WHERE instance_id=?", (instance_id,))
+        return dict(row) if row else None
+
+    def state_of(self, instance_id: str, default: str) -> str:
+        return (self.get(instance_id) or {}).get("state", default)
+
+    def live_on(self, node: str) -> dict[str, Any]:
+        """The live instances the records place on ``node``, by id."""
+        rows = self.store.query(f"SELECT * FROM instances WHERE node=? AND state IN ({_LIVE})", (node, *LIVE_STATES))
+        return {r["instance_id"]: r for r in rows}
+
+    def live(self) -> list[Any]:
+        return self.store.query(f"SELECT * FROM instances WHERE state IN ({_LIVE})", LIVE_STATES)
+
+    def unfinished(self) -> list[Any]:
+        """Starts never confirmed by a node, and stops and terminations not done yet."""
+        return self.store.query(
+            "SELECT * FROM instances WHERE (state='pending' AND dispatched_at IS NULL)"
+            " OR state IN ('shutting-down', 'stopping')"
+        )
+
+    def reservation(self, reservation_id: str) -> dict[str, Any]:
+        row = self.store.one("SELECT * FROM reservations WHERE reservation_id=?", (reservation_id,))
+        if row is None:
+            raise CloudError("InvalidReservationID.NotFound", f"no reservation {reservation_id}")
+        instances = self.store.query(
+            "SELECT * FROM instances WHERE reservation_id=? ORDER BY launch_index", (reservation_id,)
+        )
+        return {"reservation_id": reservation_id, "owner": row["owner"], "instances": [dict(i) for i in instances]}
+
+    def reservation_for_token(self, owner: str, client_token: str) -> str | None:
+        row = self.store.one(
+            "SELECT reservation_id FROM reservations WHERE owner=? AND client_token=?", (owner, client_token)
+        )
+        return row["reservation_id"] if row is not None else None
+
+    # -- writes -------------------------------------------------------------------------------------------
+    def transition(
+        self,
+        instance_id: str,
+        new: str,
+        reason: str | None = None,
+        *,
+        expect: tuple[str, ...] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move one instance to ``new`` and append a ledger event; False if it was not in ``expect``."""
+        with self.store.transaction() as db:
+            row = db.execute("SELECT * FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
+            if row is None or (expect is not None and row["state"] not in expect) or row["state"] == new:
+                return False
+            check_transition(instance_id, row["state"], new)
+            now = time.time()
+            sets = {"state": new, "updated": now, **fields}
+            if reason is not None:
+                sets["state_reason"] = reason
+            if new == "terminated":
+                sets["terminated_at"] = now
+            if new == "running" and "running_at" not in fields:
+                sets["running_at"] = now
+            if row["state"] == "running":
+                self.network_bytes.flush(db, dict(row), now)  # the interval ends: its last counters first
+            db.execute(
+                f"UPDATE instances SET {', '.join(f'{k}=?' for k in sets)} WHERE instance_id=?",
+                (*sets.values(), instance_id),
+            )
+            append_ledger(db, dict(row) | sets, new, reason, when=now)
+            if new in ("shutting-down", "terminated"):
+                Addresses.on_instance_terminated(db, instance_id)  # EC2 disassociates elastic addresses
+        return True
+
+    def mark_dispatched(self, instance_id: str) -> None:
+        """The node confirmed the start: from now on the VM's absence from a later report means it vanished."""
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE instances SET dispatched_at=? WHERE instance_id=? AND dispatched_at IS NULL",
+                (time.time(), instance_id),
+            )
+
+    def note_ledger(self, row: Any, event: str, detail: str | None = None) -> None:
+        """An event that is not a state change (a reboot), for the ledger."""
+        with self.store.transaction() as db:
+            append_ledger(db, dict(row), event, detail)

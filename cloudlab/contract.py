@@ -1,0 +1,397 @@
+"""The typed contract between controllers: every action, its request and its reply, and one codec.
+
+A controller action is named once, here, with the dataclass its request decodes to, the dataclass its
+reply decodes to and the roles allowed to call it. Senders build a request dataclass and call
+``channel.ask(ACTION, request)``; receivers register ``dispatcher.serve(ACTION, handler)`` and their
+handler gets the decoded request. A field that is missing or of the wrong type never reaches a
+handler: the codec refuses it with :class:`ContractError`, which the dispatcher answers as a clear
+error reply (``MalformedMessage``).
+
+The codec is msgspec's (``convert`` / ``to_builtins``): strict about types (no ``"1"`` for ``1``),
+fast enough for node reports with thousands of instances, and it names the offending field
+(``Expected `int`, got `str` - at `$.instances[0].vcpus```). Unknown fields are ignored, so a newer
+sender can add optional fields without breaking an older receiver.
+
+Who talks to whom (the arrows are the only ones allowed)::
+
+    CLC ──► CC : schedule, release, run_instance, terminate_instance, reboot_instance,
+                 get_console_output, describe_cluster, network_sync
+    NC  ──► CC : register_node, node_changed
+    CC  ──► NC : describe_resource, run_instance, terminate_instance, reboot_instance,
+                 get_console_output
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+
+from cloudlab.errors import CloudError
+
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+T = TypeVar("T")
+
+#: VLAN of a cluster's first network segment; segment n is VLAN FIRST_VLAN + n (VLAN 1 is every
+#: bridge's default, so it is never used). The CLC numbers segments, the CC builds them.
+FIRST_VLAN = 100
+
+
+class ContractError(CloudError):
+    """A message that does not fit its action's dataclass (missing field, wrong type)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("MalformedMessage", message)
+
+
+def encode(value: Any) -> Any:
+    """A dataclass (or anything built of them) as plain JSON-able data."""
+    return msgspec.to_builtins(value)
+
+
+def decode(kind: type[T], data: Any, *, what: str = "message") -> T:
+    """``data`` (parsed JSON) as a ``kind``; :class:`ContractError` naming the field otherwise."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise ContractError(f"{what} is malformed: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Action(Generic[Req, Rep]):
+    """One controller action: its wire name, request and reply types, and who may call it."""
+
+    name: str
+    request: type[Req]
+    reply: type[Rep]
+    callers: frozenset[str]
+
+
+def _action(name: str, request: type[Req], reply: type[Rep], *callers: str) -> Action[Req, Rep]:
+    return Action(name, request, reply, frozenset(callers))
+
+
+# -- small shared pieces ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Empty:
+    """A request or reply with nothing in it."""
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One instance on the node that receives the message."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True)
+class OnNode:
+    """One instance on one node of the cluster (the CC relays to that node)."""
+
+    node: str
+    instance_id: str
+
+
+# -- scheduling -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InstanceNeed:
+    instance_id: str
+    vcpus: int
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class ScheduleRequest:
+    """Place as many of ``instances`` as fit, at least ``min_count``, and hold their room."""
+
+    instances: tuple[InstanceNeed, ...]
+    min_count: int = 1
+
+
+@dataclass(frozen=True)
+class Placements:
+    placements: dict[str, str]  # instance id -> node
+    policy: str
+
+
+# -- starting an instance -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Attachment:
+    """Where on its host a NIC goes, filled in by the CC (the CLC knows ports, not hosts).
+
+    ``bridge``: a tap on the Linux bridge ``bridge``. ``vde``: a port between ``first_port`` and
+    ``last_port`` of the VDE switch at ``sock``, managed at ``mgmt``.
+    """
+
+    kind: Literal["bridge", "vde"]
+    netns: str
+    bridge: str | None = None
+    sock: str | None = None
+    mgmt: str | None = None
+    first_port: int | None = None
+    last_port: int | None = None
+
+
+@dataclass(frozen=True)
+class NicPlan:
+    """An instance's NIC as the CLC allocated it: its segment (VLAN), address, gateway and MAC."""
+
+    instance_id: str
+    group_id: str
+    vlan: int
+    address: str  # ADDR/PREFIX, set by the guest's init from the kernel command line
+    gateway: str
+    mac: str
+    attach: Attachment | None = None
+
+    @property
+    def private_ip(self) -> str:
+        return self.address.split("/")[0]
+
+
+@dataclass(frozen=True)
+class StartInstance:
+    """Everything a node needs to define and start one instance."""
+
+    instance_id: str
+    vcpus: int
+    memory_mb: int
+    kernel: str
+    ramdisk: str | None = None
+    disk: str | None = None
+    owner: str = ""
+    image_id: str = ""
+    instance_type: str = ""
+    nic: NicPlan | None = None
+    cmdline: str | None = None
+
+
+@dataclass(frozen=True)
+class RunOnNode:
+    node: str
+    instance: StartInstance
+
+
+@dataclass(frozen=True)
+class InstanceStarted:
+    instance_id: str
+    state: str
+    node: str
+    accel: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceRemoved:
+    """A node destroyed and undefined a VM (or had none); its NIC's last byte counts where known."""
+
+    instance_id: str
+    previous: str
+    state: str
+    net_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    instance_id: str
+    state: str
+
+
+@dataclass(frozen=True)
+class ConsoleOutput:
+    instance_id: str
+    output: str
+    time: float
+
+
+# -- reports ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InstanceReport:
+    """One VM as its node's hypervisor sees it (``running``, ``shutoff``, ``pending``, ...)."""
+
+    instance_id: str
+    state: str
+    vcpus: int
+    memory_mb: int
+    net_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """A libvirt lifecycle event on a node (``started``, ``stopped``, ``shutdown``, ...), numbered per node."""
+
+    seq: int
+    instance_id: str
+    event: str
+    detail: int
+    time: float
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """A node's heartbeat answer: capacity, free capacity, its instances and its recent lifecycle events."""
+
+    node: str
+    uri: str
+    hypervisor: str
+    accel: str | None
+    vcpus_total: int
+    vcpus_free: int
+    memory_mb_total: int
+    memory_mb_free: int
+    instances: tuple[InstanceReport, ...]
+    time: float
+    events: tuple[LifecycleEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    """A node as its cluster controller knows it: health, capacity and the last report's instances.
+
+    ``age_s`` is how long ago the last good report was *asked for* (None: never answered), so a
+    reader can tell which instance states the report can speak for.
+    """
+
+    name: str
+    url: str | None
+    alive: bool
+    age_s: float | None
+    last_error: str | None
+    vcpus_total: int = 0
+    vcpus_free: int = 0
+    memory_mb_total: int = 0
+    memory_mb_free: int = 0
+    hypervisor: str | None = None
+    accel: str | None = None
+    instances: tuple[InstanceReport, ...] = ()
+
+
+@dataclass(frozen=True)
+class DescribeCluster:
+    """Ask for the cluster's report; with ``wait_s``, wait that long for one newer than ``after``.
+
+    The CC numbers its reports (``version``); a caller that passes the version it last saw is
+    answered as soon as a node reports a change (a lifecycle event, a new instance), or after
+    ``wait_s`` with whatever there is. This replaces a poll on top of a poll.
+    """
+
+    after: int = 0
+    wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClusterReport:
+    cluster: str
+    policy: str
+    version: int
+    nodes: tuple[NodeSummary, ...]
+    network: dict[str, Any] | None = None
+
+
+# -- the network plan ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroupSegment:
+    """One security group's VLAN and subnet in one cluster."""
+
+    group_id: str
+    vlan: int
+    subnet: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class IngressRule:
+    """One ingress permission of a group (EC2 semantics; for icmp the ports are type and code, -1 = any)."""
+
+    group_id: str
+    protocol: str
+    from_port: int | None
+    to_port: int | None
+    cidr: str | None
+    source_group_id: str | None
+
+
+@dataclass(frozen=True)
+class ElasticNat:
+    """A public address translated 1:1 to an instance's private address."""
+
+    public_ip: str
+    private_ip: str
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """Everything a cluster's router needs, derived from the CLC's records alone (applying it twice changes nothing)."""
+
+    cluster: str
+    groups: tuple[GroupSegment, ...] = ()
+    rules: tuple[IngressRule, ...] = ()
+    nats: tuple[ElasticNat, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkApplied:
+    applied: bool
+
+
+# -- node registration -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegisterNode:
+    """An NC announces where it listens; its name is its certificate's, never a field."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    cluster: str
+    node: str
+
+
+@dataclass(frozen=True)
+class Released:
+    released: bool = True
+
+
+# -- the actions --------------------------------------------------------------------------------------------
+# CLC -> CC
+SCHEDULE = _action("schedule", ScheduleRequest, Placements, "clc")
+RELEASE = _action("release", OnNode, Released, "clc")
+RUN_INSTANCE = _action("run_instance", RunOnNode, InstanceStarted, "clc")
+TERMINATE_INSTANCE = _action("terminate_instance", OnNode, InstanceRemoved, "clc")
+REBOOT_INSTANCE = _action("reboot_instance", OnNode, InstanceState, "clc")
+GET_CONSOLE_OUTPUT = _action("get_console_output", OnNode, ConsoleOutput, "clc")
+DESCRIBE_CLUSTER = _action("describe_cluster", DescribeCluster, ClusterReport, "clc")
+NETWORK_SYNC = _action("network_sync", NetworkPlan, NetworkApplied, "clc")
+# NC -> CC
+REGISTER_NODE = _action("register_node", RegisterNode, Registered, "nc")
+NODE_CHANGED = _action("node_changed", Empty, Empty, "nc")
+# CC -> NC
+DESCRIBE_RESOURCE = _action("describe_resource", Empty, NodeReport, "cc")
+NODE_RUN_INSTANCE = _action("run_instance", StartInstance, InstanceStarted, "cc")
+NODE_TERMINATE_INSTANCE = _action("terminate_instance", InstanceRef, InstanceRemoved, "cc")
+NODE_REBOOT_INSTANCE = _action("reboot_instance", InstanceRef, InstanceState, "cc")
+NODE_GET_CONSOLE_OUTPUT = _action("get_console_output", InstanceRef, ConsoleOutput, "cc")
+
+CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
+    SCHEDULE,
+    RELEASE,
+    RUN_INSTANCE,
+    TERMINATE_INSTANCE,
+    REBOOT_INSTANCE,
+    GET_CONSOLE_OUTPUT,
+    DESCRIBE_CLUSTER,
+    NETWORK_SYNC,
+    REGISTER_NODE,
+    NODE_CHANGED,
+)
+NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
+    DESCRIBE_RESOURCE,
+    NODE_RUN_INSTANCE,
+    NODE_TERMINATE_INSTANCE,
+    NODE_REBOOT_INSTANCE,
+    NODE_GET_CONSOLE_OUTPUT,
+)
