@@ -61,12 +61,17 @@ def decode(kind: type[T], data: Any, *, what: str = "message") -> T:
 
 @dataclass(frozen=True)
 class Action(Generic[Req, Rep]):
-    """One controller action: its wire name, request and reply types, and who may call it."""
+    """One controller action: its wire name, request and reply types, and who may call it.
+
+    Every message is addressed to its receiver, except for ``unaddressed`` actions, which are
+    harmless to replay anywhere (asking a controller who it is).
+    """
 
     name: str
     request: type[Req]
     reply: type[Rep]
     callers: frozenset[str]
+    unaddressed: bool = False
 
 
 def _action(name: str, request: type[Req], reply: type[Rep], *callers: str) -> Action[Req, Rep]:
@@ -357,6 +362,8 @@ class Released:
 
 
 # -- the actions --------------------------------------------------------------------------------------------
+# anyone of the cloud -> any controller: who are you? (the signed reply names the receiver)
+HELLO = Action("hello", Empty, Empty, frozenset({"clc", "cc", "nc"}), unaddressed=True)
 # CLC -> CC
 SCHEDULE = _action("schedule", ScheduleRequest, Placements, "clc")
 RELEASE = _action("release", OnNode, Released, "clc")
@@ -377,6 +384,7 @@ NODE_REBOOT_INSTANCE = _action("reboot_instance", InstanceRef, InstanceState, "c
 NODE_GET_CONSOLE_OUTPUT = _action("get_console_output", InstanceRef, ConsoleOutput, "cc")
 
 CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
+    HELLO,
     SCHEDULE,
     RELEASE,
     RUN_INSTANCE,
@@ -389,6 +397,7 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     NODE_CHANGED,
 )
 NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
+    HELLO,
     DESCRIBE_RESOURCE,
     NODE_RUN_INSTANCE,
     NODE_TERMINATE_INSTANCE,

@@ -104,7 +104,7 @@ def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dic
     if running is not None:
         return running | {"already_running": True}
     check_port_free(config.api_host, config.api_port)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.ensure()
     config.save(layout.config)
     layout.endpoint_file.unlink(missing_ok=True)
     with layout.log.open("ab") as log:
@@ -115,6 +115,7 @@ def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dic
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=layout.root,
+            umask=0o077,  # what the service writes in the state folder is its own
         )
     layout.pidfile.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s

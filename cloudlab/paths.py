@@ -41,11 +41,23 @@ def outside_namespace_of(network_prefix: str) -> str:
     return f"{network_prefix}-out"
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed and make it 0700: it holds secrets (keys, the database)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 @dataclass(frozen=True)
 class StateLayout:
-    """Names of everything inside one cloud's state folder."""
+    """Names of everything inside one cloud's state folder (0700: it holds every secret of the cloud)."""
 
     root: Path
+
+    def ensure(self) -> Path:
+        """The state folder, created or tightened to 0700."""
+        return private_dir(self.root)
 
     @property
     def config(self) -> Path:

@@ -9,6 +9,7 @@ the checks of the other.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -17,11 +18,15 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Protocol, TypeVar
 
-from cloudlab.contract import Action, decode, encode
+from cryptography import x509
+
+from cloudlab.contract import HELLO, Action, decode, encode
 from cloudlab.errors import CloudError, ControllerUnavailable
+from cloudlab.httpserve import HardenedHTTPServer, HardenedRequestHandler, serve_in_thread
+from cloudlab.security.ca import subject_identity
 from cloudlab.security.messages import MessageRejected, MessageSigner, MessageVerifier, VerifiedMessage
 
 log = logging.getLogger(__name__)
@@ -31,12 +36,14 @@ Rep = TypeVar("Rep")
 Handler = Callable[[VerifiedMessage], Any]
 TypedHandler = Callable[[Req, VerifiedMessage], Rep]
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+MESSAGE_IDLE_S = 15.0  # a controller connection that sends nothing for this long is closed
 
 
 @dataclass(frozen=True)
 class Route:
     handler: Handler
     allowed_roles: frozenset[str]
+    unaddressed_ok: bool = False
 
 
 class Dispatcher:
@@ -53,6 +60,7 @@ class Dispatcher:
         self._verifier = verifier
         self._routes: dict[str, Route] = {}
         self.refused: list[str] = []
+        self.route(HELLO.name, lambda m: {}, HELLO.callers, unaddressed_ok=True)
 
     def serve(self, action: Action[Req, Rep], handler: TypedHandler[Req, Rep]) -> None:
         """Answer ``action`` with ``handler(request, message)``: the request decoded, the reply encoded."""
@@ -61,26 +69,31 @@ class Dispatcher:
             request = decode(action.request, message.body, what=f"{action.name} request")
             return encode(handler(request, message))
 
-        self.route(action.name, typed, action.callers)
+        self.route(action.name, typed, action.callers, unaddressed_ok=action.unaddressed)
 
-    def route(self, action: str, handler: Handler, allowed_roles: Collection[str]) -> None:
+    def route(
+        self, action: str, handler: Handler, allowed_roles: Collection[str], *, unaddressed_ok: bool = False
+    ) -> None:
         """Answer ``action`` with ``handler(message)`` (untyped: for the transport's own tests)."""
-        self._routes[action] = Route(handler, frozenset(allowed_roles))
+        self._routes[action] = Route(handler, frozenset(allowed_roles), unaddressed_ok)
 
     def handle(self, data: bytes) -> bytes:
-        action, nonce = _peek(data)
+        action, nonce, claimed = _peek(data)
         route = self._routes.get(action)
+        sender = claimed  # the reply is addressed to whoever the request says it is from
         try:
             if route is None:
                 # Verify anyway so that garbage is refused as garbage, then report the unknown action.
                 self._verifier.verify(data, {"clc", "cc", "nc"})
                 raise CloudError("InvalidAction", f"{self.name} has no action {action[:64]!r}")
-            message = self._verifier.verify(data, route.allowed_roles)
+            message = self._verifier.verify(data, route.allowed_roles, unaddressed_ok=route.unaddressed_ok)
+            sender = message.sender
             reply: dict[str, Any] = {"ok": True, "result": route.handler(message)}
         except MessageRejected as exc:
             self.refused.append(str(exc))
             del self.refused[:-100]
             log.warning("%s refused a message: %s", self.name, exc)
+            sender = exc.sender or sender
             reply = _error_reply("MessageRejected", str(exc))
         except CloudError as exc:
             reply = _error_reply(exc.code, exc.message)
@@ -89,27 +102,38 @@ class Dispatcher:
             reply = _error_reply("InternalError", f"{type(exc).__name__}: {exc}")
         # The reply quotes the request's nonce, so a requester can tell it answers *its* request.
         try:
-            return self._signer.sign(f"{action[:64] or 'unknown'}.reply", reply, reply_to=nonce)
+            return self._signer.sign(f"{action[:64] or 'unknown'}.reply", reply, reply_to=nonce, to=sender)
         except (TypeError, ValueError) as exc:  # a result that is not JSON: still answer, and say so
             log.error("%s: the reply to %s could not be signed: %s", self.name, action[:64], exc)
-            return self._signer.sign("unknown.reply", _error_reply("InternalError", "unsignable reply"))
+            return self._signer.sign("unknown.reply", _error_reply("InternalError", "unsignable reply"), to=sender)
 
 
 def _error_reply(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message[:1024]}}
 
 
-def _peek(data: bytes) -> tuple[str, str | None]:
-    """The claimed action and nonce of a message, before (or without) verifying it."""
+def _peek(data: bytes) -> tuple[str, str | None, str | None]:
+    """The claimed action, nonce and sender name of a message, before (or without) verifying it."""
     try:
         envelope = json.loads(data)
         action, nonce = envelope.get("action", ""), envelope.get("nonce")
         return (
             action if isinstance(action, str) else "",
             nonce if isinstance(nonce, str) and _NONCE.fullmatch(nonce) else None,
+            _claimed_name(envelope.get("sender_cert")),
         )
     except Exception:
-        return "", None
+        return "", None, None
+
+
+def _claimed_name(pem: Any) -> str | None:
+    """The name in a certificate's subject, unchecked (only to address an error reply)."""
+    if not isinstance(pem, str) or len(pem) > 16 * 1024:
+        return None
+    try:
+        return subject_identity(x509.load_pem_x509_certificate(pem.encode()))[0]
+    except Exception:
+        return None
 
 
 _NONCE = re.compile(r"[0-9a-f]{32}")
@@ -126,11 +150,19 @@ class Channel(Protocol):
 
 
 class _SignedChannel:
-    def __init__(self, peer: str, peer_role: str, signer: MessageSigner, verifier: MessageVerifier) -> None:
-        self.peer = peer
+    """Signs each request, addressed to ``peer`` (the receiver's certificate name), and checks the reply.
+
+    A channel made with ``peer=None`` first asks the receiver who it is (:data:`~cloudlab.contract.HELLO`,
+    the one unaddressed action) and addresses everything after to the name in its signed answer.
+    """
+
+    def __init__(self, peer: str | None, peer_role: str, signer: MessageSigner, verifier: MessageVerifier) -> None:
+        self.peer = peer or ""
+        self._addressed = peer is not None
         self._peer_role = peer_role
         self._signer = signer
         self._verifier = verifier
+        self._hello_lock = threading.Lock()
 
     def _send(self, data: bytes, timeout: float | None) -> bytes:
         raise NotImplementedError
@@ -141,12 +173,31 @@ class _SignedChannel:
         return decode(action.reply, result, what=f"{action.name} reply from {self.peer}")
 
     def call(self, action: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-        sent = self._signer.seal(action, body)
+        if not self._addressed and action != HELLO.name:
+            self._learn_peer(timeout)
+        to = self.peer if self._addressed else None
+        return self._exchange(action, body, to, timeout)[0]
+
+    def _learn_peer(self, timeout: float | None) -> None:
+        with self._hello_lock:
+            if self._addressed:
+                return
+            _, replier = self._exchange(HELLO.name, {}, None, timeout)
+            self.peer, self._addressed = replier, True
+
+    def _exchange(self, action: str, body: dict[str, Any], to: str | None, timeout: float | None) -> tuple[Any, str]:
+        """Send one request; return its result and the name of whoever signed the reply."""
+        sent = self._signer.seal(action, body, to=to)
         reply_bytes = self._send(sent.data, timeout)
         try:
-            reply = self._verifier.verify(reply_bytes, {self._peer_role}, in_reply_to=sent.nonce).body
+            verified = self._verifier.verify(reply_bytes, {self._peer_role}, in_reply_to=sent.nonce)
         except MessageRejected as exc:
-            raise CloudError("MessageRejected", f"reply from {self.peer} refused: {exc}") from exc
+            raise CloudError("MessageRejected", f"reply from {self.peer or 'the peer'} refused: {exc}") from exc
+        if to is not None and verified.sender != to:
+            raise CloudError("MessageRejected", f"the reply came from {verified.sender!r}, not from {to!r}")
+        return self._result(verified.body), verified.sender
+
+    def _result(self, reply: Any) -> Any:
         if not isinstance(reply, dict) or "ok" not in reply:
             raise CloudError("InternalError", f"malformed reply from {self.peer}")
         if reply["ok"]:
@@ -181,12 +232,8 @@ class HttpChannel(_SignedChannel):
         timeout: float = 30.0,
     ) -> None:
         super().__init__(peer, peer_role, signer, verifier)
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise ValueError(f"controller URL must look like http://HOST:PORT, got {url!r}")
         self.url = url
-        self._host = parsed.hostname
-        self._port = parsed.port or 80
+        self._host, self._port = parse_controller_url(url)
         self._timeout = timeout
 
     def _send(self, data: bytes, timeout: float | None) -> bytes:
@@ -201,39 +248,75 @@ class HttpChannel(_SignedChannel):
             conn.close()
 
 
-class _MessageHandler(BaseHTTPRequestHandler):
+def parse_controller_url(url: object) -> tuple[str, int]:
+    """(host, port) of a controller URL ``http://HOST[:PORT]`` (nothing after it); ValueError otherwise."""
+    problem = f"controller URL must look like http://HOST:PORT, got {str(url)[:100]!r}"
+    if not isinstance(url, str) or len(url) > 256:
+        raise ValueError(problem)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port or 80
+    except ValueError:
+        raise ValueError(problem) from None
+    if parsed.scheme != "http" or not parsed.hostname or parsed.path not in ("", "/") or parsed.query:
+        raise ValueError(problem)
+    return parsed.hostname, port
+
+
+class _MessageHandler(HardenedRequestHandler):
     dispatcher: Dispatcher
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # see cloudlab.api.server: two writes per answer otherwise wait ~40 ms
+    timeout = MESSAGE_IDLE_S
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        length = int(self.headers.get("Content-Length") or 0)
-        if self.path != "/message" or length <= 0 or length > MAX_MESSAGE_BYTES:
-            self.send_error(400, "POST a signed message to /message")
+        try:
+            length = int(self.headers.get("Content-Length") or "0")
+        except ValueError:
+            length = -1
+        if self.path != "/message" or not 0 < length <= MAX_MESSAGE_BYTES:
+            self._refuse(400, "POST a signed message of 1 byte to 32 MiB to /message (with its Content-Length)")
             return
-        reply = self.dispatcher.handle(self.rfile.read(length))
+        data = self.rfile.read(length)
+        if len(data) != length:
+            self._refuse(400, f"the message ended after {len(data)} of {length} bytes")
+            return
+        reply = self.dispatcher.handle(data)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
         self.wfile.write(reply)
 
+    def do_GET(self) -> None:  # noqa: N802
+        self._refuse(405, "controllers take signed messages: POST them to /message")
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET  # noqa: N815
+
+    def _refuse(self, status: int, message: str) -> None:
+        """A clear answer for what is not even a message (unsigned: there is nothing to sign it for)."""
+        body = json.dumps({"ok": False, "error": {"code": "InvalidRequest", "message": message}}).encode()
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, huge headers) as JSON too."""
+        if self.request_version == "HTTP/0.9":
+            self.request_version = self.protocol_version
+        with contextlib.suppress(OSError):
+            self._refuse(code if 400 <= code < 500 else 400, message or explain or f"HTTP {code}")
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep the log quiet
         log.debug("%s " + format, self.address_string(), *args)
-
-
-class BurstTolerantHTTPServer(ThreadingHTTPServer):
-    """socketserver's listen backlog of 5 makes a burst of calls stall for a second (SYN retry) or
-    fail with ECONNRESET; a controller takes bursts (a scheduler fan-out, 100 instances at once)."""
-
-    request_queue_size = 128
-    daemon_threads = True
 
 
 def serve_http(dispatcher: Dispatcher, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """Serve ``dispatcher`` over HTTP in a daemon thread; ``server.server_port`` tells the port."""
     handler = type("BoundMessageHandler", (_MessageHandler,), {"dispatcher": dispatcher})
-    server = BurstTolerantHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name=f"rpc-{dispatcher.name}", daemon=True).start()
-    return server
+    return serve_in_thread(HardenedHTTPServer((host, port), handler), f"rpc-{dispatcher.name}")

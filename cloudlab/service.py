@@ -33,7 +33,7 @@ from cloudlab.nc.node import NodeController
 from cloudlab.paths import StateLayout, cache_dir
 from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
-from cloudlab.security.messages import MessageSigner, MessageVerifier
+from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class CloudService:
         self.started = time.time()
 
     def _signer_verifier(self, name: str, role: str) -> tuple[MessageSigner, MessageVerifier]:
-        return MessageSigner(self.ca.identity(name, role)), MessageVerifier(self.ca.ca_certificate)
+        return controller_keys(self.ca.identity(name, role), self.ca.ca_certificate)
 
     def build(self) -> None:
         config, layout = self.config, self.layout

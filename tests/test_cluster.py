@@ -23,7 +23,7 @@ from cloudlab.nc.hypervisor import test_driver_uri as private_host_uri
 from cloudlab.nc.node import NodeController
 from cloudlab.rpc import Dispatcher, HttpChannel, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
-from cloudlab.security.messages import MessageSigner, MessageVerifier
+from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
 from cloudlab.waiting import wait_until as _wait_until
 
 
@@ -109,7 +109,7 @@ class Cluster:
             self.add_local_node(f"node-{i:02d}", vcpus, memory_mb)
 
     def pair(self, name: str, role: str) -> tuple[MessageSigner, MessageVerifier]:
-        return MessageSigner(self.ca.identity(name, role)), MessageVerifier(self.ca.ca_certificate)
+        return controller_keys(self.ca.identity(name, role), self.ca.ca_certificate)
 
     def make_node(self, name: str, vcpus: int, memory_mb: int) -> tuple[NodeController, Dispatcher]:
         node_dir = self.tmp_path / "nodes" / name
@@ -499,7 +499,7 @@ def test_a_node_registers_over_http(make_cluster: Callable[..., Cluster]) -> Non
     cc_url = cluster.serve(cluster.cc_dispatcher)
     node, dispatcher = cluster.make_node("node-07", 4, 2048)
     node_url = cluster.serve(dispatcher)
-    to_cc = HttpChannel("cc", "cc", *cluster.pair("node-07", "nc"), cc_url, timeout=5)  # as nc/daemon.py does
+    to_cc = HttpChannel(None, "cc", *cluster.pair("node-07", "nc"), cc_url, timeout=5)  # as nc/daemon.py does
     assert to_cc.ask(c.REGISTER_NODE, c.RegisterNode(url=node_url)) == c.Registered(cluster="cluster1", node="node-07")
     entry = cluster.cc.registry.entry("node-07")
     assert entry is not None and entry.url == node_url and isinstance(entry.channel, HttpChannel)
@@ -521,7 +521,7 @@ def test_only_a_node_may_register(make_cluster: Callable[..., Cluster], name: st
     cc_url = cluster.serve(cluster.cc_dispatcher)
     _, dispatcher = cluster.make_node("node-07", 4, 2048)
     node_url = cluster.serve(dispatcher)
-    impostor = HttpChannel("cc", "cc", *cluster.pair(name, role), cc_url, timeout=5)
+    impostor = HttpChannel(None, "cc", *cluster.pair(name, role), cc_url, timeout=5)
     with pytest.raises(CloudError) as excinfo:
         impostor.ask(c.REGISTER_NODE, c.RegisterNode(url=node_url))
     assert excinfo.value.code == "MessageRejected"
@@ -535,3 +535,46 @@ def test_a_cc_without_keys_takes_no_remote_nodes() -> None:
         cc.register_remote_node("node-01", "http://127.0.0.1:1")
     assert excinfo.value.code == "UnsupportedOperation"
     assert cc.registry.names() == []
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("http://127.0.0.1:1", "InvalidParameterValue"),  # nothing answers there
+        ("garbage", "InvalidParameterValue"),
+        ("http://127.0.0.1:99999", "InvalidParameterValue"),
+        ("file:///etc/passwd", "InvalidParameterValue"),
+        (123, "MalformedMessage"),
+        (None, "MalformedMessage"),
+    ],
+)
+def test_a_bad_url_cannot_strand_a_registered_node(make_cluster: Callable[..., Cluster], url: Any, code: str) -> None:
+    """Finding 10: ``register_node`` signed as the node with a URL where it does not answer left the node
+    "NOT ANSWERING" for good; a URL of the wrong type was an InternalError with a traceback."""
+    cluster = make_cluster(nodes=0)
+    cc_url = cluster.serve(cluster.cc_dispatcher)
+    _, dispatcher = cluster.make_node("node-07", 4, 2048)
+    node_url = cluster.serve(dispatcher)
+    as_node = HttpChannel(None, "cc", *cluster.pair("node-07", "nc"), cc_url, timeout=10)
+    as_node.ask(c.REGISTER_NODE, c.RegisterNode(url=node_url))
+    with pytest.raises(CloudError) as excinfo:
+        as_node.call("register_node", {"url": url})
+    assert excinfo.value.code == code
+    entry = cluster.cc.registry.entry("node-07")
+    assert entry.url == node_url
+    cluster.cc.registry.poll_all()
+    assert cluster.cc.registry.alive(cluster.cc.registry.entry("node-07"))
+
+
+def test_a_node_cannot_register_in_another_nodes_name(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(nodes=0)
+    cc_url = cluster.serve(cluster.cc_dispatcher)
+    _, dispatcher = cluster.make_node("node-07", 4, 2048)
+    node_url = cluster.serve(dispatcher)
+    # node-08 points the CC at node-07's NC: it registers as node-08 (its certificate's name) and the CC
+    # refuses, since the NC that answers there is node-07, not node-08
+    as_other = HttpChannel(None, "cc", *cluster.pair("node-08", "nc"), cc_url, timeout=10)
+    with pytest.raises(CloudError) as excinfo:
+        as_other.ask(c.REGISTER_NODE, c.RegisterNode(url=node_url))
+    assert excinfo.value.code == "InvalidParameterValue" and "node-08" in excinfo.value.message
+    assert cluster.cc.registry.names() == []

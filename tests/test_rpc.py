@@ -28,7 +28,10 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
 @pytest.fixture(scope="module")
 def pair(ca: CertificateAuthority) -> Callable[[str, str], Pair]:
     def make(name: str, role: str) -> Pair:
-        return MessageSigner(ca.identity(name, role)), MessageVerifier(ca.ca_certificate)
+        # as every controller has them: messages must be addressed to it and sent after it started
+        return MessageSigner(ca.identity(name, role)), MessageVerifier(
+            ca.ca_certificate, receiver=name, not_before=time.time() - 60
+        )
 
     return make
 
@@ -95,9 +98,10 @@ def remote(
     role: str = "clc",
     peer_role: str = "cc",
     timeout: float = 5.0,
+    peer: str | None = "cc-test",
 ) -> HttpChannel:
     signer, verifier = pair(name, role)
-    return HttpChannel("cc-test", peer_role, signer, verifier, url, timeout=timeout)
+    return HttpChannel(peer, peer_role, signer, verifier, url, timeout=timeout)
 
 
 @pytest.fixture(params=["local", "http"])
@@ -125,7 +129,7 @@ def test_the_reply_is_signed_by_the_receiver_and_quotes_the_request(
     server: Server, pair: Callable[[str, str], Pair]
 ) -> None:
     signer, verifier = pair("clc", "clc")
-    sent = signer.seal("echo", {"x": 1})
+    sent = signer.seal("echo", {"x": 1}, to="cc-test")
     reply_bytes = server.dispatcher.handle(sent.data)
     reply = verifier.verify(reply_bytes, {"cc"}, in_reply_to=sent.nonce)
     assert reply.action == "echo.reply"
@@ -133,7 +137,7 @@ def test_the_reply_is_signed_by_the_receiver_and_quotes_the_request(
     assert reply.reply_to == sent.nonce
     assert reply.body == {"ok": True, "result": {"echo": {"x": 1}, "from": ["clc", "clc"]}}
     # the same reply does not answer another request
-    other = signer.seal("echo", {"x": 2})
+    other = signer.seal("echo", {"x": 2}, to="cc-test")
     with pytest.raises(MessageRejected) as excinfo:
         MessageVerifier(verifier.ca_certificate).verify(reply_bytes, {"cc"}, in_reply_to=other.nonce)
     assert excinfo.value.reason == "unexpected-reply"
@@ -336,7 +340,7 @@ def test_http_server_takes_a_burst_of_connections(pair: Callable[[str, str], Pai
     httpd = serve_http(dispatcher)
     try:
         assert httpd.request_queue_size >= 32  # the listen() backlog
-        results, errors = _burst(remote(f"http://127.0.0.1:{httpd.server_port}", pair), 32)
+        results, errors = _burst(remote(f"http://127.0.0.1:{httpd.server_port}", pair, peer="cc-burst"), 32)
         assert errors == []
         assert len(results) == 32
     finally:

@@ -272,7 +272,7 @@ def test_signed_message_verifies(cc: Identity, verifier: MessageVerifier) -> Non
     assert msg.reply_to is None
     env = envelope(data)
     assert set(env) >= {"v", "action", "body", "sender_cert", "timestamp", "nonce", "digest", "signature"}
-    assert env["v"] == 1
+    assert env["v"] == 2
     assert env["sender_cert"] == cc.certificate_pem.decode()
     assert env["digest"] == hashlib.sha256(canonical_body(BODY)).hexdigest()
 
@@ -475,7 +475,7 @@ def _valid_env(cc: Identity) -> dict[str, Any]:
 MALFORMED_MUTATIONS: list[tuple[str, Any]] = [
     ("v", "1"),
     ("v", True),
-    ("v", 2),
+    ("v", 1),
     ("v", None),
     ("action", 7),
     ("action", ""),

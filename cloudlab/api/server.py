@@ -12,8 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +25,7 @@ from cloudlab.api.sigv4 import authenticate
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.users import User
 from cloudlab.errors import CloudError
-from cloudlab.rpc import BurstTolerantHTTPServer
+from cloudlab.httpserve import HardenedHTTPServer, HardenedRequestHandler, serve_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +106,14 @@ class Ec2Api:
             )
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(HardenedRequestHandler):
     api: Ec2Api
     protocol_version = "HTTP/1.1"
     # Headers and body leave in two writes; with Nagle's algorithm and the client's delayed ACK
     # every answer waited ~40 ms. TCP_NODELAY sends them at once.
     disable_nagle_algorithm = True
-    timeout = 30  # seconds a client may stall mid-request before its connection is dropped
+    timeout = 30  # seconds a client may stay silent before its connection is dropped (the whole request
+    # must arrive within the server's request deadline: see cloudlab.httpserve)
     server_version = "cloudlab"
     sys_version = ""
 
@@ -197,17 +197,15 @@ def serve_api(
     api = Ec2Api(clc, status)
     handler = type("BoundEc2Handler", (_Handler,), {"api": api})
     try:
-        server = BurstTolerantHTTPServer((host, port), handler)
+        server = HardenedHTTPServer((host, port), handler)
     except OSError as exc:
         raise CloudError(
             "InvalidParameterValue",
             f"cannot listen on {host}:{port} ({exc.strerror}): another program uses it; "
             "choose another port with 'cloudlab up --port N' (0 picks a free one)",
         ) from exc
-    server.daemon_threads = True
     server.api = api  # type: ignore[attr-defined]
-    Thread(target=server.serve_forever, name="ec2-api", daemon=True).start()
-    return server
+    return serve_in_thread(server, "ec2-api")
 
 
 __all__ = ["API_VERSION", "Ec2Api", "serve_api"]

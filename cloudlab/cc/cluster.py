@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: The longest a ``describe_cluster`` caller may wait for a change (the CLC asks for about a second).
 MAX_DESCRIBE_WAIT_S = 10.0
+#: How long a node that registers a new URL has to answer there.
+REGISTER_CHECK_S = 5.0
 
 
 class ClusterController:
@@ -72,12 +74,27 @@ class ClusterController:
         log.info("cluster %s: node %s registered", self.name, name)
 
     def register_remote_node(self, name: str, url: str) -> c.Registered:
-        """An NC on another host (or process) announces its URL; its identity is its certificate's name."""
+        """An NC on another host (or process) announces its URL; its identity is its certificate's name.
+
+        A new URL is taken only once the node answers there *as itself* (a signed HELLO reply from that
+        node's certificate): a bad or hostile URL is refused and the node stays reachable where it was.
+        """
         if self._signer is None or self._verifier is None:
             raise CloudError("UnsupportedOperation", "this cluster controller takes no remote nodes")
         entry = self.registry.entry(name)
-        if entry is None or entry.url != url:
-            self.add_node(name, HttpChannel(name, "nc", self._signer, self._verifier, url), url)
+        if entry is not None and entry.url == url:
+            return c.Registered(cluster=self.name, node=name)
+        try:
+            channel = HttpChannel(name, "nc", self._signer, self._verifier, url)
+        except ValueError as exc:
+            raise CloudError("InvalidParameterValue", f"node {name}: {exc}") from None
+        try:
+            channel.ask(c.HELLO, c.Empty(), timeout=REGISTER_CHECK_S)
+        except CloudError as exc:
+            raise CloudError(
+                "InvalidParameterValue", f"node {name} does not answer as itself at {url}: {exc.message}"
+            ) from None
+        self.add_node(name, channel, url)
         return c.Registered(cluster=self.name, node=name)
 
     def _node_changed(self, request: c.Empty, message: VerifiedMessage) -> c.Empty:

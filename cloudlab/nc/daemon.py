@@ -17,7 +17,7 @@ from cloudlab.errors import CloudError
 from cloudlab.nc.node import NodeController
 from cloudlab.rpc import Dispatcher, HttpChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority, Identity, load_ca_certificate
-from cloudlab.security.messages import MessageSigner, MessageVerifier
+from cloudlab.security.messages import controller_keys
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def run_node(
 ) -> None:
     """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
     identity, ca_certificate = node_identity(pki_dir, name)
-    signer, verifier = MessageSigner(identity), MessageVerifier(ca_certificate)
-    cc = HttpChannel("cc", "cc", signer, verifier, cc_url, timeout=10)
+    signer, verifier = controller_keys(identity, ca_certificate)
+    cc = HttpChannel(None, "cc", signer, verifier, cc_url, timeout=10)  # learns its CC's name (HELLO)
     stop = stop or threading.Event()
     nudger = ChangeNudger(cc, stop)
     node = NodeController(

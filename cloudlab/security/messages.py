@@ -2,29 +2,35 @@
 
 Every message CLC→CC→NC, and every reply, is a JSON envelope::
 
-    {"v": 1, "action": "RunInstance", "body": {...},
+    {"v": 2, "action": "RunInstance", "body": {...},
      "sender_cert": "-----BEGIN CERTIFICATE-----...", "timestamp": 1700000000.25,
      "nonce": "<32 hex>", "digest": "<sha256 hex of the canonical body>",
-     "reply_to": null | "<nonce of the request>", "signature": "<base64 ECDSA/SHA-256>"}
+     "reply_to": null | "<nonce of the request>", "to": null | "<receiver's certificate name>",
+     "signature": "<base64 ECDSA/SHA-256>"}
 
 The canonical body is ``json.dumps(body, sort_keys=True, separators=(",", ":"))``. The signature covers
 the JSON list ``["cloudlab-signed-message", v, action, digest, timestamp, nonce, fingerprint,
-reply_to]`` where ``fingerprint`` is the SHA-256 of the attached certificate: encoding the fields as a
+reply_to, to]`` where ``fingerprint`` is the SHA-256 of the attached certificate: encoding the fields as a
 JSON list makes the signed bytes unambiguous whatever the action string contains, the constant
 prefix keeps these signatures from being valid anywhere else, and the fingerprint binds the signature
-to the one certificate that carries the sender's role.
+to the one certificate that carries the sender's role. ``to`` binds the message to one receiver: a
+message for node-01 is refused by node-02, one for cluster A by cluster B.
 
 The receiver (:class:`MessageVerifier`) checks, in this order, and refuses with
 :class:`MessageRejected` naming the first failure: the envelope parses (``malformed``); it is signed
 (``unsigned``); the certificate was issued by the cloud CA and is within its validity period
 (``untrusted-certificate``); the body matches the digest (``digest-mismatch``); the signature is good
 (``bad-signature``); the sender's role is one the receiver accepts (``role-not-allowed``); the
-timestamp is within the window, past or future (``expired``); a reply answers the request it was
-expected to answer (``unexpected-reply``); the nonce is new (``replayed``). The nonce is recorded only
-when everything else passed, so a refused message never burns a nonce.
+timestamp is within the window, past or future (``expired``); it is addressed to this receiver
+(``wrong-receiver``); it was sent after this receiver started (``before-restart``); a reply answers
+the request it was expected to answer (``unexpected-reply``); the nonce is new (``replayed``). The
+nonce is recorded only when everything else passed, so a refused message never burns a nonce.
 
 Replay protection needs memory only for the window: a nonce can be replayed only while its timestamp
-is still inside the window, so it is forgotten after ``timestamp + window_s``.
+is still inside the window, so it is forgotten after ``timestamp + window_s``. A restarted receiver
+has forgotten every nonce, so it refuses everything stamped before it started (``not_before``): a
+message captured before a restart can never be replayed after it. (Senders whose clock lags the
+receiver's are refused for that lag after a restart, and retry; on one machine there is no lag.)
 """
 
 from __future__ import annotations
@@ -60,11 +66,12 @@ __all__ = [
     "SignedMessage",
     "VerifiedMessage",
     "canonical_body",
+    "controller_keys",
 ]
 
 log = logging.getLogger(__name__)
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
 REASONS: frozenset[str] = frozenset(
     {
         "malformed",
@@ -74,6 +81,8 @@ REASONS: frozenset[str] = frozenset(
         "digest-mismatch",
         "role-not-allowed",
         "expired",
+        "wrong-receiver",
+        "before-restart",
         "unexpected-reply",
         "replayed",
     }
@@ -87,6 +96,7 @@ _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _MAX_ACTION = 256
 _MAX_SIGNATURE_B64 = 256  # a P-256 DER signature is at most 72 bytes
 _MAX_CERT_PEM = 16 * 1024
+_MAX_NAME = 64  # as a certificate's CN
 
 
 class MessageRejected(Exception):
@@ -139,6 +149,7 @@ class VerifiedMessage:
     timestamp: float
     fingerprint: str
     reply_to: str | None = None
+    to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,10 +168,17 @@ def canonical_body(body: Mapping[str, Any]) -> bytes:
 
 
 def _signed_bytes(
-    v: int, action: str, digest: str, timestamp: float, nonce: str, fingerprint: str, reply_to: str | None
+    v: int,
+    action: str,
+    digest: str,
+    timestamp: float,
+    nonce: str,
+    fingerprint: str,
+    reply_to: str | None,
+    to: str | None,
 ) -> bytes:
     return json.dumps(
-        [_SIGNING_CONTEXT, v, action, digest, timestamp, nonce, fingerprint, reply_to],
+        [_SIGNING_CONTEXT, v, action, digest, timestamp, nonce, fingerprint, reply_to, to],
         separators=(",", ":"),
         ensure_ascii=True,
         allow_nan=False,
@@ -201,16 +219,21 @@ class MessageSigner:
         """The identity messages are signed with."""
         return self._identity
 
-    def sign(self, action: str, body: Mapping[str, Any], *, reply_to: str | None = None) -> bytes:
-        """Return the signed envelope for ``action`` with ``body`` (a JSON object)."""
-        return self.seal(action, body, reply_to=reply_to).data
+    def sign(
+        self, action: str, body: Mapping[str, Any], *, reply_to: str | None = None, to: str | None = None
+    ) -> bytes:
+        """Return the signed envelope for ``action`` with ``body`` (a JSON object), addressed ``to`` a receiver."""
+        return self.seal(action, body, reply_to=reply_to, to=to).data
 
     def reply(self, request: VerifiedMessage, body: Mapping[str, Any]) -> bytes:
-        """Sign the answer to a verified request: action ``<action>.reply``, bound to the request's nonce,
-        so the requester can check both that the receiver answered and that it answered *this* request."""
-        return self.seal(request.action + REPLY_SUFFIX, body, reply_to=request.nonce).data
+        """Sign the answer to a verified request: action ``<action>.reply``, bound to the request's nonce
+        and addressed to its sender, so the requester can check both that the receiver answered and
+        that it answered *this* request."""
+        return self.seal(request.action + REPLY_SUFFIX, body, reply_to=request.nonce, to=request.sender).data
 
-    def seal(self, action: str, body: Mapping[str, Any], *, reply_to: str | None = None) -> SignedMessage:
+    def seal(
+        self, action: str, body: Mapping[str, Any], *, reply_to: str | None = None, to: str | None = None
+    ) -> SignedMessage:
         """Like :meth:`sign`, also returning the nonce (what a reply to this message must quote)."""
         if not isinstance(action, str) or not 0 < len(action) <= _MAX_ACTION:
             raise ValueError(f"action must be a non-empty string of at most {_MAX_ACTION} characters")
@@ -218,6 +241,8 @@ class MessageSigner:
             raise TypeError(f"body must be a JSON object (a dict), not {type(body).__name__}")
         if reply_to is not None and not (isinstance(reply_to, str) and _NONCE_RE.fullmatch(reply_to)):
             raise ValueError("reply_to must be the nonce (32 hex digits) of the message being answered")
+        if to is not None and not (isinstance(to, str) and 0 < len(to) <= _MAX_NAME):
+            raise ValueError(f"to must be a receiver's name of at most {_MAX_NAME} characters")
         body = dict(body)
         _check_json_value(body)
         canonical = canonical_body(body)
@@ -226,7 +251,7 @@ class MessageSigner:
         nonce = secrets.token_hex(16)
         ident = self._identity
         signature = ident.private_key.sign(
-            _signed_bytes(ENVELOPE_VERSION, action, digest, timestamp, nonce, ident.fingerprint, reply_to),
+            _signed_bytes(ENVELOPE_VERSION, action, digest, timestamp, nonce, ident.fingerprint, reply_to, to),
             _ECDSA,
         )
         rest = json.dumps(
@@ -238,6 +263,7 @@ class MessageSigner:
                 "nonce": nonce,
                 "digest": digest,
                 "reply_to": reply_to,
+                "to": to,
                 "signature": base64.b64encode(signature).decode("ascii"),
             },
             separators=(",", ":"),
@@ -309,13 +335,19 @@ class MessageVerifier:
         self,
         ca_certificate: x509.Certificate,
         *,
+        receiver: str | None = None,
+        not_before: float | None = None,
         window_s: float = 300.0,
         clock: Callable[[], float] = time.time,
         max_message_bytes: int = 16 * 1024 * 1024,
         certificate_cache_size: int = 4096,
     ) -> None:
+        """``receiver``: this side's certificate name; messages must be addressed to it (None: any).
+        ``not_before``: refuse messages stamped before this time (a receiver passes its start time)."""
         if not window_s > 0:
             raise ValueError(f"window_s must be positive, got {window_s}")
+        self.receiver = receiver
+        self.not_before = not_before
         self._ca = ca_certificate
         self.window_s = float(window_s)
         self._clock = clock
@@ -335,17 +367,26 @@ class MessageVerifier:
         """How many nonces are held for replay detection (bounded by the message rate × the window)."""
         return len(self._nonces)
 
-    def verify(self, data: bytes, allowed_roles: Collection[str], *, in_reply_to: str | None = None) -> VerifiedMessage:
+    def verify(
+        self,
+        data: bytes,
+        allowed_roles: Collection[str],
+        *,
+        in_reply_to: str | None = None,
+        unaddressed_ok: bool = False,
+    ) -> VerifiedMessage:
         """Return the verified message, or raise :class:`MessageRejected` (and log it).
 
         ``allowed_roles`` are the roles that may send this message (a single role string is accepted).
         With ``in_reply_to`` (the nonce of a request this side sent, see :meth:`MessageSigner.seal`)
-        the message must be the reply to that request. Whatever bytes arrive, nothing but
-        :class:`MessageRejected` is raised; a ValueError means ``allowed_roles`` names unknown roles.
+        the message must be the reply to that request. With ``unaddressed_ok`` a message that names no
+        receiver is accepted (only for actions that are harmless to replay, such as learning who the
+        receiver is). Whatever bytes arrive, nothing but :class:`MessageRejected` is raised; a
+        ValueError means ``allowed_roles`` names unknown roles.
         """
         roles = _role_set(allowed_roles)
         try:
-            return self._verify(data, roles, in_reply_to)
+            return self._verify(data, roles, in_reply_to, unaddressed_ok)
         except MessageRejected as exc:
             log.warning("%s", exc)
             raise
@@ -356,7 +397,9 @@ class MessageVerifier:
 
     # -- the checks, in order ----------------------------------------------------------------------
 
-    def _verify(self, data: Any, roles: frozenset[str], in_reply_to: str | None) -> VerifiedMessage:
+    def _verify(
+        self, data: Any, roles: frozenset[str], in_reply_to: str | None, unaddressed_ok: bool = False
+    ) -> VerifiedMessage:
         env = self._parse(data)
         raw_action = env.get("action")
         action = raw_action if isinstance(raw_action, str) else None
@@ -389,6 +432,9 @@ class MessageVerifier:
         reply_to = env.get("reply_to")
         if reply_to is not None and not (isinstance(reply_to, str) and _NONCE_RE.fullmatch(reply_to)):
             raise malformed("reply_to must be null or a nonce")
+        to = env.get("to")
+        if to is not None and not (isinstance(to, str) and 0 < len(to) <= _MAX_NAME):
+            raise malformed("to must be null or a receiver's name")
         if not isinstance(signature_b64, str) or len(signature_b64) > _MAX_SIGNATURE_B64:
             raise malformed("signature must be a short base64 string")
         try:
@@ -411,7 +457,7 @@ class MessageVerifier:
         try:
             cert.public_key.verify(
                 signature,
-                _signed_bytes(v, action, digest, timestamp, nonce, cert.fingerprint, reply_to),
+                _signed_bytes(v, action, digest, timestamp, nonce, cert.fingerprint, reply_to, to),
                 _ECDSA,
             )
         except InvalidSignature:
@@ -422,6 +468,11 @@ class MessageVerifier:
         if abs(skew) > self.window_s:
             when = f"{skew:.1f} s old" if skew > 0 else f"{-skew:.1f} s in the future"
             raise rejected("expired", f"timestamp {when}, window is ±{self.window_s:g} s")
+        if self.receiver is not None and to != self.receiver and not (to is None and unaddressed_ok):
+            raise rejected("wrong-receiver", f"addressed to {_short(to)}, this is {self.receiver!r}")
+        if self.not_before is not None and timestamp < self.not_before:
+            early = self.not_before - timestamp
+            raise rejected("before-restart", f"stamped {early:.3f} s before this receiver started")
         if in_reply_to is not None and reply_to != in_reply_to:
             raise rejected("unexpected-reply", f"answers {reply_to or 'nothing'}, expected {in_reply_to}")
         if not self._nonces.add(nonce, timestamp + self.window_s, now):
@@ -435,6 +486,7 @@ class MessageVerifier:
             timestamp=timestamp,
             fingerprint=cert.fingerprint,
             reply_to=reply_to,
+            to=to,
         )
 
     def _parse(self, data: Any) -> dict[str, Any]:
@@ -523,3 +575,10 @@ def _short(value: object, limit: int = 80) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def controller_keys(identity: Identity, ca_certificate: x509.Certificate) -> tuple[MessageSigner, MessageVerifier]:
+    """The signer and verifier a controller needs: its messages signed as ``identity``; what it receives
+    addressed to it and sent after this moment (so nothing captured before a restart is taken after it)."""
+    verifier = MessageVerifier(ca_certificate, receiver=identity.name, not_before=time.time())
+    return MessageSigner(identity), verifier
