@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cloudlab import processes
 from cloudlab.cc.network import sweep as sweep_network
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
@@ -129,11 +130,24 @@ def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dic
         if info is not None:
             try:
                 get_json(info["url"].rstrip("/") + "/_cloudlab/health", timeout=2)
-                return info | {"already_running": False}
             except OSError:
                 pass
+            else:
+                _refuse_missing_nodes(layout, info.get("nodes_missing") or [])
+                return info | {"already_running": False}
         time.sleep(0.2)
     raise ControlError(f"the cloud did not answer within {timeout_s:.0f} s; see {layout.log}:\n{tail(layout.log)}")
+
+
+def _refuse_missing_nodes(layout: StateLayout, missing: list[str]) -> None:
+    """A cloud whose nodes did not all start is stopped again, with what their logs say."""
+    if not missing:
+        return
+    logs = "\n".join(
+        f"{layout.node_dir(n) / 'nc.log'} ends with:\n{tail(layout.node_dir(n) / 'nc.log', 8)}" for n in missing
+    )
+    down(layout)
+    raise ControlError(f"node(s) {', '.join(missing)} did not start, so the cloud was stopped again; {logs}")
 
 
 def leftover_qemu(layout: StateLayout, programs: tuple[bytes, ...] = (b"qemu-system",)) -> list[int]:
@@ -173,6 +187,7 @@ def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
     for leftover in leftover_qemu(layout, (b"vde_switch", b"vde_plug", b"dpipe")):
         with contextlib.suppress(ProcessLookupError):
             os.kill(leftover, signal.SIGKILL)
+    processes.end(processes.node_controllers(layout))  # orphans of a killed service, if any survived
     swept_network = sweep_network(layout.network_prefix)
     shutil.rmtree(layout.network_run_dir, ignore_errors=True)
     layout.pidfile.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ test driver run in-process, so that fifty simulated nodes cost threads, not proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloudlab import processes
 from cloudlab.cc.cluster import ClusterController
 from cloudlab.cc.network import NC_PORT
 from cloudlab.clc.cloud import CloudController
@@ -34,8 +36,11 @@ from cloudlab.paths import StateLayout, cache_dir
 from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
+from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
+
+NODE_START_S = 60.0  # how long a node controller has to register at start (QEMU's first probe is slow under TCG)
 
 SHUTDOWN_REASON = "Server.CloudShutdown: the cloud was stopped (cloudlab down)"
 
@@ -76,6 +81,7 @@ class CloudService:
         self.network: Any = None  # cloudlab.cc.network.ClusterNetwork when the cluster has one
         self.metadata_server: Any = None
         self.started = time.time()
+        self.nodes_missing: list[str] = []
 
     def _signer_verifier(self, name: str, role: str) -> tuple[MessageSigner, MessageVerifier]:
         return controller_keys(self.ca.identity(name, role), self.ca.ca_certificate)
@@ -124,6 +130,10 @@ class CloudService:
         admin, key = self.clc.users.ensure_admin()
         write_credentials(layout, admin.name, key.access_key, key.secret_key)
         self._register_default_image(admin.name)
+        orphans = processes.node_controllers(layout)
+        if orphans:  # a killed service's node controllers still hold their libvirt drivers: end them
+            log.warning("ending %d node controller(s) left by an earlier run: %s", len(orphans), orphans)
+            processes.end(orphans)
         for name in config.node_names():
             self._start_node(name)
 
@@ -227,19 +237,36 @@ class CloudService:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             child.process = subprocess.Popen(
-                child.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.layout.root
+                child.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.layout.root,
+                preexec_fn=processes.die_with_parent(),  # a killed service leaves no orphan node controller
             )
         child.last_start = time.time()
         log.info("started node controller %s (pid %d)", child.name, child.process.pid)
 
-    def wait_for_nodes(self, timeout_s: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            views = {v.name for v in self.cc.registry.views()}
-            if all(name in views for name in self.config.node_names()):
-                return True
-            time.sleep(0.2)
-        return False
+    def missing_nodes(self) -> list[str]:
+        """Configured nodes that have not registered and answered yet."""
+        views = {v.name for v in self.cc.registry.views()}
+        return [name for name in self.config.node_names() if name not in views]
+
+    def wait_for_nodes(self, timeout_s: float = NODE_START_S) -> list[str]:
+        """Wait for every configured node to register; return the ones that did not.
+
+        A node controller that exited before registering has failed: it is not waited for."""
+
+        def settled() -> bool:
+            return all(self._exited(name) for name in self.missing_nodes())
+
+        with contextlib.suppress(WaitTimeout):
+            wait_until(settled, timeout_s, what="the nodes to register", interval_s=0.2)
+        return self.missing_nodes()
+
+    def _exited(self, name: str) -> bool:
+        child = self.children.get(name)
+        return child is not None and child.process is not None and child.process.poll() is not None
 
     def supervise_once(self) -> None:
         """Restart node controllers that died (with a back-off), and note it for ``cloudlab status``."""
@@ -317,7 +344,9 @@ class CloudService:
 
             self.api_server = serve_api(self.clc, self.config.api_host, self.config.api_port, status=self.status)
         self.cc.start()
-        self.wait_for_nodes()
+        self.nodes_missing = self.wait_for_nodes()
+        if self.nodes_missing:
+            log.error("node(s) %s did not start: see their nc.log", ", ".join(self.nodes_missing))
         self.clc.reconcile_once()
         self.clc.start()
         if api:
@@ -332,6 +361,7 @@ class CloudService:
                 "cc_url": self.cc_url,
                 "region": self.config.region,
                 "started": self.started,
+                "nodes_missing": self.nodes_missing,
             },
         )
 

@@ -1,0 +1,98 @@
+"""A killed service loses nothing and leaves nothing (issue 10, finding 1).
+
+Before: after ``kill -9 $(cat STATE/service.pid)`` of a cloud with two QEMU nodes, the old node
+controllers lived on as orphans holding the embedded libvirt driver's lock; the new ones crash-looped
+(``Failed to acquire pid file``), ``up`` said "cloud up" with 0 nodes, the instance was stranded
+("cluster has no node") and ``down`` left the orphans.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudlab import control, processes
+from cloudlab.paths import StateLayout
+from cloudlab.waiting import wait_until
+from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+BOOT_TIMEOUT_S = 120
+
+
+@pytest.fixture(autouse=True)
+def _needs_vms() -> None:
+    if reason := vm_requirements():
+        pytest.skip(reason)
+
+
+def console(ec2: Any, instance_id: str) -> str:
+    return ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+
+
+def state_of(ec2: Any, instance_id: str) -> str:
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def alive_nodes(cloud: RunningCloud) -> list[str]:
+    return sorted(n["name"] for c in cloud.status()["clusters"] for n in c["nodes"] if n["alive"])
+
+
+def test_kill_9_of_the_service_with_two_nodes(cloud_factory: Callable[..., RunningCloud]) -> None:
+    cloud = cloud_factory("kill9", nodes=2)
+    ec2 = cloud.ec2()
+    (instance_id,) = [
+        i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
+    ]
+    wait_until(lambda: "cloudlab-boot:" in console(ec2, instance_id), BOOT_TIMEOUT_S, what="the boot marker")
+    qemu_before = set(control.leftover_qemu(cloud.layout))
+    assert qemu_before
+
+    os.kill(control.service_pid(cloud.layout), signal.SIGKILL)  # the service alone, as `kill -9 $(cat …)`
+    wait_until(lambda: control.service_pid(cloud.layout) is None, 10, what="the service to die")
+    # its node controllers do not outlive it (they would hold the libvirt driver's lock)
+    wait_until(lambda: not processes.node_controllers(cloud.layout), 20, what="the node controllers to exit")
+    assert set(control.leftover_qemu(cloud.layout)) == qemu_before  # the guest does outlive them
+
+    # `cloudlab up` again, as a user would (it reuses the saved configuration: two nodes)
+    up = subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "--state", str(cloud.layout.root), "up"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert up.returncode == 0 and "cloud up" in up.stdout, up.stdout + up.stderr
+    again = RunningCloud(cloud.layout, control.endpoint(cloud.layout))
+    assert again.info.get("nodes_missing") == []
+    assert alive_nodes(again) == ["node-01", "node-02"]
+    ec2 = again.ec2()
+    assert state_of(ec2, instance_id) == "running"
+    assert "cloudlab-boot:" in console(ec2, instance_id)  # its node serves its console again
+    assert set(control.leftover_qemu(again.layout)) == qemu_before  # the very same VM
+
+    control.down(again.layout)
+    assert not control.leftover_qemu(again.layout)
+    assert not processes.node_controllers(again.layout)
+
+
+def test_up_fails_loudly_when_a_node_cannot_start(tmp_path: Path) -> None:
+    root = tmp_path / "broken"
+    # node-02's embedded libvirt driver keeps its configuration in libvirt/etc: make that a file
+    blocker = root / "nodes" / "node-02" / "libvirt" / "etc"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder: the node controller cannot set up its driver\n")
+    with pytest.raises(control.ControlError) as excinfo:
+        start_cloud(root, nodes=2)
+    message = str(excinfo.value)
+    assert "node-02" in message and "did not start" in message and "nc.log" in message
+    layout = StateLayout(root)
+    assert control.service_pid(layout) is None  # nothing half up is left running
+    assert not processes.node_controllers(layout)
+    assert not control.leftover_qemu(layout)
