@@ -14,11 +14,12 @@ sender can add optional fields without breaking an older receiver.
 
 Who talks to whom (the arrows are the only ones allowed)::
 
-    CLC ──► CC : schedule, release, run_instance, terminate_instance, reboot_instance,
+    CLC ──► CC : schedule, release, run_instance(s), terminate_instance, reboot_instance,
                  get_console_output, describe_cluster, network_sync
     NC  ──► CC : register_node, node_changed
-    CC  ──► NC : describe_resource, run_instance, terminate_instance, reboot_instance,
+    CC  ──► NC : describe_resource, run_instance(s), terminate_instance, reboot_instance,
                  get_console_output
+    any ──► any: hello (who are you? the one message that names no receiver)
 """
 
 from __future__ import annotations
@@ -185,6 +186,34 @@ class InstanceStarted:
     state: str
     node: str
     accel: str | None = None
+
+
+@dataclass(frozen=True)
+class StartMany:
+    """Several starts in one message (a RunInstances of 1,000 is one CLC→CC message and one per node)."""
+
+    instances: tuple[RunOnNode, ...]
+
+
+@dataclass(frozen=True)
+class NodeStartMany:
+    instances: tuple[StartInstance, ...]
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    """How one start of a batch went: ``started``, or the error code and message a single start raises."""
+
+    instance_id: str
+    node: str
+    started: InstanceStarted | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class StartOutcomes:
+    outcomes: tuple[StartOutcome, ...]
 
 
 @dataclass(frozen=True)
@@ -368,6 +397,7 @@ HELLO = Action("hello", Empty, Empty, frozenset({"clc", "cc", "nc"}), unaddresse
 SCHEDULE = _action("schedule", ScheduleRequest, Placements, "clc")
 RELEASE = _action("release", OnNode, Released, "clc")
 RUN_INSTANCE = _action("run_instance", RunOnNode, InstanceStarted, "clc")
+RUN_INSTANCES = _action("run_instances", StartMany, StartOutcomes, "clc")
 TERMINATE_INSTANCE = _action("terminate_instance", OnNode, InstanceRemoved, "clc")
 REBOOT_INSTANCE = _action("reboot_instance", OnNode, InstanceState, "clc")
 GET_CONSOLE_OUTPUT = _action("get_console_output", OnNode, ConsoleOutput, "clc")
@@ -379,6 +409,7 @@ NODE_CHANGED = _action("node_changed", Empty, Empty, "nc")
 # CC -> NC
 DESCRIBE_RESOURCE = _action("describe_resource", Empty, NodeReport, "cc")
 NODE_RUN_INSTANCE = _action("run_instance", StartInstance, InstanceStarted, "cc")
+NODE_RUN_INSTANCES = _action("run_instances", NodeStartMany, StartOutcomes, "cc")
 NODE_TERMINATE_INSTANCE = _action("terminate_instance", InstanceRef, InstanceRemoved, "cc")
 NODE_REBOOT_INSTANCE = _action("reboot_instance", InstanceRef, InstanceState, "cc")
 NODE_GET_CONSOLE_OUTPUT = _action("get_console_output", InstanceRef, ConsoleOutput, "cc")
@@ -388,6 +419,7 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     SCHEDULE,
     RELEASE,
     RUN_INSTANCE,
+    RUN_INSTANCES,
     TERMINATE_INSTANCE,
     REBOOT_INSTANCE,
     GET_CONSOLE_OUTPUT,
@@ -400,6 +432,7 @@ NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
     DESCRIBE_RESOURCE,
     NODE_RUN_INSTANCE,
+    NODE_RUN_INSTANCES,
     NODE_TERMINATE_INSTANCE,
     NODE_REBOOT_INSTANCE,
     NODE_GET_CONSOLE_OUTPUT,

@@ -78,9 +78,9 @@ class Dispatcher:
         self._routes[action] = Route(handler, frozenset(allowed_roles), unaddressed_ok)
 
     def handle(self, data: bytes) -> bytes:
-        action, nonce, claimed = _peek(data)
+        action, nonce = _peek(data)
         route = self._routes.get(action)
-        sender = claimed  # the reply is addressed to whoever the request says it is from
+        sender: str | None = None  # the reply is addressed to whoever the request is (or says it is) from
         try:
             if route is None:
                 # Verify anyway so that garbage is refused as garbage, then report the unknown action.
@@ -93,7 +93,7 @@ class Dispatcher:
             self.refused.append(str(exc))
             del self.refused[:-100]
             log.warning("%s refused a message: %s", self.name, exc)
-            sender = exc.sender or sender
+            sender = exc.sender or _claimed_name(data)
             reply = _error_reply("MessageRejected", str(exc))
         except CloudError as exc:
             reply = _error_reply(exc.code, exc.message)
@@ -112,25 +112,25 @@ def _error_reply(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message[:1024]}}
 
 
-def _peek(data: bytes) -> tuple[str, str | None, str | None]:
-    """The claimed action, nonce and sender name of a message, before (or without) verifying it."""
+def _peek(data: bytes) -> tuple[str, str | None]:
+    """The claimed action and nonce of a message, before (or without) verifying it."""
     try:
         envelope = json.loads(data)
         action, nonce = envelope.get("action", ""), envelope.get("nonce")
         return (
             action if isinstance(action, str) else "",
             nonce if isinstance(nonce, str) and _NONCE.fullmatch(nonce) else None,
-            _claimed_name(envelope.get("sender_cert")),
         )
     except Exception:
-        return "", None, None
+        return "", None
 
 
-def _claimed_name(pem: Any) -> str | None:
-    """The name in a certificate's subject, unchecked (only to address an error reply)."""
-    if not isinstance(pem, str) or len(pem) > 16 * 1024:
-        return None
+def _claimed_name(data: bytes) -> str | None:
+    """The name in a refused message's certificate, unchecked (only to address the error reply)."""
     try:
+        pem = json.loads(data).get("sender_cert")
+        if not isinstance(pem, str) or len(pem) > 16 * 1024:
+            return None
         return subject_identity(x509.load_pem_x509_certificate(pem.encode()))[0]
     except Exception:
         return None

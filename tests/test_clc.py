@@ -586,7 +586,7 @@ def test_a_restart_reconciles_records_without_losing_or_duplicating_ledger_event
     first.wait_state(done, "terminated")
     # one start and one termination the CC never got (it became unreachable)
     link = first.clc.clusters.get("cluster1")
-    link.channel = FailingLink(link.channel, {"run_instance", "terminate_instance"})
+    link.channel = FailingLink(link.channel, {"run_instance", "run_instances", "terminate_instance"})
     (undispatched,) = first.run()
     first.clc.terminate_instances(first.admin, running[1:])
     first.passes()

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cloudlab import contract as c
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 MAX_DESCRIBE_WAIT_S = 10.0
 #: How long a node that registers a new URL has to answer there.
 REGISTER_CHECK_S = 5.0
+#: Nodes a batch of starts is sent to at once.
+NODE_FANOUT = 16
 
 
 class ClusterController:
@@ -55,6 +58,7 @@ class ClusterController:
         dispatcher.serve(c.SCHEDULE, lambda r, m: self.schedule(r))
         dispatcher.serve(c.RELEASE, lambda r, m: self.release(r.node, r.instance_id))
         dispatcher.serve(c.RUN_INSTANCE, lambda r, m: self.run_instance(r.node, r.instance))
+        dispatcher.serve(c.RUN_INSTANCES, lambda r, m: self.run_instances(r.instances))
         dispatcher.serve(c.TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.node, r.instance_id))
         dispatcher.serve(
             c.REBOOT_INSTANCE,
@@ -155,6 +159,29 @@ class ClusterController:
         except Exception:
             self.registry.release(node, instance.instance_id)
             raise
+
+    def run_instances(self, starts: tuple[c.RunOnNode, ...]) -> c.StartOutcomes:
+        """Start many instances: one message per node, the nodes in parallel; each start stands alone."""
+        by_node: dict[str, list[c.StartInstance]] = {}
+        for start in starts:
+            by_node.setdefault(start.node, []).append(self._with_attachment(start.node, start.instance))
+
+        def on_node(node: str, requests: list[c.StartInstance]) -> list[c.StartOutcome]:
+            try:
+                outcomes = list(self.node_call(node, c.NODE_RUN_INSTANCES, c.NodeStartMany(tuple(requests))).outcomes)
+            except CloudError as exc:
+                outcomes = [
+                    c.StartOutcome(r.instance_id, node, error_code=exc.code, error_message=exc.message)
+                    for r in requests
+                ]
+            for outcome in outcomes:
+                if outcome.started is None:
+                    self.registry.release(node, outcome.instance_id)
+            return outcomes
+
+        with ThreadPoolExecutor(max_workers=max(1, min(NODE_FANOUT, len(by_node)))) as pool:
+            results = list(pool.map(lambda item: on_node(*item), by_node.items()))
+        return c.StartOutcomes(tuple(o for outcomes in results for o in outcomes))
 
     def terminate_instance(self, node: str, instance_id: str) -> c.InstanceRemoved:
         removed = self.node_call(node, c.NODE_TERMINATE_INSTANCE, c.InstanceRef(instance_id))

@@ -26,6 +26,8 @@ from cloudlab.rpc import Channel
 
 log = logging.getLogger(__name__)
 
+NUDGE_COALESCE_S = 0.05  # nudges of one node within this span make one poll
+
 
 @dataclass
 class NodeEntry:
@@ -50,6 +52,7 @@ class NodeRegistry:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="heartbeat")
         self._polling: set[str] = set()
         self._again: set[str] = set()  # nudged while a poll was running: poll once more after it
+        self._soon: set[str] = set()  # nudged, poll queued
         self._thread: threading.Thread | None = None
         self._changed = threading.Condition(self._lock)
         self.version = 0  # bumped by every report that changes the cluster's instances
@@ -106,8 +109,28 @@ class NodeRegistry:
             return self.version
 
     def poll_soon(self, name: str) -> None:
-        """Poll ``name`` now, in the background (a node said something changed)."""
-        self._submit_poll(name, again=True)
+        """Poll ``name`` shortly, in the background (a node said something changed).
+
+        Nudges are coalesced: a burst of them (a hundred VMs starting on one node) costs one poll
+        per :data:`NUDGE_COALESCE_S`, not one per event.
+        """
+        with self._lock:
+            if name in self._soon:
+                return
+            self._soon.add(name)
+
+        def later() -> None:
+            if self._stop.wait(NUDGE_COALESCE_S):
+                return
+            with self._lock:
+                self._soon.discard(name)
+            self._submit_poll(name, again=True)
+
+        try:
+            self._pool.submit(later)
+        except RuntimeError:  # the registry is stopping
+            with self._lock:
+                self._soon.discard(name)
 
     def poll_all(self) -> None:
         """Poll every node once and wait for the answers (used at start-up and by tests)."""

@@ -25,6 +25,7 @@ from cloudlab.errors import CloudError
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5.0
+BATCH_TIMEOUT_S = 300.0  # a cluster starting a thousand instances answers when all are started
 REASON_START_FAILED = "Server.InternalError: {message}"
 
 
@@ -70,17 +71,24 @@ class Dispatch:
 
     def submit(self, fn: Callable[..., None], instance_id: str, *args: Any) -> Future[None]:
         """Queue one command for ``instance_id``; none other is queued while it is in flight."""
+        return self._submit_for([instance_id], lambda: fn(instance_id, *args))
+
+    def _submit_for(self, instance_ids: list[str], work: Callable[[], None]) -> Future[None]:
         with self._lock:
-            self._inflight.add(instance_id)
-            self._last_attempt[instance_id] = time.monotonic()
+            now = time.monotonic()
+            for instance_id in instance_ids:
+                self._inflight.add(instance_id)
+                self._last_attempt[instance_id] = now
 
         def run() -> None:
             try:
-                fn(instance_id, *args)
+                work()
             finally:
                 with self._lock:
-                    self._inflight.discard(instance_id)
-                    self._last_attempt[instance_id] = time.monotonic()
+                    now = time.monotonic()
+                    for instance_id in instance_ids:
+                        self._inflight.discard(instance_id)
+                        self._last_attempt[instance_id] = now
 
         return self._pool.submit(run)
 
@@ -90,6 +98,10 @@ class Dispatch:
     # -- the commands -------------------------------------------------------------------------------------
     def start(self, instance_id: str) -> Future[None]:
         return self.submit(self._run, instance_id)
+
+    def start_many(self, instance_ids: list[str]) -> Future[None]:
+        """Start a whole reservation with one message to its cluster (which sends one per node)."""
+        return self._submit_for(list(instance_ids), lambda: self._run_many(instance_ids))
 
     def terminate(self, instance_id: str) -> Future[None]:
         return self.submit(self._terminate, instance_id)
@@ -131,10 +143,7 @@ class Dispatch:
             if exc.code == "Unavailable":
                 log.warning("start of %s deferred: %s", instance_id, exc.message)
                 return  # retried by the reconciler
-            log.warning("start of %s failed: %s", instance_id, exc)
-            self.records.transition(
-                instance_id, "terminated", REASON_START_FAILED.format(message=exc.message), expect=("pending",)
-            )
+            self._start_failed(instance_id, exc.message)
             return
         except Exception:
             log.exception("start of %s failed unexpectedly; will retry", instance_id)
@@ -146,6 +155,58 @@ class Dispatch:
         if after is not None and after["state"] in ("shutting-down", "terminated"):
             # Terminated while the node was starting it: make sure no VM outlives its record.
             self._terminate(instance_id)
+
+    def _run_many(self, instance_ids: list[str]) -> None:
+        rows = [r for r in self.records.get_many(instance_ids) if r["state"] == "pending"]
+        by_cluster: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_cluster.setdefault(row["cluster"], []).append(row)
+        for cluster, members in by_cluster.items():
+            link = self.clusters.get(cluster)
+            if link is not None:
+                self._run_batch(link, members)
+
+    def _run_batch(self, link: ClusterLink, rows: list[dict[str, Any]]) -> None:
+        starts = []
+        for row in rows:
+            try:
+                starts.append(c.RunOnNode(node=row["node"], instance=self.start_request(row)))
+            except CloudError as exc:
+                self._start_failed(row["instance_id"], exc.message)
+        if not starts:
+            return
+        try:
+            self._before_start(link.name)
+            outcomes = link.channel.ask(c.RUN_INSTANCES, c.StartMany(tuple(starts)), timeout=BATCH_TIMEOUT_S).outcomes
+        except CloudError as exc:
+            if exc.code == "Unavailable":
+                log.warning("start of %d instance(s) deferred: %s", len(starts), exc.message)
+                return  # retried by the reconciler, one by one
+            for start in starts:
+                self._start_failed(start.instance.instance_id, exc.message)
+            return
+        except Exception:
+            log.exception("start of %d instance(s) failed unexpectedly; will retry", len(starts))
+            return
+        started = [o for o in outcomes if o.started is not None]
+        self.records.mark_dispatched(*(o.instance_id for o in started))
+        self.records.transition_many(
+            [o.instance_id for o in started if o.started and o.started.state == "running"],
+            "running",
+            expect=("pending",),
+        )
+        for outcome in outcomes:
+            if outcome.started is None and outcome.error_code != "Unavailable":
+                self._start_failed(outcome.instance_id, outcome.error_message or outcome.error_code or "unknown")
+        for row in self.records.get_many([o.instance_id for o in started]):
+            if row["state"] in ("shutting-down", "terminated"):
+                self._terminate(row["instance_id"])  # terminated while its node was starting it
+
+    def _start_failed(self, instance_id: str, message: str) -> None:
+        log.warning("start of %s failed: %s", instance_id, message)
+        self.records.transition(
+            instance_id, "terminated", REASON_START_FAILED.format(message=message), expect=("pending",)
+        )
 
     def _terminate(self, instance_id: str) -> None:
         """Remove the VM of a ``shutting-down`` (→ terminated) or ``stopping`` (→ stopped) instance."""

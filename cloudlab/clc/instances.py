@@ -66,13 +66,31 @@ class InstanceRecords:
         row = self.store.one("SELECT * FROM instances WHERE instance_id=?", (instance_id,))
         return dict(row) if row else None
 
+    def get_many(self, instance_ids: list[str]) -> list[dict[str, Any]]:
+        """The rows of ``instance_ids`` that exist, in no particular order."""
+        found: list[dict[str, Any]] = []
+        for i in range(0, len(instance_ids), 500):
+            chunk = instance_ids[i : i + 500]
+            found += [
+                dict(r)
+                for r in self.store.query(
+                    f"SELECT * FROM instances WHERE instance_id IN ({','.join('?' * len(chunk))})", chunk
+                )
+            ]
+        return found
+
     def state_of(self, instance_id: str, default: str) -> str:
         return (self.get(instance_id) or {}).get("state", default)
 
-    def live_on(self, node: str) -> dict[str, Any]:
-        """The live instances the records place on ``node``, by id."""
-        rows = self.store.query(f"SELECT * FROM instances WHERE node=? AND state IN ({_LIVE})", (node, *LIVE_STATES))
-        return {r["instance_id"]: r for r in rows}
+    def live_by_node(self, cluster: str) -> dict[str, dict[str, Any]]:
+        """The live instances the records place in ``cluster``: node -> instance id -> row."""
+        rows = self.store.query(
+            f"SELECT * FROM instances WHERE cluster=? AND state IN ({_LIVE})", (cluster, *LIVE_STATES)
+        )
+        found: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            found.setdefault(row["node"], {})[row["instance_id"]] = row
+        return found
 
     def live(self) -> list[Any]:
         return self.store.query(f"SELECT * FROM instances WHERE state IN ({_LIVE})", LIVE_STATES)
@@ -111,35 +129,54 @@ class InstanceRecords:
     ) -> bool:
         """Move one instance to ``new`` and append a ledger event; False if it was not in ``expect``."""
         with self.store.transaction() as db:
-            row = db.execute("SELECT * FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
-            if row is None or (expect is not None and row["state"] not in expect) or row["state"] == new:
-                return False
-            check_transition(instance_id, row["state"], new)
-            now = time.time()
-            sets = {"state": new, "updated": now, **fields}
-            if reason is not None:
-                sets["state_reason"] = reason
-            if new == "terminated":
-                sets["terminated_at"] = now
-            if new == "running" and "running_at" not in fields:
-                sets["running_at"] = now
-            if row["state"] == "running":
-                self.network_bytes.flush(db, dict(row), now)  # the interval ends: its last counters first
-            db.execute(
-                f"UPDATE instances SET {', '.join(f'{k}=?' for k in sets)} WHERE instance_id=?",
-                (*sets.values(), instance_id),
-            )
-            append_ledger(db, dict(row) | sets, new, reason, when=now)
-            if new in ("shutting-down", "terminated"):
-                Addresses.on_instance_terminated(db, instance_id)  # EC2 disassociates elastic addresses
+            return self._transition(db, instance_id, new, reason, expect, fields)
+
+    def transition_many(
+        self, instance_ids: list[str], new: str, reason: str | None = None, *, expect: tuple[str, ...] | None = None
+    ) -> list[str]:
+        """:meth:`transition` for many instances in one transaction; returns those that moved."""
+        with self.store.transaction() as db:
+            return [i for i in instance_ids if self._transition(db, i, new, reason, expect, {})]
+
+    def _transition(
+        self,
+        db: Any,
+        instance_id: str,
+        new: str,
+        reason: str | None,
+        expect: tuple[str, ...] | None,
+        fields: dict[str, Any],
+    ) -> bool:
+        row = db.execute("SELECT * FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
+        if row is None or (expect is not None and row["state"] not in expect) or row["state"] == new:
+            return False
+        check_transition(instance_id, row["state"], new)
+        now = time.time()
+        sets = {"state": new, "updated": now, **fields}
+        if reason is not None:
+            sets["state_reason"] = reason
+        if new == "terminated":
+            sets["terminated_at"] = now
+        if new == "running" and "running_at" not in fields:
+            sets["running_at"] = now
+        if row["state"] == "running":
+            self.network_bytes.flush(db, dict(row), now)  # the interval ends: its last counters first
+        db.execute(
+            f"UPDATE instances SET {', '.join(f'{k}=?' for k in sets)} WHERE instance_id=?",
+            (*sets.values(), instance_id),
+        )
+        append_ledger(db, dict(row) | sets, new, reason, when=now)
+        if new in ("shutting-down", "terminated"):
+            Addresses.on_instance_terminated(db, instance_id)  # EC2 disassociates elastic addresses
         return True
 
-    def mark_dispatched(self, instance_id: str) -> None:
-        """The node confirmed the start: from now on the VM's absence from a later report means it vanished."""
+    def mark_dispatched(self, *instance_ids: str) -> None:
+        """The node confirmed these starts: from now on a VM's absence from a later report means it vanished."""
+        now = time.time()
         with self.store.transaction() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE instances SET dispatched_at=? WHERE instance_id=? AND dispatched_at IS NULL",
-                (time.time(), instance_id),
+                [(now, i) for i in instance_ids],
             )
 
     def note_ledger(self, row: Any, event: str, detail: str | None = None) -> None:

@@ -198,8 +198,7 @@ class InstanceLifecycle:
             for instance_id, node in placements.items():
                 quietly(link, c.RELEASE, c.OnNode(node=node, instance_id=instance_id))
             raise
-        for row in inserted:
-            self.dispatch.start(row["instance_id"])
+        self.dispatch.start_many([row["instance_id"] for row in inserted])
         return {"reservation_id": reservation_id, "owner": user.name, "instances": inserted}
 
     # -- TerminateInstances -------------------------------------------------------------------------------

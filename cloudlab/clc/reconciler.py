@@ -33,7 +33,7 @@ from cloudlab.clc.usage import NetworkBytes
 log = logging.getLogger(__name__)
 
 REASON_VANISHED = "Server.InstanceVanished: the VM was no longer on node {node} when the cloud checked"
-MIN_PASS_INTERVAL_S = 0.05  # a burst of changes is reconciled in passes at least this far apart
+MIN_PASS_INTERVAL_S = 0.2  # a burst of changes is reconciled in passes at least this far apart
 UNKNOWN_VM_REPORTED_S = 60.0  # a stranger VM stays in the status this long after it was last seen
 
 
@@ -60,6 +60,7 @@ class Reconciler:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._last_retry = float("-inf")
 
     # -- running ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -79,7 +80,7 @@ class Reconciler:
             started = time.monotonic()
             try:
                 version = self.reconcile_cluster(link, after=version, wait_s=self.reconcile_s)
-                self.retry_unfinished()
+                self.retry_unfinished(min_interval_s=self.reconcile_s)
             except Exception:
                 log.exception("reconcile pass of cluster %s failed", link.name)
                 self._stop.wait(self.reconcile_s)
@@ -100,20 +101,22 @@ class Reconciler:
         report = link.channel.ask(
             c.DESCRIBE_CLUSTER, c.DescribeCluster(after=after, wait_s=wait_s), timeout=wait_s + 30.0
         )
+        by_node = self.records.live_by_node(link.name)
         for node in report.nodes:
             self._node_alive[node.name] = node.alive
             self._note_node(link.name, node)
             if node.alive and node.age_s is not None:
-                self._reconcile_node(link, node, asked - node.age_s)
+                self._reconcile_node(link, node, asked - node.age_s, by_node.get(node.name, {}))
         with self._lock:
             self.passes += 1
         return report.version
 
     # -- one node -----------------------------------------------------------------------------------------
-    def _reconcile_node(self, link: ClusterLink, node: c.NodeSummary, report_time: float) -> None:
+    def _reconcile_node(
+        self, link: ClusterLink, node: c.NodeSummary, report_time: float, records: dict[str, Any]
+    ) -> None:
         name = node.name
         reported = {i.instance_id: i.state for i in node.instances}
-        records = self.records.live_on(name)
         for item in node.instances:
             row = records.get(item.instance_id)
             if (
@@ -184,8 +187,16 @@ class Reconciler:
             log.warning("node %s runs %s, which the cloud has no record of: reported, left alone", node, instance_id)
 
     # -- retries ------------------------------------------------------------------------------------------
-    def retry_unfinished(self) -> None:
-        """Send again what never finished: starts no node confirmed, stops and terminations."""
+    def retry_unfinished(self, min_interval_s: float = 0.0) -> None:
+        """Send again what never finished: starts no node confirmed, stops and terminations.
+
+        With ``min_interval_s``, a call sooner than that after the last one does nothing (the records of
+        a launch of thousands are not read again at every reconcile pass)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last_retry < min_interval_s:
+                return
+            self._last_retry = now
         for row in self.records.unfinished():
             instance_id = row["instance_id"]
             if not self.dispatch.due(instance_id):

@@ -43,6 +43,9 @@ def ensure_event_loop() -> None:
         if _loop_started:
             return
         libvirt.virEventRegisterDefaultImpl()
+        # Failures reach us as exceptions; libvirt's default handler would also print each to stderr
+        # ("Domain not found" for every lookup of an instance that is not there).
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
         def run() -> None:
             while True:

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ MEMORY_SHARE = 0.8  # share of host memory offered to instances
 CONSOLE_TAIL_BYTES = 64 * 1024  # EC2 returns the last 64 KiB of console output
 NET_BASELINE_FILE = "net-baseline.json"  # a VDE port's counters when the instance got it
 EVENTS_KEPT = 50  # lifecycle events carried in each report
+PARALLEL_STARTS = 4  # QEMU processes a node starts at once from one batch
+#: Events after which the node's report differs in a way the cloud cannot know otherwise (a guest that
+#: stopped or crashed by itself, a VM that is gone): the CC is nudged to ask at once. A start needs
+#: no nudge (the start's own answer says so); the rest ride along with the next heartbeat.
+NUDGING_EVENTS = frozenset({"stopped", "shutdown", "crashed", "undefined"})
 _EVENT_NAMES = {
     libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
     libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
@@ -114,6 +120,9 @@ class NodeController:
         self._lock = threading.RLock()
         self._metadata: dict[str, dict[str, str]] = {}
         self._starting: set[str] = set()
+        # the room each of our domains holds (instance -> vCPUs, MiB): kept on define and undefine, and
+        # refreshed from libvirt at every heartbeat, so a start checks capacity without listing the host
+        self._held: dict[str, tuple[int, int]] = {}
         # network byte counters: where each running domain's NIC is counted, keyed by (UUID, domain id)
         self._nic_where: dict[tuple[str, int], tuple[Any, ...]] = {}
         self._vde_mgmt: dict[str, vde.VdeManagement] = {}
@@ -122,6 +131,7 @@ class NodeController:
         self.events: list[c.LifecycleEvent] = []
         self._event_seq = 0
         self._events_lock = threading.Lock()
+        self._refresh_held()
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
         if self.kind == "qemu":
             threading.Thread(target=self._warm_up, name=f"warm-{name}", daemon=True).start()
@@ -146,6 +156,7 @@ class NodeController:
         """Only a cluster controller may command a node (the contract's actions say so)."""
         dispatcher.serve(c.DESCRIBE_RESOURCE, lambda r, m: self.describe_resource())
         dispatcher.serve(c.NODE_RUN_INSTANCE, lambda r, m: self.run_instance(r))
+        dispatcher.serve(c.NODE_RUN_INSTANCES, lambda r, m: self.run_instances(r.instances))
         dispatcher.serve(c.NODE_TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.instance_id))
         dispatcher.serve(c.NODE_REBOOT_INSTANCE, lambda r, m: self.reboot_instance(r.instance_id))
         dispatcher.serve(c.NODE_GET_CONSOLE_OUTPUT, lambda r, m: self.get_console_output(r.instance_id))
@@ -163,7 +174,7 @@ class NodeController:
             self.events.append(c.LifecycleEvent(self._event_seq, dom.name(), name, detail, time.time()))
             del self.events[:-EVENTS_KEPT]
         log.info("node %s: domain %s lifecycle event %s/%s", self.name, dom.name(), name, detail)
-        if self.on_change is not None:
+        if self.on_change is not None and name in NUDGING_EVENTS:
             try:
                 self.on_change()
             except Exception as exc:  # the heartbeat will carry the change anyway
@@ -193,6 +204,18 @@ class NodeController:
             self._metadata = {k: v for k, v in self._metadata.items() if k in live}
         return found
 
+    def _own_domain(self, instance_id: str) -> libvirt.virDomain | None:
+        """The domain ``instance_id`` if it is one of ours; a foreign domain of that name is refused."""
+        try:
+            dom = self.conn.lookupByName(instance_id)
+        except libvirt.libvirtError:
+            return None
+        if read_metadata(dom.XMLDesc(0)) is None:
+            raise CloudError(
+                "InvalidInstanceID.Duplicate", f"node {self.name} has a domain {instance_id} that is not cloudlab's"
+            )
+        return dom
+
     def _lookup(self, instance_id: str) -> libvirt.virDomain:
         """One of *cloudlab's* domains: a VM on the host without cloudlab metadata is not ours to touch."""
         found = self._domains().get(instance_id)
@@ -202,16 +225,18 @@ class NodeController:
             )
         return found[0]
 
-    def instances(self) -> list[c.InstanceReport]:
+    def instances(self, only: set[str] | None = None) -> list[c.InstanceReport]:
         """What this node holds, as the hypervisor sees it (with the NIC's byte counters where known).
 
         A domain whose state cannot be read right now is reported as ``unknown`` rather than left out:
-        leaving it out would tell the cloud controller that it vanished.
+        leaving it out would tell the cloud controller that it vanished. With ``only``, just those.
         """
         result = []
         switches: dict[str, dict[int, tuple[int, int]] | None] = {}  # one port/print per switch per report
         domains = self._domains()
         for name, (dom, meta) in domains.items():
+            if only is not None and name not in only:
+                continue
             try:
                 state_name = node_state(dom.state()[0])
             except libvirt.libvirtError as exc:
@@ -316,13 +341,25 @@ class NodeController:
         with contextlib.suppress(OSError):
             path.write_text(json.dumps({"rx": out_of_switch, "tx": into_switch}))
 
+    def _refresh_held(self) -> dict[str, tuple[int, int]]:
+        """The room our domains hold, read from libvirt (under the node's lock, so no start is half counted)."""
+        with self._lock:
+            self._held = {
+                name: (int(meta.get("vcpus", 1)), int(meta.get("memory_mb", 0)))
+                for name, (_dom, meta) in self._domains().items()
+            }
+            return dict(self._held)
+
     def describe_resource(self) -> c.NodeReport:
         """Capacity, free capacity, instances and recent lifecycle events: the CC's heartbeat answer."""
-        instances = self.instances()
+        held = self._refresh_held()
+        # the instances listed are exactly those counted: one defined in between waits for the next
+        # report (the CC keeps its reservation until a report shows the instance *and* its room)
+        instances = self.instances(only=set(held))
         # Every defined domain holds its room: one being started is still shut off, and a guest
         # that powered itself off is cleaned up by the cloud controller within seconds.
-        used_vcpus = sum(i.vcpus for i in instances)
-        used_memory = sum(i.memory_mb for i in instances)
+        used_vcpus = sum(v for v, _ in held.values())
+        used_memory = sum(m for _, m in held.values())
         with self._events_lock:
             events = tuple(self.events)
         return c.NodeReport(
@@ -365,21 +402,22 @@ class NodeController:
         ramdisk = Path(request.ramdisk) if request.ramdisk else None
         disk = Path(request.disk) if request.disk else None
         with self._lock:
-            existing = self._domains().get(instance_id)
+            existing = self._own_domain(instance_id)
             if existing is not None:
-                return c.InstanceStarted(instance_id, node_state(existing[0].state()[0]), self.name)
+                return c.InstanceStarted(instance_id, node_state(existing.state()[0]), self.name)
             if self.kind == "qemu":
                 for path in (kernel, ramdisk, disk):
                     if path is not None and not path.is_file():
                         raise CloudError(
                             "InvalidAMIID.Unavailable", f"image file {path} is missing on node {self.name}"
                         )
-            free = self.describe_resource()
-            if vcpus > free.vcpus_free or memory_mb > free.memory_mb_free:
+            vcpus_free = self.vcpus_total - sum(v for v, _ in self._held.values())
+            memory_free = self.memory_mb_total - sum(m for _, m in self._held.values())
+            if vcpus > vcpus_free or memory_mb > memory_free:
                 raise CloudError(
                     "InsufficientInstanceCapacity",
-                    f"node {self.name} has {free.vcpus_free} vCPUs and "
-                    f"{free.memory_mb_free} MiB free; {instance_id} needs {vcpus} and {memory_mb}",
+                    f"node {self.name} has {vcpus_free} vCPUs and "
+                    f"{memory_free} MiB free; {instance_id} needs {vcpus} and {memory_mb}",
                 )
             instance_dir = self.node_dir / "instances" / instance_id
             instance_dir.mkdir(parents=True, exist_ok=True)
@@ -416,6 +454,7 @@ class NodeController:
             except libvirt.libvirtError as exc:
                 raise CloudError("InternalError", f"node {self.name} could not define {instance_id}: {exc}") from exc
             self._starting.add(instance_id)
+            self._held[instance_id] = (vcpus, memory_mb)
         try:
             dom.create()
             if nic is not None and plan is not None:
@@ -427,11 +466,31 @@ class NodeController:
                 dom.destroy()
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
+            with self._lock:
+                self._held.pop(instance_id, None)
             raise CloudError("InternalError", f"node {self.name} could not start {instance_id}: {exc}") from exc
         finally:
             self._starting.discard(instance_id)
         log.info("node %s started %s (%s, %d vCPU, %d MiB)", self.name, instance_id, accel, vcpus, memory_mb)
         return c.InstanceStarted(instance_id, node_state(dom.state()[0]), self.name, accel)
+
+    def run_instances(self, requests: tuple[c.StartInstance, ...]) -> c.StartOutcomes:
+        """Start several instances; each succeeds or fails on its own (as separate starts would).
+
+        QEMU starts overlap (each is mostly a process start and a wait), up to
+        :data:`PARALLEL_STARTS`; the test driver's are quicker one after the other.
+        """
+
+        def one(request: c.StartInstance) -> c.StartOutcome:
+            try:
+                return c.StartOutcome(request.instance_id, self.name, started=self.run_instance(request))
+            except CloudError as exc:
+                return c.StartOutcome(request.instance_id, self.name, error_code=exc.code, error_message=exc.message)
+
+        if self.kind != "qemu" or len(requests) < 2:
+            return c.StartOutcomes(tuple(one(r) for r in requests))
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_STARTS, len(requests))) as pool:
+            return c.StartOutcomes(tuple(pool.map(one, requests)))
 
     # -- NICs -------------------------------------------------------------------------------------------------
     def _nic(self, plan: c.NicPlan) -> Nic:
@@ -464,6 +523,7 @@ class NodeController:
             try:
                 dom = self._lookup(instance_id)
             except CloudError:
+                self._held.pop(instance_id, None)
                 return c.InstanceRemoved(instance_id, previous="absent", state="absent")
             previous = node_state(dom.state()[0])
             counters = None
@@ -481,6 +541,7 @@ class NodeController:
                 raise CloudError("InternalError", f"node {self.name} could not undefine {instance_id}: {exc}") from exc
             log.info("node %s terminated %s", self.name, instance_id)
             self._net_baseline.pop(instance_id, None)
+            self._held.pop(instance_id, None)
             return c.InstanceRemoved(
                 instance_id,
                 previous=previous,
