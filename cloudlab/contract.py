@@ -285,8 +285,10 @@ class NodeReport:
 class NodeSummary:
     """A node as its cluster controller knows it: health, capacity and the last report's instances.
 
-    ``age_s`` is how long ago the last good report was *asked for* (None: never answered), so a
-    reader can tell which instance states the report can speak for.
+    ``age_s`` is how long before the ``describe_cluster`` request *arrived* the last good report was
+    asked for (negative: asked while the request waited for a change; None: never answered). A reader
+    that notes its own clock when it sends the request knows the report was asked for no earlier than
+    that time minus ``age_s``, and so which instance states the report can speak for.
     """
 
     name: str

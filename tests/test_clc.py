@@ -36,7 +36,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = 
 class Cloud:
     """One CloudService on a state folder, started as ``run()`` starts it (without the API and signals)."""
 
-    def __init__(self, root: Path, nodes: int = 2) -> None:
+    def __init__(self, root: Path, nodes: int = 2, poll_s: float = 0.05) -> None:
         self.root = root
         self.layout = StateLayout(root / "state")
         self.config = CloudConfig(
@@ -44,9 +44,9 @@ class Cloud:
             nodes=nodes,
             node_vcpus=NODE_VCPUS,
             node_memory_mb=NODE_MEMORY_MB,
-            heartbeat_s=0.05,
+            heartbeat_s=poll_s,
         )
-        self.service = CloudService(self.layout, self.config, reconcile_s=0.05)
+        self.service = CloudService(self.layout, self.config, reconcile_s=poll_s)
         self.service.start(api=False)
         self.clc = self.service.clc
         kernel, ramdisk = root / "vmlinuz", root / "initrd.img"
@@ -522,6 +522,19 @@ def test_a_guest_that_shuts_itself_off_is_terminated(cloud: Cloud) -> None:
         lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()],
         what="the shut-off domain to be cleaned up",
     )
+
+
+def test_a_guest_shutting_itself_off_reaches_the_records_by_event_not_by_poll(
+    make_cloud: Callable[..., Cloud], tmp_path: Path
+) -> None:
+    """The node's lifecycle event nudges its CC, whose report wakes the reconciler: with heartbeats and
+    reconcile passes a minute apart, the guest's shutdown still reaches the records within seconds."""
+    cloud = make_cloud(tmp_path / "slow", poll_s=60.0)
+    (instance_id,) = cloud.run()
+    cloud.wait_state([instance_id], "running")  # the start's own answer says so: no poll needed either
+    cloud.node_of(instance_id).conn.lookupByName(instance_id).destroy()
+    cloud.wait_state([instance_id], "terminated", timeout=20)  # far sooner than the next poll
+    assert cloud.clc.instance(instance_id)["state_reason"].startswith("Client.InstanceInitiatedShutdown")
 
 
 def test_the_vm_of_a_terminated_instance_that_reappears_is_removed(

@@ -212,11 +212,11 @@ class ClusterController:
 
         With ``wait_s``, wait (at most :data:`MAX_DESCRIBE_WAIT_S`) for a report newer than ``after``.
         """
+        arrived = time.monotonic()  # ages are told from here: see NodeSummary.age_s
         version = self.registry.version
         if wait_s > 0 and version <= after:
             version = self.registry.wait_for_change(after, min(wait_s, MAX_DESCRIBE_WAIT_S))
         nodes = []
-        now = time.monotonic()
         for name in self.registry.names():
             entry = self.registry.entry(name)
             if entry is None:
@@ -227,7 +227,7 @@ class ClusterController:
                     name=name,
                     url=entry.url,
                     alive=self.registry.alive(entry),
-                    age_s=None if entry.last_seen is None else now - entry.last_seen,
+                    age_s=None if entry.last_seen is None else arrived - entry.last_seen,
                     last_error=entry.last_error,
                     vcpus_total=report.vcpus_total if report else 0,
                     vcpus_free=report.vcpus_free if report else 0,

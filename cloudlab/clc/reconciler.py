@@ -8,9 +8,10 @@ itself off, vanished), and at least every ``reconcile_s`` otherwise. Rules, per 
   confirmed its start *before the report was asked for* (``dispatched_at < report_time``), so a
   report taken while a start was in flight can never make an instance look vanished;
 - ``report_time`` is a lower bound of when the report was asked for: the CLC's clock when it sent its
-  question, minus the report's age at the CC when it answered. (Subtracting the age from the time the
-  answer *arrived* overestimates it by the transfer time, which at 10,000 instances made instances
-  look vanished seconds after their start was confirmed.)
+  question, minus the report's age at the moment the question reached the CC (negative when the
+  report was taken while the question waited for a change). Subtracting the age from the time the
+  answer *arrived* instead overestimates it by the transfer time, which at 10,000 instances made
+  instances look vanished seconds after their start was confirmed.
 A VM the cloud has no record of is reported (``unknown_vms``), never adopted or killed; a VM whose
 record is terminated or stopped is removed.
 """
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REASON_VANISHED = "Server.InstanceVanished: the VM was no longer on node {node} when the cloud checked"
 MIN_PASS_INTERVAL_S = 0.2  # a burst of changes is reconciled in passes at least this far apart
+LONG_POLL_S = 2.0  # the longest the reconciler waits for a change before it looks anyway (and stops)
 UNKNOWN_VM_REPORTED_S = 60.0  # a stranger VM stays in the status this long after it was last seen
 
 
@@ -79,7 +81,7 @@ class Reconciler:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                version = self.reconcile_cluster(link, after=version, wait_s=self.reconcile_s)
+                version = self.reconcile_cluster(link, after=version, wait_s=min(self.reconcile_s, LONG_POLL_S))
                 self.retry_unfinished(min_interval_s=self.reconcile_s)
             except Exception:
                 log.exception("reconcile pass of cluster %s failed", link.name)
