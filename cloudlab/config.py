@@ -40,6 +40,10 @@ class CloudConfig:
     underlay: str = "auto"  # a free 10.253.N.0/24, chosen at start
     nat_nodes: list[str] = field(default_factory=list)
     cable: str = "tcp"
+    # RegisterImage: ordinary users register only from <images_root>/<user>/ (default <state>/uploads),
+    # files of at most image_max_mb each (see cloudlab/clc/uploads.py).
+    images_root: str | None = None
+    image_max_mb: int = 16384
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

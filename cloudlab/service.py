@@ -25,6 +25,7 @@ from cloudlab.cc.network import NC_PORT
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.images import Images
 from cloudlab.clc.store import Store
+from cloudlab.clc.uploads import UploadPolicy, ensure_root
 from cloudlab.config import CloudConfig
 from cloudlab.contract import encode
 from cloudlab.files import write_atomic
@@ -104,7 +105,7 @@ class CloudService:
         self.store = Store(layout.database)
         self.clc = CloudController(
             self.store,
-            Images(self.store, layout.images),
+            Images(self.store, layout.images, self._upload_policy()),
             self.ca,
             region=config.region,
             public_pool=config.public_pool,
@@ -126,6 +127,12 @@ class CloudService:
         self._register_default_image(admin.name)
         for name in config.node_names():
             self._start_node(name)
+
+    def _upload_policy(self) -> UploadPolicy:
+        """Where ordinary users may register images from (``images_root`` in cloud.json)."""
+        root = Path(self.config.images_root) if self.config.images_root else self.layout.root / "uploads"
+        ensure_root(root)
+        return UploadPolicy(root, self.config.image_max_mb * 1024 * 1024)
 
     def _build_network(self) -> Any:
         from cloudlab.cc.network import ClusterNetwork

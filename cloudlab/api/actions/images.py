@@ -64,7 +64,9 @@ def register_image(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     if req.get("Architecture") not in (None, "x86_64"):
         raise ApiError("InvalidParameterValue", "this cloud runs x86_64 images only")
     if req.get("ImageLocation"):
-        image = images.register_location(ctx.user.name, name, req["ImageLocation"], description)
+        image = images.register_location(
+            ctx.user.name, name, req["ImageLocation"], description, admin=ctx.user.is_admin
+        )
     elif req.get("KernelId"):
 
         def visible(part: Any) -> bool:
