@@ -23,6 +23,7 @@ from cloudlab.api.errors import ApiError
 from cloudlab.api.model import operation_model, operation_names
 from cloudlab.api.protocol import parse_body, parse_request, serialize_error, serialize_response
 from cloudlab.api.sigv4 import authenticate
+from cloudlab.api.version import check_version
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.users import User
 from cloudlab.errors import CloudError
@@ -80,6 +81,7 @@ class Ec2Api:
             user = self._authenticate(
                 method, headers.get("host", ""), parts.path or "/", parts.query, headers, body, params
             )
+            check_version(params.get("Version"))
             handler = actions.ACTIONS.get(name)
             if handler is None:
                 if name in operation_names():

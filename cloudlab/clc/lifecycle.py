@@ -24,6 +24,7 @@ from cloudlab.clc.network import InstanceNetworks
 from cloudlab.clc.states import REASON_USER_TERMINATED
 from cloudlab.clc.store import Store, append_ledger
 from cloudlab.clc.tags import Tags, validate_specifications
+from cloudlab.clc.userdata import check_user_data
 from cloudlab.clc.users import User
 from cloudlab.clc.vmtypes import DEFAULT_TYPE, get_vm_type
 from cloudlab.errors import CloudError
@@ -145,6 +146,7 @@ class InstanceLifecycle:
             key_pairs.require(user, key_name)
         group_ids = groups.resolve_for_launch(user, security_groups, security_group_ids)
         validate_specifications("instance", tag_specifications)
+        user_data = check_user_data(user_data)
         ids = [new_id("i") for _ in range(max_count)]
         needs = tuple(c.InstanceNeed(i, vm_type.vcpus, vm_type.memory_mb) for i in ids)
         placements = link.channel.ask(c.SCHEDULE, c.ScheduleRequest(instances=needs, min_count=min_count)).placements
