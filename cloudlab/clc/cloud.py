@@ -38,6 +38,7 @@ from cloudlab.clc.instances import InstanceRecords
 from cloudlab.clc.keypairs import KeyPairs
 from cloudlab.clc.lifecycle import InstanceLifecycle
 from cloudlab.clc.network import InstanceNetworks, NetworkSync
+from cloudlab.clc.quotas import Quotas
 from cloudlab.clc.reconciler import Reconciler
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags
@@ -72,6 +73,7 @@ class CloudController:
         self._services: dict[type, Any] = {}
         self._services_lock = threading.Lock()
         seed_vm_types(store)
+        self.quotas = Quotas(store)  # per-user limits, checked inside the transactions that create
         # The resource services create their tables now, never inside a later transaction.
         for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks):
             self.service(service)
