@@ -192,7 +192,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"cloud is not running (state {layout.root}); start it with: cloudlab up")
         return 3
     try:
-        status = control.get_json(info["url"].rstrip("/") + "/_cloudlab/status")
+        status = control.service_status(layout, info)
     except OSError as exc:
         raise CliError(
             f"the cloud service (pid {info.get('pid')}) does not answer: {exc}; "
