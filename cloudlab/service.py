@@ -110,6 +110,7 @@ class CloudService:
             region=config.region,
             public_pool=config.public_pool,
             reconcile_s=self.reconcile_s,
+            terminated_visible_s=config.terminated_visible_s,
         )
         channel = LocalChannel(f"cc-{cluster_name}", "cc", clc_signer, clc_verifier, self.cc_dispatcher)
         self.clc.add_cluster(
