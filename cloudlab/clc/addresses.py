@@ -63,6 +63,13 @@ def _ip_key(row: Mapping[str, Any]) -> int:
     return int(ipaddress.ip_address(row["public_ip"]))
 
 
+def _check_allocation_id(allocation_id: str) -> None:
+    if not is_valid_id(allocation_id, "eipalloc"):
+        raise CloudError(
+            "InvalidAllocationID.Malformed", f'Invalid id: "{allocation_id[:80]}" (expecting "eipalloc-...")'
+        )
+
+
 def _one_of(public_ip: str | None, other: str | None, other_name: str) -> None:
     if not public_ip and not other:
         raise CloudError("MissingParameter", f"The request must contain the parameter PublicIp or {other_name}")
@@ -94,6 +101,7 @@ class Addresses:
     ) -> sqlite3.Row:
         """One address ``user`` may touch, by allocation id or public address; EC2's NotFound otherwise."""
         if allocation_id:
+            _check_allocation_id(allocation_id)
             row = db.execute("SELECT * FROM addresses WHERE allocation_id=?", (allocation_id,)).fetchone()
             if row is None or (not user.is_admin and row["owner"] != user.name):
                 raise CloudError("InvalidAllocationID.NotFound", f"The allocation ID '{allocation_id}' does not exist")
@@ -258,6 +266,8 @@ class Addresses:
                 raise CloudError("InvalidAddress.NotFound", f"Address '{missing[0]}' not found.")
             rows = [r for r in rows if r["public_ip"] in public_ips]
         if allocation_ids:
+            for allocation_id in allocation_ids:
+                _check_allocation_id(allocation_id)
             held = {r["allocation_id"] for r in rows}
             missing = [a for a in allocation_ids if a not in held]
             if missing:

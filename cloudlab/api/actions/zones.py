@@ -43,6 +43,7 @@ def describe_availability_zones(ctx: Context, req: dict[str, Any]) -> dict[str, 
             "region-name": lambda z: z["RegionName"],
             "zone-type": lambda z: z["ZoneType"],
         },
+        "DescribeAvailabilityZones",
     )
     return {"AvailabilityZones": items}
 
@@ -68,5 +69,6 @@ def describe_regions(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
             "endpoint": lambda r: r["Endpoint"],
             "opt-in-status": lambda r: r["OptInStatus"],
         },
+        "DescribeRegions",
     )
     return {"Regions": items}
