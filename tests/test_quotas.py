@@ -165,3 +165,43 @@ def test_quotas_through_boto3(sim_cloud: RunningCloud) -> None:
     ec2.terminate_instances(InstanceIds=ids)
     for address in ec2.describe_addresses()["Addresses"]:
         ec2.release_address(AllocationId=address["AllocationId"])
+
+
+# -- the administrator's commands ------------------------------------------------------------------------------
+
+
+def _cli(state: Path, *args: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "--state", str(state), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cloudlab_user_quota_and_user_list(sim_cloud: RunningCloud) -> None:
+    import json
+
+    state = sim_cloud.layout.root
+    user, ec2 = sim_cloud.create_user("cli-quota")
+    done = _cli(state, "user", "quota", user.name, "--instances", "1", "--vcpus", "4", "--addresses", "0")
+    assert done.returncode == 0, done.stderr
+    assert f"user {user.name}: instances 0/1, vcpus 0/4, addresses 0/0" in done.stdout
+    with pytest.raises(ClientError) as excinfo:  # the running cloud applies it at once
+        ec2.run_instances(ImageId=default_image(ec2), MinCount=2, MaxCount=2)
+    assert error_code(excinfo) == "InstanceLimitExceeded"
+    with pytest.raises(ClientError) as excinfo:
+        ec2.allocate_address()
+    assert error_code(excinfo) == "AddressLimitExceeded"
+    [inst] = ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
+    listed = {row["name"]: row for row in json.loads(_cli(state, "user", "list", "--json").stdout)}
+    assert listed[user.name]["instances"] == {"used": 1, "quota": 1}
+    assert listed["admin"]["vcpus"]["quota"] is None
+    table = _cli(state, "user", "list").stdout
+    assert any(user.name in line and "1/1" in line and "0/0" in line for line in table.splitlines()), table
+    reset = _cli(state, "user", "quota", user.name, "--instances", "-1")
+    assert "instances 1/20" in reset.stdout
+    ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
+    missing = _cli(state, "user", "quota", "nobody-at-all", "--instances", "3")
+    assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0
+    assert "no user 'nobody-at-all'" in missing.stderr

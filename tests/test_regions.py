@@ -84,3 +84,22 @@ def test_a_bad_region_in_cloud_json_fails_the_start_in_one_line(tmp_path: Path) 
         control.up(layout, CloudConfig(region="Not A Region", hypervisor="test:///default", api_port=0), 60)
     assert "region 'Not A Region' must be" in str(excinfo.value)
     control.down(layout)
+
+
+def test_cloudlab_up_region(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    bad = _cli(state, "up", "--region", "Not/A/Region")
+    assert bad.returncode == 2 and "must be lower-case letters" in bad.stderr
+    up = _cli(state, "up", "--region", "eu-west-2", "--hypervisor", "test:///default", "--nodes", "1", "--port", "0")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert json.loads((state / "cloud.json").read_text())["region"] == "eu-west-2"
+        status = json.loads(_cli(state, "status", "--json").stdout)
+        assert status["region"] == "eu-west-2" and status["clusters"][0]["zone"] == "eu-west-2a"
+    finally:
+        _cli(state, "down")
+    again = _cli(state, "up", "--hypervisor", "test:///default", "--port", "0")  # saved like the other options
+    try:
+        assert json.loads(_cli(state, "status", "--json").stdout)["region"] == "eu-west-2", again.stderr
+    finally:
+        _cli(state, "down")

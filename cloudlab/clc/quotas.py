@@ -157,3 +157,13 @@ class Quotas:
             except sqlite3.OperationalError:  # no address was ever allocated in this cloud
                 addresses = 0
         return {"instances": count, "vcpus": vcpus, "addresses": int(addresses)}
+
+
+def quota_columns(
+    usage: Mapping[str, int], limits: Mapping[str, int | None], *, as_text: bool = True
+) -> dict[str, object]:
+    """What a user holds against each quota: ``"3/20"`` (``"3/-"`` without a limit) for a table, or
+    ``{"used": 3, "quota": 20}`` for JSON."""
+    if as_text:
+        return {r: f"{usage.get(r, 0)}/{'-' if limits.get(r) is None else limits[r]}" for r in RESOURCES}
+    return {r: {"used": usage.get(r, 0), "quota": limits.get(r)} for r in RESOURCES}
