@@ -80,10 +80,12 @@ def test_a_bad_region_in_cloud_json_fails_the_start_in_one_line(tmp_path: Path) 
     from cloudlab.paths import StateLayout
 
     layout = StateLayout(tmp_path / "state")
-    with pytest.raises(control.ControlError) as excinfo:
-        control.up(layout, CloudConfig(region="Not A Region", hypervisor="test:///default", api_port=0), 60)
-    assert "region 'Not A Region' must be" in str(excinfo.value)
-    control.down(layout)
+    try:
+        with pytest.raises(control.ControlError) as excinfo:
+            control.up(layout, CloudConfig(region="Not A Region", hypervisor="test:///default", api_port=0), 60)
+        assert "region 'Not A Region' must be" in str(excinfo.value)
+    finally:
+        control.down(layout)
 
 
 def test_cloudlab_up_region(tmp_path: Path) -> None:
