@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab import control
+from cloudlab.clc.quotas import RESOURCES, Quotas, quota_columns
+from cloudlab.clc.regions import check_region
 from cloudlab.config import DEFAULT_API_PORT, CloudConfig
 from cloudlab.errors import CloudError
 from cloudlab.paths import StateLayout, cache_dir, find_state_dir
@@ -35,6 +37,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def _region(text: str) -> str:
+    try:
+        return check_region(text)
+    except CloudError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _port(text: str) -> int:
@@ -79,6 +88,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ("underlay", "underlay"),
         ("nat_node", "nat_nodes"),
         ("cable", "cable"),
+        ("region", "region"),
     ):
         value = getattr(args, option)
         if value is not None:
@@ -192,7 +202,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"cloud is not running (state {layout.root}); start it with: cloudlab up")
         return 3
     try:
-        status = control.get_json(info["url"].rstrip("/") + "/_cloudlab/status")
+        status = control.service_status(layout, info)
     except OSError as exc:
         raise CliError(
             f"the cloud service (pid {info.get('pid')}) does not answer: {exc}; "
@@ -447,6 +457,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     layout = _layout(args)
     with _user_admin(layout) as users:
         counts = users.active_key_counts()
+        quotas = Quotas(users.store)
         rows = [
             {
                 "name": u.name,
@@ -454,6 +465,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
                 "admin": u.is_admin,
                 "enabled": u.enabled,
                 "active_keys": counts.get(u.name, 0),
+                **quota_columns(quotas.usage(u.name), quotas.of(u.name), as_text=not args.json),
             }
             for u in users.list()
         ]
@@ -461,6 +473,20 @@ def cmd_user_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         _print_table(rows, "no users (the admin user is created by the first 'cloudlab up')")
+    return 0
+
+
+def cmd_user_quota(args: argparse.Namespace) -> int:
+    """Set a user's quotas (``-1``: back to the default) and print them with what the user holds."""
+    layout = _layout(args)
+    wanted = {r: getattr(args, r) for r in RESOURCES if getattr(args, r) is not None}
+    with _user_admin(layout) as users:
+        users.require(args.name)
+        quotas = Quotas(users.store)
+        changes = {r: None if v < 0 else v for r, v in wanted.items()}
+        limits = quotas.set(args.name, changes) if changes else quotas.of(args.name)
+        usage = quotas.usage(args.name)
+    print(f"user {args.name}: " + ", ".join(f"{r} {t}" for r, t in quota_columns(usage, limits).items()))
     return 0
 
 
@@ -653,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=_positive, metavar="N", help="number of node controllers (default 1)")
     p.add_argument("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)")
     p.add_argument("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN or module:Class")
+    p.add_argument("--region", type=_region, metavar="NAME", help="the cloud's region name (default cloudlab-1)")
     p.add_argument(
         "--port", type=_port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)"
     )
@@ -778,6 +805,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = user_sub.add_parser("list", parents=[state], help="list users: account id, admin, enabled, active keys")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_user_list)
+    p = user_sub.add_parser("quota", parents=[state], help="show or set a user's quotas (-1: the default)")
+    p.add_argument("name", help="the user")
+    for resource in RESOURCES:
+        p.add_argument(f"--{resource}", type=int, metavar="N", help=f"at most N {RESOURCES[resource].noun} at once")
+    p.set_defaults(func=cmd_user_quota)
     p = user_sub.add_parser("disable", parents=[state], help="disable a user: its keys fail with AuthFailure")
     p.add_argument("name", help="the user")
     p.set_defaults(func=cmd_user_disable)

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cloudlab.clc.regions import DEFAULT_REGION, zone_name
 from cloudlab.files import write_atomic
 
 DEFAULT_API_PORT = 8773  # Eucalyptus' port for its EC2 endpoint
-DEFAULT_REGION = "cloudlab-1"
 
 
 @dataclass
@@ -40,11 +40,18 @@ class CloudConfig:
     underlay: str = "auto"  # a free 10.253.N.0/24, chosen at start
     nat_nodes: list[str] = field(default_factory=list)
     cable: str = "tcp"
+    # RegisterImage: ordinary users register only from <images_root>/<user>/ (default <state>/uploads),
+    # files of at most image_max_mb each (see cloudlab/clc/uploads.py).
+    images_root: str | None = None
+    image_max_mb: int = 16384
+    # DescribeInstances shows a terminated instance this long (EC2: about an hour); its record stays.
+    terminated_visible_s: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def zone(self) -> str:
-        return f"{self.region}a"
+        """The cluster's availability zone, named as EC2 names a region's first zone (``us-east-1a``)."""
+        return zone_name(self.region, 0)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,23 @@ def get_json(url: str, timeout: float = 5.0) -> Any:
         return json.loads(response.read())
 
 
+def service_status(layout: StateLayout, info: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
+    """The running service's full status (``GET /_cloudlab/status``), which only the admin may read:
+    the request is SigV4-signed with the admin's key from the state folder, as boto3 signs."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    found, creds = connection(layout, "admin")
+    info = info or found
+    url = info["url"].rstrip("/") + "/_cloudlab/status"
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(Credentials(creds["access_key"], creds["secret_key"]), "ec2", info["region"]).add_auth(request)
+    sent = urllib.request.Request(url, headers=dict(request.headers.items()))
+    with urllib.request.urlopen(sent, timeout=timeout) as response:  # noqa: S310 - loopback URL we wrote
+        return json.loads(response.read())
+
+
 def check_port_free(host: str, port: int) -> None:
     if port == 0:
         return

@@ -27,6 +27,7 @@ from cloudlab.cc.network import NC_PORT
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.images import Images
 from cloudlab.clc.store import Store
+from cloudlab.clc.uploads import UploadPolicy, ensure_root
 from cloudlab.config import CloudConfig
 from cloudlab.contract import encode
 from cloudlab.files import write_atomic
@@ -110,11 +111,12 @@ class CloudService:
         self.store = Store(layout.database)
         self.clc = CloudController(
             self.store,
-            Images(self.store, layout.images),
+            Images(self.store, layout.images, self._upload_policy()),
             self.ca,
             region=config.region,
             public_pool=config.public_pool,
             reconcile_s=self.reconcile_s,
+            terminated_visible_s=config.terminated_visible_s,
         )
         channel = LocalChannel(f"cc-{cluster_name}", "cc", clc_signer, clc_verifier, self.cc_dispatcher)
         self.clc.add_cluster(
@@ -136,6 +138,12 @@ class CloudService:
             processes.end(orphans)
         for name in config.node_names():
             self._start_node(name)
+
+    def _upload_policy(self) -> UploadPolicy:
+        """Where ordinary users may register images from (``images_root`` in cloud.json)."""
+        root = Path(self.config.images_root) if self.config.images_root else self.layout.root / "uploads"
+        ensure_root(root)
+        return UploadPolicy(root, self.config.image_max_mb * 1024 * 1024)
 
     def _build_network(self) -> Any:
         from cloudlab.cc.network import ClusterNetwork

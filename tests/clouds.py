@@ -49,7 +49,7 @@ class RunningCloud:
         return boto3.client("ec2", **kwargs)
 
     def status(self) -> dict[str, Any]:
-        return control.get_json(self.url.rstrip("/") + "/_cloudlab/status")
+        return control.service_status(self.layout)
 
     def add_user(self, prefix: str) -> tuple[Any, Any]:
         """A fresh user of the running cloud (made in its database, beside the service): (User, access key)."""

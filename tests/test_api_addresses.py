@@ -395,8 +395,10 @@ def small_cloud(tmp_path: Path) -> Iterator[FakeCloud]:
 
 def test_pool_exhaustion_and_network_broadcast(small_cloud: FakeCloud) -> None:
     service = small_cloud.service(Addresses)
-    service.per_user_limit = 100
     user = User("u", "000000000001", False, True)
+    store = small_cloud.store
+    with store.transaction() as db:
+        db.execute("INSERT INTO quotas (user_name, resource, quota) VALUES ('u', 'addresses', 100)")
     got = [service.allocate(user)["public_ip"] for _ in range(6)]
     assert got == [f"192.0.2.{n}" for n in range(1, 7)]
     with pytest.raises(Exception) as excinfo:

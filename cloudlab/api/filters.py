@@ -27,10 +27,29 @@ def _values(value: Any) -> list[str]:
     return [str(value).lower() if isinstance(value, bool) else str(value)]
 
 
+def _tag_keys(item: dict[str, Any]) -> list[str]:
+    return [t["Key"] for t in item.get("Tags") or []]
+
+
+def _tag_values(item: dict[str, Any]) -> list[str]:
+    return [t.get("Value", "") for t in item.get("Tags") or []]
+
+
 def apply_filters(
-    items: Iterable[dict[str, Any]], filters: Sequence[Mapping[str, Any]] | None, getters: Mapping[str, Getter]
+    items: Iterable[dict[str, Any]],
+    filters: Sequence[Mapping[str, Any]] | None,
+    getters: Mapping[str, Getter],
+    action: str | None = None,
 ) -> list[dict[str, Any]]:
+    """``items`` that pass every filter. With ``action``, the filters EC2 documents for it that
+    ``getters`` lacks are answered too (:mod:`cloudlab.api.documented_filters`)."""
     items = list(items)
+    if filters and action is not None:
+        from cloudlab.api.documented_filters import derived_getter, documented
+
+        tag_getters: dict[str, Getter] = {"tag-key": _tag_keys, "tag-value": _tag_values}
+        derived = {n: tag_getters.get(n) or derived_getter(n) for n in documented(action)}
+        getters = {**derived, **getters}
     for flt in filters or []:
         name = flt.get("Name")
         wanted = [str(v) for v in flt.get("Values") or []]
@@ -41,7 +60,7 @@ def apply_filters(
             key = name[4:]
 
             def getter(item: dict[str, Any], key: str = key) -> Any:
-                return [t["Value"] for t in item.get("Tags", []) if t.get("Key") == key]
+                return [t["Value"] for t in item.get("Tags") or [] if t.get("Key") == key]
 
         if getter is None:
             raise ApiError(

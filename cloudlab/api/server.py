@@ -22,6 +22,7 @@ from cloudlab.api.errors import ApiError
 from cloudlab.api.model import operation_model, operation_names
 from cloudlab.api.protocol import parse_body, parse_request, serialize_error, serialize_response
 from cloudlab.api.sigv4 import authenticate
+from cloudlab.api.version import check_version
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.users import User
 from cloudlab.errors import CloudError
@@ -66,6 +67,27 @@ class Ec2Api:
             raise ApiError("AuthFailure", "AWS was not able to validate the provided access credentials")
         return found["user"]
 
+    def service_status(self, target: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """``GET /_cloudlab/health`` and ``/_cloudlab/status``: (HTTP status, JSON answer).
+
+        Unsigned, both say only that the service answers (all a health check needs): the full
+        status names the service's PID, the cluster controller's URL and every node, which is the
+        administrator's to know. A request SigV4-signed by the admin (``cloudlab status`` signs
+        with the admin's key from the state folder) gets it; one signed by anyone else is refused.
+        """
+        parts = urlsplit(target)
+        signed = "authorization" in headers or "X-Amz-Signature=" in parts.query
+        if not signed or self.status is None or parts.path.rstrip("/").endswith("health"):
+            return 200, {"ok": True}
+        try:
+            params = parse_body(None, b"", parts.query)
+            user = self._authenticate("GET", headers.get("host", ""), parts.path, parts.query, headers, b"", params)
+        except (ApiError, CloudError) as exc:
+            return exc.status, {"ok": False, "error": exc.code, "message": exc.message}
+        if not user.is_admin:
+            return 403, {"ok": False, "error": "UnauthorizedOperation", "message": "the status is the admin's"}
+        return 200, self.status()
+
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         """Answer one HTTP request: (status, XML body)."""
         request_id = str(uuid.uuid4())
@@ -79,6 +101,7 @@ class Ec2Api:
             user = self._authenticate(
                 method, headers.get("host", ""), parts.path or "/", parts.query, headers, body, params
             )
+            check_version(params.get("Version"))
             handler = actions.ACTIONS.get(name)
             if handler is None:
                 if name in operation_names():
@@ -145,11 +168,11 @@ class _Handler(HardenedRequestHandler):
                 400, "IncompleteRequest", f"the request body ended after {len(body)} of {length} bytes"
             )
             return
-        if method == "GET" and self.path.rstrip("/") in ("/_cloudlab/status", "/_cloudlab/health"):
-            info = {"ok": True} if self.api.status is None or self.path.endswith("health") else self.api.status()
-            self._answer(200, json.dumps(info, default=str).encode(), "application/json")
-            return
         headers = {k.lower(): v for k, v in self.headers.items()}
+        if method == "GET" and urlsplit(self.path).path.rstrip("/") in ("/_cloudlab/status", "/_cloudlab/health"):
+            code, info = self.api.service_status(self.path, headers)
+            self._answer(code, json.dumps(info, default=str).encode(), "application/json")
+            return
         status, payload = self.api.handle(method, self.path, headers, body)
         self._answer(status, payload)
         log.debug("%s %s -> %d in %.1f ms", method, self.path[:80], status, (time.perf_counter() - started) * 1e3)

@@ -2,9 +2,10 @@
 their instances, and keeps it across instances until they release it.
 
 The pool is the cloud's ``public_pool`` (a CIDR; its network and broadcast addresses are never
-handed out) and addresses are given lowest first. A user holds at most ``per_user_limit`` of them
-(EC2's default is 5). A user sees and touches only their own addresses and can associate them only
-with their own instances; an admin sees and touches all.
+handed out) and addresses are given lowest first. A user holds at most their ``addresses`` quota
+of them (:mod:`cloudlab.clc.quotas`; EC2's default is 5), checked in the allocating transaction.
+A user sees and touches only their own addresses and can associate them only with their own
+instances; an admin sees and touches all.
 
 An association ends when its instance is terminated (as in EC2). The cloud controller may say so
 at once (:meth:`Addresses.on_instance_terminated`, in the transaction that ends the instance);
@@ -23,11 +24,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from cloudlab.clc import quotas
 from cloudlab.clc.tags import Tags
 from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id, new_id
 
-PER_USER_LIMIT = 5
 DOMAINS = ("vpc", "standard")
 #: Instance states an address can be associated in (EC2 also allows stopped instances in a VPC).
 ASSOCIABLE_STATES = ("pending", "running")
@@ -62,6 +63,13 @@ def _ip_key(row: Mapping[str, Any]) -> int:
     return int(ipaddress.ip_address(row["public_ip"]))
 
 
+def _check_allocation_id(allocation_id: str) -> None:
+    if not is_valid_id(allocation_id, "eipalloc"):
+        raise CloudError(
+            "InvalidAllocationID.Malformed", f'Invalid id: "{allocation_id[:80]}" (expecting "eipalloc-...")'
+        )
+
+
 def _one_of(public_ip: str | None, other: str | None, other_name: str) -> None:
     if not public_ip and not other:
         raise CloudError("MissingParameter", f"The request must contain the parameter PublicIp or {other_name}")
@@ -72,12 +80,11 @@ def _one_of(public_ip: str | None, other: str | None, other_name: str) -> None:
 class Addresses:
     """The cloud's elastic addresses and their associations with instances."""
 
-    per_user_limit = PER_USER_LIMIT
-
     def __init__(self, clc: Any) -> None:
         self.clc = clc
         self.store = clc.store
         self.store.ensure_schema(SCHEMA)
+        quotas.ensure_schema(self.store)
 
     @property
     def tags(self) -> Tags:
@@ -94,6 +101,7 @@ class Addresses:
     ) -> sqlite3.Row:
         """One address ``user`` may touch, by allocation id or public address; EC2's NotFound otherwise."""
         if allocation_id:
+            _check_allocation_id(allocation_id)
             row = db.execute("SELECT * FROM addresses WHERE allocation_id=?", (allocation_id,)).fetchone()
             if row is None or (not user.is_admin and row["owner"] != user.name):
                 raise CloudError("InvalidAllocationID.NotFound", f"The allocation ID '{allocation_id}' does not exist")
@@ -134,11 +142,9 @@ class Addresses:
         allocation_id = new_id("eipalloc")
         with self.store.transaction() as db:
             (held,) = db.execute("SELECT COUNT(*) FROM addresses WHERE owner=?", (user.name,)).fetchone()
-            if held >= self.per_user_limit:
-                raise CloudError(
-                    "AddressLimitExceeded",
-                    f"The maximum number of addresses has been reached ({self.per_user_limit} per user)",
-                )
+            quota = quotas.limit(db, user.name, "addresses")
+            if quota is not None and held >= quota:
+                raise quotas.refuse("addresses", user.name, quota, held, 1)
             used = {r["public_ip"] for r in db.execute("SELECT public_ip FROM addresses")}
             if wanted_ip is not None:
                 if str(wanted_ip) in used:
@@ -260,6 +266,8 @@ class Addresses:
                 raise CloudError("InvalidAddress.NotFound", f"Address '{missing[0]}' not found.")
             rows = [r for r in rows if r["public_ip"] in public_ips]
         if allocation_ids:
+            for allocation_id in allocation_ids:
+                _check_allocation_id(allocation_id)
             held = {r["allocation_id"] for r in rows}
             missing = [a for a in allocation_ids if a not in held]
             if missing:

@@ -34,11 +34,13 @@ from cloudlab.clc.clusters import ClusterLink, Clusters
 from cloudlab.clc.dispatch import Dispatch
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.images import Images
-from cloudlab.clc.instances import InstanceRecords
+from cloudlab.clc.instances import TERMINATED_VISIBLE_S, InstanceRecords
 from cloudlab.clc.keypairs import KeyPairs
 from cloudlab.clc.lifecycle import InstanceLifecycle
 from cloudlab.clc.network import InstanceNetworks, NetworkSync
+from cloudlab.clc.quotas import Quotas
 from cloudlab.clc.reconciler import Reconciler
+from cloudlab.clc.regions import DEFAULT_REGION, check_region
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags
 from cloudlab.clc.usage import NetworkBytes
@@ -59,12 +61,13 @@ class CloudController:
         store: Store,
         images: Images,
         ca: CertificateAuthority | None,
-        region: str = "cloudlab-1",
+        region: str = DEFAULT_REGION,
         reconcile_s: float = 1.0,
         public_pool: str = "198.51.100.0/24",
+        terminated_visible_s: float = TERMINATED_VISIBLE_S,
     ) -> None:
         self.store = store
-        self.region = region
+        self.region = check_region(region)
         self.public_pool = public_pool
         self.users = Users(store, ca)
         self.images = images
@@ -72,12 +75,13 @@ class CloudController:
         self._services: dict[type, Any] = {}
         self._services_lock = threading.Lock()
         seed_vm_types(store)
+        self.quotas = Quotas(store)  # per-user limits, checked inside the transactions that create
         # The resource services create their tables now, never inside a later transaction.
         for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks):
             self.service(service)
         networks = self.service(InstanceNetworks)
         self.network_bytes = NetworkBytes(store)
-        self.records = InstanceRecords(store, self.network_bytes)
+        self.records = InstanceRecords(store, self.network_bytes, terminated_visible_s)
         self.network_sync = NetworkSync(networks)
         self.dispatch = Dispatch(
             self.records,

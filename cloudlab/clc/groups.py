@@ -48,6 +48,9 @@ CREATE INDEX IF NOT EXISTS instance_groups_by_group ON instance_groups(group_id)
 DEFAULT_GROUP = "default"
 DEFAULT_DESCRIPTION = "default group"
 MAX_TEXT = 255
+#: EC2's default limits: inbound rules per group, and groups per instance (per network interface).
+MAX_RULES_PER_GROUP = 60
+MAX_GROUPS_PER_INSTANCE = 5
 PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1", "all": "-1"}
 
 
@@ -170,6 +173,7 @@ class SecurityGroups:
     """Security groups and their rules (one service per CLC: ``clc.service(SecurityGroups)``)."""
 
     def __init__(self, clc: Any) -> None:
+        self._clc = clc
         self._store = clc.store
         self._users = clc.users
         self._store.ensure_schema(SCHEMA)
@@ -207,8 +211,10 @@ class SecurityGroups:
         return row
 
     # -- create / delete ------------------------------------------------------------------------------------
-    def create(self, user: User, name: str, description: str) -> str:
-        """A new, empty group of ``user``; returns its id."""
+    def create(
+        self, user: User, name: str, description: str, tag_specifications: Sequence[Mapping[str, Any]] | None = None
+    ) -> str:
+        """A new, empty group of ``user``, tagged as ``tag_specifications`` ask; returns its id."""
         _check_text(name, "GroupName")
         _check_text(description, "GroupDescription")
         if name.lower().startswith("sg-"):
@@ -216,6 +222,7 @@ class SecurityGroups:
                 f"Value ({name[:80]}) for parameter GroupName is invalid: group names may not start with sg-"
             )
         self.ensure_default(user.name)
+        tags = self._clc.service(Tags)  # (built outside the transaction: building creates its table)
         group_id = new_id("sg")
         with self._store.transaction() as db:
             if db.execute("SELECT 1 FROM security_groups WHERE owner=? AND name=?", (user.name, name)).fetchone():
@@ -224,6 +231,8 @@ class SecurityGroups:
                 "INSERT INTO security_groups (group_id, owner, name, description, created) VALUES (?,?,?,?,?)",
                 (group_id, user.name, name, description, time.time()),
             )
+            if tag_specifications:
+                tags.apply_specifications(db, user, "security-group", [group_id], tag_specifications)
         return group_id
 
     def delete(self, user: User, group_id: str | None = None, name: str | None = None) -> str:
@@ -390,6 +399,11 @@ class SecurityGroups:
                     )
                 seen.add(rule.key)
                 added.append(self._insert_rule(db, rule))
+            if len(existing) + len(added) > MAX_RULES_PER_GROUP:
+                raise CloudError(
+                    "RulesPerSecurityGroupLimitExceeded",
+                    f"The maximum number of rules per security group ({MAX_RULES_PER_GROUP}) has been reached",
+                )
         return added
 
     def revoke_ingress(
@@ -493,7 +507,13 @@ class SecurityGroups:
             self.ensure_default(user.name)
         found = [self._get(user, _check_id(group_id))["group_id"] for group_id in ids or []]
         found += [self._get_by_name(user, name)["group_id"] for name in names or []]
-        return list(dict.fromkeys(found))
+        unique = list(dict.fromkeys(found))
+        if len(unique) > MAX_GROUPS_PER_INSTANCE:
+            raise CloudError(
+                "SecurityGroupsPerInstanceLimitExceeded",
+                f"The maximum number of security groups per instance ({MAX_GROUPS_PER_INSTANCE}) has been reached",
+            )
+        return unique
 
     @staticmethod
     def attach(db: sqlite3.Connection, instance_id: str, group_ids: Iterable[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags
+from cloudlab.clc.uploads import UploadPolicy
 from cloudlab.errors import CloudError
 from cloudlab.guest import DEFAULT_IMAGE_NAME
 from cloudlab.ids import new_id
@@ -49,10 +50,20 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+#: The file names RegisterImage looks for in an ImageLocation folder, by role.
+LOCATION_FILES: dict[str, tuple[str, ...]] = {
+    "kernel": ("vmlinuz", "kernel", "bzImage"),
+    "ramdisk": ("initrd.img", "initrd", "ramdisk"),
+    "disk": ("disk.img",),
+}
+
+
 class Images:
-    def __init__(self, store: Store, images_dir: Path) -> None:
+    def __init__(self, store: Store, images_dir: Path, uploads: UploadPolicy | None = None) -> None:
         self._store = store
         self._dir = images_dir
+        # Where ordinary users may register from (see clc/uploads.py); the default is <state>/uploads.
+        self.uploads = uploads or UploadPolicy(images_dir.parent / "uploads")
 
     def get(self, image_id: str) -> Image | None:
         row = self._store.one("SELECT * FROM images WHERE image_id=?", (image_id,))
@@ -167,11 +178,20 @@ class Images:
         ):
             raise CloudError("InvalidAMIName.Duplicate", f"AMI name {name} is already in use by an image you own")
 
-    def register_location(self, owner: str, name: str, location: str, description: str = "") -> Image:
-        """RegisterImage from ``ImageLocation``: a folder the cloud can read with the kernel
-        (``vmlinuz`` or ``kernel``), optionally the ramdisk (``initrd.img``, ``initrd`` or ``ramdisk``) and a
-        disk (``disk.img``, attached read-only as vda). New images are private, as in EC2."""
+    def register_location(
+        self, owner: str, name: str, location: str, description: str = "", *, admin: bool = False
+    ) -> Image:
+        """RegisterImage from ``ImageLocation``: a folder with the kernel (``vmlinuz`` or ``kernel``),
+        optionally the ramdisk (``initrd.img``, ``initrd`` or ``ramdisk``) and a disk (``disk.img``,
+        attached read-only as vda). New images are private, as in EC2.
+
+        An ordinary user names a folder under their own upload folder, and its files are checked and
+        copied as :mod:`cloudlab.clc.uploads` says; the administrator may name any folder of the host."""
         self.check_new_name(owner, name)
+        if not admin:
+            folder = self.uploads.resolve(owner, location)
+            with self.uploads.staged(folder, LOCATION_FILES, location, self._dir) as found:
+                return self._register_found(owner, name, location, description, found)
         folder = Path(location.removeprefix("file://")).expanduser()
         if not folder.is_absolute() or not folder.is_dir():
             raise CloudError(
@@ -179,21 +199,24 @@ class Images:
                 f"ImageLocation {location!r} must be an absolute path of a folder the cloud can read, "
                 "holding vmlinuz (and optionally initrd.img and disk.img)",
             )
+        found = {
+            role: path
+            for role, names in LOCATION_FILES.items()
+            if (path := next((folder / n for n in names if (folder / n).is_file()), None)) is not None
+        }
+        return self._register_found(owner, name, location, description, found)
 
-        def first(*names: str) -> Path | None:
-            return next((folder / n for n in names if (folder / n).is_file()), None)
-
-        kernel = first("vmlinuz", "kernel", "bzImage")
-        if kernel is None:
+    def _register_found(self, owner: str, name: str, location: str, description: str, found: dict[str, Path]) -> Image:
+        if "kernel" not in found:
             raise CloudError("InvalidParameterValue", f"ImageLocation {location!r} holds no vmlinuz (or kernel) file")
         return self.register(
             name,
-            kernel,
-            first("initrd.img", "initrd", "ramdisk"),
+            found["kernel"],
+            found.get("ramdisk"),
             owner=owner,
             description=description,
             public=False,
-            disk=first("disk.img"),
+            disk=found.get("disk"),
         )
 
     def register_parts(

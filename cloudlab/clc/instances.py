@@ -7,7 +7,11 @@ Invariants kept here:
 - the end of a running interval first appends the NIC's last byte counters (usage stays exact);
 - leaving for ``shutting-down`` or ``terminated`` disassociates elastic addresses, as EC2 does;
 - a user sees only their own instances, an admin all; an id that is malformed or unknown is
-  refused with EC2's codes before anything else happens.
+  refused with EC2's codes before anything else happens;
+- a terminated instance stays visible for an hour (``terminated_visible_s``), as on EC2, and then
+  reads as unknown; its record and its ledger events stay, for accounting. The query that lists
+  instances names the live states and the recent terminations explicitly, so SQLite answers it from
+  the ``(owner, state, terminated_at)`` and ``(state, terminated_at)`` indexes whatever the history.
 """
 
 from __future__ import annotations
@@ -24,14 +28,21 @@ from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id
 
 _LIVE = ",".join("?" * len(LIVE_STATES))
+TERMINATED_VISIBLE_S = 3600.0  # EC2: "terminated instances remain visible for approximately one hour"
+#: Every state but terminated: always visible.
+_SHOWN = ("pending", "running", "shutting-down", "stopping", "stopped")
+_VISIBLE = f"(state IN ({','.join(repr(s) for s in _SHOWN)}) OR (state='terminated' AND terminated_at >= ?))"
 
 
 class InstanceRecords:
     """The ``instances`` table as the rest of the CLC uses it."""
 
-    def __init__(self, store: Store, network_bytes: NetworkBytes) -> None:
+    def __init__(
+        self, store: Store, network_bytes: NetworkBytes, terminated_visible_s: float = TERMINATED_VISIBLE_S
+    ) -> None:
         self.store = store
         self.network_bytes = network_bytes
+        self.terminated_visible_s = terminated_visible_s
 
     # -- reads --------------------------------------------------------------------------------------------
     def visible(self, user: User, instance_ids: list[str] | None = None) -> list[Any]:
@@ -39,17 +50,8 @@ class InstanceRecords:
         for instance_id in instance_ids or []:
             if not is_valid_id(instance_id, "i"):
                 raise CloudError("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
-        sql, params = "SELECT * FROM instances", []
-        where = []
-        if not user.is_admin:
-            where.append("owner=?")
-            params.append(user.name)
-        if instance_ids:
-            where.append(f"instance_id IN ({','.join('?' * len(instance_ids))})")
-            params.extend(instance_ids)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = self.store.query(sql + " ORDER BY launch_time, launch_index", params)
+        sql, params = self.visible_query(user, instance_ids)
+        rows = self.store.query(sql, params)
         if instance_ids:
             missing = sorted(set(instance_ids) - {r["instance_id"] for r in rows})
             if missing:
@@ -61,6 +63,18 @@ class InstanceRecords:
                     else f"The instance ID {quoted} does not exist",
                 )
         return rows
+
+    def visible_query(self, user: User, instance_ids: list[str] | None = None) -> tuple[str, list[Any]]:
+        """The SQL (and its parameters) that lists what ``user`` sees: live states and recent
+        terminations named explicitly, so that it is answered from an index, not a table scan."""
+        where, params = [_VISIBLE], [time.time() - self.terminated_visible_s]
+        if not user.is_admin:
+            where.append("owner=?")
+            params.append(user.name)
+        if instance_ids:
+            where.append(f"instance_id IN ({','.join('?' * len(instance_ids))})")
+            params.extend(instance_ids)
+        return f"SELECT * FROM instances WHERE {' AND '.join(where)} ORDER BY launch_time, launch_index", params
 
     def get(self, instance_id: str) -> dict[str, Any] | None:
         row = self.store.one("SELECT * FROM instances WHERE instance_id=?", (instance_id,))

@@ -2,8 +2,10 @@
 
 ``CreateKeyPair`` makes a real key with ``cryptography`` (RSA 2048 or Ed25519) and hands its private
 half to the caller in the form EC2 uses: a traditional PEM (``BEGIN RSA PRIVATE KEY``) for RSA, an
-OpenSSH private key (``BEGIN OPENSSH PRIVATE KEY``) for Ed25519. ``ImportKeyPair`` takes an OpenSSH
-public key line (``ssh-rsa ...`` or ``ssh-ed25519 ...``); the cloud never sees that private key.
+OpenSSH private key (``BEGIN OPENSSH PRIVATE KEY``) for Ed25519. ``ImportKeyPair`` takes the formats
+EC2 takes: an OpenSSH public key line (``ssh-rsa ...`` or ``ssh-ed25519 ...``), an RFC 4716 SSH2 public
+key file, or a base64-encoded DER public key (and the DER bytes themselves); the cloud never sees the
+private key.
 
 The cloud stores the public key (one OpenSSH line, without comment) for the metadata service, and the
 fingerprint computed exactly as EC2 computes it, so that a fingerprint can be checked against AWS
@@ -26,6 +28,7 @@ Users see only their own key pairs; an admin sees (and may delete by id) everyon
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 import time
@@ -151,35 +154,62 @@ def _not_found(what: str) -> CloudError:
     return CloudError("InvalidKeyPair.NotFound", f"The key pair '{what}' does not exist")
 
 
-def _parse_openssh_public(material: bytes) -> tuple[str, rsa.RSAPublicKey | ed25519.Ed25519PublicKey]:
-    """(key type, key) from one OpenSSH public key line; ``InvalidKey.Format`` for anything else."""
-    bad = CloudError(
-        "InvalidKey.Format",
-        "Key is not in valid OpenSSH public key format (expected one line 'ssh-rsa AAAA...' or 'ssh-ed25519 AAAA...')",
-    )
+_SSH2_BEGIN = "---- BEGIN SSH2 PUBLIC KEY ----"
+_SSH2_END = "---- END SSH2 PUBLIC KEY ----"
+_BAD_FORMAT = (
+    "Key is not in valid OpenSSH public key format: give one line 'ssh-rsa AAAA...' or 'ssh-ed25519 AAAA...', "
+    "an RFC 4716 '---- BEGIN SSH2 PUBLIC KEY ----' block, or a base64-encoded DER public key"
+)
+
+
+def _rfc4716_body(text: str) -> bytes:
+    """The key blob of an RFC 4716 (SSH2) public key file: headers (``Name: value``, continued by a
+    trailing backslash) are skipped, the base64 body lines joined."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if lines[-1] != _SSH2_END:
+        raise ValueError("no END line")
+    body, continued = [], False
+    for line in lines[1:-1]:
+        if continued or (":" in line and not body):
+            continued = line.endswith("\\")
+            continue
+        body.append(line)
+    return base64.b64decode("".join(body), validate=True)
+
+
+def _parse_public(material: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicKey:
+    """The public key in any of the formats ImportKeyPair takes (EC2: OpenSSH, base64 DER, RFC 4716)."""
+    bad = CloudError("InvalidKey.Format", _BAD_FORMAT)
     try:
         text = material.decode("ascii").strip()
     except UnicodeDecodeError:
-        raise bad from None
-    parts = text.split()
-    if "\n" in text or len(parts) < 2 or parts[0] not in _SSH_TYPES:
-        raise bad
+        text = None
     try:
-        key = serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
-    except (ValueError, UnsupportedAlgorithm):
+        if text is not None and text.startswith(_SSH2_BEGIN):
+            blob = _rfc4716_body(text)
+            kind = blob[4 : 4 + int.from_bytes(blob[:4], "big")].decode("ascii")
+            key: Any = serialization.load_ssh_public_key(f"{kind} {base64.b64encode(blob).decode()}".encode())
+        elif text is not None and text.split(maxsplit=1)[0:1] and text.split()[0] in _SSH_TYPES:
+            parts = text.split()
+            if "\n" in text or len(parts) < 2:
+                raise bad
+            key = serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
+        elif text is not None:  # base64 of a DER SubjectPublicKeyInfo
+            key = serialization.load_der_public_key(base64.b64decode("".join(text.split()), validate=True))
+        else:  # the DER bytes themselves
+            key = serialization.load_der_public_key(material)
+    except (ValueError, UnsupportedAlgorithm, UnicodeDecodeError, IndexError, binascii.Error):
         raise bad from None
-    key_type = _SSH_TYPES[parts[0]]
-    if key_type == "rsa":
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise bad
+    if isinstance(key, rsa.RSAPublicKey):
         low, high = RSA_IMPORT_BITS
         if not low <= key.key_size <= high:
             raise CloudError(
                 "InvalidKey.Format", f"RSA keys must have {low} to {high} bits (this one has {key.key_size})"
             )
-    elif not isinstance(key, ed25519.Ed25519PublicKey):
-        raise bad
-    return key_type, key
+        return key
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    raise CloudError("InvalidKey.Format", "only RSA and ED25519 keys can be imported")
 
 
 # -- the service ----------------------------------------------------------------------------------------------
@@ -189,6 +219,7 @@ class KeyPairs:
     """Key pairs of every user, in the CLC's database (one service per CLC: ``clc.service(KeyPairs)``)."""
 
     def __init__(self, clc: Any) -> None:
+        self._clc = clc
         self._store = clc.store
         self._store.ensure_schema(SCHEMA)
         self.state_dir: Path = Path(clc.store.path).parent
@@ -198,7 +229,12 @@ class KeyPairs:
 
     # -- create / import --------------------------------------------------------------------------------------
     def create(
-        self, user: User, name: str, key_type: str | None = "rsa", key_format: str | None = "pem"
+        self,
+        user: User,
+        name: str,
+        key_type: str | None = "rsa",
+        key_format: str | None = "pem",
+        tag_specifications: Any = None,
     ) -> tuple[KeyPair, str]:
         """Generate a key pair; returns its record and the private key material (shown once, as EC2 does)."""
         _check_name(name)
@@ -228,19 +264,26 @@ class KeyPairs:
             public, fingerprint = openssh_public_key(ed_key.public_key()), ed25519_fingerprint(ed_key.public_key())
         record = KeyPair(new_id("key"), user.name, name, key_type, fingerprint, public, time.time())
         path = self.private_key_path(user.name, name)
+        tags = self._clc.service(Tags)
         with self._store.transaction() as db:
             self._insert(db, record)
+            if tag_specifications:
+                tags.apply_specifications(db, user, "key-pair", [record.key_pair_id], tag_specifications)
             _write_private(path, material)  # inside the transaction: no row without its file
         return record, material
 
-    def import_(self, user: User, name: str, public_key_material: bytes) -> KeyPair:
-        """Register the public half of a key the user made (OpenSSH ``ssh-rsa``/``ssh-ed25519`` line)."""
+    def import_(self, user: User, name: str, public_key_material: bytes, tag_specifications: Any = None) -> KeyPair:
+        """Register the public half of a key the user made (OpenSSH line, RFC 4716 block or base64 DER)."""
         _check_name(name)
-        key_type, key = _parse_openssh_public(public_key_material)
+        key = _parse_public(public_key_material)
+        key_type = "rsa" if isinstance(key, rsa.RSAPublicKey) else "ed25519"
+        tags = self._clc.service(Tags)
         fingerprint = imported_rsa_fingerprint(key) if isinstance(key, rsa.RSAPublicKey) else ed25519_fingerprint(key)
         record = KeyPair(new_id("key"), user.name, name, key_type, fingerprint, openssh_public_key(key), time.time())
         with self._store.transaction() as db:
             self._insert(db, record)
+            if tag_specifications:
+                tags.apply_specifications(db, user, "key-pair", [record.key_pair_id], tag_specifications)
             # A created key of the same name was deleted before; never leave its private key behind.
             self.private_key_path(user.name, name).unlink(missing_ok=True)
         return record

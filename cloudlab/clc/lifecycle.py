@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from cloudlab import contract as c
+from cloudlab.clc import quotas
 from cloudlab.clc.clusters import Clusters
 from cloudlab.clc.dispatch import Dispatch, quietly
 from cloudlab.clc.groups import SecurityGroups
@@ -24,6 +25,7 @@ from cloudlab.clc.network import InstanceNetworks
 from cloudlab.clc.states import REASON_USER_TERMINATED
 from cloudlab.clc.store import Store, append_ledger
 from cloudlab.clc.tags import Tags, validate_specifications
+from cloudlab.clc.userdata import check_user_data
 from cloudlab.clc.users import User
 from cloudlab.clc.vmtypes import DEFAULT_TYPE, get_vm_type
 from cloudlab.errors import CloudError
@@ -145,20 +147,29 @@ class InstanceLifecycle:
             key_pairs.require(user, key_name)
         group_ids = groups.resolve_for_launch(user, security_groups, security_group_ids)
         validate_specifications("instance", tag_specifications)
+        user_data = check_user_data(user_data)
+        # The quotas first, so a request far beyond them is refused without asking the cluster; they
+        # are checked again, atomically, in the transaction that records the instances.
+        with self.store.transaction() as db:
+            max_count = quotas.instances_that_fit(db, user.name, vm_type.vcpus, min_count, max_count)
         ids = [new_id("i") for _ in range(max_count)]
         needs = tuple(c.InstanceNeed(i, vm_type.vcpus, vm_type.memory_mb) for i in ids)
         placements = link.channel.ask(c.SCHEDULE, c.ScheduleRequest(instances=needs, min_count=min_count)).placements
         reservation_id = new_id("r")
         now = time.time()
         inserted: list[dict[str, Any]] = []
+        over_quota: list[str] = []
         self.dispatch.hold(list(placements))  # the reconciler must not start these before we do
         try:
             with self.store.transaction() as db:
+                placed = [i for i in ids if i in placements]
+                fit = quotas.instances_that_fit(db, user.name, vm_type.vcpus, min_count, len(placed))
+                placed, over_quota = placed[:fit], placed[fit:]  # another request took the rest meanwhile
                 db.execute(
                     "INSERT INTO reservations (reservation_id, owner, client_token, created) VALUES (?,?,?,?)",
                     (reservation_id, user.name, client_token, now),
                 )
-                for index, instance_id in enumerate(i for i in ids if i in placements):
+                for index, instance_id in enumerate(placed):
                     row = {
                         "instance_id": instance_id,
                         "reservation_id": reservation_id,
@@ -198,6 +209,8 @@ class InstanceLifecycle:
             for instance_id, node in placements.items():
                 quietly(link, c.RELEASE, c.OnNode(node=node, instance_id=instance_id))
             raise
+        for instance_id in over_quota:
+            quietly(link, c.RELEASE, c.OnNode(node=placements[instance_id], instance_id=instance_id))
         self.dispatch.start_many([row["instance_id"] for row in inserted])
         return {"reservation_id": reservation_id, "owner": user.name, "instances": inserted}
 

@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS instances (
     updated REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS instances_by_owner ON instances(owner);
 CREATE INDEX IF NOT EXISTS instances_by_state ON instances(state);
+CREATE INDEX IF NOT EXISTS instances_by_owner_state ON instances(owner, state, terminated_at);
+CREATE INDEX IF NOT EXISTS instances_by_state_end ON instances(state, terminated_at);
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, user TEXT NOT NULL, instance_id TEXT NOT NULL,
     instance_type TEXT, vcpus INTEGER, memory_mb INTEGER, node TEXT, cluster TEXT, event TEXT NOT NULL,

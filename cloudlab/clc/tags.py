@@ -6,12 +6,15 @@ as in EC2, and its owner from the table that records it; a resource type whose t
 exist yet (a module not loaded in this cloud) simply has no resources.
 
 EC2's limits hold: at most 50 tags per resource, keys of 1-128 characters, values of 0-256, and no
-key starting with ``aws:`` (reserved for the cloud itself). A request that fails for one resource
+key starting with ``aws:`` (reserved for the cloud itself). Control characters (NUL, newline, DEL,
+...) are refused in keys and values: EC2's XML answers cannot carry most of them, so a tag that
+held one would be described as something other than what was stored. A request that fails for one resource
 changes none: every write happens in one transaction.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,11 +72,21 @@ def _invalid(message: str) -> CloudError:
     return CloudError("InvalidParameterValue", message)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def _check_characters(what: str, text: str) -> None:
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise _invalid(f"Tag {what} contains a control character (U+{ord(bad.group()):04X}), which is not allowed")
+
+
 def _check_key(key: Any) -> str:
     if not isinstance(key, str) or not key:
         raise _invalid("Tag keys must be between 1 and 128 characters long (got an empty key)")
     if len(key) > MAX_KEY_LENGTH:
         raise _invalid(f"Tag key exceeds the maximum length of {MAX_KEY_LENGTH} characters: '{key[:40]}...'")
+    _check_characters("key", key)
     if key.lower().startswith(RESERVED_PREFIX):
         raise _invalid(f"Tag keys starting with 'aws:' are reserved for internal use: '{key}'")
     return key
@@ -85,6 +98,7 @@ def _check_value(key: str, value: Any) -> str:
         raise _invalid(f"Tag value for key '{key}' must be a string")
     if len(value) > MAX_VALUE_LENGTH:
         raise _invalid(f"Tag value for key '{key}' exceeds the maximum length of {MAX_VALUE_LENGTH} characters")
+    _check_characters("value", value)
     return value
 
 

@@ -56,6 +56,11 @@ class Users:
         self._store = store
         self._ca = ca
 
+    @property
+    def store(self) -> Store:
+        """The database the users live in (their quotas live there too: ``clc.quotas``)."""
+        return self._store
+
     def get(self, name: str) -> User | None:
         row = self._store.one("SELECT * FROM users WHERE name=?", (name,))
         return User(row["name"], row["user_id"], bool(row["is_admin"]), bool(row["enabled"])) if row else None

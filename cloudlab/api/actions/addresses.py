@@ -85,4 +85,4 @@ def disassociate_address(ctx: Context, req: dict[str, Any]) -> None:
 def describe_addresses(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     rows = ctx.clc.service(Addresses).describe(ctx.user, req.get("PublicIps"), req.get("AllocationIds"))
     items = [_address(row, ctx.clc.region) for row in rows]
-    return {"Addresses": filters.apply_filters(items, req.get("Filters"), ADDRESS_FILTERS)}
+    return {"Addresses": filters.apply_filters(items, req.get("Filters"), ADDRESS_FILTERS, "DescribeAddresses")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudlab.api import filters
+from cloudlab.api import enrich, filters
 from cloudlab.api.actions import Context, action, owner_ids
 from cloudlab.api.errors import ApiError, missing_parameter, quote_value
 from cloudlab.clc.groups import Group, Rule, SecurityGroups
@@ -172,7 +172,9 @@ def _rule_items(rules: list[Rule], owners: dict[str, str], owner: str) -> list[d
 
 @action("CreateSecurityGroup")
 def create_security_group(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-    group_id = ctx.clc.service(SecurityGroups).create(ctx.user, req["GroupName"], req["Description"])
+    group_id = ctx.clc.service(SecurityGroups).create(
+        ctx.user, req["GroupName"], req["Description"], tag_specifications=req.get("TagSpecifications")
+    )
     return {"GroupId": group_id}
 
 
@@ -187,7 +189,11 @@ def describe_security_groups(ctx: Context, req: dict[str, Any]) -> dict[str, Any
     groups = ctx.clc.service(SecurityGroups).describe(ctx.user, req.get("GroupIds"), req.get("GroupNames"))
     owners = owner_ids(ctx)
     names = {g.group_id: g.name for g in groups}
-    items = filters.apply_filters([_group(g, owners, names) for g in groups], req.get("Filters"), GROUP_FILTERS)
+    items = [_group(g, owners, names) for g in groups]
+    tags = enrich.tags_of(ctx, [i["GroupId"] for i in items])
+    for item in items:
+        item["Tags"] = tags.get(item["GroupId"]) or None
+    items = filters.apply_filters(items, req.get("Filters"), GROUP_FILTERS, "DescribeSecurityGroups")
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     return {"SecurityGroups": page, "NextToken": token}
 

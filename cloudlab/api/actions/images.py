@@ -6,7 +6,8 @@ from typing import Any
 
 from cloudlab.api import enrich, filters, views
 from cloudlab.api.actions import Context, action, owner_ids
-from cloudlab.api.errors import ApiError
+from cloudlab.api.errors import ApiError, quote_value
+from cloudlab.ids import is_valid_id
 
 # -- images ------------------------------------------------------------------------------------------------
 
@@ -29,6 +30,8 @@ IMAGE_FILTERS: dict[str, filters.Getter] = {
 def describe_images(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     owners = owner_ids(ctx)
     wanted_ids = req.get("ImageIds") or []
+    for image_id in wanted_ids:
+        _check_image_id(image_id)
     records = [r for r in ctx.clc.images.list() if r.is_public or r.owner == ctx.user.name or ctx.user.is_admin]
     if wanted_ids:
         known = {r.image_id for r in records}
@@ -41,12 +44,19 @@ def describe_images(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         wanted = {ctx.user.user_id if o == "self" else owners.get(o, o) for o in req["Owners"]}
         items = [i for i in items if i["OwnerId"] in wanted]
     enrich.images(ctx, items)
-    items = filters.apply_filters(items, req.get("Filters"), IMAGE_FILTERS)
+    items = filters.apply_filters(items, req.get("Filters"), IMAGE_FILTERS, "DescribeImages")
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     return {"Images": page, "NextToken": token}
 
 
+def _check_image_id(image_id: str) -> None:
+    """EC2's ``InvalidAMIID.Malformed`` for what cannot be an image id (ami-, aki- or ari-)."""
+    if not any(is_valid_id(image_id, prefix) for prefix in ("ami", "aki", "ari")):
+        raise ApiError("InvalidAMIID.Malformed", f'Invalid id: "{quote_value(image_id)}" (expecting "ami-...")')
+
+
 def _visible_image(ctx: Context, image_id: str) -> Any:
+    _check_image_id(image_id)
     image = ctx.clc.images.get(image_id)
     if (
         image is None
@@ -64,7 +74,9 @@ def register_image(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     if req.get("Architecture") not in (None, "x86_64"):
         raise ApiError("InvalidParameterValue", "this cloud runs x86_64 images only")
     if req.get("ImageLocation"):
-        image = images.register_location(ctx.user.name, name, req["ImageLocation"], description)
+        image = images.register_location(
+            ctx.user.name, name, req["ImageLocation"], description, admin=ctx.user.is_admin
+        )
     elif req.get("KernelId"):
 
         def visible(part: Any) -> bool:

@@ -40,6 +40,8 @@ INSTANCE_FILTERS: dict[str, filters.Getter] = {
 
 @action("RunInstances")
 def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    if not req.get("ImageId"):  # optional in the model (for launch templates, which this cloud has not)
+        raise ApiError("MissingParameter", "The request must contain the parameter ImageId")
     placement = req.get("Placement") or {}
     result = ctx.clc.run_instances(
         ctx.user,
@@ -79,7 +81,7 @@ def describe_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         )
         items.append(item)
     enrich.instances(ctx, items)
-    items = filters.apply_filters(items, req.get("Filters"), INSTANCE_FILTERS)
+    items = filters.apply_filters(items, req.get("Filters"), INSTANCE_FILTERS, "DescribeInstances")
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     reservations = []
     for reservation_id, group in groupby(page, key=lambda i: i["_reservation"]):
@@ -172,7 +174,7 @@ def describe_instance_status(ctx: Context, req: dict[str, Any]) -> dict[str, Any
                 "SystemStatus": _status(row["state"], node_ok),
             }
         )
-    items = filters.apply_filters(items, req.get("Filters"), STATUS_FILTERS)
+    items = filters.apply_filters(items, req.get("Filters"), STATUS_FILTERS, "DescribeInstanceStatus")
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     return {"InstanceStatuses": page, "NextToken": token}
 
@@ -214,7 +216,7 @@ def describe_instance_types(ctx: Context, req: dict[str, Any]) -> dict[str, Any]
         for t in known.values()
         if t.name in wanted
     ]
-    items = filters.apply_filters(items, req.get("Filters"), TYPE_FILTERS)
+    items = filters.apply_filters(items, req.get("Filters"), TYPE_FILTERS, "DescribeInstanceTypes")
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"), bounds=(5, 100))
     return {"InstanceTypes": page, "NextToken": token}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudlab.api import filters
+from cloudlab.api import enrich, filters
 from cloudlab.api.actions import Context, action
 from cloudlab.clc.keypairs import KeyPair, KeyPairs
 
@@ -32,7 +32,11 @@ def _key_pair(record: KeyPair, include_public_key: bool) -> dict[str, Any]:
 @action("CreateKeyPair")
 def create_key_pair(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     record, material = ctx.clc.service(KeyPairs).create(
-        ctx.user, req["KeyName"], key_type=req.get("KeyType"), key_format=req.get("KeyFormat")
+        ctx.user,
+        req["KeyName"],
+        key_type=req.get("KeyType"),
+        key_format=req.get("KeyFormat"),
+        tag_specifications=req.get("TagSpecifications"),
     )
     return {
         "KeyPairId": record.key_pair_id,
@@ -44,7 +48,9 @@ def create_key_pair(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
 
 @action("ImportKeyPair")
 def import_key_pair(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-    record = ctx.clc.service(KeyPairs).import_(ctx.user, req["KeyName"], req["PublicKeyMaterial"])
+    record = ctx.clc.service(KeyPairs).import_(
+        ctx.user, req["KeyName"], req["PublicKeyMaterial"], tag_specifications=req.get("TagSpecifications")
+    )
     return {"KeyPairId": record.key_pair_id, "KeyName": record.name, "KeyFingerprint": record.fingerprint}
 
 
@@ -58,4 +64,7 @@ def delete_key_pair(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
 def describe_key_pairs(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     records = ctx.clc.service(KeyPairs).describe(ctx.user, names=req.get("KeyNames"), ids=req.get("KeyPairIds"))
     items = [_key_pair(r, bool(req.get("IncludePublicKey"))) for r in records]
-    return {"KeyPairs": filters.apply_filters(items, req.get("Filters"), KEY_PAIR_FILTERS)}
+    tags = enrich.tags_of(ctx, [i["KeyPairId"] for i in items])
+    for item in items:
+        item["Tags"] = tags.get(item["KeyPairId"]) or None
+    return {"KeyPairs": filters.apply_filters(items, req.get("Filters"), KEY_PAIR_FILTERS, "DescribeKeyPairs")}

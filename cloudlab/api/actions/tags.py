@@ -33,7 +33,7 @@ def describe_tags(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         # ``tag:<key>`` on DescribeTags means "this key with that value": give each tag itself as its Tags
         for item in items:
             item["Tags"] = [{"Key": item["Key"], "Value": item["Value"]}]
-        items = filters.apply_filters(items, req["Filters"], TAG_FILTERS)
+        items = filters.apply_filters(items, req["Filters"], TAG_FILTERS, "DescribeTags")
         for item in items:
             del item["Tags"]
     page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))

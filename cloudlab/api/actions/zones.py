@@ -7,6 +7,7 @@ from typing import Any
 from cloudlab.api import filters
 from cloudlab.api.actions import Context, action
 from cloudlab.api.errors import ApiError
+from cloudlab.clc.regions import zone_id
 
 # -- zones and regions -----------------------------------------------------------------------------------
 
@@ -16,7 +17,7 @@ def describe_availability_zones(ctx: Context, req: dict[str, Any]) -> dict[str, 
     items = [
         {
             "ZoneName": z["zone"],
-            "ZoneId": f"{z['region']}-az{n}",
+            "ZoneId": zone_id(z["region"], z["zone"]),
             "State": "available",
             "RegionName": z["region"],
             "ZoneType": "availability-zone",
@@ -25,7 +26,7 @@ def describe_availability_zones(ctx: Context, req: dict[str, Any]) -> dict[str, 
             "OptInStatus": "opt-in-not-required",
             "Messages": [],
         }
-        for n, z in enumerate(ctx.clc.zones(), start=1)
+        for z in ctx.clc.zones()
     ]
     if req.get("ZoneNames"):
         unknown = [z for z in req["ZoneNames"] if z not in {i["ZoneName"] for i in items}]
@@ -42,6 +43,7 @@ def describe_availability_zones(ctx: Context, req: dict[str, Any]) -> dict[str, 
             "region-name": lambda z: z["RegionName"],
             "zone-type": lambda z: z["ZoneType"],
         },
+        "DescribeAvailabilityZones",
     )
     return {"AvailabilityZones": items}
 
@@ -67,5 +69,6 @@ def describe_regions(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
             "endpoint": lambda r: r["Endpoint"],
             "opt-in-status": lambda r: r["OptInStatus"],
         },
+        "DescribeRegions",
     )
     return {"Regions": items}
