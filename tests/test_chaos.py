@@ -1,0 +1,234 @@
+"""Chaos (issue 10, finding 5): kill -9 one part after another under concurrent clients, then check that
+the cloud serves again within a bounded time and that nothing was lost or counted twice.
+
+Clients launch, describe and terminate real TCG instances all along (bounded in count and time). In
+turn we kill -9 the service (and start it again, as a user would with ``cloudlab up``), a node
+controller (its supervisor restarts it) and a QEMU (its instance ends as vanished). After each fault:
+- the API answers again, and every node is alive again, within ``RECOVERY_S``;
+- every instance RunInstances returned is described, in a state EC2 has;
+- the ledger holds, for every instance, a path through EC2's state machine: each change once, in order;
+- usage equals a recount from the ledger (billed seconds are the seconds spent ``running``);
+- after ``down``, no process of the cloud is left.
+The recovery times are printed (``-s``) and written to ``test-artifacts/chaos.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from cloudlab import control, processes
+from cloudlab.clc.states import STATE_CODES, TRANSITIONS
+from cloudlab.clc.store import Store
+from cloudlab.clc.usage import usage_report
+from cloudlab.waiting import wait_until
+from tests.clouds import RunningCloud, default_image, vm_requirements
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+RECOVERY_S = 90.0
+CLIENTS = 2
+MAX_ALIVE_PER_CLIENT = 2
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+class Clients:
+    """Threads that run, describe and terminate instances until stopped, noting every instance id returned."""
+
+    def __init__(self, cloud: RunningCloud) -> None:
+        self.cloud = cloud
+        self.launched: set[str] = set()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._work, args=(i,), daemon=True) for i in range(CLIENTS)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _work(self, index: int) -> None:
+        mine: list[str] = []
+        while not self._stop.is_set():
+            try:
+                info = control.endpoint(self.cloud.layout)  # a restarted service may listen elsewhere
+                if info is None:
+                    raise OSError("the cloud is not running")
+                ec2 = RunningCloud(self.cloud.layout, info).ec2()
+                image = default_image(ec2)
+                if len(mine) < MAX_ALIVE_PER_CLIENT:
+                    (instance,) = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"]
+                    mine.append(instance["InstanceId"])
+                    with self._lock:
+                        self.launched.add(instance["InstanceId"])
+                ec2.describe_instances()
+                if len(mine) >= MAX_ALIVE_PER_CLIENT:
+                    ec2.terminate_instances(InstanceIds=[mine.pop(0)])
+            except (ClientError, OSError, KeyError, IndexError, ValueError) as exc:
+                # the cloud is down for a moment: that is the experiment, not a failure
+                with self._lock:
+                    self.errors.append(type(exc).__name__)
+            except Exception as exc:  # botocore's connection errors
+                with self._lock:
+                    self.errors.append(type(exc).__name__)
+            self._stop.wait(1.0)
+
+
+def serving(cloud: RunningCloud) -> bool:
+    try:
+        info = control.endpoint(cloud.layout)
+        if info is None:
+            return False
+        RunningCloud(cloud.layout, info).ec2().describe_instances()
+        return True
+    except Exception:
+        return False
+
+
+def nodes_alive(cloud: RunningCloud, count: int) -> bool:
+    try:
+        info = control.endpoint(cloud.layout)
+        status = RunningCloud(cloud.layout, info).status() if info else None
+    except Exception:
+        return False
+    return status is not None and sum(n["alive"] for c in status["clusters"] for n in c["nodes"]) == count
+
+
+def up_again(cloud: RunningCloud) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "--state", str(cloud.layout.root), "up"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def kill_service(cloud: RunningCloud) -> None:
+    os.kill(control.service_pid(cloud.layout), signal.SIGKILL)
+    wait_until(lambda: control.service_pid(cloud.layout) is None, 10, what="the service to die")
+    up_again(cloud)
+
+
+def kill_node_controller(cloud: RunningCloud) -> None:
+    pids = processes.node_controllers(cloud.layout)
+    assert pids
+    killed = max(pids)
+    os.kill(killed, signal.SIGKILL)
+    # recovered when its supervisor has started a new one (the node looks alive meanwhile: its last
+    # report is younger than the dead-after span)
+    wait_until(
+        lambda: killed not in (now := processes.node_controllers(cloud.layout)) and len(now) == len(pids),
+        RECOVERY_S,
+        what="the node controller to be restarted",
+    )
+
+
+def kill_qemu(cloud: RunningCloud) -> None:
+    pids = wait_until(lambda: control.leftover_qemu(cloud.layout), 120, what="a QEMU to kill")
+    os.kill(pids[0], signal.SIGKILL)
+
+
+FAULTS: list[tuple[str, Callable[[RunningCloud], None]]] = [
+    ("service", kill_service),
+    ("node controller", kill_node_controller),
+    ("qemu", kill_qemu),
+]
+
+
+def ledger_paths(database: Path) -> dict[str, list[str]]:
+    db = sqlite3.connect(database)
+    try:
+        rows = db.execute("SELECT instance_id, event FROM ledger ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    paths: dict[str, list[str]] = {}
+    for instance_id, event in rows:
+        if event in STATE_CODES:
+            paths.setdefault(instance_id, []).append(event)
+    return paths
+
+
+def check_ledger(paths: dict[str, list[str]]) -> None:
+    for instance_id, path in paths.items():
+        assert path[0] == "pending", (instance_id, path)
+        for before, after in zip(path, path[1:], strict=False):
+            assert after in TRANSITIONS[before], f"{instance_id}: {before} -> {after} in {path}"
+        assert path.count("terminated") <= 1, (instance_id, path)
+
+
+def recount_running_seconds(database: Path, now: float) -> float:
+    """Seconds spent ``running`` by every instance, straight from the ledger's state events."""
+    db = sqlite3.connect(database)
+    try:
+        rows = db.execute("SELECT instance_id, event, time FROM ledger ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    total, since = 0.0, {}
+    for instance_id, event, when in rows:
+        if event not in STATE_CODES:
+            continue
+        if event == "running":
+            since.setdefault(instance_id, when)
+        elif instance_id in since:
+            total += when - since.pop(instance_id)
+    return total + sum(now - started for started in since.values())
+
+
+def test_the_cloud_recovers_from_each_kill_and_loses_nothing(cloud_factory: Callable[..., RunningCloud]) -> None:
+    if reason := vm_requirements():
+        pytest.skip(reason)
+    cloud = cloud_factory("chaos", nodes=2)
+    clients = Clients(cloud)
+    clients.start()
+    recovery: dict[str, dict[str, float]] = {}
+    try:
+        wait_until(lambda: len(clients.launched) >= CLIENTS, 120, what="the clients to launch")
+        for name, fault in FAULTS:
+            started = time.monotonic()
+            fault(cloud)
+            wait_until(lambda: serving(cloud), RECOVERY_S, what=f"the API to answer after the {name} kill")
+            answering = time.monotonic() - started
+            wait_until(lambda: nodes_alive(cloud, 2), RECOVERY_S, what=f"every node alive after the {name} kill")
+            recovery[name] = {"api_s": round(answering, 2), "nodes_s": round(time.monotonic() - started, 2)}
+            launched = len(clients.launched)  # the clients carry on with the recovered cloud
+            wait_until(lambda n=launched: len(clients.launched) > n, RECOVERY_S, what=f"a launch after the {name} kill")
+    finally:
+        clients.stop()
+    cloud = RunningCloud(cloud.layout, control.endpoint(cloud.layout))
+    ec2 = cloud.ec2()
+    described = {i["InstanceId"]: i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    assert clients.launched <= set(described), clients.launched - set(described)
+    assert {i["State"]["Name"] for i in described.values()} <= set(STATE_CODES)
+    paths = ledger_paths(cloud.layout.database)
+    assert clients.launched <= set(paths)
+    check_ledger(paths)
+    now = time.time()
+    store = Store(cloud.layout.database)
+    try:
+        billed_h = usage_report(store, by="total", now=now)[0]["instance_hours"]
+    finally:
+        store.close()
+    assert billed_h * 3600 == pytest.approx(recount_running_seconds(cloud.layout.database, now), abs=1.0)
+    control.down(cloud.layout)
+    assert not control.leftover_qemu(cloud.layout)
+    assert not processes.node_controllers(cloud.layout)
+    assert not processes.of_state(cloud.layout, (b"python", b"vde_switch", b"vde_plug"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "chaos.json").write_text(json.dumps({"recovery": recovery, "client_errors": len(clients.errors)}))
+    print(f"chaos recovery times: {json.dumps(recovery)}; client errors while down: {len(clients.errors)}")
