@@ -9,6 +9,7 @@ installs the version, removes what it replaces and charges the owner → unlink 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import sqlite3
@@ -253,3 +254,16 @@ def decode_md5(value: str) -> bytes:
     if len(raw) != 16:
         raise WalrusError("InvalidDigest", "The Content-MD5 you specified was invalid.")
     return raw
+
+
+def verify_bytes(integrity: Integrity, data: bytes) -> None:
+    """Check a small body held in memory (an XML document) against the digests its client claimed."""
+    algorithms = [integrity.checksum_algorithm] if integrity.checksum_algorithm else []
+    if integrity.content_sha256:
+        algorithms.append("SHA256")
+    digests = {}
+    for name in algorithms:
+        digest = checksums.new_digest(name)
+        digest.update(data)
+        digests[name] = digest.digest()
+    _verify(integrity, hashlib.md5(data).digest(), digests)

@@ -46,6 +46,16 @@ STATUS: dict[str, int] = {
     "MalformedACLError": 400,
     "InvalidObjectState": 403,
     "NoSuchLifecycleConfiguration": 404,
+    "AccessForbidden": 403,
+    "BadRequest": 400,
+    "NotImplemented": 501,
+    "IncompleteBody": 400,
+    "InvalidAccessKeyId": 403,
+    "SignatureDoesNotMatch": 403,
+    "RequestTimeTooSkewed": 403,
+    "AuthorizationHeaderMalformed": 400,
+    "AuthorizationQueryParametersError": 400,
+    "InvalidPolicyDocument": 400,
     "InternalError": 500,
 }
 
