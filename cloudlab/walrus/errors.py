@@ -56,6 +56,8 @@ STATUS: dict[str, int] = {
     "AuthorizationHeaderMalformed": 400,
     "AuthorizationQueryParametersError": 400,
     "InvalidPolicyDocument": 400,
+    "MalformedPOSTRequest": 400,
+    "MaxPostPreDataLengthExceededError": 400,
     "InternalError": 500,
 }
 
