@@ -139,3 +139,31 @@ def s3_process(tmp_path: Path) -> Iterator[S3Process]:
     process.root.mkdir()
     yield process
     process.stop()
+
+
+def signed_request(
+    endpoint: S3Endpoint, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+    key: AccessKey | None = None,
+) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+    """A raw request signed by botocore's own S3 SigV4 signer (for checks of the exact wire form)."""
+    import hashlib
+    import http.client
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    key = key or endpoint.admin
+    request = AWSRequest(method=method, url=f"{endpoint.url}{path}", data=body, headers=dict(headers or {}))
+    if "X-Amz-Content-SHA256" not in request.headers:
+        request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
+    S3SigV4Auth(Credentials(key.access_key, key.secret_key), "s3", REGION).add_auth(request)
+    prepared = request.prepare()
+    connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=30)
+    try:
+        connection.request(method, prepared.url.split(str(endpoint.port), 1)[1], body=body or None,
+                           headers=dict(prepared.headers))  # fmt: skip
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()

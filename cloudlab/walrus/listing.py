@@ -15,7 +15,7 @@ from typing import Any
 from cloudlab.walrus.access import Principal
 from cloudlab.walrus.base import EngineBase
 from cloudlab.walrus.errors import WalrusError
-from cloudlab.walrus.records import ListPage, ObjectVersion, Upload
+from cloudlab.walrus.records import LISTED_COLUMNS, ListPage, Upload, listed
 
 MAX_KEYS = 1000
 _BATCH = 1001
@@ -39,6 +39,7 @@ def _page(fetch: Fetch, start: Cursor | None, prefix: str, delimiter: str | None
     page = ListPage()
     cursor = start
     count = 0
+    floor = _marker_key(start)
     while True:
         rows = fetch(cursor, _BATCH)
         if not rows:
@@ -50,6 +51,9 @@ def _page(fetch: Fetch, start: Cursor | None, prefix: str, delimiter: str | None
                 at = key.find(delimiter, len(prefix))
                 if at >= 0:
                     common = key[: at + len(delimiter)]
+            if common is not None and floor is not None and common <= floor:
+                cursor = ("beyond", common)  # the marker was this prefix: continue after all of it
+                break
             if count >= max_keys:
                 page.truncated = True
                 return page
@@ -65,6 +69,13 @@ def _page(fetch: Fetch, start: Cursor | None, prefix: str, delimiter: str | None
         else:
             if len(rows) < _BATCH:
                 return page
+
+
+def _marker_key(start: Cursor | None) -> str | None:
+    if start is None:
+        return None
+    kind, value = start
+    return value if kind == "start" else value[0] if kind == "marker" else None
 
 
 def _bounds(prefix: str) -> tuple[str, list[Any]]:
@@ -97,7 +108,7 @@ class ListingOps(EngineBase):
         """Current objects with ``key > after`` (entries are ObjectVersion, prefixes strings)."""
         self.require_bucket(principal, bucket, "READ")
         where, bound_args = _bounds(prefix)
-        base = f"SELECT * FROM versions WHERE bucket=? AND latest=1 AND delete_marker=0{where}"
+        base = f"SELECT {LISTED_COLUMNS} FROM versions WHERE bucket=? AND latest=1 AND delete_marker=0{where}"
 
         def fetch(cursor: Cursor | None, limit: int) -> list[sqlite3.Row]:
             if cursor is None:
@@ -112,7 +123,7 @@ class ListingOps(EngineBase):
 
         start: Cursor | None = ("start", after) if after else None
         page = _page(fetch, start, prefix, delimiter, _check_max_keys(max_keys))
-        page.entries = [ObjectVersion.from_row(row) for row in page.entries]
+        page.entries = [listed(row) for row in page.entries]
         return page
 
     def list_versions(
@@ -128,7 +139,7 @@ class ListingOps(EngineBase):
         """Every version and delete marker: by key, newest first within a key."""
         self.require_bucket(principal, bucket, "READ")
         where, bound_args = _bounds(prefix)
-        base = f"SELECT * FROM versions WHERE bucket=?{where}"
+        base = f"SELECT {LISTED_COLUMNS} FROM versions WHERE bucket=?{where}"
         order = " ORDER BY key, id DESC LIMIT ?"
 
         def fetch(cursor: Cursor | None, limit: int) -> list[sqlite3.Row]:
@@ -163,7 +174,7 @@ class ListingOps(EngineBase):
         page = _page(fetch, start, prefix, delimiter, _check_max_keys(max_keys))
         if page.entries and page.next_marker == page.entries[-1]["key"]:
             page.next_version_marker = page.entries[-1]["version_id"]
-        page.entries = [ObjectVersion.from_row(row) for row in page.entries]
+        page.entries = [listed(row) for row in page.entries]
         return page
 
     def list_uploads(

@@ -84,6 +84,28 @@ class ObjectVersion:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """What a listing shows of a version: read without decoding its metadata, ACL and tags."""
+
+    key: str
+    version_id: str
+    is_latest: bool
+    delete_marker: bool
+    owner: str
+    size: int
+    etag: str | None
+    modified: float
+    checksum_algorithm: str | None
+
+
+LISTED_COLUMNS = "id, key, version_id, latest, delete_marker, owner, size, etag, modified, checksum_algorithm"
+
+
+def listed(row: sqlite3.Row) -> Listed:
+    return Listed(row[1], row[2], bool(row[3]), bool(row[4]), row[5], row[6], row[7], row[8], row[9])
+
+
 @dataclass(frozen=True)
 class Upload:
     upload_id: str

@@ -245,38 +245,58 @@ def document(root: str, shape: Shape, value: Mapping[str, Any]) -> bytes:
     return "".join(out).encode()
 
 
+_PLANS: dict[str, tuple[tuple[str, str, Shape, str], ...]] = {}
+
+
+def _plan(shape: StructureShape) -> tuple[tuple[str, str, Shape, str], ...]:
+    """(member, wire name, shape, how) per member, compiled once per shape: "attr", "flat" or "element"."""
+    plan = _PLANS.get(shape.name)
+    if plan is None:
+        entries = []
+        for name, member in shape.members.items():
+            wire = member.serialization.get("name", name)
+            how = "attr" if member.serialization.get("xmlAttribute") else "element"
+            if isinstance(member, ListShape) and member.serialization.get("flattened"):
+                how = "flat"
+            entries.append((name, wire, member, how))
+        plan = _PLANS[shape.name] = tuple(entries)
+    return plan
+
+
 def _write_element(tag: str, shape: Shape, value: Any, out: list[str], top: bool = False) -> None:
-    if isinstance(shape, ListShape):
-        item = shape.member.serialization.get("name", "member")
-        out.append(f"<{tag}>")
-        for element in value:
-            _write_element(item, shape.member, element, out)
-        out.append(f"</{tag}>")
-        return
     if isinstance(shape, StructureShape):
         attributes = f' xmlns="{XML_NAMESPACE}"' if top else ""
         inner: list[str] = []
-        for name, member in shape.members.items():
-            if name not in value or value[name] is None:
+        for name, wire, member, how in _plan(shape):
+            item = value.get(name)
+            if item is None:
                 continue
-            wire = member.serialization.get("name", name)
-            if member.serialization.get("xmlAttribute"):
+            if how == "attr":
                 if wire.startswith("xsi:"):
                     attributes += f' xmlns:xsi="{XSI}"'
-                attributes += f' {wire}="{xml_escape(str(value[name]))}"'
-            elif isinstance(member, ListShape) and member.serialization.get("flattened"):
-                for element in value[name]:
-                    _write_element(wire, member.member, element, inner)
+                attributes += f' {wire}="{xml_escape(str(item))}"'
+            elif how == "flat":
+                element_shape = member.member  # type: ignore[attr-defined]
+                for element in item:
+                    _write_element(wire, element_shape, element, inner)
             else:
-                _write_element(wire, member, value[name], inner)
+                _write_element(wire, member, item, inner)
         out.append(f"<{tag}{attributes}>")
         out += inner
         out.append(f"</{tag}>")
-        return
-    out.append(f"<{tag}>{_text(shape, value)}</{tag}>")
+    elif isinstance(shape, ListShape):
+        item_tag = shape.member.serialization.get("name", "member")
+        out.append(f"<{tag}>")
+        for element in value:
+            _write_element(item_tag, shape.member, element, out)
+        out.append(f"</{tag}>")
+    else:
+        out.append(f"<{tag}>{_text(shape, value)}</{tag}>")
 
 
 def _text(shape: Shape, value: Any) -> str:
+    if isinstance(value, str):
+        return xml_escape(value)
     kind = shape.type_name
     if kind == "timestamp":
         return format_timestamp(value)
@@ -284,7 +304,7 @@ def _text(shape: Shape, value: Any) -> str:
         return "true" if value else "false"
     if kind == "blob":
         return base64.b64encode(value).decode()
-    return xml_escape(str(value))
+    return str(value)
 
 
 def error_document(code: str, message: str, request_id: str, extra: Mapping[str, str] | None = None) -> bytes:

@@ -30,10 +30,15 @@ class S3Call:
     by_canonical_id: Callable[[str], Principal | None] = lambda cid: None
     stream: Any = None  # set by GetObject: the ObjectData to send and its range
 
+    owners: dict[str, dict[str, str]] = field(default_factory=dict)
+
     def owner(self, name: str) -> dict[str, str]:
-        """S3's Owner element for a user of the cloud."""
-        principal = self.directory(name)
-        return {"DisplayName": name, "ID": principal.canonical_id if principal else name}
+        """S3's Owner element for a user of the cloud (looked up once per request and name)."""
+        found = self.owners.get(name)
+        if found is None:
+            principal = self.directory(name)
+            found = self.owners[name] = {"DisplayName": name, "ID": principal.canonical_id if principal else name}
+        return found
 
 
 def operation(name: str) -> Callable[[Callable[[S3Call], dict[str, Any]]], Callable[[S3Call], dict[str, Any]]]:

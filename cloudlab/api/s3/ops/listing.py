@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from cloudlab.api.s3.ops import S3Call, operation
 from cloudlab.walrus import WalrusError
-from cloudlab.walrus.records import ObjectVersion
+from cloudlab.walrus.records import Listed
 
 
 def _encoder(call: S3Call) -> Any:
@@ -27,7 +27,7 @@ def _encoder(call: S3Call) -> Any:
     return lambda text: None if text is None else quote(text, safe="/")
 
 
-def _entry(call: S3Call, v: ObjectVersion, enc: Any, owner: bool = True) -> dict[str, Any]:
+def _entry(call: S3Call, v: Listed, enc: Any, owner: bool = True) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "Key": enc(v.key),
         "LastModified": v.modified,
