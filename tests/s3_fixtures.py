@@ -141,6 +141,17 @@ def s3_process(tmp_path: Path) -> Iterator[S3Process]:
     process.stop()
 
 
+def signer_declaring(declared: str) -> Any:
+    """botocore's S3 SigV4 signer, signing the payload hash a test declares (true or not)."""
+    from botocore.auth import S3SigV4Auth
+
+    class Signer(S3SigV4Auth):
+        def payload(self, request: Any) -> str:
+            return declared
+
+    return Signer
+
+
 def signed_request(
     endpoint: S3Endpoint, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
     key: AccessKey | None = None,
@@ -149,15 +160,16 @@ def signed_request(
     import hashlib
     import http.client
 
-    from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
     key = key or endpoint.admin
-    request = AWSRequest(method=method, url=f"{endpoint.url}{path}", data=body, headers=dict(headers or {}))
-    if "X-Amz-Content-SHA256" not in request.headers:
-        request.headers["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
-    S3SigV4Auth(Credentials(key.access_key, key.secret_key), "s3", REGION).add_auth(request)
+    headers = dict(headers or {})
+    declared = headers.pop("X-Amz-Content-SHA256", None) or hashlib.sha256(body).hexdigest()
+
+    request = AWSRequest(method=method, url=f"{endpoint.url}{path}", data=body, headers=headers)
+    signer_declaring(declared)(Credentials(key.access_key, key.secret_key), "s3", REGION).add_auth(request)
+    assert request.headers["X-Amz-Content-SHA256"] == declared
     prepared = request.prepare()
     connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=30)
     try:

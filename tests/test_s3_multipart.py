@@ -81,7 +81,8 @@ def test_upload_part_copy_ranges(s3: S3Endpoint, bucket: str) -> None:  # noqa: 
                             ("items=0-1", "InvalidArgument")):  # fmt: skip
         with pytest.raises(ClientError) as excinfo:
             client.upload_part_copy(Bucket=bucket, Key="assembled", UploadId=upload, PartNumber=3,
-                                    CopySource={"Bucket": bucket, "Key": "source"}, CopySourceRange=bad_range)  # fmt: skip
+                                    CopySource={"Bucket": bucket, "Key": "source"},
+                                    CopySourceRange=bad_range)  # fmt: skip
         assert error_code(excinfo) == code, bad_range
     with pytest.raises(ClientError) as excinfo:
         client.upload_part_copy(Bucket=bucket, Key="assembled", UploadId=upload, PartNumber=3,

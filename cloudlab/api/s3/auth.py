@@ -153,14 +153,20 @@ def _check_v2_clock(date: str) -> None:
 
 def string_to_sign_v2(
     method: str, headers: Mapping[str, str], raw_path: str, query: Mapping[str, str], bucket: str | None,
-    virtual_host: bool, expires: str | None,
+    virtual_host: bool, expires: str | None, bucket_slash: bool = False,
 ) -> str:  # fmt: skip
-    """S3's SigV2 string to sign (the canonical resource keeps the path's encoding as sent)."""
+    """S3's SigV2 string to sign (the canonical resource keeps the path's encoding as sent).
+
+    ``bucket_slash`` spells a request on a bucket itself ``/bucket/``, as botocore signs it; S3 takes
+    ``/bucket`` too, so the verifier tries both.
+    """
     amz = sorted((k, " ".join(v.split())) for k, v in headers.items() if k.startswith("x-amz-"))
     date = expires if expires is not None else ("" if "x-amz-date" in headers else headers.get("date", ""))
     resource = raw_path.split("?", 1)[0]
     if virtual_host and bucket:
         resource = f"/{quote(bucket)}{resource}"
+    if bucket_slash and not resource.endswith("/"):
+        resource += "/"
     subresources = sorted((k, v) for k, v in query.items() if k in SIGNED_SUBRESOURCES)
     if subresources:
         resource += "?" + "&".join(f"{k}={v}" if v != "" else k for k, v in subresources)
@@ -175,8 +181,14 @@ def _check_v2(
 ) -> None:  # fmt: skip
     if secret is None:
         raise WalrusError("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
-    text = string_to_sign_v2(method, headers, raw_path, query, bucket, virtual_host, expires)
-    expected = base64.b64encode(hmac.new(secret.encode(), text.encode("utf-8"), hashlib.sha1).digest()).decode()
-    if not hmac.compare_digest(expected, signature.replace(" ", "+")):
-        raise WalrusError("SignatureDoesNotMatch", "The request signature we calculated does not match the signature "
-                          "you provided. Check your key and signing method.", StringToSign=text)  # fmt: skip
+    provided = signature.replace(" ", "+")
+    on_bucket = raw_path.split("?", 1)[0].strip("/").count("/") == 0 and not virtual_host
+    texts = [string_to_sign_v2(method, headers, raw_path, query, bucket, virtual_host, expires)]
+    if on_bucket or (virtual_host and raw_path.split("?", 1)[0] in ("", "/")):
+        texts.append(string_to_sign_v2(method, headers, raw_path, query, bucket, virtual_host, expires, True))
+    for text in texts:
+        expected = base64.b64encode(hmac.new(secret.encode(), text.encode("utf-8"), hashlib.sha1).digest()).decode()
+        if hmac.compare_digest(expected, provided):
+            return
+    raise WalrusError("SignatureDoesNotMatch", "The request signature we calculated does not match the signature "
+                      "you provided. Check your key and signing method.", StringToSign=texts[0])  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 import sys
 import threading
 import uuid
@@ -65,6 +66,64 @@ class _Bounded:
         data = self._raw.readline(min(limit, self.remaining)) if self.remaining > 0 else b""
         self.remaining -= len(data)
         return data
+
+
+class _HttpChunked:
+    """A body sent with ``Transfer-Encoding: chunked`` (as boto3 sends aws-chunked bodies over HTTPS)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._left = 0  # bytes left in the current HTTP chunk
+        self._done = False
+
+    @property
+    def remaining(self) -> int:
+        return 0 if self._done else 1
+
+    def _next_chunk(self) -> bool:
+        if self._done:
+            return False
+        if self._left == 0:
+            line = self._raw.readline(4096)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise WalrusError("IncompleteBody", "Bad HTTP chunk size in a chunked request body") from None
+            if size == 0:
+                while self._raw.readline(4096) not in (b"\r\n", b"\n", b""):
+                    pass  # HTTP trailers: none that S3 defines
+                self._done = True
+                return False
+            self._left = size
+        return True
+
+    def read(self, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size and self._next_chunk():
+            data = self._raw.read(min(size - len(out), self._left))
+            if not data:
+                raise WalrusError("IncompleteBody", "The chunked request body ended early")
+            out += data
+            self._left -= len(data)
+            if self._left == 0 and self._raw.read(2) != b"\r\n":
+                raise WalrusError("IncompleteBody", "An HTTP chunk is not followed by CRLF")
+        return bytes(out)
+
+    def readinto(self, buffer: memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self, limit: int) -> bytes:
+        out = bytearray()
+        while len(out) < limit:
+            byte = self.read(1)
+            if not byte:
+                break
+            out += byte
+            if byte == b"\n":
+                break
+        return bytes(out)
 
 
 class Directory:
@@ -192,11 +251,8 @@ class S3Handler(BaseHTTPRequestHandler):
             if not length_text.isdigit():
                 raise WalrusError("InvalidArgument", "Content-Length must be a number")
             length = int(length_text)
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                raise WalrusError(
-                    "NotImplemented", "Transfer-Encoding: chunked is not implemented; send Content-Length"
-                )
-            body_left = length > 0
+            http_chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+            body_left = length > 0 or http_chunked
             query = dict(split_form(raw_query))
             host = headers.get("host", "")
             target = split_target(host, raw_path, self.api.domain)
@@ -225,7 +281,7 @@ class S3Handler(BaseHTTPRequestHandler):
                 raise WalrusError("NotImplemented", f"{self.command} {raw_path} with these parameters is not "
                                   "implemented by this store")  # fmt: skip
             op = operation_model(name)
-            stream = _Bounded(self.rfile, length)
+            stream: Any = _HttpChunked(self.rfile) if http_chunked else _Bounded(self.rfile, length)
             chunked: ChunkedBody | None = None
             declared_size: int | None = length
             mode = auth.payload_hash or ""
@@ -234,10 +290,14 @@ class S3Handler(BaseHTTPRequestHandler):
                 declared_size = int(decoded) if decoded and decoded.isdigit() else None
                 chunked = ChunkedBody(stream, mode or "STREAMING-UNSIGNED-PAYLOAD-TRAILER", auth.sigv4, declared_size,
                                       headers.get("x-amz-trailer"))  # fmt: skip
-            body_iter: Any = chunked if chunked is not None else plain_body(stream, length)
+            if chunked is None and http_chunked:
+                chunked_plain = stream
+                body_iter: Any = iter(lambda: chunked_plain.read(1024 * 1024), b"")
+            else:
+                body_iter = chunked if chunked is not None else plain_body(stream, length)
             xml: bytes | None = None
             if name not in STREAMED_INPUT and body_left:
-                if length > MAX_XML_BODY:
+                if length > MAX_XML_BODY or http_chunked:
                     raise WalrusError("EntityTooLarge", "The request body is too large for this operation")
                 xml = b"".join(bytes(chunk) for chunk in body_iter)
                 body_left = False
@@ -342,15 +402,21 @@ class BoundedThreadingHTTPServer(ThreadingHTTPServer):
 
 def serve_s3(
     walrus: Walrus, users: Any, region: str, host: str = "127.0.0.1", port: int = 0, domain: str = DEFAULT_DOMAIN,
-    max_threads: int = MAX_THREADS,
+    max_threads: int = MAX_THREADS, tls: ssl.SSLContext | None = None,
 ) -> BoundedThreadingHTTPServer:  # fmt: skip
-    """Serve the S3 endpoint in a daemon thread (port 0 picks a free one: ``server.server_port``)."""
+    """Serve the S3 endpoint in a daemon thread (port 0 picks a free one: ``server.server_port``).
+
+    With ``tls`` (a server-side SSL context) the endpoint speaks HTTPS; the handshake happens in the
+    connection's own thread, so a slow client never holds up the accept loop.
+    """
     api = S3Api(walrus, users, region, domain)
     handler = type("BoundS3Handler", (S3Handler,), {"api": api})
     try:
         server = BoundedThreadingHTTPServer((host, port), handler, max_threads)
     except OSError as exc:
         raise CloudError("InvalidParameterValue", f"cannot listen on {host}:{port} for S3 ({exc.strerror})") from exc
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     server.api = api  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, name="s3-api", daemon=True).start()
     return server
