@@ -17,7 +17,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from cloudlab.api.s3.payload import STREAMING, ChunkedBody, plain_body
 from cloudlab.api.s3.restxml import error_document, parse_input, serialize_output
 from cloudlab.api.s3.routing import DEFAULT_DOMAIN, Target, resolve_operation, split_target
 from cloudlab.errors import CloudError
+from cloudlab.httpserve import HardenedHTTPServer, HardenedRequestHandler
 from cloudlab.walrus import Integrity, Principal, Walrus, WalrusError
 from cloudlab.walrus.access import canonical_id
 from cloudlab.walrus.base import decode_md5
@@ -191,7 +191,11 @@ def _integrity(headers: dict[str, str], auth: Authenticated, chunked: ChunkedBod
     return integrity
 
 
-class S3Handler(BaseHTTPRequestHandler):
+class S3Handler(HardenedRequestHandler):
+    """One S3 connection. The whole-request deadline covers the request line and headers (a slow-loris
+    client is cut off); an object body then streams for as long as it keeps moving (``timeout`` is the
+    idle limit), since a gigabyte over a slow link legitimately takes longer than any fixed deadline."""
+
     api: S3Api
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -239,6 +243,7 @@ class S3Handler(BaseHTTPRequestHandler):
     # -- the request path -------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        self.server.end_deadline(self.connection)  # headers are in: from here the idle timeout governs
         request_id = uuid.uuid4().hex[:16].upper()
         self.api.requests += 1
         headers = self._headers()
@@ -367,24 +372,10 @@ class S3Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-class BoundedThreadingHTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with at most ``max_threads`` handler threads: the accept loop waits for a slot."""
+class S3HTTPServer(HardenedHTTPServer):
+    """The house's hardened server (bounded threads, header deadline) that stays quiet about hang-ups."""
 
-    daemon_threads = True
-    request_queue_size = 128
     block_on_close = False
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_threads: int) -> None:
-        self._slots = threading.BoundedSemaphore(max_threads)
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._slots.acquire()
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or stalls is normal traffic, not a traceback on stderr."""
@@ -393,17 +384,11 @@ class BoundedThreadingHTTPServer(ThreadingHTTPServer):
             return
         log.exception("S3 connection from %s failed", client_address)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
 
 def serve_s3(
     walrus: Walrus, users: Any, region: str, host: str = "127.0.0.1", port: int = 0, domain: str = DEFAULT_DOMAIN,
     max_threads: int = MAX_THREADS, tls: ssl.SSLContext | None = None,
-) -> BoundedThreadingHTTPServer:  # fmt: skip
+) -> S3HTTPServer:  # fmt: skip
     """Serve the S3 endpoint in a daemon thread (port 0 picks a free one: ``server.server_port``).
 
     With ``tls`` (a server-side SSL context) the endpoint speaks HTTPS; the handshake happens in the
@@ -412,7 +397,7 @@ def serve_s3(
     api = S3Api(walrus, users, region, domain)
     handler = type("BoundS3Handler", (S3Handler,), {"api": api})
     try:
-        server = BoundedThreadingHTTPServer((host, port), handler, max_threads)
+        server = S3HTTPServer((host, port), handler, max_threads=max_threads)
     except OSError as exc:
         raise CloudError("InvalidParameterValue", f"cannot listen on {host}:{port} for S3 ({exc.strerror})") from exc
     if tls is not None:
@@ -422,4 +407,4 @@ def serve_s3(
     return server
 
 
-__all__ = ["S3Api", "serve_s3", "Target", "Callable"]
+__all__ = ["Callable", "S3Api", "Target", "serve_s3"]
