@@ -284,6 +284,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     layout = _layout(args)
     info, creds = control.connection(layout, args.user)
     print(f"export AWS_ENDPOINT_URL_EC2={info['url']}")
+    if info.get("s3_url"):
+        print(f"export AWS_ENDPOINT_URL_S3={info['s3_url']}")
     print(f"export AWS_ACCESS_KEY_ID={creds['access_key']}")
     print(f"export AWS_SECRET_ACCESS_KEY={creds['secret_key']}")
     print(f"export AWS_DEFAULT_REGION={info['region']}")
@@ -567,6 +569,7 @@ def cmd_creds(args: argparse.Namespace) -> int:
             Path(args.out) if args.out else layout.credentials / user.name,
             user.name,
             endpoint_url=info["url"],
+            s3_url=info.get("s3_url"),
             region=info["region"],
             access_key=key.access_key,
             secret_key=key.secret_key,
