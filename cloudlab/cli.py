@@ -164,6 +164,13 @@ def cmd_bench_network(args: argparse.Namespace) -> int:
     return network_main(argv)
 
 
+def cmd_bench_s3(args: argparse.Namespace) -> int:
+    from cloudlab.bench.s3 import main as s3_main
+
+    return s3_main(["--output", args.output, "--sizes", args.sizes, "--keys", args.keys, "--clients", args.clients,
+                    "--scale", str(args.scale)])  # fmt: skip
+
+
 def cmd_bench_notebook(args: argparse.Namespace) -> int:
     from cloudlab.bench.notebooks import main as notebook_main
 
@@ -711,6 +718,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vms", action="store_true", help="only namespaces and cables (no VMs)")
     p.add_argument("--variants", action="store_true", help="also vde_plug2tap and ptp taps (ways to shrink VDE's cost)")
     p.set_defaults(func=cmd_bench_network)
+    p = bench_sub.add_parser("s3", help="Walrus (S3) PUT/GET/LIST beside moto's S3 server and a plain copy")
+    p.add_argument("--output", default="results", help="folder for CSV and JSON (default results/)")
+    p.add_argument("--sizes", default="4KiB,1MiB,64MiB,1GiB", help="object sizes (default all four)")
+    p.add_argument("--keys", default="10000,100000", help="listing sizes (default 10000,100000)")
+    p.add_argument("--clients", default="1,8", help="concurrent clients (default 1,8)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the bytes moved per size (0.1 for a quick look)")
+    p.set_defaults(func=cmd_bench_s3)
     p = bench_sub.add_parser(
         "notebook",
         help="run a notebook headless with papermill (-p key value ..., --sweep key=v1,v2 ...); see --help",
