@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from contextlib import redirect_stderr, redirect_stdout
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,45 @@ def test_storage_in_the_usage_report(cloud: RunningCloud) -> None:
     assert float(row["storage_gb_hours"]) > 0
     code, out, _ = run_cli("usage", "--state", state, "--by", "user")
     assert user.name in out and "storage_gb_hours" in out
+
+
+def test_notebook_client_dataframes_widget_and_results_bucket(cloud: RunningCloud, tmp_path: Path) -> None:
+    import urllib.request
+
+    from cloudlab.bench.notebooks import notebook_parameters
+    from cloudlab.buckets import publish_results
+    from cloudlab.client import connect
+    from cloudlab.widgets import BucketBrowser
+
+    lab = connect(str(cloud.layout.root), progress=False)
+    lab.s3.create_bucket(Bucket="notebook-data")
+    lab.s3.put_object(Bucket="notebook-data", Key="inputs/a.csv", Body=b"1,2\n")
+    assert "notebook-data" in set(lab.buckets()["bucket"])
+    objects = lab.objects("notebook-data")
+    assert list(objects["key"]) == ["inputs/a.csv"] and list(objects["size"]) == [4]
+
+    browser = BucketBrowser(lab, bucket="notebook-data")
+    assert browser.error is None and list(browser.rows["key"]) == ["inputs/a.csv"]
+    browser.new_bucket.value = "widget-made"
+    browser.create_button.click()
+    assert browser.error is None and browser.bucket.value == "widget-made"
+    browser.prefix.value = "uploads/"
+    browser.files.value = ({"name": "hello.txt", "type": "text/plain", "size": 5, "content": memoryview(b"hello"),
+                            "last_modified": datetime.now(UTC)},)  # fmt: skip
+    browser.upload_button.click()
+    assert browser.error is None, browser.message.value
+    assert list(browser.rows["key"]) == ["uploads/hello.txt"] and "hello.txt" in browser.table.value
+    assert urllib.request.urlopen(browser.link("uploads/hello.txt"), timeout=10).read() == b"hello"
+    browser.upload_button.click()  # nothing chosen now: a message, not a traceback
+    assert browser.error is not None and "choose a file" in browser.message.value
+
+    results = tmp_path / "results"
+    (results / "charts").mkdir(parents=True)
+    (results / "results.csv").write_text("flavour,gbit_s\ndirect,9\n")
+    (results / "charts" / "a.png").write_bytes(b"\x89PNG")
+    address = publish_results("bench-results", results, "vde-vs-direct", state=str(cloud.layout.root))
+    prefix = address.removeprefix("s3://bench-results/")
+    assert set(lab.objects("bench-results")["key"]) == {f"{prefix}results.csv", f"{prefix}charts/a.png"}
+    root = Path(__file__).resolve().parents[1] / "notebooks"
+    for notebook in ("vde-vs-direct.ipynb", "assignments/network-penalty.ipynb"):
+        assert notebook_parameters(root / notebook)["results_bucket"] == "\"\""  # as written in the cell
