@@ -197,8 +197,23 @@ def test_wrong_checksum_header_is_refused(s3: S3Endpoint, bucket: str, algorithm
 
 
 def test_virtual_host_style(s3: S3Endpoint) -> None:  # noqa: F811
-    client = s3.client(style="virtual")
+    """Bucket in the host name (``BUCKET.s3.localhost``). *.localhost resolves to loopback only where the
+    resolver follows RFC 6761 (systemd-resolved does, this machine's glibc does not), so the client reaches
+    the endpoint as its HTTP proxy: the request still names ``BUCKET.s3.localhost`` in its Host header."""
+    import boto3
+    from botocore.config import Config
+
     name = s3.bucket()
+    client = boto3.client(
+        "s3", endpoint_url=f"http://s3.localhost:{s3.port}", region_name="cloudlab-1",
+        aws_access_key_id=s3.admin.access_key, aws_secret_access_key=s3.admin.secret_key,
+        config=Config(s3={"addressing_style": "virtual"}, proxies={"http": f"http://127.0.0.1:{s3.port}"},
+                      retries={"max_attempts": 1}),
+    )  # fmt: skip
+    seen: list[str] = []
+    client.meta.events.register("before-send.s3.*", lambda request, **_: seen.append(request.url))
     client.put_object(Bucket=name, Key="vhost/key", Body=b"v")
     assert client.get_object(Bucket=name, Key="vhost/key")["Body"].read() == b"v"
     assert [o["Key"] for o in client.list_objects_v2(Bucket=name)["Contents"]] == ["vhost/key"]
+    assert seen and all(url.startswith(f"http://{name}.s3.localhost:{s3.port}/") for url in seen), seen
+    assert s3.client().get_object(Bucket=name, Key="vhost/key")["Body"].read() == b"v"  # the same object, path style

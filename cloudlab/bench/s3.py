@@ -34,7 +34,7 @@ from cloudlab.bench.api_load import free_port, wait_for_port
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 SIZES = {"4KiB": 4 * KIB, "1MiB": MIB, "64MiB": 64 * MIB, "1GiB": GIB}
 #: Bytes each client moves per size and direction (bounded in count and time, and in moto's memory).
-VOLUME = {"4KiB": 4 * MIB, "1MiB": 256 * MIB, "64MiB": 512 * MIB, "1GiB": GIB}
+VOLUME = {"4KiB": MIB, "1MiB": 128 * MIB, "64MiB": 256 * MIB, "1GiB": GIB}
 LIST_SIZES = (10_000, 100_000)
 CLIENTS = (1, 8)
 MOTO_MEMORY_CAP = 2 * GIB  # moto keeps objects in memory: no run of it stores more than this at once
