@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from cloudlab.api.errors import ApiError
 from cloudlab.api.protocol import split_form
 from cloudlab.api.s3 import cors, post_object
 from cloudlab.api.s3.auth import Authenticated, KeyLookup, authenticate
@@ -336,6 +337,9 @@ class S3Handler(HardenedRequestHandler):
             if body_left:
                 self.close_connection = True
             self._error(exc, request_id, cors_headers)
+        except ApiError as exc:  # from the shared form decoder: a malformed query string
+            self.close_connection = True
+            self._error(WalrusError("InvalidArgument", exc.message), request_id, cors_headers)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception:
