@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,18 @@ from cloudlab.walrus.records import NULL_VERSION, Bucket, Integrity, ObjectVersi
 MAX_KEY_BYTES = 1024
 MAX_OBJECT_BYTES = 5 * 1024**4  # 5 TiB, as S3
 MAX_PUT_BYTES = 5 * 1024**3  # a single PUT, as S3
+INLINE_MAX = 64 * 1024  # objects up to this size are kept in their metadata row (see cloudlab.walrus.db)
+
+
+@dataclass(frozen=True)
+class Received:
+    """A body that has arrived and passed its digests: in a durable blob, or (small) in memory."""
+
+    blob: BlobInfo | None
+    inline: bytes | None
+    size: int
+    md5: bytes
+    digests: dict[str, bytes]
 
 
 def new_version_id() -> str:
@@ -120,6 +134,21 @@ class EngineBase:
         except BaseException:
             writer.abort()
             raise
+
+    def receive(self, chunks: Iterable[Any], integrity: Integrity | None, inline_max: int = 0) -> Received:
+        """Like :meth:`write_blob`, but a body of at most ``inline_max`` bytes stays in memory (no file)."""
+        buffer = bytearray()
+        iterator = iter(chunks)
+        for chunk in iterator:
+            if len(buffer) + len(chunk) > inline_max:
+                rest = itertools.chain([bytes(buffer), chunk], iterator)
+                info = self.write_blob(rest, integrity)
+                return Received(info, None, info.size, info.md5, info.digests)
+            buffer += chunk
+        integrity = integrity or Integrity()
+        data = bytes(buffer)
+        md5, digests = verify_bytes(integrity, data)
+        return Received(None, data, len(data), md5, digests)
 
     def charge(self, db: sqlite3.Connection, user: str, d_bytes: int, d_objects: int, bytes_in: int = 0) -> None:
         """Change ``user``'s stored bytes/objects (integrating byte-seconds up to now), inside a transaction."""
@@ -256,8 +285,8 @@ def decode_md5(value: str) -> bytes:
     return raw
 
 
-def verify_bytes(integrity: Integrity, data: bytes) -> None:
-    """Check a small body held in memory (an XML document) against the digests its client claimed."""
+def verify_bytes(integrity: Integrity, data: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """Check a small body held in memory against the digests its client claimed; (MD5, other digests)."""
     algorithms = [integrity.checksum_algorithm] if integrity.checksum_algorithm else []
     if integrity.content_sha256:
         algorithms.append("SHA256")
@@ -266,4 +295,6 @@ def verify_bytes(integrity: Integrity, data: bytes) -> None:
         digest = checksums.new_digest(name)
         digest.update(data)
         digests[name] = digest.digest()
-    _verify(integrity, hashlib.md5(data).digest(), digests)
+    md5 = hashlib.md5(data).digest()
+    _verify(integrity, md5, digests)
+    return md5, digests

@@ -18,7 +18,7 @@ from typing import Any
 
 from cloudlab.walrus import access, checksums
 from cloudlab.walrus.access import Principal
-from cloudlab.walrus.base import EngineBase, check_key
+from cloudlab.walrus.base import INLINE_MAX, EngineBase, check_key
 from cloudlab.walrus.blobs import CHUNK, BlobInfo
 from cloudlab.walrus.buckets import MAX_OBJECT_TAGS, check_tags
 from cloudlab.walrus.errors import WalrusError, access_denied, no_such_bucket, no_such_key
@@ -103,6 +103,7 @@ class ObjectData:
     def __init__(self, version: ObjectVersion, files: list[tuple[int, int]]) -> None:
         self.version = version
         self._files = files  # (fd, size) per segment
+        self.inline = version.inline  # a small object's bytes (then there are no files)
 
     def pieces(self, first: int = 0, last: int | None = None) -> Iterator[tuple[int, int, int]]:
         """(fd, offset, length) covering bytes first..last (inclusive) in order."""
@@ -115,6 +116,9 @@ class ObjectData:
             position += size
 
     def chunks(self, first: int = 0, last: int | None = None) -> Iterator[bytes]:
+        if self.inline is not None:
+            yield self.inline[first : (self.version.size if last is None else last + 1)]
+            return
         for fd, offset, length in self.pieces(first, last):
             while length > 0:
                 data = os.pread(fd, min(CHUNK, length), offset)
@@ -164,12 +168,10 @@ class ObjectOps(EngineBase):
         owner = principal or Principal(bucket.owner, "")
         acl = self.new_acl(owner, spec, bucket)
         self.check_quota(None, bucket.owner, declared_size or 0, 1)
-        info = self.write_blob(chunks, integrity)
-        blobs = [info]
-        segments = [[info.blob_id, info.size]]
-        if info.size == 0:  # an empty object needs no file (and 100,000 empty keys cost no inodes)
-            self.blobs.delete([info.blob_id])
-            blobs, segments = [], []
+        small = declared_size is not None and declared_size <= INLINE_MAX
+        info = self.receive(chunks, integrity, INLINE_MAX if small else 0)
+        blobs = [info.blob] if info.blob is not None else []
+        segments = [[info.blob.blob_id, info.size]] if info.blob is not None else []
         checksum = None
         if integrity and integrity.checksum_algorithm:
             checksum = checksums.encode(info.digests[integrity.checksum_algorithm])
@@ -178,6 +180,7 @@ class ObjectOps(EngineBase):
             "owner": owner.name,
             "size": info.size,
             "etag": info.md5.hex(),
+            "inline": info.inline or None,  # an empty object needs neither a file nor bytes
             "modified": self.clock(),
             "acl": access.dump(acl),
             "checksum_algorithm": integrity.checksum_algorithm if integrity else None,

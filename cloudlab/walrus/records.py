@@ -59,6 +59,7 @@ class ObjectVersion:
     checksum: str | None
     parts: int | None
     segments: list[tuple[str, int]]
+    inline: bytes | None = None  # a small object's bytes, kept in its metadata row
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ObjectVersion:
@@ -81,6 +82,7 @@ class ObjectVersion:
             row["checksum"],
             row["parts"],
             [(blob, size) for blob, size in json.loads(row["segments"] or "[]")],
+            row["inline"],
         )
 
 

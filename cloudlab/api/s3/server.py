@@ -356,6 +356,9 @@ class S3Handler(HardenedRequestHandler):
             if self.command == "HEAD" or length == 0:
                 return
             self.wfile.flush()
+            if data.inline is not None:
+                self.wfile.write(data.inline[first : last + 1])
+                return
             for fd, offset, count in data.pieces(first, last):
                 with os.fdopen(os.dup(fd), "rb") as handle:
                     self.connection.sendfile(handle, offset, count)
