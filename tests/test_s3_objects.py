@@ -132,6 +132,10 @@ def test_copy_with_metadata_directives(s3: S3Endpoint, bucket: str) -> None:  # 
     client.copy_object(Bucket=bucket, Key="orig", CopySource=source, MetadataDirective="REPLACE",
                        Metadata={"a": "updated"})  # fmt: skip
     assert client.head_object(Bucket=bucket, Key="orig")["Metadata"] == {"a": "updated"}
+    client.copy_object(Bucket=other, Key="public-copy", CopySource=source, ACL="public-read")
+    assert s3.anonymous().get_object(Bucket=other, Key="public-copy")["Body"].read() == b"payload"
+    with pytest.raises(ClientError):  # ACLs are not copied: a copy is private unless the request says otherwise
+        s3.anonymous().get_object(Bucket=other, Key="same")
     with pytest.raises(ClientError) as excinfo:
         client.copy_object(Bucket=other, Key="x", CopySource=source, CopySourceIfMatch='"nope"')
     assert error_code(excinfo) == "PreconditionFailed"

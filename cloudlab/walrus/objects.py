@@ -324,8 +324,10 @@ class ObjectOps(EngineBase):
         spec: WriteSpec | None,
         conditions: Conditions | None = None,
         tags: dict[str, str] | None = None,
+        acl: WriteSpec | None = None,
     ) -> tuple[ObjectVersion, ObjectVersion]:
-        """Copy a version; ``spec`` None keeps its metadata (directive COPY), else REPLACE. (source, new)."""
+        """Copy a version; ``spec`` None keeps its metadata (directive COPY), else REPLACE; the copy's ACL is
+        ``acl``'s (private by default, as S3: ACLs are never copied). Returns (source version, new version)."""
         src_bucket, src_key, src_version = source
         if (src_bucket, src_key) == (bucket_name, key) and spec is None and src_version is None and tags is None:
             raise WalrusError(
@@ -340,6 +342,8 @@ class ObjectOps(EngineBase):
                 spec = WriteSpec(old.content_type, dict(old.headers), dict(old.metadata), dict(old.tags))
             if tags is not None:
                 spec.tags = tags
+            if acl is not None:
+                spec.canned_acl, spec.grants = acl.canned_acl, acl.grants
             integrity = Integrity(checksum_algorithm=old.checksum_algorithm) if old.checksum_algorithm else None
             if old.checksum and old.parts:
                 integrity = None  # a composite checksum cannot be carried to a single-part copy
@@ -390,7 +394,3 @@ class ObjectOps(EngineBase):
 def bucket_acl_for_marker(bucket: Any) -> str:
     """A delete marker carries the bucket owner's private ACL (it has no data to share)."""
     return access.dump({"owner": bucket.owner, "grants": []})
-
-
-def denied(resource: str) -> WalrusError:
-    return access_denied(resource)

@@ -64,8 +64,7 @@ def put_object(call: S3Call) -> dict[str, Any]:
     return {
         "ETag": f'"{version.etag}"',
         "VersionId": version_header(version.version_id, _versioning(call, p["Bucket"])),
-        "Size": None,
-        **{k: v for k, v in checksum_fields(version).items()},
+        **checksum_fields(version),
     }
 
 
