@@ -192,8 +192,7 @@ def copy_object(call: S3Call) -> dict[str, Any]:
         raise WalrusError("InvalidArgument", "Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
     spec = write_spec(call) if directive == "REPLACE" else None
     tags = tag_set(p.get("Tagging")) if p.get("TaggingDirective") == "REPLACE" else None
-    if spec is None and (p.get("ACL") or header_grants(call)):
-        spec = None  # ACL of the copy comes from the request even with COPY
+    acl = WriteSpec(canned_acl=p.get("ACL"), grants=header_grants(call))  # ACLs are never copied: the request's
     source = copy_source(p["CopySource"])
     old, new = call.walrus.copy_object(
         call.principal,
@@ -202,7 +201,8 @@ def copy_object(call: S3Call) -> dict[str, Any]:
         p["Key"],
         spec,
         _conditions(p, "CopySource"),
-        tags,  # type: ignore[arg-type]
+        tags,
+        acl,
     )
     versioning = _versioning(call, p["Bucket"])
     return {
