@@ -174,6 +174,13 @@ def cmd_bench_network(args: argparse.Namespace) -> int:
     return network_main(argv)
 
 
+def cmd_bench_s3(args: argparse.Namespace) -> int:
+    from cloudlab.bench.s3 import main as s3_main
+
+    return s3_main(["--output", args.output, "--sizes", args.sizes, "--keys", args.keys, "--clients", args.clients,
+                    "--scale", str(args.scale)])  # fmt: skip
+
+
 def cmd_bench_notebook(args: argparse.Namespace) -> int:
     from cloudlab.bench.notebooks import main as notebook_main
 
@@ -283,7 +290,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     total = {args.by: "TOTAL"} | frame.attrs["total"]
     shown = frame.copy()
     shown.loc[len(shown)] = {k: total.get(k, "") for k in shown.columns}
-    for column in ("instance_hours", "vcpu_hours", "gb_hours"):
+    for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours"):
         shown[column] = shown[column].map(lambda v: f"{float(v):.3f}")
     print(f"usage by {args.by}, from {window} (billed: time in running)")
     print(shown.to_string(index=False))
@@ -294,6 +301,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     layout = _layout(args)
     info, creds = control.connection(layout, args.user)
     print(f"export AWS_ENDPOINT_URL_EC2={info['url']}")
+    if info.get("s3_url"):
+        print(f"export AWS_ENDPOINT_URL_S3={info['s3_url']}")
     print(f"export AWS_ACCESS_KEY_ID={creds['access_key']}")
     print(f"export AWS_SECRET_ACCESS_KEY={creds['secret_key']}")
     print(f"export AWS_DEFAULT_REGION={info['region']}")
@@ -593,6 +602,7 @@ def cmd_creds(args: argparse.Namespace) -> int:
             Path(args.out) if args.out else layout.credentials / user.name,
             user.name,
             endpoint_url=info["url"],
+            s3_url=info.get("s3_url"),
             region=info["region"],
             access_key=key.access_key,
             secret_key=key.secret_key,
@@ -735,6 +745,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vms", action="store_true", help="only namespaces and cables (no VMs)")
     p.add_argument("--variants", action="store_true", help="also vde_plug2tap and ptp taps (ways to shrink VDE's cost)")
     p.set_defaults(func=cmd_bench_network)
+    p = bench_sub.add_parser("s3", help="Walrus (S3) PUT/GET/LIST beside moto's S3 server and a plain copy")
+    p.add_argument("--output", default="results", help="folder for CSV and JSON (default results/)")
+    p.add_argument("--sizes", default="4KiB,1MiB,64MiB,1GiB", help="object sizes (default all four)")
+    p.add_argument("--keys", default="10000,100000", help="listing sizes (default 10000,100000)")
+    p.add_argument("--clients", default="1,8", help="concurrent clients (default 1,8)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the bytes moved per size (0.1 for a quick look)")
+    p.set_defaults(func=cmd_bench_s3)
     p = bench_sub.add_parser(
         "notebook",
         help="run a notebook headless with papermill (-p key value ..., --sweep key=v1,v2 ...); see --help",

@@ -221,6 +221,26 @@ class Cloud:
             "aws_secret_access_key": self.secret_key,
         }
 
+    # -- Walrus (S3): see cloudlab.buckets -------------------------------------------------------------
+    @property
+    def s3(self) -> Any:
+        """A boto3 S3 client for this cloud's object store, as this user (same keys as ``ec2``)."""
+        from cloudlab.buckets import s3_client
+
+        return s3_client(self)
+
+    def buckets(self) -> pd.DataFrame:
+        """The buckets this user sees (all of them for the admin)."""
+        from cloudlab.buckets import buckets_frame
+
+        return buckets_frame(self.s3)
+
+    def objects(self, bucket: str, prefix: str = "") -> pd.DataFrame:
+        """The objects of ``bucket`` under ``prefix``: key, size, modified, etag."""
+        from cloudlab.buckets import objects_frame
+
+        return objects_frame(self.s3, bucket, prefix)
+
     # -- listings ---------------------------------------------------------------------------------------
     def _described(self, filters: list[dict[str, Any]] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         found = []

@@ -5,7 +5,8 @@ What ``cloudlab creds NAME`` writes (secrets with mode 0600, the folder 0700)::
     NAME.crt, NAME.key   the user's X.509 identity from the cloud CA (role ``user``)
     cloud-ca.crt         the cloud CA's certificate, to check the identities it issued
     config               an AWS config profile ``cloudlab-NAME``: region and the EC2 endpoint, both as the
-                         profile's ``endpoint_url`` and as a ``services`` section (botocore reads either)
+                         profile's ``endpoint_url`` and as a ``services`` section (botocore reads either);
+                         the S3 endpoint (Walrus) in the same ``services`` section
     credentials          the profile's access key pair (the AWS shared credentials file)
     eucarc               ``export`` lines in the Eucalyptus tradition (EC2_URL, EC2_ACCESS_KEY, ...) plus
                          the AWS_* variables boto3 and the AWS CLI read
@@ -49,8 +50,9 @@ def _write(path: Path, data: str | bytes, mode: int) -> None:
     write_atomic(path, data, mode)
 
 
-def _aws_config(profile: str, region: str, endpoint_url: str) -> str:
+def _aws_config(profile: str, region: str, endpoint_url: str, s3_url: str | None = None) -> str:
     services = f"{profile}-services"
+    s3 = f"s3 =\n  endpoint_url = {s3_url}\n  addressing_style = path\n" if s3_url else ""
     return (
         f"[profile {profile}]\n"
         f"region = {region}\n"
@@ -61,6 +63,7 @@ def _aws_config(profile: str, region: str, endpoint_url: str) -> str:
         f"[services {services}]\n"
         "ec2 =\n"
         f"  endpoint_url = {endpoint_url}\n"
+        f"{s3}"
     )
 
 
@@ -68,7 +71,8 @@ def _aws_credentials(profile: str, access_key: str, secret_key: str) -> str:
     return f"[{profile}]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n"
 
 
-def _eucarc(bundle: Bundle, region: str, endpoint_url: str, secret_key: str) -> str:
+def _eucarc(bundle: Bundle, region: str, endpoint_url: str, secret_key: str, s3_url: str | None = None) -> str:
+    s3 = {"S3_URL": s3_url, "AWS_ENDPOINT_URL_S3": s3_url} if s3_url else {}
     variables = {
         "EC2_URL": endpoint_url,
         "AWS_ENDPOINT_URL_EC2": endpoint_url,
@@ -80,6 +84,7 @@ def _eucarc(bundle: Bundle, region: str, endpoint_url: str, secret_key: str) -> 
         "EC2_CERT": str(bundle.certificate),
         "EC2_PRIVATE_KEY": str(bundle.private_key),
         "EUCALYPTUS_CERT": str(bundle.ca_certificate),
+        **s3,
     }
     lines = [f"# cloudlab credentials of user {bundle.user}: source this file ('. {bundle.eucarc}')"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in variables.items()]
@@ -92,6 +97,7 @@ def write_bundle(
     *,
     endpoint_url: str,
     region: str,
+    s3_url: str | None = None,
     access_key: str,
     secret_key: str,
     certificate_pem: bytes,
@@ -118,9 +124,9 @@ def write_bundle(
     _write(bundle.certificate, certificate_pem, 0o644)
     _write(bundle.private_key, private_key_pem, 0o600)
     _write(bundle.ca_certificate, ca_pem, 0o644)
-    _write(bundle.config, _aws_config(profile, region, endpoint_url), 0o600)
+    _write(bundle.config, _aws_config(profile, region, endpoint_url, s3_url), 0o600)
     _write(bundle.credentials, _aws_credentials(profile, access_key, secret_key), 0o600)
-    _write(bundle.eucarc, _eucarc(bundle, region, endpoint_url, secret_key), 0o600)
+    _write(bundle.eucarc, _eucarc(bundle, region, endpoint_url, secret_key, s3_url), 0o600)
     return bundle
 
 

@@ -79,6 +79,7 @@ class CloudService:
         self.children: dict[str, ChildNode] = {}
         self.local_nodes: dict[str, NodeController] = {}
         self.api_server: Any = None
+        self.walrus: Any = None  # cloudlab.api.s3.service.WalrusService: the S3 endpoint
         self.network: Any = None  # cloudlab.cc.network.ClusterNetwork when the cluster has one
         self.metadata_server: Any = None
         self.started = time.time()
@@ -351,6 +352,9 @@ class CloudService:
             from cloudlab.api.server import serve_api  # the service composes the API; the core never imports it
 
             self.api_server = serve_api(self.clc, self.config.api_host, self.config.api_port, status=self.status)
+            from cloudlab.api.s3.service import start_walrus
+
+            self.walrus = start_walrus(self.layout, self.config, self.store, self.clc.users)
         self.cc.start()
         self.nodes_missing = self.wait_for_nodes()
         if self.nodes_missing:
@@ -370,6 +374,7 @@ class CloudService:
                 "region": self.config.region,
                 "started": self.started,
                 "nodes_missing": self.nodes_missing,
+                "s3_url": self.walrus.url if self.walrus is not None else None,
             },
         )
 
@@ -413,6 +418,8 @@ class CloudService:
                 log.exception("tearing the cluster network down failed")
         if self.api_server is not None:
             self.api_server.shutdown()
+        if self.walrus is not None:
+            self.walrus.stop()
         self.cc_server.shutdown()
         self.store.close()
         self.layout.endpoint_file.unlink(missing_ok=True)

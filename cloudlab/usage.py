@@ -19,7 +19,8 @@ from botocore.config import Config
 
 from cloudlab.api.extension import extended_loader
 
-COLUMNS = ("instances", "instance_hours", "vcpu_hours", "gb_hours", "net_rx_bytes", "net_tx_bytes")
+COLUMNS = ("instances", "instance_hours", "vcpu_hours", "gb_hours", "net_rx_bytes", "net_tx_bytes",
+           "storage_gb_hours", "s3_bytes_in", "s3_bytes_out")  # fmt: skip
 _FIELDS = {
     "Key": "key",
     "User": "user",
@@ -30,9 +31,12 @@ _FIELDS = {
     "GbHours": "gb_hours",
     "NetRxBytes": "net_rx_bytes",
     "NetTxBytes": "net_tx_bytes",
+    "StorageGbHours": "storage_gb_hours",
+    "S3BytesIn": "s3_bytes_in",
+    "S3BytesOut": "s3_bytes_out",
 }
 _DEFAULTS = {"instances": 0, "instance_hours": 0.0, "vcpu_hours": 0.0, "gb_hours": 0.0, "net_rx_bytes": 0}
-_DEFAULTS["net_tx_bytes"] = 0
+_DEFAULTS |= {"net_tx_bytes": 0, "storage_gb_hours": 0.0, "s3_bytes_in": 0, "s3_bytes_out": 0}
 
 
 _SESSION_LOCK = threading.Lock()
@@ -84,7 +88,8 @@ def fetch_usage(
     rows = [_row(item) for item in answer.get("UsageRows", [])]
     extra = ["user", "instance_type"] if by == "instance" else []
     frame = pd.DataFrame(rows, columns=["key", *extra, *COLUMNS]).rename(columns={"key": by})
-    frame = frame.astype({"instances": "int64", "net_rx_bytes": "int64", "net_tx_bytes": "int64"})
+    frame = frame.astype({"instances": "int64", "net_rx_bytes": "int64", "net_tx_bytes": "int64",
+                          "s3_bytes_in": "int64", "s3_bytes_out": "int64"})  # fmt: skip
     total = _row(answer.get("Total", {}))
     total.pop("key", None)
     frame.attrs.update(

@@ -10,6 +10,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config gcc vde2 vdeplug iproute2 openssh-client iperf3 busybox-static dropbear-bin nftables dnsmasq-base cpio zstd xz-utils
   chromium chromium-driver
+  s3cmd rclone
 )
 PYTHON=${PYTHON:-python3}
 

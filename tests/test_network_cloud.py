@@ -125,8 +125,9 @@ def direct_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
     reason = _requirements()
     if reason:
         pytest.skip(reason)
-    cloud = start_cloud(tmp_path_factory.mktemp("direct") / "state", network="direct", node_vcpus=4,
-                        node_memory_mb=1024)
+    cloud = start_cloud(
+        tmp_path_factory.mktemp("direct") / "state", network="direct", node_vcpus=4, node_memory_mb=1024
+    )
     yield cloud
     control.down(cloud.layout)
     no_leftovers(cloud)
@@ -140,8 +141,9 @@ def direct_instances(direct_cloud: RunningCloud) -> dict[str, Any]:
     web = ec2.create_security_group(GroupName="web", Description="web tier")["GroupId"]
     db = ec2.create_security_group(GroupName="db", Description="database tier")["GroupId"]
     for group in (web, db):
-        ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22,
-                                             CidrIp="0.0.0.0/0")
+        ec2.authorize_security_group_ingress(
+            GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0"
+        )
     image = default_image(ec2)
     a, b = launch(ec2, image, 2, [web], "netkey")
     (c,) = launch(ec2, image, 1, [db], "netkey")
@@ -182,13 +184,30 @@ def test_ssh_with_the_created_key_runs_commands_and_returns_their_status(
     address = describe(direct_instances["ec2"], [a])[a]["PrivateIpAddress"]
     assert_cloudlab_route(direct_cloud, address)
     # (user data runs in the background after the boot marker: wait for its output, bounded)
-    wait_for(lambda: f"user-data-ran-{a}" in ssh(direct_cloud, a, "cat /var/log/user-data.log").stdout, 60,
-             "the user data's output over SSH with the launch key")
+    wait_for(
+        lambda: f"user-data-ran-{a}" in ssh(direct_cloud, a, "cat /var/log/user-data.log").stdout,
+        60,
+        "the user data's output over SSH with the launch key",
+    )
     assert ssh(direct_cloud, a, "exit 7").returncode == 7
     # Plain OpenSSH from `cloudlab exec`, with the private key as CreateKeyPair returned it.
     key = next((direct_cloud.layout.root / "keys").glob("*/netkey.pem"))
-    plain = cli(direct_cloud, "exec", "--", "ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
-                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"root@{address}", "hostname")
+    plain = cli(
+        direct_cloud,
+        "exec",
+        "--",
+        "ssh",
+        "-i",
+        str(key),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        f"root@{address}",
+        "hostname",
+    )
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.strip() == a
 
@@ -230,8 +249,11 @@ def test_elastic_address_is_nated_to_the_instance(direct_cloud: RunningCloud, di
         assert describe(ec2, [c])[c]["PublicIpAddress"] == public_ip
         wait_for(lambda: route_dev(direct_cloud, public_ip) == "lo", 10, "the public address on the router")
         assert_cloudlab_route(direct_cloud, public_ip)
-        result = wait_for(lambda: (r := cli(direct_cloud, "ssh", "--public", c, "--", "hostname")).returncode == 0
-                          and r, 30, "SSH to the elastic address")
+        result = wait_for(
+            lambda: (r := cli(direct_cloud, "ssh", "--public", c, "--", "hostname")).returncode == 0 and r,
+            30,
+            "SSH to the elastic address",
+        )
         assert result.stdout.strip() == c
         metadata = ssh(direct_cloud, c, "wget -q -O - http://169.254.169.254/latest/meta-data/public-ipv4")
         assert metadata.stdout.strip() == public_ip
@@ -260,8 +282,12 @@ def test_status_json_lists_the_network(direct_cloud: RunningCloud, direct_instan
 
 def test_user_data_metadata_endpoints_answer_from_inside(direct_cloud: RunningCloud, direct_instances: dict) -> None:
     a = direct_instances["ids"][0]
-    out = ssh(direct_cloud, a, "wget -q -O - http://169.254.169.254/latest/meta-data/instance-id; echo;"
-                               " wget -q -O - http://169.254.169.254/latest/user-data | base64").stdout.split()
+    out = ssh(
+        direct_cloud,
+        a,
+        "wget -q -O - http://169.254.169.254/latest/meta-data/instance-id; echo;"
+        " wget -q -O - http://169.254.169.254/latest/user-data | base64",
+    ).stdout.split()
     assert out[0] == a
     assert base64.b64decode("".join(out[1:])).decode() == USER_DATA
 
@@ -292,8 +318,7 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     ec2 = vde_cloud.ec2()
     ec2.create_key_pair(KeyName="vdekey")
     group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-    ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22,
-                                         CidrIp="0.0.0.0/0")
+    ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0")
     instances = launch(ec2, default_image(ec2), 2, [group], "vdekey")
     ids = [i["InstanceId"] for i in instances]
     connect(str(vde_cloud.layout.root)).wait_booted(ids, timeout=180)
@@ -302,8 +327,9 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     behind_nat = next(i for i in ids if found[i]["Placement"]["HostId"] == "node-02")
     other = next(i for i in ids if i != behind_nat)
     # SSH to the instance on the NATed host goes router -> switch 1 -> cable -> switch 2.
-    result = wait_for(lambda: (r := ssh(vde_cloud, behind_nat, "hostname")).returncode == 0 and r, 60,
-                      "SSH across the cable")
+    result = wait_for(
+        lambda: (r := ssh(vde_cloud, behind_nat, "hostname")).returncode == 0 and r, 60, "SSH across the cable"
+    )
     assert result.stdout.strip() == behind_nat
     ping = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 {found[other]['PrivateIpAddress']}")
     assert ping.returncode == 0, ping.stdout
@@ -381,9 +407,7 @@ def test_bad_network_options_are_refused_before_anything_is_built(
     assert control.endpoint(layout) is None
 
 
-def test_workloads_run_in_instances_and_return_dataframes(
-    direct_cloud: RunningCloud, direct_instances: dict
-) -> None:
+def test_workloads_run_in_instances_and_return_dataframes(direct_cloud: RunningCloud, direct_instances: dict) -> None:
     from cloudlab.bench.workloads import cpu_burn_on, iperf_between, ping_between
 
     a, b, _c = direct_instances["ids"]

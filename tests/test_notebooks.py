@@ -77,7 +77,8 @@ def test_notebook_has_one_parameters_cell_and_the_cloudlab_kernel(notebook: Path
 
 def test_vde_vs_direct_parameters_are_the_issues() -> None:
     params = nbrun.notebook_parameters("vde-vs-direct")
-    assert list(params) == ["flavours", "duration_s", "streams", "repeats", "instance_type", "output_dir"]
+    assert list(params) == ["flavours", "duration_s", "streams", "repeats", "instance_type", "output_dir",
+                            "results_bucket"]  # fmt: skip
     assert ast.literal_eval(params["flavours"]) == ["direct", "vde"]
 
 

@@ -58,6 +58,9 @@ SHAPES: dict[str, Any] = {
             "GbHours": {"shape": "Double", "locationName": "gbHours"},
             "NetRxBytes": {"shape": "Long", "locationName": "netRxBytes"},
             "NetTxBytes": {"shape": "Long", "locationName": "netTxBytes"},
+            "StorageGbHours": {"shape": "Double", "locationName": "storageGbHours"},
+            "S3BytesIn": {"shape": "Long", "locationName": "s3BytesIn"},
+            "S3BytesOut": {"shape": "Long", "locationName": "s3BytesOut"},
         },
     },
 }

@@ -62,7 +62,7 @@ class Ec2Api:
             found["user"] = hit[0]
             return hit[1]
 
-        authenticate(method, host, path, query, headers, body, params, secret_for)
+        authenticate(method, host, path, query, headers, body, params, secret_for, region=self.clc.region)
         if "user" not in found:
             raise ApiError("AuthFailure", "AWS was not able to validate the provided access credentials")
         return found["user"]

@@ -13,6 +13,18 @@ from the secret, the date, the region and the service. The body is always covere
 ``x-amz-content-sha256`` must match the body, and ``UNSIGNED-PAYLOAD`` is accepted only for an
 empty body (an EC2 body *is* the request's parameters).
 
+The same verifier serves S3 (``service="s3"``): S3 signs the request path as sent (no second
+encoding, no normalisation) and the payload hash the client declared in ``x-amz-content-sha256``
+(a hex digest, ``UNSIGNED-PAYLOAD`` or a ``STREAMING-*`` aws-chunked mode), which the S3 face checks
+against the body as it streams. :func:`check_sigv4` returns the derived key and the seed signature
+for the chunk signatures of ``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``.
+
+Both services bind the credential scope: its region must be the cloud's and its service the
+endpoint's (``ec2`` or ``s3``), and a presigned request must say when it expires (``X-Amz-Expires``,
+at most 604800 s), as AWS requires; a request presigned without it would otherwise never expire.
+Every such refusal carries a ``kind`` attribute (``region``, ``service``, ``expires``, ...) so that
+a face can answer in its own service's words.
+
 Status codes: botocore retries 5xx, so every authentication failure here is 4xx (AuthFailure and
 MissingAuthenticationToken 401, SignatureDoesNotMatch 403, IncompleteSignature and RequestExpired
 400, as EC2 answers) and boto3 raises ``ClientError`` at once with the code.
@@ -49,7 +61,7 @@ from cloudlab.api.sigv2 import (
     verify_sigv2,
 )
 
-__all__ = ["SignedIdentity", "authenticate", "verify_sigv4"]
+__all__ = ["SignedIdentity", "Sigv4Check", "authenticate", "check_sigv4", "verify_sigv4"]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "ec2"
@@ -80,8 +92,28 @@ class _Claim:
     presigned: bool
 
 
-def _incomplete(message: str) -> ApiError:
-    return ApiError(INCOMPLETE_SIGNATURE, message)
+def _incomplete(message: str, kind: str = "malformed") -> ApiError:
+    return _refusal(INCOMPLETE_SIGNATURE, message, kind)
+
+
+def _refusal(code: str, message: str, kind: str) -> ApiError:
+    """An ApiError that also says what was wrong (``error.kind``), for faces that phrase it their way."""
+    error = ApiError(code, message)
+    error.kind = kind  # type: ignore[attr-defined]
+    return error
+
+
+@dataclass(frozen=True, slots=True)
+class Sigv4Check:
+    """A verified SigV4 signature and what a streaming body needs to go on verifying its chunks."""
+
+    identity: SignedIdentity
+    key: bytes
+    signature: str
+    amz_date: str
+    scope: str
+    payload_hash: str
+    presigned: bool
 
 
 def _header_values(headers: Mapping[str, str]) -> dict[str, list[str]]:
@@ -189,17 +221,18 @@ def _claim_from_query(query: Mapping[str, str]) -> _Claim:
     access_key, scope_date, region, service, terminator = _parse_credential(query["X-Amz-Credential"])
     amz_date = query["X-Amz-Date"]
     signed_at = _parse_amz_date(amz_date, "X-Amz-Date")
-    expires_s: int | None = None
     raw_expires = query.get("X-Amz-Expires")
-    if raw_expires is not None:
-        if not (raw_expires.isascii() and raw_expires.isdigit() and len(raw_expires) <= 7):
-            raise _incomplete(f"X-Amz-Expires must be a number of seconds; got {quote_value(raw_expires)}")
-        expires_s = int(raw_expires)
-        if expires_s > MAX_PRESIGNED_EXPIRES_S:
-            raise _incomplete(
-                f"X-Amz-Expires must be less than a week (in seconds); that is, the given "
-                f"X-Amz-Expires must be less than {MAX_PRESIGNED_EXPIRES_S} seconds"
-            )
+    if raw_expires is None:
+        raise _incomplete("Query-string authentication requires the X-Amz-Expires parameter.", "expires")
+    if not (raw_expires.isascii() and raw_expires.isdigit() and len(raw_expires) <= 7):
+        raise _incomplete(f"X-Amz-Expires must be a number of seconds; got {quote_value(raw_expires)}", "expires")
+    expires_s = int(raw_expires)
+    if expires_s > MAX_PRESIGNED_EXPIRES_S:
+        raise _incomplete(
+            f"X-Amz-Expires must be less than a week (in seconds); that is, the given "
+            f"X-Amz-Expires must be less than {MAX_PRESIGNED_EXPIRES_S} seconds",
+            "expires",
+        )
     return _Claim(
         access_key,
         scope_date,
@@ -234,6 +267,11 @@ def canonical_uri(path: str) -> str:
     if path.endswith("/") and segments:
         normalized += "/"
     return quote(normalized or "/", safe="/~")
+
+
+def canonical_uri_s3(path: str) -> str:
+    """S3's canonical URI: the path exactly as it was sent (clients sign their own encoding of the key)."""
+    return path.split("?", 1)[0] or "/"
 
 
 def canonical_query(pairs: list[tuple[str, str]]) -> str:
@@ -285,23 +323,25 @@ def _payload_hashes(headers: dict[str, list[str]], body: bytes, presigned: bool)
     return [declared]
 
 
-def verify_sigv4(
+def check_sigv4(
     method: str,
     path: str,
     query_string: str,
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | None,
     secret_for: SecretLookup,
     now: datetime | None = None,
     max_skew_s: int = DEFAULT_MAX_SKEW_S,
-) -> SignedIdentity:
-    """Verify a SigV4-signed request (Authorization header or presigned query string).
+    *,
+    region: str | None = None,
+    service: str = SERVICE,
+) -> Sigv4Check:
+    """Verify a SigV4 signature (header or presigned) and return it with its derived key.
 
-    ``path`` and ``query_string`` are as they appeared on the request line (still percent-encoded),
-    ``headers`` as received (any case; repeated names allowed if the mapping's ``items()`` repeats
-    them), ``body`` the raw body bytes. Returns the signer; raises :class:`ApiError` with
-    MissingAuthenticationToken, IncompleteSignature, AuthFailure, RequestExpired or
-    SignatureDoesNotMatch.
+    ``body`` is the raw body for EC2 (its hash is checked here); for S3 pass ``None`` and the declared
+    ``x-amz-content-sha256`` (or ``UNSIGNED-PAYLOAD`` when presigned) is what is signed, to be checked
+    against the body by the caller as it streams. ``region``, when given, is the only region a
+    credential scope may name; ``service`` the only service.
     """
     header_map = _header_values(headers)
     authorization = (header_map.get("authorization") or [""])[-1]
@@ -345,10 +385,20 @@ def verify_sigv4(
             f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
             f"'{claim.scope_date}' != '{claim.amz_date[:8]}'",
         )
-    if claim.service != SERVICE:
-        raise ApiError(SIGNATURE_DOES_NOT_MATCH, f"Credential should be scoped to correct service: '{SERVICE}'.")
+    if claim.service != service:
+        raise _refusal(
+            SIGNATURE_DOES_NOT_MATCH, f"Credential should be scoped to correct service: '{service}'.", "service"
+        )
+    if region is not None and claim.region != region:
+        raise _refusal(
+            SIGNATURE_DOES_NOT_MATCH,
+            f"Credential should be scoped to a valid region: the region {quote_value(claim.region)} is wrong; "
+            f"expecting {quote_value(region)}.",
+            "region",
+        )
 
-    prefix = f"{method.upper()}\n{canonical_uri(path)}\n{canonical_query(pairs)}\n"
+    uri = canonical_uri_s3(path) if service == "s3" else canonical_uri(path)
+    prefix = f"{method.upper()}\n{uri}\n{canonical_query(pairs)}\n"
     suffix = f"\n{claim.signed_headers}\n"
     header_blocks = [_canonical_headers(signed_header_names, header_map)]
     host_values = header_map.get("host", [])
@@ -358,10 +408,14 @@ def verify_sigv4(
         lowered = dict(header_map, host=[value.lower() for value in host_values])
         header_blocks.append(_canonical_headers(signed_header_names, lowered))
     scope = f"{claim.scope_date}/{claim.region}/{claim.service}/{TERMINATOR}"
+    if body is None:
+        declared = (header_map.get("x-amz-content-sha256") or [""])[-1].strip()
+        payload_hashes = [declared or UNSIGNED_PAYLOAD] if claim.presigned else [declared]
     try:
         key = signing_key(secret, claim.scope_date, claim.region, claim.service)
         provided = claim.signature.lower()
-        payload_hashes = _payload_hashes(header_map, body, claim.presigned)
+        if body is not None:
+            payload_hashes = _payload_hashes(header_map, body, claim.presigned)
         for block in header_blocks:
             for payload_hash in payload_hashes:
                 canonical_request = f"{prefix}{block}{suffix}{payload_hash}".encode()
@@ -370,10 +424,37 @@ def verify_sigv4(
                 )
                 expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
                 if hmac.compare_digest(expected, provided):
-                    return SignedIdentity(claim.access_key, claim.region, claim.service)
+                    identity = SignedIdentity(claim.access_key, claim.region, claim.service)
+                    return Sigv4Check(identity, key, provided, claim.amz_date, scope, payload_hash, claim.presigned)
     except UnicodeError:  # lone surrogates in a header or the region: nothing anyone could have signed
         pass
     raise signature_mismatch()
+
+
+def verify_sigv4(
+    method: str,
+    path: str,
+    query_string: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    secret_for: SecretLookup,
+    now: datetime | None = None,
+    max_skew_s: int = DEFAULT_MAX_SKEW_S,
+    *,
+    region: str | None = None,
+    service: str = SERVICE,
+) -> SignedIdentity:
+    """Verify a SigV4-signed EC2-style request (Authorization header or presigned query string).
+
+    ``path`` and ``query_string`` are as they appeared on the request line (still percent-encoded),
+    ``headers`` as received (any case; repeated names allowed if the mapping's ``items()`` repeats
+    them), ``body`` the raw body bytes. Returns the signer; raises :class:`ApiError` with
+    MissingAuthenticationToken, IncompleteSignature, AuthFailure, RequestExpired or
+    SignatureDoesNotMatch.
+    """
+    return check_sigv4(
+        method, path, query_string, headers, body, secret_for, now, max_skew_s, region=region, service=service
+    ).identity
 
 
 def authenticate(
@@ -387,6 +468,8 @@ def authenticate(
     secret_for: SecretLookup,
     now: datetime | None = None,
     max_skew_s: int = DEFAULT_MAX_SKEW_S,
+    *,
+    region: str | None = None,
 ) -> SignedIdentity:
     """Verify whichever signature the request carries: SigV4 (header or presigned) or SigV2.
 
@@ -395,7 +478,7 @@ def authenticate(
     """
     header_map = _header_values(headers)
     if header_map.get("authorization") or any(name == "X-Amz-Algorithm" for name, _ in split_form(query_string)):
-        return verify_sigv4(method, path, query_string, headers, body, secret_for, now, max_skew_s)
+        return verify_sigv4(method, path, query_string, headers, body, secret_for, now, max_skew_s, region=region)
     if any(name in params for name in ("Signature", "SignatureVersion", "AWSAccessKeyId")):
         if host is None:
             host = (header_map.get("host") or [""])[-1]

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cloudlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="results", help="folder for the results (default results/)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per boot measurement (default 5)")
-    parser.add_argument("--only", default="boot,footprint,scale,api,network", help="comma-separated parts to run")
+    parser.add_argument("--only", default="boot,footprint,scale,api,network,s3", help="comma-separated parts to run")
     parser.add_argument("--network-repeats", type=int, default=3, help="repeats per path in part network (default 3)")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load duration per side in part api")
     args = parser.parse_args(argv)
@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     results["environment"] = describe_environment(accel)
     results["targets"] = TARGETS
     out = Path(args.output)
+    if "s3" in parts:
+        from cloudlab.bench.s3 import main as s3_main
+
+        say("S3: Walrus beside moto's S3 server and a plain copy of the same bytes on the same disk")
+        s3_main(["--output", str(out)])
+        parts.discard("s3")
+        if not parts:
+            return 0
     if "network" in parts:
         from cloudlab.bench.network import main as network_main
 

@@ -35,13 +35,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from cloudlab.clc.storage_usage import STORAGE_EVENT, STORAGE_METRICS, storage_usage
 from cloudlab.clc.store import Store, append_ledger
 
 BILLABLE_STATE = "running"
 STATE_EVENTS = frozenset({"pending", "running", "shutting-down", "terminated", "stopping", "stopped"})
 NETWORK_EVENT = "network"
 GROUPINGS = ("user", "type", "day", "instance", "total")
-METRICS = ("instance_hours", "vcpu_hours", "gb_hours", "net_rx_bytes", "net_tx_bytes")
+METRICS = ("instance_hours", "vcpu_hours", "gb_hours", "net_rx_bytes", "net_tx_bytes", *STORAGE_METRICS)
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d|day|days|w|wk)\s*$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "day": 86400, "days": 86400}
@@ -205,7 +206,8 @@ def _split_days(interval: _Interval) -> Iterable[tuple[str, float]]:
 
 def _empty(key: str) -> dict[str, Any]:
     return {"key": key, "instances": set(), "instance_hours": 0.0, "vcpu_hours": 0.0, "gb_hours": 0.0,
-            "net_rx_bytes": 0, "net_tx_bytes": 0}  # fmt: skip
+            "net_rx_bytes": 0, "net_tx_bytes": 0, "storage_gb_hours": 0.0, "s3_bytes_in": 0,
+            "s3_bytes_out": 0}  # fmt: skip
 
 
 def usage_report(
@@ -233,8 +235,8 @@ def usage_report(
         raise UsageError("the report window is empty: since is after until (or in the future)")
     if user is not None and not _known_user(store, user):
         raise UsageError(f"no user {user!r} in this cloud")
-    sql = "SELECT * FROM ledger WHERE time <= ?"
-    params: list[Any] = [end]
+    sql = "SELECT * FROM ledger WHERE time <= ? AND event != ?"
+    params: list[Any] = [end, STORAGE_EVENT]
     if user is not None:
         sql += " AND user = ?"
         params.append(user)
@@ -283,6 +285,13 @@ def usage_report(
             g["instances"].add(delta.instance_id)
             g["net_rx_bytes"] += delta.rx
             g["net_tx_bytes"] += delta.tx
+
+    for key, values in storage_usage(store, user=user, start=start, end=end, by=by).items():
+        g = group(key)
+        for name, value in values.items():
+            g[name] += value
+        if by == "instance":
+            owners.setdefault(key, (key.split(":", 1)[1], "s3"))
 
     result = []
     for key in sorted(groups):

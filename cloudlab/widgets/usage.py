@@ -27,6 +27,8 @@ METRICS = {
     "vCPU-hours": ("vcpu_hours",),
     "GB-hours": ("gb_hours",),
     "network bytes (rx+tx)": ("net_rx_bytes", "net_tx_bytes"),
+    "S3 storage GB-hours": ("storage_gb_hours",),
+    "S3 bytes (in+out)": ("s3_bytes_in", "s3_bytes_out"),
 }
 
 

@@ -21,6 +21,9 @@ def _row(row: dict[str, Any]) -> dict[str, Any]:
         "GbHours": row["gb_hours"],
         "NetRxBytes": row["net_rx_bytes"],
         "NetTxBytes": row["net_tx_bytes"],
+        "StorageGbHours": row["storage_gb_hours"],
+        "S3BytesIn": row["s3_bytes_in"],
+        "S3BytesOut": row["s3_bytes_out"],
     }
     if "user" in row:
         out["User"] = row["user"]

@@ -1,0 +1,62 @@
+"""Walrus as part of the cloud service: the engine over ``STATE/walrus``, its S3 endpoint and its ledger.
+
+:class:`cloudlab.service.CloudService` calls :func:`start_walrus` beside the EC2 endpoint (the service
+composes the faces; the core never imports them) and :meth:`WalrusService.stop` when it stops. The S3
+port is ``cloud.json``'s ``extra.s3_port``: by default :data:`DEFAULT_S3_PORT`, or a free one when the
+EC2 port is chosen freely (``--port 0``, as tests do).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from cloudlab.api.s3.routing import DEFAULT_DOMAIN
+from cloudlab.api.s3.server import serve_s3
+from cloudlab.clc.store import Store
+from cloudlab.config import CloudConfig
+from cloudlab.paths import StateLayout
+from cloudlab.walrus import Walrus
+from cloudlab.walrus.accounting import StorageRecorder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_S3_PORT = 8774  # beside EC2's 8773 (Eucalyptus served Walrus from its own port too)
+
+
+@dataclass
+class WalrusService:
+    walrus: Walrus
+    server: Any
+    recorder: StorageRecorder
+    host: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.recorder.stop()
+        self.walrus.close()
+
+
+def s3_port(config: CloudConfig) -> int:
+    if "s3_port" in config.extra:
+        return int(config.extra["s3_port"])
+    return 0 if config.api_port == 0 else DEFAULT_S3_PORT
+
+
+def start_walrus(layout: StateLayout, config: CloudConfig, store: Store, users: Any) -> WalrusService:
+    """Open the engine (collecting what a crash left behind), serve S3, start the ledger recorder."""
+    walrus = Walrus(layout.root / "walrus", config.region)
+    if walrus.collected:
+        log.info("walrus: removed %d leftover file(s) of interrupted writes", walrus.collected)
+    domain = str(config.extra.get("s3_domain", DEFAULT_DOMAIN))
+    server = serve_s3(walrus, users, config.region, config.api_host, s3_port(config), domain)
+    recorder = StorageRecorder(walrus, store, float(config.extra.get("s3_ledger_s", 10.0))).start()
+    service = WalrusService(walrus, server, recorder, config.api_host)
+    log.info("S3 endpoint (Walrus) %s", service.url)
+    return service

@@ -1,0 +1,88 @@
+"""Walrus (S3) from a notebook: a boto3 S3 client for the notebook's user and listings as DataFrames.
+
+``cloud.s3`` is an ordinary boto3 S3 client (the same user and keys as ``cloud.ec2``) pointed at the
+cloud's S3 endpoint; ``cloud.buckets()`` and ``cloud.objects(bucket)`` are its listings as tables, and
+:func:`upload_results` puts a benchmark's output files into a bucket (the notebooks'
+``results_bucket`` parameter).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pandas as pd
+from botocore.config import Config
+
+from cloudlab import control
+
+_CLIENTS: dict[tuple[str, str], Any] = {}
+
+
+def s3_client(cloud: Any) -> Any:
+    """The boto3 S3 client of ``cloud`` (a :class:`cloudlab.client.Cloud`), made once per endpoint and key."""
+    info = control.endpoint(cloud.layout) or {}
+    url = info.get("s3_url")
+    if not url:
+        raise RuntimeError(f"the cloud of {cloud.layout.root} has no S3 endpoint (start it again with cloudlab up)")
+    key = (url, cloud.access_key)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = boto3.client(
+            "s3", endpoint_url=url, region_name=cloud.region, aws_access_key_id=cloud.access_key,
+            aws_secret_access_key=cloud.secret_key,
+            config=Config(retries={"max_attempts": 2, "mode": "standard"}, s3={"addressing_style": "path"}),
+        )  # fmt: skip
+    return _CLIENTS[key]
+
+
+def buckets_frame(s3: Any) -> pd.DataFrame:
+    """One row per bucket the user sees: name, created, region."""
+    rows = [
+        {"bucket": b["Name"], "created": b["CreationDate"], "region": b.get("BucketRegion")}
+        for b in s3.list_buckets().get("Buckets", [])
+    ]
+    return pd.DataFrame(rows, columns=["bucket", "created", "region"])
+
+
+def objects_frame(s3: Any, bucket: str, prefix: str = "", limit: int | None = None) -> pd.DataFrame:
+    """One row per object under ``prefix`` (all pages, or the first ``limit``): key, size, modified, etag."""
+    rows = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            rows.append({"key": item["Key"], "size": item["Size"], "modified": item["LastModified"],
+                         "etag": item["ETag"].strip('"')})  # fmt: skip
+            if limit is not None and len(rows) >= limit:
+                return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["key", "size", "modified", "etag"])
+
+
+def upload_results(s3: Any, bucket: str, folder: str | Path, prefix: str = "") -> list[str]:
+    """Put every file under ``folder`` into ``bucket`` (created if missing) as ``prefix`` + relative path."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        s3.create_bucket(Bucket=bucket)
+    keys = []
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        key = f"{prefix}{path.relative_to(root).as_posix()}"
+        s3.upload_file(str(path), bucket, key)
+        keys.append(key)
+    return keys
+
+
+def publish_results(bucket: str, folder: str | Path, name: str, state: str | None = None) -> str:
+    """A notebook's ``results_bucket``: upload ``folder`` to the running cloud's ``bucket`` under
+    ``name/<time>/`` and return its ``s3://`` address (the cloud found as :func:`cloudlab.connect` finds it)."""
+    import time
+
+    from cloudlab.client import connect
+
+    cloud = connect(state, progress=False)
+    prefix = f"{name}/{time.strftime('%Y%m%d-%H%M%S')}/"
+    keys = upload_results(cloud.s3, bucket, folder, prefix)
+    print(f"uploaded {len(keys)} file(s) to s3://{bucket}/{prefix}")
+    return f"s3://{bucket}/{prefix}"
