@@ -223,7 +223,17 @@ def test_user_commands_with_the_cloud_down(offline_state: Path) -> None:
     assert users["alice"]["enabled"] is True and users["alice"]["active_keys"] == 1
     assert len(users["alice"]["account_id"]) == 12 and users["alice"]["account_id"].isdigit()
     table = cli(state, "user", "list").out.splitlines()
-    assert table[0].split() == ["NAME", "ACCOUNT_ID", "ADMIN", "ENABLED", "ACTIVE_KEYS"]
+    assert table[0].split() == [
+        "NAME",
+        "ACCOUNT_ID",
+        "ADMIN",
+        "ENABLED",
+        "ACTIVE_KEYS",
+        "INSTANCES",
+        "VCPUS",
+        "ADDRESSES",
+    ]
+    assert next(line for line in table if line.startswith("alice ")).split()[5:] == ["0/20", "0/32", "0/5"]
     assert any(line.startswith("alice ") for line in table)
 
     assert "disabled" in cli(state, "user", "disable", "alice").out
