@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -85,6 +86,17 @@ def test_second_call_is_cached_and_runs_no_command(image: BuiltImage, monkeypatc
     assert again.disk.stat().st_mtime_ns == before, "a cached image must not be written again"
     assert again.manifest["inputs_hash"] == image.manifest["inputs_hash"]
     assert find_built_image(name="debian") == again
+
+
+def test_cli_finds_the_built_image(image: BuiltImage) -> None:
+    """``cloudlab image build debian`` with the image current: one line naming its three files."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "image", "build", "debian"], capture_output=True, text=True, timeout=120
+    )
+    print(f"[debian] cached 'cloudlab image build debian' took {time.monotonic() - started:.2f} s")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"cloudlab-debian up to date: {image.kernel} + {image.ramdisk} + {image.disk}"
 
 
 def test_inputs_hash_follows_the_guest_files(

@@ -17,6 +17,14 @@ metadata service, ``cloudlab-identity.service`` (the instance's name and address
 network starts), ``cloudlab-boot-marker.service`` (the console line the cloud waits for), a small
 initrd, no per-instance secrets in the image. Every program comes from a Debian package, unchanged.
 
+Booting it (what a node does; ``cloudlab.bench.handboot`` does exactly this by hand): direct kernel
+boot of ``vmlinuz`` + ``initrd.img`` with :data:`KERNEL_CMDLINE` plus the node's
+``cloudlab.hostname=ID cloudlab.ip=ADDR/PREFIX,GATEWAY``; the instance's own qcow2 overlay of
+``disk.qcow2`` as the FIRST virtio-blk disk (vda), writable; one virtio NIC; a virtio RNG; the
+serial console to the console log; at least :data:`MIN_MEMORY_MB`. No SMBIOS data, no DHCP and no
+config drive are needed: the address comes from the command line, everything else from the
+metadata service through the default route.
+
 Caching follows the default image: the inputs hash covers the versions apt would install (an
 ``apt-get --simulate`` onto an empty system, memoised against apt's state), this builder's
 sources and the guest files. Downloaded .debs are kept in ``<cache>/debs`` and handed to
