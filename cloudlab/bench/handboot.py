@@ -36,6 +36,7 @@ from typing import Any
 from cloudlab.bench.handmade import BuildError, Lab
 from cloudlab.bench.remote import SshRemote
 from cloudlab.bench.stats import summarise
+from cloudlab.guest import BOOT_MARKER, CLOUD_INIT_DONE_MARKER, LAUNCH_MARKER
 from cloudlab.images.cached import BuiltImage, find_built_image
 from cloudlab.net import netns
 from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
@@ -45,9 +46,6 @@ GUEST_IP = f"{NET}.10"
 GATEWAY = f"{NET}.1"
 GUEST_MAC = "52:54:00:79:00:10"
 INSTANCE_ID = "i-0000000000000a001"
-LAUNCH_MARKER = "cloudlab-launch: "
-BOOT_MARKER = "cloudlab-boot: "
-CLOUD_INIT_DONE = "cloudlab-cloud-init: done"
 POLL_S = 0.25
 
 
@@ -224,7 +222,7 @@ def _wait_milestones(
 ) -> None:
     """Watch the console until every milestone is reached, bounded by ``timeout_s``. SSH is tried
     from a thread of its own, so a slow connection attempt never delays reading the console."""
-    markers = {"launch_s": LAUNCH_MARKER, "marker_s": BOOT_MARKER, "cloud_init_s": CLOUD_INIT_DONE}
+    markers = {"launch_s": LAUNCH_MARKER, "marker_s": BOOT_MARKER, "cloud_init_s": CLOUD_INIT_DONE_MARKER}
     wanted = {"launch_s", "marker_s", "ssh_s"} | ({"cloud_init_s"} if wait_cloud_init else set())
     stop = threading.Event()
 

@@ -48,13 +48,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cloudlab.files import write_atomic
+from cloudlab.guest import BOOT_MARKER, CLOUD_INIT_DONE_MARKER, DEBIAN_IMAGE_NAME, LAUNCH_MARKER
 from cloudlab.images import apt
 from cloudlab.images.apt import ImageBuildError, Package
 from cloudlab.images.cached import BuiltImage, default_cache_dir, file_info, finished_image, locked, replace_dir
 
 #: Bump whenever the builder's logic changes the image it produces (its sources are hashed too).
 BUILDER_VERSION = "1"
-IMAGE_NAME = "cloudlab-debian"
+IMAGE_NAME = DEBIAN_IMAGE_NAME
 CACHE_NAME = "debian"
 SUITE = "bookworm"
 #: mmdebstrap's "apt" variant: the Essential:yes set plus apt; everything else is named here.
@@ -105,10 +106,6 @@ KERNEL_CMDLINE = (
 )
 #: Below this much memory cloud-init's Python stages run the guest out of page cache (see the report).
 MIN_MEMORY_MB = 512
-#: The console line cloud-init's final stage prints (debian-guest's final_message).
-CLOUD_INIT_DONE_MARKER = "cloudlab-cloud-init: done"
-#: The console line cloudlab-identity prints first: how the instance was started.
-LAUNCH_MARKER = "cloudlab-launch: "
 
 GUEST_DIR = Path(__file__).with_name("debian-guest")
 _REQUIRED_TOOLS = {
@@ -292,7 +289,8 @@ def _build(work: Path, debs_dir: Path, packages: list[Package], inputs_hash: str
         "disk_format": DISK_FORMAT,
         "disk_virtual_bytes": DISK_SIZE_MB * 2**20,
         "min_memory_mb": MIN_MEMORY_MB,
-        "boot_marker": "cloudlab-boot: ",
+        "boot_marker": BOOT_MARKER,
+        "launch_marker": LAUNCH_MARKER,
         "cloud_init_done_marker": CLOUD_INIT_DONE_MARKER,
         "packages": installed,
         "packages_newer_than_apt_lists": drift,
