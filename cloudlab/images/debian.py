@@ -48,7 +48,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cloudlab.files import write_atomic
-from cloudlab.guest import BOOT_MARKER, CLOUD_INIT_DONE_MARKER, DEBIAN_IMAGE_NAME, LAUNCH_MARKER
+from cloudlab.guest import (
+    BOOT_MARKER,
+    CLOUD_INIT_DONE_MARKER,
+    DEBIAN_IMAGE_NAME,
+    DEFAULT_KERNEL_CMDLINE,
+    LAUNCH_MARKER,
+)
 from cloudlab.images import apt
 from cloudlab.images.apt import ImageBuildError, Package
 from cloudlab.images.cached import BuiltImage, default_cache_dir, file_info, finished_image, locked, replace_dir
@@ -98,12 +104,10 @@ DISK_SIZE_MB = 2048
 DISK_FORMAT = "qcow2"
 ROOT_DEVICE = "/dev/vda"
 #: The kernel command line this image boots with; the node appends cloudlab.hostname= and
-#: cloudlab.ip= (read by cloudlab-identity.service). root=/dev/vda rw: the instance's own disk is
-#: always the first virtio disk, mounted read-write by the initrd (no fsck round trip under TCG).
-#: The rest is the default image's TCG tuning (see build.DEFAULT_KERNEL_CMDLINE).
-KERNEL_CMDLINE = (
-    "console=ttyS0 root=/dev/vda rw quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
-)
+#: cloudlab.ip= (read by cloudlab-identity.service). The default image's console and TCG tuning
+#: (cloudlab.guest.DEFAULT_KERNEL_CMDLINE), plus root=/dev/vda rw: the instance's own disk is always
+#: the first virtio disk, mounted read-write by the initrd (no remount round trip under TCG).
+KERNEL_CMDLINE = f"{DEFAULT_KERNEL_CMDLINE} root={ROOT_DEVICE} rw"
 #: Memory a node should give it at least. Measured under TCG: systemd, cloud-init's four Python
 #: stages and sshd boot to "cloud-init done" in 128 MiB too (no swap, no OOM); 256 MiB (t2.micro)
 #: leaves room for a workload and pip. The by-hand benchmark uses 512 MiB.
@@ -154,8 +158,13 @@ def build_debian_image(
             manifest["build_seconds"] = round(time.monotonic() - started, 1)
             write_atomic(work / "out" / "manifest.json", json.dumps(manifest, indent=2) + "\n")
             replace_dir(work / "out", target)
-        finally:
-            _remove_tree(work)
+        except BaseException as exc:
+            try:
+                _remove_tree(work)
+            except ImageBuildError as cleanup:  # never hide why the build failed
+                exc.add_note(str(cleanup))
+            raise
+        _remove_tree(work)
     say(f"{IMAGE_NAME} ready in {target} ({manifest['build_seconds']} s)")
     built = finished_image(target, inputs_hash)
     if built is None:
