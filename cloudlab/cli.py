@@ -312,16 +312,22 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     from cloudlab.images.build import ImageBuildError, build_default_image
+    from cloudlab.images.debian import IMAGE_NAME, build_debian_image
 
     def progress(message: str) -> None:
         if not args.quiet:
             print(f"  {message}", file=sys.stderr)
 
+    build = build_debian_image if args.name == "debian" else build_default_image
     try:
-        built = build_default_image(force=args.force, progress=progress)
+        built = build(force=args.force, progress=progress)
     except ImageBuildError as exc:
         raise CliError(str(exc)) from None
     verb = "built" if built.rebuilt else "up to date"
+    if args.name == "debian":
+        # Registered once nodes boot root disks (issue 11's root-disk item); see cloudlab.images.debian.
+        print(f"{IMAGE_NAME} {verb}: {built.kernel} + {built.ramdisk} + {built.disk}")
+        return 0
     print(f"default image {verb}: {built.kernel} + {built.ramdisk}")
     layout = _layout(args)
     if layout.database.exists():
@@ -785,7 +791,14 @@ def build_parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", parents=[state], help="build and list machine images")
     image_sub = image.add_subparsers(dest="image_command", metavar="SUBCOMMAND", required=True)
     p = image_sub.add_parser(
-        "build", parents=[state], help="build the default image from Debian packages (cached) and register it"
+        "build", parents=[state], help="build an image from Debian packages (cached); the default one is registered"
+    )
+    p.add_argument(
+        "name",
+        nargs="?",
+        default="default",
+        choices=["default", "debian"],
+        help="default: busybox in RAM (cloudlab-default); debian: Debian 12 with cloud-init (cloudlab-debian)",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if the cached image is current")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -23,6 +23,13 @@ SHUTDOWN_MARKER = "cloudlab-shutdown: "
 
 #: The name of the default machine image (``Name=cloudlab-default`` in DescribeImages).
 DEFAULT_IMAGE_NAME = "cloudlab-default"
+#: The name of the Debian image (``cloudlab image build debian``: Debian 12 with cloud-init, on a disk).
+DEBIAN_IMAGE_NAME = "cloudlab-debian"
+#: The first line cloudlab-debian prints: how it was started ("cold boot"; a guest restored from a
+#: booted template will say "restored from template ...").
+LAUNCH_MARKER = "cloudlab-launch: "
+#: The line cloudlab-debian prints when cloud-init has run all its stages (its final_message).
+CLOUD_INIT_DONE_MARKER = "cloudlab-cloud-init: done"
 
 
 def has_booted(console: str | bytes) -> bool:

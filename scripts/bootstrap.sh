@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent set-up for every make target: Debian packages, the libvirt-qemu user, the
-# virtualenv with cloudlab installed, the default image (cached), the KVM probe (cached) and the
-# Jupyter kernelspec. A second run with nothing to do takes a few seconds.
+# virtualenv with cloudlab installed, the default and Debian images (cached), the KVM probe (cached)
+# and the Jupyter kernelspec. A second run with nothing to do takes a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '[setup] %s\n' "$*"; }
@@ -9,6 +9,7 @@ say() { printf '[setup] %s\n' "$*"; }
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config gcc vde2 vdeplug iproute2 openssh-client iperf3 busybox-static dropbear-bin nftables dnsmasq-base cpio zstd xz-utils
+  mmdebstrap e2fsprogs
   chromium chromium-driver
   s3cmd rclone
 )
@@ -50,6 +51,8 @@ fi
 
 say "default image"
 .venv/bin/cloudlab image build --quiet
+say "Debian image (cloudlab-debian; the first build installs ~235 packages with mmdebstrap)"
+.venv/bin/cloudlab image build debian --quiet
 .venv/bin/cloudlab accel --quiet
 
 kernel_dir=.venv/share/jupyter/kernels/cloudlab

@@ -52,6 +52,7 @@ def test_help_everywhere(command: list[str]) -> None:
         (["up", "--port", "70000"], "not a port"),
         (["up", "--network", "token-ring"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
+        (["image", "build", "ubuntu"], "invalid choice"),
         (["nc", "--name", "n1"], "--cc"),
     ],
 )

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cloudlab.guest import BOOT_MARKER, DEFAULT_KERNEL_CMDLINE, SHUTDOWN_MARKER
-from cloudlab.images import build
+from cloudlab.images import apt, build
 from cloudlab.images.build import (
     BuiltImage,
     ImageBuildError,
@@ -66,7 +66,7 @@ def test_cached_call_runs_no_command(image: BuiltImage, monkeypatch: pytest.Monk
     def forbidden(argv: list[str], **_kw: object) -> str:
         raise AssertionError(f"cached call ran {argv}")
 
-    monkeypatch.setattr(build, "_run", forbidden)
+    monkeypatch.setattr(apt, "run", forbidden)
     assert build_default_image().rebuilt is False
 
 

@@ -292,6 +292,25 @@ def test_user_data_metadata_endpoints_answer_from_inside(direct_cloud: RunningCl
     assert base64.b64decode("".join(out[1:])).decode() == USER_DATA
 
 
+def test_metadata_matches_describe_instances(direct_cloud: RunningCloud, direct_instances: dict) -> None:
+    """What the cloud controller fills in for the metadata service is what DescribeInstances says."""
+    ec2 = direct_instances["ec2"]
+    b = direct_instances["ids"][1]
+    reservation = ec2.describe_instances(InstanceIds=[b])["Reservations"][0]
+    instance = reservation["Instances"][0]
+    base = "http://169.254.169.254/2009-04-04"
+    leaves = ("reservation-id", "ami-launch-index", "kernel-id", "mac")
+    command = "; echo; ".join(f"wget -q -O - {base}/meta-data/{leaf}" for leaf in leaves)
+    out = ssh(direct_cloud, b, command).stdout.split()
+    assert out[:3] == [reservation["ReservationId"], str(instance["AmiLaunchIndex"]), instance["KernelId"]]
+    mac = out[3]
+    subnet = ssh(direct_cloud, b, f"wget -q -O - {base}/meta-data/network/interfaces/macs/{mac}/subnet-ipv4-cidr-block")
+    assert ipaddress.ip_address(instance["PrivateIpAddress"]) in ipaddress.ip_network(subnet.stdout.strip())
+    document = json.loads(ssh(direct_cloud, b, f"wget -q -O - {base}/dynamic/instance-identity/document").stdout)
+    assert document["accountId"] == reservation["OwnerId"]
+    assert document["instanceId"] == b and document["privateIp"] == instance["PrivateIpAddress"]
+
+
 # -- the VDE flavour across two hosts, one behind a NAT ----------------------------------------------------------
 
 

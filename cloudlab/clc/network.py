@@ -191,7 +191,19 @@ class InstanceNetworks:
         user_data = base64.b64decode(row["user_data"]) if row["user_data"] else None
         groups = self.clc.service(SecurityGroups).groups_of([instance_id]).get(instance_id, [])
         port = self.port(instance_id)
+        owner = self.clc.users.get(row["owner"])
+        image = self.clc.images.get(row["image_id"])
+        root_disk = image is not None and bool(image.path)  # a disk image boots from vda; an initramfs has none
         return {
+            "reservation_id": row["reservation_id"],
+            "ami_launch_index": row["launch_index"],
+            "kernel_id": row["kernel_id"],
+            "ramdisk_id": row["ramdisk_id"],
+            "launch_time": row["launch_time"],
+            "account_id": owner.user_id if owner else None,
+            "security_group_ids": tuple(g.get("GroupId", "") for g in groups),
+            "subnet_cidr": str(ipaddress.IPv4Interface(port.address).network) if port else None,
+            "block_devices": (("ami", "/dev/vda"), ("root", "/dev/vda")) if root_disk else (),
             "instance_id": instance_id,
             "local_ipv4": private_ip,
             "public_ipv4": self.clc.service(Addresses).public_ips_of([instance_id]).get(instance_id),

@@ -1,17 +1,22 @@
 """The EC2 instance metadata service (169.254.169.254) for guests, identified by their source address.
 
-A small HTTP server (stdlib ``http.server``, one daemon thread per request) answering the subset of
-EC2's instance metadata that cloudlab's default image and common tools read::
+A small HTTP server (stdlib ``http.server``, one daemon thread per request) speaking EC2's instance
+metadata protocol, IMDSv1 and IMDSv2, so that cloud-init's Ec2 datasource, the AWS SDKs and the
+shell one-liners of EC2's documentation work unmodified::
 
-    GET /latest/meta-data/                       listing
-    GET /latest/meta-data/instance-id            ami-id, instance-type, hostname, local-hostname,
-                                                 local-ipv4, public-ipv4 (404 if none), mac,
-                                                 security-groups, placement/availability-zone
-    GET /latest/meta-data/public-keys/           "0=name" per key
-    GET /latest/meta-data/public-keys/0/openssh-key
-    GET /latest/user-data                        raw bytes (404 if none)
-    GET /latest/dynamic/instance-identity/document   JSON
-    PUT /latest/api/token                        IMDSv2 session token (optional: tokens are not required)
+    GET  /                                     the dated API versions and "latest"
+    GET  /VERSION/meta-data/...                the tree in ``metadata_tree`` (VERSION: a date or latest)
+    GET  /VERSION/user-data                    raw bytes (404 if none)
+    GET  /VERSION/dynamic/instance-identity/document   JSON
+    PUT  /latest/api/token                     an IMDSv2 session token, for
+                                               X-aws-ec2-metadata-token-ttl-seconds: 1..21600
+
+IMDSv2 as EC2 does it: a request that carries ``X-aws-ec2-metadata-token`` must carry a valid one
+(401 otherwise), whatever the instance's setting; a request without one is served unless the
+instance's ``http_tokens`` is "required" (401). A token PUT with ``X-Forwarded-For`` is refused
+(403): tokens are for the instance itself, not for whatever it proxies. Tokens are HMACs of the
+asking address and the expiry under a key made at start, so they need no table, expire by
+themselves, are worthless from another instance's address, and die with the server.
 
 Who is asking is decided by ``lookup(source_ip)`` -- all domain logic (which instance has which
 address, key and user data) lives with the caller; an unknown source gets a 404. The listening
@@ -21,33 +26,27 @@ socket is made by the caller (:func:`listen_socket`), typically inside a network
 
 from __future__ import annotations
 
-import json
+import base64
+import hashlib
+import hmac
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cloudlab.net.metadata_tree import InstanceMetadata, resolve
+
+__all__ = ["InstanceMetadata", "MetadataServer", "listen_socket", "resolve"]
 
 METADATA_ADDRESS = "169.254.169.254"
 METADATA_PORT = 80
 #: Longest IMDSv2 token lifetime EC2 grants (6 hours); shorter requests are honoured as asked.
 MAX_TOKEN_TTL = 21600
-
-
-@dataclass(frozen=True)
-class InstanceMetadata:
-    instance_id: str
-    local_ipv4: str
-    public_ipv4: str | None
-    instance_type: str
-    ami_id: str
-    availability_zone: str
-    hostname: str
-    security_groups: tuple[str, ...]
-    public_keys: tuple[tuple[str, str], ...]  # (key name, OpenSSH public key line)
-    user_data: bytes | None
-    mac: str | None = None
+TOKEN_PATH = "/latest/api/token"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 
 
 def listen_socket(host: str = METADATA_ADDRESS, port: int = METADATA_PORT) -> socket.socket:
@@ -63,75 +62,31 @@ def listen_socket(host: str = METADATA_ADDRESS, port: int = METADATA_PORT) -> so
     return sock
 
 
-def _meta_data(md: InstanceMetadata) -> dict[str, str | None]:
-    """The leaf documents under /latest/meta-data/ (None: the path exists for others, 404 here)."""
-    return {
-        "ami-id": md.ami_id,
-        "hostname": md.hostname,
-        "instance-id": md.instance_id,
-        "instance-type": md.instance_type,
-        "local-hostname": md.hostname,
-        "local-ipv4": md.local_ipv4,
-        "mac": md.mac,
-        "placement/availability-zone": md.availability_zone,
-        "public-ipv4": md.public_ipv4,
-        "security-groups": "\n".join(md.security_groups),
-    }
+class SessionTokens:
+    """IMDSv2 tokens: ``expiry.nonce.mac`` with mac = HMAC-SHA256(key, address|expiry|nonce)."""
 
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._key = secrets.token_bytes(32)
+        self._clock = clock
 
-def _listing(md: InstanceMetadata) -> str:
-    names = {name.split("/")[0] + ("/" if "/" in name else "") for name, v in _meta_data(md).items() if v is not None}
-    if md.public_keys:
-        names.add("public-keys/")
-    return "\n".join(sorted(names))
+    def _mac(self, address: str, expiry: str, nonce: str) -> str:
+        digest = hmac.new(self._key, f"{address}|{expiry}|{nonce}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
+    def issue(self, address: str, ttl: int) -> str:
+        expiry = str(int(self._clock()) + ttl)
+        nonce = secrets.token_urlsafe(12)
+        return f"{expiry}.{nonce}.{self._mac(address, expiry, nonce)}"
 
-def _identity_document(md: InstanceMetadata) -> bytes:
-    document = {
-        "accountId": "000000000000",
-        "architecture": "x86_64",
-        "availabilityZone": md.availability_zone,
-        "imageId": md.ami_id,
-        "instanceId": md.instance_id,
-        "instanceType": md.instance_type,
-        "privateIp": md.local_ipv4,
-        "region": md.availability_zone.rstrip("abcdefghijklmnopqrstuvwxyz") or md.availability_zone,
-        "version": "2017-09-30",
-    }
-    return (json.dumps(document, indent=2) + "\n").encode()
-
-
-def resolve(md: InstanceMetadata, path: str) -> bytes | None:
-    """The body for ``path`` (query string removed) for this instance, or None for a 404."""
-    if path == "/latest/user-data":
-        return md.user_data
-    if path in ("/latest/dynamic/instance-identity/document", "/latest/dynamic/instance-identity/document/"):
-        return _identity_document(md)
-    if path in ("/latest", "/latest/"):
-        return b"dynamic\nmeta-data\n" + (b"user-data\n" if md.user_data is not None else b"")
-    prefix = "/latest/meta-data/"
-    if path == prefix.rstrip("/"):
-        path = prefix
-    if not path.startswith(prefix):
-        return None
-    rest = path[len(prefix) :]
-    if rest == "":
-        return _listing(md).encode()
-    if rest in ("placement", "placement/"):
-        return b"availability-zone"
-    if rest in ("public-keys", "public-keys/"):
-        return "\n".join(f"{i}={name}" for i, (name, _key) in enumerate(md.public_keys)).encode() or None
-    if rest.startswith("public-keys/"):
-        index, _, leaf = rest[len("public-keys/") :].partition("/")
-        if not index.isdigit() or int(index) >= len(md.public_keys):
-            return None
-        if leaf == "":
-            return b"openssh-key"
-        if leaf == "openssh-key":
-            return md.public_keys[int(index)][1].strip().encode() + b"\n"
-        return None
-    value = _meta_data(md).get(rest)
-    return value.encode() if value is not None else None
+    def valid(self, address: str, token: str) -> bool:
+        """True for an unexpired token issued to ``address`` by this server."""
+        expiry, _, rest = token.strip().partition(".")
+        nonce, _, mac = rest.partition(".")
+        if not expiry.isdigit() or not nonce or not mac:
+            return False
+        if not hmac.compare_digest(mac, self._mac(address, expiry, nonce)):
+            return False
+        return self._clock() < int(expiry)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -143,32 +98,50 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
         pass  # guests poll; a line per request would only be noise
 
-    def _reply(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+    def _reply(
+        self, status: int, body: bytes, content_type: str = "text/plain", headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def _instance(self) -> InstanceMetadata | None:
+        """The asking instance, or None after answering 404 (unknown address, failing lookup)."""
+        address = self.client_address[0]
         try:
-            return self.server.lookup(self.client_address[0])
+            md = self.server.lookup(address)
         except Exception:  # noqa: BLE001 - a failing lookup must not kill the server
-            return None
+            md = None
+        if md is None:
+            self._reply(404, f"no instance has address {address}\n".encode())
+        return md
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         md = self._instance()
         if md is None:
-            self._reply(404, f"no instance has address {self.client_address[0]}\n".encode())
+            return
+        token = self.headers.get(TOKEN_HEADER)
+        if token is not None and not self.server.tokens.valid(self.client_address[0], token):
+            self._reply(401, b"invalid or expired session token: PUT /latest/api/token for a new one\n")
+            return
+        if token is None and md.http_tokens == "required":
+            self._reply(401, b"this instance requires IMDSv2: PUT /latest/api/token for a session token\n")
             return
         path = self.path.split("?", 1)[0]
+        if path == TOKEN_PATH:
+            self._reply(405, b"use PUT for a session token\n", headers={"Allow": "PUT"})
+            return
         body = resolve(md, path)
         if body is None:
             self._reply(404, b"not found\n")
-        elif path.startswith("/latest/user-data"):
+        elif path.rstrip("/").endswith("/user-data"):
             self._reply(200, body, "application/octet-stream")
-        elif path.startswith("/latest/dynamic/"):
+        elif path.rstrip("/").endswith("/instance-identity/document"):
             self._reply(200, body, "application/json")
         else:
             self._reply(200, body)
@@ -176,43 +149,57 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET  # noqa: N815
 
     def do_PUT(self) -> None:  # noqa: N802
-        if self._instance() is None:
-            self._reply(404, f"no instance has address {self.client_address[0]}\n".encode())
+        md = self._instance()
+        if md is None:
             return
-        if self.path.split("?", 1)[0] != "/latest/api/token":
-            self._reply(404, b"not found\n")
+        if self.path.split("?", 1)[0] != TOKEN_PATH:
+            self._reply(405, b"only /latest/api/token takes PUT\n", headers={"Allow": "GET, HEAD"})
             return
-        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+        if self.headers.get("X-Forwarded-For") is not None:
+            self._reply(403, b"session tokens are not issued through proxies (X-Forwarded-For)\n")
+            return
+        ttl = self.headers.get(TTL_HEADER, "").strip()
         if not ttl.isdigit() or not 1 <= int(ttl) <= MAX_TOKEN_TTL:
-            self._reply(400, b"missing or invalid X-aws-ec2-metadata-token-ttl-seconds\n")
+            self._reply(400, f"missing or invalid {TTL_HEADER} (1 to {MAX_TOKEN_TTL})\n".encode())
             return
-        self.send_response(200)
-        self.send_header("X-aws-ec2-metadata-token-ttl-seconds", ttl)
-        body = secrets.token_urlsafe(32).encode()
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        token = self.server.tokens.issue(self.client_address[0], int(ttl))
+        self._reply(200, token.encode(), headers={TTL_HEADER: ttl})
+
+    def _not_allowed(self) -> None:
+        self._reply(405, b"method not allowed\n", headers={"Allow": "GET, HEAD, PUT"})
+
+    do_POST = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, sock: socket.socket, lookup: Callable[[str], InstanceMetadata | None]) -> None:
+    def __init__(
+        self, sock: socket.socket, lookup: Callable[[str], InstanceMetadata | None], clock: Callable[[], float]
+    ) -> None:
         # Take the caller's bound socket (maybe from another network namespace) instead of binding.
         super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.server_address = sock.getsockname()[:2]
         self.lookup = lookup
+        self.tokens = SessionTokens(clock)
 
 
 class MetadataServer:
-    """Serves metadata on an already-listening socket from a daemon thread; ``stop()`` closes it."""
+    """Serves metadata on an already-listening socket from a daemon thread; ``stop()`` closes it.
 
-    def __init__(self, lookup: Callable[[str], InstanceMetadata | None], sock: socket.socket) -> None:
-        self._server = _Server(sock, lookup)
+    ``clock`` (epoch seconds) decides when session tokens expire; tests pass their own.
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[str], InstanceMetadata | None],
+        sock: socket.socket,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._server = _Server(sock, lookup, clock)
         self._thread: threading.Thread | None = None
 
     @property

@@ -1,0 +1,298 @@
+"""``cloudlab-debian`` booted BY HAND, as a researcher would: the baseline for the cloud's own boots.
+
+Everything is built with the plain tools in one network namespace of our own
+(``clb<6 hex>-hand-boot``, removed afterwards, see ``handmade.Lab``): a Linux bridge holding the
+gateway address, a tap for the guest, and cloudlab's metadata server bound to 169.254.169.254:80
+with a *fixed* lookup (no cloud, no controller). QEMU is started directly (TCG by default) on a
+qcow2 overlay of the image's disk (``qemu-img create -f qcow2 -b disk.qcow2 -F qcow2``), with the
+kernel, initrd and command line from the image's manifest plus the identity a node would add
+(``cloudlab.hostname=``, ``cloudlab.ip=``). So this is exactly what a node controller has to
+reproduce, and what the storage benchmark's "same image booted by hand" compares against.
+
+:func:`debian_by_hand` yields a :class:`HandBoot` once the guest answers SSH (and, by default,
+once cloud-init has finished), with the seconds from starting QEMU to each milestone:
+
+* ``launch_s``     -- ``cloudlab-launch: cold boot`` on the console (cloudlab-identity ran);
+* ``marker_s``     -- the boot marker ``cloudlab-boot: ...`` (sshd up with the launch key);
+* ``ssh_s``        -- the first ``ssh ... true`` that succeeded from the namespace;
+* ``cloud_init_s`` -- cloud-init's final stage (``cloudlab-cloud-init: done`` on the console).
+
+:func:`boot_times` repeats it and summarises (median and spread) for reports and benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudlab.bench.handmade import BuildError, Lab
+from cloudlab.bench.remote import SshRemote
+from cloudlab.bench.stats import summarise
+from cloudlab.guest import BOOT_MARKER, CLOUD_INIT_DONE_MARKER, LAUNCH_MARKER
+from cloudlab.images.cached import BuiltImage, find_built_image
+from cloudlab.net import netns
+from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
+
+NET = "10.79.0"  # the guest's segment, only ever inside our namespace
+GUEST_IP = f"{NET}.10"
+GATEWAY = f"{NET}.1"
+GUEST_MAC = "52:54:00:79:00:10"
+INSTANCE_ID = "i-0000000000000a001"
+POLL_S = 0.25
+
+
+@dataclass
+class HandBoot:
+    """One hand-booted guest: how to reach it, where its console is, and when things happened."""
+
+    instance_id: str
+    address: str
+    ssh: SshRemote
+    key: Path
+    public_key: str
+    console_path: Path
+    overlay: Path
+    namespace: str
+    argv: list[str]
+    qmp_path: Path
+    times: dict[str, float] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def powerdown(self, timeout_s: float = 180) -> int:
+        """Press the ACPI power button (QMP ``system_powerdown``, what libvirt's shutdown does) and
+        wait for QEMU to exit; its exit status. systemd in the guest shuts down cleanly first."""
+        assert self.process is not None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as qmp:
+            qmp.settimeout(10)
+            qmp.connect(str(self.qmp_path))
+            reader = qmp.makefile("rb")
+            reader.readline()  # the greeting
+            for command in ("qmp_capabilities", "system_powerdown"):
+                qmp.sendall(json.dumps({"execute": command}).encode() + b"\n")
+                while b'"return"' not in (line := reader.readline()):
+                    if not line:
+                        raise BuildError(f"QMP closed before answering {command}")
+        return self.process.wait(timeout=timeout_s)
+
+
+def debian_image() -> BuiltImage:
+    """The built ``cloudlab-debian`` (``cloudlab image build debian``), or a BuildError saying so."""
+    image = find_built_image(name="debian")
+    if image is None or image.disk is None:
+        raise BuildError("cloudlab-debian is not built: run 'cloudlab image build debian'")
+    return image
+
+
+def guest_metadata(public_key: str, user_data: bytes | None, instance_id: str = INSTANCE_ID) -> InstanceMetadata:
+    """The fixed answer the hand-built metadata server gives the guest."""
+    return InstanceMetadata(
+        instance_id=instance_id,
+        local_ipv4=GUEST_IP,
+        public_ipv4=None,
+        instance_type="t2.small",
+        ami_id="ami-00000000000000a01",
+        availability_zone="hand-1a",
+        hostname=instance_id,
+        security_groups=("default",),
+        public_keys=(("hand", public_key),),
+        user_data=user_data,
+        mac=GUEST_MAC,
+        reservation_id="r-0000000000000a001",
+        subnet_cidr=f"{NET}.0/24",
+        account_id="000000000000",
+        launch_time=time.time(),
+        block_devices=(("ami", "/dev/vda"), ("root", "/dev/vda")),
+    )
+
+
+@contextlib.contextmanager
+def debian_by_hand(
+    image: BuiltImage | None = None,
+    *,
+    user_data: bytes | None = None,
+    memory_mb: int = 512,
+    vcpus: int = 1,
+    accel: str = "tcg",
+    disk_size_mb: int | None = None,
+    wait_cloud_init: bool = True,
+    timeout_s: float = 900,
+    instance_id: str = INSTANCE_ID,
+) -> Iterator[HandBoot]:
+    """Boot ``cloudlab-debian`` by hand and yield it once SSH answers (and cloud-init is done).
+
+    ``disk_size_mb`` makes the overlay larger than the image (cloud-init grows the file system);
+    everything is torn down on exit, also on error (the console is in the error message).
+    """
+    image = image or debian_image()
+    if image.disk is None:
+        raise BuildError(f"{image.directory} is not a disk image")
+    lab = Lab()
+    server: MetadataServer | None = None
+    try:
+        ns = lab.netns("boot")
+        lab.ip(ns, "link", "add", "br0", "type", "bridge")
+        lab.ip(ns, "addr", "add", f"{GATEWAY}/24", "dev", "br0")
+        lab.ip(ns, "link", "set", "br0", "up")
+        lab.ip(ns, "addr", "add", "169.254.169.254/32", "dev", "lo")
+        lab.ip(ns, "tuntap", "add", "tap0", "mode", "tap")
+        lab.ip(ns, "link", "set", "tap0", "master", "br0", "up")
+
+        key = lab.tmp / "id_ed25519"
+        lab.sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", lab.tag, "-f", str(key))
+        public_key = key.with_suffix(".pub").read_text().strip()
+        metadata = guest_metadata(public_key, user_data, instance_id)
+        with netns.entered(ns):
+            sock = listen_socket()
+        server = MetadataServer(lambda ip: metadata if ip == GUEST_IP else None, sock)
+        server.start()
+
+        overlay = lab.tmp / "root.qcow2"
+        size = [f"{disk_size_mb}M"] if disk_size_mb else []
+        lab.sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "qcow2", str(overlay), *size)
+        console_path, qmp_path = lab.tmp / "console.log", lab.tmp / "qmp.sock"
+        argv = qemu_argv(image, overlay, console_path, instance_id, memory_mb, vcpus, accel)
+        argv += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        ssh = SshRemote(GUEST_IP, key, ns)
+        boot = HandBoot(instance_id, GUEST_IP, ssh, key, public_key, console_path, overlay, ns, argv, qmp_path)
+        started = time.monotonic()
+        boot.process = proc = lab.spawn("qemu", argv, ns)
+        _wait_milestones(boot, proc, lab, started, wait_cloud_init, timeout_s)
+        yield boot
+    finally:
+        if server is not None:
+            server.stop()
+        lab.close()
+
+
+def qemu_argv(
+    image: BuiltImage, overlay: Path, console: Path, instance_id: str, memory_mb: int, vcpus: int, accel: str
+) -> list[str]:
+    """QEMU as a node would run it: direct kernel boot, the overlay as the first virtio disk (vda),
+    one virtio NIC on the tap, a virtio RNG, the serial console to a file, nothing else."""
+    cmdline = f"{image.kernel_cmdline} cloudlab.hostname={instance_id} cloudlab.ip={GUEST_IP}/24,{GATEWAY}"
+    return [
+        "qemu-system-x86_64",
+        "-accel",
+        accel,
+        "-smp",
+        str(vcpus),
+        "-m",
+        str(memory_mb),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        f"file:{console}",
+        "-no-reboot",
+        "-kernel",
+        str(image.kernel),
+        "-initrd",
+        str(image.ramdisk),
+        "-append",
+        cmdline,
+        "-drive",
+        f"file={overlay},if=none,id=root,format=qcow2,discard=unmap",
+        "-device",
+        "virtio-blk-pci,drive=root",
+        "-netdev",
+        "tap,id=n0,ifname=tap0,script=no,downscript=no",
+        "-device",
+        f"virtio-net-pci,netdev=n0,mac={GUEST_MAC}",
+        "-device",
+        "virtio-rng-pci",
+    ]
+
+
+def _wait_milestones(
+    boot: HandBoot, proc: subprocess.Popen, lab: Lab, started: float, wait_cloud_init: bool, timeout_s: float
+) -> None:
+    """Watch the console until every milestone is reached, bounded by ``timeout_s``. SSH is tried
+    from a thread of its own, so a slow connection attempt never delays reading the console."""
+    markers = {"launch_s": LAUNCH_MARKER, "marker_s": BOOT_MARKER, "cloud_init_s": CLOUD_INIT_DONE_MARKER}
+    wanted = {"launch_s", "marker_s", "ssh_s"} | ({"cloud_init_s"} if wait_cloud_init else set())
+    stop = threading.Event()
+
+    def probe_ssh() -> None:
+        while not stop.is_set() and time.monotonic() - started < timeout_s:
+            if boot.ssh.run("true", timeout=15).returncode == 0:
+                boot.times["ssh_s"] = round(time.monotonic() - started, 2)
+                return
+            stop.wait(0.5)
+
+    prober = threading.Thread(target=probe_ssh, name="ssh-probe", daemon=True)
+    prober.start()
+    try:
+        for _ in range(int(timeout_s / POLL_S) + 1):
+            now = time.monotonic() - started
+            if proc.poll() is not None:
+                raise BuildError(
+                    f"QEMU exited ({proc.returncode}): {lab.log('qemu')}\n--- console ---\n{boot.console()[-3000:]}"
+                )
+            text = boot.console()
+            for name, marker in markers.items():
+                if name not in boot.times and marker in text:
+                    boot.times[name] = round(now, 2)
+            if wanted <= boot.times.keys():
+                return
+            if now > timeout_s:
+                break
+            time.sleep(POLL_S)
+    finally:
+        stop.set()
+        prober.join(timeout=20)
+    missing = sorted(wanted - boot.times.keys())
+    raise BuildError(f"{missing} not reached within {timeout_s:.0f} s; console:\n{boot.console()[-3000:]}")
+
+
+def boot_times(repeats: int = 3, image: BuiltImage | None = None, **options: Any) -> dict[str, Any]:
+    """Boot by hand ``repeats`` times; per run and summarised (median, spread) seconds per milestone."""
+    image = image or debian_image()
+    runs = []
+    for _ in range(repeats):
+        with debian_by_hand(image, **options) as boot:
+            runs.append(dict(boot.times))
+    names = ("launch_s", "marker_s", "ssh_s", "cloud_init_s")
+    return {
+        "image": str(image.directory),
+        "runs": runs,
+        **{name: summarise([r[name] for r in runs if name in r]) for name in names},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cloudlab.bench.handboot [--repeats N] [--memory MB]``: the boot times as JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cloudlab.bench.handboot", description=main.__doc__)
+    parser.add_argument("--repeats", type=int, default=3, help="boots to summarise (default 3)")
+    parser.add_argument("--memory", type=int, default=512, help="guest memory in MiB (default 512)")
+    parser.add_argument("--accel", default="tcg", help="QEMU accelerator (default tcg)")
+    args = parser.parse_args(argv)
+    try:
+        result = boot_times(args.repeats, memory_mb=args.memory, accel=args.accel)
+    except BuildError as exc:
+        print(f"error: {exc}")
+        return 1
+    with open("/proc/loadavg") as loadavg:
+        result["host_loadavg_after"] = loadavg.read().split()[:3]
+    result["memory_mb"] = args.memory
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
