@@ -49,9 +49,7 @@ def check(path: str) -> str:
     count, timeout_s = int(params.get("count", 0)), float(params.get("timeout_s", 0))
     if count < 1 or timeout_s <= 0:
         raise ValueError(f"the notebook's parameters lack count/timeout_s: {params}")
-    text = "".join(
-        "".join(o.get("text", "")) for o in cells[-1].get("outputs", []) if o.get("output_type") == "stream"
-    )
+    text = "".join("".join(o.get("text", "")) for o in cells[-1].get("outputs", []) if o.get("output_type") == "stream")
     lines = [line.split() for line in text.splitlines() if line.strip()]
     if not lines or lines[0] != COLUMNS:
         raise ValueError(f"the last cell printed no table with columns {' '.join(COLUMNS)}: {text!r}")
