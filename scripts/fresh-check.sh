@@ -26,9 +26,10 @@
 # Isolation and clean-up: the run is PID 1 of its own mount and PID namespaces (unshare). The root
 # is a tmpfs or bind mount there, with its own /proc, /sys and /dev bound from this machine, and a
 # private tmpfs /run, so `ip netns` inside sees only the namespaces made inside. When the script
-# ends for any reason -- success, failure, Ctrl-C, SIGTERM, SIGKILL -- the namespaces' init dies
-# (unshare --kill-child), the kernel kills every process started inside, and with the last one the
-# mounts, the tmpfs and the network namespaces made inside are gone. The trap then checks that no
+# ends for any reason -- success, failure, Ctrl-C, SIGTERM, SIGKILL -- unshare dies with it
+# (setpriv --pdeathsig), the namespaces' init with unshare (--kill-child), the kernel kills every
+# process started inside, and with the last one the mounts, the tmpfs and the network namespaces
+# made inside are gone. The trap then checks that no
 # process has its root in the chroot and no mount is left under it before it deletes the work
 # folder (rm --one-file-system). Work folders of earlier runs that were killed are swept.
 #
@@ -236,7 +237,7 @@ while [ $# -gt 0 ]; do
 done
 case $stage in setup | demo) ;; *) die "--stage is setup or demo, not $stage" ;; esac
 [ "$(id -u)" -eq 0 ] || die "needs root (mounts, chroot, and the set-up runs as root there)"
-for tool in mmdebstrap unshare chroot mountpoint flock git tar; do
+for tool in mmdebstrap unshare setpriv chroot mountpoint flock git tar; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install mmdebstrap util-linux git tar)"
 done
 
@@ -302,6 +303,10 @@ for old in "$workdir"/cloudlab-fresh.*; do # left by a run that was killed (SIGK
   say "removing $old, left by a run that was killed"
   rm -rf --one-file-system "$old"
 done
+for old in "$cache"/.building.*.tar; do # a tarball half made by a run that was killed
+  pid=${old##*/.building.}
+  if [ -e "$old" ] && ! kill -0 "${pid%.tar}" 2>/dev/null; then rm -f "$old"; fi
+done
 work=$(mktemp -d "$workdir/cloudlab-fresh.XXXXXX")
 echo $$ >"$work/pid"
 root=$work/root
@@ -310,22 +315,27 @@ mkdir "$root"
 inner_pid=""
 cleanup() {
   local status=$? pid left since=$SECONDS
-  trap - EXIT INT TERM HUP
+  set +e # every step of the clean-up runs, whatever the one before it said
+  trap - EXIT
+  trap '' INT TERM HUP # a second Ctrl-C must not cut the clean-up short
   if [ -n "$inner_pid" ] && kill -0 "$inner_pid" 2>/dev/null; then
-    kill -TERM "$inner_pid" 2>/dev/null || true # unshare dies; --kill-child SIGKILLs the namespaces' init
+    # unshare ignores SIGTERM and SIGINT (it leaves them to its child); SIGKILL, and --kill-child
+    # takes the namespaces' init with it, and the kernel everything inside.
+    kill -KILL "$inner_pid" 2>/dev/null || true
     wait "$inner_pid" 2>/dev/null || true
   fi
-  # Nothing should be left: the PID namespace is gone. Make sure, by the chroot's path.
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    left=""
-    for pid in /proc/[0-9]*; do
-      case $(readlink "$pid/root" 2>/dev/null) in "$root" | "$root"/*) left+=" ${pid#/proc/}" ;; esac
-    done
-    [ -z "$left" ] && break
-    say "killing processes left in the chroot:$left"
-    # shellcheck disable=SC2086
-    kill -KILL $left 2>/dev/null || true
-    sleep 0.5
+  # Nothing should be left once the kernel has emptied the PID namespace (it takes a moment after
+  # unshare's SIGKILL). Make sure, by the chroot's path; after 2 s, kill what is still there.
+  for try in $(seq 1 50); do
+    left=$(find /proc -mindepth 2 -maxdepth 2 -name root \( -lname "$root" -o -lname "$root/*" \) 2>/dev/null |
+      cut -d/ -f3 | tr '\n' ' ') # (find: no access to some other namespaces' roots)
+    [ -z "${left// /}" ] && break
+    if [ "$try" -ge 10 ]; then
+      say "killing processes left in the chroot: $left"
+      # shellcheck disable=SC2086
+      kill -KILL $left 2>/dev/null
+    fi
+    sleep 0.2
   done
   if grep -qF " $root" /proc/self/mountinfo; then
     say "unmounting what is left under $root"
@@ -350,7 +360,10 @@ trap 'exit 129' HUP
 export FRESH_ROOT=$root FRESH_MEDIUM=$medium FRESH_TARBALL=$tarball FRESH_CACHE=$cache FRESH_REPO=$repo \
   FRESH_REF=$ref FRESH_STAGE=$stage FRESH_HERE=$here FRESH_EXTRA=""
 [ ${#extra[@]} -eq 0 ] || FRESH_EXTRA=$(printf '%q ' "${extra[@]}")
-unshare --mount --pid --fork --kill-child --propagation private -- bash "$here/fresh-check.sh" --inside &
+# setpriv --pdeathsig: unshare dies with this script even when it is SIGKILLed and runs no trap;
+# unshare --kill-child then takes the namespaces' init, and the kernel everything inside.
+setpriv --pdeathsig KILL unshare --mount --pid --fork --kill-child --propagation private -- \
+  bash "$here/fresh-check.sh" --inside &
 inner_pid=$!
 status=0
 wait "$inner_pid" || status=$?
