@@ -17,7 +17,16 @@ APT_PACKAGES=(
 )
 PYTHON=${PYTHON:-python3}
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    echo "[setup] error: '$*' needs root: run this as root, or apt-get install sudo" >&2
+    exit 1
+  fi
+}
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -10,7 +10,7 @@ minbase, plus only python3, git and make; the tarball is cached in ``~/.cache/cl
 clone of this checkout with the working tree's changes, and ``make setup`` in it as root in a chroot
 -- Debian packages, the venv with every PyPI dependency built or installed, the default image from
 Debian packages, the KVM probe and the kernelspec. ``make fresh-check`` goes on to ``make demo``
-there; that stays out of ``make test`` for its extra minute and a half.
+there; that stays out of ``make test`` for its extra minute or so (a cloud, two boots, the notebook).
 
 Measured on the 2-core development machine: about 3 minutes with the cached root and .debs (the
 first run on a machine adds about a minute for mmdebstrap and the downloads).
@@ -18,23 +18,31 @@ first run on a machine adds about a minute for mmdebstrap and the downloads).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "fresh-check.sh"
+CHECKER = REPO / "scripts" / "check-demo-output.py"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the chroot and its mounts need root (CI runs as root)"),
-    pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="needs mmdebstrap (apt-get install mmdebstrap)"),
-    pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout"),
-]
+
+def _needs_a_chroot(test):
+    """Slow, and it needs root, mmdebstrap and a git checkout to clone."""
+    for mark in (
+        pytest.mark.slow,
+        pytest.mark.skipif(os.geteuid() != 0, reason="the chroot and its mounts need root (CI runs as root)"),
+        pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="needs mmdebstrap (apt-get install mmdebstrap)"),
+        pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout"),
+    ):
+        test = mark(test)
+    return test
 
 
 def _tail(text: str, lines: int = 60) -> str:
@@ -42,6 +50,7 @@ def _tail(text: str, lines: int = 60) -> str:
 
 
 @pytest.mark.timeout(2400)
+@_needs_a_chroot
 def test_make_setup_works_on_a_bare_debian_12() -> None:
     done = subprocess.run(
         ["bash", str(SCRIPT), "--stage", "setup"],
@@ -65,3 +74,76 @@ def test_make_setup_works_on_a_bare_debian_12() -> None:
     assert "processes left running" not in out
     assert out.rstrip().splitlines()[-1].startswith("[fresh-check] cleaned up"), _tail(out)
     assert "[fresh-check] PASS (setup)" in out
+
+
+# --------------------------------------------------------------------------------------------------
+# the check of `make demo`'s output that `make fresh-check` applies: it must refuse a wrong table
+
+TABLE = """        instance_id    node  boot_seconds final_state
+i-609df164e5d6ff2e2 node-01         12.63  terminated
+i-a017aedcd4b5d6e13 node-01         11.99  terminated
+"""
+
+
+def _executed_demo(table: str = TABLE, injected: str | None = None, error: bool = False) -> dict:
+    """The demo notebook as papermill leaves it, with ``table`` as its last cell's output."""
+    notebook = json.loads((REPO / "notebooks" / "demo.ipynb").read_text())
+    cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    if injected is not None:
+        cell = {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": injected, "outputs": []}
+        notebook["cells"].insert(notebook["cells"].index(cells[0]) + 1, cell)
+    cells[-1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": table}]
+    if error:
+        cells[1]["outputs"] = [{"output_type": "error", "ename": "TimeoutError", "evalue": "no boot", "traceback": []}]
+    return notebook
+
+
+def _run_checker(tmp_path: Path, notebook: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / "demo.ipynb"
+    path.write_text(json.dumps(notebook))
+    return subprocess.run([sys.executable, str(CHECKER), str(path)], capture_output=True, text=True, timeout=30)
+
+
+def test_demo_check_accepts_the_demo_table(tmp_path: Path) -> None:
+    done = _run_checker(tmp_path, _executed_demo())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "demo output: 2 instances booted in 12.63, 11.99 s and ended terminated"
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        (TABLE.replace("terminated\n", "running\n", 1), "ended 'running', not 'terminated'"),
+        (TABLE.replace("12.63", "NaN"), "booted in nan s"),
+        (TABLE.replace("12.63", "-"), "has no boot time"),
+        (TABLE.replace("12.63", "181.5"), "outside (0, 180.0]"),
+        (TABLE.replace("node-01 ", "None    ", 1), "has no node"),
+        ("\n".join(TABLE.splitlines()[:2]) + "\n", "has 1 rows for 2 instances"),
+        (TABLE.replace("i-a017aedcd4b5d6e13", "i-609df164e5d6ff2e2"), "listed twice"),
+        (TABLE.replace("i-609df164e5d6ff2e2", "i-xyz"), "is not an instance id"),
+        ("booted: {}\n", "printed no table"),
+        ("", "printed no table"),
+    ],
+)
+def test_demo_check_refuses_a_wrong_table(tmp_path: Path, table: str, says: str) -> None:
+    done = _run_checker(tmp_path, _executed_demo(table))
+    assert done.returncode == 1
+    assert says in done.stderr, done.stderr
+
+
+def test_demo_check_refuses_a_cell_that_raised(tmp_path: Path) -> None:
+    done = _run_checker(tmp_path, _executed_demo(error=True))
+    assert done.returncode == 1 and "a cell raised TimeoutError: no boot" in done.stderr
+
+
+def test_demo_check_counts_the_instances_papermill_was_asked_for(tmp_path: Path) -> None:
+    """``-p count 3`` lands in an injected-parameters cell: two rows are then too few."""
+    done = _run_checker(tmp_path, _executed_demo(injected="count = 3\n"))
+    assert done.returncode == 1 and "has 2 rows for 3 instances" in done.stderr
+
+
+def test_demo_check_names_a_missing_notebook(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(CHECKER), str(tmp_path / "none.ipynb")], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1 and "cannot read the executed notebook" in done.stderr
