@@ -9,8 +9,9 @@ say() { printf '[setup] %s\n' "$*"; }
 # python3-venv and python3-dev: Debian's python3 has no ensurepip without the first, and
 # libvirt-python (sdist only on PyPI) is compiled against the second's Python.h.
 # mmdebstrap: scripts/fresh-check.sh (make fresh-check, tests/test_fresh_machine.py) builds a bare root.
+# procps: the tests run ps (a bare root has it only through chromium's dependencies).
 APT_PACKAGES=(
-  python3-venv python3-dev mmdebstrap
+  python3-venv python3-dev mmdebstrap procps
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config gcc vde2 vdeplug iproute2 openssh-client iperf3 busybox-static dropbear-bin nftables dnsmasq-base cpio zstd xz-utils
   chromium chromium-driver
