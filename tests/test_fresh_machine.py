@@ -12,8 +12,10 @@ clone of this checkout with the working tree's changes, and ``make setup`` in it
 Debian packages, the KVM probe and the kernelspec. ``make fresh-check`` goes on to ``make demo``
 there; that stays out of ``make test`` for its extra minute or so (a cloud, two boots, the notebook).
 
-Measured on the 2-core development machine: about 3 minutes with the cached root and .debs (the
-first run on a machine adds about a minute for mmdebstrap and the downloads).
+Measured on the shared 2-core development machine: 130-145 s with the cached root and .debs at a
+load of 3-4 (apt ~40 s, pip ~60 s, image ~30 s), about 5 minutes at a load of 6-10; a machine's first
+run (mmdebstrap, every .deb and wheel downloaded) took 4-5 minutes. The root lives on a tmpfs when
+10 GiB are free (3 GB after the set-up), so unpacking and clean-up take seconds.
 """
 
 from __future__ import annotations
