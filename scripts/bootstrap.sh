@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '[setup] %s\n' "$*"; }
 
+# python3-venv and python3-dev: Debian's python3 has no ensurepip without the first, and
+# libvirt-python (sdist only on PyPI) is compiled against the second's Python.h.
+# mmdebstrap: scripts/fresh-check.sh (make fresh-check, tests/test_fresh_machine.py) builds a bare root.
+# procps: the tests run ps (a bare root has it only through chromium's dependencies).
 APT_PACKAGES=(
+  python3-venv python3-dev mmdebstrap procps
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config gcc vde2 vdeplug iproute2 openssh-client iperf3 busybox-static dropbear-bin nftables dnsmasq-base cpio zstd xz-utils
   mmdebstrap e2fsprogs
@@ -15,7 +20,16 @@ APT_PACKAGES=(
 )
 PYTHON=${PYTHON:-python3}
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    echo "[setup] error: '$*' needs root: run this as root, or apt-get install sudo" >&2
+    exit 1
+  fi
+}
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -36,9 +50,10 @@ getent group libvirt-qemu >/dev/null || as_root groupadd --system libvirt-qemu
 id libvirt-qemu >/dev/null 2>&1 || as_root useradd --system --no-create-home --gid libvirt-qemu \
   --shell /usr/sbin/nologin libvirt-qemu
 
-if [ ! -x .venv/bin/python ]; then
+# A venv whose creation failed (no ensurepip) has a python but no pip: make it again.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   say "creating the virtualenv .venv"
-  "$PYTHON" -m venv .venv
+  "$PYTHON" -m venv --clear .venv
 fi
 stamp=.venv/.cloudlab-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
