@@ -14,7 +14,7 @@ APT_PACKAGES=(
   python3-venv python3-dev mmdebstrap procps
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
   pkg-config gcc vde2 vdeplug iproute2 openssh-client iperf3 busybox-static dropbear-bin nftables dnsmasq-base cpio zstd xz-utils
-  mmdebstrap e2fsprogs
+  e2fsprogs
   chromium chromium-driver
   s3cmd rclone
 )
