@@ -26,6 +26,7 @@ from cloudlab.cc.cluster import ClusterController
 from cloudlab.cc.network import NC_PORT
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.images import Images
+from cloudlab.clc.offline import write_credentials
 from cloudlab.clc.store import Store
 from cloudlab.clc.uploads import UploadPolicy, ensure_root
 from cloudlab.config import CloudConfig
@@ -429,13 +430,6 @@ class CloudService:
 def write_json(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(data, indent=2) + "\n", mode)
-
-
-def write_credentials(layout: StateLayout, user: str, access_key: str, secret_key: str) -> Path:
-    path = layout.credentials / f"{user}.json"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_json(path, {"user": user, "access_key": access_key, "secret_key": secret_key}, mode=0o600)
-    return path
 
 
 def run_service(layout: StateLayout) -> int:

@@ -52,18 +52,12 @@ class RunningCloud:
         return control.service_status(self.layout)
 
     def add_user(self, prefix: str) -> tuple[Any, Any]:
-        """A fresh user of the running cloud (made in its database, beside the service): (User, access key)."""
-        from cloudlab.clc.store import Store
-        from cloudlab.clc.users import Users
+        """A fresh user of the running cloud, made in its state folder as ``cloudlab user add`` makes one (the
+        service sees it at once): (User, access key)."""
+        from cloudlab.clc.offline import open_state
 
-        store = Store(self.layout.database)
-        try:
-            users = Users(store, None)
-            user = users.create(f"{prefix}-{secrets.token_hex(4)}")
-            key = users.create_key(user.name)
-        finally:
-            store.close()
-        return user, key
+        with open_state(self.layout) as admin:
+            return admin.add_user(f"{prefix}-{secrets.token_hex(4)}")
 
     def create_user(self, prefix: str) -> tuple[Any, Any]:
         """A fresh user of the running cloud: (User, boto3 client)."""

@@ -81,6 +81,38 @@ def test_clear_errors_without_a_cloud(tmp_path: Path, args: list[str], needle: s
     assert "Traceback" not in result.stderr
 
 
+def test_every_registered_command_has_help_in_process() -> None:
+    """Every command an area module registers is reachable and answers --help (the registry builds them all)."""
+    import contextlib
+    import io
+
+    from cloudlab.cli import main
+    from cloudlab.cli.registry import COMMANDS
+
+    assert {"up", "user keys create", "bench notebook", "node-credentials"} <= {" ".join(w) for w in COMMANDS}
+    for words in COMMANDS:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+            main([*words, "--help"])
+        assert done.value.code == 0, words
+        assert f"usage: cloudlab {' '.join(words)}" in " ".join(out.getvalue().split()), words
+
+
+def test_every_cli_module_is_an_area() -> None:
+    """A module of ``cloudlab/cli/`` either registers commands (and is listed in AREAS) or is the machinery."""
+    import pkgutil
+
+    import cloudlab.cli
+
+    modules = {m.name for m in pkgutil.iter_modules(cloudlab.cli.__path__)}
+    assert modules - {"registry", "common", "__main__"} == set(cloudlab.cli.AREAS)
+
+
+def test_python_dash_m_cloudlab() -> None:
+    result = subprocess.run([sys.executable, "-m", "cloudlab", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "usage: cloudlab" in result.stdout and "node-credentials" in result.stdout
+
+
 def test_status_json_when_down(tmp_path: Path) -> None:
     result = cloudlab("status", "--json", state=tmp_path / "state")
     assert result.returncode == 3

@@ -1,0 +1,74 @@
+"""Benchmarks: ``bench network``, ``bench s3`` and ``bench notebook`` (results as CSV, JSON and charts).
+
+Each hands its options to the benchmark's own ``main`` in :mod:`cloudlab.bench`, which is also runnable as
+``python -m cloudlab.bench.NAME``; ``bench notebook`` passes all its words on unparsed (papermill's
+``-p KEY VALUE`` and its own ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cloudlab.cli.registry import arg, command, group
+
+group("bench", help="benchmarks (results as CSV, JSON and charts)", state=False)
+
+
+@command(
+    "bench network",
+    help="instance to instance on cloudlab's direct and vde networks against the same paths built by hand, "
+    "and VDE cable transports",
+    state=False,
+    args=[
+        arg("--output", default="results", help="folder for CSV, JSON and PNG (default results/)"),
+        arg("--repeats", type=int, default=3, help="runs per path (default 3)"),
+        arg("--duration", type=float, default=3, help="seconds per iperf3 run (default 3)"),
+        arg("--streams", type=int, default=1, help="parallel TCP streams (default 1)"),
+        arg("--transports", default="unix,tcp,ssh,udp", help="cable transports (unix,tcp,ssh,udp,vxvde)"),
+        arg("--no-cloud", action="store_true", help="only the hand-built paths"),
+        arg("--no-vms", action="store_true", help="only namespaces and cables (no VMs)"),
+        arg("--variants", action="store_true", help="also vde_plug2tap and ptp taps (ways to shrink VDE's cost)"),
+    ],
+)
+def bench_network(args: argparse.Namespace) -> int:
+    from cloudlab.bench.network import main as network_main
+
+    argv = ["--output", args.output, "--repeats", str(args.repeats), "--duration", str(args.duration),
+            "--streams", str(args.streams), "--transports", args.transports, "--chart"]  # fmt: skip
+    argv += ["--no-cloud"] * args.no_cloud + ["--no-vms"] * args.no_vms + ["--variants"] * args.variants
+    return network_main(argv)
+
+
+@command(
+    "bench s3",
+    help="Walrus (S3) PUT/GET/LIST beside moto's S3 server and a plain copy",
+    state=False,
+    args=[
+        arg("--output", default="results", help="folder for CSV and JSON (default results/)"),
+        arg("--sizes", default="4KiB,1MiB,64MiB,1GiB", help="object sizes (default all four)"),
+        arg("--keys", default="10000,100000", help="listing sizes (default 10000,100000)"),
+        arg("--clients", default="1,8", help="concurrent clients (default 1,8)"),
+        arg("--scale", type=float, default=1.0, help="multiply the bytes moved per size (0.1 for a quick look)"),
+    ],
+)
+def bench_s3(args: argparse.Namespace) -> int:
+    from cloudlab.bench.s3 import main as s3_main
+
+    return s3_main(["--output", args.output, "--sizes", args.sizes, "--keys", args.keys, "--clients", args.clients,
+                    "--scale", str(args.scale)])  # fmt: skip
+
+
+@command(
+    "bench notebook",
+    help="run a notebook headless with papermill (-p key value ..., --sweep key=v1,v2 ...); see --help",
+    state=False,
+    passthrough="rest",
+    add_help=False,
+)
+def bench_notebook(args: argparse.Namespace) -> int:
+    from cloudlab.bench.notebooks import main as notebook_main
+
+    if getattr(args, "state", None):  # ``cloudlab --state DIR bench notebook ...``: the notebook finds it so
+        os.environ["CLOUDLAB_STATE"] = os.path.abspath(args.state)
+    return notebook_main(args.rest)

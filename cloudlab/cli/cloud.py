@@ -1,0 +1,259 @@
+"""The cloud itself: ``up``, ``down``, ``status``, ``env``, ``usage`` and ``serve`` (what ``up`` starts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from cloudlab import control
+from cloudlab.cli.common import CliError, hypervisor, log_to_stderr, port, positive, region, state_layout
+from cloudlab.cli.registry import arg, command
+from cloudlab.config import DEFAULT_API_PORT, CloudConfig
+from cloudlab.paths import StateLayout
+
+# ``cloudlab up`` options and the cloud.json fields they set (saved, and reused by the next ``up``).
+UP_OPTIONS = {
+    "hypervisor": "hypervisor",
+    "nodes": "nodes",
+    "network": "network",
+    "scheduler": "scheduler",
+    "port": "api_port",
+    "accel": "accel",
+    "node_vcpus": "node_vcpus",
+    "node_memory": "node_memory_mb",
+    "cc_listen": "cc_host",
+    "subnet": "subnet",
+    "underlay": "underlay",
+    "nat_node": "nat_nodes",
+    "cable": "cable",
+    "region": "region",
+}
+
+
+@command(
+    "up",
+    help="start the cloud in the background (returns when its API answers)",
+    args=[
+        arg(
+            "--hypervisor",
+            type=hypervisor,
+            metavar="URI",
+            help="libvirt URI: qemu:///embed (default), qemu:///system or test:///default",
+        ),
+        arg("--nodes", type=positive, metavar="N", help="number of node controllers (default 1)"),
+        arg("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)"),
+        arg("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN or module:Class"),
+        arg("--region", type=region, metavar="NAME", help="the cloud's region name (default cloudlab-1)"),
+        arg("--port", type=port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)"),
+        arg("--accel", choices=["auto", "kvm", "tcg"], help="accelerator (default auto: probe KVM, else TCG)"),
+        arg("--node-vcpus", type=positive, metavar="N", help="vCPUs each node offers"),
+        arg("--node-memory", type=positive, metavar="MIB", help="memory (MiB) each node offers"),
+        arg(
+            "--cc-listen",
+            metavar="ADDR",
+            help="address the cluster controller listens on for node controllers on other hosts (default 127.0.0.1)",
+        ),
+        arg("--subnet", metavar="CIDR", help="instances' private range, a /24 per group (10.211.0.0/16)"),
+        arg(
+            "--underlay", metavar="CIDR", help="range between the host namespaces (default auto: a free 10.253.N.0/24)"
+        ),
+        arg("--nat-node", action="append", metavar="NODE", help="put NODE's host behind a NAT (repeatable; vde only)"),
+        arg("--cable", choices=["tcp", "unix"], help="VDE cable transport between hosts (default tcp)"),
+        arg("--timeout", type=float, default=90.0, help="seconds to wait for the API (default 90)"),
+    ],
+)
+def up(args: argparse.Namespace) -> int:
+    layout = state_layout(args)
+    config = CloudConfig.load(layout.config) if layout.config.exists() else CloudConfig()
+    for option, attr in UP_OPTIONS.items():
+        value = getattr(args, option)
+        if value is not None:
+            setattr(config, attr, value)
+    if config.network != "none" and control.endpoint(layout) is None:
+        _check_network(layout, config)
+    try:
+        info = control.up(layout, config, timeout_s=args.timeout)
+    except control.ControlError as exc:
+        raise CliError(str(exc)) from None
+    word = "already running" if info.get("already_running") else "up"
+    print(f"cloud {word}: EC2 endpoint {info['url']} (state {layout.root})")
+    print(f'use it with: eval "$(cloudlab --state {layout.root} env)"')
+    return 0
+
+
+def _check_network(layout: StateLayout, config: CloudConfig) -> None:
+    """Refuse a network that cannot be built (overlaps, a missing tool, a bad layout) before starting anything."""
+    from cloudlab.cc.network import ClusterNetwork
+    from cloudlab.net import NetError
+
+    if os.geteuid() != 0:
+        raise CliError(f"the {config.network} network needs root (namespaces, taps, nftables): run as root")
+    try:
+        ClusterNetwork.for_cloud(config, layout).check(config.public_pool)
+    except (NetError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+@command(
+    "down",
+    help="terminate all instances and stop the cloud",
+    args=[arg("--timeout", type=float, default=90.0, help="seconds to wait before killing (default 90)")],
+)
+def down(args: argparse.Namespace) -> int:
+    layout = state_layout(args)
+    result = control.down(layout, timeout_s=args.timeout)
+    if result["stopped"]:
+        print(f"cloud stopped (state {layout.root})")
+    else:
+        print(f"cloud was not running (state {layout.root})")
+    if result["swept_qemu"]:
+        print(f"killed {len(result['swept_qemu'])} leftover QEMU process(es)")
+    return 0
+
+
+@command(
+    "status",
+    help="what runs: controllers, nodes, instances",
+    args=[arg("--json", action="store_true", help="machine-readable output")],
+)
+def status(args: argparse.Namespace) -> int:
+    layout = state_layout(args)
+    info = control.endpoint(layout)
+    if info is None:
+        if args.json:
+            print(json.dumps({"running": False, "state": str(layout.root)}))
+        else:
+            print(f"cloud is not running (state {layout.root}); start it with: cloudlab up")
+        return 3
+    try:
+        found = control.service_status(layout, info)
+    except OSError as exc:
+        raise CliError(
+            f"the cloud service (pid {info.get('pid')}) does not answer: {exc}; "
+            "see its log or restart it (cloudlab down && cloudlab up)"
+        ) from None
+    found = {"running": True, "state": str(layout.root)} | found
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    print(f"cloud running: pid {found['pid']}, up {found['uptime_s']} s, endpoint {found['endpoint']}")
+    print(f"state {layout.root}; region {found['region']}; hypervisor {found['hypervisor']}")
+    for cluster in found["clusters"]:
+        print(
+            f"cluster {cluster['name']} (zone {cluster['zone']}, network {cluster['network']}, "
+            f"scheduler {cluster['scheduler']}): {len(cluster['nodes'])} node(s)"
+        )
+        for node in cluster["nodes"]:
+            health = "alive" if node["alive"] else f"NOT ANSWERING ({node.get('last_error')})"
+            proc = node.get("process")
+            extra = f", pid {proc['pid']}, restarts {proc['restarts']}" if proc else ""
+            print(
+                f"  {node['name']}: {health}, {node['vcpus_free']}/{node['vcpus_total']} vCPU and "
+                f"{node['memory_mb_free']}/{node['memory_mb_total']} MiB free, {node['instances']} instance(s), "
+                f"accel {node.get('accel') or '-'}{extra}"
+            )
+        network = cluster.get("network_detail")
+        if network:
+            health = "healthy" if network["healthy"] else "NOT HEALTHY"
+            print(
+                f"  network {network['flavour']} ({health}): subnet {network['subnet']}, "
+                f"underlay {network['underlay']}, outside namespace {network['namespaces']['outside']} "
+                f"(cloudlab exec), VLANs {network['vlans'] or '-'}"
+            )
+            for proc in network["processes"]:
+                state = "running" if proc.get("alive") else "DEAD"
+                print(f"    {proc['role']}: {state}, pid {proc.get('pid')}, restarts {proc.get('restarts', 0)}")
+            for event in network["history"][-3:]:
+                print(f"    {event}")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(found["instances"].items())) or "none"
+    print(f"instances: {counts}")
+    for vm in found.get("unknown_vms", []):
+        print(
+            f"  unknown VM {vm['instance_id']} on {vm['node']} ({vm['state']}): not in the cloud's records, left alone"
+        )
+    return 0
+
+
+@command(
+    "usage",
+    help="accounting report from the ledger: instance, vCPU and GB hours, bytes",
+    args=[
+        arg("--user", help="only this user's usage"),
+        arg("--since", metavar="T", help="window start: ISO date/time (UTC) or a duration ago (2h, 7d)"),
+        arg("--until", metavar="T", help="window end (default now), as --since"),
+        arg("--by", choices=["user", "type", "day", "instance"], default="user", help="grouping (default user)"),
+        arg("--csv", action="store_true", help="CSV on stdout (no total row)"),
+    ],
+)
+def usage(args: argparse.Namespace) -> int:
+    """The accounting report from the ledger, through the admin-only DescribeUsage action."""
+    import botocore.exceptions
+
+    from cloudlab.usage import fetch_usage
+
+    layout = state_layout(args)
+    info, creds = control.connection(layout, "admin")
+    kwargs = {
+        "endpoint_url": info["url"],
+        "region_name": info["region"],
+        "aws_access_key_id": creds["access_key"],
+        "aws_secret_access_key": creds["secret_key"],
+    }
+    try:
+        frame = fetch_usage(kwargs, user=args.user, since=args.since, until=args.until, by=args.by)
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise CliError(f"{error.get('Code')}: {error.get('Message')}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise CliError(f"the cloud's API at {info['url']} failed: {exc}") from None
+    if args.csv:
+        frame.to_csv(sys.stdout, index=False)
+        return 0
+    since, until = frame.attrs.get("since"), frame.attrs.get("until")
+    window = f"{since:%Y-%m-%d %H:%M:%S}Z" if since is not None else "the beginning"
+    window += f" to {until:%Y-%m-%d %H:%M:%S}Z" if until is not None else ""
+    if frame.empty:
+        print(f"no usage from {window}")
+        return 0
+    total = {args.by: "TOTAL"} | frame.attrs["total"]
+    shown = frame.copy()
+    shown.loc[len(shown)] = {k: total.get(k, "") for k in shown.columns}
+    for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours"):
+        shown[column] = shown[column].map(lambda v: f"{float(v):.3f}")
+    print(f"usage by {args.by}, from {window} (billed: time in running)")
+    print(shown.to_string(index=False))
+    return 0
+
+
+@command(
+    "env",
+    help="print export lines for boto3 and the AWS CLI",
+    args=[arg("--user", default="admin", help="whose credentials (default admin)")],
+)
+def env(args: argparse.Namespace) -> int:
+    layout = state_layout(args)
+    info, creds = control.connection(layout, args.user)
+    print(f"export AWS_ENDPOINT_URL_EC2={info['url']}")
+    if info.get("s3_url"):
+        print(f"export AWS_ENDPOINT_URL_S3={info['s3_url']}")
+    print(f"export AWS_ACCESS_KEY_ID={creds['access_key']}")
+    print(f"export AWS_SECRET_ACCESS_KEY={creds['secret_key']}")
+    print(f"export AWS_DEFAULT_REGION={info['region']}")
+    print(f"export CLOUDLAB_STATE={layout.root}")
+    return 0
+
+
+@command(
+    "serve",
+    help="run the cloud in the foreground (what 'up' starts)",
+    args=[arg("--verbose", action="store_true")],
+)
+def serve(args: argparse.Namespace) -> int:
+    from cloudlab.service import run_service
+
+    layout = state_layout(args)
+    log_to_stderr(args.verbose)
+    layout.pidfile.write_text(f"{os.getpid()}\n")
+    return run_service(layout)

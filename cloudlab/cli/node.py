@@ -1,0 +1,100 @@
+"""Nodes: ``nc`` (a node controller on this host), ``node-credentials`` (what a node on another host needs)
+and ``accel`` (whether KVM works here)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from cloudlab.cli.common import CliError, hypervisor, log_to_stderr, port, positive, state_layout
+from cloudlab.cli.registry import arg, command
+from cloudlab.paths import cache_dir
+
+
+@command(
+    "accel",
+    help="probe whether KVM works here (a short real boot, cached); else TCG",
+    args=[arg("--quiet", action="store_true", help="print nothing")],
+)
+def accel(args: argparse.Namespace) -> int:
+    from cloudlab.images.cached import find_built_image
+    from cloudlab.nc.accel import probe_accelerator
+
+    built = find_built_image()
+    if built is None:
+        raise CliError("the KVM probe boots the default image, which is not built: run 'cloudlab image build'")
+    found = probe_accelerator(built.kernel, built.ramdisk, cache_file=cache_dir() / "accel.json")
+    if not args.quiet:
+        print(f"accelerator: {found}")
+    return 0
+
+
+@command(
+    "node-credentials",
+    help="issue a node certificate and write what a node on another host needs",
+    args=[
+        arg("name", help="the new node's name"),
+        arg("--out", required=True, metavar="DIR", help="folder to write ca.crt and the node's cert/key to"),
+    ],
+)
+def node_credentials(args: argparse.Namespace) -> int:
+    from cloudlab.security.ca import CertificateAuthority
+
+    layout = state_layout(args)
+    if not (layout.pki / "ca.key").exists():
+        raise CliError(f"no cloud CA in {layout.pki}: start the cloud once with 'cloudlab up'")
+    try:
+        identity = CertificateAuthority.load_or_create(layout.pki).identity(args.name, "nc")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(layout.pki / "ca.crt", out / "ca.crt")
+    crt, key = out / f"nc-{args.name}.crt", out / f"nc-{args.name}.key"
+    crt.write_bytes(identity.certificate_pem)
+    shutil.copyfile(identity.key_path or layout.pki / f"nc-{args.name}.key", key)
+    key.chmod(0o600)
+    print(f"wrote {out}/ca.crt, {crt.name} and {key.name}; on the new host run:")
+    print(f"  cloudlab nc --name {args.name} --cc CC_URL --pki {out} --listen 0.0.0.0")
+    return 0
+
+
+@command(
+    "nc",
+    help="run a node controller that registers with a cluster controller",
+    args=[
+        arg("--name", required=True, help="node name (its certificate is issued for it)"),
+        arg("--cc", required=True, metavar="URL", help="the cluster controller, http://HOST:PORT"),
+        arg("--hypervisor", type=hypervisor, metavar="URI", help="libvirt URI (default embedded QEMU)"),
+        arg("--pki", metavar="DIR", help="folder with ca.crt and this node's certificate and key"),
+        arg("--listen", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"),
+        arg("--port", type=port, default=0, help="port to serve on (default any)"),
+        arg("--advertise", metavar="URL", help="URL the CC reaches this node at (behind a NAT: the forward)"),
+        arg("--vcpus", type=positive, help="vCPUs to offer"),
+        arg("--memory", type=positive, help="memory (MiB) to offer"),
+        arg("--accel", choices=["auto", "kvm", "tcg"], default="auto"),
+        arg("--verbose", action="store_true"),
+    ],
+)
+def nc(args: argparse.Namespace) -> int:
+    from cloudlab.nc.daemon import run_node
+
+    layout = state_layout(args)
+    log_to_stderr(args.verbose)
+    uri = args.hypervisor or f"qemu:///embed?root={layout.libvirt_root(args.name)}"
+    run_node(
+        Path(args.pki) if args.pki else layout.pki,
+        args.name,
+        args.cc,
+        uri,
+        layout.node_dir(args.name),
+        host=args.listen,
+        port=args.port,
+        vcpus=args.vcpus,
+        memory_mb=args.memory,
+        accel=args.accel,
+        accel_cache=cache_dir() / "accel.json",
+        advertise=args.advertise,
+    )
+    return 0
