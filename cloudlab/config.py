@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,16 @@ from cloudlab.clc.regions import DEFAULT_REGION, zone_name
 from cloudlab.files import write_atomic
 
 DEFAULT_API_PORT = 8773  # Eucalyptus' port for its EC2 endpoint
+
+# Values a field may take beyond its type (cloud.json is edited by hand, and a bad one must be one clear line).
+CHOICES = {"network": ("none", "vde", "direct"), "accel": ("auto", "kvm", "tcg"), "cable": ("tcp", "unix")}
+MINIMUM = {"nodes": 1, "api_port": 0, "node_vcpus": 1, "node_memory_mb": 1, "heartbeat_s": 0.01,
+           "image_max_mb": 1, "terminated_visible_s": 0}  # fmt: skip
+MAXIMUM = {"api_port": 65535}
+
+
+class ConfigError(ValueError):
+    """``cloud.json`` cannot be used: the message names the file and the field."""
 
 
 @dataclass
@@ -59,10 +70,57 @@ class CloudConfig:
 
     @classmethod
     def load(cls, path: Path) -> CloudConfig:
-        data = json.loads(path.read_text())
+        """The configuration saved in ``path``; :class:`ConfigError` (naming the file and the field) for a file
+        that is not JSON, not an object, or holds a field of the wrong type or out of range. Unknown fields
+        are ignored (a newer cloudlab may have written them)."""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path} is not valid JSON ({exc}): fix it, or remove it to start from the defaults"
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a JSON object of settings, not {json.dumps(data)[:40]}")
+        hints = typing.get_type_hints(cls)
         known = {f.name for f in fields(cls)}
+        for name, value in data.items():
+            if name in known:
+                problem = _field_problem(name, hints[name], value)
+                if problem:
+                    raise ConfigError(f"{path}: field {name!r} {problem}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def node_names(self) -> list[str]:
         width = max(2, len(str(self.nodes)))
         return [f"node-{i:0{width}d}" for i in range(1, self.nodes + 1)]
+
+
+def _field_problem(name: str, hint: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be field ``name`` (of type ``hint``), or None."""
+    shown = json.dumps(value)[:40]
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+    if value is None:
+        return None if type(None) in options else "must be set, not null"
+    kind = next(o for o in options if o is not type(None))
+    origin = typing.get_origin(kind) or kind
+    if origin is int and (not isinstance(value, int) or isinstance(value, bool)):
+        return f"must be a whole number, not {shown}"
+    if origin is float and (not isinstance(value, int | float) or isinstance(value, bool)):
+        return f"must be a number, not {shown}"
+    if origin is str and not isinstance(value, str):
+        return f"must be a string, not {shown}"
+    if origin is list and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return f"must be a list of strings, not {shown}"
+    if origin is dict and not isinstance(value, dict):
+        return f"must be an object, not {shown}"
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"must be one of {', '.join(CHOICES[name])}, not {shown}"
+    if name in MINIMUM and value < MINIMUM[name]:
+        return f"must be at least {MINIMUM[name]}, not {shown}"
+    if name in MAXIMUM and value > MAXIMUM[name]:
+        return f"must be at most {MAXIMUM[name]}, not {shown}"
+    return None

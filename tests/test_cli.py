@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloudlab import control
+from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
 
 
@@ -158,3 +159,70 @@ def test_up_status_down(tmp_path: Path) -> None:
     assert control.service_pid(StateLayout(state)) is None
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert cloudlab("down", state=state).stdout.startswith("cloud was not running")
+    again = cloudlab("up", state=state)  # the options of the first `up` are saved, reused and said
+    try:
+        assert again.returncode == 0, again.stderr
+        assert "hypervisor test:///default, from the last `up`; --hypervisor to change" in again.stdout
+        assert "nodes 3, from the last `up`; --nodes to change" in again.stdout
+        status = json.loads(cloudlab("status", "--json", state=state).stdout)
+        assert len(status["clusters"][0]["nodes"]) == 3 and status["hypervisor"].startswith("test://")
+    finally:
+        cloudlab("down", state=state)
+
+
+# -- cloud.json and the options `up` saves (issue 10 item 15) -----------------------------------------------
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("cloudlab: error: ")
+    for needle in needles:
+        assert needle in line, line
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ('{"nodes": 3, "netw', ["is not valid JSON", "line 1 column"]),
+        ("", ["is not valid JSON"]),
+        ("null", ["must hold a JSON object", "not null"]),
+        ("[1,2]", ["must hold a JSON object", "not [1, 2]"]),
+        ('{"nodes": "four"}', ["field 'nodes'", 'must be a whole number, not "four"']),
+        ('{"nodes": -3}', ["field 'nodes'", "must be at least 1, not -3"]),
+        ('{"network": "token-ring"}', ["field 'network'", "must be one of none, vde, direct"]),
+    ],
+)
+def test_a_corrupt_cloud_json_is_one_line_naming_the_file_and_field(
+    tmp_path: Path, text: str, needles: list[str]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "cloud.json").write_text(text)
+    result = cloudlab("up", "--hypervisor", "test:///default", "--port", "0", state=state)
+    one_line_error(result, str(state / "cloud.json"), *needles)
+    assert control.service_pid(StateLayout(state)) is None and not (state / "clc.db").exists()
+    assert (state / "cloud.json").read_text() == text, "a refused start leaves the file for the user to fix"
+
+
+@pytest.mark.parametrize("scheduler", ["NOPE", "no.such.module:Policy", "json:dumps"])
+def test_a_bad_scheduler_is_refused_before_it_is_saved(tmp_path: Path, scheduler: str) -> None:
+    state = tmp_path / "state"
+    result = cloudlab("up", "--hypervisor", "test:///default", "--port", "0", "--scheduler", scheduler, state=state)
+    one_line_error(result, "--scheduler", scheduler)
+    assert not (state / "cloud.json").exists()
+
+
+def test_options_reused_from_the_last_up_are_said(tmp_path: Path) -> None:
+    """``make demo`` (a direct network) and then ``up --hypervisor test:///default --nodes 4``: the saved network
+    is said before the error it leads to, and a refused start changes nothing that was saved."""
+    state = tmp_path / "state"
+    CloudConfig(network="direct", nodes=2, api_port=0).save(state / "cloud.json")
+    saved = (state / "cloud.json").read_text()
+    result = cloudlab("up", "--hypervisor", "test:///default", "--nodes", "4", "--scheduler", "NOPE", state=state)
+    assert "network direct, from the last `up`; --network to change" in result.stdout.splitlines()
+    assert "port 0, from the last `up`; --port to change" in result.stdout.splitlines()
+    assert "nodes" not in result.stdout and "hypervisor" not in result.stdout  # given now, not reused
+    one_line_error(result, "unknown scheduling policy 'NOPE'")
+    assert (state / "cloud.json").read_text() == saved

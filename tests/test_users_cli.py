@@ -469,3 +469,89 @@ def test_a_revoked_key_gets_auth_failure_and_changes_nothing(sim_cloud: RunningC
     assert excinfo.value.response["Error"]["Code"] == "AuthFailure"
     assert snapshot(admin) == before
     assert instance_ids(client(sim_cloud, kept["access_key"], kept["secret_key"])) == []  # the other key still works
+
+
+# -- bad output paths and node options: one line, nothing written (issue 10 item 16) ---------------------------
+
+
+def test_creds_to_an_impossible_folder_is_one_line_and_overwrites_nothing(sim_cloud: RunningCloud) -> None:
+    state = sim_cloud.layout.root
+    name = unique("out")
+    assert cli(state, "user", "add", name).code == 0
+    one_line_error(
+        cli(state, "creds", name, "--out", "/proc/nope"), 1, "cannot write the credential bundle to /proc/nope"
+    )
+    passwd = Path("/etc/passwd")
+    before = (passwd.read_bytes(), passwd.stat().st_mtime_ns, stat.S_IMODE(passwd.stat().st_mode))
+    one_line_error(cli(state, "creds", name, "--out", str(passwd)), 1, "/etc/passwd is a file, not a folder")
+    assert (passwd.read_bytes(), passwd.stat().st_mtime_ns, stat.S_IMODE(passwd.stat().st_mode)) == before
+
+
+def test_node_credentials_to_an_impossible_folder_is_one_line(offline_state: Path) -> None:
+    pki = StateLayout(offline_state).pki
+    one_line_error(
+        cli(offline_state, "node-credentials", "n5", "--out", "/proc/version/x"), 1, "/proc/version is a file"
+    )
+    assert not (pki / "nc-n5.crt").exists(), "no certificate is issued for credentials that cannot be written"
+    one_line_error(cli(offline_state, "node-credentials", "bad/x", "--out", str(offline_state / "o")), 1, "bad/x")
+    assert not (offline_state / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--name", "bad/name", "--cc", "http://127.0.0.1:1"], "invalid identity name 'bad/name'"),
+        (["--name", "n9", "--cc", "garbage"], "controller URL must look like http://HOST:PORT, got 'garbage'"),
+        (["--name", "n9", "--cc", "http://127.0.0.1:1", "--advertise", "ftp://x"], "got 'ftp://x'"),
+    ],
+)
+def test_nc_with_a_bad_name_or_url_fails_before_making_folders(
+    offline_state: Path, args: list[str], needle: str
+) -> None:
+    layout = StateLayout(offline_state)
+    before = sorted(p.relative_to(offline_state) for p in offline_state.rglob("*"))
+    one_line_error(cli(offline_state, "nc", *args), 1, needle)
+    assert sorted(p.relative_to(offline_state) for p in offline_state.rglob("*")) == before
+    assert not Path(layout.short_prefix + "n9").exists() and not Path(layout.short_prefix + "bad").exists()
+
+
+@pytest.mark.parametrize("bench", ["network", "s3"])
+def test_bench_results_to_an_impossible_folder_is_one_line(tmp_path: Path, bench: str) -> None:
+    one_line_error(cli(tmp_path, "bench", bench, "--output", "/proc/nope"), 1, "cannot write the results to /proc/nope")
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudlab", "bench", bench, "--output", "/proc/version/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        == "cloudlab: error: cannot write the results to /proc/version/x: /proc/version is a file, not a folder"
+    )
+
+
+# -- cloudlab env for every user (issue 10 item 19) ----------------------------------------------------------
+
+
+def test_env_works_for_a_user_right_after_user_add(sim_cloud: RunningCloud) -> None:
+    state = sim_cloud.layout.root
+    name = unique("env")
+    added = cli(state, "user", "add", name)
+    assert added.code == 0, added
+    result = cli(state, "env", "--user", name)
+    assert result.code == 0, result
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in result.out.splitlines())
+    assert exports["AWS_ACCESS_KEY_ID"] in added.out  # the key `user add` made, without `cloudlab creds` first
+    ec2 = client(sim_cloud, exports["AWS_ACCESS_KEY_ID"], exports["AWS_SECRET_ACCESS_KEY"])
+    assert ec2.describe_instances()["Reservations"] == []  # a new user sees its own (no) instances
+    owner = ec2.describe_security_groups()["SecurityGroups"][0]["OwnerId"]
+    assert owner == next(
+        u["account_id"] for u in json.loads(cli(state, "user", "list", "--json").out) if u["name"] == name
+    )
+
+    one_line_error(cli(state, "env", "--user", unique("nobody")), 1, "no user")
+    cli(state, "user", "keys", "delete", name, exports["AWS_ACCESS_KEY_ID"])
+    one_line_error(cli(state, "env", "--user", name), 1, "has no active access key")
+    admin = cli(state, "env")
+    assert admin.code == 0 and sim_cloud.credentials()["access_key"] in admin.out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,16 +46,24 @@ class StateAdmin:
         user = self.users.create(name, admin=admin)
         return user, self.users.create_key(user.name)
 
-    def active_key(self, name: str) -> AccessKey:
+    @typing.overload
+    def active_key(self, name: str, *, create: typing.Literal[True] = ...) -> AccessKey: ...
+    @typing.overload
+    def active_key(self, name: str, *, create: bool) -> AccessKey | None: ...
+
+    def active_key(self, name: str, *, create: bool = True) -> AccessKey | None:
         """The key ``cloudlab env``/``creds`` hand out for ``name``: the one in ``credentials/NAME.json`` while it
-        is active (the service keeps the admin's there), else the user's oldest active key, else a new one."""
+        is active (the service keeps the admin's there), else the user's oldest active key, else (``create``)
+        a new one, or None."""
         self.users.require(name)
         keys = self.users.keys(name)
         written = read_credentials(self.layout, name)
         for key in keys:
             if written and key.access_key == written.get("access_key"):
                 return key
-        return keys[0] if keys else self.users.create_key(name)
+        if keys:
+            return keys[0]
+        return self.users.create_key(name) if create else None
 
     def revoke_key(self, name: str, access_key: str) -> bool:
         """Revoke one of ``name``'s keys (False: it was revoked already). When it is the admin key the cloud's

@@ -17,6 +17,7 @@ from cloudlab.clc.offline import StateError
 from cloudlab.cli.common import CliError
 from cloudlab.cli.registry import CliParser
 from cloudlab.cli.registry import build_parser as _build
+from cloudlab.config import ConfigError
 from cloudlab.errors import CloudError
 
 AREAS = ("cloud", "network", "bench", "images", "node", "users")
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, CloudError, control.ControlError, StateError) as exc:
+    except (CliError, CloudError, ConfigError, control.ControlError, StateError) as exc:
         message = exc.message if isinstance(exc, CloudError) else str(exc)
         print(f"cloudlab: error: {message}", file=sys.stderr)
         return 1

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
+from cloudlab.cli.common import make_folder
 from cloudlab.cli.registry import arg, command, group
 
 group("bench", help="benchmarks (results as CSV, JSON and charts)", state=False)
@@ -34,6 +36,7 @@ group("bench", help="benchmarks (results as CSV, JSON and charts)", state=False)
 def bench_network(args: argparse.Namespace) -> int:
     from cloudlab.bench.network import main as network_main
 
+    make_folder("the results", Path(args.output))
     argv = ["--output", args.output, "--repeats", str(args.repeats), "--duration", str(args.duration),
             "--streams", str(args.streams), "--transports", args.transports, "--chart"]  # fmt: skip
     argv += ["--no-cloud"] * args.no_cloud + ["--no-vms"] * args.no_vms + ["--variants"] * args.variants
@@ -55,6 +58,7 @@ def bench_network(args: argparse.Namespace) -> int:
 def bench_s3(args: argparse.Namespace) -> int:
     from cloudlab.bench.s3 import main as s3_main
 
+    make_folder("the results", Path(args.output))
     return s3_main(["--output", args.output, "--sizes", args.sizes, "--keys", args.keys, "--clients", args.clients,
                     "--scale", str(args.scale)])  # fmt: skip
 

@@ -8,7 +8,16 @@ import os
 import sys
 
 from cloudlab import control
-from cloudlab.cli.common import CliError, hypervisor, log_to_stderr, port, positive, region, state_layout
+from cloudlab.cli.common import (
+    CliError,
+    hypervisor,
+    log_to_stderr,
+    port,
+    positive,
+    region,
+    state_admin,
+    state_layout,
+)
 from cloudlab.cli.registry import arg, command
 from cloudlab.config import DEFAULT_API_PORT, CloudConfig
 from cloudlab.paths import StateLayout
@@ -66,12 +75,22 @@ UP_OPTIONS = {
 )
 def up(args: argparse.Namespace) -> int:
     layout = state_layout(args)
-    config = CloudConfig.load(layout.config) if layout.config.exists() else CloudConfig()
+    saved = layout.config.exists()
+    config = CloudConfig.load(layout.config) if saved else CloudConfig()
+    reused = []
     for option, attr in UP_OPTIONS.items():
         value = getattr(args, option)
         if value is not None:
             setattr(config, attr, value)
-    if config.network != "none" and control.endpoint(layout) is None:
+        elif saved and getattr(config, attr) != getattr(CloudConfig(), attr):
+            reused.append((option, getattr(config, attr)))
+    running = control.endpoint(layout) is not None
+    for option, value in [] if running else reused:  # said first, so that an error they cause is understood
+        flag = option.replace("_", "-")
+        shown = ",".join(value) if isinstance(value, list) else value
+        print(f"{flag} {shown}, from the last `up`; --{flag} to change", flush=True)
+    _check_scheduler(config.scheduler)  # before control.up saves it: a bad one would fail every later start
+    if not running and config.network != "none":
         _check_network(layout, config)
     try:
         info = control.up(layout, config, timeout_s=args.timeout)
@@ -81,6 +100,15 @@ def up(args: argparse.Namespace) -> int:
     print(f"cloud {word}: EC2 endpoint {info['url']} (state {layout.root})")
     print(f'use it with: eval "$(cloudlab --state {layout.root} env)"')
     return 0
+
+
+def _check_scheduler(spec: str) -> None:
+    from cloudlab.cc.scheduler import load_policy
+
+    try:
+        load_policy(spec)
+    except ValueError as exc:
+        raise CliError(f"--scheduler: {exc}") from None
 
 
 def _check_network(layout: StateLayout, config: CloudConfig) -> None:
@@ -233,13 +261,26 @@ def usage(args: argparse.Namespace) -> int:
     args=[arg("--user", default="admin", help="whose credentials (default admin)")],
 )
 def env(args: argparse.Namespace) -> int:
+    """Every user the cloud knows (``cloudlab user add``) gets its lines, from the cloud's own records: the
+    key in ``credentials/NAME.json`` while it is active (the admin's), else the user's oldest active key."""
     layout = state_layout(args)
-    info, creds = control.connection(layout, args.user)
+    info = control.endpoint(layout)
+    if info is None:
+        raise CliError(f"cloud is not running (state {layout.root}); start it with: cloudlab up (or make lab)")
+    with state_admin(layout, need_ca=False) as admin:
+        user = admin.users.require(args.user)
+        key = admin.active_key(user.name, create=False)
+    if key is None:
+        raise CliError(
+            f"user {user.name} has no active access key: make one with 'cloudlab user keys create {user.name}'"
+        )
+    if not user.enabled:
+        print(f"note: user {user.name} is disabled; enable it with: cloudlab user enable {user.name}", file=sys.stderr)
     print(f"export AWS_ENDPOINT_URL_EC2={info['url']}")
     if info.get("s3_url"):
         print(f"export AWS_ENDPOINT_URL_S3={info['s3_url']}")
-    print(f"export AWS_ACCESS_KEY_ID={creds['access_key']}")
-    print(f"export AWS_SECRET_ACCESS_KEY={creds['secret_key']}")
+    print(f"export AWS_ACCESS_KEY_ID={key.access_key}")
+    print(f"export AWS_SECRET_ACCESS_KEY={key.secret_key}")
     print(f"export AWS_DEFAULT_REGION={info['region']}")
     print(f"export CLOUDLAB_STATE={layout.root}")
     return 0

@@ -72,11 +72,17 @@ def state_admin(layout: StateLayout, *, need_ca: bool = True) -> Iterator[StateA
 
 
 def writing(what: str, path: Path, write: Callable[[], T]) -> T:
-    """Run ``write`` (which writes ``what`` at ``path``); an OSError becomes one line naming the path."""
+    """Run ``write`` (which writes ``what`` into the folder ``path``); an OSError becomes one line naming the
+    path. A folder argument that names a file (``--out /etc/passwd``) fails when the folder is made, before
+    anything is written, so the file is never touched."""
     try:
         return write()
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+            reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror
+        else:
+            reason = exc.strerror or str(exc)
         raise CliError(f"cannot write {what} to {path}: {reason}") from None
 
 
@@ -99,3 +105,8 @@ def log_to_stderr(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def make_folder(what: str, path: Path) -> Path:
+    """``path`` made (with its parents) as a folder for ``what``, or a one-line error naming it."""
+    return writing(what, path, lambda: path.mkdir(parents=True, exist_ok=True) or path)

@@ -7,7 +7,16 @@ import argparse
 import shutil
 from pathlib import Path
 
-from cloudlab.cli.common import CliError, hypervisor, log_to_stderr, port, positive, state_layout
+from cloudlab.cli.common import (
+    CliError,
+    hypervisor,
+    log_to_stderr,
+    make_folder,
+    port,
+    positive,
+    state_layout,
+    writing,
+)
 from cloudlab.cli.registry import arg, command
 from cloudlab.paths import cache_dir
 
@@ -39,22 +48,27 @@ def accel(args: argparse.Namespace) -> int:
     ],
 )
 def node_credentials(args: argparse.Namespace) -> int:
-    from cloudlab.security.ca import CertificateAuthority
+    from cloudlab.security.ca import CertificateAuthority, validate_name
 
     layout = state_layout(args)
     if not (layout.pki / "ca.key").exists():
         raise CliError(f"no cloud CA in {layout.pki}: start the cloud once with 'cloudlab up'")
     try:
-        identity = CertificateAuthority.load_or_create(layout.pki).identity(args.name, "nc")
+        validate_name(args.name)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(layout.pki / "ca.crt", out / "ca.crt")
+    out = make_folder("the node's credentials", Path(args.out))  # before a certificate is issued for nothing
+    identity = CertificateAuthority.load_or_create(layout.pki).identity(args.name, "nc")
     crt, key = out / f"nc-{args.name}.crt", out / f"nc-{args.name}.key"
-    crt.write_bytes(identity.certificate_pem)
-    shutil.copyfile(identity.key_path or layout.pki / f"nc-{args.name}.key", key)
-    key.chmod(0o600)
+
+    def write() -> None:
+        shutil.copyfile(layout.pki / "ca.crt", out / "ca.crt")
+        crt.write_bytes(identity.certificate_pem)
+        key.touch(mode=0o600)  # the private key is never readable by others, not even while it is copied
+        key.chmod(0o600)
+        shutil.copyfile(identity.key_path or layout.pki / f"nc-{args.name}.key", key)
+
+    writing("the node's credentials", out, write)
     print(f"wrote {out}/ca.crt, {crt.name} and {key.name}; on the new host run:")
     print(f"  cloudlab nc --name {args.name} --cc CC_URL --pki {out} --listen 0.0.0.0")
     return 0
@@ -79,8 +93,17 @@ def node_credentials(args: argparse.Namespace) -> int:
 )
 def nc(args: argparse.Namespace) -> int:
     from cloudlab.nc.daemon import run_node
+    from cloudlab.rpc import parse_controller_url
+    from cloudlab.security.ca import validate_name
 
     layout = state_layout(args)
+    try:  # before any folder is made for it: the name becomes paths, the URLs are dialled forever
+        validate_name(args.name)
+        parse_controller_url(args.cc)
+        if args.advertise:
+            parse_controller_url(args.advertise)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     log_to_stderr(args.verbose)
     uri = args.hypervisor or f"qemu:///embed?root={layout.libvirt_root(args.name)}"
     run_node(
