@@ -212,6 +212,23 @@ def test_ssh_with_the_created_key_runs_commands_and_returns_their_status(
     assert plain.stdout.strip() == a
 
 
+def test_ssh_runs_the_command_after_dashdash_whatever_the_order_of_options(
+    direct_cloud: RunningCloud, direct_instances: dict
+) -> None:
+    """The documented ``cloudlab ssh INSTANCE_ID -i KEY -- CMD`` (issue 10 item 17): the command runs remotely in
+    both orders of the options, a word starting with ``-`` stays the command's, and its exit status is ours."""
+    a = direct_instances["ids"][0]
+    key = str(next((direct_cloud.layout.root / "keys").glob("*/netkey.pem")))
+    for form in (["ssh", a, "-i", key], ["ssh", "-i", key, a], ["ssh", "--user", "root", a, "-i", key]):
+        result = cli(direct_cloud, *form, "--", "echo", "-n", "ran-on-$(hostname)")
+        assert result.returncode == 0, (form, result.stderr)
+        assert result.stdout == f"ran-on-{a}", form  # `-n` reached the remote echo; $(...) expanded there
+    failed = cli(direct_cloud, "ssh", a, "-i", key, "--", "echo before; exit 3")
+    assert (failed.returncode, failed.stdout) == (3, "before\n")
+    dash = cli(direct_cloud, "ssh", a, "-i", key, "--", "-V")  # ssh's own -V would print its version, status 0
+    assert dash.returncode != 0 and dash.stderr.startswith("sh: ") and "OpenSSH" not in dash.stderr, dash.stderr
+
+
 def test_same_group_talks_on_its_vlan(direct_cloud: RunningCloud, direct_instances: dict) -> None:
     a, b, _c = direct_instances["ids"]
     b_address = describe(direct_instances["ec2"], [b])[b]["PrivateIpAddress"]
