@@ -74,5 +74,5 @@ def bench_notebook(args: argparse.Namespace) -> int:
     from cloudlab.bench.notebooks import main as notebook_main
 
     if getattr(args, "state", None):  # ``cloudlab --state DIR bench notebook ...``: the notebook finds it so
-        os.environ["CLOUDLAB_STATE"] = os.path.abspath(args.state)
+        os.environ["CLOUDLAB_STATE"] = str(Path(args.state).resolve())
     return notebook_main(args.rest)
