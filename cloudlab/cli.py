@@ -168,8 +168,19 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 def cmd_bench_network(args: argparse.Namespace) -> int:
     from cloudlab.bench.network import main as network_main
 
-    argv = ["--output", args.output, "--repeats", str(args.repeats), "--duration", str(args.duration),
-            "--streams", str(args.streams), "--transports", args.transports, "--chart"]
+    argv = [
+        "--output",
+        args.output,
+        "--repeats",
+        str(args.repeats),
+        "--duration",
+        str(args.duration),
+        "--streams",
+        str(args.streams),
+        "--transports",
+        args.transports,
+        "--chart",
+    ]
     argv += ["--no-cloud"] * args.no_cloud + ["--no-vms"] * args.no_vms + ["--variants"] * args.variants
     return network_main(argv)
 
@@ -235,6 +246,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{node['memory_mb_free']}/{node['memory_mb_total']} MiB free, {node['instances']} instance(s), "
                 f"accel {node.get('accel') or '-'}{extra}"
             )
+        storage = cluster.get("storage")
+        if storage:
+            proc = storage.get("process") or {}
+            state = "registered" if storage["registered"] else "NOT REGISTERED"
+            running = f", pid {proc['pid']}, restarts {proc['restarts']}" if proc else ""
+            held = (
+                f", {storage['volumes']} volume(s), {storage['snapshots']} snapshot(s), {storage['exports']} export(s)"
+                if "volumes" in storage
+                else ""
+            )
+            print(f"  storage controller {storage['name']}: {state} at {storage.get('url') or '-'}{running}{held}")
         network = cluster.get("network_detail")
         if network:
             health = "healthy" if network["healthy"] else "NOT HEALTHY"
@@ -660,6 +682,23 @@ def cmd_nc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sc(args: argparse.Namespace) -> int:
+    from cloudlab.sc.daemon import run_storage
+
+    layout = _layout(args)
+    _log_to_stderr(args.verbose)
+    run_storage(
+        Path(args.pki) if args.pki else layout.pki,
+        args.name,
+        args.cc,
+        Path(args.dir) if args.dir else layout.root / "sc" / args.name,
+        host=args.listen,
+        port=args.port,
+        advertise=args.advertise,
+    )
+    return 0
+
+
 def _log_to_stderr(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -890,6 +929,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_nc)
+
+    p = sub.add_parser("sc", parents=[state], help="run a storage controller that registers with a cluster controller")
+    p.add_argument("--name", required=True, help="the cluster's name (its certificate is issued for it)")
+    p.add_argument("--cc", required=True, metavar="URL", help="the cluster controller, http://HOST:PORT")
+    p.add_argument("--pki", metavar="DIR", help="folder with ca.crt and this SC's certificate and key")
+    p.add_argument("--dir", metavar="DIR", help="where volumes and snapshots are kept (default <state>/sc/NAME)")
+    p.add_argument("--listen", default="127.0.0.1", help="address to serve messages and NBD on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=0, help="port for messages (default any)")
+    p.add_argument("--advertise", metavar="URL", help="URL the CC reaches this SC at (behind a NAT: the forward)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_sc)
     return parser
 
 

@@ -30,13 +30,27 @@ def private_ips_of(ctx: Any, instance_ids: list[str]) -> dict[str, str]:
     return ctx.clc.service(InstanceNetworks).private_ips_of(instance_ids) if instance_ids else {}
 
 
+def volumes_of(ctx: Any, instance_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    from cloudlab.clc.volumes import Volumes
+
+    return ctx.clc.service(Volumes).of_instances(instance_ids) if instance_ids else {}
+
+
 def instances(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add Tags, SecurityGroups and the public and private addresses to EC2-shaped instance items (in place)."""
+    """Add Tags, SecurityGroups, the public and private addresses and the block devices (its volumes;
+    RootDeviceType ``ebs`` with a root volume) to EC2-shaped instance items (in place)."""
+    from cloudlab.api.volume_views import instance_block_devices
+
     ids = [item["InstanceId"] for item in items]
     tags, groups, public = tags_of(ctx, ids), groups_of(ctx, ids), public_ips_of(ctx, ids)
-    private = private_ips_of(ctx, ids)
+    private, volumes = private_ips_of(ctx, ids), volumes_of(ctx, ids)
     for item in items:
         instance_id = item["InstanceId"]
+        attached = volumes.get(instance_id, [])
+        item["BlockDeviceMappings"] = instance_block_devices(attached)
+        root = next((v for v in attached if v["is_root"]), None)
+        if root is not None:
+            item["RootDeviceType"], item["RootDeviceName"] = "ebs", root["device"]
         if tags.get(instance_id):
             item["Tags"] = tags[instance_id]
         item["SecurityGroups"] = groups.get(instance_id, [])

@@ -23,9 +23,11 @@ import libvirt
 from cloudlab import contract as c
 from cloudlab.errors import CloudError
 from cloudlab.guest import DEFAULT_KERNEL_CMDLINE
+from cloudlab.nc.disks import SCRATCH_FILE, NodeDisks
 from cloudlab.nc.domain_xml import (
     DomainSpec,
     Nic,
+    Volume,
     build_domain_xml,
     read_metadata,
     tap_of,
@@ -80,7 +82,7 @@ def vde_port_counters(text: str) -> dict[int, tuple[int, int]]:
     return {p: (c[0], c[1]) for p, c in counters.items()}
 
 
-class NodeController:
+class NodeController(NodeDisks):
     """Runs instances on one host through one libvirt connection."""
 
     def __init__(
@@ -160,6 +162,8 @@ class NodeController:
         dispatcher.serve(c.NODE_TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.instance_id))
         dispatcher.serve(c.NODE_REBOOT_INSTANCE, lambda r, m: self.reboot_instance(r.instance_id))
         dispatcher.serve(c.NODE_GET_CONSOLE_OUTPUT, lambda r, m: self.get_console_output(r.instance_id))
+        dispatcher.serve(c.NODE_ATTACH_VOLUME, lambda r, m: self.attach_volume(r))
+        dispatcher.serve(c.NODE_DETACH_VOLUME, lambda r, m: self.detach_volume(r))
 
     def close(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):
@@ -428,6 +432,12 @@ class NodeController:
             nic = self._nic(plan) if plan is not None else None
             # a VDE port's counters are read on its switch's management socket: remember where that is
             nic_meta = {"vde_mgmt": str(plan.attach.mgmt)} if plan and plan.attach and nic and nic.vde_port else {}
+            volumes = tuple(
+                Volume(d.volume_id, d.device, d.export.host, d.export.port, d.export.name) for d in request.disks
+            )
+            scratch = None
+            if self.kind == "qemu" and request.scratch_gib > 0 and not any(v.device == "vda" for v in volumes):
+                scratch = self._scratch_disk(instance_dir, request.scratch_gib)
             spec = DomainSpec(
                 nic=nic,
                 instance_id=instance_id,
@@ -438,6 +448,8 @@ class NodeController:
                 console_log=console_log,
                 accel=accel,
                 disk=disk,
+                volumes=volumes,
+                scratch=scratch,
                 cmdline=request.cmdline or DEFAULT_KERNEL_CMDLINE,
                 metadata={
                     "owner": request.owner,
@@ -540,6 +552,8 @@ class NodeController:
             except libvirt.libvirtError as exc:
                 raise CloudError("InternalError", f"node {self.name} could not undefine {instance_id}: {exc}") from exc
             log.info("node %s terminated %s", self.name, instance_id)
+            # the instance store is the instance's while it runs here: gone when it stops or ends
+            (self.node_dir / "instances" / instance_id / SCRATCH_FILE).unlink(missing_ok=True)
             self._net_baseline.pop(instance_id, None)
             self._held.pop(instance_id, None)
             return c.InstanceRemoved(

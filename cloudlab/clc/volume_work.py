@@ -1,0 +1,244 @@
+"""Carrying volume and snapshot records forward: the storage controller and the nodes do the work.
+
+The EC2 actions only record what is wanted (``creating``, ``deleting``, ``attaching``,
+``detaching``, a snapshot ``pending``); one thread here looks at the unfinished rows whenever it is
+woken (and every :data:`SWEEP_S` anyway) and asks the cluster's SC or node for the next step. Every
+step is idempotent on the SC and the NC, so after a crash the same rows are simply carried forward
+again. A cluster without a registered SC answers ``Unavailable``: the row waits for the next pass.
+
+What happens when (EC2's states on the left):
+
+==========================  ===============================================================
+creating → available         the SC makes the file (blank, a copy of a snapshot)
+deleting → deleted           the SC drops its export and deletes the file
+attaching → attached         instance running: the SC exports it, the node hot-plugs it;
+                             instance stopped: nothing yet (it is plugged in at the next start);
+                             instance pending: its start plugs it in (:meth:`disks_for_start`)
+detaching → (available)      the node unplugs it (the guest must let go, unless forced), the SC
+                             stops exporting it
+instance terminated          DeleteOnTermination: deleted; otherwise detached (available)
+snapshot pending → completed the SC copies the volume (through its export when attached)
+==========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from cloudlab import contract as c
+from cloudlab.clc.snapshots import Snapshots
+from cloudlab.clc.volumes import Volumes
+from cloudlab.errors import CloudError
+
+log = logging.getLogger(__name__)
+
+SWEEP_S = 2.0
+DETACH_RETRY_S = 10.0  # a guest that did not let a disk go is asked again after this long
+
+
+class VolumeWork:
+    """The one thread that turns volume and snapshot records into files, exports and attachments."""
+
+    def __init__(self, clc: Any) -> None:
+        self.clc = clc
+        self.volumes = clc.service(Volumes)
+        self.snapshots = clc.service(Snapshots)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pass_lock = threading.Lock()  # one pass at a time, and never beside a start's disks
+        self._thread: threading.Thread | None = None
+        self._detach_tried: dict[str, float] = {}
+        self.volumes.wake = self._wake.set
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="clc-volumes", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(SWEEP_S)
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("carrying volumes forward failed; will try again")
+
+    def _channel(self, cluster: str) -> Any:
+        link = self.clc.clusters.get(cluster)
+        if link is None:
+            raise CloudError("Unavailable", f"cluster {cluster} is not connected")
+        return link.channel
+
+    def run_once(self) -> None:
+        """One pass over every unfinished record."""
+        with self._pass_lock:
+            for step in (self._ended, self._creating, self._attaching, self._detaching, self._deleting):
+                self._each(step)
+            self._snapshot_steps()
+
+    def _each(self, step: Any) -> None:
+        for row in step(None):
+            try:
+                step(row)
+            except CloudError as exc:
+                if exc.code == "Unavailable":
+                    log.info("volume %s waits: %s", row["volume_id"], exc.message)
+                    continue
+                log.warning("volume %s: %s", row["volume_id"], exc)
+                self._failed(row, exc)
+
+    def _failed(self, row: dict[str, Any], exc: CloudError) -> None:
+        if row["state"] == "creating" and row["instance_id"] is None:
+            self.volumes._set(row["volume_id"], state="error", error=exc.message)
+        elif row["attach_state"] == "attaching":
+            self._clear_attachment(row, error=exc.message)
+
+    def _rows(self, where: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.clc.store.query(f"SELECT * FROM volumes WHERE {where}", params)]
+
+    # -- the steps: called with None they list their rows, with a row they do one ---------------------------
+    def _creating(self, row: dict[str, Any] | None) -> list[dict[str, Any]]:
+        if row is None:
+            return self._rows("state='creating' AND instance_id IS NULL")
+        self._make(row)
+        self.volumes._set(row["volume_id"], expect=("creating",), state="available")
+        return []
+
+    def _make(self, row: dict[str, Any]) -> None:
+        self._channel(row["cluster"]).ask(
+            c.CREATE_VOLUME,
+            c.CreateVolume(row["volume_id"], row["size_gib"], snapshot_id=row["snapshot_id"], backing=row["backing"]),
+        )
+
+    def _ended(self, row: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Volumes of instances that are gone: deleted (DeleteOnTermination) or detached."""
+        if row is None:
+            return self._rows(
+                "instance_id IN (SELECT instance_id FROM instances WHERE state='terminated') AND state != 'deleted'"
+            )
+        channel = self._channel(row["cluster"])
+        channel.ask(c.UNEXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
+        if row["delete_on_termination"]:
+            self.volumes._set(row["volume_id"], state="deleting", instance_id=None, attach_state=None)
+        else:
+            self._clear_attachment(row)
+        return []
+
+    def _attaching(self, row: dict[str, Any] | None) -> list[dict[str, Any]]:
+        if row is None:
+            return self._rows("attach_state='attaching' AND state='in-use'")
+        instance = self.clc.records.get(row["instance_id"]) or {}
+        state = instance.get("state")
+        if state == "stopped":
+            self.volumes._set(row["volume_id"], attach_state="attached")
+        elif state == "running" and instance.get("dispatched_at") is not None:
+            channel = self._channel(row["cluster"])
+            export = channel.ask(c.EXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
+            disk = c.DiskPlan(row["volume_id"], row["guest_device"], export)
+            channel.ask(c.ATTACH_VOLUME, c.DiskOnNode(instance["node"], c.AttachDisk(row["instance_id"], disk)))
+            self.volumes._set(row["volume_id"], attach_state="attached")
+        return []  # pending: its start plugs it in; ending: _ended takes it
+
+    def _detaching(self, row: dict[str, Any] | None) -> list[dict[str, Any]]:
+        if row is None:
+            now = time.monotonic()
+            return [
+                r
+                for r in self._rows("attach_state='detaching'")
+                if now - self._detach_tried.get(r["volume_id"], 0.0) > DETACH_RETRY_S or r["force_detach"]
+            ]
+        instance = self.clc.records.get(row["instance_id"]) or {}
+        channel = self._channel(row["cluster"])
+        if instance.get("state") in ("running", "pending") and instance.get("node"):
+            request = c.DetachDisk(row["instance_id"], row["volume_id"], force=bool(row["force_detach"]))
+            done = channel.ask(c.DETACH_VOLUME, c.DetachOnNode(instance["node"], request))
+            if not done.done and not row["force_detach"]:
+                self._detach_tried[row["volume_id"]] = time.monotonic()
+                return []  # the guest holds on to it: ask again later (or until forced)
+        channel.ask(c.UNEXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
+        self._detach_tried.pop(row["volume_id"], None)
+        self._clear_attachment(row)
+        return []
+
+    def _deleting(self, row: dict[str, Any] | None) -> list[dict[str, Any]]:
+        if row is None:
+            return self._rows("state='deleting'")
+        self._channel(row["cluster"]).ask(c.DELETE_VOLUME, c.VolumeRef(row["volume_id"]))
+        from cloudlab.clc.tags import Tags
+
+        self.volumes._set(row["volume_id"], state="deleted", deleted_at=time.time())
+        with self.clc.store.transaction() as db:
+            Tags.remove_resource(db, row["volume_id"])
+        return []
+
+    def _clear_attachment(self, row: dict[str, Any], error: str | None = None) -> None:
+        self.volumes._set(
+            row["volume_id"],
+            state="available",
+            instance_id=None,
+            device=None,
+            guest_device=None,
+            attach_state=None,
+            attach_time=None,
+            force_detach=0,
+            delete_on_termination=0,
+            error=error,
+        )
+
+    # -- snapshots ---------------------------------------------------------------------------------------------
+    def _snapshot_steps(self) -> None:
+        for row in [dict(r) for r in self.clc.store.query("SELECT * FROM snapshots WHERE state='pending'")]:
+            try:
+                made = self._channel(row["cluster"]).ask(
+                    c.CREATE_SNAPSHOT, c.SnapshotRequest(row["snapshot_id"], row["volume_id"])
+                )
+            except CloudError as exc:
+                if exc.code != "Unavailable":
+                    self.snapshots.set(row["snapshot_id"], state="error", error=exc.message)
+                continue
+            self.snapshots.set(
+                row["snapshot_id"],
+                state="completed",
+                progress=100,
+                completed=time.time(),
+                size_bytes=made.size_bytes,
+                seconds=made.seconds,
+            )
+        for row in [dict(r) for r in self.clc.store.query("SELECT * FROM snapshots WHERE state='deleting'")]:
+            try:
+                self._channel(row["cluster"]).ask(c.DELETE_SNAPSHOT, c.SnapshotRef(row["snapshot_id"]))
+            except CloudError as exc:
+                log.info("snapshot %s not deleted yet: %s", row["snapshot_id"], exc.message)
+                continue
+            self.snapshots.set(row["snapshot_id"], state="deleted", deleted_at=time.time())
+
+    # -- starting an instance ----------------------------------------------------------------------------------
+    def disks_for_start(self, instance_id: str) -> tuple[c.DiskPlan, ...]:
+        """The volumes an instance boots with, each made (a root volume the first time) and exported."""
+        rows = self.volumes.of_instances([instance_id]).get(instance_id, [])
+        if not rows:
+            return ()
+        plans = []
+        with self._pass_lock:
+            for row in rows:
+                if row["attach_state"] == "detaching":
+                    continue
+                channel = self._channel(row["cluster"])
+                if row["state"] == "creating":
+                    self._make(row)
+                    self.volumes._set(row["volume_id"], expect=("creating",), state="in-use")
+                export = channel.ask(c.EXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
+                plans.append(c.DiskPlan(row["volume_id"], row["guest_device"], export))
+                if row["attach_state"] == "attaching":
+                    self.volumes._set(row["volume_id"], attach_state="attached")
+        return tuple(plans)
