@@ -22,7 +22,7 @@ Who talks to whom (the arrows are the only ones allowed)::
     SC  ──► CC : register_storage
     CLC ──► CC ──► SC : create_volume, delete_volume, export_volume, unexport_volume,
                  create_snapshot, delete_snapshot, describe_storage (the CC relays to its SC)
-    CLC ──► CC ──► NC : attach_volume, detach_volume (the CC relays to the node)
+    CLC ──► CC ──► NC : attach_volume, detach_volume, pause_instance, resume_instance (relayed to the node)
     any ──► any: hello (who are you? the one message that names no receiver)
 """
 
@@ -527,6 +527,8 @@ UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "clc")
 CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "clc")
 DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "clc")
 DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "clc")
+PAUSE_INSTANCE = _action("pause_instance", OnNode, InstanceState, "clc")
+RESUME_INSTANCE = _action("resume_instance", OnNode, InstanceState, "clc")
 ATTACH_VOLUME = _action("attach_volume", DiskOnNode, Done, "clc")
 DETACH_VOLUME = _action("detach_volume", DetachOnNode, Done, "clc")
 # NC -> CC
@@ -541,6 +543,8 @@ NODE_RUN_INSTANCES = _action("run_instances", NodeStartMany, StartOutcomes, "cc"
 NODE_TERMINATE_INSTANCE = _action("terminate_instance", InstanceRef, InstanceRemoved, "cc")
 NODE_REBOOT_INSTANCE = _action("reboot_instance", InstanceRef, InstanceState, "cc")
 NODE_GET_CONSOLE_OUTPUT = _action("get_console_output", InstanceRef, ConsoleOutput, "cc")
+NODE_PAUSE_INSTANCE = _action("pause_instance", InstanceRef, InstanceState, "cc")
+NODE_RESUME_INSTANCE = _action("resume_instance", InstanceRef, InstanceState, "cc")
 NODE_ATTACH_VOLUME = _action("attach_volume", AttachDisk, Done, "cc")
 NODE_DETACH_VOLUME = _action("detach_volume", DetachDisk, Done, "cc")
 # CC -> SC
@@ -574,6 +578,8 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     DESCRIBE_STORAGE,
     ATTACH_VOLUME,
     DETACH_VOLUME,
+    PAUSE_INSTANCE,
+    RESUME_INSTANCE,
     REGISTER_STORAGE,
 )
 NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
@@ -586,6 +592,8 @@ NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     NODE_GET_CONSOLE_OUTPUT,
     NODE_ATTACH_VOLUME,
     NODE_DETACH_VOLUME,
+    NODE_PAUSE_INSTANCE,
+    NODE_RESUME_INSTANCE,
 )
 STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,

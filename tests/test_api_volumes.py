@@ -327,3 +327,29 @@ def test_volume_attribute_and_status(users: dict[str, Any]) -> None:
     assert status["VolumeStatus"]["Status"] == "ok"
     assert {d["Name"] for d in status["VolumeStatus"]["Details"]} == {"io-enabled", "io-performance"}
     alice.delete_volume(VolumeId=volume_id)
+
+
+def test_a_killed_storage_controller_is_restarted_and_loses_nothing(
+    sim_cloud: RunningCloud, users: dict[str, Any]
+) -> None:
+    import os
+    import signal
+
+    alice = users["alice"]
+    kept = new_volume(alice)
+    before = sim_cloud.status()["clusters"][0]["storage"]["process"]
+    os.kill(before["pid"], signal.SIGKILL)
+    made = alice.create_volume(Size=1, AvailabilityZone=zone_of(alice))["VolumeId"]  # recorded while the SC is down
+
+    def restarted() -> dict[str, Any] | None:
+        storage = sim_cloud.status()["clusters"][0]["storage"]
+        process = storage["process"]
+        return storage if process["pid"] != before["pid"] and process["running"] and storage["registered"] else None
+
+    after = wait_until(restarted, 60, what="the storage controller to be restarted", interval_s=0.3)
+    assert after["process"]["restarts"] == before["restarts"] + 1
+    wait_volume(alice, made, lambda v: v["State"] == "available", "the volume asked for while the SC was down")
+    assert volume(alice, kept)["State"] == "available"
+    assert (sc_folder(sim_cloud) / "volumes" / f"{kept}.qcow2").exists()
+    for volume_id in (kept, made):
+        alice.delete_volume(VolumeId=volume_id)

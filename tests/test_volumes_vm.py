@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,6 +168,15 @@ def test_volume_written_by_one_instance_reads_the_same_on_another(cloud: Running
     assert read == written
     listed = volume(ec2, volume_id)["Attachments"][0]
     assert listed["Device"] == "/dev/sdh" and listed["InstanceId"] == plain
+    # A snapshot of the attached volume (the guest paused meanwhile) holds the same bytes.
+    snapshot_id = ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
+    wait_until(
+        lambda: ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"] == "completed",
+        120,
+        what="the snapshot of the attached volume",
+    )
+    assert state_of(ec2, plain) == "running"
+    assert first_bytes(cloud.layout.root / "sc" / "cluster1" / "snapshots" / f"{snapshot_id}.qcow2") == written
     status = ec2.describe_volume_status(VolumeIds=[volume_id])["VolumeStatuses"][0]
     assert status["VolumeStatus"]["Status"] == "ok"
     storage = cloud.status()["clusters"][0]["storage"]
@@ -193,6 +204,18 @@ def test_root_volume_survives_stop_and_start_and_goes_at_termination(guests: dic
     with pytest.raises(ec2.exceptions.ClientError) as gone:
         ec2.describe_volumes(VolumeIds=[root_id])
     assert gone.value.response["Error"]["Code"] == "InvalidVolume.NotFound"
+
+
+def first_bytes(path: Path) -> str:
+    """The token at the start of a qcow2 image's guest data, read on the SC's side with qemu-img."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "head.raw"
+        subprocess.run(
+            ["qemu-img", "dd", "-U", "-f", "qcow2", "-O", "raw", "bs=64", "count=1", f"if={path}", f"of={out}"],
+            check=True,
+            capture_output=True,
+        )
+        return re.sub(r"[^A-Za-z0-9-]", "", out.read_bytes().decode("ascii", "replace"))
 
 
 def _still_listed(ec2: Any, volume_id: str) -> bool:

@@ -87,6 +87,11 @@ class ClusterController:
             dispatcher.serve(relayed, lambda r, m, to_sc=to_sc: self.storage_call(to_sc, r))
         dispatcher.serve(c.ATTACH_VOLUME, lambda r, m: self.node_call(r.node, c.NODE_ATTACH_VOLUME, r.attach))
         dispatcher.serve(c.DETACH_VOLUME, lambda r, m: self.node_call(r.node, c.NODE_DETACH_VOLUME, r.detach))
+        paused = ((c.PAUSE_INSTANCE, c.NODE_PAUSE_INSTANCE), (c.RESUME_INSTANCE, c.NODE_RESUME_INSTANCE))
+        for relayed, to_node in paused:
+            dispatcher.serve(
+                relayed, lambda r, m, to_node=to_node: self.node_call(r.node, to_node, c.InstanceRef(r.instance_id))
+            )
 
     def add_node(self, name: str, channel: Channel, url: str | None = None) -> None:
         self.registry.add(name, channel, url)

@@ -199,9 +199,7 @@ class VolumeWork:
     def _snapshot_steps(self) -> None:
         for row in [dict(r) for r in self.clc.store.query("SELECT * FROM snapshots WHERE state='pending'")]:
             try:
-                made = self._channel(row["cluster"]).ask(
-                    c.CREATE_SNAPSHOT, c.SnapshotRequest(row["snapshot_id"], row["volume_id"])
-                )
+                made = self._snapshot(row)
             except CloudError as exc:
                 if exc.code != "Unavailable":
                     self.snapshots.set(row["snapshot_id"], state="error", error=exc.message)
@@ -221,6 +219,21 @@ class VolumeWork:
                 log.info("snapshot %s not deleted yet: %s", row["snapshot_id"], exc.message)
                 continue
             self.snapshots.set(row["snapshot_id"], state="deleted", deleted_at=time.time())
+
+    def _snapshot(self, row: dict[str, Any]) -> c.SnapshotMade:
+        """Copy the volume on the SC; while a running guest uses it, with the guest paused (crash-consistent)."""
+        channel = self._channel(row["cluster"])
+        request = c.SnapshotRequest(row["snapshot_id"], row["volume_id"])
+        volume = self.volumes.get(row["volume_id"]) or {}
+        instance = self.clc.records.get(volume.get("instance_id") or "") or {}
+        if instance.get("state") != "running" or not instance.get("node") or volume.get("attach_state") != "attached":
+            return channel.ask(c.CREATE_SNAPSHOT, request)
+        on_node = c.OnNode(instance["node"], instance["instance_id"])
+        channel.ask(c.PAUSE_INSTANCE, on_node)
+        try:
+            return channel.ask(c.CREATE_SNAPSHOT, request)
+        finally:
+            channel.ask(c.RESUME_INSTANCE, on_node)
 
     # -- starting an instance ----------------------------------------------------------------------------------
     def disks_for_start(self, instance_id: str) -> tuple[c.DiskPlan, ...]:

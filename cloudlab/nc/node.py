@@ -162,6 +162,8 @@ class NodeController(NodeDisks):
         dispatcher.serve(c.NODE_GET_CONSOLE_OUTPUT, lambda r, m: self.get_console_output(r.instance_id))
         dispatcher.serve(c.NODE_ATTACH_VOLUME, lambda r, m: self.attach_volume(r))
         dispatcher.serve(c.NODE_DETACH_VOLUME, lambda r, m: self.detach_volume(r))
+        dispatcher.serve(c.NODE_PAUSE_INSTANCE, lambda r, m: self.pause_instance(r.instance_id))
+        dispatcher.serve(c.NODE_RESUME_INSTANCE, lambda r, m: self.resume_instance(r.instance_id))
 
     def close(self) -> None:
         self.vde_nics.close()
