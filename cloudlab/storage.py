@@ -109,8 +109,10 @@ class Volume(str):
         snapshot_id = self.ec2.create_snapshot(VolumeId=str(self), Description=description)["SnapshotId"]
         if wait:
             wait_until(
-                lambda: self.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
-                in ("completed", "error"),
+                lambda: (
+                    self.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"]
+                    in ("completed", "error")
+                ),
                 timeout,
                 what=f"snapshot {snapshot_id}",
                 interval_s=0.3,

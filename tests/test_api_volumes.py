@@ -353,3 +353,73 @@ def test_a_killed_storage_controller_is_restarted_and_loses_nothing(
     assert (sc_folder(sim_cloud) / "volumes" / f"{kept}.qcow2").exists()
     for volume_id in (kept, made):
         alice.delete_volume(VolumeId=volume_id)
+
+
+def test_create_image_from_an_instance_and_register_one_with_a_root_snapshot(
+    sim_cloud: RunningCloud, tmp_path: Path
+) -> None:
+    admin = sim_cloud.ec2()
+    (tmp_path / "vmlinuz").write_bytes(b"kernel")
+    (tmp_path / "initrd.img").write_bytes(b"ramdisk")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(tmp_path / "disk.img"), "16M"], check=True)
+    source = admin.register_image(Name="ebs-source", ImageLocation=str(tmp_path))["ImageId"]
+    assert admin.describe_images(ImageIds=[source])["Images"][0]["RootDeviceType"] == "ebs"
+    instance_id = admin.run_instances(ImageId=source, MinCount=1, MaxCount=1, InstanceType="t2.nano")["Instances"][0][
+        "InstanceId"
+    ]
+    wait_until(
+        lambda: (
+            admin.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+            == "running"
+        ),
+        30,
+        what="the source instance",
+    )
+    with pytest.raises(ClientError) as ramdisk_only:
+        plain = running_instance(admin)
+        try:
+            admin.create_image(InstanceId=plain, Name="from-instance-store")
+        finally:
+            admin.terminate_instances(InstanceIds=[plain])
+    assert error_code(ramdisk_only) == "InvalidParameterValue"
+
+    image_id = admin.create_image(InstanceId=instance_id, Name="made-from-an-instance", NoReboot=True)["ImageId"]
+
+    def available() -> dict[str, Any] | None:
+        found = admin.describe_images(ImageIds=[image_id])["Images"][0]
+        return found if found["State"] == "available" else None
+
+    made = wait_until(available, 30, what="the new image")
+    assert made["RootDeviceType"] == "ebs" and made["Public"] is False
+    [root] = made["BlockDeviceMappings"]
+    snapshot_id = root["Ebs"]["SnapshotId"]
+    snapshot = admin.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert snapshot["State"] == "completed" and instance_id in snapshot["Description"]
+    # an instance of the new image gets a root volume made from that snapshot
+    child = admin.run_instances(ImageId=image_id, MinCount=1, MaxCount=1, InstanceType="t2.nano")["Instances"][0][
+        "InstanceId"
+    ]
+
+    def root_volume() -> dict[str, Any] | None:
+        instance = admin.describe_instances(InstanceIds=[child])["Reservations"][0]["Instances"][0]
+        if instance["State"]["Name"] != "running" or not instance["BlockDeviceMappings"]:
+            return None
+        return volume(admin, instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"])
+
+    assert wait_until(root_volume, 30, what="the child's root volume")["SnapshotId"] == snapshot_id
+    # RegisterImage with the snapshot as its root; deregistering leaves the snapshot
+    registered = admin.register_image(
+        Name="registered-on-a-snapshot",
+        KernelId=made["KernelId"],
+        RamdiskId=made["RamdiskId"],
+        RootDeviceName="/dev/vda",
+        BlockDeviceMappings=[{"DeviceName": "/dev/vda", "Ebs": {"SnapshotId": snapshot_id}}],
+    )["ImageId"]
+    assert (
+        admin.describe_images(ImageIds=[registered])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        == snapshot_id
+    )
+    for image in (registered, image_id):
+        admin.deregister_image(ImageId=image)
+    assert admin.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["State"] == "completed"
+    admin.terminate_instances(InstanceIds=[instance_id, child])

@@ -144,6 +144,7 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
         "ModifyVolumeAttribute": {"VolumeId": volume_id, "AutoEnableIO": {"Value": True}},
         "CreateSnapshot": {"VolumeId": volume_id},
         "DeleteSnapshot": {"SnapshotId": snapshot_id},
+        "CreateImage": {"InstanceId": instance_id, "Name": _name("made")},
     }
     mutating = {
         name

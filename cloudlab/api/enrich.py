@@ -61,9 +61,30 @@ def instances(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
+def image_block_devices(ctx: Any, image_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """image id -> its BlockDeviceMappings: the root snapshot of an EBS-backed image."""
+    from cloudlab.clc.ebs_images import EbsImages
+
+    roots = ctx.clc.service(EbsImages).roots_of(image_ids)
+    return {
+        image_id: [
+            {
+                "DeviceName": root["device"],
+                "Ebs": {"SnapshotId": root["snapshot_id"], "VolumeSize": root["size_gib"], "DeleteOnTermination": True},
+            }
+        ]
+        for image_id, root in roots.items()
+    }
+
+
 def images(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    tags = tags_of(ctx, [item["ImageId"] for item in items])
+    """Add Tags and, for an EBS-backed image, its root snapshot (RootDeviceType ``ebs``)."""
+    ids = [item["ImageId"] for item in items]
+    tags, devices = tags_of(ctx, ids), image_block_devices(ctx, ids)
     for item in items:
         if tags.get(item["ImageId"]):
             item["Tags"] = tags[item["ImageId"]]
+        if item["ImageId"] in devices:
+            item["BlockDeviceMappings"] = devices[item["ImageId"]]
+            item["RootDeviceType"], item["RootDeviceName"] = "ebs", devices[item["ImageId"]][0]["DeviceName"]
     return items

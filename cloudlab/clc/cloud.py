@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.clusters import ClusterLink, Clusters
 from cloudlab.clc.dispatch import Dispatch
+from cloudlab.clc.ebs_images import EbsImages
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.images import Images
 from cloudlab.clc.instances import TERMINATED_VISIBLE_S, InstanceRecords
@@ -82,7 +83,7 @@ class CloudController:
         seed_vm_types(store)
         self.quotas = Quotas(store)  # per-user limits, checked inside the transactions that create
         # The resource services create their tables now, never inside a later transaction.
-        for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks, Volumes, Snapshots):
+        for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks, Volumes, Snapshots, EbsImages):
             self.service(service)
         networks = self.service(InstanceNetworks)
         self.network_bytes = NetworkBytes(store)

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from cloudlab import contract as c
+from cloudlab.clc.ebs_images import EbsImages
 from cloudlab.clc.snapshots import Snapshots
 from cloudlab.clc.volumes import Volumes
 from cloudlab.errors import CloudError
@@ -203,6 +204,7 @@ class VolumeWork:
             except CloudError as exc:
                 if exc.code != "Unavailable":
                     self.snapshots.set(row["snapshot_id"], state="error", error=exc.message)
+                    self.clc.service(EbsImages).snapshot_finished(row["snapshot_id"], completed=False)
                 continue
             self.snapshots.set(
                 row["snapshot_id"],
@@ -212,6 +214,7 @@ class VolumeWork:
                 size_bytes=made.size_bytes,
                 seconds=made.seconds,
             )
+            self.clc.service(EbsImages).snapshot_finished(row["snapshot_id"], completed=True)
         for row in [dict(r) for r in self.clc.store.query("SELECT * FROM snapshots WHERE state='deleting'")]:
             try:
                 self._channel(row["cluster"]).ask(c.DELETE_SNAPSHOT, c.SnapshotRef(row["snapshot_id"]))

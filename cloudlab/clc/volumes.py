@@ -284,7 +284,7 @@ class Volumes:
             if ebs is None or mapping.get("NoDevice") is not None:
                 continue  # ephemeral (instance store) and suppressed devices: the scratch disk is vda
             if name in ROOT_DEVICES:
-                if image.path is None:
+                if image.path is None and not self._has_root_snapshot(image.image_id):
                     raise CloudError("InvalidBlockDeviceMapping", f"image {image.image_id} has no root disk")
                 root_size = ebs.get("VolumeSize")
                 root_keep = ebs.get("DeleteOnTermination")
@@ -307,7 +307,19 @@ class Volumes:
                     False,
                 )
             )
-        if image.path is not None:
+        from cloudlab.clc.ebs_images import EbsImages
+
+        root_snapshot = self.clc.service(EbsImages).root_of(image.image_id)
+        if root_snapshot is not None:  # an EBS-backed AMI: its root volume is made from its snapshot
+            size = check_size(root_size if root_size is not None else root_snapshot["size_gib"], "gp2")
+            if size < root_snapshot["size_gib"]:
+                raise CloudError(
+                    "InvalidBlockDeviceMapping",
+                    f"the root volume must be at least {root_snapshot['size_gib']} GiB (the image's snapshot)",
+                )
+            snapshot_id = root_snapshot["snapshot_id"]
+            plans.insert(0, (ROOT_DEVICE, "vda", size, snapshot_id, None, root_keep is not False, True))
+        elif image.path is not None:
             disk_gib = max(1, -(-_virtual_size(image.path) // 1024**3))
             size = check_size(root_size if root_size is not None else disk_gib, "gp2")
             if size < disk_gib:
@@ -349,6 +361,11 @@ class Volumes:
                     int(delete_on_termination),
                 ),
             )
+
+    def _has_root_snapshot(self, image_id: str) -> bool:
+        from cloudlab.clc.ebs_images import EbsImages
+
+        return self.clc.service(EbsImages).root_of(image_id) is not None
 
     # -- writes -----------------------------------------------------------------------------------------------
     def _set(self, volume_id: str, *, expect: tuple[str, ...] | None = None, **fields: Any) -> bool:
