@@ -312,7 +312,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     total = {args.by: "TOTAL"} | frame.attrs["total"]
     shown = frame.copy()
     shown.loc[len(shown)] = {k: total.get(k, "") for k in shown.columns}
-    for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours"):
+    for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours", "ebs_gb_hours"):
         shown[column] = shown[column].map(lambda v: f"{float(v):.3f}")
     print(f"usage by {args.by}, from {window} (billed: time in running)")
     print(shown.to_string(index=False))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cloudlab.clc import quotas
+from cloudlab.clc import ebs_usage, quotas
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags, validate_specifications
 from cloudlab.clc.users import User
@@ -124,10 +124,15 @@ class Snapshots:
         self.set(snapshot_id, state="deleting")
         self.volumes.wake()
 
-    def set(self, snapshot_id: str, **fields: Any) -> None:
+    def set(self, snapshot_id: str, *, ledger: bool | None = None, **fields: Any) -> None:
+        """Change a snapshot's row; with ``ledger`` True (completed) or False (deleted), its ledger event too."""
         fields["updated"] = time.time()
         with self.store.transaction() as db:
+            before = db.execute("SELECT * FROM snapshots WHERE snapshot_id=?", (snapshot_id,)).fetchone()
             db.execute(
                 f"UPDATE snapshots SET {', '.join(f'{k}=?' for k in fields)} WHERE snapshot_id=?",
                 (*fields.values(), snapshot_id),
             )
+            if before is not None and ledger is not None and before["state"] != fields.get("state"):
+                size, cluster = before["volume_size"], before["cluster"]
+                ebs_usage.append(db, before["owner"], snapshot_id, "snapshot", ledger, size, cluster)

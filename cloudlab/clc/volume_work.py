@@ -112,7 +112,7 @@ class VolumeWork:
         if row is None:
             return self._rows("state='creating' AND instance_id IS NULL")
         self._make(row)
-        self.volumes._set(row["volume_id"], expect=("creating",), state="available")
+        self.volumes._set(row["volume_id"], expect=("creating",), ledger=True, state="available")
         return []
 
     def _make(self, row: dict[str, Any]) -> None:
@@ -177,7 +177,7 @@ class VolumeWork:
         self._channel(row["cluster"]).ask(c.DELETE_VOLUME, c.VolumeRef(row["volume_id"]))
         from cloudlab.clc.tags import Tags
 
-        self.volumes._set(row["volume_id"], state="deleted", deleted_at=time.time())
+        self.volumes._set(row["volume_id"], expect=("deleting",), ledger=False, state="deleted", deleted_at=time.time())
         with self.clc.store.transaction() as db:
             Tags.remove_resource(db, row["volume_id"])
         return []
@@ -208,6 +208,7 @@ class VolumeWork:
                 continue
             self.snapshots.set(
                 row["snapshot_id"],
+                ledger=True,
                 state="completed",
                 progress=100,
                 completed=time.time(),
@@ -221,7 +222,7 @@ class VolumeWork:
             except CloudError as exc:
                 log.info("snapshot %s not deleted yet: %s", row["snapshot_id"], exc.message)
                 continue
-            self.snapshots.set(row["snapshot_id"], state="deleted", deleted_at=time.time())
+            self.snapshots.set(row["snapshot_id"], ledger=False, state="deleted", deleted_at=time.time())
 
     def _snapshot(self, row: dict[str, Any]) -> c.SnapshotMade:
         """Copy the volume on the SC; while a running guest uses it, with the guest paused (crash-consistent)."""
@@ -252,7 +253,7 @@ class VolumeWork:
                 channel = self._channel(row["cluster"])
                 if row["state"] == "creating":
                     self._make(row)
-                    self.volumes._set(row["volume_id"], expect=("creating",), state="in-use")
+                    self.volumes._set(row["volume_id"], expect=("creating",), ledger=True, state="in-use")
                 export = channel.ask(c.EXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
                 plans.append(c.DiskPlan(row["volume_id"], row["guest_device"], export))
                 if row["attach_state"] == "attaching":

@@ -22,7 +22,7 @@ import sqlite3
 import time
 from typing import Any
 
-from cloudlab.clc import quotas
+from cloudlab.clc import ebs_usage, quotas
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags, validate_specifications
 from cloudlab.clc.users import User
@@ -368,7 +368,11 @@ class Volumes:
         return self.clc.service(EbsImages).root_of(image_id) is not None
 
     # -- writes -----------------------------------------------------------------------------------------------
-    def _set(self, volume_id: str, *, expect: tuple[str, ...] | None = None, **fields: Any) -> bool:
+    def _set(
+        self, volume_id: str, *, expect: tuple[str, ...] | None = None, ledger: bool | None = None, **fields: Any
+    ) -> bool:
+        """Change a volume's row; with ``ledger`` True (made) or False (deleted), its ledger event in the
+        same transaction, appended only if the row did change."""
         fields["updated"] = time.time()
         sql = f"UPDATE volumes SET {', '.join(f'{k}=?' for k in fields)} WHERE volume_id=?"
         params: list[Any] = [*fields.values(), volume_id]
@@ -376,7 +380,11 @@ class Volumes:
             sql += f" AND state IN ({','.join('?' * len(expect))})"
             params.extend(expect)
         with self.store.transaction() as db:
-            return db.execute(sql, params).rowcount > 0
+            changed = db.execute(sql, params).rowcount > 0
+            if changed and ledger is not None:
+                row = db.execute("SELECT * FROM volumes WHERE volume_id=?", (volume_id,)).fetchone()
+                ebs_usage.append(db, row["owner"], volume_id, "volume", ledger, row["size_gib"], row["cluster"])
+            return changed
 
 
 def check_volume_quota(db: sqlite3.Connection, user: str, count: int, gib: int) -> None:
