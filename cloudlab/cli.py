@@ -347,25 +347,35 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     verb = "built" if built.rebuilt else "up to date"
     if args.name == "debian":
-        # Registered once nodes boot root disks (issue 11's root-disk item); see cloudlab.images.debian.
         print(f"{IMAGE_NAME} {verb}: {built.kernel} + {built.ramdisk} + {built.disk}")
-        return 0
-    print(f"default image {verb}: {built.kernel} + {built.ramdisk}")
+    else:
+        print(f"default image {verb}: {built.kernel} + {built.ramdisk}")
     layout = _layout(args)
     if layout.database.exists():
-        image, new = _register_default(layout, built)
+        image, new = _register_default(layout, built, IMAGE_NAME if args.name == "debian" else None)
         print(f"registered as {image.image_id}" if new else f"registered already as {image.image_id}")
     return 0
 
 
-def _register_default(layout: StateLayout, built: Any) -> Any:
+def _register_default(layout: StateLayout, built: Any, name: str | None = None) -> Any:
+    """Register a built image (the default one, or ``name`` with its root disk) in the cloud's records."""
     from cloudlab.clc.images import Images
     from cloudlab.clc.store import Store
 
     store = Store(layout.database)
     try:
+        if name is None:
+            return Images(store, layout.images).register_default(
+                built.kernel, built.ramdisk, "admin", "cloudlab default image"
+            )
         return Images(store, layout.images).register_default(
-            built.kernel, built.ramdisk, "admin", "cloudlab default image"
+            built.kernel,
+            built.ramdisk,
+            "admin",
+            "cloudlab Debian 12 on a copy-on-write root volume",
+            name=name,
+            disk=built.disk,
+            digests=built.digests,
         )
     finally:
         store.close()

@@ -232,8 +232,6 @@ class CloudService:
         built = find_built_image(name="debian")
         if built is None or built.disk is None:
             return
-        outputs = built.manifest.get("outputs", {})
-        digests = {built.directory / name: info["sha256"] for name, info in outputs.items() if isinstance(info, dict)}
         image, new = self.clc.images.register_default(
             built.kernel,
             built.ramdisk,
@@ -241,7 +239,7 @@ class CloudService:
             "cloudlab Debian 12 (systemd, cloud-init, python3) on a copy-on-write root volume",
             name=DEBIAN_IMAGE_NAME,
             disk=built.disk,
-            digests=digests,
+            digests=built.digests,
         )
         if new:
             log.info("registered %s as %s", DEBIAN_IMAGE_NAME, image.image_id)
