@@ -237,8 +237,9 @@ class InstanceLifecycle:
     def stop_instances(self, user: User, instance_ids: list[str]) -> list[Change]:
         """Power the VMs off and keep the instances (their room on the node is given back).
 
-        cloudlab's images boot from a kernel and ramdisk, so a stopped instance keeps its identity,
-        type, user data, groups and addresses, and boots afresh on start, possibly on another node.
+        A stopped instance keeps its identity, type, user data, groups, addresses and volumes (its root
+        volume with what was written to it, see clc/volumes.py), and boots again on start, possibly on
+        another node; its scratch disk (an image without a disk) starts empty, as EC2's instance store.
         """
         rows = {r["instance_id"]: r for r in self._visible(user, instance_ids)}
         for instance_id, row in rows.items():
