@@ -47,32 +47,41 @@ class VolumeWork:
         self.clc = clc
         self.volumes = clc.service(Volumes)
         self.snapshots = clc.service(Snapshots)
-        self._wake = threading.Event()
+        # Two workers: volumes, and snapshots (a copy of a large volume takes a while, and must not hold
+        # up attachments meanwhile). Each is woken when there is news, and looks every SWEEP_S anyway.
+        self._wakes = {"volumes": threading.Event(), "snapshots": threading.Event()}
         self._stop = threading.Event()
-        self._pass_lock = threading.Lock()  # one pass at a time, and never beside a start's disks
-        self._thread: threading.Thread | None = None
+        self._pass_lock = threading.Lock()  # one volume pass at a time
+        self._threads: list[threading.Thread] = []
         self._detach_tried: dict[str, float] = {}
-        self.volumes.wake = self._wake.set
+        self.volumes.wake = self.wake
+
+    def wake(self) -> None:
+        for event in self._wakes.values():
+            event.set()
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="clc-volumes", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            for name, work in (("volumes", self.run_once), ("snapshots", self._snapshot_steps)):
+                thread = threading.Thread(target=self._run, args=(name, work), name=f"clc-{name}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self.wake()
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def _run(self, name: str, work: Any) -> None:
+        wake = self._wakes[name]
         while not self._stop.is_set():
-            self._wake.wait(SWEEP_S)
-            self._wake.clear()
+            wake.wait(SWEEP_S)
+            wake.clear()
             try:
-                self.run_once()
+                work()
             except Exception:
-                log.exception("carrying volumes forward failed; will try again")
+                log.exception("carrying %s forward failed; will try again", name)
 
     def _channel(self, cluster: str) -> Any:
         link = self.clc.clusters.get(cluster)
@@ -81,11 +90,10 @@ class VolumeWork:
         return link.channel
 
     def run_once(self) -> None:
-        """One pass over every unfinished record."""
+        """One pass over every unfinished volume record (snapshots have their own worker)."""
         with self._pass_lock:
             for step in (self._ended, self._creating, self._attaching, self._detaching, self._deleting):
                 self._each(step)
-            self._snapshot_steps()
 
     def _each(self, step: Any) -> None:
         for row in step(None):
@@ -123,10 +131,12 @@ class VolumeWork:
 
     def _ended(self, row: dict[str, Any] | None) -> list[dict[str, Any]]:
         """Volumes of instances that are gone: deleted (DeleteOnTermination) or detached."""
-        if row is None:
-            return self._rows(
-                "instance_id IN (SELECT instance_id FROM instances WHERE state='terminated') AND state != 'deleted'"
+        if row is None:  # from the few attached volumes to their instances (not from every terminated instance)
+            rows = self.clc.store.query(
+                "SELECT v.* FROM volumes v JOIN instances i ON i.instance_id = v.instance_id"
+                " WHERE i.state='terminated' AND v.state != 'deleted'"
             )
+            return [dict(r) for r in rows]
         channel = self._channel(row["cluster"])
         channel.ask(c.UNEXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
         if row["delete_on_termination"]:
@@ -183,9 +193,10 @@ class VolumeWork:
         return []
 
     def _clear_attachment(self, row: dict[str, Any], error: str | None = None) -> None:
+        """The volume is no instance's any more: available (or still to be made, if its instance never started)."""
         self.volumes._set(
             row["volume_id"],
-            state="available",
+            state="creating" if row["state"] == "creating" else "available",
             instance_id=None,
             device=None,
             guest_device=None,
@@ -246,16 +257,16 @@ class VolumeWork:
         if not rows:
             return ()
         plans = []
-        with self._pass_lock:
-            for row in rows:
-                if row["attach_state"] == "detaching":
-                    continue
-                channel = self._channel(row["cluster"])
-                if row["state"] == "creating":
-                    self._make(row)
-                    self.volumes._set(row["volume_id"], expect=("creating",), ledger=True, state="in-use")
-                export = channel.ask(c.EXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
-                plans.append(c.DiskPlan(row["volume_id"], row["guest_device"], export))
-                if row["attach_state"] == "attaching":
-                    self.volumes._set(row["volume_id"], attach_state="attached")
+        # No pass lock: the volume worker leaves a pending instance's volumes to its start.
+        for row in rows:
+            if row["attach_state"] == "detaching":
+                continue
+            channel = self._channel(row["cluster"])
+            if row["state"] == "creating":
+                self._make(row)
+                self.volumes._set(row["volume_id"], expect=("creating",), ledger=True, state="in-use")
+            export = channel.ask(c.EXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
+            plans.append(c.DiskPlan(row["volume_id"], row["guest_device"], export))
+            if row["attach_state"] == "attaching":
+                self.volumes._set(row["volume_id"], attach_state="attached")
         return tuple(plans)
