@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,14 @@ def test_a_killed_storage_controller_is_restarted_and_loses_nothing(
 
     after = wait_until(restarted, 60, what="the storage controller to be restarted", interval_s=0.3)
     assert after["process"]["restarts"] == before["restarts"] + 1
+    shown = subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "--state", str(sim_cloud.layout.root), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = next(x for x in shown.stdout.splitlines() if "storage controller" in x)
+    assert "cluster1: registered at http://" in line and f"pid {after['process']['pid']}, restarts" in line
     wait_volume(alice, made, lambda v: v["State"] == "available", "the volume asked for while the SC was down")
     assert volume(alice, kept)["State"] == "available"
     assert (sc_folder(sim_cloud) / "volumes" / f"{kept}.qcow2").exists()

@@ -32,7 +32,8 @@ from tests.clouds import RunningCloud, default_image, start_cloud, vm_requiremen
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 #: The guest's script: report the root disk's marker (or write one), then wait for /dev/vdb and
-#: either print what is on it (READ) or write a fresh token to it (WRITE). Bounded: at most 2 min.
+#: either print what is on it (READ) or write a fresh token to it (WRITE). Bounded: at most 10 min
+#: (the volume reaches the READ guest only after the other tests' steps, on a busy machine).
 USER_DATA = r"""#!/bin/sh
 mode=@MODE@
 head=$(dd if=/dev/vda bs=64 count=1 2>/dev/null | tr -dc 'A-Za-z0-9-')
@@ -43,7 +44,7 @@ case "$head" in
        echo "storage-test: root written $token" >/dev/console ;;
 esac
 [ -b /dev/vda ] && echo "storage-test: vda $(cat /sys/block/vda/size) sectors" >/dev/console
-for _ in $(seq 600); do [ -b /dev/vdb ] && break; sleep 0.2; done
+for _ in $(seq 3000); do [ -b /dev/vdb ] && break; sleep 0.2; done
 [ -b /dev/vdb ] || { echo "storage-test: no vdb" >/dev/console; exit 1; }
 if [ "$mode" = WRITE ]; then
     token="VOLDATA-$(cat /proc/sys/kernel/random/uuid)"

@@ -83,9 +83,14 @@ class Exports:
             if not path.exists():
                 raise CloudError("InvalidVolume.NotFound", f"The volume '{volume_id}' does not exist")
             taken = {int(r["port"]) for v in self.folder.glob("vol-*.json") if (r := self._read(v.stem))}
+            # a server that died is started again on its old port, where its clients look for it
+            again = [int(record["port"])] if record and record.get("host") == self.host else []
+            if again:  # a killed server's other threads may hold its socket a moment after it is gone
+                with contextlib.suppress(WaitTimeout):
+                    wait_until(lambda: _port_free(self.host, again[0]), 5.0, what="the old port", interval_s=0.05)
             last_error = ""
-            for port in range(self.first_port, self.first_port + PORT_TRIES):
-                if port in taken or not _port_free(self.host, port):
+            for port in again + list(range(self.first_port, self.first_port + PORT_TRIES)):
+                if (port in taken and port not in again) or not _port_free(self.host, port):
                     continue
                 pid_file = self.folder / f"{volume_id}.pid"
                 pid_file.unlink(missing_ok=True)
@@ -119,6 +124,7 @@ class Exports:
                     return NbdExport(self.host, port, volume_id)
                 last_error = (done.stderr or done.stdout).strip().splitlines()[-1:] or [str(done.returncode)]
                 last_error = last_error[0]
+                log.info("qemu-nbd for %s on port %d: %s", volume_id, port, last_error)
                 if "Address already in use" not in last_error:
                     break
             raise CloudError("InternalError", f"cannot export {volume_id} over NBD: {last_error or 'no free port'}")
@@ -150,7 +156,9 @@ class Exports:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether qemu-nbd could listen on ``port`` (it sets SO_REUSEADDR too, so TIME_WAIT does not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
