@@ -16,6 +16,7 @@ attaching → attached         instance running: the SC exports it, the node hot
                              instance pending: its start plugs it in (:meth:`disks_for_start`)
 detaching → (available)      the node unplugs it (the guest must let go, unless forced), the SC
                              stops exporting it
+instance stopped             still attached; its exports are closed until it starts again
 instance terminated          DeleteOnTermination: deleted; otherwise detached (available)
 snapshot pending → completed the SC copies the volume (through its export when attached)
 ==========================  ===============================================================
@@ -54,6 +55,8 @@ class VolumeWork:
         self._pass_lock = threading.Lock()  # one volume pass at a time
         self._threads: list[threading.Thread] = []
         self._detach_tried: dict[str, float] = {}
+        self._unserved: set[str] = set()  # volumes of stopped instances whose export was closed
+        self._export_lock = threading.Lock()  # a start's exports and a stopped instance's unexports
         self.volumes.wake = self.wake
 
     def wake(self) -> None:
@@ -92,7 +95,7 @@ class VolumeWork:
     def run_once(self) -> None:
         """One pass over every unfinished volume record (snapshots have their own worker)."""
         with self._pass_lock:
-            for step in (self._ended, self._creating, self._attaching, self._detaching, self._deleting):
+            for step in (self._ended, self._stopped, self._creating, self._attaching, self._detaching, self._deleting):
                 self._each(step)
 
     def _each(self, step: Any) -> None:
@@ -143,6 +146,21 @@ class VolumeWork:
             self.volumes._set(row["volume_id"], state="deleting", instance_id=None, attach_state=None)
         else:
             self._clear_attachment(row)
+        return []
+
+    def _stopped(self, row: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """A stopped instance's volumes stay attached but are not served (its next start exports them again)."""
+        if row is None:
+            rows = self.clc.store.query(
+                "SELECT v.* FROM volumes v JOIN instances i ON i.instance_id = v.instance_id"
+                " WHERE i.state='stopped' AND v.state='in-use'"
+            )
+            return [dict(r) for r in rows if r["volume_id"] not in self._unserved]
+        with self._export_lock:  # never between a start's export and its boot
+            if (self.clc.records.get(row["instance_id"]) or {}).get("state") != "stopped":
+                return []
+            self._channel(row["cluster"]).ask(c.UNEXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
+            self._unserved.add(row["volume_id"])
         return []
 
     def _attaching(self, row: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -256,8 +274,12 @@ class VolumeWork:
         rows = self.volumes.of_instances([instance_id]).get(instance_id, [])
         if not rows:
             return ()
-        plans = []
         # No pass lock: the volume worker leaves a pending instance's volumes to its start.
+        with self._export_lock:
+            return self._start_disks(rows)
+
+    def _start_disks(self, rows: list[dict[str, Any]]) -> tuple[c.DiskPlan, ...]:
+        plans = []
         for row in rows:
             if row["attach_state"] == "detaching":
                 continue
@@ -266,6 +288,7 @@ class VolumeWork:
                 self._make(row)
                 self.volumes._set(row["volume_id"], expect=("creating",), ledger=True, state="in-use")
             export = channel.ask(c.EXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
+            self._unserved.discard(row["volume_id"])
             plans.append(c.DiskPlan(row["volume_id"], row["guest_device"], export))
             if row["attach_state"] == "attaching":
                 self.volumes._set(row["volume_id"], attach_state="attached")
