@@ -242,6 +242,23 @@ def test_snapshots_and_volumes_made_of_them(sim_cloud: RunningCloud, users: dict
     assert qemu_info(copy)["virtual-size"] == 3 * 1024**3
     compared = subprocess.run(["qemu-io", "-c", "read -P 0x5a 1M 64k", str(copy)], capture_output=True, text=True)
     assert compared.returncode == 0 and "Pattern verification failed" not in compared.stdout, compared.stdout
+    # RunInstances can make a volume of it too
+    reservation = alice.run_instances(
+        ImageId=default_image(alice),
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t2.nano",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sde", "Ebs": {"SnapshotId": snapshot_id}}],
+    )
+    launched = reservation["Instances"][0]["InstanceId"]
+
+    def launch_volume() -> dict[str, Any] | None:
+        found = alice.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [launched]}])["Volumes"]
+        return found[0] if found and found[0]["Attachments"][0]["State"] == "attached" else None
+
+    from_snapshot = wait_until(launch_volume, 30, what="the launch volume made of the snapshot")
+    assert from_snapshot["SnapshotId"] == snapshot_id and from_snapshot["Size"] == 1
+    alice.terminate_instances(InstanceIds=[launched])
     # A snapshot outlives its volume; deleting it leaves volumes made of it.
     alice.delete_volume(VolumeId=volume_id)
     alice.delete_snapshot(SnapshotId=snapshot_id)
