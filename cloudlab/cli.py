@@ -56,6 +56,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _controller_url(text: str) -> str:
+    """A controller URL (``http://HOST:PORT``), checked before anything starts."""
+    from cloudlab.rpc import parse_controller_url
+
+    try:
+        parse_controller_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _hypervisor(text: str) -> str:
     if not text.startswith(("qemu:///embed", "qemu:///system", "qemu:///session", "test://")):
         raise argparse.ArgumentTypeError(
@@ -928,7 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nc", parents=[state], help="run a node controller that registers with a cluster controller")
     p.add_argument("--name", required=True, help="node name (its certificate is issued for it)")
-    p.add_argument("--cc", required=True, metavar="URL", help="the cluster controller, http://HOST:PORT")
+    p.add_argument(
+        "--cc", required=True, type=_controller_url, metavar="URL", help="the cluster controller, http://HOST:PORT"
+    )
     p.add_argument("--hypervisor", type=_hypervisor, metavar="URI", help="libvirt URI (default embedded QEMU)")
     p.add_argument("--pki", metavar="DIR", help="folder with ca.crt and this node's certificate and key")
     p.add_argument("--listen", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
@@ -942,7 +955,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sc", parents=[state], help="run a storage controller that registers with a cluster controller")
     p.add_argument("--name", required=True, help="the cluster's name (its certificate is issued for it)")
-    p.add_argument("--cc", required=True, metavar="URL", help="the cluster controller, http://HOST:PORT")
+    p.add_argument(
+        "--cc", required=True, type=_controller_url, metavar="URL", help="the cluster controller, http://HOST:PORT"
+    )
     p.add_argument("--pki", metavar="DIR", help="folder with ca.crt and this SC's certificate and key")
     p.add_argument("--dir", metavar="DIR", help="where volumes and snapshots are kept (default <state>/sc/NAME)")
     p.add_argument("--listen", default="127.0.0.1", help="address to serve messages and NBD on (default 127.0.0.1)")
