@@ -113,3 +113,29 @@ def test_only_a_cluster_controller_commands_it(
         node.ask(c.SC_DELETE_VOLUME, c.VolumeRef(VOL))
     assert refused.value.code == "MessageRejected" and "role" in refused.value.message
     assert sc.files.volume(VOL).exists()
+
+
+def test_a_full_disk_refuses_new_volumes_and_corrupts_nothing(tmp_path: Path) -> None:
+    """The SC's folder on a small tmpfs (mounted for this test only): once less than the reserve is
+    free, CreateVolume and CreateSnapshot are refused with a clear error and leave no partial file."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or subprocess.run(mount).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        sc = StorageController("cluster1", folder, "127.0.0.1")
+        sc.create_volume(c.CreateVolume(VOL, 1))
+        (folder / "filler").write_bytes(b"\0" * (80 * 1024 * 1024))  # leaves < 256 MiB free
+        before = sorted(p.name for p in folder.rglob("*"))
+        for attempt in (
+            lambda: sc.create_volume(c.CreateVolume("vol-00000000000000009", 1)),
+            lambda: sc.create_snapshot(c.SnapshotRequest(SNAP, VOL)),
+        ):
+            with pytest.raises(CloudError) as full:
+                attempt()
+            assert full.value.code == "InsufficientVolumeCapacity" and "MiB free" in full.value.message
+        assert sorted(p.name for p in folder.rglob("*")) == before  # no partial volume or snapshot
+        assert image_info(sc.files.volume(VOL))["virtual-size"] == 1024**3  # the existing volume is intact
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
