@@ -232,8 +232,18 @@ def test_user_commands_with_the_cloud_down(offline_state: Path) -> None:
         "INSTANCES",
         "VCPUS",
         "ADDRESSES",
+        "VOLUMES",
+        "VOLUME_GIB",
+        "SNAPSHOTS",
     ]
-    assert next(line for line in table if line.startswith("alice ")).split()[5:] == ["0/20", "0/32", "0/5"]
+    assert next(line for line in table if line.startswith("alice ")).split()[5:] == [
+        "0/20",
+        "0/32",
+        "0/5",
+        "0/20",
+        "0/200",
+        "0/50",
+    ]
     assert any(line.startswith("alice ") for line in table)
 
     assert "disabled" in cli(state, "user", "disable", "alice").out
@@ -503,6 +513,7 @@ def test_node_credentials_to_an_impossible_folder_is_one_line(offline_state: Pat
         (["--name", "bad/name", "--cc", "http://127.0.0.1:1"], "invalid identity name 'bad/name'"),
         (["--name", "n9", "--cc", "garbage"], "controller URL must look like http://HOST:PORT, got 'garbage'"),
         (["--name", "n9", "--cc", "http://127.0.0.1:1", "--advertise", "ftp://x"], "got 'ftp://x'"),
+        (["--name", "../n9", "--cc", "http://127.0.0.1:1"], "invalid identity name '../n9'"),
     ],
 )
 def test_nc_with_a_bad_name_or_url_fails_before_making_folders(
@@ -510,7 +521,7 @@ def test_nc_with_a_bad_name_or_url_fails_before_making_folders(
 ) -> None:
     layout = StateLayout(offline_state)
     before = sorted(p.relative_to(offline_state) for p in offline_state.rglob("*"))
-    one_line_error(cli(offline_state, "nc", *args), 1, needle)
+    one_line_error(cli(offline_state, "nc", *args), 2, needle)  # a usage error: refused by the parser
     assert sorted(p.relative_to(offline_state) for p in offline_state.rglob("*")) == before
     assert not Path(layout.short_prefix + "n9").exists() and not Path(layout.short_prefix + "bad").exists()
 

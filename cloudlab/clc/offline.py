@@ -16,6 +16,7 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloudlab.clc.images import Image, Images
 from cloudlab.clc.quotas import Quotas
@@ -78,6 +79,18 @@ class StateAdmin:
     def register_default_image(self, kernel: Path, ramdisk: Path) -> tuple[Image, bool]:
         """The built default image registered as the admin's (True: newly registered)."""
         return self.images.register_default(kernel, ramdisk, ADMIN, "cloudlab default image")
+
+    def register_debian_image(self, name: str, built: Any) -> tuple[Image, bool]:
+        """The built Debian image (kernel, initrd and its root disk) registered as the admin's as ``name``."""
+        return self.images.register_default(
+            built.kernel,
+            built.ramdisk,
+            ADMIN,
+            "cloudlab Debian 12 on a copy-on-write root volume",
+            name=name,
+            disk=built.disk,
+            digests=built.digests,
+        )
 
 
 @contextlib.contextmanager

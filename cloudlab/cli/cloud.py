@@ -182,6 +182,17 @@ def status(args: argparse.Namespace) -> int:
                 f"{node['memory_mb_free']}/{node['memory_mb_total']} MiB free, {node['instances']} instance(s), "
                 f"accel {node.get('accel') or '-'}{extra}"
             )
+        storage = cluster.get("storage")
+        if storage:
+            proc = storage.get("process") or {}
+            state = "registered" if storage["registered"] else "NOT REGISTERED"
+            running = f", pid {proc['pid']}, restarts {proc['restarts']}" if proc else ""
+            held = (
+                f", {storage['volumes']} volume(s), {storage['snapshots']} snapshot(s), {storage['exports']} export(s)"
+                if "volumes" in storage
+                else ""
+            )
+            print(f"  storage controller {storage['name']}: {state} at {storage.get('url') or '-'}{running}{held}")
         network = cluster.get("network_detail")
         if network:
             health = "healthy" if network["healthy"] else "NOT HEALTHY"
@@ -248,7 +259,7 @@ def usage(args: argparse.Namespace) -> int:
     total = {args.by: "TOTAL"} | frame.attrs["total"]
     shown = frame.copy()
     shown.loc[len(shown)] = {k: total.get(k, "") for k in shown.columns}
-    for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours"):
+    for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours", "ebs_gb_hours"):
         shown[column] = shown[column].map(lambda v: f"{float(v):.3f}")
     print(f"usage by {args.by}, from {window} (billed: time in running)")
     print(shown.to_string(index=False))

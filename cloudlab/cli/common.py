@@ -49,6 +49,27 @@ def port(text: str) -> int:
     return value
 
 
+def controller_url(text: str) -> str:
+    """A controller URL (``http://HOST:PORT``), checked before anything starts."""
+    from cloudlab.rpc import parse_controller_url
+
+    try:
+        parse_controller_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def identity_name(text: str) -> str:
+    """A controller's name (it becomes a certificate subject and folder names), checked before anything starts."""
+    from cloudlab.security.ca import validate_name
+
+    try:
+        return validate_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def hypervisor(text: str) -> str:
     if not text.startswith(("qemu:///embed", "qemu:///system", "qemu:///session", "test://")):
         raise argparse.ArgumentTypeError(

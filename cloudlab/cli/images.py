@@ -42,14 +42,16 @@ def image_build(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     verb = "built" if built.rebuilt else "up to date"
     if args.name == "debian":
-        # Registered once nodes boot root disks (issue 11's root-disk item); see cloudlab.images.debian.
         print(f"{IMAGE_NAME} {verb}: {built.kernel} + {built.ramdisk} + {built.disk}")
-        return 0
-    print(f"default image {verb}: {built.kernel} + {built.ramdisk}")
+    else:
+        print(f"default image {verb}: {built.kernel} + {built.ramdisk}")
     layout = state_layout(args)
     if layout.database.exists():
         with state_admin(layout, need_ca=False) as admin:
-            image, new = admin.register_default_image(built.kernel, built.ramdisk)
+            if args.name == "debian":
+                image, new = admin.register_debian_image(IMAGE_NAME, built)
+            else:
+                image, new = admin.register_default_image(built.kernel, built.ramdisk)
         print(f"registered as {image.image_id}" if new else f"registered already as {image.image_id}")
     return 0
 

@@ -1,5 +1,5 @@
-"""Nodes: ``nc`` (a node controller on this host), ``node-credentials`` (what a node on another host needs)
-and ``accel`` (whether KVM works here)."""
+"""The controllers on a host: ``nc`` (a node controller), ``sc`` (a cluster's storage controller),
+``node-credentials`` (what a node on another host needs) and ``accel`` (whether KVM works here)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 from cloudlab.cli.common import (
     CliError,
+    controller_url,
     hypervisor,
+    identity_name,
     log_to_stderr,
     make_folder,
     port,
@@ -74,17 +76,25 @@ def node_credentials(args: argparse.Namespace) -> int:
     return 0
 
 
+CC_URL = arg("--cc", required=True, type=controller_url, metavar="URL", help="the cluster controller, http://HOST:PORT")
+
+
 @command(
     "nc",
     help="run a node controller that registers with a cluster controller",
     args=[
-        arg("--name", required=True, help="node name (its certificate is issued for it)"),
-        arg("--cc", required=True, metavar="URL", help="the cluster controller, http://HOST:PORT"),
+        arg("--name", required=True, type=identity_name, help="node name (its certificate is issued for it)"),
+        CC_URL,
         arg("--hypervisor", type=hypervisor, metavar="URI", help="libvirt URI (default embedded QEMU)"),
         arg("--pki", metavar="DIR", help="folder with ca.crt and this node's certificate and key"),
         arg("--listen", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"),
         arg("--port", type=port, default=0, help="port to serve on (default any)"),
-        arg("--advertise", metavar="URL", help="URL the CC reaches this node at (behind a NAT: the forward)"),
+        arg(
+            "--advertise",
+            type=controller_url,
+            metavar="URL",
+            help="URL the CC reaches this node at (behind a NAT: the forward)",
+        ),
         arg("--vcpus", type=positive, help="vCPUs to offer"),
         arg("--memory", type=positive, help="memory (MiB) to offer"),
         arg("--accel", choices=["auto", "kvm", "tcg"], default="auto"),
@@ -93,17 +103,8 @@ def node_credentials(args: argparse.Namespace) -> int:
 )
 def nc(args: argparse.Namespace) -> int:
     from cloudlab.nc.daemon import run_node
-    from cloudlab.rpc import parse_controller_url
-    from cloudlab.security.ca import validate_name
 
-    layout = state_layout(args)
-    try:  # before any folder is made for it: the name becomes paths, the URLs are dialled forever
-        validate_name(args.name)
-        parse_controller_url(args.cc)
-        if args.advertise:
-            parse_controller_url(args.advertise)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    layout = state_layout(args)  # (--name and the URLs are checked by the parser: no folder is made for a bad one)
     log_to_stderr(args.verbose)
     uri = args.hypervisor or f"qemu:///embed?root={layout.libvirt_root(args.name)}"
     run_node(
@@ -118,6 +119,42 @@ def nc(args: argparse.Namespace) -> int:
         memory_mb=args.memory,
         accel=args.accel,
         accel_cache=cache_dir() / "accel.json",
+        advertise=args.advertise,
+    )
+    return 0
+
+
+@command(
+    "sc",
+    help="run a storage controller that registers with a cluster controller",
+    args=[
+        arg("--name", required=True, type=identity_name, help="the cluster's name (its certificate is issued for it)"),
+        CC_URL,
+        arg("--pki", metavar="DIR", help="folder with ca.crt and this SC's certificate and key"),
+        arg("--dir", metavar="DIR", help="where volumes and snapshots are kept (default <state>/sc/NAME)"),
+        arg("--listen", default="127.0.0.1", help="address to serve messages and NBD on (default 127.0.0.1)"),
+        arg("--port", type=port, default=0, help="port for messages (default any)"),
+        arg(
+            "--advertise",
+            type=controller_url,
+            metavar="URL",
+            help="URL the CC reaches this SC at (behind a NAT: the forward)",
+        ),
+        arg("--verbose", action="store_true"),
+    ],
+)
+def sc(args: argparse.Namespace) -> int:
+    from cloudlab.sc.daemon import run_storage
+
+    layout = state_layout(args)
+    log_to_stderr(args.verbose)
+    run_storage(
+        Path(args.pki) if args.pki else layout.pki,
+        args.name,
+        args.cc,
+        Path(args.dir) if args.dir else layout.root / "sc" / args.name,
+        host=args.listen,
+        port=args.port,
         advertise=args.advertise,
     )
     return 0
