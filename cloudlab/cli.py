@@ -144,8 +144,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
-    from cloudlab.bench.workloads import WorkloadError, instance_remote
     from cloudlab.client import connect
+    from cloudlab.reach import Unreachable, instance_remote
 
     layout = _layout(args)
     _outside_namespace(layout)  # a running cloud with a network, or a one-line error
@@ -153,7 +153,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         remote = instance_remote(
             connect(str(layout.root)), args.instance_id, key=args.identity, public=args.public, user=args.user
         )
-    except WorkloadError as exc:
+    except Unreachable as exc:
         raise CliError(str(exc)) from None
     except Exception as exc:  # botocore's ClientError: a malformed or unknown id
         raise CliError(f"cannot find {args.instance_id}: {exc}") from None

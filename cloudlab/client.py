@@ -10,12 +10,13 @@ unmodified boto3 EC2 client pointed at it. The helpers here only wrap what any b
 - ``instance(name_or_id)`` and ``get_or_run(name, ...)`` find instances by their ``Name`` tag, so a
   notebook that runs again after a kernel restart picks up its instances instead of launching more;
 - waits have timeouts and progress bars (tqdm.auto), and errors say what to do in one line.
+
+Benchmarks between instances are not here but in ``cloudlab.bench.pairs`` (the client imports no
+benchmark code; the benchmarks use the client).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import subprocess
 import threading
 import time
@@ -31,6 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cloudlab import control
 from cloudlab.guest import BOOT_MARKER
 from cloudlab.paths import StateLayout, find_state_dir
+from cloudlab.reach import SshRemote, instance_remote
 
 #: How an instance's launch progresses, as the launcher's progress bars count it.
 PHASES = ("pending", "running", "booted")
@@ -163,14 +165,10 @@ class Instance(str):
     def console(self) -> str:
         return self.cloud.console(self.id)
 
-    def remote(self, public: bool = False) -> Any:
-        """A ``cloudlab.bench.remote.SshRemote`` to the instance from the cluster's outside namespace."""
-        from cloudlab.bench.workloads import WorkloadError, instance_remote
-
-        try:
-            return instance_remote(self.cloud, self.id, public=public)
-        except WorkloadError as exc:
-            raise RuntimeError(str(exc)) from None
+    def remote(self, public: bool = False) -> SshRemote:
+        """An SSH remote to the instance from the cluster's outside namespace (``cloudlab.reach``); raises
+        ``cloudlab.reach.Unreachable`` (a RuntimeError) saying why when it cannot be reached."""
+        return instance_remote(self.cloud, self.id, public=public)
 
     def ssh(self, command: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run ``command`` on the instance over SSH (as ``cloudlab ssh ID -- command`` would), waiting up to
@@ -619,146 +617,14 @@ class Cloud:
     def terminate(self, instance_ids: Iterable[str]) -> None:
         self.ec2.terminate_instances(InstanceIds=list(instance_ids))
 
-    # -- benchmarks ------------------------------------------------------------------------------------
+    # -- the network ------------------------------------------------------------------------------------
     def network_flavour(self) -> str:
         """The network flavour of the cloud's (first) cluster: none, vde or direct."""
         clusters = self.status()["clusters"]
         return clusters[0].get("network") or "none" if clusters else "none"
 
-    def benchmark(
-        self,
-        server: str,
-        client: str,
-        *,
-        duration_s: float = 3,
-        streams: int = 1,
-        repeats: int = 3,
-        ping_count: int = 5,
-        progress: bool = True,
-        on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-    ) -> pd.DataFrame:
-        """iperf3 throughput and ping RTT from ``client`` to ``server`` (two running instances of this
-        cloud, reached over SSH), ``repeats`` times: one row per run, the columns of
-        ``cloudlab.bench.network.run_paths`` (so ``summarise``, ``ratios`` and the charts apply).
-
-        ``on_run(done, total, row)`` is called after every run. Needs a cloud with ``--network vde|direct``.
-        """
-        from cloudlab.bench.cloudpaths import KIND_OF_FLAVOUR
-        from cloudlab.bench.handmade import PathUnderTest
-
-        _check_benchmark(duration_s, streams, repeats)
-        if str(server) == str(client):
-            raise ValueError("pick two different instances (server and client are the same)")
-        flavour = self.network_flavour()
-        if flavour == "none":
-            raise RuntimeError(
-                "this cloud has no network (--network none): restart it with cloudlab up --network direct"
-            )
-        handles = self.handles([server, client])
-        remotes = [h.remote() for h in handles]
-        for remote in remotes:
-            remote.wait_ready(60)
-        path = PathUnderTest(
-            kind=KIND_OF_FLAVOUR.get(flavour, f"vm-{flavour}"),
-            label=f"cloudlab --network {flavour}: {handles[1]} -> {handles[0]}",
-            built_by="cloudlab",
-            server=remotes[0],
-            client=remotes[1],
-            server_address=remotes[0].address,
-            extra={"instances": [handles[0].id, handles[1].id]},
-        )
-        return measure_paths(
-            [lambda: contextlib.nullcontext(path)], repeats, duration_s, streams, ping_count, progress, on_run
-        )
-
     def reboot(self, instance_ids: Iterable[str]) -> None:
         self.ec2.reboot_instances(InstanceIds=list(instance_ids))
-
-
-def _check_benchmark(duration_s: float, streams: int, repeats: int) -> None:
-    if not duration_s or duration_s <= 0:
-        raise ValueError(f"duration must be positive, not {duration_s!r}")
-    if not isinstance(streams, int) or streams < 1:
-        raise ValueError(f"streams must be at least 1, not {streams!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be at least 1, not {repeats!r}")
-
-
-def measure_paths(
-    sources: list[Callable[[], Any]],
-    repeats: int,
-    duration_s: float,
-    streams: int,
-    ping_count: int = 5,
-    progress: bool = True,
-    on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-) -> pd.DataFrame:
-    """Like ``cloudlab.bench.network.run_paths`` (same rows, a path that fails gives a row with ``error``),
-    calling ``on_run(done, total, row)`` after each run so that a widget can show progress."""
-    from tqdm.auto import tqdm
-
-    from cloudlab.bench import network
-
-    total = len(sources) * repeats
-    rows: list[dict[str, Any]] = []
-    with tqdm(total=total, desc="network paths", unit="run", disable=not progress) as bar:
-        done_runs = 0
-
-        def record(row: dict[str, Any], count: int = 1) -> None:
-            nonlocal done_runs
-            rows.append(row)
-            done_runs += count
-            bar.update(count)
-            if on_run is not None:
-                on_run(min(done_runs, total), total, row)
-
-        for index, source in enumerate(sources):
-            started = time.monotonic()
-            done = 0
-            try:
-                with source() as path:
-                    build_s = round(time.monotonic() - started, 2)
-                    for repeat in range(repeats):
-                        record(network._measure(path, repeat, duration_s, streams, ping_count, build_s))
-                        done += 1
-            except Exception as exc:  # noqa: BLE001 - recorded in the results, not lost
-                name = getattr(source, "flavour", None) or str(index)
-                record(
-                    {"path": f"?:{name}", "label": name, "repeat": done, "error": error_message(exc)[:2000]},
-                    repeats - done,
-                )
-    df = pd.DataFrame(rows, columns=network.COLUMNS)
-    df.attrs.update(repeats=repeats, duration_s=duration_s, streams=streams)
-    return df
-
-
-def benchmark_fresh_pairs(
-    flavours: Iterable[str] = ("direct", "vde"),
-    *,
-    duration_s: float = 3,
-    streams: int = 1,
-    repeats: int = 3,
-    ping_count: int = 5,
-    progress: bool = True,
-    on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-) -> pd.DataFrame:
-    """For each flavour, a fresh short-lived cloud with two instances (``cloudlab.bench.cloudpaths.cloud_vms``),
-    measured like :meth:`Cloud.benchmark`; the clouds are stopped afterwards."""
-    from cloudlab.bench.cloudpaths import KIND_OF_FLAVOUR, cloud_vms
-
-    _check_benchmark(duration_s, streams, repeats)
-    flavours = list(flavours)
-    if not flavours:
-        raise ValueError("pick at least one network flavour (direct, vde)")
-    unknown = [f for f in flavours if f not in KIND_OF_FLAVOUR]
-    if unknown:
-        raise ValueError(f"unknown network flavour(s) {unknown}: choose from {sorted(KIND_OF_FLAVOUR)}")
-    sources = []
-    for flavour in flavours:
-        source = functools.partial(cloud_vms, flavour)
-        source.flavour = flavour  # type: ignore[attr-defined]
-        sources.append(source)
-    return measure_paths(sources, repeats, duration_s, streams, ping_count, progress, on_run)
 
 
 def _start(layout: StateLayout, network: str | None, progress: bool) -> None:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from cloudlab.bench import handmade, measure, network
-from cloudlab.bench.remote import NamespaceRemote, SshRemote
+from cloudlab.reach import NamespaceRemote, SshRemote
 
 IPERF_JSON = {
     "start": {"test_start": {"protocol": "TCP", "num_streams": 1, "duration": 1}},

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab.bench.handmade import BuildError, Lab
-from cloudlab.bench.remote import SshRemote
 from cloudlab.bench.stats import summarise
 from cloudlab.guest import BOOT_MARKER, CLOUD_INIT_DONE_MARKER, LAUNCH_MARKER
 from cloudlab.images.cached import BuiltImage, find_built_image
 from cloudlab.net import netns
 from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
+from cloudlab.reach import SshRemote
 
 NET = "10.79.0"  # the guest's segment, only ever inside our namespace
 GUEST_IP = f"{NET}.10"

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudlab.bench.remote import NamespaceRemote, Remote, SshRemote, netns_argv
+from cloudlab.reach import NamespaceRemote, Remote, SshRemote, netns_argv
 
 PREFIX = "clb"
 MARK = "hand"  # clb<hex>-hand-<role>: cloudlab's own namespaces share the clb<hex>- prefix, never this mark

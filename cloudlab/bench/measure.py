@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Any
 
-from cloudlab.bench.remote import Remote
+from cloudlab.reach import Remote
 
 
 class MeasurementError(RuntimeError):

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pyroute2 import IPRoute
 from pyroute2 import netns as _pr_netns
 
 from cloudlab.net import NetError
@@ -60,13 +61,17 @@ def create(name: str) -> None:
         except Exception as exc:
             _silent_remove(name)
             raise NetError(f"cannot create network namespace {name}: {exc} (needs root / CAP_SYS_ADMIN)") from exc
-    from cloudlab.net import links  # local import: links imports this module
-
     try:
-        links.up(name, "lo")
+        _loopback_up(name)
     except Exception as exc:
         _silent_remove(name)
         raise NetError(f"namespace {name} created but lo could not be brought up: {exc}") from exc
+
+
+def _loopback_up(name: str) -> None:
+    """Bring ``lo`` up inside ``name`` (netlink directly: ``links`` builds on this module, not the reverse)."""
+    with IPRoute(netns=name, flags=0) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
 
 def _silent_remove(name: str) -> None:
