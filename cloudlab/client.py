@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +28,9 @@ import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudlab import control
-from cloudlab.guest import BOOT_MARKER
+from cloudlab import control, listings, phases
 from cloudlab.paths import StateLayout, find_state_dir
 from cloudlab.reach import SshRemote, instance_remote
-
-#: How an instance's launch progresses, as the launcher's progress bars count it.
-PHASES = ("pending", "running", "booted")
 
 
 class CloudNotRunning(RuntimeError):
@@ -65,25 +60,6 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _boot_uptime(console: str) -> float | None:
-    for line in console.splitlines():
-        if line.startswith(BOOT_MARKER):
-            for word in line.split():
-                if word.startswith("uptime="):
-                    try:
-                        return float(word.split("=", 1)[1])
-                    except ValueError:
-                        return None
-    return None
-
-
-def _tag(item: dict[str, Any], key: str) -> str | None:
-    for tag in item.get("Tags") or []:
-        if tag.get("Key") == key:
-            return tag.get("Value")
-    return None
-
-
 class Instance(str):
     """A handle on one instance. It *is* its id (a ``str``), so it goes wherever an id goes.
 
@@ -108,7 +84,7 @@ class Instance(str):
 
     @property
     def name(self) -> str | None:
-        return _tag(self.info, "Name")
+        return listings.tag(self.info, "Name")
 
     @property
     def state(self) -> str | None:
@@ -239,70 +215,13 @@ class Cloud:
 
         return objects_frame(self.s3, bucket, prefix)
 
-    # -- listings ---------------------------------------------------------------------------------------
-    def _described(self, filters: list[dict[str, Any]] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        found = []
-        paginator = self.ec2.get_paginator("describe_instances")
-        for page in paginator.paginate(**({"Filters": filters} if filters else {})):
-            for reservation in page["Reservations"]:
-                for inst in reservation["Instances"]:
-                    found.append((reservation, inst))
-        return found
-
+    # -- listings (as DataFrames: cloudlab.listings) ------------------------------------------------------
     def instances(self, *, include_terminated: bool = True, name: str | None = None) -> pd.DataFrame:
         """Every visible instance, one row each (``name``: only those with that ``Name`` tag)."""
-        rows = []
-        filters = [{"Name": "tag:Name", "Values": [name]}] if name else None
-        for reservation, inst in self._described(filters):
-            if not include_terminated and inst["State"]["Name"] == "terminated":
-                continue
-            rows.append(
-                {
-                    "instance_id": inst["InstanceId"],
-                    "state": inst["State"]["Name"],
-                    "type": inst["InstanceType"],
-                    "image": inst["ImageId"],
-                    "node": inst.get("Placement", {}).get("HostId"),
-                    "zone": inst.get("Placement", {}).get("AvailabilityZone"),
-                    "launched": inst.get("LaunchTime"),
-                    "owner": reservation.get("OwnerId"),
-                    "reason": (inst.get("StateReason") or {}).get("Message", ""),
-                    "name": _tag(inst, "Name"),
-                    "private_ip": inst.get("PrivateIpAddress"),
-                    "public_ip": inst.get("PublicIpAddress"),
-                    "key_name": inst.get("KeyName"),
-                }
-            )
-        columns = [
-            "instance_id",
-            "state",
-            "type",
-            "image",
-            "node",
-            "zone",
-            "launched",
-            "owner",
-            "reason",
-            "name",
-            "private_ip",
-            "public_ip",
-            "key_name",
-        ]
-        return pd.DataFrame(rows, columns=columns)
+        return listings.instances_frame(self.ec2, include_terminated=include_terminated, name=name)
 
     def images(self) -> pd.DataFrame:
-        rows = [
-            {
-                "image_id": i["ImageId"],
-                "name": i.get("Name"),
-                "type": i.get("ImageType"),
-                "state": i["State"],
-                "kernel": i.get("KernelId"),
-                "ramdisk": i.get("RamdiskId"),
-            }
-            for i in self.ec2.describe_images()["Images"]
-        ]
-        return pd.DataFrame(rows, columns=["image_id", "name", "type", "state", "kernel", "ramdisk"])
+        return listings.images_frame(self.ec2)
 
     def instance_types(self) -> list[str]:
         """The instance types this cloud offers, smallest first."""
@@ -314,41 +233,18 @@ class Cloud:
         return sorted(k["KeyName"] for k in self.ec2.describe_key_pairs()["KeyPairs"])
 
     def security_groups(self) -> pd.DataFrame:
-        rows = [
-            {"group_id": g["GroupId"], "name": g["GroupName"], "description": g.get("Description")}
-            for g in self.ec2.describe_security_groups()["SecurityGroups"]
-        ]
-        return pd.DataFrame(rows, columns=["group_id", "name", "description"])
+        return listings.security_groups_frame(self.ec2)
 
     def status(self) -> dict[str, Any]:
         return control.service_status(self.layout)  # signed with the admin's key: the status is the admin's
 
     def clusters(self) -> pd.DataFrame:
         """One row per cluster: its name, availability zone and network flavour (none, vde, direct)."""
-        rows = [
-            {"cluster": c["name"], "zone": c.get("zone"), "network": c.get("network"), "nodes": len(c["nodes"])}
-            for c in self.status()["clusters"]
-        ]
-        return pd.DataFrame(rows, columns=["cluster", "zone", "network", "nodes"])
+        return listings.clusters_frame(self.status())
 
     def nodes(self) -> pd.DataFrame:
-        rows = []
-        for cluster in self.status()["clusters"]:
-            for node in cluster["nodes"]:
-                rows.append(
-                    {
-                        "node": node["name"],
-                        "cluster": cluster["name"],
-                        "alive": node["alive"],
-                        "vcpus_free": node["vcpus_free"],
-                        "vcpus_total": node["vcpus_total"],
-                        "memory_mb_free": node["memory_mb_free"],
-                        "memory_mb_total": node["memory_mb_total"],
-                        "instances": node["instances"],
-                        "accel": node.get("accel"),
-                    }
-                )
-        return pd.DataFrame(rows)
+        """One row per node: its cluster, whether it is alive, free and total vCPUs and memory, instances."""
+        return listings.nodes_frame(self.status())
 
     def usage(self, *, user: str | None = None, since: Any = None, until: Any = None, by: str = "user") -> pd.DataFrame:
         """Instance-hours, vCPU-hours, GB-hours and network bytes (``cloudlab.usage.fetch_usage``)."""
@@ -372,7 +268,7 @@ class Cloud:
         """Instances whose ``Name`` tag is ``name`` (not terminated or shutting down, unless asked), oldest first."""
         found = [
             (inst.get("LaunchTime"), Instance(inst["InstanceId"], self, inst | {"OwnerId": r.get("OwnerId")}))
-            for r, inst in self._described([{"Name": "tag:Name", "Values": [name]}])
+            for r, inst in listings.described(self.ec2, [{"Name": "tag:Name", "Values": [name]}])
             if include_terminated or inst["State"]["Name"] not in ("terminated", "shutting-down")
         ]
         found.sort(key=lambda pair: (str(pair[0]), pair[1].id))
@@ -474,16 +370,15 @@ class Cloud:
         return have
 
     def console(self, instance_id: str) -> str:
-        return self.ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+        return phases.console(self.ec2, instance_id)
 
     def ssh_command(self, instance_id: str) -> str:
         """The command line that opens an SSH session to ``instance_id`` (from the cluster's outside namespace)."""
         return f"cloudlab --state {self.layout.root} ssh {instance_id}"
 
     def states(self, instance_ids: Iterable[str]) -> dict[str, str]:
-        ids = list(instance_ids)
-        found = self.ec2.describe_instances(InstanceIds=ids)
-        return {i["InstanceId"]: i["State"]["Name"] for r in found["Reservations"] for i in r["Instances"]}
+        """Instance id → its EC2 state name."""
+        return phases.states(self.ec2, [str.__str__(i) for i in instance_ids])
 
     def watch(
         self,
@@ -497,47 +392,12 @@ class Cloud:
         """Follow instances until each is ``running`` or ``booted`` (console shows the boot marker).
 
         ``on_change(instance_id, phase, seconds)`` is called as each one reaches a phase of
-        :data:`PHASES` (or ``"failed"``, when it ends before). Returns per instance the seconds from this
-        call to each phase reached. Raises TimeoutError naming the laggards, RuntimeError if one ends.
+        ``cloudlab.phases.PHASES`` (or ``"failed"``, when it ends before). Returns per instance the seconds
+        from this call to each phase reached. Raises TimeoutError naming the laggards, RuntimeError if one ends.
         """
         if until not in ("running", "booted"):
             raise ValueError(f"until must be 'running' or 'booted', not {until!r}")
-        ids = [str.__str__(i) for i in instance_ids]
-        started = time.monotonic()
-        reached: dict[str, dict[str, float]] = {i: {} for i in ids}
-
-        def note(instance_id: str, phase: str) -> None:
-            if phase not in reached[instance_id]:
-                seconds = round(time.monotonic() - started, 2)
-                reached[instance_id][phase] = seconds
-                if on_change is not None:
-                    on_change(instance_id, phase, seconds)
-
-        def done(instance_id: str) -> bool:
-            return until in reached[instance_id]
-
-        while not all(done(i) for i in ids):
-            if stop is not None and stop.is_set():
-                break
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"not {until} within {timeout:.0f} s: {sorted(i for i in ids if not done(i))}")
-            waiting = [i for i in ids if "running" not in reached[i]]
-            for instance_id, state in (self.states(waiting) if waiting else {}).items():
-                if state == "pending":
-                    note(instance_id, "pending")
-                elif state == "running":
-                    note(instance_id, "pending")
-                    note(instance_id, "running")
-                elif state in ("terminated", "shutting-down", "stopped", "stopping"):
-                    note(instance_id, "failed")
-                    raise RuntimeError(f"{instance_id} is {state} before it was {until}")
-            if until == "booted":
-                for instance_id in [i for i in ids if "running" in reached[i] and not done(i)]:
-                    if BOOT_MARKER in self.console(instance_id):
-                        note(instance_id, "booted")
-            if not all(done(i) for i in ids):
-                time.sleep(poll)
-        return reached
+        return phases.watch(self.ec2, instance_ids, until, timeout, poll, on_change, stop)
 
     def wait(
         self, instance_ids: Iterable[str], timeout: float = 180.0, progress: bool = True, until: str = "booted"
@@ -563,56 +423,26 @@ class Cloud:
         Returns one row per instance with the seconds from this call to ``running`` and to the
         marker, and the guest's own uptime at the marker. Raises TimeoutError naming the laggards.
         """
-        ids = list(instance_ids)
-        started = time.monotonic()
-        running: dict[str, float] = {}
-        booted: dict[str, tuple[float, float | None]] = {}
-        bar = None
+        ids = [str.__str__(i) for i in instance_ids]
         if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(ids), desc="booting", unit="instance")
-        while len(booted) < len(ids):
-            elapsed = time.monotonic() - started
-            if elapsed > timeout:
-                raise TimeoutError(f"not booted within {timeout:.0f} s: {sorted(set(ids) - set(booted))}")
-            states = self.states([i for i in ids if i not in running]) if len(running) < len(ids) else {}
-            for instance_id, state in states.items():
-                if state == "running":
-                    running.setdefault(instance_id, elapsed)
-                elif state in ("terminated", "shutting-down"):
-                    raise RuntimeError(f"{instance_id} is {state} before it booted")
-            for instance_id in [i for i in running if i not in booted]:
-                console = self.console(instance_id)
-                if BOOT_MARKER in console:
-                    booted[instance_id] = (time.monotonic() - started, _boot_uptime(console))
-                    if bar is not None:
-                        bar.update(1)
-            time.sleep(poll)
-        if bar is not None:
-            bar.close()
+            reached = self.wait(ids, timeout=timeout, progress=True, until="booted")
+        else:
+            reached = phases.watch(self.ec2, ids, "booted", timeout, poll)
         return pd.DataFrame(
             [
                 {
                     "instance_id": i,
-                    "running_s": round(running[i], 2),
-                    "boot_s": round(booted[i][0], 2),
-                    "guest_uptime_s": booted[i][1],
+                    "running_s": reached[i]["running"],
+                    "boot_s": reached[i]["booted"],
+                    "guest_uptime_s": phases.boot_uptime(self.console(i)),
                 }
                 for i in ids
             ]
         )
 
     def wait_state(self, instance_ids: Iterable[str], state: str, timeout: float = 60.0, poll: float = 0.2) -> None:
-        ids = list(instance_ids)
-        deadline = time.monotonic() + timeout
-        while True:
-            states = self.states(ids)
-            if all(s == state for s in states.values()):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not {state} within {timeout:.0f} s: {states}")
-            time.sleep(poll)
+        """Wait until every instance is in EC2 state ``state`` (TimeoutError naming the laggards)."""
+        phases.watch(self.ec2, instance_ids, state, timeout, poll)
 
     def terminate(self, instance_ids: Iterable[str]) -> None:
         self.ec2.terminate_instances(InstanceIds=list(instance_ids))

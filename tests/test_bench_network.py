@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cloudlab.bench import handmade, measure, network
+from cloudlab.bench import handmade, lab, measure, network
 from cloudlab.reach import NamespaceRemote, SshRemote
 
 IPERF_JSON = {
@@ -198,7 +198,7 @@ def test_summary_ratios_results_and_charts(tmp_path: Path) -> None:
 
 
 def _ours_left(tag: str) -> tuple[list[str], list[str]]:
-    namespaces = [n for n in handmade.leftover_namespaces() if n.startswith(tag + "-")]
+    namespaces = [n for n in lab.leftover_namespaces() if n.startswith(tag + "-")]
     ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=10).stdout
     processes = [line for line in ps.splitlines() if tag in line and "ps -eo" not in line]
     return namespaces, processes

@@ -1,7 +1,7 @@
 """``cloudlab-debian`` booted BY HAND, as a researcher would: the baseline for the cloud's own boots.
 
 Everything is built with the plain tools in one network namespace of our own
-(``clb<6 hex>-hand-boot``, removed afterwards, see ``handmade.Lab``): a Linux bridge holding the
+(``clb<6 hex>-hand-boot``, removed afterwards, see ``cloudlab.bench.lab.Lab``): a Linux bridge holding the
 gateway address, a tap for the guest, and cloudlab's metadata server bound to 169.254.169.254:80
 with a *fixed* lookup (no cloud, no controller). QEMU is started directly (TCG by default) on a
 qcow2 overlay of the image's disk (``qemu-img create -f qcow2 -b disk.qcow2 -F qcow2``), with the
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudlab.bench.handmade import BuildError, Lab
+from cloudlab.bench.lab import BuildError, Lab
 from cloudlab.bench.stats import summarise
 from cloudlab.guest import BOOT_MARKER, CLOUD_INIT_DONE_MARKER, LAUNCH_MARKER
 from cloudlab.images.cached import BuiltImage, find_built_image
