@@ -40,6 +40,7 @@ from cloudlab.images.cached import BuiltImage, find_built_image
 from cloudlab.net import netns
 from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
 from cloudlab.reach import SshRemote
+from cloudlab.waiting import WaitTimeout, wait_until
 
 NET = "10.79.0"  # the guest's segment, only ever inside our namespace
 GUEST_IP = f"{NET}.10"
@@ -226,31 +227,40 @@ def _wait_milestones(
     wanted = {"launch_s", "marker_s", "ssh_s"} | ({"cloud_init_s"} if wait_cloud_init else set())
     stop = threading.Event()
 
+    def left() -> float:
+        return max(0.0, timeout_s - (time.monotonic() - started))
+
+    def ssh_answers() -> bool:
+        if stop.is_set():
+            return True
+        if boot.ssh.run("true", timeout=15).returncode != 0:
+            return False
+        boot.times["ssh_s"] = round(time.monotonic() - started, 2)
+        return True
+
     def probe_ssh() -> None:
-        while not stop.is_set() and time.monotonic() - started < timeout_s:
-            if boot.ssh.run("true", timeout=15).returncode == 0:
-                boot.times["ssh_s"] = round(time.monotonic() - started, 2)
-                return
-            stop.wait(0.5)
+        with contextlib.suppress(WaitTimeout):
+            wait_until(ssh_answers, left(), what="SSH", interval_s=0.5, sleep=stop.wait)
+
+    def all_reached() -> bool:
+        if proc.poll() is not None:
+            raise BuildError(
+                f"QEMU exited ({proc.returncode}): {lab.log('qemu')}\n--- console ---\n{boot.console()[-3000:]}"
+            )
+        now = round(time.monotonic() - started, 2)
+        text = boot.console()
+        for name, marker in markers.items():
+            if name not in boot.times and marker in text:
+                boot.times[name] = now
+        return wanted <= boot.times.keys()
 
     prober = threading.Thread(target=probe_ssh, name="ssh-probe", daemon=True)
     prober.start()
     try:
-        for _ in range(int(timeout_s / POLL_S) + 1):
-            now = time.monotonic() - started
-            if proc.poll() is not None:
-                raise BuildError(
-                    f"QEMU exited ({proc.returncode}): {lab.log('qemu')}\n--- console ---\n{boot.console()[-3000:]}"
-                )
-            text = boot.console()
-            for name, marker in markers.items():
-                if name not in boot.times and marker in text:
-                    boot.times[name] = round(now, 2)
-            if wanted <= boot.times.keys():
-                return
-            if now > timeout_s:
-                break
-            time.sleep(POLL_S)
+        wait_until(all_reached, left(), what="the milestones", interval_s=POLL_S)
+        return
+    except WaitTimeout:
+        pass
     finally:
         stop.set()
         prober.join(timeout=20)

@@ -42,6 +42,7 @@ from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
 from cloudlab.net import NetError, firewall, links, netns, vde, vde_plugs
 from cloudlab.paths import StateLayout, outside_namespace_of
+from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -291,12 +292,10 @@ class ClusterNetwork:
 
     @staticmethod
     def _wait_link(ns: str, ifname: str, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if links.exists(ns, ifname):
-                return
-            time.sleep(0.05)
-        raise NetError(f"{ifname} did not appear in {ns} within {timeout_s:.0f} s (see the plug's log)")
+        try:
+            wait_until(lambda: links.exists(ns, ifname), timeout_s, what=f"{ifname} in {ns}", interval_s=0.05)
+        except WaitTimeout:
+            raise NetError(f"{ifname} did not appear in {ns} within {timeout_s:.0f} s (see the plug's log)") from None
 
     # -- the plan -------------------------------------------------------------------------------------------
     def apply(self, plan: NetworkPlan) -> None:

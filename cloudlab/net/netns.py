@@ -11,7 +11,6 @@ import ctypes
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as _pr_netns
 
 from cloudlab.net import NetError
+from cloudlab.waiting import WaitTimeout, wait_until
 
 RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -199,9 +199,8 @@ def kill_all(name: str, grace: float = 2.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
+    with contextlib.suppress(WaitTimeout):  # then SIGKILL for the ones still there
+        wait_until(lambda: not any(_alive(p) for p in pids), grace, what=f"{name}'s processes to end", interval_s=0.05)
     for pid in pids:
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 
 from cloudlab.net import NetError
 from cloudlab.net import netns as _netns
+from cloudlab.waiting import WaitTimeout, wait_until
 
 BINARIES = ("vde_switch", "vde_plug")
 PROMPT = b"vde$ "
@@ -197,19 +198,6 @@ def stop_process(proc: subprocess.Popen | None, grace: float = 2.0) -> None:
         proc.wait(grace)
 
 
-def _wait_for(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except NetError:
-            pass
-        if time.monotonic() > deadline:
-            raise NetError(f"{what} within {timeout}s")
-        time.sleep(0.05)
-
-
 class VdeSwitch:
     """A supervised ``vde_switch`` that remembers the VLAN/port settings given through it, to re-apply on restart."""
 
@@ -265,15 +253,15 @@ class VdeSwitch:
                 return True
 
         try:
-            _wait_for(ready, timeout, f"vde_switch {self.sock} did not answer on {self.mgmt}")
+            wait_until(ready, timeout, what=f"vde_switch {self.sock} answering", interval_s=0.05, ignore=(NetError,))
         except RuntimeError:
             self.stop()
             raise NetError(
                 f"vde_switch {self.sock} exited at start (socket in use or bad path?): see {self.log or 'its log'}"
             ) from None
-        except NetError:
+        except WaitTimeout:
             self.stop()
-            raise
+            raise NetError(f"vde_switch {self.sock} did not answer on {self.mgmt} within {timeout}s") from None
 
     def stop(self) -> None:
         """Stop the switch (EOF on its console, then SIGTERM/SIGKILL) and remove its socket dir and mgmt socket."""

@@ -22,6 +22,7 @@ from cloudlab.net import NetError
 from cloudlab.net import links as _links
 from cloudlab.net import netns as _netns
 from cloudlab.net.vde import plug_url, require_binaries, stop_process
+from cloudlab.waiting import WaitTimeout, wait_until
 
 
 class _PlugProcess:
@@ -348,25 +349,29 @@ class TcpCableDialer(_PlugProcess):
 
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + self.connect_timeout
-        last: OSError | None = None
-        while time.monotonic() < deadline:
+
+        def attempt() -> socket.socket:
             # a socket belongs to the namespace it is created in, so create it inside
             with _netns.entered(self.netns) if self.netns else contextlib.nullcontext():
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.settimeout(max(0.1, min(1.0, deadline - time.monotonic())))
                 sock.connect((self.host, self.port))
-                sock.settimeout(None)
-                return sock
-            except OSError as exc:
+            except OSError:
                 sock.close()
-                last = exc
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        reason = (last.strerror or str(last)) if last else "timeout"
-        raise NetError(
-            f"cannot reach peer {self.host}:{self.port} from {self.netns or 'the host'} within "
-            f"{self.connect_timeout}s ({reason}): is the listener started and the address routed?"
-        )
+                raise
+            sock.settimeout(None)
+            return sock
+
+        try:
+            return wait_until(attempt, self.connect_timeout, what="the peer", interval_s=0.2, ignore=(OSError,))
+        except WaitTimeout as exc:
+            last = exc.last
+            reason = (last.strerror or str(last)) if isinstance(last, OSError) else "timeout"
+            raise NetError(
+                f"cannot reach peer {self.host}:{self.port} from {self.netns or 'the host'} within "
+                f"{self.connect_timeout}s ({reason}): is the listener started and the address routed?"
+            ) from None
 
     def start(self) -> None:
         """Connect (retrying, bounded by ``connect_timeout``) and run the plug on the connected socket."""
