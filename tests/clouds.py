@@ -22,6 +22,7 @@ from botocore.config import Config
 from cloudlab import control
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
+from cloudlab.waiting import WaitTimeout, wait_until
 
 
 @dataclass
@@ -86,6 +87,28 @@ def default_image(ec2: Any) -> str:
     return images[0]["ImageId"]
 
 
+def described(ec2: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Instance id → what DescribeInstances says of it."""
+    found = ec2.describe_instances(InstanceIds=ids)["Reservations"]
+    return {i["InstanceId"]: i for r in found for i in r["Instances"]}
+
+
+def wait_states(ec2: Any, ids: list[str], state: str, timeout: float = 20.0, interval_s: float = 0.2) -> dict[str, Any]:
+    """Wait (``wait_until``) until every instance of ``ids`` is in ``state``; returns them as described.
+    A timeout is a test failure that shows the states last seen."""
+    seen: dict[str, str] = {}
+
+    def settled() -> dict[str, Any] | None:
+        found = described(ec2, ids)
+        seen.update({k: v["State"]["Name"] for k, v in found.items()})
+        return found if found and all(i["State"]["Name"] == state for i in found.values()) else None
+
+    try:
+        return wait_until(settled, timeout, what=f"{state} {ids}", interval_s=interval_s)
+    except WaitTimeout:
+        raise AssertionError(f"not all {state} within {timeout} s: {seen}") from None
+
+
 def start_cloud(root: Path, **config: Any) -> RunningCloud:
     layout = StateLayout(root)
     info = control.up(layout, CloudConfig(api_port=0, **config), timeout_s=120)
@@ -119,6 +142,12 @@ def sim_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
     )
     yield cloud
     control.down(cloud.layout)
+
+
+@pytest.fixture(scope="module")
+def ec2(sim_cloud: RunningCloud) -> Any:
+    """A boto3 EC2 client of the shared simulated cloud, as its admin."""
+    return sim_cloud.ec2()
 
 
 def vm_requirements() -> str | None:

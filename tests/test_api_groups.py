@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -15,7 +14,7 @@ from botocore.exceptions import ClientError
 from cloudlab.clc.groups import Rule, SecurityGroups
 from cloudlab.clc.store import Store
 from cloudlab.clc.users import Users
-from tests.clouds import RunningCloud
+from tests.clouds import RunningCloud, wait_states
 
 
 def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
@@ -24,11 +23,6 @@ def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
 
 def unique(prefix: str = "sg") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def ec2(sim_cloud: RunningCloud) -> Any:
-    return sim_cloud.ec2()
 
 
 @pytest.fixture(scope="module")
@@ -429,13 +423,7 @@ def test_groups_in_use_by_instances(ec2: Any, cloud_db: Any) -> None:
         assert instance_id in excinfo.value.response["Error"]["Message"]
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
-    deadline = time.monotonic() + 20
-    while True:
-        state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
-        if state == "terminated":
-            break
-        assert time.monotonic() < deadline, state
-        time.sleep(0.2)
+    wait_states(ec2, [instance_id], "terminated")
     assert cloud_db.groups.members([group_id]) == {group_id: []}
     ec2.delete_security_group(GroupId=group_id)
     assert group_id not in {g["GroupId"] for g in cloud_db.groups.groups_of([instance_id])[instance_id]}

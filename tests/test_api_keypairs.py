@@ -35,11 +35,6 @@ def openssh(public_key: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def ec2(sim_cloud: RunningCloud) -> Any:
-    return sim_cloud.ec2()
-
-
-@pytest.fixture(scope="module")
 def raw_ec2(sim_cloud: RunningCloud) -> Any:
     """A client that sends what it is given, so that the server's own checks are tested."""
     return sim_cloud.ec2(config=Config(retries={"max_attempts": 1}, parameter_validation=False))

@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 from cloudlab import control
 from cloudlab.client import connect
 from cloudlab.net import NetError, links, netns
+from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
 
 pytestmark = pytest.mark.vm
@@ -73,18 +73,6 @@ def route_dev(cloud: RunningCloud, address: str) -> str | None:
 
 def ssh(cloud: RunningCloud, instance_id: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return cli(cloud, "ssh", instance_id, "--", command, timeout=timeout)
-
-
-def wait_for(check: Any, timeout: float, what: str, every: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what} not within {timeout:.0f} s (last: {last!r})")
 
 
 def tcp_open(cloud: RunningCloud, client_id: str, address: str, port: int) -> bool:
@@ -184,10 +172,11 @@ def test_ssh_with_the_created_key_runs_commands_and_returns_their_status(
     address = describe(direct_instances["ec2"], [a])[a]["PrivateIpAddress"]
     assert_cloudlab_route(direct_cloud, address)
     # (user data runs in the background after the boot marker: wait for its output, bounded)
-    wait_for(
+    wait_until(
         lambda: f"user-data-ran-{a}" in ssh(direct_cloud, a, "cat /var/log/user-data.log").stdout,
         60,
-        "the user data's output over SSH with the launch key",
+        what="the user data's output over SSH with the launch key",
+        interval_s=0.5,
     )
     assert ssh(direct_cloud, a, "exit 7").returncode == 7
     # Plain OpenSSH from `cloudlab exec`, with the private key as CreateKeyPair returned it.
@@ -234,9 +223,9 @@ def test_ingress_rules_take_effect_on_running_instances_and_stop_when_revoked(
         "UserIdGroupPairs": [{"GroupId": direct_instances["web"]}],
     }
     ec2.authorize_security_group_ingress(GroupId=direct_instances["db"], IpPermissions=[permission])
-    wait_for(lambda: tcp_open(direct_cloud, a, c_address, 5201), 20, "the authorised rule")
+    wait_until(lambda: tcp_open(direct_cloud, a, c_address, 5201), 20, what="the authorised rule", interval_s=0.5)
     ec2.revoke_security_group_ingress(GroupId=direct_instances["db"], IpPermissions=[permission])
-    wait_for(lambda: not tcp_open(direct_cloud, a, c_address, 5201), 20, "the revoked rule")
+    wait_until(lambda: not tcp_open(direct_cloud, a, c_address, 5201), 20, what="the revoked rule", interval_s=0.5)
 
 
 def test_elastic_address_is_nated_to_the_instance(direct_cloud: RunningCloud, direct_instances: dict) -> None:
@@ -247,22 +236,29 @@ def test_elastic_address_is_nated_to_the_instance(direct_cloud: RunningCloud, di
     association = ec2.associate_address(AllocationId=allocation["AllocationId"], InstanceId=c)
     try:
         assert describe(ec2, [c])[c]["PublicIpAddress"] == public_ip
-        wait_for(lambda: route_dev(direct_cloud, public_ip) == "lo", 10, "the public address on the router")
+        wait_until(
+            lambda: route_dev(direct_cloud, public_ip) == "lo",
+            10,
+            what="the public address on the router",
+            interval_s=0.5,
+        )
         assert_cloudlab_route(direct_cloud, public_ip)
-        result = wait_for(
+        result = wait_until(
             lambda: (r := cli(direct_cloud, "ssh", "--public", c, "--", "hostname")).returncode == 0 and r,
             30,
-            "SSH to the elastic address",
+            what="SSH to the elastic address",
+            interval_s=0.5,
         )
         assert result.stdout.strip() == c
         metadata = ssh(direct_cloud, c, "wget -q -O - http://169.254.169.254/latest/meta-data/public-ipv4")
         assert metadata.stdout.strip() == public_ip
     finally:
         ec2.disassociate_address(AssociationId=association["AssociationId"])
-    wait_for(
+    wait_until(
         lambda: all(not a.startswith(public_ip + "/") for a in links.addresses(outside(direct_cloud), "lo")),
         10,
-        "the router to drop the disassociated address",
+        what="the router to drop the disassociated address",
+        interval_s=0.5,
     )
     probe = f"busybox nc -w 2 {public_ip} 22 </dev/null >/dev/null 2>&1 && echo ANSWERS || echo GONE"
     result = cli(direct_cloud, "exec", "--", "sh", "-c", probe)
@@ -346,8 +342,11 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     behind_nat = next(i for i in ids if found[i]["Placement"]["HostId"] == "node-02")
     other = next(i for i in ids if i != behind_nat)
     # SSH to the instance on the NATed host goes router -> switch 1 -> cable -> switch 2.
-    result = wait_for(
-        lambda: (r := ssh(vde_cloud, behind_nat, "hostname")).returncode == 0 and r, 60, "SSH across the cable"
+    result = wait_until(
+        lambda: (r := ssh(vde_cloud, behind_nat, "hostname")).returncode == 0 and r,
+        60,
+        what="SSH across the cable",
+        interval_s=0.5,
     )
     assert result.stdout.strip() == behind_nat
     ping = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 {found[other]['PrivateIpAddress']}")
@@ -370,8 +369,13 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
         detail = json.loads(cli(vde_cloud, "status", "--json").stdout)["clusters"][0]["network_detail"]
         return detail["healthy"] and any("cable node-02" in h for h in detail["history"])
 
-    wait_for(repaired, 20, "the cable's restart")
-    wait_for(lambda: ssh(vde_cloud, behind_nat, "true").returncode == 0, 30, "SSH after the cable came back")
+    wait_until(repaired, 20, what="the cable's restart", interval_s=0.5)
+    wait_until(
+        lambda: ssh(vde_cloud, behind_nat, "true").returncode == 0,
+        30,
+        what="SSH after the cable came back",
+        interval_s=0.5,
+    )
     assert set(describe(ec2, ids)) == set(ids)  # the records are intact
 
     # Kill a switch: it is restarted with its VLANs, its cables dial again, and the node plugs the
@@ -385,12 +389,14 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
         events = [h for h in detail["history"] if "switch node-02 died; restarted" in h]
         return events if detail["healthy"] and events else None
 
-    wait_for(switch_back, 20, "the switch's restart")
-    result = wait_for(
-        lambda: (r := ssh(vde_cloud, behind_nat, "hostname; cat /proc/sys/kernel/random/boot_id")).returncode == 0
-        and r,
+    wait_until(switch_back, 20, what="the switch's restart", interval_s=0.5)
+    result = wait_until(
+        lambda: (
+            (r := ssh(vde_cloud, behind_nat, "hostname; cat /proc/sys/kernel/random/boot_id")).returncode == 0 and r
+        ),
         60,
-        "SSH to the instance on the restarted switch",
+        what="SSH to the instance on the restarted switch",
+        interval_s=0.5,
     )
     assert result.stdout.split() == [behind_nat, boot_id]  # the same guest, never rebooted
     ping = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 {found[other]['PrivateIpAddress']}")
