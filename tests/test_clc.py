@@ -23,14 +23,11 @@ from cloudlab.errors import CloudError, ControllerUnavailable
 from cloudlab.nc.domain_xml import DomainSpec, build_domain_xml
 from cloudlab.paths import StateLayout
 from cloudlab.service import CloudService
+from cloudlab.waiting import wait_until
 
 NODE_VCPUS = 4
 NODE_MEMORY_MB = 4096
 LEDGER_FIELDS = ("user", "instance_id", "instance_type", "vcpus", "memory_mb", "node", "cluster", "event", "detail")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    return waiting.wait_until(predicate, timeout, what=what, interval_s=0.02)
 
 
 class Cloud:
@@ -70,14 +67,15 @@ class Cloud:
         wait_until(
             lambda: all(self.state(i) == state for i in ids),
             timeout,
-            f"{ids} to be {state} (now {[self.state(i) for i in ids]})",
+            what=f"{ids} to be {state}",
+            interval_s=0.02,
         )
 
     def passes(self, count: int = 3) -> None:
         """Wait until the reconciler has made ``count`` more passes over the cluster."""
         reconciler = self.clc.reconciler
         target = reconciler.passes + count
-        wait_until(lambda: reconciler.passes >= target, what=f"{count} reconcile passes")
+        wait_until(lambda: reconciler.passes >= target, 15.0, what=f"{count} reconcile passes", interval_s=0.02)
 
     def ledger(self, instance_id: str | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM ledger", ()
@@ -315,6 +313,23 @@ def test_users_see_only_their_own_instances_and_admins_see_all(cloud: Cloud) -> 
     assert cloud.ledger(bobs[0])[-1]["user"] == "bob"  # accounted to the owner, not to the admin
 
 
+def test_the_owner_of_a_resource_is_the_clcs_to_say(cloud: Cloud) -> None:
+    """What a DryRun asks the CLC: who owns an instance, an image, a group; a well-formed id naming nothing
+    is EC2's NotFound; an id of no resource kind has no owner (and is no error)."""
+    bob = cloud.clc.users.create("bob")
+    [instance_id] = cloud.run(bob)
+    assert cloud.clc.owner_of(instance_id) == "bob"
+    assert cloud.clc.owner_of(cloud.image.image_id) == "admin"
+    with pytest.raises(CloudError) as excinfo:
+        cloud.clc.owner_of("i-0123456789abcdef0")
+    assert error_code(excinfo) == "InvalidInstanceID.NotFound"
+    with pytest.raises(CloudError) as excinfo:
+        cloud.clc.owner_of("sg-0123456789abcdef0")
+    assert error_code(excinfo) == "InvalidGroup.NotFound"
+    assert cloud.clc.owner_of("fleet-0123456789abcdef0") is None
+    assert cloud.clc.owner_of("not-an-id") is None
+
+
 def test_malformed_instance_ids(cloud: Cloud) -> None:
     for bad in ("i-xyz", "bogus", "ami-0123456789abcdef0"):
         with pytest.raises(CloudError) as excinfo:
@@ -413,7 +428,7 @@ def test_max_count_above_capacity_with_a_fitting_min_count_launches_what_fits(cl
     assert error_code(excinfo) == "InsufficientInstanceCapacity"
     cloud.clc.terminate_instances(cloud.admin, ids[:1])
     cloud.wait_state(ids[:1], "terminated")
-    wait_until(lambda: _fits_one(cloud), what="the freed room to be offered again")
+    wait_until(lambda: _fits_one(cloud), 15.0, what="the freed room to be offered again", interval_s=0.02)
 
 
 def _fits_one(cloud: Cloud) -> bool:
@@ -499,7 +514,10 @@ def test_an_unknown_vm_is_reported_and_left_alone(cloud: Cloud) -> None:
     )
     node.conn.defineXML(build_domain_xml(spec)).create()
     found = wait_until(
-        lambda: [v for v in cloud.clc.unknown_vms() if v["instance_id"] == stranger], what="the stranger to be reported"
+        lambda: [v for v in cloud.clc.unknown_vms() if v["instance_id"] == stranger],
+        15.0,
+        what="the stranger to be reported",
+        interval_s=0.02,
     )
     assert found[0]["node"] == "node-01" and found[0]["state"] == "running"
     cloud.passes()  # several reconcile rounds later it is still there, untouched and unrecorded
@@ -520,7 +538,9 @@ def test_a_guest_that_shuts_itself_off_is_terminated(cloud: Cloud) -> None:
     assert cloud.ledger(instance_id)[2]["detail"].startswith("Client.InstanceInitiatedShutdown")
     wait_until(
         lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()],
+        15.0,
         what="the shut-off domain to be cleaned up",
+        interval_s=0.02,
     )
 
 
@@ -549,7 +569,10 @@ def test_the_vm_of_a_terminated_instance_that_reappears_is_removed(
     # the node brings the old VM back (say, a node restored from a snapshot)
     node.run_instance(contract.StartInstance(instance_id=instance_id, vcpus=1, memory_mb=256, kernel="/k"))
     wait_until(
-        lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()], what="the leftover VM to be removed"
+        lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()],
+        15.0,
+        what="the leftover VM to be removed",
+        interval_s=0.02,
     )
     assert cloud.state(instance_id) == "terminated"
     assert cloud.events(instance_id).count("terminated") == 1
@@ -564,11 +587,13 @@ def test_a_node_that_stops_answering_does_not_terminate_its_instances(cloud: Clo
     registry.dead_after_s = 0.3
     entry = registry.entry(name)
     entry.channel = FailingLink(entry.channel, {"describe_resource"})
-    wait_until(lambda: not registry.alive(registry.entry(name)), what=f"{name} to be declared dead")
+    wait_until(
+        lambda: not registry.alive(registry.entry(name)), 15.0, what=f"{name} to be declared dead", interval_s=0.02
+    )
     cloud.passes()  # several reconcile rounds without a report from that node
     assert cloud.state(instance_id) == "running"
     entry.channel = entry.channel.inner
-    wait_until(lambda: registry.alive(registry.entry(name)), what=f"{name} to come back")
+    wait_until(lambda: registry.alive(registry.entry(name)), 15.0, what=f"{name} to come back", interval_s=0.02)
     cloud.passes()
     assert cloud.state(instance_id) == "running"
     assert cloud.events(instance_id) == ["pending", "running"]
