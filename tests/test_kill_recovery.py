@@ -106,7 +106,7 @@ def test_up_fails_loudly_when_a_node_cannot_start(tmp_path: Path) -> None:
 def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Path, network: str, nodes: int) -> None:
     """Finding 2: the next ``up`` rebuilt the network from scratch and so ended the guests; now it rebuilds
     around them (host namespaces kept, router, NATs, switches and cables made again, NICs plugged in again)."""
-    from tests.test_network_cloud import _requirements, describe, launch, no_leftovers, ssh, wait_for
+    from tests.test_network_cloud import _requirements, describe, launch, no_leftovers, ssh
 
     if reason := _requirements():
         pytest.skip(reason)
@@ -128,7 +128,7 @@ def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Pa
                 return {i: r.stdout.split() for i, r in found.items()}
             return None
 
-        before = wait_for(answers, 180, "SSH to every instance")
+        before = wait_until(answers, 180, what="SSH to every instance", interval_s=0.5)
         assert {i: words[0] for i, words in before.items()} == {i: i for i in ids}
         qemu_before = set(control.leftover_qemu(cloud.layout))
 
@@ -142,7 +142,7 @@ def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Pa
         )
         assert up.returncode == 0 and "cloud up" in up.stdout, up.stdout + up.stderr
         cloud = RunningCloud(cloud.layout, control.endpoint(cloud.layout))
-        after = wait_for(answers, 90, "SSH to every instance after the restart")
+        after = wait_until(answers, 90, what="SSH to every instance after the restart", interval_s=0.5)
         assert after == before  # the same guests, never rebooted
         assert set(control.leftover_qemu(cloud.layout)) == qemu_before
         states = {i: d["State"]["Name"] for i, d in describe(cloud.ec2(), ids).items()}
