@@ -87,6 +87,21 @@ def default_image(ec2: Any) -> str:
     return images[0]["ImageId"]
 
 
+def unique(prefix: str) -> str:
+    """A name no other test (or earlier run on the shared cloud) has used: ``prefix-<10 hex>``."""
+    return f"{prefix}-{secrets.token_hex(5)}"
+
+
+def state_of(ec2: Any, instance_id: str) -> str:
+    """The instance's EC2 state name, as DescribeInstances says now."""
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def console(ec2: Any, instance_id: str) -> str:
+    """The instance's console output so far (empty before it has any)."""
+    return ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+
+
 def described(ec2: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
     """Instance id → what DescribeInstances says of it."""
     found = ec2.describe_instances(InstanceIds=ids)["Reservations"]
@@ -148,6 +163,12 @@ def sim_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
 def ec2(sim_cloud: RunningCloud) -> Any:
     """A boto3 EC2 client of the shared simulated cloud, as its admin."""
     return sim_cloud.ec2()
+
+
+@pytest.fixture(scope="module")
+def raw_ec2(sim_cloud: RunningCloud) -> Any:
+    """A client that sends what it is given (no parameter validation), so that the server's own checks are tested."""
+    return sim_cloud.ec2(config=Config(retries={"max_attempts": 1}, parameter_validation=False))
 
 
 def vm_requirements() -> str | None:

@@ -12,17 +12,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clouds import RunningCloud, wait_states
-
-
-def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
-    return excinfo.value.response["Error"]["Code"]
-
-
-def default_image(ec2: Any) -> str:
-    images = ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"]
-    assert len(images) == 1, images
-    return images[0]["ImageId"]
+from tests.clouds import RunningCloud, default_image, error_code, wait_states
 
 
 def instance_ids(ec2: Any) -> set[str]:

@@ -14,10 +14,6 @@ from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, error_code, wait_states
 
 
-def state_of(ec2: Any, instance_id: str) -> str:
-    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
-
-
 @pytest.fixture
 def instance(ec2: Any) -> Any:
     user_data = "#!/bin/sh\necho hello from user data\n"

@@ -21,7 +21,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cloudlab.api.actions import ACTIONS
-from tests.clouds import RunningCloud, wait_states
+from tests.clouds import RunningCloud, unique, wait_states
 
 clidriver = pytest.importorskip("awscli.clidriver", reason="the AWS CLI is not installed (pip install -e .[dev])")
 
@@ -46,10 +45,6 @@ def needs(*actions: str) -> pytest.MarkDecorator:
     """Skip until every one of ``actions`` has a handler (evaluated when the tests are collected)."""
     missing = [a for a in actions if a not in ACTIONS]
     return pytest.mark.skipif(bool(missing), reason=f"not implemented yet: {', '.join(missing)}")
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass

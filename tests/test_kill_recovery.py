@@ -21,7 +21,7 @@ import pytest
 from cloudlab import control, processes
 from cloudlab.paths import StateLayout
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
+from tests.clouds import RunningCloud, console, default_image, start_cloud, state_of, vm_requirements
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 BOOT_TIMEOUT_S = 120
@@ -31,14 +31,6 @@ BOOT_TIMEOUT_S = 120
 def _needs_vms() -> None:
     if reason := vm_requirements():
         pytest.skip(reason)
-
-
-def console(ec2: Any, instance_id: str) -> str:
-    return ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
-
-
-def state_of(ec2: Any, instance_id: str) -> str:
-    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
 
 
 def alive_nodes(cloud: RunningCloud) -> list[str]:
