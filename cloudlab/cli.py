@@ -261,7 +261,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     """The accounting report from the ledger, through the admin-only DescribeUsage action."""
     import botocore.exceptions
 
-    from cloudlab.usage import fetch_usage
+    from cloudlab.usage_frames import fetch_usage
 
     layout = _layout(args)
     info, creds = control.connection(layout, "admin")

@@ -247,9 +247,9 @@ class Cloud:
         return listings.nodes_frame(self.status())
 
     def usage(self, *, user: str | None = None, since: Any = None, until: Any = None, by: str = "user") -> pd.DataFrame:
-        """Instance-hours, vCPU-hours, GB-hours and network bytes (``cloudlab.usage.fetch_usage``)."""
+        """Instance-hours, vCPU-hours, GB-hours and network bytes (``cloudlab.usage_frames.fetch_usage``)."""
         try:
-            from cloudlab.usage import fetch_usage
+            from cloudlab.usage_frames import fetch_usage
         except ImportError as exc:
             raise RuntimeError(f"usage accounting is not available in this cloudlab ({exc})") from None
         return fetch_usage(self.boto3_kwargs(), user=user, since=since, until=until, by=by)

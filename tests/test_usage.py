@@ -23,7 +23,7 @@ from cloudlab import cli, control
 from cloudlab.clc.store import Store, append_ledger
 from cloudlab.clc.usage import METRICS, UsageError, parse_time, usage_report, usage_total
 from cloudlab.client import connect
-from cloudlab.usage import fetch_usage
+from cloudlab.usage_frames import fetch_usage
 from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, error_code, wait_states
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudlab.api.errors import ApiError
+from cloudlab.api.errors import ApiError, dry_run_operation
 
 # members that name resources the action would change (ImageId only where the image itself changes)
 RESOURCE_MEMBERS = ("InstanceIds", "InstanceId", "Resources", "GroupId", "AllocationId")
@@ -37,4 +37,4 @@ def dry_run(ctx: Any, action: str, request: dict[str, Any]) -> None:
             raise ApiError(
                 "UnauthorizedOperation", f"You are not authorized to perform this operation on {resource_id}."
             )
-    raise ApiError("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+    raise dry_run_operation()
