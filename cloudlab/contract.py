@@ -18,7 +18,11 @@ Who talks to whom (the arrows are the only ones allowed)::
                  get_console_output, describe_cluster, network_sync
     NC  ──► CC : register_node, node_changed
     CC  ──► NC : describe_resource, run_instance(s), terminate_instance, reboot_instance,
-                 get_console_output
+                 get_console_output, attach_volume, detach_volume
+    SC  ──► CC : register_storage
+    CLC ──► CC ──► SC : create_volume, delete_volume, export_volume, unexport_volume,
+                 create_snapshot, delete_snapshot, describe_storage (the CC relays to its SC)
+    CLC ──► CC ──► NC : attach_volume, detach_volume, pause_instance, resume_instance (relayed to the node)
     any ──► any: hello (who are you? the one message that names no receiver)
 """
 
@@ -29,6 +33,22 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from cloudlab.contract_storage import (  # noqa: F401 - re-exported: the contract names every message
+    AttachDisk,
+    CreateVolume,
+    DetachDisk,
+    DetachOnNode,
+    DiskOnNode,
+    DiskPlan,
+    Done,
+    NbdExport,
+    SnapshotMade,
+    SnapshotRef,
+    SnapshotRequest,
+    StorageReport,
+    VolumeMade,
+    VolumeRef,
+)
 from cloudlab.errors import CloudError
 
 Req = TypeVar("Req")
@@ -159,7 +179,11 @@ class NicPlan:
 
 @dataclass(frozen=True)
 class StartInstance:
-    """Everything a node needs to define and start one instance."""
+    """Everything a node needs to define and start one instance.
+
+    ``disks`` are its volumes (the root volume as ``vda`` for an image with a disk); an instance with
+    no ``vda`` among them gets a scratch disk of ``scratch_gib`` there (EC2's instance store).
+    """
 
     instance_id: str
     vcpus: int
@@ -172,6 +196,8 @@ class StartInstance:
     instance_type: str = ""
     nic: NicPlan | None = None
     cmdline: str | None = None
+    disks: tuple[DiskPlan, ...] = ()
+    scratch_gib: int = 0
 
 
 @dataclass(frozen=True)
@@ -394,7 +420,7 @@ class Released:
 
 # -- the actions --------------------------------------------------------------------------------------------
 # anyone of the cloud -> any controller: who are you? (the signed reply names the receiver)
-HELLO = Action("hello", Empty, Empty, frozenset({"clc", "cc", "nc"}), unaddressed=True)
+HELLO = Action("hello", Empty, Empty, frozenset({"clc", "cc", "nc", "sc"}), unaddressed=True)
 # CLC -> CC
 SCHEDULE = _action("schedule", ScheduleRequest, Placements, "clc")
 RELEASE = _action("release", OnNode, Released, "clc")
@@ -405,9 +431,22 @@ REBOOT_INSTANCE = _action("reboot_instance", OnNode, InstanceState, "clc")
 GET_CONSOLE_OUTPUT = _action("get_console_output", OnNode, ConsoleOutput, "clc")
 DESCRIBE_CLUSTER = _action("describe_cluster", DescribeCluster, ClusterReport, "clc")
 NETWORK_SYNC = _action("network_sync", NetworkPlan, NetworkApplied, "clc")
+CREATE_VOLUME = _action("create_volume", CreateVolume, VolumeMade, "clc")
+DELETE_VOLUME = _action("delete_volume", VolumeRef, Done, "clc")
+EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "clc")
+UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "clc")
+CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "clc")
+DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "clc")
+DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "clc")
+PAUSE_INSTANCE = _action("pause_instance", OnNode, InstanceState, "clc")
+RESUME_INSTANCE = _action("resume_instance", OnNode, InstanceState, "clc")
+ATTACH_VOLUME = _action("attach_volume", DiskOnNode, Done, "clc")
+DETACH_VOLUME = _action("detach_volume", DetachOnNode, Done, "clc")
 # NC -> CC
 REGISTER_NODE = _action("register_node", RegisterNode, Registered, "nc")
 NODE_CHANGED = _action("node_changed", Empty, Empty, "nc")
+# SC -> CC
+REGISTER_STORAGE = _action("register_storage", RegisterNode, Registered, "sc")
 # CC -> NC
 DESCRIBE_RESOURCE = _action("describe_resource", Empty, NodeReport, "cc")
 NODE_RUN_INSTANCE = _action("run_instance", StartInstance, InstanceStarted, "cc")
@@ -415,6 +454,18 @@ NODE_RUN_INSTANCES = _action("run_instances", NodeStartMany, StartOutcomes, "cc"
 NODE_TERMINATE_INSTANCE = _action("terminate_instance", InstanceRef, InstanceRemoved, "cc")
 NODE_REBOOT_INSTANCE = _action("reboot_instance", InstanceRef, InstanceState, "cc")
 NODE_GET_CONSOLE_OUTPUT = _action("get_console_output", InstanceRef, ConsoleOutput, "cc")
+NODE_PAUSE_INSTANCE = _action("pause_instance", InstanceRef, InstanceState, "cc")
+NODE_RESUME_INSTANCE = _action("resume_instance", InstanceRef, InstanceState, "cc")
+NODE_ATTACH_VOLUME = _action("attach_volume", AttachDisk, Done, "cc")
+NODE_DETACH_VOLUME = _action("detach_volume", DetachDisk, Done, "cc")
+# CC -> SC
+SC_CREATE_VOLUME = _action("create_volume", CreateVolume, VolumeMade, "cc")
+SC_DELETE_VOLUME = _action("delete_volume", VolumeRef, Done, "cc")
+SC_EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "cc")
+SC_UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "cc")
+SC_CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "cc")
+SC_DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "cc")
+SC_DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "cc")
 
 CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
@@ -429,6 +480,18 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     NETWORK_SYNC,
     REGISTER_NODE,
     NODE_CHANGED,
+    CREATE_VOLUME,
+    DELETE_VOLUME,
+    EXPORT_VOLUME,
+    UNEXPORT_VOLUME,
+    CREATE_SNAPSHOT,
+    DELETE_SNAPSHOT,
+    DESCRIBE_STORAGE,
+    ATTACH_VOLUME,
+    DETACH_VOLUME,
+    PAUSE_INSTANCE,
+    RESUME_INSTANCE,
+    REGISTER_STORAGE,
 )
 NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
@@ -438,4 +501,18 @@ NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     NODE_TERMINATE_INSTANCE,
     NODE_REBOOT_INSTANCE,
     NODE_GET_CONSOLE_OUTPUT,
+    NODE_ATTACH_VOLUME,
+    NODE_DETACH_VOLUME,
+    NODE_PAUSE_INSTANCE,
+    NODE_RESUME_INSTANCE,
+)
+STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
+    HELLO,
+    SC_CREATE_VOLUME,
+    SC_DELETE_VOLUME,
+    SC_EXPORT_VOLUME,
+    SC_UNEXPORT_VOLUME,
+    SC_CREATE_SNAPSHOT,
+    SC_DELETE_SNAPSHOT,
+    SC_DESCRIBE_STORAGE,
 )

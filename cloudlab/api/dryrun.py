@@ -12,7 +12,7 @@ from typing import Any
 from cloudlab.api.errors import ApiError, dry_run_operation
 
 # members that name resources the action would change (ImageId only where the image itself changes)
-RESOURCE_MEMBERS = ("InstanceIds", "InstanceId", "Resources", "GroupId", "AllocationId")
+RESOURCE_MEMBERS = ("InstanceIds", "InstanceId", "Resources", "GroupId", "AllocationId", "VolumeId", "SnapshotId")
 IMAGE_CHANGING_ACTIONS = frozenset({"DeregisterImage"})
 
 
