@@ -1,4 +1,10 @@
-"""Fixtures with real clouds, started the way a user starts them (``cloudlab up``), in temp state folders.
+"""The tests' one home for clouds, fixtures and helpers.
+
+Real clouds started the way a user starts them (``cloudlab up``) in temp state folders (``sim_cloud``,
+``vm_cloud``, ``cloud_factory``, and ``ec2``/``raw_ec2`` clients of the shared simulated cloud); a
+:class:`LocalCloud` in the test's own process for the controllers' tests; and the helpers every API
+test wants (``error_code``, ``default_image``, ``unique``, ``state_of``, ``console``, ``wait_states``,
+all waiting through ``cloudlab.waiting.wait_until``).
 
 Tests that need root, QEMU or the default image skip with a stated reason only where the tool is
 truly absent; ``make test`` installs all of them first, so in CI nothing is skipped.
@@ -10,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +27,10 @@ import pytest
 from botocore.config import Config
 
 from cloudlab import control
+from cloudlab.clc.users import User
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
+from cloudlab.service import CloudService
 from cloudlab.waiting import WaitTimeout, wait_until
 
 
@@ -100,6 +109,91 @@ def state_of(ec2: Any, instance_id: str) -> str:
 def console(ec2: Any, instance_id: str) -> str:
     """The instance's console output so far (empty before it has any)."""
     return ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+
+
+#: The simulated nodes of a :class:`LocalCloud`: vCPUs and memory each.
+NODE_VCPUS = 4
+NODE_MEMORY_MB = 4096
+
+
+class LocalCloud:
+    """One CloudService in this process on a state folder, started as ``run()`` starts it (without the API
+    and signals) on libvirt's test driver: the controllers' tests drive the CLC, CC and NCs directly."""
+
+    def __init__(self, root: Path, nodes: int = 2, poll_s: float = 0.05) -> None:
+        self.root = root
+        self.layout = StateLayout(root / "state")
+        self.config = CloudConfig(
+            hypervisor="test:///default",
+            nodes=nodes,
+            node_vcpus=NODE_VCPUS,
+            node_memory_mb=NODE_MEMORY_MB,
+            heartbeat_s=poll_s,
+        )
+        self.service = CloudService(self.layout, self.config, reconcile_s=poll_s)
+        self.service.start(api=False)
+        self.clc = self.service.clc
+        kernel, ramdisk = root / "vmlinuz", root / "initrd.img"
+        kernel.write_bytes(b"a kernel the test driver never reads\n")
+        ramdisk.write_bytes(b"an initramfs\n")
+        self.image, _ = self.clc.images.register_default(kernel, ramdisk, "admin", "x")
+        self.admin = self.clc.users.get("admin")
+        self.stopped = False
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def run(self, user: User | None = None, count: int = 1, **kwargs: Any) -> list[str]:
+        kwargs.setdefault("max_count", count)
+        kwargs.setdefault("min_count", count)
+        reservation = self.clc.run_instances(user or self.admin, self.image.image_id, **kwargs)
+        return [i["instance_id"] for i in reservation["instances"]]
+
+    def state(self, instance_id: str) -> str:
+        return self.clc.instance(instance_id)["state"]
+
+    def wait_state(self, ids: list[str], state: str, timeout: float = 15.0) -> None:
+        wait_until(
+            lambda: all(self.state(i) == state for i in ids),
+            timeout,
+            what=f"{ids} to be {state}",
+            interval_s=0.02,
+        )
+
+    def passes(self, count: int = 3) -> None:
+        """Wait until the reconciler has made ``count`` more passes over the cluster."""
+        reconciler = self.clc.reconciler
+        target = reconciler.passes + count
+        wait_until(lambda: reconciler.passes >= target, 15.0, what=f"{count} reconcile passes", interval_s=0.02)
+
+    def ledger(self, instance_id: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM ledger", ()
+        if instance_id:
+            sql, params = sql + " WHERE instance_id=?", (instance_id,)
+        return [dict(r) for r in self.service.store.query(sql + " ORDER BY seq", params)]
+
+    def events(self, instance_id: str) -> list[str]:
+        return [row["event"] for row in self.ledger(instance_id)]
+
+    def domains(self) -> dict[str, list[str]]:
+        return {
+            name: sorted(d.name() for d in node.conn.listAllDomains())
+            for name, node in self.service.local_nodes.items()
+        }
+
+    def node_of(self, instance_id: str) -> Any:
+        return self.service.local_nodes[self.clc.instance(instance_id)["node"]]
+
+    def stop(self) -> None:
+        """Stop without terminating anything (as a crash or kill would leave it), and release resources."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.service.clc.stop()
+        self.service.cc.stop()
+        for node in self.service.local_nodes.values():
+            node.close()
+        server = self.service.cc_server
+        threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
+        self.service.store.close()
 
 
 def described(ec2: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
