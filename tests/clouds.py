@@ -16,6 +16,8 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from botocore.config import Config
 from cloudlab import control
 from cloudlab.clc.users import User
 from cloudlab.config import CloudConfig
+from cloudlab.net import netns
 from cloudlab.paths import StateLayout
 from cloudlab.service import CloudService
 from cloudlab.waiting import WaitTimeout, wait_until
@@ -263,6 +266,55 @@ def ec2(sim_cloud: RunningCloud) -> Any:
 def raw_ec2(sim_cloud: RunningCloud) -> Any:
     """A client that sends what it is given (no parameter validation), so that the server's own checks are tested."""
     return sim_cloud.ec2(config=Config(retries={"max_attempts": 1}, parameter_validation=False))
+
+
+# -- clouds with a network: reach their instances as a user would (``cloudlab ssh``) ----------------------------
+
+#: What the network tests' instances run at boot (so their user data is seen to have run).
+USER_DATA = "#!/bin/sh\necho user-data-ran-$(hostname)\n"
+
+
+def network_requirements() -> str | None:
+    """Why a cloud with a network cannot run here (no root, QEMU, VDE, nft or ssh), or None."""
+    reason = vm_requirements()
+    if reason:
+        return reason
+    for tool in ("vde_switch", "vde_plug", "nft", "ssh"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
+            return f"{tool} is not installed (make test installs it)"
+    return None
+
+
+def cli(cloud: RunningCloud, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cloudlab.cli", "--state", str(cloud.layout.root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ssh(cloud: RunningCloud, instance_id: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return cli(cloud, "ssh", instance_id, "--", command, timeout=timeout)
+
+
+def launch(ec2: Any, image: str, count: int, group_ids: list[str], key: str) -> list[dict[str, Any]]:
+    reply = ec2.run_instances(
+        ImageId=image,
+        MinCount=count,
+        MaxCount=count,
+        KeyName=key,
+        SecurityGroupIds=group_ids,
+        UserData=USER_DATA,
+    )
+    return reply["Instances"]
+
+
+def no_leftovers(cloud: RunningCloud) -> None:
+    prefix = cloud.layout.network_prefix
+    assert netns.names(prefix + "-") == []
+    assert not Path(f"/sys/class/net/{prefix}").exists()
+    assert control.leftover_qemu(cloud.layout, (b"vde_switch", b"vde_plug", b"qemu-system")) == []
 
 
 def vm_requirements() -> str | None:

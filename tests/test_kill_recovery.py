@@ -21,7 +21,19 @@ import pytest
 from cloudlab import control, processes
 from cloudlab.paths import StateLayout
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, console, default_image, start_cloud, state_of, vm_requirements
+from tests.clouds import (
+    RunningCloud,
+    console,
+    default_image,
+    described,
+    launch,
+    network_requirements,
+    no_leftovers,
+    ssh,
+    start_cloud,
+    state_of,
+    vm_requirements,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 BOOT_TIMEOUT_S = 120
@@ -98,9 +110,7 @@ def test_up_fails_loudly_when_a_node_cannot_start(tmp_path: Path) -> None:
 def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Path, network: str, nodes: int) -> None:
     """Finding 2: the next ``up`` rebuilt the network from scratch and so ended the guests; now it rebuilds
     around them (host namespaces kept, router, NATs, switches and cables made again, NICs plugged in again)."""
-    from tests.test_network_cloud import _requirements, describe, launch, no_leftovers, ssh
-
-    if reason := _requirements():
+    if reason := network_requirements():
         pytest.skip(reason)
     extra: dict[str, Any] = {"nat_nodes": ["node-02"], "scheduler": "ROUNDROBIN"} if nodes > 1 else {}
     cloud = start_cloud(tmp_path / "state", network=network, nodes=nodes, node_vcpus=2, node_memory_mb=512, **extra)
@@ -137,10 +147,10 @@ def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Pa
         after = wait_until(answers, 90, what="SSH to every instance after the restart", interval_s=0.5)
         assert after == before  # the same guests, never rebooted
         assert set(control.leftover_qemu(cloud.layout)) == qemu_before
-        states = {i: d["State"]["Name"] for i, d in describe(cloud.ec2(), ids).items()}
+        states = {i: d["State"]["Name"] for i, d in described(cloud.ec2(), ids).items()}
         assert states == {i: "running" for i in ids}
         if nodes > 1:  # the guests reach each other again across the re-dialled cable
-            addresses = {i: d["PrivateIpAddress"] for i, d in describe(cloud.ec2(), ids).items()}
+            addresses = {i: d["PrivateIpAddress"] for i, d in described(cloud.ec2(), ids).items()}
             ping = ssh(cloud, ids[0], f"ping -c 2 -W 2 {addresses[ids[1]]}")
             assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
     finally:

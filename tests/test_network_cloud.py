@@ -26,30 +26,20 @@ from cloudlab import control
 from cloudlab.client import connect
 from cloudlab.net import NetError, links, netns
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
+from tests.clouds import (
+    USER_DATA,
+    RunningCloud,
+    cli,
+    default_image,
+    described,
+    launch,
+    network_requirements,
+    no_leftovers,
+    ssh,
+    start_cloud,
+)
 
 pytestmark = pytest.mark.vm
-
-USER_DATA = "#!/bin/sh\necho user-data-ran-$(hostname)\n"
-
-
-def _requirements() -> str | None:
-    reason = vm_requirements()
-    if reason:
-        return reason
-    for tool in ("vde_switch", "vde_plug", "nft", "ssh"):
-        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
-            return f"{tool} is not installed (make test installs it)"
-    return None
-
-
-def cli(cloud: RunningCloud, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cloudlab.cli", "--state", str(cloud.layout.root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def outside(cloud: RunningCloud) -> str:
@@ -71,38 +61,10 @@ def route_dev(cloud: RunningCloud, address: str) -> str | None:
         return None
 
 
-def ssh(cloud: RunningCloud, instance_id: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return cli(cloud, "ssh", instance_id, "--", command, timeout=timeout)
-
-
 def tcp_open(cloud: RunningCloud, client_id: str, address: str, port: int) -> bool:
     """Whether a TCP connection from instance ``client_id`` to ``address:port`` is accepted (bounded: 2 s)."""
     result = ssh(cloud, client_id, f"echo probe | nc -w 2 {address} {port} >/dev/null 2>&1 && echo OPEN || echo SHUT")
     return "OPEN" in result.stdout
-
-
-def launch(ec2: Any, image: str, count: int, group_ids: list[str], key: str) -> list[dict[str, Any]]:
-    reply = ec2.run_instances(
-        ImageId=image,
-        MinCount=count,
-        MaxCount=count,
-        KeyName=key,
-        SecurityGroupIds=group_ids,
-        UserData=USER_DATA,
-    )
-    return reply["Instances"]
-
-
-def describe(ec2: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
-    found = ec2.describe_instances(InstanceIds=ids)
-    return {i["InstanceId"]: i for r in found["Reservations"] for i in r["Instances"]}
-
-
-def no_leftovers(cloud: RunningCloud) -> None:
-    prefix = cloud.layout.network_prefix
-    assert netns.names(prefix + "-") == []
-    assert not Path(f"/sys/class/net/{prefix}").exists()
-    assert control.leftover_qemu(cloud.layout, (b"vde_switch", b"vde_plug", b"qemu-system")) == []
 
 
 # -- the direct flavour ----------------------------------------------------------------------------------------
@@ -110,7 +72,7 @@ def no_leftovers(cloud: RunningCloud) -> None:
 
 @pytest.fixture(scope="module")
 def direct_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
-    reason = _requirements()
+    reason = network_requirements()
     if reason:
         pytest.skip(reason)
     cloud = start_cloud(
@@ -143,7 +105,7 @@ def direct_instances(direct_cloud: RunningCloud) -> dict[str, Any]:
 def test_instances_get_addresses_in_their_groups_subnets(direct_cloud: RunningCloud, direct_instances: dict) -> None:
     ec2 = direct_instances["ec2"]
     a, b, c = direct_instances["ids"]
-    found = describe(ec2, [a, b, c])
+    found = described(ec2, [a, b, c])
     addresses = {i: ipaddress.ip_address(found[i]["PrivateIpAddress"]) for i in (a, b, c)}
     subnet = ipaddress.ip_network("10.211.0.0/16")
     assert all(addr in subnet for addr in addresses.values())
@@ -169,7 +131,7 @@ def test_ssh_with_the_created_key_runs_commands_and_returns_their_status(
     direct_cloud: RunningCloud, direct_instances: dict
 ) -> None:
     a = direct_instances["ids"][0]
-    address = describe(direct_instances["ec2"], [a])[a]["PrivateIpAddress"]
+    address = described(direct_instances["ec2"], [a])[a]["PrivateIpAddress"]
     assert_cloudlab_route(direct_cloud, address)
     # (user data runs in the background after the boot marker: wait for its output, bounded)
     wait_until(
@@ -203,7 +165,7 @@ def test_ssh_with_the_created_key_runs_commands_and_returns_their_status(
 
 def test_same_group_talks_on_its_vlan(direct_cloud: RunningCloud, direct_instances: dict) -> None:
     a, b, _c = direct_instances["ids"]
-    b_address = describe(direct_instances["ec2"], [b])[b]["PrivateIpAddress"]
+    b_address = described(direct_instances["ec2"], [b])[b]["PrivateIpAddress"]
     result = ssh(direct_cloud, a, f"ping -c 2 -W 2 {b_address}")
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -213,7 +175,7 @@ def test_ingress_rules_take_effect_on_running_instances_and_stop_when_revoked(
 ) -> None:
     ec2 = direct_instances["ec2"]
     a, _b, c = direct_instances["ids"]
-    c_address = describe(ec2, [c])[c]["PrivateIpAddress"]
+    c_address = described(ec2, [c])[c]["PrivateIpAddress"]
     assert ssh(direct_cloud, c, "iperf3 -s -D -p 5201").returncode == 0
     assert not tcp_open(direct_cloud, a, c_address, 5201), "db must not accept 5201 before a rule allows it"
     permission = {
@@ -235,7 +197,7 @@ def test_elastic_address_is_nated_to_the_instance(direct_cloud: RunningCloud, di
     public_ip = allocation["PublicIp"]
     association = ec2.associate_address(AllocationId=allocation["AllocationId"], InstanceId=c)
     try:
-        assert describe(ec2, [c])[c]["PublicIpAddress"] == public_ip
+        assert described(ec2, [c])[c]["PublicIpAddress"] == public_ip
         wait_until(
             lambda: route_dev(direct_cloud, public_ip) == "lo",
             10,
@@ -312,7 +274,7 @@ def test_metadata_matches_describe_instances(direct_cloud: RunningCloud, direct_
 
 @pytest.fixture(scope="module")
 def vde_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
-    reason = _requirements()
+    reason = network_requirements()
     if reason:
         pytest.skip(reason)
     cloud = start_cloud(
@@ -337,7 +299,7 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     instances = launch(ec2, default_image(ec2), 2, [group], "vdekey")
     ids = [i["InstanceId"] for i in instances]
     connect(str(vde_cloud.layout.root)).wait_booted(ids, timeout=180)
-    found = describe(ec2, ids)
+    found = described(ec2, ids)
     assert {found[i]["Placement"]["HostId"] for i in ids} == {"node-01", "node-02"}
     behind_nat = next(i for i in ids if found[i]["Placement"]["HostId"] == "node-02")
     other = next(i for i in ids if i != behind_nat)
@@ -376,7 +338,7 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
         what="SSH after the cable came back",
         interval_s=0.5,
     )
-    assert set(describe(ec2, ids)) == set(ids)  # the records are intact
+    assert set(described(ec2, ids)) == set(ids)  # the records are intact
 
     # Kill a switch: it is restarted with its VLANs, its cables dial again, and the node plugs the
     # instance's NIC (a tap joined to the switch by a supervised vde_plug) in again: no restart of the guest.
@@ -401,7 +363,7 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     assert result.stdout.split() == [behind_nat, boot_id]  # the same guest, never rebooted
     ping = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 {found[other]['PrivateIpAddress']}")
     assert ping.returncode == 0, ping.stdout
-    states = {i: found["State"]["Name"] for i, found in describe(ec2, ids).items()}
+    states = {i: found["State"]["Name"] for i, found in described(ec2, ids).items()}
     assert states == {i: "running" for i in ids}
 
 
