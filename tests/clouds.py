@@ -19,14 +19,21 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.exceptions import ClientError
+from botocore.parsers import create_parser
 
 from cloudlab import control
 from cloudlab.clc.users import User
@@ -266,6 +273,40 @@ def ec2(sim_cloud: RunningCloud) -> Any:
 def raw_ec2(sim_cloud: RunningCloud) -> Any:
     """A client that sends what it is given (no parameter validation), so that the server's own checks are tested."""
     return sim_cloud.ec2(config=Config(retries={"max_attempts": 1}, parameter_validation=False))
+
+
+# -- requests boto3 would never send ------------------------------------------------------------------------
+
+
+class Answer:
+    """What a hand-signed request got back: the HTTP status and the body."""
+
+    def __init__(self, status: int, content: bytes) -> None:
+        self.status, self.content = status, content
+
+
+def raw_call(sim_cloud: RunningCloud, ec2: Any, params: dict[str, str], version: str | None = "2016-11-15") -> Any:
+    """A hand-signed EC2 Query request (to send what boto3 never would); errors raised as boto3 raises them."""
+    body = dict(params)
+    if version is not None:
+        body["Version"] = version
+    request = AWSRequest(method="POST", url=sim_cloud.url, data=body)
+    SigV4Auth(ec2._request_signer._credentials, "ec2", sim_cloud.info["region"]).add_auth(request)
+    sent = urllib.request.Request(
+        sim_cloud.url,
+        data=request.body if isinstance(request.body, bytes) else request.body.encode(),
+        headers=dict(request.headers),
+    )
+    try:
+        with urllib.request.urlopen(sent, timeout=30) as response:
+            return Answer(response.status, response.read())
+    except urllib.error.HTTPError as exc:
+        model = botocore.session.get_session().get_service_model("ec2")
+        parsed = create_parser("ec2").parse(
+            {"status_code": exc.code, "headers": dict(exc.headers), "body": exc.read()},
+            model.operation_model(params["Action"]).output_shape,
+        )
+        raise ClientError(parsed, params["Action"]) from None
 
 
 # -- clouds with a network: reach their instances as a user would (``cloudlab ssh``) ----------------------------
