@@ -16,6 +16,7 @@ import pandas as pd
 from botocore.config import Config
 
 from cloudlab import control
+from cloudlab.paths import StateLayout, find_state_dir
 
 _CLIENTS: dict[tuple[str, str], Any] = {}
 
@@ -23,14 +24,17 @@ _CLIENTS: dict[tuple[str, str], Any] = {}
 def s3_client(cloud: Any) -> Any:
     """The boto3 S3 client of ``cloud`` (a :class:`cloudlab.client.Cloud`), made once per endpoint and key."""
     info = control.endpoint(cloud.layout) or {}
-    url = info.get("s3_url")
-    if not url:
+    if not info.get("s3_url"):
         raise RuntimeError(f"the cloud of {cloud.layout.root} has no S3 endpoint (start it again with cloudlab up)")
-    key = (url, cloud.access_key)
+    return _s3(info["s3_url"], cloud.region, cloud.access_key, cloud.secret_key)
+
+
+def _s3(url: str, region: str, access_key: str, secret_key: str) -> Any:
+    key = (url, access_key)
     if key not in _CLIENTS:
         _CLIENTS[key] = boto3.client(
-            "s3", endpoint_url=url, region_name=cloud.region, aws_access_key_id=cloud.access_key,
-            aws_secret_access_key=cloud.secret_key,
+            "s3", endpoint_url=url, region_name=region, aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
             config=Config(retries={"max_attempts": 2, "mode": "standard"}, s3={"addressing_style": "path"}),
         )  # fmt: skip
     return _CLIENTS[key]
@@ -76,13 +80,19 @@ def upload_results(s3: Any, bucket: str, folder: str | Path, prefix: str = "") -
 
 def publish_results(bucket: str, folder: str | Path, name: str, state: str | None = None) -> str:
     """A notebook's ``results_bucket``: upload ``folder`` to the running cloud's ``bucket`` under
-    ``name/<time>/`` and return its ``s3://`` address (the cloud found as :func:`cloudlab.connect` finds it)."""
+    ``name/<time>/`` as the admin, and return its ``s3://`` address (the cloud found through its state
+    folder, as :func:`cloudlab.connect` finds it: this module sits below the client, not on it)."""
     import time
 
-    from cloudlab.client import connect
-
-    cloud = connect(state, progress=False)
+    layout = StateLayout(find_state_dir(state))
+    try:
+        info, creds = control.connection(layout, "admin")
+    except control.ControlError as exc:
+        raise RuntimeError(str(exc)) from None
+    if not info.get("s3_url"):
+        raise RuntimeError(f"the cloud of {layout.root} has no S3 endpoint (start it again with cloudlab up)")
+    s3 = _s3(info["s3_url"], info["region"], creds["access_key"], creds["secret_key"])
     prefix = f"{name}/{time.strftime('%Y%m%d-%H%M%S')}/"
-    keys = upload_results(cloud.s3, bucket, folder, prefix)
+    keys = upload_results(s3, bucket, folder, prefix)
     print(f"uploaded {len(keys)} file(s) to s3://{bucket}/{prefix}")
     return f"s3://{bucket}/{prefix}"

@@ -10,15 +10,15 @@ unmodified boto3 EC2 client pointed at it. The helpers here only wrap what any b
 - ``instance(name_or_id)`` and ``get_or_run(name, ...)`` find instances by their ``Name`` tag, so a
   notebook that runs again after a kernel restart picks up its instances instead of launching more;
 - waits have timeouts and progress bars (tqdm.auto), and errors say what to do in one line.
+
+Benchmarks between instances are not here but in ``cloudlab.bench.pairs`` (the client imports no
+benchmark code; the benchmarks use the client).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +28,9 @@ import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudlab import control
-from cloudlab.guest import BOOT_MARKER
+from cloudlab import control, listings, phases
 from cloudlab.paths import StateLayout, find_state_dir
-
-#: How an instance's launch progresses, as the launcher's progress bars count it.
-PHASES = ("pending", "running", "booted")
+from cloudlab.reach import SshRemote, instance_remote
 
 
 class CloudNotRunning(RuntimeError):
@@ -63,25 +60,6 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _boot_uptime(console: str) -> float | None:
-    for line in console.splitlines():
-        if line.startswith(BOOT_MARKER):
-            for word in line.split():
-                if word.startswith("uptime="):
-                    try:
-                        return float(word.split("=", 1)[1])
-                    except ValueError:
-                        return None
-    return None
-
-
-def _tag(item: dict[str, Any], key: str) -> str | None:
-    for tag in item.get("Tags") or []:
-        if tag.get("Key") == key:
-            return tag.get("Value")
-    return None
-
-
 class Instance(str):
     """A handle on one instance. It *is* its id (a ``str``), so it goes wherever an id goes.
 
@@ -106,7 +84,7 @@ class Instance(str):
 
     @property
     def name(self) -> str | None:
-        return _tag(self.info, "Name")
+        return listings.tag(self.info, "Name")
 
     @property
     def state(self) -> str | None:
@@ -163,14 +141,10 @@ class Instance(str):
     def console(self) -> str:
         return self.cloud.console(self.id)
 
-    def remote(self, public: bool = False) -> Any:
-        """A ``cloudlab.bench.remote.SshRemote`` to the instance from the cluster's outside namespace."""
-        from cloudlab.bench.workloads import WorkloadError, instance_remote
-
-        try:
-            return instance_remote(self.cloud, self.id, public=public)
-        except WorkloadError as exc:
-            raise RuntimeError(str(exc)) from None
+    def remote(self, public: bool = False) -> SshRemote:
+        """An SSH remote to the instance from the cluster's outside namespace (``cloudlab.reach``); raises
+        ``cloudlab.reach.Unreachable`` (a RuntimeError) saying why when it cannot be reached."""
+        return instance_remote(self.cloud, self.id, public=public)
 
     def ssh(self, command: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run ``command`` on the instance over SSH (as ``cloudlab ssh ID -- command`` would), waiting up to
@@ -258,70 +232,13 @@ class Cloud:
 
         return create_volume(self.ec2, size_gib, **options)
 
-    # -- listings ---------------------------------------------------------------------------------------
-    def _described(self, filters: list[dict[str, Any]] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        found = []
-        paginator = self.ec2.get_paginator("describe_instances")
-        for page in paginator.paginate(**({"Filters": filters} if filters else {})):
-            for reservation in page["Reservations"]:
-                for inst in reservation["Instances"]:
-                    found.append((reservation, inst))
-        return found
-
+    # -- listings (as DataFrames: cloudlab.listings) ------------------------------------------------------
     def instances(self, *, include_terminated: bool = True, name: str | None = None) -> pd.DataFrame:
         """Every visible instance, one row each (``name``: only those with that ``Name`` tag)."""
-        rows = []
-        filters = [{"Name": "tag:Name", "Values": [name]}] if name else None
-        for reservation, inst in self._described(filters):
-            if not include_terminated and inst["State"]["Name"] == "terminated":
-                continue
-            rows.append(
-                {
-                    "instance_id": inst["InstanceId"],
-                    "state": inst["State"]["Name"],
-                    "type": inst["InstanceType"],
-                    "image": inst["ImageId"],
-                    "node": inst.get("Placement", {}).get("HostId"),
-                    "zone": inst.get("Placement", {}).get("AvailabilityZone"),
-                    "launched": inst.get("LaunchTime"),
-                    "owner": reservation.get("OwnerId"),
-                    "reason": (inst.get("StateReason") or {}).get("Message", ""),
-                    "name": _tag(inst, "Name"),
-                    "private_ip": inst.get("PrivateIpAddress"),
-                    "public_ip": inst.get("PublicIpAddress"),
-                    "key_name": inst.get("KeyName"),
-                }
-            )
-        columns = [
-            "instance_id",
-            "state",
-            "type",
-            "image",
-            "node",
-            "zone",
-            "launched",
-            "owner",
-            "reason",
-            "name",
-            "private_ip",
-            "public_ip",
-            "key_name",
-        ]
-        return pd.DataFrame(rows, columns=columns)
+        return listings.instances_frame(self.ec2, include_terminated=include_terminated, name=name)
 
     def images(self) -> pd.DataFrame:
-        rows = [
-            {
-                "image_id": i["ImageId"],
-                "name": i.get("Name"),
-                "type": i.get("ImageType"),
-                "state": i["State"],
-                "kernel": i.get("KernelId"),
-                "ramdisk": i.get("RamdiskId"),
-            }
-            for i in self.ec2.describe_images()["Images"]
-        ]
-        return pd.DataFrame(rows, columns=["image_id", "name", "type", "state", "kernel", "ramdisk"])
+        return listings.images_frame(self.ec2)
 
     def instance_types(self) -> list[str]:
         """The instance types this cloud offers, smallest first."""
@@ -333,46 +250,23 @@ class Cloud:
         return sorted(k["KeyName"] for k in self.ec2.describe_key_pairs()["KeyPairs"])
 
     def security_groups(self) -> pd.DataFrame:
-        rows = [
-            {"group_id": g["GroupId"], "name": g["GroupName"], "description": g.get("Description")}
-            for g in self.ec2.describe_security_groups()["SecurityGroups"]
-        ]
-        return pd.DataFrame(rows, columns=["group_id", "name", "description"])
+        return listings.security_groups_frame(self.ec2)
 
     def status(self) -> dict[str, Any]:
         return control.service_status(self.layout)  # signed with the admin's key: the status is the admin's
 
     def clusters(self) -> pd.DataFrame:
         """One row per cluster: its name, availability zone and network flavour (none, vde, direct)."""
-        rows = [
-            {"cluster": c["name"], "zone": c.get("zone"), "network": c.get("network"), "nodes": len(c["nodes"])}
-            for c in self.status()["clusters"]
-        ]
-        return pd.DataFrame(rows, columns=["cluster", "zone", "network", "nodes"])
+        return listings.clusters_frame(self.status())
 
     def nodes(self) -> pd.DataFrame:
-        rows = []
-        for cluster in self.status()["clusters"]:
-            for node in cluster["nodes"]:
-                rows.append(
-                    {
-                        "node": node["name"],
-                        "cluster": cluster["name"],
-                        "alive": node["alive"],
-                        "vcpus_free": node["vcpus_free"],
-                        "vcpus_total": node["vcpus_total"],
-                        "memory_mb_free": node["memory_mb_free"],
-                        "memory_mb_total": node["memory_mb_total"],
-                        "instances": node["instances"],
-                        "accel": node.get("accel"),
-                    }
-                )
-        return pd.DataFrame(rows)
+        """One row per node: its cluster, whether it is alive, free and total vCPUs and memory, instances."""
+        return listings.nodes_frame(self.status())
 
     def usage(self, *, user: str | None = None, since: Any = None, until: Any = None, by: str = "user") -> pd.DataFrame:
-        """Instance-hours, vCPU-hours, GB-hours and network bytes (``cloudlab.usage.fetch_usage``)."""
+        """Instance-hours, vCPU-hours, GB-hours and network bytes (``cloudlab.usage_frames.fetch_usage``)."""
         try:
-            from cloudlab.usage import fetch_usage
+            from cloudlab.usage_frames import fetch_usage
         except ImportError as exc:
             raise RuntimeError(f"usage accounting is not available in this cloudlab ({exc})") from None
         return fetch_usage(self.boto3_kwargs(), user=user, since=since, until=until, by=by)
@@ -391,7 +285,7 @@ class Cloud:
         """Instances whose ``Name`` tag is ``name`` (not terminated or shutting down, unless asked), oldest first."""
         found = [
             (inst.get("LaunchTime"), Instance(inst["InstanceId"], self, inst | {"OwnerId": r.get("OwnerId")}))
-            for r, inst in self._described([{"Name": "tag:Name", "Values": [name]}])
+            for r, inst in listings.described(self.ec2, [{"Name": "tag:Name", "Values": [name]}])
             if include_terminated or inst["State"]["Name"] not in ("terminated", "shutting-down")
         ]
         found.sort(key=lambda pair: (str(pair[0]), pair[1].id))
@@ -493,16 +387,15 @@ class Cloud:
         return have
 
     def console(self, instance_id: str) -> str:
-        return self.ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+        return phases.console(self.ec2, instance_id)
 
     def ssh_command(self, instance_id: str) -> str:
         """The command line that opens an SSH session to ``instance_id`` (from the cluster's outside namespace)."""
         return f"cloudlab --state {self.layout.root} ssh {instance_id}"
 
     def states(self, instance_ids: Iterable[str]) -> dict[str, str]:
-        ids = list(instance_ids)
-        found = self.ec2.describe_instances(InstanceIds=ids)
-        return {i["InstanceId"]: i["State"]["Name"] for r in found["Reservations"] for i in r["Instances"]}
+        """Instance id → its EC2 state name."""
+        return phases.states(self.ec2, [str.__str__(i) for i in instance_ids])
 
     def watch(
         self,
@@ -516,47 +409,12 @@ class Cloud:
         """Follow instances until each is ``running`` or ``booted`` (console shows the boot marker).
 
         ``on_change(instance_id, phase, seconds)`` is called as each one reaches a phase of
-        :data:`PHASES` (or ``"failed"``, when it ends before). Returns per instance the seconds from this
-        call to each phase reached. Raises TimeoutError naming the laggards, RuntimeError if one ends.
+        ``cloudlab.phases.PHASES`` (or ``"failed"``, when it ends before). Returns per instance the seconds
+        from this call to each phase reached. Raises TimeoutError naming the laggards, RuntimeError if one ends.
         """
         if until not in ("running", "booted"):
             raise ValueError(f"until must be 'running' or 'booted', not {until!r}")
-        ids = [str.__str__(i) for i in instance_ids]
-        started = time.monotonic()
-        reached: dict[str, dict[str, float]] = {i: {} for i in ids}
-
-        def note(instance_id: str, phase: str) -> None:
-            if phase not in reached[instance_id]:
-                seconds = round(time.monotonic() - started, 2)
-                reached[instance_id][phase] = seconds
-                if on_change is not None:
-                    on_change(instance_id, phase, seconds)
-
-        def done(instance_id: str) -> bool:
-            return until in reached[instance_id]
-
-        while not all(done(i) for i in ids):
-            if stop is not None and stop.is_set():
-                break
-            if time.monotonic() - started > timeout:
-                raise TimeoutError(f"not {until} within {timeout:.0f} s: {sorted(i for i in ids if not done(i))}")
-            waiting = [i for i in ids if "running" not in reached[i]]
-            for instance_id, state in (self.states(waiting) if waiting else {}).items():
-                if state == "pending":
-                    note(instance_id, "pending")
-                elif state == "running":
-                    note(instance_id, "pending")
-                    note(instance_id, "running")
-                elif state in ("terminated", "shutting-down", "stopped", "stopping"):
-                    note(instance_id, "failed")
-                    raise RuntimeError(f"{instance_id} is {state} before it was {until}")
-            if until == "booted":
-                for instance_id in [i for i in ids if "running" in reached[i] and not done(i)]:
-                    if BOOT_MARKER in self.console(instance_id):
-                        note(instance_id, "booted")
-            if not all(done(i) for i in ids):
-                time.sleep(poll)
-        return reached
+        return phases.watch(self.ec2, instance_ids, until, timeout, poll, on_change, stop)
 
     def wait(
         self, instance_ids: Iterable[str], timeout: float = 180.0, progress: bool = True, until: str = "booted"
@@ -582,200 +440,38 @@ class Cloud:
         Returns one row per instance with the seconds from this call to ``running`` and to the
         marker, and the guest's own uptime at the marker. Raises TimeoutError naming the laggards.
         """
-        ids = list(instance_ids)
-        started = time.monotonic()
-        running: dict[str, float] = {}
-        booted: dict[str, tuple[float, float | None]] = {}
-        bar = None
+        ids = [str.__str__(i) for i in instance_ids]
         if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(ids), desc="booting", unit="instance")
-        while len(booted) < len(ids):
-            elapsed = time.monotonic() - started
-            if elapsed > timeout:
-                raise TimeoutError(f"not booted within {timeout:.0f} s: {sorted(set(ids) - set(booted))}")
-            states = self.states([i for i in ids if i not in running]) if len(running) < len(ids) else {}
-            for instance_id, state in states.items():
-                if state == "running":
-                    running.setdefault(instance_id, elapsed)
-                elif state in ("terminated", "shutting-down"):
-                    raise RuntimeError(f"{instance_id} is {state} before it booted")
-            for instance_id in [i for i in running if i not in booted]:
-                console = self.console(instance_id)
-                if BOOT_MARKER in console:
-                    booted[instance_id] = (time.monotonic() - started, _boot_uptime(console))
-                    if bar is not None:
-                        bar.update(1)
-            time.sleep(poll)
-        if bar is not None:
-            bar.close()
+            reached = self.wait(ids, timeout=timeout, progress=True, until="booted")
+        else:
+            reached = phases.watch(self.ec2, ids, "booted", timeout, poll)
         return pd.DataFrame(
             [
                 {
                     "instance_id": i,
-                    "running_s": round(running[i], 2),
-                    "boot_s": round(booted[i][0], 2),
-                    "guest_uptime_s": booted[i][1],
+                    "running_s": reached[i]["running"],
+                    "boot_s": reached[i]["booted"],
+                    "guest_uptime_s": phases.boot_uptime(self.console(i)),
                 }
                 for i in ids
             ]
         )
 
     def wait_state(self, instance_ids: Iterable[str], state: str, timeout: float = 60.0, poll: float = 0.2) -> None:
-        ids = list(instance_ids)
-        deadline = time.monotonic() + timeout
-        while True:
-            states = self.states(ids)
-            if all(s == state for s in states.values()):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not {state} within {timeout:.0f} s: {states}")
-            time.sleep(poll)
+        """Wait until every instance is in EC2 state ``state`` (TimeoutError naming the laggards)."""
+        phases.watch(self.ec2, instance_ids, state, timeout, poll)
 
     def terminate(self, instance_ids: Iterable[str]) -> None:
         self.ec2.terminate_instances(InstanceIds=list(instance_ids))
 
-    # -- benchmarks ------------------------------------------------------------------------------------
+    # -- the network ------------------------------------------------------------------------------------
     def network_flavour(self) -> str:
         """The network flavour of the cloud's (first) cluster: none, vde or direct."""
         clusters = self.status()["clusters"]
         return clusters[0].get("network") or "none" if clusters else "none"
 
-    def benchmark(
-        self,
-        server: str,
-        client: str,
-        *,
-        duration_s: float = 3,
-        streams: int = 1,
-        repeats: int = 3,
-        ping_count: int = 5,
-        progress: bool = True,
-        on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-    ) -> pd.DataFrame:
-        """iperf3 throughput and ping RTT from ``client`` to ``server`` (two running instances of this
-        cloud, reached over SSH), ``repeats`` times: one row per run, the columns of
-        ``cloudlab.bench.network.run_paths`` (so ``summarise``, ``ratios`` and the charts apply).
-
-        ``on_run(done, total, row)`` is called after every run. Needs a cloud with ``--network vde|direct``.
-        """
-        from cloudlab.bench.cloudpaths import KIND_OF_FLAVOUR
-        from cloudlab.bench.handmade import PathUnderTest
-
-        _check_benchmark(duration_s, streams, repeats)
-        if str(server) == str(client):
-            raise ValueError("pick two different instances (server and client are the same)")
-        flavour = self.network_flavour()
-        if flavour == "none":
-            raise RuntimeError(
-                "this cloud has no network (--network none): restart it with cloudlab up --network direct"
-            )
-        handles = self.handles([server, client])
-        remotes = [h.remote() for h in handles]
-        for remote in remotes:
-            remote.wait_ready(60)
-        path = PathUnderTest(
-            kind=KIND_OF_FLAVOUR.get(flavour, f"vm-{flavour}"),
-            label=f"cloudlab --network {flavour}: {handles[1]} -> {handles[0]}",
-            built_by="cloudlab",
-            server=remotes[0],
-            client=remotes[1],
-            server_address=remotes[0].address,
-            extra={"instances": [handles[0].id, handles[1].id]},
-        )
-        return measure_paths(
-            [lambda: contextlib.nullcontext(path)], repeats, duration_s, streams, ping_count, progress, on_run
-        )
-
     def reboot(self, instance_ids: Iterable[str]) -> None:
         self.ec2.reboot_instances(InstanceIds=list(instance_ids))
-
-
-def _check_benchmark(duration_s: float, streams: int, repeats: int) -> None:
-    if not duration_s or duration_s <= 0:
-        raise ValueError(f"duration must be positive, not {duration_s!r}")
-    if not isinstance(streams, int) or streams < 1:
-        raise ValueError(f"streams must be at least 1, not {streams!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be at least 1, not {repeats!r}")
-
-
-def measure_paths(
-    sources: list[Callable[[], Any]],
-    repeats: int,
-    duration_s: float,
-    streams: int,
-    ping_count: int = 5,
-    progress: bool = True,
-    on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-) -> pd.DataFrame:
-    """Like ``cloudlab.bench.network.run_paths`` (same rows, a path that fails gives a row with ``error``),
-    calling ``on_run(done, total, row)`` after each run so that a widget can show progress."""
-    from tqdm.auto import tqdm
-
-    from cloudlab.bench import network
-
-    total = len(sources) * repeats
-    rows: list[dict[str, Any]] = []
-    with tqdm(total=total, desc="network paths", unit="run", disable=not progress) as bar:
-        done_runs = 0
-
-        def record(row: dict[str, Any], count: int = 1) -> None:
-            nonlocal done_runs
-            rows.append(row)
-            done_runs += count
-            bar.update(count)
-            if on_run is not None:
-                on_run(min(done_runs, total), total, row)
-
-        for index, source in enumerate(sources):
-            started = time.monotonic()
-            done = 0
-            try:
-                with source() as path:
-                    build_s = round(time.monotonic() - started, 2)
-                    for repeat in range(repeats):
-                        record(network._measure(path, repeat, duration_s, streams, ping_count, build_s))
-                        done += 1
-            except Exception as exc:  # noqa: BLE001 - recorded in the results, not lost
-                name = getattr(source, "flavour", None) or str(index)
-                record(
-                    {"path": f"?:{name}", "label": name, "repeat": done, "error": error_message(exc)[:2000]},
-                    repeats - done,
-                )
-    df = pd.DataFrame(rows, columns=network.COLUMNS)
-    df.attrs.update(repeats=repeats, duration_s=duration_s, streams=streams)
-    return df
-
-
-def benchmark_fresh_pairs(
-    flavours: Iterable[str] = ("direct", "vde"),
-    *,
-    duration_s: float = 3,
-    streams: int = 1,
-    repeats: int = 3,
-    ping_count: int = 5,
-    progress: bool = True,
-    on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-) -> pd.DataFrame:
-    """For each flavour, a fresh short-lived cloud with two instances (``cloudlab.bench.cloudpaths.cloud_vms``),
-    measured like :meth:`Cloud.benchmark`; the clouds are stopped afterwards."""
-    from cloudlab.bench.cloudpaths import KIND_OF_FLAVOUR, cloud_vms
-
-    _check_benchmark(duration_s, streams, repeats)
-    flavours = list(flavours)
-    if not flavours:
-        raise ValueError("pick at least one network flavour (direct, vde)")
-    unknown = [f for f in flavours if f not in KIND_OF_FLAVOUR]
-    if unknown:
-        raise ValueError(f"unknown network flavour(s) {unknown}: choose from {sorted(KIND_OF_FLAVOUR)}")
-    sources = []
-    for flavour in flavours:
-        source = functools.partial(cloud_vms, flavour)
-        source.flavour = flavour  # type: ignore[attr-defined]
-        sources.append(source)
-    return measure_paths(sources, repeats, duration_s, streams, ping_count, progress, on_run)
 
 
 def _start(layout: StateLayout, network: str | None, progress: bool) -> None:

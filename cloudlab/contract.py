@@ -28,11 +28,27 @@ Who talks to whom (the arrows are the only ones allowed)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from cloudlab.contract_storage import (  # noqa: F401 - re-exported: the contract names every message
+    AttachDisk,
+    CreateVolume,
+    DetachDisk,
+    DetachOnNode,
+    DiskOnNode,
+    DiskPlan,
+    Done,
+    NbdExport,
+    SnapshotMade,
+    SnapshotRef,
+    SnapshotRequest,
+    StorageReport,
+    VolumeMade,
+    VolumeRef,
+)
 from cloudlab.errors import CloudError
 
 Req = TypeVar("Req")
@@ -159,24 +175,6 @@ class NicPlan:
     @property
     def private_ip(self) -> str:
         return self.address.split("/")[0]
-
-
-@dataclass(frozen=True)
-class NbdExport:
-    """Where a storage controller serves one volume over NBD (``nbd://host:port/name``)."""
-
-    host: str
-    port: int
-    name: str
-
-
-@dataclass(frozen=True)
-class DiskPlan:
-    """One of an instance's block devices: a volume exported by the cluster's SC, as guest device ``device``."""
-
-    volume_id: str
-    device: str  # vda, vdb, ... (the guest sees the disks in this order)
-    export: NbdExport
 
 
 @dataclass(frozen=True)
@@ -418,93 +416,6 @@ class Registered:
 @dataclass(frozen=True)
 class Released:
     released: bool = True
-
-
-# -- storage ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CreateVolume:
-    """Make ``volume_id``: blank of ``size_gib``, or a copy of snapshot ``snapshot_id`` grown to it, or a
-    copy-on-write overlay of the image disk ``backing`` (a root volume)."""
-
-    volume_id: str
-    size_gib: int
-    snapshot_id: str | None = None
-    backing: str | None = None
-
-
-@dataclass(frozen=True)
-class VolumeRef:
-    volume_id: str
-
-
-@dataclass(frozen=True)
-class VolumeMade:
-    volume_id: str
-    size_bytes: int
-    allocated_bytes: int
-
-
-@dataclass(frozen=True)
-class SnapshotRequest:
-    snapshot_id: str
-    volume_id: str
-
-
-@dataclass(frozen=True)
-class SnapshotRef:
-    snapshot_id: str
-
-
-@dataclass(frozen=True)
-class SnapshotMade:
-    snapshot_id: str
-    size_bytes: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Done:
-    done: bool = True
-
-
-@dataclass(frozen=True)
-class StorageReport:
-    """What a storage controller holds: its volumes and snapshots, its exports, its free space."""
-
-    name: str
-    url: str | None
-    alive: bool
-    volumes: tuple[str, ...] = ()
-    snapshots: tuple[str, ...] = ()
-    exports: dict[str, NbdExport] = field(default_factory=dict)
-    free_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class AttachDisk:
-    """Hot-plug ``disk`` into the running instance ``instance_id``."""
-
-    instance_id: str
-    disk: DiskPlan
-
-
-@dataclass(frozen=True)
-class DetachDisk:
-    instance_id: str
-    volume_id: str
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class DiskOnNode:
-    node: str
-    attach: AttachDisk
-
-
-@dataclass(frozen=True)
-class DetachOnNode:
-    node: str
-    detach: DetachDisk
 
 
 # -- the actions --------------------------------------------------------------------------------------------

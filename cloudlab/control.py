@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from cloudlab import processes
 from cloudlab.cc.network import sweep as sweep_network
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
+from cloudlab.waiting import WaitTimeout, wait_until
 
 
 class ControlError(Exception):
@@ -136,8 +136,8 @@ def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dic
             umask=0o077,  # what the service writes in the state folder is its own
         )
     layout.pidfile.write_text(f"{process.pid}\n")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def answering() -> dict[str, Any] | None:
         if process.poll() is not None:
             raise ControlError(
                 f"the cloud service exited with status {process.returncode}; its log "
@@ -145,15 +145,17 @@ def up(layout: StateLayout, config: CloudConfig, timeout_s: float = 90.0) -> dic
             )
         info = endpoint(layout)
         if info is not None:
-            try:
-                get_json(info["url"].rstrip("/") + "/_cloudlab/health", timeout=2)
-            except OSError:
-                pass
-            else:
-                _refuse_missing_nodes(layout, info.get("nodes_missing") or [])
-                return info | {"already_running": False}
-        time.sleep(0.2)
-    raise ControlError(f"the cloud did not answer within {timeout_s:.0f} s; see {layout.log}:\n{tail(layout.log)}")
+            get_json(info["url"].rstrip("/") + "/_cloudlab/health", timeout=2)  # OSError: not yet
+        return info
+
+    try:
+        info = wait_until(answering, timeout_s, what="the cloud service", interval_s=0.2, ignore=(OSError,))
+    except WaitTimeout:
+        raise ControlError(
+            f"the cloud did not answer within {timeout_s:.0f} s; see {layout.log}:\n{tail(layout.log)}"
+        ) from None
+    _refuse_missing_nodes(layout, info.get("nodes_missing") or [])
+    return info | {"already_running": False}
 
 
 def _refuse_missing_nodes(layout: StateLayout, missing: list[str]) -> None:
@@ -190,9 +192,8 @@ def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
     stopped = False
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.2)
+        with contextlib.suppress(WaitTimeout):  # then SIGKILL
+            wait_until(lambda: not _pid_alive(pid), timeout_s, what=f"the service (pid {pid}) to exit", interval_s=0.2)
         if _pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
         stopped = True

@@ -396,6 +396,7 @@ class CloudService:
             "instances": counts,
             "unknown_vms": self.clc.unknown_vms(),
             "refused_messages": self.cc_dispatcher.refused[-10:],
+            "reconcile_passes": self.clc.reconciler.passes,  # so that a test waits for passes, not seconds
         }
 
     def _storage_status(self) -> dict[str, Any]:

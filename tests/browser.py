@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cloudlab.waiting import wait_until
+
 T = TypeVar("T")
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/lib/chromium/chromium")
@@ -60,23 +62,23 @@ def browser_requirements() -> str | None:
     return None
 
 
+class _NotYet(Exception):
+    """The probe raised (a stale element, a server still starting): poll again."""
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, interval_s: float = 0.25) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last_error: BaseException | None = None
-    while True:
+    """Poll ``probe`` (``wait_until``) until it returns something truthy; a TimeoutError naming ``what``
+    and the last error after ``timeout_s``. An AssertionError in the probe fails at once."""
+
+    def attempt() -> T | None:
         try:
-            result = probe()
-            if result:
-                return result
+            return probe()
         except AssertionError:
             raise
-        except Exception as exc:  # stale elements, a server still starting: keep polling
-            last_error = exc
-        if time.monotonic() > deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
-        time.sleep(interval_s)
+        except Exception as exc:  # noqa: BLE001 - any other error means "not yet"
+            raise _NotYet(repr(exc)) from exc
+
+    return wait_until(attempt, timeout_s, what=what, interval_s=interval_s, ignore=(_NotYet,))
 
 
 def free_port() -> int:

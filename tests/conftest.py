@@ -1,7 +1,8 @@
 """Shared fixtures.
 
-- ``tests/clouds.py`` (loaded as a plugin): real clouds started as ``cloudlab up`` does —
-  ``sim_cloud`` (libvirt's test driver), ``vm_cloud`` (embedded QEMU), ``cloud_factory``.
+- ``tests/clouds.py`` (loaded as a plugin), the one home of clouds and helpers: real clouds started as
+  ``cloudlab up`` does — ``sim_cloud`` (libvirt's test driver), ``vm_cloud`` (embedded QEMU),
+  ``cloud_factory``, the ``ec2``/``raw_ec2`` clients — an in-process ``LocalCloud``, and the shared helpers.
 - here: a cloud CA in a temporary folder and signed identities for controller-level tests.
 """
 

@@ -8,13 +8,13 @@ into the test module (``from tests.s3_fixtures import s3  # noqa: F401``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from botocore.config import Config
 from cloudlab.api.s3.server import serve_s3
 from cloudlab.clc.store import Store
 from cloudlab.clc.users import AccessKey, Users
+from cloudlab.waiting import WaitTimeout, wait_until
 from cloudlab.walrus import Walrus
 
 REGION = "cloudlab-1"
@@ -108,11 +109,11 @@ class S3Process:
             [sys.executable, "-m", "cloudlab.api.s3", "--state", str(self.root), "--ready-file", str(ready)],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"),  # noqa: SIM115
         )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while not ready.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"S3 server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.05)
+        process = self.process
+        with contextlib.suppress(WaitTimeout):  # a timeout, or the server exited: said just below
+            wait_until(lambda: ready.exists() or process.poll() is not None, timeout_s, what="S3", interval_s=0.05)
+        if not ready.exists():
+            raise RuntimeError(f"S3 server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
         info = json.loads(ready.read_text())
         ready.unlink()
         key = AccessKey(info["access_key"], info["secret_key"], "admin")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -112,9 +111,7 @@ def test_qemu_that_exits_early_means_tcg(
     """A real QEMU given a bogus kernel exits at once: the probe says tcg and records why."""
     monkeypatch.setattr(accel, "kvm_device_usable", lambda: True)
     cache = tmp_path / "accel.json"
-    started = time.monotonic()
     assert probe_accelerator(*fake_image, cache_file=cache, timeout_s=20) == "tcg"
-    assert time.monotonic() - started < 15
     entry = next(iter(json.loads(cache.read_text())["entries"].values()))
     assert entry["detail"].startswith("qemu exited before the boot marker")
     assert _leftovers(f"{PROBE_NAME_PREFIX}{os.getpid()}") == []
@@ -148,10 +145,8 @@ def test_real_probe_with_tiny_timeout_says_tcg_and_leaves_nothing(tmp_path: Path
     except ImageBuildError as exc:
         pytest.skip(f"no default image: {exc}")
     cache = tmp_path / "accel.json"
-    started = time.monotonic()
     assert probe_accelerator(image.kernel, image.ramdisk, cache_file=cache, timeout_s=0.3) == "tcg"
-    elapsed = time.monotonic() - started
-    assert elapsed < 15, f"probe took {elapsed:.1f} s despite a 0.3 s timeout"
     assert _leftovers(f"{PROBE_NAME_PREFIX}{os.getpid()}") == []
     entry = next(iter(json.loads(cache.read_text())["entries"].values()))
     assert entry["accelerator"] == "tcg" and entry["timeout_s"] == 0.3
+    assert entry["detail"] == "no boot marker before the timeout"  # the probe's own timeout ended it

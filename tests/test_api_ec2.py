@@ -6,46 +6,18 @@ state machine; tests/test_vm.py boots real guests.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clouds import RunningCloud
-
-
-def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
-    return excinfo.value.response["Error"]["Code"]
-
-
-def default_image(ec2: Any) -> str:
-    images = ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"]
-    assert len(images) == 1, images
-    return images[0]["ImageId"]
+from tests.clouds import RunningCloud, default_image, error_code, wait_states
 
 
 def instance_ids(ec2: Any) -> set[str]:
     """Every instance the caller can see (states may still move: other tests' instances terminate)."""
     return {i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
-
-
-def wait_states(ec2: Any, ids: list[str], state: str, timeout: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = {
-            i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]
-        }
-        if all(i["State"]["Name"] == state for i in found.values()):
-            return found
-        assert time.monotonic() < deadline, {k: v["State"]["Name"] for k, v in found.items()}
-        time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def ec2(sim_cloud: RunningCloud) -> Any:
-    return sim_cloud.ec2()
 
 
 def test_regions_and_zones(ec2: Any, sim_cloud: RunningCloud) -> None:

@@ -18,7 +18,6 @@ import datetime as dt
 import http.client
 import socket
 import sqlite3
-import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from hypothesis import strategies as st
 
 from cloudlab.api.actions import ACTIONS
 from cloudlab.api.model import operation_model
+from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud
 
 HOST = "127.0.0.1"
@@ -160,13 +160,12 @@ def ec2_answer(reply: Reply, action: str) -> None:
 
 def settle(admin: Any, timeout: float = 30.0) -> None:
     """Wait until no instance is between states (other tests' instances may still be terminating)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = {i["State"]["Name"] for r in admin.describe_instances()["Reservations"] for i in r["Instances"]}
-        if not states & TRANSITIONAL:
-            return
-        assert time.monotonic() < deadline, f"instances still in {states & TRANSITIONAL}"
-        time.sleep(0.2)
+
+    def between() -> set[str]:
+        found = admin.describe_instances()["Reservations"]
+        return {i["State"]["Name"] for r in found for i in r["Instances"]} & TRANSITIONAL
+
+    wait_until(lambda: not between(), timeout, what="no instance between states", interval_s=0.2)
 
 
 def snapshot(cloud: RunningCloud, admin: Any) -> tuple[Any, Any, int]:

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from cloudlab.clc.groups import Rule, SecurityGroups
 from cloudlab.clc.store import Store
 from cloudlab.clc.users import Users
-from tests.clouds import RunningCloud
-
-
-def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
-    return excinfo.value.response["Error"]["Code"]
-
-
-def unique(prefix: str = "sg") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def ec2(sim_cloud: RunningCloud) -> Any:
-    return sim_cloud.ec2()
-
-
-@pytest.fixture(scope="module")
-def raw_ec2(sim_cloud: RunningCloud) -> Any:
-    """A client that sends what it is given, so that the server's own checks are tested."""
-    return sim_cloud.ec2(config=Config(retries={"max_attempts": 1}, parameter_validation=False))
+from tests.clouds import RunningCloud, error_code, unique, wait_states
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +106,7 @@ def test_create_describe_delete(ec2: Any) -> None:
             call(**kwargs)
         assert error_code(excinfo) == "InvalidGroupId.Malformed"
     with pytest.raises(ClientError) as excinfo:
-        ec2.create_security_group(GroupName=unique(), Description="x", DryRun=True)
+        ec2.create_security_group(GroupName=unique("sg"), Description="x", DryRun=True)
     assert error_code(excinfo) == "DryRunOperation"
 
 
@@ -429,13 +407,7 @@ def test_groups_in_use_by_instances(ec2: Any, cloud_db: Any) -> None:
         assert instance_id in excinfo.value.response["Error"]["Message"]
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
-    deadline = time.monotonic() + 20
-    while True:
-        state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
-        if state == "terminated":
-            break
-        assert time.monotonic() < deadline, state
-        time.sleep(0.2)
+    wait_states(ec2, [instance_id], "terminated")
     assert cloud_db.groups.members([group_id]) == {group_id: []}
     ec2.delete_security_group(GroupId=group_id)
     assert group_id not in {g["GroupId"] for g in cloud_db.groups.groups_of([instance_id])[instance_id]}

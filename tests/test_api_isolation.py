@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clouds import RunningCloud
+from tests.clouds import RunningCloud, wait_states
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +38,7 @@ def test_instances_are_private(users: dict[str, tuple[Any, str]], sim_cloud: Run
     )
     instance = reservation["Instances"][0]["InstanceId"]
     assert reservation["OwnerId"] == alice_id
-    deadline = time.monotonic() + 20
-    while (
-        alice.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
-        != "running"
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_states(alice, [instance], "running")
     assert instance in visible_ids(alice)
     assert instance not in visible_ids(bob)
     attempts: list[Callable[[], Any]] = [

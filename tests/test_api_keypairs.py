@@ -11,38 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from cloudlab.clc.keypairs import private_key_path
-from tests.clouds import RunningCloud
+from tests.clouds import RunningCloud, error_code, unique
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
 
 
-def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
-    return excinfo.value.response["Error"]["Code"]
-
-
-def unique(prefix: str = "kp") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 def openssh(public_key: Any) -> str:
     return public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-
-
-@pytest.fixture(scope="module")
-def ec2(sim_cloud: RunningCloud) -> Any:
-    return sim_cloud.ec2()
-
-
-@pytest.fixture(scope="module")
-def raw_ec2(sim_cloud: RunningCloud) -> Any:
-    """A client that sends what it is given, so that the server's own checks are tested."""
-    return sim_cloud.ec2(config=Config(retries={"max_attempts": 1}, parameter_validation=False))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +39,7 @@ def describe_one(ec2: Any, name: str) -> dict[str, Any]:
 
 
 def test_created_rsa_key_is_real(ec2: Any, sim_cloud: RunningCloud, tmp_path: Path) -> None:
-    name = unique()
+    name = unique("kp")
     created = ec2.create_key_pair(KeyName=name)
     assert created["KeyName"] == name
     assert created["KeyPairId"].startswith("key-") and len(created["KeyPairId"]) == 21
@@ -98,7 +78,7 @@ def test_created_rsa_key_is_real(ec2: Any, sim_cloud: RunningCloud, tmp_path: Pa
 
 
 def test_created_ed25519_key_is_real(ec2: Any, tmp_path: Path) -> None:
-    name = unique()
+    name = unique("kp")
     created = ec2.create_key_pair(KeyName=name, KeyType="ed25519", KeyFormat="pem")
     material = created["KeyMaterial"]
     assert material.startswith("-----BEGIN OPENSSH PRIVATE KEY-----\n")  # as EC2 returns ed25519 keys
@@ -122,7 +102,7 @@ def test_created_ed25519_key_is_real(ec2: Any, tmp_path: Path) -> None:
 
 def test_import_rsa_and_ed25519(ec2: Any) -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
-    name = unique()
+    name = unique("kp")
     imported = ec2.import_key_pair(KeyName=name, PublicKeyMaterial=(openssh(rsa_key) + " me@laptop\n").encode())
     assert imported["KeyName"] == name and imported["KeyPairId"].startswith("key-")
     spki = rsa_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -132,7 +112,7 @@ def test_import_rsa_and_ed25519(ec2: Any) -> None:
     assert described["KeyFingerprint"] == imported["KeyFingerprint"]
 
     ed_key = ed25519.Ed25519PrivateKey.generate().public_key()
-    name = unique()
+    name = unique("kp")
     imported = ec2.import_key_pair(KeyName=name, PublicKeyMaterial=openssh(ed_key).encode())
     blob = base64.b64decode(openssh(ed_key).split()[1])
     assert imported["KeyFingerprint"] == base64.b64encode(hashlib.sha256(blob).digest()).decode()
@@ -144,7 +124,7 @@ def test_import_key_made_by_ssh_keygen(ec2: Any, tmp_path: Path) -> None:
     assert SSH_KEYGEN is not None
     path = tmp_path / "id_ed25519"
     subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "me@laptop", "-f", str(path)], check=True)
-    imported = ec2.import_key_pair(KeyName=unique(), PublicKeyMaterial=path.with_suffix(".pub").read_bytes())
+    imported = ec2.import_key_pair(KeyName=unique("kp"), PublicKeyMaterial=path.with_suffix(".pub").read_bytes())
     listed = subprocess.run([SSH_KEYGEN, "-l", "-E", "sha256", "-f", str(path)], capture_output=True, text=True)
     assert f"SHA256:{imported['KeyFingerprint'].rstrip('=')} " in listed.stdout
 
@@ -163,7 +143,7 @@ def test_import_key_made_by_ssh_keygen(ec2: Any, tmp_path: Path) -> None:
 )
 def test_import_refuses_what_is_not_an_openssh_key(raw_ec2: Any, material: bytes) -> None:
     with pytest.raises(ClientError) as excinfo:
-        raw_ec2.import_key_pair(KeyName=unique(), PublicKeyMaterial=material)
+        raw_ec2.import_key_pair(KeyName=unique("kp"), PublicKeyMaterial=material)
     assert error_code(excinfo) in ("InvalidKey.Format", "MissingParameter")
     if material:
         assert error_code(excinfo) == "InvalidKey.Format"
@@ -175,12 +155,12 @@ def test_import_refuses_other_key_types_and_pem(ec2: Any) -> None:
     pem = rsa_public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     for material in (openssh(ecdsa).encode(), pem):
         with pytest.raises(ClientError) as excinfo:
-            ec2.import_key_pair(KeyName=unique(), PublicKeyMaterial=material)
+            ec2.import_key_pair(KeyName=unique("kp"), PublicKeyMaterial=material)
         assert error_code(excinfo) == "InvalidKey.Format"
 
 
 def test_duplicates_and_parameter_checks(ec2: Any, raw_ec2: Any, sim_cloud: RunningCloud) -> None:
-    name = unique()
+    name = unique("kp")
     ec2.create_key_pair(KeyName=name, KeyType="ed25519")
     with pytest.raises(ClientError) as excinfo:
         ec2.create_key_pair(KeyName=name)
@@ -198,16 +178,16 @@ def test_duplicates_and_parameter_checks(ec2: Any, raw_ec2: Any, sim_cloud: Runn
     assert error_code(excinfo) in ("InvalidParameterValue", "MissingParameter")
     for kwargs in ({"KeyType": "dsa"}, {"KeyFormat": "ppk"}):
         with pytest.raises(ClientError) as excinfo:
-            raw_ec2.create_key_pair(KeyName=unique(), **kwargs)
+            raw_ec2.create_key_pair(KeyName=unique("kp"), **kwargs)
         assert error_code(excinfo) == "InvalidParameterValue", kwargs
     with pytest.raises(ClientError) as excinfo:
         raw_ec2.create_key_pair()
     assert error_code(excinfo) == "MissingParameter"
     with pytest.raises(ClientError) as excinfo:
-        raw_ec2.import_key_pair(KeyName=unique())
+        raw_ec2.import_key_pair(KeyName=unique("kp"))
     assert error_code(excinfo) == "MissingParameter"
     with pytest.raises(ClientError) as excinfo:
-        ec2.create_key_pair(KeyName=unique(), DryRun=True)
+        ec2.create_key_pair(KeyName=unique("kp"), DryRun=True)
     assert error_code(excinfo) == "DryRunOperation"
     # 255 printable ASCII characters, '/' included, are a valid name; the private copy stays one file
     odd = ("a/../" + uuid.uuid4().hex).ljust(255, "z")
@@ -219,7 +199,7 @@ def test_duplicates_and_parameter_checks(ec2: Any, raw_ec2: Any, sim_cloud: Runn
 
 
 def test_delete(ec2: Any, raw_ec2: Any, sim_cloud: RunningCloud) -> None:
-    by_name, by_id = unique(), unique()
+    by_name, by_id = unique("kp"), unique("kp")
     ec2.create_key_pair(KeyName=by_name)
     key_id = ec2.create_key_pair(KeyName=by_id)["KeyPairId"]
     copy = private_key_path(sim_cloud.layout.root, "admin", by_name)

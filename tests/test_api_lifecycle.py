@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,31 +10,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.clouds import RunningCloud
-
-
-@pytest.fixture(scope="module")
-def ec2(sim_cloud: RunningCloud) -> Any:
-    return sim_cloud.ec2()
-
-
-def default_image(ec2: Any) -> str:
-    return ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"][0]["ImageId"]
-
-
-def code_of(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
-    return excinfo.value.response["Error"]["Code"]
-
-
-def state_of(ec2: Any, instance_id: str) -> str:
-    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
-
-
-def wait_state(ec2: Any, instance_id: str, state: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while (current := state_of(ec2, instance_id)) != state:
-        assert time.monotonic() < deadline, f"{instance_id} is {current}, not {state}"
-        time.sleep(0.2)
+from cloudlab.waiting import wait_until
+from tests.clouds import RunningCloud, default_image, error_code, wait_states
 
 
 @pytest.fixture
@@ -44,7 +20,7 @@ def instance(ec2: Any) -> Any:
     [inst] = ec2.run_instances(
         ImageId=default_image(ec2), MinCount=1, MaxCount=1, InstanceType="t2.nano", UserData=user_data
     )["Instances"]
-    wait_state(ec2, inst["InstanceId"], "running")
+    wait_states(ec2, [inst["InstanceId"]], "running")
     yield inst["InstanceId"]
     ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
 
@@ -53,13 +29,13 @@ def test_stop_and_start(ec2: Any, sim_cloud: RunningCloud, instance: str) -> Non
     stopping = ec2.stop_instances(InstanceIds=[instance])["StoppingInstances"][0]
     assert stopping["PreviousState"]["Name"] == "running"
     assert stopping["CurrentState"]["Name"] in ("stopping", "stopped")
-    wait_state(ec2, instance, "stopped")
+    wait_states(ec2, [instance], "stopped")
     with pytest.raises(ClientError) as excinfo:
         ec2.reboot_instances(InstanceIds=[instance])
-    assert code_of(excinfo) == "IncorrectInstanceState"
+    assert error_code(excinfo) == "IncorrectInstanceState"
     starting = ec2.start_instances(InstanceIds=[instance])["StartingInstances"][0]
     assert (starting["PreviousState"]["Name"], starting["CurrentState"]["Name"]) == ("stopped", "pending")
-    wait_state(ec2, instance, "running")
+    wait_states(ec2, [instance], "running")
     import sqlite3
 
     events = [
@@ -74,28 +50,27 @@ def test_stop_and_start(ec2: Any, sim_cloud: RunningCloud, instance: str) -> Non
 def test_stop_refuses_a_terminated_instance(ec2: Any) -> None:
     [inst] = ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1, InstanceType="t2.nano")["Instances"]
     ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
-    wait_state(ec2, inst["InstanceId"], "terminated")
+    wait_states(ec2, [inst["InstanceId"]], "terminated")
     for call in (ec2.stop_instances, ec2.start_instances):
         with pytest.raises(ClientError) as excinfo:
             call(InstanceIds=[inst["InstanceId"]])
-        assert code_of(excinfo) == "IncorrectInstanceState"
+        assert error_code(excinfo) == "IncorrectInstanceState"
     with pytest.raises(ClientError) as excinfo:
         ec2.stop_instances(InstanceIds=["i-0123456789abcdef0"])
-    assert code_of(excinfo) == "InvalidInstanceID.NotFound"
+    assert error_code(excinfo) == "InvalidInstanceID.NotFound"
 
 
 def test_instance_status(ec2: Any, instance: str) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        statuses = ec2.describe_instance_status(InstanceIds=[instance])["InstanceStatuses"]
-        if statuses and statuses[0]["InstanceStatus"]["Status"] == "ok":
-            break
-        assert time.monotonic() < deadline, statuses
-        time.sleep(0.3)
+
+    def ok() -> list[dict[str, Any]] | None:
+        found = ec2.describe_instance_status(InstanceIds=[instance])["InstanceStatuses"]
+        return found if found and found[0]["InstanceStatus"]["Status"] == "ok" else None
+
+    statuses = wait_until(ok, 10, what="the instance status ok", interval_s=0.3)
     assert statuses[0]["InstanceState"]["Name"] == "running"
     assert statuses[0]["SystemStatus"]["Details"][0]["Status"] == "passed"
     ec2.stop_instances(InstanceIds=[instance])
-    wait_state(ec2, instance, "stopped")
+    wait_states(ec2, [instance], "stopped")
     assert ec2.describe_instance_status(InstanceIds=[instance])["InstanceStatuses"] == []
     everything = ec2.describe_instance_status(InstanceIds=[instance], IncludeAllInstances=True)["InstanceStatuses"]
     assert everything[0]["InstanceState"]["Name"] == "stopped"
@@ -117,7 +92,7 @@ def test_instance_types(ec2: Any) -> None:
     ]
     with pytest.raises(ClientError) as excinfo:
         ec2.describe_instance_types(InstanceTypes=["z9.enormous"])
-    assert code_of(excinfo) == "InvalidInstanceType"
+    assert error_code(excinfo) == "InvalidInstanceType"
 
 
 def test_instance_attributes(ec2: Any, instance: str) -> None:
@@ -130,7 +105,7 @@ def test_instance_attributes(ec2: Any, instance: str) -> None:
     assert kernel.startswith("aki-")
     with pytest.raises(ClientError) as excinfo:
         ec2.describe_instance_attribute(InstanceId="i-0123456789abcdef0", Attribute="instanceType")
-    assert code_of(excinfo) == "InvalidInstanceID.NotFound"
+    assert error_code(excinfo) == "InvalidInstanceID.NotFound"
 
 
 def _image_folder(tmp_path: Path, sim_cloud: RunningCloud) -> Path:
@@ -155,18 +130,18 @@ def test_register_describe_deregister(ec2: Any, sim_cloud: RunningCloud, tmp_pat
     assert ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"] == []
     with pytest.raises(ClientError) as excinfo:
         ec2.register_image(Name=name, ImageLocation=str(tmp_path / "image"))
-    assert code_of(excinfo) == "InvalidAMIName.Duplicate"
+    assert error_code(excinfo) == "InvalidAMIName.Duplicate"
     again = ec2.register_image(Name=name + "-parts", KernelId=image["KernelId"], RamdiskId=image["RamdiskId"])
     [inst] = ec2.run_instances(ImageId=again["ImageId"], MinCount=1, MaxCount=1, InstanceType="t2.nano")["Instances"]
-    wait_state(ec2, inst["InstanceId"], "running")
+    wait_states(ec2, [inst["InstanceId"]], "running")
     ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
     ec2.deregister_image(ImageId=image_id)
     with pytest.raises(ClientError) as excinfo:
         ec2.describe_images(ImageIds=[image_id])
-    assert code_of(excinfo) == "InvalidAMIID.NotFound"
+    assert error_code(excinfo) == "InvalidAMIID.NotFound"
     with pytest.raises(ClientError) as excinfo:
         ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1)
-    assert code_of(excinfo) == "InvalidAMIID.NotFound"
+    assert error_code(excinfo) == "InvalidAMIID.NotFound"
     ec2.deregister_image(ImageId=again["ImageId"])
 
 
@@ -185,14 +160,14 @@ def test_register_image_bad_input(ec2: Any, kwargs: dict[str, Any], code: str) -
     before = {i["ImageId"] for i in ec2.describe_images()["Images"]}
     with pytest.raises(ClientError) as excinfo:
         ec2.register_image(**kwargs)
-    assert code_of(excinfo) == code
+    assert error_code(excinfo) == code
     assert {i["ImageId"] for i in ec2.describe_images()["Images"]} == before
 
 
 def test_image_attribute_errors(ec2: Any) -> None:
     with pytest.raises(ClientError) as excinfo:
         ec2.describe_image_attribute(ImageId="ami-0123456789abcdef0", Attribute="description")
-    assert code_of(excinfo) == "InvalidAMIID.NotFound"
+    assert error_code(excinfo) == "InvalidAMIID.NotFound"
     with pytest.raises(ClientError) as excinfo:
         ec2.deregister_image(ImageId="ami-0123456789abcdef0")
-    assert code_of(excinfo) == "InvalidAMIID.NotFound"
+    assert error_code(excinfo) == "InvalidAMIID.NotFound"

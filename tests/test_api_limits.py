@@ -7,18 +7,12 @@ cloud as it was (no instance, no tag).
 from __future__ import annotations
 
 import base64
-import urllib.error
-import urllib.request
 from typing import Any
 
-import botocore.session
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError
-from botocore.parsers import create_parser
 
-from tests.clouds import RunningCloud, default_image, error_code
+from tests.clouds import RunningCloud, default_image, error_code, raw_call
 
 
 @pytest.fixture(scope="module")
@@ -50,39 +44,10 @@ def test_user_data_that_is_not_base64_is_refused(sim_cloud: RunningCloud, user: 
     before = _instance_ids(user)
     for garbage in ("not base64!", "abc", "YWJj=ZGVm"):
         with pytest.raises(ClientError) as excinfo:
-            _raw_call(sim_cloud, user, {"Action": "RunInstances", "ImageId": image, "MinCount": "1",
+            raw_call(sim_cloud, user, {"Action": "RunInstances", "ImageId": image, "MinCount": "1",
                                          "MaxCount": "1", "UserData": garbage})  # fmt: skip
         assert error_code(excinfo) == "InvalidUserData.Malformed", garbage
     assert _instance_ids(user) == before
-
-
-class Answer:
-    def __init__(self, status: int, content: bytes) -> None:
-        self.status, self.content = status, content
-
-
-def _raw_call(sim_cloud: RunningCloud, ec2: Any, params: dict[str, str], version: str | None = "2016-11-15") -> Any:
-    """A hand-signed EC2 Query request (to send what boto3 never would); errors raised as boto3 raises them."""
-    body = dict(params)
-    if version is not None:
-        body["Version"] = version
-    request = AWSRequest(method="POST", url=sim_cloud.url, data=body)
-    SigV4Auth(ec2._request_signer._credentials, "ec2", sim_cloud.info["region"]).add_auth(request)
-    sent = urllib.request.Request(
-        sim_cloud.url,
-        data=request.body if isinstance(request.body, bytes) else request.body.encode(),
-        headers=dict(request.headers),
-    )
-    try:
-        with urllib.request.urlopen(sent, timeout=30) as response:
-            return Answer(response.status, response.read())
-    except urllib.error.HTTPError as exc:
-        model = botocore.session.get_session().get_service_model("ec2")
-        parsed = create_parser("ec2").parse(
-            {"status_code": exc.code, "headers": dict(exc.headers), "body": exc.read()},
-            model.operation_model(params["Action"]).output_shape,
-        )
-        raise ClientError(parsed, params["Action"]) from None
 
 
 @pytest.mark.parametrize(
@@ -141,12 +106,12 @@ def test_tag_lengths_and_count_at_the_edges(user: Any) -> None:
 @pytest.mark.parametrize("version", ["garbage", "2016-11-16", "2099-01-01", "2016-13-01", "", "2016-11-15x"])
 def test_a_malformed_or_unknown_version_is_refused(sim_cloud: RunningCloud, user: Any, version: str) -> None:
     with pytest.raises(ClientError) as excinfo:
-        _raw_call(sim_cloud, user, {"Action": "DescribeRegions"}, version=version)
+        raw_call(sim_cloud, user, {"Action": "DescribeRegions"}, version=version)
     assert error_code(excinfo) == "NoSuchVersion"
     assert f"({version})" in excinfo.value.response["Error"]["Message"]
 
 
 @pytest.mark.parametrize("version", ["2016-11-15", "2014-06-15", None])
 def test_the_model_version_and_older_ones_are_accepted(sim_cloud: RunningCloud, user: Any, version: str) -> None:
-    answer = _raw_call(sim_cloud, user, {"Action": "DescribeRegions"}, version=version)
+    answer = raw_call(sim_cloud, user, {"Action": "DescribeRegions"}, version=version)
     assert b"<regionName>" in answer.content

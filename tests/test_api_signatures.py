@@ -124,9 +124,11 @@ def test_sigv4_header_verifies() -> None:
 
 def test_sigv4_accepts_clock_skew_within_limit() -> None:
     request = sign(SigV4Auth(CREDS, "ec2", "cloudlab-1"))
-    request.verify(now=T0 + dt.timedelta(minutes=14))
-    request.verify(now=T0 - dt.timedelta(minutes=14))
-    request.verify(now=(T0 + dt.timedelta(minutes=50)).replace(tzinfo=None), max_skew_s=3600)  # naive = UTC
+    expected = SignedIdentity(ACCESS_KEY, "cloudlab-1", "ec2", 4)
+    assert request.verify(now=T0 + dt.timedelta(minutes=14)) == expected
+    assert request.verify(now=T0 - dt.timedelta(minutes=14)) == expected
+    naive = (T0 + dt.timedelta(minutes=50)).replace(tzinfo=None)  # naive = UTC
+    assert request.verify(now=naive, max_skew_s=3600) == expected
 
 
 def test_sigv4_get_with_query_and_odd_path() -> None:
@@ -164,7 +166,7 @@ def test_sigv4_detects_tampering(tamper: Any, code: str) -> None:
 
 def test_sigv4_unsigned_headers_may_change() -> None:
     request = sign(SigV4Auth(CREDS, "ec2", "cloudlab-1")).with_headers(**{"User-Agent": "changed", "X-Extra": "1"})
-    request.verify()
+    assert request.verify() == SignedIdentity(ACCESS_KEY, "cloudlab-1", "ec2", 4)
 
 
 def test_sigv4_wrong_secret_unknown_key_and_clock() -> None:
@@ -193,7 +195,7 @@ def test_sigv4_declared_payload_hash_is_checked_and_accepted() -> None:
     prepared = request.prepare()
     signed = Signed("POST", "/", "", dict(prepared.headers) | {"Host": "localhost:8773"}, body)
     assert "x-amz-content-sha256" in signed.headers["Authorization"]
-    signed.verify()
+    assert signed.verify().access_key == ACCESS_KEY
     assert code_of(lambda: replace(signed, body=body + b"&x=1").verify()) == "SignatureDoesNotMatch"
 
 
@@ -210,7 +212,7 @@ def test_sigv4_unsigned_payload_only_without_body() -> None:
             headers=headers,
         )
 
-    signed_unsigned(None, "GET").verify()
+    assert signed_unsigned(None, "GET").verify() == SignedIdentity(ACCESS_KEY, "cloudlab-1", "ec2", 4)
     with_body = signed_unsigned(dict(PARAMS), "POST")
     assert code_of(with_body.verify) == "SignatureDoesNotMatch"
     assert code_of(replace(with_body, body=b"DryRun=true").verify) == "SignatureDoesNotMatch"

@@ -21,8 +21,6 @@ import os
 import re
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cloudlab.api.actions import ACTIONS
-from tests.clouds import RunningCloud
+from tests.clouds import RunningCloud, unique, wait_states
 
 clidriver = pytest.importorskip("awscli.clidriver", reason="the AWS CLI is not installed (pip install -e .[dev])")
 
@@ -47,10 +45,6 @@ def needs(*actions: str) -> pytest.MarkDecorator:
     """Skip until every one of ``actions`` has a handler (evaluated when the tests are collected)."""
     missing = [a for a in actions if a not in ACTIONS]
     return pytest.mark.skipif(bool(missing), reason=f"not implemented yet: {', '.join(missing)}")
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -140,16 +134,6 @@ def instances_of(answer: dict[str, Any]) -> list[dict[str, Any]]:
     return [i for r in answer["Reservations"] for i in r["Instances"]]
 
 
-def wait_state(admin: Any, ids: list[str], state: str, timeout: float = 20.0) -> dict[str, dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = {i["InstanceId"]: i for i in instances_of(admin.describe_instances(InstanceIds=ids))}
-        if all(i["State"]["Name"] == state for i in found.values()):
-            return found
-        assert time.monotonic() < deadline, {k: v["State"]["Name"] for k, v in found.items()}
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def run(aws: AwsCli, image: dict[str, Any], admin: Any) -> Iterator[Any]:
     """``run(*extra_args, count=1)``: run instances through the CLI, wait until running; terminated afterwards."""
@@ -160,7 +144,7 @@ def run(aws: AwsCli, image: dict[str, Any], admin: Any) -> Iterator[Any]:
         ids = [i["InstanceId"] for i in answer["Instances"]]
         started.extend(ids)
         if wait:
-            wait_state(admin, ids, "running")
+            wait_states(admin, ids, "running")
         return ids
 
     yield launch
@@ -225,7 +209,7 @@ def test_instance_lifecycle(aws: AwsCli, image: dict[str, Any], admin: Any) -> N
         assert len(ids) == 2 and all(re.fullmatch(r"i-[0-9a-f]{17}", i) for i in ids)
         assert {i["State"]["Name"] for i in answer["Instances"]} == {"pending"}
         assert {i["InstanceType"] for i in answer["Instances"]} == {"t2.micro"}
-        wait_state(admin, ids, "running")
+        wait_states(admin, ids, "running")
         running = aws(
             "ec2",
             "describe-instances",
@@ -245,13 +229,13 @@ def test_instance_lifecycle(aws: AwsCli, image: dict[str, Any], admin: Any) -> N
         console = aws("ec2", "get-console-output", "--instance-id", ids[0])
         assert console["InstanceId"] == ids[0]
         assert aws("ec2", "reboot-instances", "--instance-ids", *ids) == {}
-        assert {i["State"]["Name"] for i in wait_state(admin, ids, "running").values()} == {"running"}
+        assert {i["State"]["Name"] for i in wait_states(admin, ids, "running").values()} == {"running"}
 
         changes = aws("ec2", "terminate-instances", "--instance-ids", *ids)["TerminatingInstances"]
         assert sorted(c["InstanceId"] for c in changes) == sorted(ids)
         assert {c["PreviousState"]["Name"] for c in changes} == {"running"}
         assert {c["CurrentState"]["Name"] for c in changes} <= {"shutting-down", "terminated"}
-        wait_state(admin, ids, "terminated")
+        wait_states(admin, ids, "terminated")
         again = aws("ec2", "terminate-instances", "--instance-ids", *ids)["TerminatingInstances"]
         assert {(c["PreviousState"]["Name"], c["CurrentState"]["Name"]) for c in again} == {
             ("terminated", "terminated")
@@ -347,7 +331,7 @@ def test_stop_and_start(aws: AwsCli, run: Any, admin: Any) -> None:
     [stopping] = aws("ec2", "stop-instances", "--instance-ids", instance)["StoppingInstances"]
     assert stopping["InstanceId"] == instance and stopping["PreviousState"]["Name"] == "running"
     assert stopping["CurrentState"]["Name"] in ("stopping", "stopped")
-    wait_state(admin, [instance], "stopped")
+    wait_states(admin, [instance], "stopped")
     # stopped instances are reported only with --include-all-instances
     assert aws("ec2", "describe-instance-status", "--instance-ids", instance)["InstanceStatuses"] == []
     [stopped] = aws("ec2", "describe-instance-status", "--instance-ids", instance, "--include-all-instances")[
@@ -360,10 +344,10 @@ def test_stop_and_start(aws: AwsCli, run: Any, admin: Any) -> None:
     [starting] = aws("ec2", "start-instances", "--instance-ids", instance)["StartingInstances"]
     assert starting["PreviousState"]["Name"] == "stopped"
     assert starting["CurrentState"]["Name"] in ("pending", "running")
-    wait_state(admin, [instance], "running")
+    wait_states(admin, [instance], "running")
 
     aws("ec2", "terminate-instances", "--instance-ids", instance)
-    wait_state(admin, [instance], "terminated")
+    wait_states(admin, [instance], "terminated")
     aws.fails("ec2", "start-instances", "--instance-ids", instance, code="IncorrectInstanceState")
     aws.fails("ec2", "stop-instances", "--instance-ids", instance, code="IncorrectInstanceState")
     aws.fails("ec2", "stop-instances", "--instance-ids", MISSING_INSTANCE, code="InvalidInstanceID.NotFound")
@@ -466,7 +450,7 @@ def test_register_and_deregister_image(aws: AwsCli, image: dict[str, Any], admin
     # the new image runs
     [instance] = [i["InstanceId"] for i in aws("ec2", "run-instances", "--image-id", new_id)["Instances"]]
     try:
-        assert wait_state(admin, [instance], "running")[instance]["ImageId"] == new_id
+        assert wait_states(admin, [instance], "running")[instance]["ImageId"] == new_id
     finally:
         admin.terminate_instances(InstanceIds=[instance])
 
@@ -710,7 +694,7 @@ def test_instances_in_a_security_group(aws: AwsCli, run: Any, admin: Any) -> Non
     err = aws.run("ec2", "delete-security-group", "--group-id", group_id).err
     assert re.search(r"An error occurred \((DependencyViolation|InvalidGroup\.InUse)\)", err), err
     aws("ec2", "terminate-instances", "--instance-ids", instance)
-    wait_state(admin, [instance], "terminated")
+    wait_states(admin, [instance], "terminated")
     aws("ec2", "delete-security-group", "--group-id", group_id)
     aws.fails(
         "ec2",

@@ -7,6 +7,7 @@ built for real in namespaces ``clb<hex>-*``, measured for 1 s, and must leave no
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -15,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cloudlab.bench import handmade, measure, network
-from cloudlab.bench.remote import NamespaceRemote, SshRemote
+from cloudlab.bench import handmade, lab, measure, network
+from cloudlab.reach import NamespaceRemote, SshRemote
+from cloudlab.waiting import wait_until
 
 IPERF_JSON = {
     "start": {"test_start": {"protocol": "TCP", "num_streams": 1, "duration": 1}},
@@ -130,9 +132,16 @@ def test_ping_all_lost_and_no_summary() -> None:
         measure.parse_ping("ping: bad address 'x'")
 
 
-def test_host_cpu_sampler() -> None:
-    with measure.HostCpu() as cpu:
-        sum(i * i for i in range(300_000))
+def test_host_cpu_arithmetic_on_given_counters() -> None:
+    assert measure.cpu_times_of("cpu  10 2 5 80 3 0 0 0 0 0") == (17, 100)  # idle 80 + iowait 3 are not busy
+    assert measure.cpu_pct((17, 100), (67, 200)) == 50.0
+    assert measure.cpu_pct((17, 100), (17, 300)) == 0.0
+    assert math.isnan(measure.cpu_pct((17, 100), (17, 100)))  # within one jiffy: no figure, not 0 %
+
+
+def test_host_cpu_sampler_over_a_span_of_jiffies() -> None:
+    with measure.HostCpu() as cpu:  # a span that cannot be empty: until ten jiffies have been counted
+        wait_until(lambda: measure.cpu_times()[1] >= cpu.start[1] + 10, 10, what="ten jiffies", interval_s=0.01)
     assert 0 <= cpu.pct <= 100
 
 
@@ -198,7 +207,7 @@ def test_summary_ratios_results_and_charts(tmp_path: Path) -> None:
 
 
 def _ours_left(tag: str) -> tuple[list[str], list[str]]:
-    namespaces = [n for n in handmade.leftover_namespaces() if n.startswith(tag + "-")]
+    namespaces = [n for n in lab.leftover_namespaces() if n.startswith(tag + "-")]
     ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, timeout=10).stdout
     processes = [line for line in ps.splitlines() if tag in line and "ps -eo" not in line]
     return namespaces, processes

@@ -17,107 +17,21 @@ import pytest
 
 from cloudlab import contract, waiting
 from cloudlab.clc.states import STATE_CODES, TRANSITIONS, check_transition
-from cloudlab.clc.users import User
-from cloudlab.config import CloudConfig
 from cloudlab.errors import CloudError, ControllerUnavailable
 from cloudlab.nc.domain_xml import DomainSpec, build_domain_xml
-from cloudlab.paths import StateLayout
-from cloudlab.service import CloudService
+from cloudlab.waiting import wait_until
+from tests.clouds import NODE_VCPUS, LocalCloud
 
-NODE_VCPUS = 4
-NODE_MEMORY_MB = 4096
 LEDGER_FIELDS = ("user", "instance_id", "instance_type", "vcpus", "memory_mb", "node", "cluster", "event", "detail")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    return waiting.wait_until(predicate, timeout, what=what, interval_s=0.02)
-
-
-class Cloud:
-    """One CloudService on a state folder, started as ``run()`` starts it (without the API and signals)."""
-
-    def __init__(self, root: Path, nodes: int = 2, poll_s: float = 0.05) -> None:
-        self.root = root
-        self.layout = StateLayout(root / "state")
-        self.config = CloudConfig(
-            hypervisor="test:///default",
-            nodes=nodes,
-            node_vcpus=NODE_VCPUS,
-            node_memory_mb=NODE_MEMORY_MB,
-            heartbeat_s=poll_s,
-        )
-        self.service = CloudService(self.layout, self.config, reconcile_s=poll_s)
-        self.service.start(api=False)
-        self.clc = self.service.clc
-        kernel, ramdisk = root / "vmlinuz", root / "initrd.img"
-        kernel.write_bytes(b"a kernel the test driver never reads\n")
-        ramdisk.write_bytes(b"an initramfs\n")
-        self.image, _ = self.clc.images.register_default(kernel, ramdisk, "admin", "x")
-        self.admin = self.clc.users.get("admin")
-        self.stopped = False
-
-    # -- helpers -------------------------------------------------------------------------------------------
-    def run(self, user: User | None = None, count: int = 1, **kwargs: Any) -> list[str]:
-        kwargs.setdefault("max_count", count)
-        kwargs.setdefault("min_count", count)
-        reservation = self.clc.run_instances(user or self.admin, self.image.image_id, **kwargs)
-        return [i["instance_id"] for i in reservation["instances"]]
-
-    def state(self, instance_id: str) -> str:
-        return self.clc.instance(instance_id)["state"]
-
-    def wait_state(self, ids: list[str], state: str, timeout: float = 15.0) -> None:
-        wait_until(
-            lambda: all(self.state(i) == state for i in ids),
-            timeout,
-            f"{ids} to be {state} (now {[self.state(i) for i in ids]})",
-        )
-
-    def passes(self, count: int = 3) -> None:
-        """Wait until the reconciler has made ``count`` more passes over the cluster."""
-        reconciler = self.clc.reconciler
-        target = reconciler.passes + count
-        wait_until(lambda: reconciler.passes >= target, what=f"{count} reconcile passes")
-
-    def ledger(self, instance_id: str | None = None) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM ledger", ()
-        if instance_id:
-            sql, params = sql + " WHERE instance_id=?", (instance_id,)
-        return [dict(r) for r in self.service.store.query(sql + " ORDER BY seq", params)]
-
-    def events(self, instance_id: str) -> list[str]:
-        return [row["event"] for row in self.ledger(instance_id)]
-
-    def domains(self) -> dict[str, list[str]]:
-        return {
-            name: sorted(d.name() for d in node.conn.listAllDomains())
-            for name, node in self.service.local_nodes.items()
-        }
-
-    def node_of(self, instance_id: str) -> Any:
-        return self.service.local_nodes[self.clc.instance(instance_id)["node"]]
-
-    def stop(self) -> None:
-        """Stop without terminating anything (as a crash or kill would leave it), and release resources."""
-        if self.stopped:
-            return
-        self.stopped = True
-        self.service.clc.stop()
-        self.service.cc.stop()
-        for node in self.service.local_nodes.values():
-            node.close()
-        server = self.service.cc_server
-        threading.Thread(target=lambda: (server.shutdown(), server.server_close()), daemon=True).start()
-        self.service.store.close()
-
-
 @pytest.fixture
-def make_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Cloud]]:
+def make_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., LocalCloud]]:
     monkeypatch.setenv("CLOUDLAB_CACHE", str(tmp_path / "no-cache"))  # no built image: only ours
-    clouds: list[Cloud] = []
+    clouds: list[LocalCloud] = []
 
-    def make(root: Path | None = None, **kwargs: Any) -> Cloud:
-        cloud = Cloud(root or tmp_path, **kwargs)
+    def make(root: Path | None = None, **kwargs: Any) -> LocalCloud:
+        cloud = LocalCloud(root or tmp_path, **kwargs)
         clouds.append(cloud)
         return cloud
 
@@ -127,7 +41,7 @@ def make_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
 
 
 @pytest.fixture
-def cloud(make_cloud: Callable[..., Cloud]) -> Cloud:
+def cloud(make_cloud: Callable[..., LocalCloud]) -> LocalCloud:
     return make_cloud()
 
 
@@ -138,7 +52,7 @@ def error_code(excinfo: pytest.ExceptionInfo[CloudError]) -> str:
 # -- RunInstances ---------------------------------------------------------------------------------------------
 
 
-def test_run_instances_records_pending_instances_that_become_running(cloud: Cloud) -> None:
+def test_run_instances_records_pending_instances_that_become_running(cloud: LocalCloud) -> None:
     reservation = cloud.clc.run_instances(
         cloud.admin, cloud.image.image_id, min_count=2, max_count=2, instance_type="t2.small"
     )
@@ -178,7 +92,7 @@ class SlowReservationReads:
         return self._store.query(sql, params)
 
 
-def test_run_instances_answers_with_the_instances_as_pending(cloud: Cloud) -> None:
+def test_run_instances_answers_with_the_instances_as_pending(cloud: LocalCloud) -> None:
     """EC2's RunInstances answers with every instance ``pending`` (code 0): the answer is the records
     as committed, whatever the dispatch threads did in the meantime."""
     cloud.clc.store = SlowReservationReads(cloud.clc.store)
@@ -186,7 +100,7 @@ def test_run_instances_answers_with_the_instances_as_pending(cloud: Cloud) -> No
     assert [i["state"] for i in reservation["instances"]] == ["pending"] * 3
 
 
-def test_the_ledger_records_every_state_change_with_usage_facts(cloud: Cloud) -> None:
+def test_the_ledger_records_every_state_change_with_usage_facts(cloud: LocalCloud) -> None:
     (instance_id,) = cloud.run(instance_type="c1.medium")
     cloud.wait_state([instance_id], "running")
     cloud.clc.terminate_instances(cloud.admin, [instance_id])
@@ -208,7 +122,7 @@ def test_the_ledger_records_every_state_change_with_usage_facts(cloud: Cloud) ->
     assert rows[2]["detail"].startswith("Client.UserInitiatedShutdown")
 
 
-def test_the_ledger_is_append_only(cloud: Cloud) -> None:
+def test_the_ledger_is_append_only(cloud: LocalCloud) -> None:
     (instance_id,) = cloud.run()
     cloud.wait_state([instance_id], "running")
     before = cloud.ledger()
@@ -254,7 +168,7 @@ def test_the_state_machine(current: str, new: str) -> None:
         assert current in excinfo.value.message and new in excinfo.value.message
 
 
-def test_terminate_returns_previous_and_current_state(cloud: Cloud) -> None:
+def test_terminate_returns_previous_and_current_state(cloud: LocalCloud) -> None:
     ids = cloud.run(count=2)
     cloud.wait_state(ids, "running")
     changes = cloud.clc.terminate_instances(cloud.admin, ids)
@@ -272,7 +186,7 @@ def test_terminate_returns_previous_and_current_state(cloud: Cloud) -> None:
     assert error_code(excinfo) == "MissingParameter"
 
 
-def test_reboot_needs_a_live_instance(cloud: Cloud) -> None:
+def test_reboot_needs_a_live_instance(cloud: LocalCloud) -> None:
     (instance_id,) = cloud.run()
     cloud.wait_state([instance_id], "running")
     cloud.clc.reboot_instances(cloud.admin, [instance_id])
@@ -288,7 +202,7 @@ def test_reboot_needs_a_live_instance(cloud: Cloud) -> None:
 # -- who sees what -------------------------------------------------------------------------------------------
 
 
-def test_users_see_only_their_own_instances_and_admins_see_all(cloud: Cloud) -> None:
+def test_users_see_only_their_own_instances_and_admins_see_all(cloud: LocalCloud) -> None:
     bob = cloud.clc.users.create("bob")
     carol = cloud.clc.users.create("carol")
     admins = cloud.run()
@@ -315,7 +229,24 @@ def test_users_see_only_their_own_instances_and_admins_see_all(cloud: Cloud) -> 
     assert cloud.ledger(bobs[0])[-1]["user"] == "bob"  # accounted to the owner, not to the admin
 
 
-def test_malformed_instance_ids(cloud: Cloud) -> None:
+def test_the_owner_of_a_resource_is_the_clcs_to_say(cloud: LocalCloud) -> None:
+    """What a DryRun asks the CLC: who owns an instance, an image, a group; a well-formed id naming nothing
+    is EC2's NotFound; an id of no resource kind has no owner (and is no error)."""
+    bob = cloud.clc.users.create("bob")
+    [instance_id] = cloud.run(bob)
+    assert cloud.clc.owner_of(instance_id) == "bob"
+    assert cloud.clc.owner_of(cloud.image.image_id) == "admin"
+    with pytest.raises(CloudError) as excinfo:
+        cloud.clc.owner_of("i-0123456789abcdef0")
+    assert error_code(excinfo) == "InvalidInstanceID.NotFound"
+    with pytest.raises(CloudError) as excinfo:
+        cloud.clc.owner_of("sg-0123456789abcdef0")
+    assert error_code(excinfo) == "InvalidGroup.NotFound"
+    assert cloud.clc.owner_of("fleet-0123456789abcdef0") is None
+    assert cloud.clc.owner_of("not-an-id") is None
+
+
+def test_malformed_instance_ids(cloud: LocalCloud) -> None:
     for bad in ("i-xyz", "bogus", "ami-0123456789abcdef0"):
         with pytest.raises(CloudError) as excinfo:
             cloud.clc.describe_instances(cloud.admin, [bad])
@@ -325,7 +256,7 @@ def test_malformed_instance_ids(cloud: Cloud) -> None:
 # -- ClientToken and counts -----------------------------------------------------------------------------------
 
 
-def test_client_token_makes_run_instances_idempotent(cloud: Cloud) -> None:
+def test_client_token_makes_run_instances_idempotent(cloud: LocalCloud) -> None:
     bob = cloud.clc.users.create("bob")
     first = cloud.clc.run_instances(cloud.admin, cloud.image.image_id, client_token="tok-1")
     again = cloud.clc.run_instances(cloud.admin, cloud.image.image_id, client_token="tok-1", max_count=3)
@@ -356,7 +287,7 @@ class GatedSchedule:
         return self.inner.ask(action, request, timeout)
 
 
-def test_concurrent_requests_with_one_client_token_make_one_reservation(cloud: Cloud) -> None:
+def test_concurrent_requests_with_one_client_token_make_one_reservation(cloud: LocalCloud) -> None:
     link = cloud.clc.clusters.get("cluster1")
     link.channel = GatedSchedule(link.channel, 3)
     reservations: list[str] = []
@@ -385,14 +316,14 @@ def test_concurrent_requests_with_one_client_token_make_one_reservation(cloud: C
         (1, 1001, "InstanceLimitExceeded"),
     ],
 )
-def test_count_validation(cloud: Cloud, min_count: int, max_count: int, code: str) -> None:
+def test_count_validation(cloud: LocalCloud, min_count: int, max_count: int, code: str) -> None:
     with pytest.raises(CloudError) as excinfo:
         cloud.clc.run_instances(cloud.admin, cloud.image.image_id, min_count=min_count, max_count=max_count)
     assert error_code(excinfo) == code
     assert cloud.clc.describe_instances(cloud.admin) == [] and cloud.ledger() == []
 
 
-def test_more_than_the_capacity_is_refused_and_leaves_nothing(cloud: Cloud) -> None:
+def test_more_than_the_capacity_is_refused_and_leaves_nothing(cloud: LocalCloud) -> None:
     capacity = 2 * NODE_VCPUS  # t2.micro: 1 vCPU, 256 MiB; two nodes of 4 vCPUs
     with pytest.raises(CloudError) as excinfo:
         cloud.run(count=capacity + 1)
@@ -403,7 +334,7 @@ def test_more_than_the_capacity_is_refused_and_leaves_nothing(cloud: Cloud) -> N
     cloud.wait_state(ids, "running")
 
 
-def test_max_count_above_capacity_with_a_fitting_min_count_launches_what_fits(cloud: Cloud) -> None:
+def test_max_count_above_capacity_with_a_fitting_min_count_launches_what_fits(cloud: LocalCloud) -> None:
     ids = cloud.run(min_count=2, max_count=20)
     assert len(ids) == 2 * NODE_VCPUS
     cloud.wait_state(ids, "running")
@@ -413,10 +344,10 @@ def test_max_count_above_capacity_with_a_fitting_min_count_launches_what_fits(cl
     assert error_code(excinfo) == "InsufficientInstanceCapacity"
     cloud.clc.terminate_instances(cloud.admin, ids[:1])
     cloud.wait_state(ids[:1], "terminated")
-    wait_until(lambda: _fits_one(cloud), what="the freed room to be offered again")
+    wait_until(lambda: _fits_one(cloud), 15.0, what="the freed room to be offered again", interval_s=0.02)
 
 
-def _fits_one(cloud: Cloud) -> bool:
+def _fits_one(cloud: LocalCloud) -> bool:
     try:
         cloud.run()
     except CloudError:
@@ -434,14 +365,14 @@ def _fits_one(cloud: Cloud) -> bool:
         ("ami-01234567", "InvalidAMIID.NotFound"),
     ],
 )
-def test_bad_image_ids(cloud: Cloud, image_id: str, code: str) -> None:
+def test_bad_image_ids(cloud: LocalCloud, image_id: str, code: str) -> None:
     with pytest.raises(CloudError) as excinfo:
         cloud.clc.run_instances(cloud.admin, image_id)
     assert error_code(excinfo) == code
     assert cloud.ledger() == []
 
 
-def test_a_kernel_image_or_a_private_image_of_another_user_cannot_be_run(cloud: Cloud) -> None:
+def test_a_kernel_image_or_a_private_image_of_another_user_cannot_be_run(cloud: LocalCloud) -> None:
     bob = cloud.clc.users.create("bob")
     with pytest.raises(CloudError) as excinfo:
         cloud.clc.run_instances(cloud.admin, cloud.image.kernel_id)  # aki-...
@@ -454,7 +385,7 @@ def test_a_kernel_image_or_a_private_image_of_another_user_cannot_be_run(cloud: 
     assert reservation["instances"][0]["ramdisk_id"] is None
 
 
-def test_unknown_instance_type_and_zone(cloud: Cloud) -> None:
+def test_unknown_instance_type_and_zone(cloud: LocalCloud) -> None:
     with pytest.raises(CloudError) as excinfo:
         cloud.clc.run_instances(cloud.admin, cloud.image.image_id, instance_type="z9.enormous")
     assert error_code(excinfo) == "InvalidParameterValue"
@@ -468,7 +399,7 @@ def test_unknown_instance_type_and_zone(cloud: Cloud) -> None:
 # -- reconciliation ----------------------------------------------------------------------------------------------
 
 
-def test_a_vm_that_vanished_is_terminated_with_a_reason(cloud: Cloud) -> None:
+def test_a_vm_that_vanished_is_terminated_with_a_reason(cloud: LocalCloud) -> None:
     ids = cloud.run(count=2)
     cloud.wait_state(ids, "running")
     dom = cloud.node_of(ids[0]).conn.lookupByName(ids[0])
@@ -484,7 +415,7 @@ def test_a_vm_that_vanished_is_terminated_with_a_reason(cloud: Cloud) -> None:
     assert cloud.events(ids[0]).count("terminated") == 1
 
 
-def test_an_unknown_vm_is_reported_and_left_alone(cloud: Cloud) -> None:
+def test_an_unknown_vm_is_reported_and_left_alone(cloud: LocalCloud) -> None:
     node = cloud.service.local_nodes["node-01"]
     stranger = "i-0badc0ffee0000000"
     spec = DomainSpec(
@@ -499,7 +430,10 @@ def test_an_unknown_vm_is_reported_and_left_alone(cloud: Cloud) -> None:
     )
     node.conn.defineXML(build_domain_xml(spec)).create()
     found = wait_until(
-        lambda: [v for v in cloud.clc.unknown_vms() if v["instance_id"] == stranger], what="the stranger to be reported"
+        lambda: [v for v in cloud.clc.unknown_vms() if v["instance_id"] == stranger],
+        15.0,
+        what="the stranger to be reported",
+        interval_s=0.02,
     )
     assert found[0]["node"] == "node-01" and found[0]["state"] == "running"
     cloud.passes()  # several reconcile rounds later it is still there, untouched and unrecorded
@@ -508,7 +442,7 @@ def test_an_unknown_vm_is_reported_and_left_alone(cloud: Cloud) -> None:
     assert cloud.ledger() == []
 
 
-def test_a_guest_that_shuts_itself_off_is_terminated(cloud: Cloud) -> None:
+def test_a_guest_that_shuts_itself_off_is_terminated(cloud: LocalCloud) -> None:
     (instance_id,) = cloud.run()
     cloud.wait_state([instance_id], "running")
     node = cloud.node_of(instance_id)
@@ -520,12 +454,14 @@ def test_a_guest_that_shuts_itself_off_is_terminated(cloud: Cloud) -> None:
     assert cloud.ledger(instance_id)[2]["detail"].startswith("Client.InstanceInitiatedShutdown")
     wait_until(
         lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()],
+        15.0,
         what="the shut-off domain to be cleaned up",
+        interval_s=0.02,
     )
 
 
 def test_a_guest_shutting_itself_off_reaches_the_records_by_event_not_by_poll(
-    make_cloud: Callable[..., Cloud], tmp_path: Path
+    make_cloud: Callable[..., LocalCloud], tmp_path: Path
 ) -> None:
     """The node's lifecycle event nudges its CC, whose report wakes the reconciler: with heartbeats and
     reconcile passes a minute apart, the guest's shutdown still reaches the records within seconds."""
@@ -538,7 +474,7 @@ def test_a_guest_shutting_itself_off_reaches_the_records_by_event_not_by_poll(
 
 
 def test_the_vm_of_a_terminated_instance_that_reappears_is_removed(
-    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("cloudlab.clc.dispatch.RETRY_AFTER_S", 0.1)
     (instance_id,) = cloud.run()
@@ -549,14 +485,17 @@ def test_the_vm_of_a_terminated_instance_that_reappears_is_removed(
     # the node brings the old VM back (say, a node restored from a snapshot)
     node.run_instance(contract.StartInstance(instance_id=instance_id, vcpus=1, memory_mb=256, kernel="/k"))
     wait_until(
-        lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()], what="the leftover VM to be removed"
+        lambda: instance_id not in [d.name() for d in node.conn.listAllDomains()],
+        15.0,
+        what="the leftover VM to be removed",
+        interval_s=0.02,
     )
     assert cloud.state(instance_id) == "terminated"
     assert cloud.events(instance_id).count("terminated") == 1
     assert [v for v in cloud.clc.unknown_vms() if v["instance_id"] == instance_id] == []
 
 
-def test_a_node_that_stops_answering_does_not_terminate_its_instances(cloud: Cloud) -> None:
+def test_a_node_that_stops_answering_does_not_terminate_its_instances(cloud: LocalCloud) -> None:
     (instance_id,) = cloud.run()
     cloud.wait_state([instance_id], "running")
     name = cloud.clc.instance(instance_id)["node"]
@@ -564,11 +503,13 @@ def test_a_node_that_stops_answering_does_not_terminate_its_instances(cloud: Clo
     registry.dead_after_s = 0.3
     entry = registry.entry(name)
     entry.channel = FailingLink(entry.channel, {"describe_resource"})
-    wait_until(lambda: not registry.alive(registry.entry(name)), what=f"{name} to be declared dead")
+    wait_until(
+        lambda: not registry.alive(registry.entry(name)), 15.0, what=f"{name} to be declared dead", interval_s=0.02
+    )
     cloud.passes()  # several reconcile rounds without a report from that node
     assert cloud.state(instance_id) == "running"
     entry.channel = entry.channel.inner
-    wait_until(lambda: registry.alive(registry.entry(name)), what=f"{name} to come back")
+    wait_until(lambda: registry.alive(registry.entry(name)), 15.0, what=f"{name} to come back", interval_s=0.02)
     cloud.passes()
     assert cloud.state(instance_id) == "running"
     assert cloud.events(instance_id) == ["pending", "running"]
@@ -589,7 +530,7 @@ class FailingLink:
 
 
 def test_a_restart_reconciles_records_without_losing_or_duplicating_ledger_events(
-    make_cloud: Callable[..., Cloud], tmp_path: Path
+    make_cloud: Callable[..., LocalCloud], tmp_path: Path
 ) -> None:
     first = make_cloud(tmp_path)
     running = first.run(count=2)

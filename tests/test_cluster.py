@@ -24,11 +24,7 @@ from cloudlab.nc.node import NodeController
 from cloudlab.rpc import Dispatcher, HttpChannel, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
-from cloudlab.waiting import wait_until as _wait_until
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    return _wait_until(predicate, timeout, what=what, interval_s=0.02)
+from cloudlab.waiting import wait_until
 
 
 def iid(i: int) -> str:
@@ -177,12 +173,22 @@ def test_heartbeats_follow_what_the_nodes_hold(make_cluster: Callable[..., Clust
     cluster = make_cluster(nodes=2, vcpus=4, memory_mb=2048, heartbeat_s=0.05)
     cluster.cc.start()
     cluster.nodes["node-02"].run_instance(start_body(1, vcpus=3, memory_mb=1024))  # behind the CC's back
-    wait_until(lambda: cluster.free()["node-02"] == (1, 1024), what="the heartbeat to report the instance")
+    wait_until(
+        lambda: cluster.free()["node-02"] == (1, 1024),
+        15.0,
+        what="the heartbeat to report the instance",
+        interval_s=0.02,
+    )
     assert cluster.free()["node-01"] == (4, 2048)
     entry = cluster.cc.registry.entry("node-02")
     assert [i.instance_id for i in entry.report.instances] == [iid(1)]
     cluster.nodes["node-02"].terminate_instance(iid(1))
-    wait_until(lambda: cluster.free()["node-02"] == (4, 2048), what="the heartbeat to report the termination")
+    wait_until(
+        lambda: cluster.free()["node-02"] == (4, 2048),
+        15.0,
+        what="the heartbeat to report the termination",
+        interval_s=0.02,
+    )
 
 
 # -- scheduling --------------------------------------------------------------------------------------------------
@@ -319,7 +325,12 @@ def test_a_silent_node_dies_and_is_not_offered(make_cluster: Callable[..., Clust
     cluster.cc.start()
     cluster.channels["node-01"].broken = True
     registry = cluster.cc.registry
-    wait_until(lambda: not registry.alive(registry.entry("node-01")), timeout=5, what="node-01 to be declared dead")
+    wait_until(
+        lambda: not registry.alive(registry.entry("node-01")),
+        timeout_s=5,
+        what="node-01 to be declared dead",
+        interval_s=0.02,
+    )
     assert registry.alive(registry.entry("node-02"))
     assert [v.name for v in registry.views()] == ["node-02"]
     placements = schedule(cluster, [instance(i) for i in range(2)]).placements
@@ -331,7 +342,9 @@ def test_a_silent_node_dies_and_is_not_offered(make_cluster: Callable[..., Clust
     assert described["node-02"].alive is True and described["node-02"].last_error is None
     # and it comes back when it answers again
     cluster.channels["node-01"].broken = False
-    wait_until(lambda: registry.alive(registry.entry("node-01")), timeout=5, what="node-01 to come back")
+    wait_until(
+        lambda: registry.alive(registry.entry("node-01")), timeout_s=5, what="node-01 to come back", interval_s=0.02
+    )
     assert registry.entry("node-01").last_error is None
 
 
@@ -395,7 +408,10 @@ def test_hanging_nodes_do_not_make_healthy_nodes_look_dead() -> None:
             return report()
 
     class Healthy(Hanging):
+        answered = 0
+
         def ask(self, action: Any, request: Any, timeout: float | None = None) -> Any:
+            Healthy.answered += 1
             return report(vcpus=4)
 
     registry = NodeRegistry(interval_s=0.05, dead_after_s=0.3)
@@ -407,12 +423,14 @@ def test_hanging_nodes_do_not_make_healthy_nodes_look_dead() -> None:
     registry.start()
     try:
         dead_seen = set()
-        deadline = time.monotonic() + 1.2
-        while time.monotonic() < deadline:
+
+        def many_rounds_watched() -> bool:  # 24 heartbeat rounds each: four times the dead-after span
             for name in ("ok-1", "ok-2"):
                 if not registry.alive(registry.entry(name)):
                     dead_seen.add(name)
-            time.sleep(0.02)
+            return Healthy.answered >= 2 * 24
+
+        wait_until(many_rounds_watched, 10, what="24 heartbeat rounds of the healthy nodes", interval_s=0.02)
         assert dead_seen == set()
     finally:
         release.set()

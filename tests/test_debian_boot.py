@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from cloudlab.bench.handboot import HandBoot, debian_by_hand
-from cloudlab.bench.remote import SshRemote
 from cloudlab.images.cached import BuiltImage
 from cloudlab.net import netns
+from cloudlab.reach import SshRemote
 
 pytestmark = [
     pytest.mark.vm,

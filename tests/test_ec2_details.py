@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from cloudlab.api.documented_filters import documented
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, default_image, error_code
-from tests.test_api_limits import _raw_call
+from tests.clouds import RunningCloud, default_image, error_code, raw_call
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +309,7 @@ def test_malformed_and_unknown_ids(ec2: Any, call: str, kwargs: dict[str, Any], 
 )
 def test_a_missing_parameter(sim_cloud: RunningCloud, ec2: Any, params: dict[str, str], member: str) -> None:
     with pytest.raises(ClientError) as excinfo:
-        _raw_call(sim_cloud, ec2, params)
+        raw_call(sim_cloud, ec2, params)
     assert error_code(excinfo) == "MissingParameter"
     assert member in excinfo.value.response["Error"]["Message"]
 

@@ -24,6 +24,7 @@ import pytest
 from cloudlab.guest import BOOT_MARKER, DEFAULT_KERNEL_CMDLINE
 from cloudlab.images.build import BuiltImage, ImageBuildError
 from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
+from cloudlab.waiting import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -187,17 +188,19 @@ class Guest:
         return [line.strip("\r") for line in text.split("\n")]
 
     def wait_line(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
+        def seen() -> str | None:
             found = [line for line in self.lines() if prefix in line]
             if found:
                 return found[0][found[0].index(prefix) :]
             if self.process.poll() is not None:
                 output = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
                 pytest.fail(f"QEMU exited ({self.process.returncode}) before {prefix!r}: {output}\n{self.lines()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {prefix!r} on the console after {timeout} s:\n" + "\n".join(self.lines()[-30:]))
-            time.sleep(0.1)
+            return None
+
+        try:
+            return wait_until(seen, timeout, what=repr(prefix))
+        except WaitTimeout:
+            pytest.fail(f"no {prefix!r} on the console after {timeout} s:\n" + "\n".join(self.lines()[-30:]))
 
     def stop(self) -> None:
         if self.process.poll() is None:

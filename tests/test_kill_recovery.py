@@ -21,7 +21,19 @@ import pytest
 from cloudlab import control, processes
 from cloudlab.paths import StateLayout
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
+from tests.clouds import (
+    RunningCloud,
+    console,
+    default_image,
+    described,
+    launch,
+    network_requirements,
+    no_leftovers,
+    ssh,
+    start_cloud,
+    state_of,
+    vm_requirements,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 BOOT_TIMEOUT_S = 120
@@ -31,14 +43,6 @@ BOOT_TIMEOUT_S = 120
 def _needs_vms() -> None:
     if reason := vm_requirements():
         pytest.skip(reason)
-
-
-def console(ec2: Any, instance_id: str) -> str:
-    return ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
-
-
-def state_of(ec2: Any, instance_id: str) -> str:
-    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
 
 
 def alive_nodes(cloud: RunningCloud) -> list[str]:
@@ -106,9 +110,7 @@ def test_up_fails_loudly_when_a_node_cannot_start(tmp_path: Path) -> None:
 def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Path, network: str, nodes: int) -> None:
     """Finding 2: the next ``up`` rebuilt the network from scratch and so ended the guests; now it rebuilds
     around them (host namespaces kept, router, NATs, switches and cables made again, NICs plugged in again)."""
-    from tests.test_network_cloud import _requirements, describe, launch, no_leftovers, ssh, wait_for
-
-    if reason := _requirements():
+    if reason := network_requirements():
         pytest.skip(reason)
     extra: dict[str, Any] = {"nat_nodes": ["node-02"], "scheduler": "ROUNDROBIN"} if nodes > 1 else {}
     cloud = start_cloud(tmp_path / "state", network=network, nodes=nodes, node_vcpus=2, node_memory_mb=512, **extra)
@@ -128,7 +130,7 @@ def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Pa
                 return {i: r.stdout.split() for i, r in found.items()}
             return None
 
-        before = wait_for(answers, 180, "SSH to every instance")
+        before = wait_until(answers, 180, what="SSH to every instance", interval_s=0.5)
         assert {i: words[0] for i, words in before.items()} == {i: i for i in ids}
         qemu_before = set(control.leftover_qemu(cloud.layout))
 
@@ -142,13 +144,13 @@ def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Pa
         )
         assert up.returncode == 0 and "cloud up" in up.stdout, up.stdout + up.stderr
         cloud = RunningCloud(cloud.layout, control.endpoint(cloud.layout))
-        after = wait_for(answers, 90, "SSH to every instance after the restart")
+        after = wait_until(answers, 90, what="SSH to every instance after the restart", interval_s=0.5)
         assert after == before  # the same guests, never rebooted
         assert set(control.leftover_qemu(cloud.layout)) == qemu_before
-        states = {i: d["State"]["Name"] for i, d in describe(cloud.ec2(), ids).items()}
+        states = {i: d["State"]["Name"] for i, d in described(cloud.ec2(), ids).items()}
         assert states == {i: "running" for i in ids}
         if nodes > 1:  # the guests reach each other again across the re-dialled cable
-            addresses = {i: d["PrivateIpAddress"] for i, d in describe(cloud.ec2(), ids).items()}
+            addresses = {i: d["PrivateIpAddress"] for i, d in described(cloud.ec2(), ids).items()}
             ping = ssh(cloud, ids[0], f"ping -c 2 -W 2 {addresses[ids[1]]}")
             assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
     finally:

@@ -7,13 +7,13 @@ import secrets
 import shutil
 import socket
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from cloudlab.contract import ElasticNat, GroupSegment, IngressRule
 from cloudlab.net import NetError, firewall, links, netns
+from cloudlab.waiting import WaitTimeout, wait_until
 
 # names of links these tests create: none may ever appear in the host's namespace
 OURS = {"ga", "gb", "pub0"}
@@ -134,12 +134,11 @@ def connects(ns: str, host: str, port: int, timeout: float = 0.7) -> bool:
 
 
 def wait_connects(ns: str, host: str, port: int) -> bool:
-    deadline = time.monotonic() + 3  # the listener process needs a moment to start
-    while time.monotonic() < deadline:
-        if connects(ns, host, port, timeout=0.3):
-            return True
-        time.sleep(0.1)
-    return False
+    """Whether a connection succeeds within 3 s (the listener process needs a moment to start)."""
+    try:
+        return wait_until(lambda: connects(ns, host, port, timeout=0.3), 3, what=f"{host}:{port} to accept")
+    except WaitTimeout:
+        return False
 
 
 @needs_nft

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from cloudlab.net import NetError, links, netns
+from cloudlab.waiting import wait_until
 
 # names of links these tests create: none may ever appear in the host's namespace
 OURS = {"ph1", "ph2", "ph3", "br0", "br10", "br20", "ra", "rb", "pub0", "tap0", "peer0", "v10", "v20", "eth0.10"}
@@ -49,10 +49,7 @@ def test_namespace_lifecycle(make_ns: Callable[[str], str]) -> None:
     proc = netns.popen(ns, ["sleep", "30"])
     try:
         # nsenter enters the namespace a moment after it starts: wait for it (bounded)
-        deadline = time.monotonic() + 5
-        while proc.pid not in netns.processes_in(ns) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proc.pid in netns.processes_in(ns)
+        wait_until(lambda: proc.pid in netns.processes_in(ns), 5, what="sleep inside the namespace", interval_s=0.02)
         netns.kill_all(ns)
         assert proc.wait(5) != 0
     finally:

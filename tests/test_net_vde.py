@@ -6,14 +6,14 @@ import os
 import secrets
 import shutil
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cloudlab.net import NetError, links, netns, vde
+from cloudlab.net import NetError, links, netns, vde, vde_plugs
+from cloudlab.waiting import WaitTimeout, wait_until
 
 # names of links these tests create: none may ever appear in the host's namespace
 OURS = {"tap0", "tap9"}
@@ -51,10 +51,10 @@ class Lab:
         item.start()
         return item
 
-    def host(self, sw: vde.VdeSwitch, suffix: str, cidr: str, port: int | None = None) -> tuple[str, vde.TapPlug]:
+    def host(self, sw: vde.VdeSwitch, suffix: str, cidr: str, port: int | None = None) -> tuple[str, vde_plugs.TapPlug]:
         """A namespace with tap0 plugged into ``sw`` (optionally on a given port), holding ``cidr``."""
         ns = self.ns(suffix)
-        plug = self.add(vde.TapPlug(sw.sock, "tap0", ns, port=port))
+        plug = self.add(vde_plugs.TapPlug(sw.sock, "tap0", ns, port=port))
         links.add_address(ns, "tap0", cidr)
         return ns, plug
 
@@ -82,11 +82,10 @@ def reach(ns: str, address: str, want: bool) -> bool:
     """Ping with a short bounded retry for the positive case (a fresh plug may need a moment)."""
     if not want:
         return links.ping(ns, address, count=1, timeout=0.5) > 0
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        if links.ping(ns, address, count=1, timeout=0.5):
-            return True
-    return False
+    try:
+        return wait_until(lambda: links.ping(ns, address, count=1, timeout=0.5) > 0, 3, what=f"{address} from {ns}")
+    except WaitTimeout:
+        return False
 
 
 def test_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -139,7 +138,7 @@ def test_unix_cable_and_its_restart(lab: Lab) -> None:
     a, _ = lab.host(sw1, "a", "10.71.0.1/24")
     lab.host(sw2, "b", "10.71.0.2/24")
     assert not reach(a, "10.71.0.2", False)
-    cable = lab.add(vde.UnixCable(sw1.sock, sw2.sock, port_a=9))
+    cable = lab.add(vde_plugs.UnixCable(sw1.sock, sw2.sock, port_a=9))
     assert reach(a, "10.71.0.2", True)
     assert cable.describe()["endpoints"][0].endswith("sw1.sock[9]")
     os.kill(cable.pid, signal.SIGKILL)
@@ -173,7 +172,7 @@ def test_switch_restart_reapplies_vlans(lab: Lab) -> None:
     # plugs lose their switch with it; restarting them restores the path (taps kept their addresses)
     for plug in (pa, pb):
         plug.restart()
-    assert [d["restarts"] for d in vde.describe_all([pa, pb])] == [1, 1]
+    assert [d["restarts"] for d in vde_plugs.describe_all([pa, pb])] == [1, 1]
     assert links.addresses(a, "tap0")[0] == "10.72.0.1/24"
     assert reach(a, "10.72.0.2", True)
 
@@ -191,8 +190,8 @@ def test_tcp_cable_between_hosts_and_restart(lab: Lab) -> None:
     sw1, sw2 = lab.switch("sw1"), lab.switch("sw2")
     a, _ = lab.host(sw1, "a", "10.73.0.1/24")
     lab.host(sw2, "b", "10.73.0.2/24")
-    listener = lab.add(vde.TcpCableListener(sw1.sock, "192.168.73.1", 7400, h1, port_on_switch=8))
-    dialer = lab.add(vde.TcpCableDialer(sw2.sock, "192.168.73.1", 7400, h2))
+    listener = lab.add(vde_plugs.TcpCableListener(sw1.sock, "192.168.73.1", 7400, h1, port_on_switch=8))
+    dialer = lab.add(vde_plugs.TcpCableDialer(sw2.sock, "192.168.73.1", 7400, h2))
     assert reach(a, "10.73.0.2", True)
     assert dialer.pid in netns.processes_in(h2) and listener.pid in netns.processes_in(h1)
     assert listener.describe()["connected"] and listener.describe()["connections"] == 1
@@ -210,16 +209,14 @@ def test_tcp_cable_between_hosts_and_restart(lab: Lab) -> None:
 def test_tcp_cable_port_taken_and_unreachable_peer(lab: Lab) -> None:
     h1, h2 = _two_hosts(lab)
     sw = lab.switch("sw")
-    lab.add(vde.TcpCableListener(sw.sock, "192.168.73.1", 7401, h1))
+    lab.add(vde_plugs.TcpCableListener(sw.sock, "192.168.73.1", 7401, h1))
     with pytest.raises(NetError, match="port 7401 is already taken"):
-        vde.TcpCableListener(sw.sock, "192.168.73.1", 7401, h1).start()
+        vde_plugs.TcpCableListener(sw.sock, "192.168.73.1", 7401, h1).start()
     with pytest.raises(NetError, match="not an address"):
-        vde.TcpCableListener(sw.sock, "192.168.99.1", 7402, h1).start()
+        vde_plugs.TcpCableListener(sw.sock, "192.168.99.1", 7402, h1).start()
     for host in ("192.168.73.1", "10.99.0.1"):  # refused, then no route at all
-        started = time.monotonic()
-        with pytest.raises(NetError, match=f"cannot reach peer {host}:7499"):
-            vde.TcpCableDialer(sw.sock, host, 7499, h2, connect_timeout=1.0).start()
-        assert time.monotonic() - started < 3
+        with pytest.raises(NetError, match=f"cannot reach peer {host}:7499 from {h2} within 1.0s"):
+            vde_plugs.TcpCableDialer(sw.sock, host, 7499, h2, connect_timeout=1.0).start()
 
 
 def test_command_cable_generic_stream(lab: Lab) -> None:
@@ -227,13 +224,13 @@ def test_command_cable_generic_stream(lab: Lab) -> None:
     sw1, sw2 = lab.switch("sw1"), lab.switch("sw2")
     a, _ = lab.host(sw1, "a", "10.74.0.1/24")
     lab.host(sw2, "b", "10.74.0.2/24")
-    cable = lab.add(vde.CommandCable(sw1.sock, ["sh", "-c", f"exec vde_plug vde://{sw2.sock}"], None))
+    cable = lab.add(vde_plugs.CommandCable(sw1.sock, ["sh", "-c", f"exec vde_plug vde://{sw2.sock}"], None))
     assert reach(a, "10.74.0.2", True)
     assert cable.describe()["kind"] == "command-cable"
 
 
 def test_ssh_cable_argv() -> None:
-    cable = vde.SshCable(Path("/s/a"), ["ssh", "-o", "BatchMode=yes", "root@h"], Path("/s/b"), None)
+    cable = vde_plugs.SshCable(Path("/s/a"), ["ssh", "-o", "BatchMode=yes", "root@h"], Path("/s/b"), None)
     assert cable._argv() == ["vde_plug", "--", "vde:///s/a", "=", "ssh", "-o", "BatchMode=yes", "root@h",
                              "vde_plug", "vde:///s/b"]  # fmt: skip
 
@@ -247,15 +244,15 @@ def test_udp_cable(lab: Lab) -> None:
     sw1, sw2 = lab.switch("sw1"), lab.switch("sw2")
     a, _ = lab.host(sw1, "a", "10.75.0.1/24")
     lab.host(sw2, "b", "10.75.0.2/24")
-    lab.add(vde.UdpCable(sw1.sock, 7500, "192.168.73.2", 7501, h1))
-    lab.add(vde.UdpCable(sw2.sock, 7501, "192.168.73.1", 7500, h2))
+    lab.add(vde_plugs.UdpCable(sw1.sock, 7500, "192.168.73.2", 7501, h1))
+    lab.add(vde_plugs.UdpCable(sw2.sock, 7501, "192.168.73.1", 7500, h2))
     assert reach(a, "10.75.0.2", True)
 
 
 def test_tap_plug_refuses_host_namespace_and_dead_switch(lab: Lab, tmp_path: Path) -> None:
     with pytest.raises(NetError, match="needs a namespace"):
-        vde.TapPlug(tmp_path / "none", "tap9", None)
+        vde_plugs.TapPlug(tmp_path / "none", "tap9", None)
     ns = lab.ns("a")
     with pytest.raises(NetError, match="exited at start"):
-        vde.TapPlug(tmp_path / "no-such-switch", "tap9", ns).start()
+        vde_plugs.TapPlug(tmp_path / "no-such-switch", "tap9", ns).start()
     assert not links.exists(ns, "tap9"), "the tap made for a failed plug is removed"

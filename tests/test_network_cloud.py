@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,30 +25,21 @@ import pytest
 from cloudlab import control
 from cloudlab.client import connect
 from cloudlab.net import NetError, links, netns
-from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
+from cloudlab.waiting import wait_until
+from tests.clouds import (
+    USER_DATA,
+    RunningCloud,
+    cli,
+    default_image,
+    described,
+    launch,
+    network_requirements,
+    no_leftovers,
+    ssh,
+    start_cloud,
+)
 
 pytestmark = pytest.mark.vm
-
-USER_DATA = "#!/bin/sh\necho user-data-ran-$(hostname)\n"
-
-
-def _requirements() -> str | None:
-    reason = vm_requirements()
-    if reason:
-        return reason
-    for tool in ("vde_switch", "vde_plug", "nft", "ssh"):
-        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
-            return f"{tool} is not installed (make test installs it)"
-    return None
-
-
-def cli(cloud: RunningCloud, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cloudlab.cli", "--state", str(cloud.layout.root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def outside(cloud: RunningCloud) -> str:
@@ -71,50 +61,10 @@ def route_dev(cloud: RunningCloud, address: str) -> str | None:
         return None
 
 
-def ssh(cloud: RunningCloud, instance_id: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return cli(cloud, "ssh", instance_id, "--", command, timeout=timeout)
-
-
-def wait_for(check: Any, timeout: float, what: str, every: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what} not within {timeout:.0f} s (last: {last!r})")
-
-
 def tcp_open(cloud: RunningCloud, client_id: str, address: str, port: int) -> bool:
     """Whether a TCP connection from instance ``client_id`` to ``address:port`` is accepted (bounded: 2 s)."""
     result = ssh(cloud, client_id, f"echo probe | nc -w 2 {address} {port} >/dev/null 2>&1 && echo OPEN || echo SHUT")
     return "OPEN" in result.stdout
-
-
-def launch(ec2: Any, image: str, count: int, group_ids: list[str], key: str) -> list[dict[str, Any]]:
-    reply = ec2.run_instances(
-        ImageId=image,
-        MinCount=count,
-        MaxCount=count,
-        KeyName=key,
-        SecurityGroupIds=group_ids,
-        UserData=USER_DATA,
-    )
-    return reply["Instances"]
-
-
-def describe(ec2: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
-    found = ec2.describe_instances(InstanceIds=ids)
-    return {i["InstanceId"]: i for r in found["Reservations"] for i in r["Instances"]}
-
-
-def no_leftovers(cloud: RunningCloud) -> None:
-    prefix = cloud.layout.network_prefix
-    assert netns.names(prefix + "-") == []
-    assert not Path(f"/sys/class/net/{prefix}").exists()
-    assert control.leftover_qemu(cloud.layout, (b"vde_switch", b"vde_plug", b"qemu-system")) == []
 
 
 # -- the direct flavour ----------------------------------------------------------------------------------------
@@ -122,7 +72,7 @@ def no_leftovers(cloud: RunningCloud) -> None:
 
 @pytest.fixture(scope="module")
 def direct_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
-    reason = _requirements()
+    reason = network_requirements()
     if reason:
         pytest.skip(reason)
     cloud = start_cloud(
@@ -155,7 +105,7 @@ def direct_instances(direct_cloud: RunningCloud) -> dict[str, Any]:
 def test_instances_get_addresses_in_their_groups_subnets(direct_cloud: RunningCloud, direct_instances: dict) -> None:
     ec2 = direct_instances["ec2"]
     a, b, c = direct_instances["ids"]
-    found = describe(ec2, [a, b, c])
+    found = described(ec2, [a, b, c])
     addresses = {i: ipaddress.ip_address(found[i]["PrivateIpAddress"]) for i in (a, b, c)}
     subnet = ipaddress.ip_network("10.211.0.0/16")
     assert all(addr in subnet for addr in addresses.values())
@@ -181,13 +131,14 @@ def test_ssh_with_the_created_key_runs_commands_and_returns_their_status(
     direct_cloud: RunningCloud, direct_instances: dict
 ) -> None:
     a = direct_instances["ids"][0]
-    address = describe(direct_instances["ec2"], [a])[a]["PrivateIpAddress"]
+    address = described(direct_instances["ec2"], [a])[a]["PrivateIpAddress"]
     assert_cloudlab_route(direct_cloud, address)
     # (user data runs in the background after the boot marker: wait for its output, bounded)
-    wait_for(
+    wait_until(
         lambda: f"user-data-ran-{a}" in ssh(direct_cloud, a, "cat /var/log/user-data.log").stdout,
         60,
-        "the user data's output over SSH with the launch key",
+        what="the user data's output over SSH with the launch key",
+        interval_s=0.5,
     )
     assert ssh(direct_cloud, a, "exit 7").returncode == 7
     # Plain OpenSSH from `cloudlab exec`, with the private key as CreateKeyPair returned it.
@@ -231,7 +182,7 @@ def test_ssh_runs_the_command_after_dashdash_whatever_the_order_of_options(
 
 def test_same_group_talks_on_its_vlan(direct_cloud: RunningCloud, direct_instances: dict) -> None:
     a, b, _c = direct_instances["ids"]
-    b_address = describe(direct_instances["ec2"], [b])[b]["PrivateIpAddress"]
+    b_address = described(direct_instances["ec2"], [b])[b]["PrivateIpAddress"]
     result = ssh(direct_cloud, a, f"ping -c 2 -W 2 {b_address}")
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -241,7 +192,7 @@ def test_ingress_rules_take_effect_on_running_instances_and_stop_when_revoked(
 ) -> None:
     ec2 = direct_instances["ec2"]
     a, _b, c = direct_instances["ids"]
-    c_address = describe(ec2, [c])[c]["PrivateIpAddress"]
+    c_address = described(ec2, [c])[c]["PrivateIpAddress"]
     assert ssh(direct_cloud, c, "iperf3 -s -D -p 5201").returncode == 0
     assert not tcp_open(direct_cloud, a, c_address, 5201), "db must not accept 5201 before a rule allows it"
     permission = {
@@ -251,9 +202,9 @@ def test_ingress_rules_take_effect_on_running_instances_and_stop_when_revoked(
         "UserIdGroupPairs": [{"GroupId": direct_instances["web"]}],
     }
     ec2.authorize_security_group_ingress(GroupId=direct_instances["db"], IpPermissions=[permission])
-    wait_for(lambda: tcp_open(direct_cloud, a, c_address, 5201), 20, "the authorised rule")
+    wait_until(lambda: tcp_open(direct_cloud, a, c_address, 5201), 20, what="the authorised rule", interval_s=0.5)
     ec2.revoke_security_group_ingress(GroupId=direct_instances["db"], IpPermissions=[permission])
-    wait_for(lambda: not tcp_open(direct_cloud, a, c_address, 5201), 20, "the revoked rule")
+    wait_until(lambda: not tcp_open(direct_cloud, a, c_address, 5201), 20, what="the revoked rule", interval_s=0.5)
 
 
 def test_elastic_address_is_nated_to_the_instance(direct_cloud: RunningCloud, direct_instances: dict) -> None:
@@ -263,23 +214,30 @@ def test_elastic_address_is_nated_to_the_instance(direct_cloud: RunningCloud, di
     public_ip = allocation["PublicIp"]
     association = ec2.associate_address(AllocationId=allocation["AllocationId"], InstanceId=c)
     try:
-        assert describe(ec2, [c])[c]["PublicIpAddress"] == public_ip
-        wait_for(lambda: route_dev(direct_cloud, public_ip) == "lo", 10, "the public address on the router")
+        assert described(ec2, [c])[c]["PublicIpAddress"] == public_ip
+        wait_until(
+            lambda: route_dev(direct_cloud, public_ip) == "lo",
+            10,
+            what="the public address on the router",
+            interval_s=0.5,
+        )
         assert_cloudlab_route(direct_cloud, public_ip)
-        result = wait_for(
+        result = wait_until(
             lambda: (r := cli(direct_cloud, "ssh", "--public", c, "--", "hostname")).returncode == 0 and r,
             30,
-            "SSH to the elastic address",
+            what="SSH to the elastic address",
+            interval_s=0.5,
         )
         assert result.stdout.strip() == c
         metadata = ssh(direct_cloud, c, "wget -q -O - http://169.254.169.254/latest/meta-data/public-ipv4")
         assert metadata.stdout.strip() == public_ip
     finally:
         ec2.disassociate_address(AssociationId=association["AssociationId"])
-    wait_for(
+    wait_until(
         lambda: all(not a.startswith(public_ip + "/") for a in links.addresses(outside(direct_cloud), "lo")),
         10,
-        "the router to drop the disassociated address",
+        what="the router to drop the disassociated address",
+        interval_s=0.5,
     )
     probe = f"busybox nc -w 2 {public_ip} 22 </dev/null >/dev/null 2>&1 && echo ANSWERS || echo GONE"
     result = cli(direct_cloud, "exec", "--", "sh", "-c", probe)
@@ -333,7 +291,7 @@ def test_metadata_matches_describe_instances(direct_cloud: RunningCloud, direct_
 
 @pytest.fixture(scope="module")
 def vde_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
-    reason = _requirements()
+    reason = network_requirements()
     if reason:
         pytest.skip(reason)
     cloud = start_cloud(
@@ -358,13 +316,16 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     instances = launch(ec2, default_image(ec2), 2, [group], "vdekey")
     ids = [i["InstanceId"] for i in instances]
     connect(str(vde_cloud.layout.root)).wait_booted(ids, timeout=180)
-    found = describe(ec2, ids)
+    found = described(ec2, ids)
     assert {found[i]["Placement"]["HostId"] for i in ids} == {"node-01", "node-02"}
     behind_nat = next(i for i in ids if found[i]["Placement"]["HostId"] == "node-02")
     other = next(i for i in ids if i != behind_nat)
     # SSH to the instance on the NATed host goes router -> switch 1 -> cable -> switch 2.
-    result = wait_for(
-        lambda: (r := ssh(vde_cloud, behind_nat, "hostname")).returncode == 0 and r, 60, "SSH across the cable"
+    result = wait_until(
+        lambda: (r := ssh(vde_cloud, behind_nat, "hostname")).returncode == 0 and r,
+        60,
+        what="SSH across the cable",
+        interval_s=0.5,
     )
     assert result.stdout.strip() == behind_nat
     ping = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 {found[other]['PrivateIpAddress']}")
@@ -387,9 +348,14 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
         detail = json.loads(cli(vde_cloud, "status", "--json").stdout)["clusters"][0]["network_detail"]
         return detail["healthy"] and any("cable node-02" in h for h in detail["history"])
 
-    wait_for(repaired, 20, "the cable's restart")
-    wait_for(lambda: ssh(vde_cloud, behind_nat, "true").returncode == 0, 30, "SSH after the cable came back")
-    assert set(describe(ec2, ids)) == set(ids)  # the records are intact
+    wait_until(repaired, 20, what="the cable's restart", interval_s=0.5)
+    wait_until(
+        lambda: ssh(vde_cloud, behind_nat, "true").returncode == 0,
+        30,
+        what="SSH after the cable came back",
+        interval_s=0.5,
+    )
+    assert set(described(ec2, ids)) == set(ids)  # the records are intact
 
     # Kill a switch: it is restarted with its VLANs, its cables dial again, and the node plugs the
     # instance's NIC (a tap joined to the switch by a supervised vde_plug) in again: no restart of the guest.
@@ -402,18 +368,19 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
         events = [h for h in detail["history"] if "switch node-02 died; restarted" in h]
         return events if detail["healthy"] and events else None
 
-    wait_for(switch_back, 20, "the switch's restart")
-    result = wait_for(
+    wait_until(switch_back, 20, what="the switch's restart", interval_s=0.5)
+    result = wait_until(
         lambda: (
             (r := ssh(vde_cloud, behind_nat, "hostname; cat /proc/sys/kernel/random/boot_id")).returncode == 0 and r
         ),
         60,
-        "SSH to the instance on the restarted switch",
+        what="SSH to the instance on the restarted switch",
+        interval_s=0.5,
     )
     assert result.stdout.split() == [behind_nat, boot_id]  # the same guest, never rebooted
     ping = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 {found[other]['PrivateIpAddress']}")
     assert ping.returncode == 0, ping.stdout
-    states = {i: found["State"]["Name"] for i, found in describe(ec2, ids).items()}
+    states = {i: found["State"]["Name"] for i, found in described(ec2, ids).items()}
     assert states == {i: "running" for i in ids}
 
 

@@ -17,14 +17,13 @@ from botocore.exceptions import ClientError
 from cloudlab import contract
 from cloudlab.clc.store import Store
 from cloudlab.errors import CloudError
-from tests.clouds import RunningCloud, default_image, error_code
-from tests.test_clc import Cloud
+from tests.clouds import LocalCloud, RunningCloud, default_image, error_code
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCloud]:
     monkeypatch.setenv("CLOUDLAB_CACHE", str(tmp_path / "no-cache"))
-    made = Cloud(tmp_path, nodes=8)  # 32 vCPUs of capacity: more than the quotas below
+    made = LocalCloud(tmp_path, nodes=8)  # 32 vCPUs of capacity: more than the quotas below
     yield made
     made.stop()
 
@@ -35,13 +34,13 @@ def _set_quota(store: Store, user: str, **values: int) -> None:
     Quotas(store).set(user, values)
 
 
-def _refused(cloud: Cloud, user: Any, **kwargs: Any) -> str:
+def _refused(cloud: LocalCloud, user: Any, **kwargs: Any) -> str:
     with pytest.raises(CloudError) as excinfo:
         cloud.run(user, **kwargs)
     return excinfo.value.code
 
 
-def test_default_quotas_keep_one_user_from_filling_the_cloud(cloud: Cloud) -> None:
+def test_default_quotas_keep_one_user_from_filling_the_cloud(cloud: LocalCloud) -> None:
     alice = cloud.clc.users.create("alice")
     assert _refused(cloud, alice, min_count=21, max_count=21, instance_type="t2.nano") == "InstanceLimitExceeded"
     ids = cloud.run(alice, min_count=1, max_count=25, instance_type="t2.nano")
@@ -53,7 +52,7 @@ def test_default_quotas_keep_one_user_from_filling_the_cloud(cloud: Cloud) -> No
     assert len(cloud.run(cloud.admin, count=5, instance_type="t2.nano")) == 5
 
 
-def test_vcpu_quota_and_stopped_instances(cloud: Cloud) -> None:
+def test_vcpu_quota_and_stopped_instances(cloud: LocalCloud) -> None:
     bob = cloud.clc.users.create("bob")
     _set_quota(cloud.service.store, "bob", vcpus=4)
     assert _refused(cloud, bob, count=3, instance_type="t2.medium") == "VcpuLimitExceeded"
@@ -67,7 +66,7 @@ def test_vcpu_quota_and_stopped_instances(cloud: Cloud) -> None:
     assert len(cloud.run(bob, count=1, instance_type="t2.medium")) == 1
 
 
-def test_two_concurrent_launches_never_exceed_a_quota(cloud: Cloud) -> None:
+def test_two_concurrent_launches_never_exceed_a_quota(cloud: LocalCloud) -> None:
     """Both requests pass the early check (held apart inside scheduling), then race to record."""
     carol = cloud.clc.users.create("carol")
     _set_quota(cloud.service.store, "carol", instances=5)
@@ -108,7 +107,7 @@ def test_two_concurrent_launches_never_exceed_a_quota(cloud: Cloud) -> None:
     assert total - free == sum(len(r) for r in launched)
 
 
-def test_address_quota(cloud: Cloud) -> None:
+def test_address_quota(cloud: LocalCloud) -> None:
     from cloudlab.clc.addresses import Addresses
 
     dave = cloud.clc.users.create("dave")
@@ -122,7 +121,7 @@ def test_address_quota(cloud: Cloud) -> None:
     assert len(addresses.describe(dave)) == 2
 
 
-def test_quotas_are_validated_and_reported(cloud: Cloud) -> None:
+def test_quotas_are_validated_and_reported(cloud: LocalCloud) -> None:
     from cloudlab.clc.quotas import Quotas
 
     cloud.clc.users.create("erin")

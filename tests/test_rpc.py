@@ -255,10 +255,8 @@ def _free_port() -> int:
 
 def test_http_channel_to_a_closed_port_is_controller_unavailable(pair: Callable[[str, str], Pair]) -> None:
     channel = remote(f"http://127.0.0.1:{_free_port()}", pair)
-    started = time.monotonic()
     with pytest.raises(ControllerUnavailable) as excinfo:
         channel.call("echo", {})
-    assert time.monotonic() - started < 5
     assert excinfo.value.code == "Unavailable" and excinfo.value.status == 503
     assert "unreachable" in excinfo.value.message
 
@@ -268,10 +266,9 @@ def test_http_channel_to_a_server_that_never_answers_times_out(pair: Callable[[s
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)  # accepts connections into the backlog, never reads or answers
         channel = remote(f"http://127.0.0.1:{listener.getsockname()[1]}", pair, timeout=0.3)
-        started = time.monotonic()
-        with pytest.raises(ControllerUnavailable):
+        with pytest.raises(ControllerUnavailable) as excinfo:
             channel.call("echo", {})
-        assert time.monotonic() - started < 5
+        assert "timed out" in excinfo.value.message  # the channel's own timeout ended the wait, nothing else
 
 
 @pytest.mark.parametrize("url", ["https://127.0.0.1:1", "127.0.0.1:8000", "http://"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import time
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from cloudlab import cli
+from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud
 
 AWS = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "aws")
@@ -115,17 +115,17 @@ def test_storage_in_the_usage_report(cloud: RunningCloud) -> None:
     s3.put_object(Bucket=bucket, Key="blob", Body=b"x" * 100_000)
     assert s3.get_object(Bucket=bucket, Key="blob")["Body"].read()[:1] == b"x"
     state = str(cloud.layout.root)
-    deadline = time.monotonic() + 20
-    while True:
+
+    def billed() -> dict[str, str] | None:
         code, out, err = run_cli("usage", "--state", state, "--user", user.name, "--csv")
         assert code == 0, err
         lines = out.splitlines()
-        if len(lines) > 1:
-            row = dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
-            if int(row["s3_bytes_in"]) == 100_000 and int(row["s3_bytes_out"]) == 100_000:
-                break
-        assert time.monotonic() < deadline, out
-        time.sleep(0.2)
+        if len(lines) < 2:
+            return None
+        row = dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
+        return row if int(row["s3_bytes_in"]) == 100_000 and int(row["s3_bytes_out"]) == 100_000 else None
+
+    row = wait_until(billed, 20, what="the S3 bytes in the usage report", interval_s=0.2)
     assert float(row["storage_gb_hours"]) > 0
     code, out, _ = run_cli("usage", "--state", state, "--by", "user")
     assert user.name in out and "storage_gb_hours" in out

@@ -9,13 +9,12 @@ import hashlib
 import http.client
 import os
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from cloudlab.waiting import wait_until
 from tests.s3_fixtures import S3Endpoint, S3Process, error_code, s3_process, signer_declaring  # noqa: F401
 
 MIB = 1024 * 1024
@@ -29,13 +28,6 @@ def _signed_headers(endpoint: S3Endpoint, method: str, path: str, length: int) -
     signer_declaring("UNSIGNED-PAYLOAD")(Credentials(endpoint.admin.access_key, endpoint.admin.secret_key), "s3",
                                          "cloudlab-1").add_auth(request)  # fmt: skip
     return dict(request.headers)
-
-
-def _wait_for(predicate: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def _blob_files(root: Path) -> list[Path]:
@@ -74,7 +66,7 @@ def test_kill_during_uploads_and_deletes_loses_nothing(s3_process: S3Process) ->
     for _ in range(30):
         connection.send(chunk)
     tmp = endpoint.root / "walrus" / "tmp"
-    _wait_for(lambda: any(p.stat().st_size > 0 for p in tmp.iterdir()))
+    wait_until(lambda: any(p.stat().st_size > 0 for p in tmp.iterdir()), 20, what="a part written", interval_s=0.02)
 
     # Deletes in flight at the same moment, from another client.
     deleted: list[str] = []
@@ -93,7 +85,7 @@ def test_kill_during_uploads_and_deletes_loses_nothing(s3_process: S3Process) ->
 
     deleter = threading.Thread(target=delete_some)
     deleter.start()
-    _wait_for(lambda: len(deleted) >= 3)
+    wait_until(lambda: len(deleted) >= 3, 20, what="three deletions", interval_s=0.02)
     s3_process.kill()
     stop.set()
     deleter.join(timeout=30)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Any
 
 import pytest
 
+from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud
 
 
@@ -34,14 +34,12 @@ def test_500_instances_on_50_nodes(cloud_factory: Any, scheduler: str, expect_no
     image = ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"][0]["ImageId"]
     for _ in range(5):
         ec2.run_instances(ImageId=image, MinCount=100, MaxCount=100, InstanceType="t2.micro")
-    deadline = time.monotonic() + 60
-    while True:
-        instances = all_instances(ec2)
-        states = Counter(i["State"]["Name"] for i in instances)
-        if states == {"running": 500}:
-            break
-        assert time.monotonic() < deadline, states
-        time.sleep(0.5)
+
+    def all_running() -> list[dict[str, Any]] | None:
+        found = all_instances(ec2)
+        return found if Counter(i["State"]["Name"] for i in found) == {"running": 500} else None
+
+    instances = wait_until(all_running, 60, what="500 instances running", interval_s=0.5)
     per_node = Counter(i["Placement"]["HostId"] for i in instances)
     assert len(per_node) == expect_nodes
     assert max(per_node.values()) <= 20, "no node is overcommitted"
@@ -53,7 +51,9 @@ def test_500_instances_on_50_nodes(cloud_factory: Any, scheduler: str, expect_no
     with pytest.raises(ClientError) as excinfo:
         ec2.run_instances(ImageId=image, MinCount=501, MaxCount=501, InstanceType="t2.micro")
     assert excinfo.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
-    deadline = time.monotonic() + 10  # node reports follow within a heartbeat or two
-    while sum(n["instances"] for n in cloud.status()["clusters"][0]["nodes"]) != 500:
-        assert time.monotonic() < deadline, cloud.status()["clusters"][0]["nodes"]
-        time.sleep(0.3)
+    wait_until(  # node reports follow within a heartbeat or two
+        lambda: sum(n["instances"] for n in cloud.status()["clusters"][0]["nodes"]) == 500,
+        10,
+        what="the node reports to count 500 instances",
+        interval_s=0.3,
+    )

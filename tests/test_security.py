@@ -606,18 +606,6 @@ def test_concurrent_replays_are_accepted_once(cc: Identity, verifier: MessageVer
     assert sorted(outcomes) == ["ok"] + ["replayed"] * 7
 
 
-def test_sign_and_verify_are_fast(cc: Identity, verifier: MessageVerifier) -> None:
-    """The scheduler sends thousands of messages; ~0.2 ms is typical, 2 ms leaves room for slow CI."""
-    signer = MessageSigner(cc)
-    verifier.verify(signer.sign("Warm", {}), "cc")
-    n = 300
-    start = time.perf_counter()
-    for _ in range(n):
-        verifier.verify(signer.sign("RunInstance", BODY), "cc")
-    per_message = (time.perf_counter() - start) / n
-    assert per_message < 2e-3, f"sign+verify took {per_message * 1e3:.2f} ms per message"
-
-
 # -- fuzzing: nothing but MessageRejected escapes ------------------------------------------------------
 
 json_values = st.recursive(

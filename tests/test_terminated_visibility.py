@@ -15,14 +15,13 @@ from botocore.exceptions import ClientError
 
 from cloudlab.clc.store import Store
 from cloudlab.errors import CloudError
-from tests.clouds import RunningCloud, default_image, error_code
-from tests.test_clc import Cloud
+from tests.clouds import LocalCloud, RunningCloud, default_image, error_code
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCloud]:
     monkeypatch.setenv("CLOUDLAB_CACHE", str(tmp_path / "no-cache"))
-    made = Cloud(tmp_path)
+    made = LocalCloud(tmp_path)
     yield made
     made.stop()
 
@@ -32,7 +31,7 @@ def _age_termination(store: Store, instance_id: str, seconds: float) -> None:
         db.execute("UPDATE instances SET terminated_at=? WHERE instance_id=?", (time.time() - seconds, instance_id))
 
 
-def test_a_terminated_instance_is_described_for_an_hour_and_then_not(cloud: Cloud) -> None:
+def test_a_terminated_instance_is_described_for_an_hour_and_then_not(cloud: LocalCloud) -> None:
     kept, ended = cloud.run(count=2)
     cloud.wait_state([kept, ended], "running")
     cloud.clc.terminate_instances(cloud.admin, [ended])
@@ -54,7 +53,7 @@ def test_a_terminated_instance_is_described_for_an_hour_and_then_not(cloud: Clou
     assert cloud.events(ended)[-1] == "terminated" and cloud.events(ended)[0] == "pending"
 
 
-def test_listing_instances_uses_the_indexes_not_a_scan(cloud: Cloud) -> None:
+def test_listing_instances_uses_the_indexes_not_a_scan(cloud: LocalCloud) -> None:
     store = cloud.service.store
     for user in (cloud.clc.users.create("alice"), cloud.admin):
         sql, params = cloud.clc.records.visible_query(user)

@@ -23,8 +23,9 @@ from cloudlab import cli, control
 from cloudlab.clc.store import Store, append_ledger
 from cloudlab.clc.usage import METRICS, UsageError, parse_time, usage_report, usage_total
 from cloudlab.client import connect
-from cloudlab.usage import fetch_usage
-from tests.clouds import RunningCloud, default_image, error_code
+from cloudlab.usage_frames import fetch_usage
+from cloudlab.waiting import wait_until
+from tests.clouds import RunningCloud, default_image, error_code, wait_states
 
 DAY0 = datetime(2026, 1, 10, tzinfo=UTC).timestamp()  # a midnight, UTC
 H = 3600.0
@@ -225,17 +226,6 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def wait_running(ec2: Any, ids: list[str], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = ec2.describe_instances(InstanceIds=ids)["Reservations"]
-        states = {i["State"]["Name"] for r in found for i in r["Instances"]}
-        if states == {"running"}:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{ids} not running after {timeout} s")
-
-
 def kwargs_of(cloud: RunningCloud, user: str = "admin") -> dict[str, Any]:
     creds = cloud.credentials(user)
     return {"endpoint_url": cloud.url, "region_name": cloud.info["region"],
@@ -270,7 +260,7 @@ def test_usage_through_the_api_the_cli_and_a_restart(cloud_factory: Any) -> None
     bob, bob_kwargs = make_user(cloud, "bob")
     a = launch(alice_kwargs, image, 2)
     b = launch(bob_kwargs, image, 1)
-    wait_running(admin, a + b)
+    wait_states(admin, a + b, "running", 60)
 
     # the API, as DataFrames
     frame = fetch_usage(kwargs_of(cloud), by="user")
@@ -290,10 +280,12 @@ def test_usage_through_the_api_the_cli_and_a_restart(cloud_factory: Any) -> None
     # running instances count up to now: a later report has more hours, never fewer
     first = frame.attrs["total"]["instance_hours"]
     assert first > 0
-    deadline = time.monotonic() + 30
-    while fetch_usage(kwargs_of(cloud)).attrs["total"]["instance_hours"] <= first:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        lambda: fetch_usage(kwargs_of(cloud)).attrs["total"]["instance_hours"] > first,
+        30,
+        what="more hours",
+        interval_s=0.05,
+    )
 
     # admins only; bad input is the client's mistake (4xx, no retries)
     with pytest.raises(ClientError) as excinfo:
@@ -384,7 +376,7 @@ def test_network_bytes_of_real_vms_reach_the_ledger(cloud_factory: Any, network:
     cloud = cloud_factory(network, network=network, node_vcpus=2, node_memory_mb=512)
     admin = cloud.ec2()
     [instance_id] = launch(kwargs_of(cloud), default_image(admin), 1)
-    wait_running(admin, [instance_id], timeout=120)
+    wait_states(admin, [instance_id], "running", 120)
 
     def counted() -> pd.Series:
         frame = fetch_usage(kwargs_of(cloud), by="instance").set_index("instance")
@@ -396,13 +388,7 @@ def test_network_bytes_of_real_vms_reach_the_ledger(cloud_factory: Any, network:
     # appends the node's final counters, whatever the rate limit on the running readings.
     connect(str(cloud.layout.root)).wait_booted([instance_id], timeout=180)
     admin.terminate_instances(InstanceIds=[instance_id])
-    deadline = time.monotonic() + 60
-    while (
-        admin.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
-        != "terminated"
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_states(admin, [instance_id], "terminated", 60, interval_s=0.5)
     after = counted()
     assert after["net_rx_bytes"] > 0 and after["net_tx_bytes"] > 0, after
     assert_frame_balanced(fetch_usage(kwargs_of(cloud), by="instance"))
@@ -427,32 +413,25 @@ def test_a_killed_cloud_bills_until_the_restarted_one_notices_and_never_twice(cl
     config = {"hypervisor": "test:///default", "nodes": 1, "node_vcpus": 4, "node_memory_mb": 2048}
     cloud = cloud_factory("crash", **config)
     [instance_id] = launch(kwargs_of(cloud), default_image(cloud.ec2()), 1)
-    wait_running(cloud.ec2(), [instance_id])
+    wait_states(cloud.ec2(), [instance_id], "running", 60)
     before = fetch_usage(kwargs_of(cloud), by="instance").set_index("instance").loc[instance_id, "instance_hours"]
     pid = control.service_pid(cloud.layout)
     assert pid is not None
     os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while control.service_pid(cloud.layout) is not None:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: control.service_pid(cloud.layout) is None, 30, what="the service to die")
 
     cloud = cloud_factory("crash", **config)
     admin = cloud.ec2()
-    deadline = time.monotonic() + 60
-    while (
-        admin.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
-        != "terminated"
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_states(admin, [instance_id], "terminated", 60)
     first = fetch_usage(kwargs_of(cloud), by="instance")
     assert first.attrs["total"]["instances"] == 1
     hours = first.set_index("instance").loc[instance_id, "instance_hours"]
     assert hours >= before
-    time.sleep(0.2)
-    assert fetch_usage(kwargs_of(cloud), by="instance").set_index("instance").loc[
-        instance_id, "instance_hours"
-    ] == pytest.approx(hours)  # closed: no longer growing
+    db = Store(cloud.layout.database)
+    try:  # closed: the same hours in a report taken an hour from now
+        later = {r["key"]: r for r in usage_report(db, by="instance", now=time.time() + 3600)}
+    finally:
+        db.close()
+    assert later[instance_id]["instance_hours"] == pytest.approx(hours)
     events = usage_events(cloud, instance_id)
     assert events.count("running") == 1 and events.count("terminated") == 1

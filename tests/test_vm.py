@@ -5,35 +5,21 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
 
 from cloudlab import control
-from tests.clouds import RunningCloud, start_cloud
+from cloudlab.waiting import wait_until
+from tests.clouds import RunningCloud, default_image, start_cloud, wait_states
 
 pytestmark = pytest.mark.vm
 
 BOOT_TIMEOUT_S = 120
 
 
-def default_image(ec2: Any) -> str:
-    return ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"][0]["ImageId"]
-
-
 def instances(ec2: Any, ids: list[str]) -> dict[str, Any]:
     return {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]}
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.3)
 
 
 def wait_running(ec2: Any, ids: list[str]) -> None:
@@ -45,7 +31,7 @@ def wait_running(ec2: Any, ids: list[str]) -> None:
         assert not dead, f"instances ended before running: {dead}"
         return all(v["State"]["Name"] == "running" for v in found.values())
 
-    wait_for(check, BOOT_TIMEOUT_S, "running")
+    wait_until(check, BOOT_TIMEOUT_S, what="running", interval_s=0.3)
 
 
 def boot_markers(ec2: Any, instance_id: str) -> list[str]:
@@ -63,7 +49,12 @@ def test_two_instances_boot_list_and_terminate(vm_cloud: RunningCloud) -> None:
     ]
     wait_running(ec2, ids)
     for instance_id in ids:
-        markers = wait_for(lambda i=instance_id: boot_markers(ec2, i), BOOT_TIMEOUT_S, f"boot marker of {instance_id}")
+        markers = wait_until(
+            lambda i=instance_id: boot_markers(ec2, i),
+            BOOT_TIMEOUT_S,
+            what=f"boot marker of {instance_id}",
+            interval_s=0.3,
+        )
         assert f"host={instance_id}" in markers[0] and "uptime=" in markers[0]
     qemu = control.leftover_qemu(vm_cloud.layout)
     assert len(qemu) == 2, "each instance is one real QEMU process"
@@ -71,7 +62,7 @@ def test_two_instances_boot_list_and_terminate(vm_cloud: RunningCloud) -> None:
     assert {i["Placement"]["HostId"] for i in listed.values()} == {"node-01"}
     ec2.terminate_instances(InstanceIds=ids)
     ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    wait_for(lambda: not control.leftover_qemu(vm_cloud.layout), 30, "QEMU processes to exit")
+    wait_until(lambda: not control.leftover_qemu(vm_cloud.layout), 30, what="QEMU processes to exit", interval_s=0.3)
 
 
 def test_reboot_boots_the_guest_again(vm_cloud: RunningCloud) -> None:
@@ -80,9 +71,11 @@ def test_reboot_boots_the_guest_again(vm_cloud: RunningCloud) -> None:
         i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
     ]
     try:
-        wait_for(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, "first boot")
+        wait_until(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, what="first boot", interval_s=0.3)
         ec2.reboot_instances(InstanceIds=[instance_id])
-        wait_for(lambda: len(boot_markers(ec2, instance_id)) >= 2, BOOT_TIMEOUT_S, "boot after reboot")
+        wait_until(
+            lambda: len(boot_markers(ec2, instance_id)) >= 2, BOOT_TIMEOUT_S, what="boot after reboot", interval_s=0.3
+        )
         assert instances(ec2, [instance_id])[instance_id]["State"]["Name"] == "running"
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
@@ -95,13 +88,11 @@ def test_vanished_vm_is_terminated_with_a_reason(vm_cloud: RunningCloud) -> None
         i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
     ]
     wait_running(ec2, [instance_id])
-    [pid] = wait_for(lambda: list(set(control.leftover_qemu(vm_cloud.layout)) - before), 30, "its QEMU process")
-    os.kill(pid, signal.SIGKILL)  # the VM dies behind the cloud's back
-    final = wait_for(
-        lambda: (i := instances(ec2, [instance_id])[instance_id])["State"]["Name"] == "terminated" and i,
-        60,
-        "terminated",
+    [pid] = wait_until(
+        lambda: list(set(control.leftover_qemu(vm_cloud.layout)) - before), 30, what="its QEMU process", interval_s=0.3
     )
+    os.kill(pid, signal.SIGKILL)  # the VM dies behind the cloud's back
+    final = wait_states(ec2, [instance_id], "terminated", 60, interval_s=0.3)[instance_id]
     assert final["StateReason"]["Code"].startswith(("Client.InstanceInitiatedShutdown", "Server."))
 
 
@@ -116,16 +107,17 @@ def test_restart_after_kill_keeps_instances(cloud_factory: Any) -> None:
     [instance_id] = [
         i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
     ]
-    wait_for(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, "boot")
+    wait_until(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, what="boot", interval_s=0.3)
     ledger_before = _ledger(cloud)
     pid = control.service_pid(cloud.layout)
     assert pid is not None
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: control.service_pid(cloud.layout) is None, 10, "service to die")
+    wait_until(lambda: control.service_pid(cloud.layout) is None, 10, what="service to die", interval_s=0.3)
     assert control.leftover_qemu(cloud.layout), "the guest outlives its controllers"
     again = start_cloud(cloud.layout.root)
     ec2 = again.ec2()
-    time.sleep(3)  # a few reconcile passes
+    passes = again.status()["reconcile_passes"]
+    wait_until(lambda: again.status()["reconcile_passes"] >= passes + 3, 30, what="three reconcile passes")
     inst = instances(ec2, [instance_id])[instance_id]
     assert inst["State"]["Name"] == "running"
     assert boot_markers(ec2, instance_id), "console output still served after the restart"

@@ -4,7 +4,6 @@ real QEMU instances. Bad input and a stopped cloud give a message in the widget,
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import boto3
@@ -14,6 +13,7 @@ from botocore.config import Config
 
 from cloudlab import control
 from cloudlab.client import Cloud, connect
+from cloudlab.waiting import wait_until
 from cloudlab.widgets import BenchmarkPanel, InstanceTable, Launcher, UsageDashboard
 from tests.clouds import RunningCloud, start_cloud
 
@@ -110,11 +110,12 @@ def test_table_selects_terminates_and_shows(cloud: Cloud) -> None:
         assert "rebooting" in table.message.value
         table.terminate_button.click()
         assert "terminating" in table.message.value
-        deadline = time.monotonic() + 30
-        while table.states()[handles[0].id] != "terminated" and time.monotonic() < deadline:
-            time.sleep(0.3)
+
+        def shown_terminated() -> bool:
             table.refresh_button.click()
-        assert table.states()[handles[0].id] == "terminated"
+            return table.states()[handles[0].id] == "terminated"
+
+        wait_until(shown_terminated, 30, what="the table to show the termination", interval_s=0.3)
         assert table.states()[handles[1].id] == "running"
         table.show_terminated.value = False
         assert handles[0].id not in set(table.rows["instance_id"])
@@ -126,10 +127,8 @@ def test_table_refreshes_in_the_background(cloud: Cloud) -> None:
     table = InstanceTable(cloud, auto_refresh=0.2)
     try:
         (handle,) = cloud.run(1, "widget-auto", progress=False)
-        deadline = time.monotonic() + 10
-        while handle.id not in set(table.rows["instance_id"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert handle.id in set(table.rows["instance_id"])
+        # nobody clicks refresh: the table's own timer brings the new instance in
+        wait_until(lambda: handle.id in set(table.rows["instance_id"]), 10, what="the instance in the table")
     finally:
         table.close()
         cloud.terminate([handle])

@@ -7,12 +7,9 @@ that does not exist gets that resource's NotFound error, as the real call would.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-from cloudlab.api.errors import ApiError
-from cloudlab.clc.tags import kind_of
-from cloudlab.errors import CloudError
+from cloudlab.api.errors import ApiError, dry_run_operation
 
 # members that name resources the action would change (ImageId only where the image itself changes)
 RESOURCE_MEMBERS = ("InstanceIds", "InstanceId", "Resources", "GroupId", "AllocationId", "VolumeId", "SnapshotId")
@@ -31,19 +28,13 @@ def _named_resources(action: str, request: dict[str, Any]) -> list[str]:
 
 
 def dry_run(ctx: Any, action: str, request: dict[str, Any]) -> None:
-    """Always raises: DryRunOperation, UnauthorizedOperation, or the NotFound of a missing resource."""
+    """Always raises: DryRunOperation, UnauthorizedOperation, or the NotFound of a missing resource.
+
+    Who owns a resource is the cloud controller's to say (``CloudController.owner_of``): no SQL here."""
     for resource_id in _named_resources(action, request):
-        kind = kind_of(resource_id)
-        if kind is None:
-            continue
-        try:
-            row = ctx.clc.store.one(f"SELECT owner FROM {kind.table} WHERE {kind.id_column}=?", (resource_id,))
-        except sqlite3.OperationalError:
-            row = None
-        if row is None:
-            raise CloudError(kind.not_found, f"The {kind.noun} ID '{resource_id}' does not exist")
-        if row["owner"] != ctx.user.name and not ctx.user.is_admin:
+        owner = ctx.clc.owner_of(resource_id)  # CloudError NotFound for an id that names nothing
+        if owner is not None and owner != ctx.user.name and not ctx.user.is_admin:
             raise ApiError(
                 "UnauthorizedOperation", f"You are not authorized to perform this operation on {resource_id}."
             )
-    raise ApiError("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+    raise dry_run_operation()

@@ -15,14 +15,10 @@ from __future__ import annotations
 # -- error codes (the strings EC2 uses; boto3 users match on them) --------------------------------
 
 INVALID_ACTION = "InvalidAction"
-MISSING_ACTION = "MissingAction"
 MISSING_PARAMETER = "MissingParameter"
-INVALID_PARAMETER = "InvalidParameter"
 INVALID_PARAMETER_VALUE = "InvalidParameterValue"
 INVALID_PARAMETER_COMBINATION = "InvalidParameterCombination"
 MALFORMED_QUERY_STRING = "MalformedQueryString"
-UNKNOWN_PARAMETER = "UnknownParameter"
-UNSUPPORTED_OPERATION = "UnsupportedOperation"
 AUTH_FAILURE = "AuthFailure"
 SIGNATURE_DOES_NOT_MATCH = "SignatureDoesNotMatch"
 INCOMPLETE_SIGNATURE = "IncompleteSignature"
@@ -33,11 +29,6 @@ DRY_RUN_OPERATION = "DryRunOperation"
 INTERNAL_ERROR = "InternalError"
 REQUEST_LIMIT_EXCEEDED = "RequestLimitExceeded"
 INSUFFICIENT_INSTANCE_CAPACITY = "InsufficientInstanceCapacity"
-INVALID_INSTANCE_ID_NOT_FOUND = "InvalidInstanceID.NotFound"
-INVALID_INSTANCE_ID_MALFORMED = "InvalidInstanceID.Malformed"
-INVALID_AMI_ID_NOT_FOUND = "InvalidAMIID.NotFound"
-INVALID_AMI_ID_MALFORMED = "InvalidAMIID.Malformed"
-INCORRECT_INSTANCE_STATE = "IncorrectInstanceState"
 
 #: HTTP status per code, where EC2 uses something other than 400. DryRunOperation is a 412 because
 #: the request *would have succeeded*; botocore still raises ClientError for it, which is how boto3
@@ -115,22 +106,11 @@ def invalid_action(action: str) -> ApiError:
     return ApiError(INVALID_ACTION, f"The action {quote_value(action)} is not valid for this web service.")
 
 
-def unsupported_operation(action: str) -> ApiError:
-    """For actions in EC2's model that cloudlab has no handler for."""
-    return ApiError(UNSUPPORTED_OPERATION, f"The action {quote_value(action)} is not supported by cloudlab.")
-
 
 def dry_run_operation() -> ApiError:
     """What an action raises after its permission checks pass when ``DryRun`` is true."""
     return ApiError(DRY_RUN_OPERATION, "Request would have succeeded, but DryRun flag is set.")
 
-
-def unauthorized_operation(detail: str = "") -> ApiError:
-    """A caller that is authenticated but not allowed to do this (e.g. touch another user's VM)."""
-    message = "You are not authorized to perform this operation."
-    if detail:
-        message = f"{message} {detail}"
-    return ApiError(UNAUTHORIZED_OPERATION, message)
 
 
 def internal_error() -> ApiError:

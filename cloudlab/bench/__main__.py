@@ -25,6 +25,7 @@ from cloudlab.bench.footprint import controller_memory
 from cloudlab.bench.scale import run_scale_benchmark
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
+from cloudlab.waiting import WaitTimeout, wait_until
 
 TARGETS = {
     "boot_marker_1_median_s": 5.0,
@@ -60,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             info = control.up(layout, CloudConfig(api_port=0), timeout_s=120)
             try:
                 cloud = connect(str(layout.root))
-                deadline = time.monotonic() + 60
-                while (accel := next(iter(cloud.nodes()["accel"]), None)) is None and time.monotonic() < deadline:
-                    time.sleep(0.5)  # the node is still probing QEMU and the accelerator
+                def probed() -> str | None:  # the node is still probing QEMU and the accelerator
+                    return next(iter(cloud.nodes()["accel"]), None)
+
+                try:
+                    accel: str | None = wait_until(probed, 60, what="the node's accelerator", interval_s=0.5)
+                except WaitTimeout:
+                    accel = None
                 if "footprint" in parts:
                     time.sleep(3)
                     results["idle_memory"] = controller_memory(info["pid"])

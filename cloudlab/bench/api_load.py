@@ -40,7 +40,9 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.parsers import create_parser
 
+from cloudlab import phases
 from cloudlab.bench.stats import percentile
+from cloudlab.waiting import WaitTimeout, wait_until
 
 API_VERSION = "2016-11-15"
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
@@ -96,14 +98,16 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"moto's server exited with status {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"moto's server did not listen on port {port} within {timeout_s:.0f} s")
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    try:
+        wait_until(listening, timeout_s, what=f"moto on port {port}", ignore=(OSError,))
+    except WaitTimeout:
+        raise TimeoutError(f"moto's server did not listen on port {port} within {timeout_s:.0f} s") from None
 
 
 @contextlib.contextmanager
@@ -177,18 +181,7 @@ def populate(endpoint: Endpoint, image_id: str, count: int, timeout_s: float = 1
     ec2 = endpoint.client()
     reservation = ec2.run_instances(ImageId=image_id, MinCount=count, MaxCount=count, InstanceType="t2.micro")
     endpoint.instance_ids = [i["InstanceId"] for i in reservation["Instances"]]
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states = [
-            i["State"]["Name"]
-            for r in ec2.describe_instances(InstanceIds=endpoint.instance_ids)["Reservations"]
-            for i in r["Instances"]
-        ]
-        if states.count("running") == count:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{endpoint.name}: {states.count('running')} of {count} running after {timeout_s} s")
-        time.sleep(0.2)
+    phases.watch(ec2, endpoint.instance_ids, "running", timeout_s, poll=0.2)
 
 
 def listed_instances(endpoint: Endpoint) -> set[str]:

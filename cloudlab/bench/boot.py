@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cloudlab import phases
 from cloudlab.bench.stats import summarise
 from cloudlab.guest import DEFAULT_KERNEL_CMDLINE, has_booted
 from cloudlab.images.cached import find_built_image
@@ -67,29 +68,17 @@ def boot_by_hand(kernel: Path, ramdisk: Path, accel: str, memory_mb: int = 256, 
 
 def boot_through_cloud(cloud: Any, count: int, timeout_s: float = 120) -> list[dict[str, float]]:
     """Per instance: seconds from the RunInstances call to ``running`` and to the boot marker."""
-    ec2 = cloud.ec2
     started = time.monotonic()
-    ids = cloud.run(count)
-    running: dict[str, float] = {}
-    booted: dict[str, float] = {}
+    ids = [str(i) for i in cloud.run(count)]
+    ran = time.monotonic() - started  # the phases are counted from the end of the call: add it back
     try:
-        while len(booted) < count:
-            now = time.monotonic() - started
-            if now > timeout_s:
-                raise TimeoutError(f"{count - len(booted)} instance(s) did not boot within {timeout_s} s")
-            if len(running) < count:
-                for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]:
-                    for inst in r["Instances"]:
-                        if inst["State"]["Name"] == "running":
-                            running.setdefault(inst["InstanceId"], time.monotonic() - started)
-            for instance_id in [i for i in running if i not in booted]:
-                if has_booted(ec2.get_console_output(InstanceId=instance_id).get("Output") or ""):
-                    booted[instance_id] = time.monotonic() - started
-            time.sleep(POLL_S)
+        reached = phases.watch(cloud.ec2, ids, "booted", timeout_s, POLL_S)
     finally:
-        ec2.terminate_instances(InstanceIds=ids)
+        cloud.ec2.terminate_instances(InstanceIds=ids)
         cloud.wait_state(ids, "terminated", timeout=60)
-    return [{"instance": i, "running_s": running[i], "marker_s": booted[i]} for i in ids]
+    return [
+        {"instance": i, "running_s": ran + reached[i]["running"], "marker_s": ran + reached[i]["booted"]} for i in ids
+    ]
 
 
 def run_boot_benchmark(cloud: Any, accel: str, repeats: int = 5, progress: Any = None) -> dict[str, Any]:

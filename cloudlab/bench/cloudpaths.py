@@ -15,9 +15,9 @@ from typing import Any
 
 from cloudlab import control
 from cloudlab.bench.handmade import PathUnderTest
-from cloudlab.bench.workloads import instance_remote
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
+from cloudlab.reach import instance_remote
 
 #: The hand-built pairs' kinds, so that results line up path by path.
 KIND_OF_FLAVOUR = {"direct": "vm-bridge", "vde": "vm-vde"}

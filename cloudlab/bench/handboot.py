@@ -1,7 +1,7 @@
 """``cloudlab-debian`` booted BY HAND, as a researcher would: the baseline for the cloud's own boots.
 
 Everything is built with the plain tools in one network namespace of our own
-(``clb<6 hex>-hand-boot``, removed afterwards, see ``handmade.Lab``): a Linux bridge holding the
+(``clb<6 hex>-hand-boot``, removed afterwards, see ``cloudlab.bench.lab.Lab``): a Linux bridge holding the
 gateway address, a tap for the guest, and cloudlab's metadata server bound to 169.254.169.254:80
 with a *fixed* lookup (no cloud, no controller). QEMU is started directly (TCG by default) on a
 qcow2 overlay of the image's disk (``qemu-img create -f qcow2 -b disk.qcow2 -F qcow2``), with the
@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudlab.bench.handmade import BuildError, Lab
-from cloudlab.bench.remote import SshRemote
+from cloudlab.bench.lab import BuildError, Lab
 from cloudlab.bench.stats import summarise
 from cloudlab.guest import BOOT_MARKER, CLOUD_INIT_DONE_MARKER, LAUNCH_MARKER
 from cloudlab.images.cached import BuiltImage, find_built_image
 from cloudlab.net import netns
 from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
+from cloudlab.reach import SshRemote
+from cloudlab.waiting import WaitTimeout, wait_until
 
 NET = "10.79.0"  # the guest's segment, only ever inside our namespace
 GUEST_IP = f"{NET}.10"
@@ -226,31 +227,40 @@ def _wait_milestones(
     wanted = {"launch_s", "marker_s", "ssh_s"} | ({"cloud_init_s"} if wait_cloud_init else set())
     stop = threading.Event()
 
+    def left() -> float:
+        return max(0.0, timeout_s - (time.monotonic() - started))
+
+    def ssh_answers() -> bool:
+        if stop.is_set():
+            return True
+        if boot.ssh.run("true", timeout=15).returncode != 0:
+            return False
+        boot.times["ssh_s"] = round(time.monotonic() - started, 2)
+        return True
+
     def probe_ssh() -> None:
-        while not stop.is_set() and time.monotonic() - started < timeout_s:
-            if boot.ssh.run("true", timeout=15).returncode == 0:
-                boot.times["ssh_s"] = round(time.monotonic() - started, 2)
-                return
-            stop.wait(0.5)
+        with contextlib.suppress(WaitTimeout):
+            wait_until(ssh_answers, left(), what="SSH", interval_s=0.5, sleep=stop.wait)
+
+    def all_reached() -> bool:
+        if proc.poll() is not None:
+            raise BuildError(
+                f"QEMU exited ({proc.returncode}): {lab.log('qemu')}\n--- console ---\n{boot.console()[-3000:]}"
+            )
+        now = round(time.monotonic() - started, 2)
+        text = boot.console()
+        for name, marker in markers.items():
+            if name not in boot.times and marker in text:
+                boot.times[name] = now
+        return wanted <= boot.times.keys()
 
     prober = threading.Thread(target=probe_ssh, name="ssh-probe", daemon=True)
     prober.start()
     try:
-        for _ in range(int(timeout_s / POLL_S) + 1):
-            now = time.monotonic() - started
-            if proc.poll() is not None:
-                raise BuildError(
-                    f"QEMU exited ({proc.returncode}): {lab.log('qemu')}\n--- console ---\n{boot.console()[-3000:]}"
-                )
-            text = boot.console()
-            for name, marker in markers.items():
-                if name not in boot.times and marker in text:
-                    boot.times[name] = round(now, 2)
-            if wanted <= boot.times.keys():
-                return
-            if now > timeout_s:
-                break
-            time.sleep(POLL_S)
+        wait_until(all_reached, left(), what="the milestones", interval_s=POLL_S)
+        return
+    except WaitTimeout:
+        pass
     finally:
         stop.set()
         prober.join(timeout=20)

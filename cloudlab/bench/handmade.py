@@ -2,9 +2,9 @@
 cloudlab's own paths are compared with.
 
 Each builder is a context manager yielding a ``PathUnderTest``: two ends (``Remote``), the server's
-address, and what was built. Everything lives in network namespaces named ``clb<6 hex>-hand-<role>``; the
-root namespace gets nothing. On exit (also on error) every process started is killed, every
-process left inside the namespaces is killed, and the namespaces are deleted.
+address, and what was built. Everything lives in a ``cloudlab.bench.lab.Lab``: network namespaces named
+``clb<6 hex>-hand-<role>``, the root namespace gets nothing. On exit (also on error) every process
+started is killed, every process left inside the namespaces is killed, and the namespaces are deleted.
 
 - ``namespaces_bridge()``   two namespaces, veth into a third one holding a Linux bridge
 - ``namespaces_vde()``      two namespaces, a tap each, joined to one vde_switch by ``vde_plug``
@@ -27,33 +27,28 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
-import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudlab.bench.remote import NamespaceRemote, Remote, SshRemote, netns_argv
+from cloudlab.bench.lab import SWITCHES, BuildError, Lab, open_lab, wait_for
+from cloudlab.reach import NamespaceRemote, Remote, SshRemote, netns_argv
 
-PREFIX = "clb"
-MARK = "hand"  # clb<hex>-hand-<role>: cloudlab's own namespaces share the clb<hex>- prefix, never this mark
 NET = "10.77.0"  # the measured L2 segment, only ever inside our namespaces
 UNDERLAY = "10.78.0"  # the hosts' own link a cable runs over (tcp, ssh, udp, vxvde)
 TRANSPORTS = ("unix", "tcp", "ssh", "udp", "vxvde")
-SWITCHES = ("vde_switch", "hub", "vdeplug-switch", "vdeplug-hub")
 GUEST_CMDLINE = "console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check 8250.nr_uarts=1 cryptomgr.notests"
 
 
 @dataclass
 class PathUnderTest:
+    """What every path builder yields (cloudlab's own in ``cloudpaths`` too): two ends and what was built."""
+
     kind: str
     label: str
     built_by: str
@@ -63,175 +58,9 @@ class PathUnderTest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class BuildError(RuntimeError):
-    pass
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
-    started = time.monotonic()
-    for _ in range(int(timeout / interval) + 1):
-        if predicate():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            break
-        time.sleep(interval)
-    raise BuildError(f"timed out after {timeout} s waiting for {what}")
-
-
-class Lab:
-    """Namespaces, processes and a scratch folder for one hand-built path; ``close()`` removes them all."""
-
-    def __init__(self, sysctls: dict[str, int] | None = None) -> None:
-        self.tag = PREFIX + secrets.token_hex(3)
-        self.sysctls = dict(sysctls or {})  # set in each namespace we create, never in the root one
-        self.namespaces: list[str] = []
-        self.processes: list[tuple[str, subprocess.Popen]] = []
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
-
-    # -- plain tools -------------------------------------------------------------------------------
-    def sh(self, *argv: str, timeout: float = 20) -> str:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise BuildError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
-        return done.stdout
-
-    def ip(self, netns: str, *args: str) -> str:
-        return self.sh("ip", "-n", netns, *args)
-
-    def netns(self, role: str) -> str:
-        name = f"{self.tag}-{MARK}-{role}"
-        self.sh("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        self.ip(name, "link", "set", "lo", "up")
-        for key, value in self.sysctls.items():
-            path = "/proc/sys/" + key.replace(".", "/")
-            self.sh(*netns_argv(name), "sh", "-c", f"echo {int(value)} > {path} && cat {path}")
-        return name
-
-    def spawn(self, what: str, argv: list[str], netns: str | None = None, **kwargs: Any) -> subprocess.Popen:
-        log = open(self.tmp / f"{what}.log", "ab")  # noqa: SIM115 - the child owns it
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        kwargs.setdefault("stdout", log)
-        proc = subprocess.Popen([*netns_argv(netns), *argv], stderr=log, start_new_session=True, **kwargs)
-        log.close()
-        self.processes.append((what, proc))
-        return proc
-
-    def log(self, what: str) -> str:
-        path = self.tmp / f"{what}.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
-
-    def alive(self, what: str, proc: subprocess.Popen) -> None:
-        if proc.poll() is not None:
-            raise BuildError(f"{what} exited ({proc.returncode}): {self.log(what).strip()}")
-
-    def check_route(self, netns: str, address: str, dev: str) -> dict[str, Any]:
-        """Refuse to send unless ``address`` is reached directly through our own ``dev`` in ``netns``."""
-        routes = json.loads(self.sh("ip", "-n", netns, "-j", "route", "get", address) or "[]")
-        route = routes[0] if routes else {}
-        if route.get("dev") != dev or route.get("gateway"):
-            raise BuildError(f"in {netns}, {address} is routed {route}, not directly via {dev}")
-        return route
-
-    def ping_ok(self, netns: str, address: str) -> bool:
-        done = subprocess.run(
-            [*netns_argv(netns), "busybox", "ping", "-c", "1", "-W", "1", "-w", "2", address],
-            capture_output=True,
-            timeout=10,
-        )
-        return done.returncode == 0
-
-    # -- VDE ---------------------------------------------------------------------------------------
-    def vde_switch(self, name: str, netns: str, switch: str = "vde_switch") -> Path:
-        """A switch at ``tmp/name`` that plugs join with ``vde://``: ``vde_switch`` (``hub``: its ``-x``
-        hub mode) or vdeplug4's in-process ``switch://``/``hub://`` held open by ``vde_plug URL null://``."""
-        if switch not in SWITCHES:
-            raise ValueError(f"switch must be one of {SWITCHES}")
-        sock = self.tmp / name
-        if switch in ("vde_switch", "hub"):
-            argv = ["vde_switch", "-s", str(sock), *(["-x"] if switch == "hub" else [])]
-            # vde_switch's console reads stdin; a pipe we hold keeps it from seeing EOF and quitting.
-            proc = self.spawn(f"switch-{name}", argv, netns, stdin=subprocess.PIPE)
-        else:
-            url = f"{switch.removeprefix('vdeplug-')}://{sock}"
-            proc = self.spawn(f"switch-{name}", ["vde_plug", url, "null://"], netns)
-        _wait(lambda: (sock / "ctl").exists() or proc.poll() is not None, 10, f"vde_switch {name}")
-        self.alive(f"switch-{name}", proc)
-        return sock
-
-    def vde_tap(self, sock: Path | str, netns: str, tap: str, address: str | None) -> None:
-        """``vde_plug vde://SOCK tap://TAP`` run inside ``netns``, so the tap is made there (``sock`` may
-        also be a whole vdeplug URL, e.g. ``ptp:///path``)."""
-        url = sock if isinstance(sock, str) and "://" in sock else f"vde://{sock}"
-        proc = self.spawn(f"plug-{tap}-{netns}", ["vde_plug", url, f"tap://{tap}"], netns)
-        _wait(lambda: self._has_link(netns, tap) or proc.poll() is not None, 10, f"tap {tap} in {netns}")
-        self.alive(f"plug-{tap}-{netns}", proc)
-        self.ip(netns, "link", "set", tap, "up")
-        if address:
-            self.ip(netns, "addr", "add", f"{address}/24", "dev", tap)
-
-    def _has_link(self, netns: str, dev: str) -> bool:
-        done = subprocess.run(["ip", "-n", netns, "link", "show", dev], capture_output=True, timeout=10)
-        return done.returncode == 0
-
-    def veth(self, ns1: str, dev1: str, ns2: str, dev2: str) -> None:
-        self.ip(ns1, "link", "add", dev1, "type", "veth", "peer", "name", dev2, "netns", ns2)
-        self.ip(ns1, "link", "set", dev1, "up")
-        self.ip(ns2, "link", "set", dev2, "up")
-
-    # -- teardown ----------------------------------------------------------------------------------
-    def close(self) -> list[str]:
-        """Kill everything, delete the namespaces and the scratch folder; returns what went wrong."""
-        problems: list[str] = []
-        for _what, proc in reversed(self.processes):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for what, proc in self.processes:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    problems.append(f"{what} (pid {proc.pid}) would not die")
-            if proc.stdin:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-        for name in reversed(self.namespaces):
-            for _ in range(3):  # whatever else still runs in the namespace (daemons like iperf3 -D)
-                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10)
-                alive = [int(p) for p in pids.stdout.split()]
-                if not alive:
-                    break
-                for pid in alive:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.2)
-            done = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True, timeout=10)
-            if done.returncode != 0:
-                problems.append(f"ip netns delete {name}: {done.stderr.strip()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        return problems
-
-
-@contextlib.contextmanager
-def _lab(sysctls: dict[str, int] | None = None) -> Iterator[Lab]:
-    lab = Lab(sysctls)
-    try:
-        yield lab
-    finally:
-        problems = lab.close()
-        if problems:
-            print(f"[bench] teardown of {lab.tag}: {'; '.join(problems)}", file=sys.stderr)
-
-
 def _endpoints(lab: Lab, client_ns: str, server_ns: str, dev: str, server_address: str) -> None:
     lab.check_route(client_ns, server_address, dev)
-    _wait(lambda: lab.ping_ok(client_ns, server_address), 15, f"{server_address} to answer from {client_ns}", 0.2)
+    wait_for(lambda: lab.ping_ok(client_ns, server_address), 15, f"{server_address} to answer from {client_ns}", 0.2)
 
 
 # ------------------------------------------------------------------------------------- namespaces
@@ -240,7 +69,7 @@ def _endpoints(lab: Lab, client_ns: str, server_ns: str, dev: str, server_addres
 @contextlib.contextmanager
 def namespaces_bridge() -> Iterator[PathUnderTest]:
     """Two namespaces, each a veth into a third ("switch") namespace that holds a Linux bridge."""
-    with _lab() as lab:
+    with open_lab() as lab:
         sw, a, b = lab.netns("sw"), lab.netns("a"), lab.netns("b")
         lab.ip(sw, "link", "add", "br0", "type", "bridge")
         lab.ip(sw, "link", "set", "br0", "up")
@@ -303,14 +132,14 @@ def namespaces_vde(
     if switch not in SWITCHES or (attach == "ptp" and switch != "vde_switch"):
         raise ValueError(f"switch must be one of {SWITCHES} (and vde_switch with ptp, which has none)")
     sysctls, suffix, tuned = _tuning(dgram_qlen, mtu, "ptp" if attach == "ptp" else switch)
-    with _lab(sysctls) as lab:
+    with open_lab(sysctls) as lab:
         a, b = lab.netns("a"), lab.netns("b")
         sock = lab.vde_switch("sw", lab.netns("sw"), switch) if attach != "ptp" else lab.tmp / "ptp"
         for host, n in ((a, 1), (b, 2)):
             if attach == "ptp":
                 lab.vde_tap(f"ptp://{sock}", host, "tap0", f"{NET}.{n}")
                 if n == 1:
-                    _wait(sock.exists, 10, "the ptp socket")
+                    wait_for(sock.exists, 10, "the ptp socket")
             elif attach == "vde_plug2tap":
                 lab.ip(host, "tuntap", "add", "tap0", "mode", "tap")
                 proc = lab.spawn(f"plug2tap-{host}", ["vde_plug2tap", "-s", str(sock), "tap0"], host)
@@ -376,7 +205,7 @@ def cable_path(transport: str = "unix") -> Iterator[PathUnderTest]:
     dropbear in the peer host), udp (``udp://LPORT->RHOST:RPORT``), vxvde (multicast)."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}")
-    with _lab() as lab:
+    with open_lab() as lab:
         ha, hb = lab.netns("ha"), lab.netns("hb")
         sock_a, sock_b = lab.vde_switch("swa", ha), lab.vde_switch("swb", hb)
         lab.vde_tap(sock_a, ha, "tap0", f"{NET}.1")
@@ -445,7 +274,7 @@ def _dropbear(lab: Lab, netns: str, address: str, port: int, extra: dict[str, An
     argv = client.argv("")[:-2]  # the options without user@host and command
     argv += ["-p", str(port), "-o", "Compression=no", f"root@{address}"]
     probe = [*netns_argv(lab.namespaces[0]), *argv, "true"]
-    _wait(
+    wait_for(
         lambda: (
             proc.poll() is not None
             or subprocess.run(probe, capture_output=True, timeout=15, stdin=subprocess.DEVNULL).returncode == 0
@@ -517,7 +346,7 @@ def _wait_boot(lab: Lab, names: list[str], timeout: float) -> float:
         consoles = [lab.tmp / f"{name}.console" for name in names]
         return all(c.exists() and b"cloudlab-boot:" in c.read_bytes() for c in consoles)
 
-    return _wait(booted, timeout, f"{', '.join(names)} to boot", 0.25)
+    return wait_for(booted, timeout, f"{', '.join(names)} to boot", 0.25)
 
 
 def console(lab: Lab, name: str) -> str:
@@ -538,7 +367,7 @@ def _vms(
 ) -> Iterator[PathUnderTest]:
     image = _default_image(image)
     sysctls, suffix, tuned = _tuning(dgram_qlen, mtu, vde)
-    with _lab(sysctls) as lab:
+    with open_lab(sysctls) as lab:
         key, pubkey = _keypair(lab)
         sw, m = lab.netns("sw"), lab.netns("m")
         started = time.monotonic()
@@ -643,25 +472,3 @@ def vms_vde(
     if switch not in SWITCHES:
         raise ValueError(f"switch must be one of {SWITCHES}")
     return _vms(image, "vde", boot_timeout, ssh_timeout, attach, dgram_qlen, switch, mtu)
-
-
-def leftover_namespaces() -> list[str]:
-    """Hand-built namespaces (``clb<6 hex>-hand-<role>``) still present; cloudlab's own are not listed."""
-    import re
-
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
-    names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return [n for n in names if re.fullmatch(rf"{PREFIX}[0-9a-f]{{6}}-{MARK}-[a-z0-9]+", n)]
-
-
-def remove_leftovers() -> list[str]:
-    """Delete the hand-built namespaces a killed benchmark left behind (and kill what runs in them)."""
-    removed = []
-    for name in leftover_namespaces():
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10).stdout
-        for pid in pids.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        if subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10).returncode == 0:
-            removed.append(name)
-    return removed

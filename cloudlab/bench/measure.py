@@ -15,20 +15,32 @@ import statistics
 import time
 from typing import Any
 
-from cloudlab.bench.remote import Remote
+from cloudlab.reach import Remote
 
 
 class MeasurementError(RuntimeError):
     pass
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from the first line of /proc/stat."""
-    with open("/proc/stat") as stat:
-        fields = [int(x) for x in stat.readline().split()[1:]]
+def cpu_times_of(line: str) -> tuple[int, int]:
+    """(busy, total) jiffies from the ``cpu`` line of /proc/stat (idle and iowait are not busy)."""
+    fields = [int(x) for x in line.split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     total = sum(fields[:8])  # guest time is already counted in user/nice
     return total - idle, total
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs now."""
+    with open("/proc/stat") as stat:
+        return cpu_times_of(stat.readline())
+
+
+def cpu_pct(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """The share of busy jiffies between two ``cpu_times`` readings, in % (NaN for a span shorter than a
+    jiffy, which says nothing: /proc/stat counts in jiffies, 10 ms on most kernels)."""
+    d_total = end[1] - start[1]
+    return round(100.0 * (end[0] - start[0]) / d_total, 1) if d_total > 0 else float("nan")
 
 
 class HostCpu:
@@ -36,16 +48,14 @@ class HostCpu:
 
     def __init__(self) -> None:
         self.pct: float = float("nan")
-        self._start = (0, 0)
+        self.start = (0, 0)
 
     def __enter__(self) -> HostCpu:
-        self._start = _cpu_times()
+        self.start = cpu_times()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        busy, total = _cpu_times()
-        d_total = total - self._start[1]
-        self.pct = round(100.0 * (busy - self._start[0]) / d_total, 1) if d_total > 0 else float("nan")
+        self.pct = cpu_pct(self.start, cpu_times())
 
 
 # ---------------------------------------------------------------------------------------------- iperf3

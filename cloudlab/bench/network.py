@@ -56,6 +56,14 @@ def path_id(path: PathUnderTest) -> str:
     return f"{path.built_by}:{path.kind}"
 
 
+def source_name(source: PathSource) -> str:
+    """What a failed path's row is called: the factory's name and its arguments (``cloud_vms(direct)``)."""
+    if isinstance(source, functools.partial):
+        args = [str(a) for a in source.args] + [f"{k}={v}" for k, v in source.keywords.items()]
+        return f"{getattr(source.func, '__name__', 'path')}({', '.join(args)})"
+    return getattr(source, "__name__", "") or type(source).__name__
+
+
 def run_paths(
     paths: Iterable[PathSource],
     repeats: int = 3,
@@ -63,18 +71,31 @@ def run_paths(
     streams: int = 1,
     progress: bool = True,
     ping_count: int = 5,
+    on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> pd.DataFrame:
     """One row per measured run. A path that cannot be built or measured gives a row with ``error``
-    (and the benchmark goes on to the next path)."""
+    (and the benchmark goes on to the next path). ``on_run(done, total, row)`` is called after each
+    run (or failed path), so that a widget can show progress."""
     from tqdm.auto import tqdm
 
     sources = list(paths)
+    total = len(sources) * repeats
     rows: list[dict[str, Any]] = []
     load_start = os.getloadavg()
-    bar = tqdm(total=len(sources) * repeats, desc="network paths", unit="run", disable=not progress)
+    bar = tqdm(total=total, desc="network paths", unit="run", disable=not progress)
+    finished = 0
+
+    def record(row: dict[str, Any], runs: int = 1) -> None:
+        nonlocal finished
+        rows.append(row)
+        finished += runs
+        bar.update(runs)
+        if on_run is not None:
+            on_run(finished, total, row)
+
     try:
         for index, source in enumerate(sources):
-            name = getattr(source, "__name__", None) or getattr(getattr(source, "func", None), "__name__", "")
+            name = source_name(source)
             started = time.monotonic()
             done = 0
             try:
@@ -83,15 +104,16 @@ def run_paths(
                     build_s = round(time.monotonic() - started, 2)
                     bar.set_postfix_str(path_id(path))
                     for repeat in range(repeats):
-                        rows.append(_measure(path, repeat, duration_s, streams, ping_count, build_s))
+                        record(_measure(path, repeat, duration_s, streams, ping_count, build_s))
                         done += 1
-                        bar.update(1)
             except Exception as exc:  # noqa: BLE001 - recorded in the results, not lost
                 detail = f"{type(exc).__name__}: {exc}"
                 print(f"[bench] path {index} ({name}) failed: {detail}", file=sys.stderr)
                 traceback.print_exc(limit=3, file=sys.stderr)
-                rows.append({"path": f"?:{name or index}", "label": name, "repeat": done, "error": detail[:2000]})
-                bar.update(repeats - done)
+                record(
+                    {"path": f"?:{name or index}", "label": name, "repeat": done, "error": detail[:2000]},
+                    repeats - done,
+                )
     finally:
         bar.close()
     df = pd.DataFrame(rows, columns=COLUMNS)

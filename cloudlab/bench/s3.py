@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab.bench.api_load import free_port, wait_for_port
+from cloudlab.waiting import WaitTimeout, wait_until
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 SIZES = {"4KiB": 4 * KIB, "1MiB": MIB, "64MiB": 64 * MIB, "1GiB": GIB}
@@ -248,11 +249,10 @@ def walrus_server(root: Path, list_buckets: dict[str, int]) -> Iterator[Target]:
     process = subprocess.Popen([sys.executable, "-m", "cloudlab.api.s3", "--state", str(root), "--ready-file",
                                 str(ready)], stdout=subprocess.DEVNULL, stderr=open(root / "s3.log", "ab"))  # noqa: SIM115  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Walrus did not start: {(root / 's3.log').read_text()[-500:]}")
-            time.sleep(0.05)
+        with contextlib.suppress(WaitTimeout):  # a timeout, or Walrus exited: said just below
+            wait_until(lambda: ready.exists() or process.poll() is not None, 60, what="Walrus", interval_s=0.05)
+        if not ready.exists():
+            raise RuntimeError(f"Walrus did not start: {(root / 's3.log').read_text()[-500:]}")
         info = json.loads(ready.read_text())
         yield Target("walrus", "127.0.0.1", info["port"], "cloudlab-1", info["access_key"], info["secret_key"])
     finally:

@@ -26,6 +26,7 @@ from cloudlab.nc.domain_xml import DomainSpec, build_domain_xml
 from cloudlab.nc.hypervisor import ensure_event_loop, test_driver_uri
 from cloudlab.paths import StateLayout
 from cloudlab.service import CloudService
+from cloudlab.waiting import wait_until
 
 
 class SignedCaller:
@@ -106,14 +107,10 @@ def run_scale_benchmark(
                 if status != 200:
                     raise RuntimeError(payload.decode()[:300])
             accepted_s = time.perf_counter() - started
-            deadline = time.monotonic() + 120
-            while True:
-                row = service.store.one("SELECT COUNT(*) AS n FROM instances WHERE state='running'")
-                if row["n"] == instances:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"only {row['n']} of {instances} running after 120 s")
-                time.sleep(0.05)
+            running = "SELECT COUNT(*) AS n FROM instances WHERE state='running'"
+            wait_until(
+                lambda: service.store.one(running)["n"] == instances, 120, what=f"{instances} running", interval_s=0.05
+            )
             all_running_s = time.perf_counter() - started
             if progress:
                 progress(f"scale: {instances} instances running in {all_running_s:.1f} s")

@@ -2,56 +2,25 @@
 instances, ping, a CPU burn. Results are pandas DataFrames (one row per run), with a progress bar.
 
 The instances are reached as the cluster controller's host would reach them (``cloudlab exec``), with
-the private key of the key pair they were launched with, which the cloud holds for pairs it created.
+the private key of the key pair they were launched with, which the cloud holds for pairs it created
+(``cloudlab.reach.instance_remote``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cloudlab.bench.measure import cpu_burn, iperf, ping
-from cloudlab.bench.remote import SshRemote
-from cloudlab.clc.keypairs import held_private_keys
-
-
-class WorkloadError(RuntimeError):
-    """An instance cannot run a workload (no network, no address, no key); the message says why."""
+from cloudlab.reach import Unreachable, instance_remote
 
 
 def _describe(cloud: Any, instance_id: str) -> dict[str, Any]:
     found = cloud.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     if not found or not found[0]["Instances"]:
-        raise WorkloadError(f"no instance {instance_id}")
+        raise Unreachable(f"no instance {instance_id}")
     return found[0]["Instances"][0]
-
-
-def instance_remote(
-    cloud: Any, instance_id: str, key: Path | str | None = None, public: bool = False, user: str = "root"
-) -> SshRemote:
-    """Somewhere to run commands: ``instance_id`` over SSH from the cluster's outside namespace (the key:
-    ``key``, else the held private key of the key pair it was launched with)."""
-    instance = _describe(cloud, instance_id)
-    if instance["State"]["Name"] != "running":
-        raise WorkloadError(f"{instance_id} is {instance['State']['Name']}, not running")
-    address = instance.get("PublicIpAddress") if public else instance.get("PrivateIpAddress")
-    if not address:
-        raise WorkloadError(
-            f"{instance_id} has no {'public' if public else 'private'} address:"
-            " start the cloud with --network vde|direct"
-        )
-    if key is None:
-        if not instance.get("KeyName"):
-            raise WorkloadError(f"{instance_id} was launched without a key pair: pass a private key (-i KEY)")
-        keys = held_private_keys(cloud.layout.root, instance["KeyName"])
-        if len(keys) != 1:
-            raise WorkloadError(
-                f"the cloud holds {len(keys)} private keys named {instance['KeyName']!r}: pass one (-i KEY)"
-            )
-        key = keys[0]
-    return SshRemote(address, Path(key), netns=cloud.layout.outside_namespace, user=user)
 
 
 def _bar(total: int, desc: str, progress: bool) -> Any:
@@ -84,7 +53,7 @@ def ping_between(cloud: Any, source_id: str, target_id: str, count: int = 5) -> 
     """Round-trip times from ``source_id`` to ``target_id``'s private address."""
     target = _describe(cloud, target_id).get("PrivateIpAddress")
     if not target:
-        raise WorkloadError(f"{target_id} has no private address")
+        raise Unreachable(f"{target_id} has no private address")
     result = ping(instance_remote(cloud, source_id), target, count=count)
     return pd.DataFrame([{"source": source_id, "target": target_id} | result])
 

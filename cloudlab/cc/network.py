@@ -41,8 +41,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from cloudlab.cc import network_adoption
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
-from cloudlab.net import NetError, firewall, links, netns, vde
+from cloudlab.net import NetError, firewall, links, netns, vde, vde_plugs
 from cloudlab.paths import StateLayout, outside_namespace_of
+from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,7 +134,7 @@ class ClusterNetwork:
             else:
                 host.public_address = host.address
             self.hosts[node] = host
-        self.gateway_plugs: dict[int, vde.TapPlug] = {}
+        self.gateway_plugs: dict[int, vde_plugs.TapPlug] = {}
         self.vlans: set[int] = set()
         self.public_ips: set[str] = set()
         self.digest: str | None = None
@@ -278,19 +279,19 @@ class ClusterNetwork:
         assert first.switch is not None and host.switch is not None
         port_here = CABLE_SWITCH_PORT_BASE + host.index
         if self.cable_kind == "unix":
-            cable: Any = vde.UnixCable(
+            cable: Any = vde_plugs.UnixCable(
                 first.switch.sock, host.switch.sock, port_a=port_here, port_b=CABLE_SWITCH_PORT_BASE
             )
             cable.start()
             first.cables.append(cable)
             return
         tcp_port = CABLE_TCP_PORT_BASE + host.index
-        listener = vde.TcpCableListener(
+        listener = vde_plugs.TcpCableListener(
             first.switch.sock, first.address, tcp_port, first.namespace, port_on_switch=port_here
         )
         listener.start()
         first.cables.append(listener)
-        dialer = vde.TcpCableDialer(
+        dialer = vde_plugs.TcpCableDialer(
             host.switch.sock, first.address, tcp_port, host.namespace, port_on_switch=CABLE_SWITCH_PORT_BASE
         )
         dialer.start()
@@ -298,12 +299,10 @@ class ClusterNetwork:
 
     @staticmethod
     def _wait_link(ns: str, ifname: str, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if links.exists(ns, ifname):
-                return
-            time.sleep(0.05)
-        raise NetError(f"{ifname} did not appear in {ns} within {timeout_s:.0f} s (see the plug's log)")
+        try:
+            wait_until(lambda: links.exists(ns, ifname), timeout_s, what=f"{ifname} in {ns}", interval_s=0.05)
+        except WaitTimeout:
+            raise NetError(f"{ifname} did not appear in {ns} within {timeout_s:.0f} s (see the plug's log)") from None
 
     # -- the plan -------------------------------------------------------------------------------------------
     def apply(self, plan: NetworkPlan) -> None:
@@ -351,7 +350,7 @@ class ClusterNetwork:
                     host.switch.add_tagged(vid, port)
             assert first.switch is not None
             port = GATEWAY_SWITCH_PORT_BASE + (vid - FIRST_VLAN)
-            plug = vde.TapPlug(first.switch.sock, gateway_link, self.outside, port=port)
+            plug = vde_plugs.TapPlug(first.switch.sock, gateway_link, self.outside, port=port)
             plug.start()
             self._wait_link(self.outside, gateway_link)
             first.switch.set_port_vlan(port, vid)

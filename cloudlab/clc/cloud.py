@@ -46,12 +46,13 @@ from cloudlab.clc.reconciler import Reconciler
 from cloudlab.clc.regions import DEFAULT_REGION, check_region
 from cloudlab.clc.snapshots import Snapshots
 from cloudlab.clc.store import Store
-from cloudlab.clc.tags import Tags
+from cloudlab.clc.tags import Tags, kind_of, recorded_owner
 from cloudlab.clc.usage import NetworkBytes
 from cloudlab.clc.users import User, Users
 from cloudlab.clc.vmtypes import seed_vm_types
 from cloudlab.clc.volume_work import VolumeWork
 from cloudlab.clc.volumes import Volumes
+from cloudlab.errors import CloudError
 from cloudlab.rpc import Channel
 from cloudlab.security.ca import CertificateAuthority
 
@@ -114,6 +115,15 @@ class CloudController:
                 found = self._services[cls] = cls(self)
             return found
 
+    # -- block storage: volumes reach snapshots and EBS images through here, so none imports another ----
+    @property
+    def snapshots(self) -> Snapshots:
+        return self.service(Snapshots)
+
+    @property
+    def ebs_images(self) -> EbsImages:
+        return self.service(EbsImages)
+
     # -- clusters ------------------------------------------------------------------------------------
     def add_cluster(
         self,
@@ -129,6 +139,18 @@ class CloudController:
 
     def zones(self) -> list[dict[str, Any]]:
         return self.clusters.zones()
+
+    # -- resources ---------------------------------------------------------------------------------------
+    def owner_of(self, resource_id: str) -> str | None:
+        """Who owns the resource ``resource_id`` names (what a DryRun asks before anything is done): None
+        for an id of no resource kind; EC2's NotFound error for a well-formed id that names nothing."""
+        kind = kind_of(resource_id)
+        if kind is None:
+            return None
+        owner = recorded_owner(self.store.one, kind, resource_id)
+        if owner is None:
+            raise CloudError(kind.not_found, f"The {kind.noun} ID '{resource_id}' does not exist")
+        return owner
 
     # -- instances ---------------------------------------------------------------------------------------
     def describe_instances(self, user: User, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:

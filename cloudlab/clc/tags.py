@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,22 @@ def kind_of(resource_id: str) -> ResourceKind | None:
     prefix = resource_id.partition("-")[0]
     kind = KINDS.get(prefix)
     return kind if kind is not None and is_valid_id(resource_id, prefix) else None
+
+
+FetchOne = Callable[[str, tuple[Any, ...]], Any]
+
+
+def recorded_owner(fetch_one: FetchOne, kind: ResourceKind, resource_id: str) -> str | None:
+    """The owner recorded for ``resource_id`` (a ``kind``), or None when there is no such resource, also when
+    this cloud has not created that kind's table (a module not loaded: none exists). ``fetch_one`` runs
+    one query (``Store.one``, or a transaction's ``execute(...).fetchone``)."""
+    try:
+        row = fetch_one(f"SELECT owner FROM {kind.table} WHERE {kind.id_column}=?", (resource_id,))  # constants
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        return None
+    return None if row is None else row["owner"]
 
 
 def _invalid(message: str) -> CloudError:
@@ -148,18 +164,10 @@ class Tags:
         kind = kind_of(resource_id) if isinstance(resource_id, str) else None
         if kind is None:
             raise CloudError("InvalidID", f"The ID '{resource_id}' is not valid")
-        try:
-            row = db.execute(
-                f"SELECT owner FROM {kind.table} WHERE {kind.id_column}=?",  # table and column are constants
-                (resource_id,),
-            ).fetchone()
-        except sqlite3.OperationalError as exc:
-            if "no such table" not in str(exc):
-                raise
-            row = None  # that kind of resource is not part of this cloud (yet): none exists
-        if row is None or (not user.is_admin and row["owner"] != user.name):
+        owner = recorded_owner(lambda sql, params: db.execute(sql, params).fetchone(), kind, resource_id)
+        if owner is None or (not user.is_admin and owner != user.name):
             raise CloudError(kind.not_found, f"The {kind.noun} ID '{resource_id}' does not exist")
-        return kind, row["owner"]
+        return kind, owner
 
     def _resolve_all(
         self, db: sqlite3.Connection, user: Any, resource_ids: Sequence[str] | None

@@ -150,7 +150,7 @@ class Volumes:
         if zone is None:
             raise CloudError("MissingParameter", "The request must contain the parameter AvailabilityZone")
         if snapshot_id is not None:
-            snapshot = self.clc.service(_snapshots_class()).one(user, snapshot_id, usable=True)
+            snapshot = self.clc.snapshots.one(user, snapshot_id, usable=True)
             if size_gib is None:
                 size_gib = snapshot["volume_size"]
             elif size_gib < snapshot["volume_size"]:
@@ -294,7 +294,7 @@ class Volumes:
             snapshot_id = ebs.get("SnapshotId")
             size = ebs.get("VolumeSize")
             if snapshot_id is not None:
-                snapshot = self.clc.service(_snapshots_class()).one(user, snapshot_id, usable=True)
+                snapshot = self.clc.snapshots.one(user, snapshot_id, usable=True)
                 size = size if size is not None else snapshot["volume_size"]
             plans.append(
                 (
@@ -307,9 +307,7 @@ class Volumes:
                     False,
                 )
             )
-        from cloudlab.clc.ebs_images import EbsImages
-
-        root_snapshot = self.clc.service(EbsImages).root_of(image.image_id)
+        root_snapshot = self.clc.ebs_images.root_of(image.image_id)
         if root_snapshot is not None:  # an EBS-backed AMI: its root volume is made from its snapshot
             size = check_size(root_size if root_size is not None else root_snapshot["size_gib"], "gp2")
             if size < root_snapshot["size_gib"]:
@@ -363,9 +361,7 @@ class Volumes:
             )
 
     def _has_root_snapshot(self, image_id: str) -> bool:
-        from cloudlab.clc.ebs_images import EbsImages
-
-        return self.clc.service(EbsImages).root_of(image_id) is not None
+        return self.clc.ebs_images.root_of(image_id) is not None
 
     # -- writes -----------------------------------------------------------------------------------------------
     def _set(
@@ -402,9 +398,3 @@ def _virtual_size(path: str) -> int:
     from cloudlab.sc.files import image_info
 
     return int(image_info(path)["virtual-size"])
-
-
-def _snapshots_class() -> Any:
-    from cloudlab.clc.snapshots import Snapshots
-
-    return Snapshots

@@ -230,7 +230,7 @@ def usage(args: argparse.Namespace) -> int:
     """The accounting report from the ledger, through the admin-only DescribeUsage action."""
     import botocore.exceptions
 
-    from cloudlab.usage import fetch_usage
+    from cloudlab.usage_frames import fetch_usage
 
     layout = state_layout(args)
     info, creds = control.connection(layout, "admin")

@@ -76,8 +76,8 @@ def exec_in_namespace(args: argparse.Namespace) -> int:
     ],
 )
 def ssh(args: argparse.Namespace) -> int:
-    from cloudlab.bench.workloads import WorkloadError, instance_remote
     from cloudlab.client import connect
+    from cloudlab.reach import Unreachable, instance_remote
 
     layout = state_layout(args)
     _outside_namespace(layout)  # a running cloud with a network, or a one-line error
@@ -85,7 +85,7 @@ def ssh(args: argparse.Namespace) -> int:
         remote = instance_remote(
             connect(str(layout.root)), args.instance_id, key=args.identity, public=args.public, user=args.user
         )
-    except WorkloadError as exc:
+    except Unreachable as exc:
         raise CliError(str(exc)) from None
     except Exception as exc:  # botocore's ClientError: a malformed or unknown id
         raise CliError(f"cannot find {args.instance_id}: {exc}") from None

@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudlab.net import NetError, links, vde
+from cloudlab.net import NetError, links, vde, vde_plugs
 from cloudlab.waiting import wait_until
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class VdeNics:
     def __init__(self, node: str) -> None:
         self.node = node
         self.replugs = 0
-        self._plugs: dict[int, vde.TapPlug] = {}
+        self._plugs: dict[int, vde_plugs.TapPlug] = {}
         self._in_vlan: set[int] = set()  # ports whose VLAN is set on the switch the plug is connected to
         self._lock = threading.Lock()
 
@@ -94,7 +94,7 @@ class VdeNics:
         plug = self._plugs.get(place.port)
         if plug is None:
             _end_stale_plugs(place)
-            plug = vde.TapPlug(place.sock, plug_tap_name(place.port), place.netns, port=place.port)
+            plug = vde_plugs.TapPlug(place.sock, plug_tap_name(place.port), place.netns, port=place.port)
             self._plugs[place.port] = plug
         else:
             plug.stop()
@@ -145,7 +145,7 @@ class VdeNics:
             self._in_vlan.discard(place.port)
             if plug is None:
                 _end_stale_plugs(place)
-                plug = vde.TapPlug(place.sock, plug_tap_name(place.port), place.netns, port=place.port)
+                plug = vde_plugs.TapPlug(place.sock, plug_tap_name(place.port), place.netns, port=place.port)
             with contextlib.suppress(NetError, OSError):
                 plug.remove()
             with contextlib.suppress(NetError, OSError):

@@ -11,15 +11,16 @@ import ctypes
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pyroute2 import IPRoute
 from pyroute2 import netns as _pr_netns
 
 from cloudlab.net import NetError
+from cloudlab.waiting import WaitTimeout, wait_until
 
 RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -60,13 +61,17 @@ def create(name: str) -> None:
         except Exception as exc:
             _silent_remove(name)
             raise NetError(f"cannot create network namespace {name}: {exc} (needs root / CAP_SYS_ADMIN)") from exc
-    from cloudlab.net import links  # local import: links imports this module
-
     try:
-        links.up(name, "lo")
+        _loopback_up(name)
     except Exception as exc:
         _silent_remove(name)
         raise NetError(f"namespace {name} created but lo could not be brought up: {exc}") from exc
+
+
+def _loopback_up(name: str) -> None:
+    """Bring ``lo`` up inside ``name`` (netlink directly: ``links`` builds on this module, not the reverse)."""
+    with IPRoute(netns=name, flags=0) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
 
 def _silent_remove(name: str) -> None:
@@ -194,9 +199,8 @@ def kill_all(name: str, grace: float = 2.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
+    with contextlib.suppress(WaitTimeout):  # then SIGKILL for the ones still there
+        wait_until(lambda: not any(_alive(p) for p in pids), grace, what=f"{name}'s processes to end", interval_s=0.05)
     for pid in pids:
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):

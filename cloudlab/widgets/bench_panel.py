@@ -9,7 +9,8 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from cloudlab.client import Cloud, benchmark_fresh_pairs
+from cloudlab.bench.pairs import benchmark_fresh_pairs, benchmark_pair
+from cloudlab.client import Cloud
 from cloudlab.widgets._common import Panel, figure_png
 
 TWO = "two instances"
@@ -174,8 +175,8 @@ class BenchmarkPanel(Panel):
 
     def _run(self, settings: dict[str, Any]) -> pd.DataFrame:
         if self.mode.value == TWO:
-            df = self.cloud.benchmark(
-                self.server.value, self.client.value, progress=False, on_run=self._on_run, **settings
+            df = benchmark_pair(
+                self.cloud, self.server.value, self.client.value, progress=False, on_run=self._on_run, **settings
             )
         else:
             df = benchmark_fresh_pairs(list(self.flavours.value), progress=False, on_run=self._on_run, **settings)

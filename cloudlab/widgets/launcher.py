@@ -7,7 +7,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from cloudlab.client import PHASES, Cloud, Instance
+from cloudlab.client import Cloud, Instance
+from cloudlab.phases import PHASES
 from cloudlab.widgets._common import Panel
 
 NONE = "(none)"

@@ -1,7 +1,7 @@
 """The usage dashboard: instance-hours, vCPU-hours, GB-hours and network bytes per user or per instance
 type, and per day over the period, filtered by user and period; charts (matplotlib) and an export to CSV.
 
-The figures come from ``Cloud.usage`` (``cloudlab.usage.fetch_usage``, admins only); the dashboard
+The figures come from ``Cloud.usage`` (``cloudlab.usage_frames.fetch_usage``, admins only); the dashboard
 only asks, draws and saves them.
 """
 

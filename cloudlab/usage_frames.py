@@ -1,7 +1,9 @@
-"""Accounting reports as pandas DataFrames, from a running cloud's ``DescribeUsage`` action (admins only).
+"""Accounting reports as pandas DataFrames, fetched from a running cloud's ``DescribeUsage`` action (admins only).
 
 botocore does the protocol: a client built from EC2's model plus cloudlab's extension
 (:mod:`cloudlab.api.extension`) signs the request and parses the answer by shape, as for any EC2 action.
+The reports themselves are computed by the cloud controller (``cloudlab.clc.usage``); this module only
+asks for them and shapes the answer into frames.
 
 >>> df = fetch_usage(cloud.boto3_kwargs(), by="type", since="7d")   # doctest: +SKIP
 >>> df.attrs["total"]["instance_hours"]                              # doctest: +SKIP
