@@ -19,6 +19,7 @@ A VM on a node that the CLC has no record of is reported (``unknown_vms``), neve
 ``clc/dispatch.py``               sending starts and terminations to the nodes, retried until done
 ``clc/reconciler.py``             applying the nodes' reports to the records
 ``clc/network.py``                ports, segments and the router plan; keeping routers in sync
+``clc/vpcs.py``, ``gateways.py``  VPCs, subnets, internet gateways, route tables
 ``clc/usage.py``                  accounting reports, and NIC byte counters into the ledger
 ================================  ===============================================================
 """
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.clusters import ClusterLink, Clusters
 from cloudlab.clc.dispatch import Dispatch
+from cloudlab.clc.gateways import Gateways
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.images import Images
 from cloudlab.clc.instances import TERMINATED_VISIBLE_S, InstanceRecords
@@ -46,6 +48,7 @@ from cloudlab.clc.tags import Tags
 from cloudlab.clc.usage import NetworkBytes
 from cloudlab.clc.users import User, Users
 from cloudlab.clc.vmtypes import seed_vm_types
+from cloudlab.clc.vpcs import Vpcs
 from cloudlab.rpc import Channel
 from cloudlab.security.ca import CertificateAuthority
 
@@ -77,7 +80,7 @@ class CloudController:
         seed_vm_types(store)
         self.quotas = Quotas(store)  # per-user limits, checked inside the transactions that create
         # The resource services create their tables now, never inside a later transaction.
-        for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks):
+        for service in (Tags, KeyPairs, Vpcs, Gateways, SecurityGroups, Addresses, InstanceNetworks):
             self.service(service)
         networks = self.service(InstanceNetworks)
         self.network_bytes = NetworkBytes(store)
