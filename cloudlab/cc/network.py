@@ -395,8 +395,7 @@ class ClusterNetwork:
                 try:
                     proc.restart()
                     event = f"{time.strftime('%H:%M:%S')} {label} died; restarted"
-                    if label.startswith("switch"):
-                        event += " (instances attached before must be stopped and started to reconnect)"
+                    if label.startswith("switch"):  # the nodes plug their instances in again themselves
                         self._reattach_after_switch(label.split(" ", 1)[1])
                 except Exception as exc:  # reported, retried on the next round
                     event = f"{time.strftime('%H:%M:%S')} {label} died; restart failed: {exc}"

@@ -14,10 +14,6 @@ from pathlib import Path
 from cloudlab.guest import DEFAULT_KERNEL_CMDLINE
 
 METADATA_NS = "https://cloudlab.invalid/xmlns/instance/1"
-QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-#: PCI slot of a VDE NIC added through <qemu:commandline>: libvirt does not know the device, so it
-#: must not pick the slot for anything else.
-VDE_NIC_SLOT = 0x10
 
 
 @dataclass(frozen=True)
@@ -39,14 +35,16 @@ class DomainSpec:
 
 @dataclass(frozen=True)
 class Nic:
-    """The instance's one NIC: a tap on a bridge (direct) or QEMU's VDE back-end on a switch port (vde)."""
+    """The instance's one NIC: a tap on a bridge, the group's (direct) or its own plugged into a VDE switch (vde).
+
+    On VDE the bridge is the instance's own (see :mod:`cloudlab.nc.vde_nics`): the switch connection lives in
+    a supervised ``vde_plug`` beside it, not in QEMU, so a restarted switch can be plugged in again.
+    """
 
     mac: str
     address: str  # ADDR/PREFIX, set by the guest's init from the kernel command line
     gateway: str
-    bridge: str | None = None
-    vde_sock: str | None = None
-    vde_port: int | None = None
+    bridge: str
 
 
 def build_domain_xml(spec: DomainSpec) -> str:
@@ -96,50 +94,26 @@ def build_domain_xml(spec: DomainSpec) -> str:
         rng = ET.SubElement(devices, "rng", model="virtio")
         ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
     if spec.nic is not None:
-        _add_nic(dom, devices, spec.nic)
+        _add_nic(devices, spec.nic)
     ET.register_namespace("cloudlab", METADATA_NS)
-    ET.register_namespace("qemu", QEMU_NS)
     return ET.tostring(dom, encoding="unicode")
 
 
-def _add_nic(dom: ET.Element, devices: ET.Element, nic: Nic) -> None:
-    if nic.bridge is not None:
-        iface = ET.SubElement(devices, "interface", type="bridge")
-        ET.SubElement(iface, "mac", address=nic.mac)
-        ET.SubElement(iface, "source", bridge=nic.bridge)
-        ET.SubElement(iface, "model", type="virtio")
-        return
-    # libvirt has no VDE interface type; QEMU's own vde netdev is passed through.
-    commandline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-    netdev = f"vde,id=cln0,sock={nic.vde_sock},port={nic.vde_port}"
-    device = f"virtio-net-pci,netdev=cln0,mac={nic.mac},bus=pci.0,addr={VDE_NIC_SLOT:#x}"
-    for arg in ("-netdev", netdev, "-device", device):
-        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
+def _add_nic(devices: ET.Element, nic: Nic) -> None:
+    iface = ET.SubElement(devices, "interface", type="bridge")
+    ET.SubElement(iface, "mac", address=nic.mac)
+    ET.SubElement(iface, "source", bridge=nic.bridge)
+    ET.SubElement(iface, "model", type="virtio")
 
 
 def tap_of(xml: str) -> str | None:
-    """The tap libvirt made for a running domain's bridged NIC."""
+    """The tap libvirt made for a running domain's NIC."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return None
     target = root.find("devices/interface/target")
     return target.get("dev") if target is not None else None
-
-
-def vde_port_of(xml: str) -> int | None:
-    """The VDE switch port a domain's QEMU was given (so a restarted NC knows which ports are taken)."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    for arg in root.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg"):
-        value = arg.get("value", "")
-        if value.startswith("vde,"):
-            for part in value.split(","):
-                if part.startswith("port="):
-                    return int(part[5:])
-    return None
 
 
 def read_metadata(xml: str) -> dict[str, str] | None:

@@ -9,7 +9,6 @@ restarted NC finds its instances where it left them.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -29,10 +28,10 @@ from cloudlab.nc.domain_xml import (
     build_domain_xml,
     read_metadata,
     tap_of,
-    vde_port_of,
 )
 from cloudlab.nc.hypervisor import driver_kind, open_connection
 from cloudlab.nc.states import node_state
+from cloudlab.nc.vde_nics import PlugPlace, VdeNics, bridge_name
 from cloudlab.net import NetError, vde
 from cloudlab.rpc import Dispatcher
 
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 CPU_OVERCOMMIT = 4  # vCPUs per host core offered to the scheduler on a QEMU host
 MEMORY_SHARE = 0.8  # share of host memory offered to instances
 CONSOLE_TAIL_BYTES = 64 * 1024  # EC2 returns the last 64 KiB of console output
-NET_BASELINE_FILE = "net-baseline.json"  # a VDE port's counters when the instance got it
 EVENTS_KEPT = 50  # lifecycle events carried in each report
 PARALLEL_STARTS = 4  # QEMU processes a node starts at once from one batch
 #: Events after which the node's report differs in a way the cloud cannot know otherwise (a guest that
@@ -124,10 +122,10 @@ class NodeController:
         # refreshed from libvirt at every heartbeat, so a start checks capacity without listing the host
         self._held: dict[str, tuple[int, int]] = {}
         # network byte counters: where each running domain's NIC is counted, keyed by (UUID, domain id)
-        self._nic_where: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self._nic_where: dict[tuple[str, int], str] = {}  # (UUID, domain id) -> the NIC's tap
         self._vde_mgmt: dict[str, vde.VdeManagement] = {}
         self._vde_lock = threading.Lock()
-        self._net_baseline: dict[str, tuple[int, int]] = {}
+        self.vde_nics = VdeNics(name)
         self.events: list[c.LifecycleEvent] = []
         self._event_seq = 0
         self._events_lock = threading.Lock()
@@ -162,6 +160,7 @@ class NodeController:
         dispatcher.serve(c.NODE_GET_CONSOLE_OUTPUT, lambda r, m: self.get_console_output(r.instance_id))
 
     def close(self) -> None:
+        self.vde_nics.close()
         with contextlib.suppress(libvirt.libvirtError):
             self.conn.close()
 
@@ -232,7 +231,6 @@ class NodeController:
         leaving it out would tell the cloud controller that it vanished. With ``only``, just those.
         """
         result = []
-        switches: dict[str, dict[int, tuple[int, int]] | None] = {}  # one port/print per switch per report
         domains = self._domains()
         for name, (dom, meta) in domains.items():
             if only is not None and name not in only:
@@ -245,7 +243,7 @@ class NodeController:
                 state_name = "unknown"
             if name in self._starting:
                 state_name = "pending"  # defined, QEMU still starting: pending, not shut off
-            counters = self._nic_counters(name, dom, meta, switches) if state_name == "running" else None
+            counters = self._nic_counters(name, dom) if state_name == "running" else None
             result.append(
                 c.InstanceReport(
                     instance_id=name,
@@ -261,44 +259,22 @@ class NodeController:
         return result
 
     # -- network byte counters (for the accounting ledger) -------------------------------------------------------
-    def _nic_counters(
-        self, name: str, dom: Any, meta: dict[str, str], switches: dict[str, dict[int, tuple[int, int]] | None]
-    ) -> tuple[int, int] | None:
+    def _nic_counters(self, name: str, dom: Any) -> tuple[int, int] | None:
         """(received, sent) bytes of a running domain's NIC, seen from the guest; None where unknown.
 
-        A bridged NIC is a tap libvirt knows (``interfaceStats``, already from the guest's side); a VDE NIC
-        is a switch port libvirt does not know, counted by the switch (less the port's counters when the
-        instance got it, as a port outlives the VMs that use it).
+        Every NIC is a tap libvirt knows (on VDE too, see :mod:`cloudlab.nc.vde_nics`), whose counters
+        ``interfaceStats`` reads from the guest's side; a new tap per start means no baseline to subtract.
         """
         if self.kind != "qemu":
             return None  # the test driver's domains have no NIC
         try:
             key = (dom.UUIDString(), dom.ID())
-            where = self._nic_where.get(key)
-            if where is None:
-                xml = dom.XMLDesc(0)
-                port, tap = vde_port_of(xml), tap_of(xml)
-                if port is not None and meta.get("vde_mgmt"):
-                    where = ("vde", meta["vde_mgmt"], port)
-                elif tap is not None:
-                    where = ("tap", tap)
-                else:
-                    where = ("none",)
-                self._nic_where[key] = where
-            if where[0] == "tap":
-                stats = dom.interfaceStats(where[1])
+            tap = self._nic_where.get(key)
+            if tap is None:
+                tap = self._nic_where[key] = tap_of(dom.XMLDesc(0)) or ""
+            if tap:
+                stats = dom.interfaceStats(tap)
                 return int(stats[0]), int(stats[4])
-            if where[0] == "vde":
-                mgmt, port = where[1], where[2]
-                if mgmt not in switches:
-                    switches[mgmt] = self._vde_ports(mgmt)
-                ports = switches[mgmt]
-                if ports is None or port not in ports:
-                    return None
-                into_switch, out_of_switch = ports[port]
-                base_rx, base_tx = self._baseline(name)
-                rx, tx = out_of_switch, into_switch
-                return (rx - base_rx if rx >= base_rx else rx), (tx - base_tx if tx >= base_tx else tx)
         except (libvirt.libvirtError, OSError, ValueError, IndexError) as exc:
             log.debug("node %s: no byte counters for %s: %s", self.name, name, exc)
         return None
@@ -320,26 +296,25 @@ class NodeController:
                     log.debug("node %s: switch %s: %s", self.name, mgmt, exc)
         return None
 
-    def _baseline(self, instance_id: str) -> tuple[int, int]:
-        found = self._net_baseline.get(instance_id)
-        if found is None:
-            path = self.node_dir / "instances" / instance_id / NET_BASELINE_FILE
+    def _check_plugs(self, domains: dict[str, tuple[Any, dict[str, str]]]) -> None:
+        """Plug the running instances' VDE NICs in again where a switch, a plug or an earlier NC was lost."""
+        places = []
+        for name, (dom, meta) in domains.items():
+            place = PlugPlace.from_metadata(meta)
+            if place is None or name in self._starting:
+                continue
             try:
-                data = json.loads(path.read_text())
-                found = (int(data["rx"]), int(data["tx"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                found = (0, 0)
-            self._net_baseline[instance_id] = found
-        return found
-
-    def _note_baseline(self, instance_id: str, mgmt: str, port: int) -> None:
-        """Remember the VDE port's counters as the instance starts (kept beside its console log)."""
-        ports = self._vde_ports(mgmt) or {}
-        into_switch, out_of_switch = ports.get(port, (0, 0))
-        self._net_baseline[instance_id] = (out_of_switch, into_switch)
-        path = self.node_dir / "instances" / instance_id / NET_BASELINE_FILE
-        with contextlib.suppress(OSError):
-            path.write_text(json.dumps({"rx": out_of_switch, "tx": into_switch}))
+                if not dom.isActive():
+                    continue
+            except libvirt.libvirtError:
+                continue
+            places.append(place)
+        if places:
+            active = {}
+            for mgmt in {p.mgmt for p in places}:
+                ports = self._vde_ports(mgmt)
+                active[mgmt] = set(ports) if ports is not None else None
+            self.vde_nics.check(places, active)
 
     def _refresh_held(self) -> dict[str, tuple[int, int]]:
         """The room our domains hold, read from libvirt (under the node's lock, so no start is half counted)."""
@@ -356,6 +331,11 @@ class NodeController:
         # the instances listed are exactly those counted: one defined in between waits for the next
         # report (the CC keeps its reservation until a report shows the instance *and* its room)
         instances = self.instances(only=set(held))
+        if self.kind == "qemu":
+            try:
+                self._check_plugs(self._domains())
+            except Exception:  # never let a plug cost the heartbeat: the next one tries again
+                log.exception("node %s: checking the VDE plugs failed", self.name)
         # Every defined domain holds its room: one being started is still shut off, and a guest
         # that powered itself off is cleaned up by the cloud controller within seconds.
         used_vcpus = sum(v for v, _ in held.values())
@@ -425,9 +405,9 @@ class NodeController:
             console_log.write_bytes(b"")
             accel = self.accelerator(kernel, ramdisk) if self.kind == "qemu" else "test"
             plan = request.nic if self.kind == "qemu" else None
-            nic = self._nic(plan) if plan is not None else None
-            # a VDE port's counters are read on its switch's management socket: remember where that is
-            nic_meta = {"vde_mgmt": str(plan.attach.mgmt)} if plan and plan.attach and nic and nic.vde_port else {}
+            nic, place = self._nic(plan) if plan is not None else (None, None)
+            # where a VDE NIC is plugged is kept with the domain, so a restarted NC plugs it in again
+            nic_meta = place.metadata() if place is not None else {}
             spec = DomainSpec(
                 nic=nic,
                 instance_id=instance_id,
@@ -456,16 +436,18 @@ class NodeController:
             self._starting.add(instance_id)
             self._held[instance_id] = (vcpus, memory_mb)
         try:
+            if place is not None:
+                self.vde_nics.prepare(place)
             dom.create()
-            if nic is not None and plan is not None:
-                self._join_vlan(dom, nic, plan)
-                if nic.vde_port is not None and plan.attach is not None:
-                    self._note_baseline(instance_id, str(plan.attach.mgmt), nic.vde_port)
-        except (libvirt.libvirtError, NetError) as exc:
+            if nic is not None and tap_of(dom.XMLDesc(0)) is None:
+                raise NetError(f"libvirt reported no tap for {dom.name()}")
+        except (libvirt.libvirtError, NetError, OSError) as exc:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
+            if place is not None:
+                self.vde_nics.remove(place)
             with self._lock:
                 self._held.pop(instance_id, None)
             raise CloudError("InternalError", f"node {self.name} could not start {instance_id}: {exc}") from exc
@@ -493,29 +475,28 @@ class NodeController:
             return c.StartOutcomes(tuple(pool.map(one, requests)))
 
     # -- NICs -------------------------------------------------------------------------------------------------
-    def _nic(self, plan: c.NicPlan) -> Nic:
-        """The NIC for a start request (the node's lock is held: a VDE port is picked among the free ones)."""
+    def _nic(self, plan: c.NicPlan) -> tuple[Nic, PlugPlace | None]:
+        """The NIC for a start request, and on VDE where it is plugged (the node's lock is held: a port is
+        picked among those no domain of this node holds)."""
         attach = plan.attach
         if attach is None:
             raise CloudError("InvalidParameterValue", f"the NIC of {plan.instance_id} has no attachment on this host")
         if attach.kind == "bridge":
-            return Nic(plan.mac, plan.address, plan.gateway, bridge=attach.bridge)
+            assert attach.bridge is not None
+            return Nic(plan.mac, plan.address, plan.gateway, bridge=attach.bridge), None
+        if attach.sock is None or attach.mgmt is None:
+            raise CloudError("InvalidParameterValue", f"the VDE attachment of {plan.instance_id} names no switch")
         first, last = attach.first_port or 0, attach.last_port or 0
-        taken = {vde_port_of(dom.XMLDesc(0)) for dom, _meta in self._domains().values()}
+        taken = set()
+        for _dom, meta in self._domains().values():
+            place = PlugPlace.from_metadata(meta)
+            if place is not None:
+                taken.add(place.port)
         port = next((p for p in range(first, last + 1) if p not in taken), None)
         if port is None:
             raise CloudError("InsufficientInstanceCapacity", f"node {self.name}'s VDE switch has no free port")
-        return Nic(plan.mac, plan.address, plan.gateway, vde_sock=attach.sock, vde_port=port)
-
-    @staticmethod
-    def _join_vlan(dom: Any, nic: Nic, plan: c.NicPlan) -> None:
-        """Put the started instance's switch port into its security group's VLAN (untagged)."""
-        if nic.bridge is not None:
-            if tap_of(dom.XMLDesc(0)) is None:
-                raise NetError(f"libvirt reported no tap for {dom.name()}")
-            return  # the group's own bridge is its segment: nothing more to do
-        assert nic.vde_port is not None and plan.attach is not None and plan.attach.mgmt is not None
-        vde.VdeManagement(Path(plan.attach.mgmt)).set_port_vlan(nic.vde_port, plan.vlan)
+        place = PlugPlace(attach.sock, attach.mgmt, port, plan.vlan, attach.netns)
+        return Nic(plan.mac, plan.address, plan.gateway, bridge=bridge_name(port)), place
 
     def terminate_instance(self, instance_id: str) -> c.InstanceRemoved:
         """Destroy and undefine; terminating something already gone is not an error."""
@@ -528,7 +509,7 @@ class NodeController:
             previous = node_state(dom.state()[0])
             counters = None
             if previous == "running":  # the NIC's last byte counts, for the accounting ledger
-                counters = self._nic_counters(instance_id, dom, self._domains().get(instance_id, (dom, {}))[1], {})
+                counters = self._nic_counters(instance_id, dom)
             try:
                 if dom.isActive():
                     dom.destroy()
@@ -540,7 +521,9 @@ class NodeController:
             except libvirt.libvirtError as exc:
                 raise CloudError("InternalError", f"node {self.name} could not undefine {instance_id}: {exc}") from exc
             log.info("node %s terminated %s", self.name, instance_id)
-            self._net_baseline.pop(instance_id, None)
+            place = PlugPlace.from_metadata(self._metadata.get(dom.UUIDString()) or {})
+            if place is not None:
+                self.vde_nics.remove(place)
             self._held.pop(instance_id, None)
             return c.InstanceRemoved(
                 instance_id,
