@@ -40,6 +40,10 @@ class CloudConfig:
     underlay: str = "auto"  # a free 10.253.N.0/24, chosen at start
     nat_nodes: list[str] = field(default_factory=list)
     cable: str = "tcp"
+    # How a cluster network places instances: "classic" is Eucalyptus' managed mode (a VLAN and a /24 of
+    # ``subnet`` per security group, EC2-Classic instances); "vpc" plumbs the VPC subnets (a segment per
+    # subnet, a router namespace per VPC; security groups and elastic addresses not enforced there yet).
+    network_model: str = "classic"
     # RegisterImage: ordinary users register only from <images_root>/<user>/ (default <state>/uploads),
     # files of at most image_max_mb each (see cloudlab/clc/uploads.py).
     images_root: str | None = None

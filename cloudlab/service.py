@@ -82,6 +82,7 @@ class CloudService:
         self.walrus: Any = None  # cloudlab.api.s3.service.WalrusService: the S3 endpoint
         self.network: Any = None  # cloudlab.cc.network.ClusterNetwork when the cluster has one
         self.metadata_server: Any = None
+        self.vpc_metadata_servers: dict[str, Any] = {}  # vpc id -> its router's metadata server
         self.started = time.time()
         self.nodes_missing: list[str] = []
 
@@ -127,6 +128,7 @@ class CloudService:
             network=config.network,
             policy=self.cc.policy.name,
             subnet=config.subnet if config.network != "none" else None,
+            vpc_network=config.network_model == "vpc",
         )
         if self.network is not None:
             self._start_metadata_service()
@@ -173,6 +175,28 @@ class CloudService:
             sock = listen_socket()
         self.metadata_server = MetadataServer(lookup, sock)
         self.metadata_server.start()
+        self.network.vpc_routers.on_router = self._start_vpc_metadata_service
+
+    def _start_vpc_metadata_service(self, vpc_id: str, namespace: str) -> None:
+        """The metadata service of one VPC, in its router's namespace (VPCs' ranges may overlap)."""
+        from cloudlab.clc.network import InstanceNetworks
+        from cloudlab.net import netns
+        from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
+
+        networks = self.clc.service(InstanceNetworks)
+        cluster = self.config.cluster
+
+        def lookup(address: str) -> InstanceMetadata | None:
+            found = networks.vpc_metadata(cluster, vpc_id, address)
+            return None if found is None else InstanceMetadata(**found)
+
+        old = self.vpc_metadata_servers.pop(vpc_id, None)
+        if old is not None:
+            old.stop()
+        with netns.entered(namespace):
+            sock = listen_socket()
+        server = self.vpc_metadata_servers[vpc_id] = MetadataServer(lookup, sock)
+        server.start()
 
     def _register_default_image(self, owner: str) -> None:
         """Register the cached default image if it was built (``cloudlab image build``)."""
@@ -411,6 +435,8 @@ class CloudService:
             node.close()
         if self.metadata_server is not None:
             self.metadata_server.stop()
+        for server in self.vpc_metadata_servers.values():
+            server.stop()
         if self.network is not None:
             try:
                 self.network.teardown()

@@ -269,7 +269,8 @@ def test_documented_filters_mean_what_the_client_sees(ec2: Any) -> None:
             found = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [mine]}, *filters])
             return [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
 
-        assert ids({"Name": "vpc-id", "Values": ["*"]}) == []  # no VPC here: nothing has one
+        assert ids({"Name": "vpc-id", "Values": [inst["VpcId"]]}) == [mine]  # launched into the default VPC
+        assert ids({"Name": "vpc-id", "Values": ["vpc-0123456789abcdef0"]}) == []
         assert ids({"Name": "root-device-type", "Values": [inst["RootDeviceType"]]}) == [mine]
         assert ids({"Name": "placement.availability-zone" if False else "availability-zone",
                     "Values": [inst["Placement"]["AvailabilityZone"]]}) == [mine]  # fmt: skip

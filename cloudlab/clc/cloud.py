@@ -48,6 +48,7 @@ from cloudlab.clc.tags import Tags
 from cloudlab.clc.usage import NetworkBytes
 from cloudlab.clc.users import User, Users
 from cloudlab.clc.vmtypes import seed_vm_types
+from cloudlab.clc.vpc_network import VpcNetworks
 from cloudlab.clc.vpcs import Vpcs
 from cloudlab.rpc import Channel
 from cloudlab.security.ca import CertificateAuthority
@@ -80,7 +81,7 @@ class CloudController:
         seed_vm_types(store)
         self.quotas = Quotas(store)  # per-user limits, checked inside the transactions that create
         # The resource services create their tables now, never inside a later transaction.
-        for service in (Tags, KeyPairs, Vpcs, Gateways, SecurityGroups, Addresses, InstanceNetworks):
+        for service in (Tags, KeyPairs, Vpcs, Gateways, SecurityGroups, Addresses, VpcNetworks, InstanceNetworks):
             self.service(service)
         networks = self.service(InstanceNetworks)
         self.network_bytes = NetworkBytes(store)
@@ -91,7 +92,7 @@ class CloudController:
             self.clusters,
             images,
             self.network_bytes,
-            nic_of=networks.port,
+            nic_of=lambda instance_id: networks.port(instance_id) or self.service(VpcNetworks).nic(instance_id),
             before_start=self.network_sync.sync,
         )
         self.lifecycle = InstanceLifecycle(store, self.records, self.clusters, images, self.dispatch, self.service)
@@ -119,8 +120,11 @@ class CloudController:
         network: str = "none",
         policy: str = "GREEDY",
         subnet: str | None = None,
+        vpc_network: bool = False,
     ) -> ClusterLink:
-        return self.clusters.add(name, zone, channel, network=network, policy=policy, subnet=subnet)
+        return self.clusters.add(
+            name, zone, channel, network=network, policy=policy, subnet=subnet, vpc_network=vpc_network
+        )
 
     def zones(self) -> list[dict[str, Any]]:
         return self.clusters.zones()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,11 +98,16 @@ class Subnet:
         """The VPC router's address in this subnet (EC2: the network address + 1)."""
         return str(ipaddress.IPv4Network(self.cidr).network_address + 1)
 
-    def host_addresses(self) -> list[str]:
-        """The addresses instances may have (the first four and the last are EC2's)."""
+    def iter_hosts(self) -> Iterator[str]:
+        """The addresses instances may have, in order (the first four and the last are EC2's)."""
         net = ipaddress.IPv4Network(self.cidr)
         first, last = int(net.network_address) + RESERVED_LOW, int(net.broadcast_address) - RESERVED_HIGH
-        return [str(ipaddress.IPv4Address(a)) for a in range(first, last + 1)]
+        return (str(ipaddress.IPv4Address(a)) for a in range(first, last + 1))
+
+    def is_host(self, address: str) -> bool:
+        net = ipaddress.IPv4Network(self.cidr)
+        value = int(ipaddress.IPv4Address(address))
+        return int(net.network_address) + RESERVED_LOW <= value <= int(net.broadcast_address) - RESERVED_HIGH
 
     @property
     def size(self) -> int:

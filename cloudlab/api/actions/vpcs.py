@@ -1,4 +1,4 @@
-"""VPC actions: VPCs, subnets, internet gateways and route tables, as EC2 shows them.
+"""VPC actions: VPCs, subnets, internet gateways, route tables and network interfaces, as EC2 shows them.
 
 The rules (ranges, dependencies, the default VPC, zones) are the domain's (:mod:`cloudlab.clc.vpcs`,
 :mod:`cloudlab.clc.gateways`); here records become EC2's shapes, with tags, filters and paging.
@@ -12,6 +12,7 @@ from cloudlab.api import enrich, filters
 from cloudlab.api.actions import Context, action, owner_ids
 from cloudlab.api.errors import ApiError
 from cloudlab.clc.gateways import Gateways, InternetGateway, RouteTable
+from cloudlab.clc.interfaces import NetworkInterfaces
 from cloudlab.clc.regions import zone_id
 from cloudlab.clc.vpcs import Subnet, Vpc, Vpcs
 
@@ -330,3 +331,41 @@ def describe_route_tables(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     _with_tags(ctx, items, "RouteTableId")
     page, token = _page(ctx, req, items, ROUTE_TABLE_FILTERS, "DescribeRouteTables")
     return {"RouteTables": page, "NextToken": token}
+
+
+# -- network interfaces -----------------------------------------------------------------------------------------
+NETWORK_INTERFACE_FILTERS: dict[str, filters.Getter] = {
+    "network-interface-id": lambda n: n["NetworkInterfaceId"],
+    "subnet-id": lambda n: n["SubnetId"],
+    "vpc-id": lambda n: n["VpcId"],
+    "availability-zone": lambda n: n["AvailabilityZone"],
+    "private-ip-address": lambda n: n["PrivateIpAddress"],
+    "addresses.private-ip-address": lambda n: [a["PrivateIpAddress"] for a in n["PrivateIpAddresses"]],
+    "mac-address": lambda n: n["MacAddress"],
+    "owner-id": lambda n: n["OwnerId"],
+    "status": lambda n: n["Status"],
+    "attachment.instance-id": lambda n: n["Attachment"]["InstanceId"],
+    "attachment.status": lambda n: n["Attachment"]["Status"],
+    "group-id": lambda n: [g["GroupId"] for g in n["Groups"]],
+    "group-name": lambda n: [g["GroupName"] for g in n["Groups"]],
+}
+
+
+@action("DescribeNetworkInterfaces")
+def describe_network_interfaces(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    nics = ctx.clc.service(NetworkInterfaces).describe(ctx.user, req.get("NetworkInterfaceIds"))
+    owners = owner_ids(ctx)
+    ids = [n.instance_id for n in nics]
+    groups, public = enrich.groups_of(ctx, ids), enrich.public_ips_of(ctx, ids)
+    items = []
+    for nic in nics:
+        item = enrich.interface_item(ctx, nic, owners.get(nic.owner, ""), groups.get(nic.instance_id, []), None)
+        item["Attachment"] |= {"InstanceId": nic.instance_id, "InstanceOwnerId": owners.get(nic.owner, "")}
+        item["AvailabilityZone"] = nic.zone
+        item["RequesterManaged"] = False
+        if nic.instance_id in public:
+            item["Association"] = {"PublicIp": public[nic.instance_id], "IpOwnerId": owners.get(nic.owner, "")}
+        items.append(item)
+    _with_tags(ctx, items, "NetworkInterfaceId", "TagSet")
+    page, token = _page(ctx, req, items, NETWORK_INTERFACE_FILTERS, "DescribeNetworkInterfaces")
+    return {"NetworkInterfaces": page, "NextToken": token}
