@@ -77,7 +77,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     for option, attr in (
         ("hypervisor", "hypervisor"),
         ("nodes", "nodes"),
+        ("clusters", "clusters"),
         ("network", "network"),
+        ("network_model", "network_model"),
         ("scheduler", "scheduler"),
         ("port", "api_port"),
         ("accel", "accel"),
@@ -693,7 +695,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="libvirt URI: qemu:///embed (default), qemu:///system or test:///default",
     )
     p.add_argument("--nodes", type=_positive, metavar="N", help="number of node controllers (default 1)")
+    p.add_argument("--clusters", type=_positive, metavar="N", help="clusters (zones), N nodes each (default 1)")
     p.add_argument("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)")
+    p.add_argument(
+        "--network-model", choices=["classic", "vpc"], help="managed mode (default) or VPC subnets on the network"
+    )
     p.add_argument("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN or module:Class")
     p.add_argument("--region", type=_region, metavar="NAME", help="the cloud's region name (default cloudlab-1)")
     p.add_argument(

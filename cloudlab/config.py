@@ -18,7 +18,8 @@ class CloudConfig:
     """Everything ``cloudlab serve`` needs to start the same cloud again."""
 
     hypervisor: str = "qemu:///embed"  # the root= of an embedded driver is filled in per node
-    nodes: int = 1
+    nodes: int = 1  # per cluster
+    clusters: int = 1  # cluster1 .. clusterN, each its own availability zone (<region>a, <region>b, ...)
     network: str = "none"
     scheduler: str = "GREEDY"
     cluster: str = "cluster1"
@@ -67,6 +68,15 @@ class CloudConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def node_names(self) -> list[str]:
+    def node_names(self, cluster_index: int = 0) -> list[str]:
+        """The nodes of the ``cluster_index``-th cluster (``node-01``...; ``cluster2-node-01``... after the first)."""
         width = max(2, len(str(self.nodes)))
-        return [f"node-{i:0{width}d}" for i in range(1, self.nodes + 1)]
+        prefix = "" if cluster_index == 0 else f"{self.cluster_names()[cluster_index]}-"
+        return [f"{prefix}node-{i:0{width}d}" for i in range(1, self.nodes + 1)]
+
+    def cluster_names(self) -> list[str]:
+        """``cluster`` first, then ``cluster2`` ... ``clusterN``."""
+        return [self.cluster] + [f"cluster{i}" for i in range(2, max(1, self.clusters) + 1)]
+
+    def zone_of(self, cluster_index: int) -> str:
+        return zone_name(self.region, cluster_index)

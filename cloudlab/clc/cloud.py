@@ -189,5 +189,8 @@ class CloudController:
     def node_health(self) -> dict[str, bool]:
         return self.reconciler.node_health()
 
+    def cluster_health(self) -> dict[str, bool]:
+        return self.reconciler.cluster_health()
+
     def unknown_vms(self) -> list[dict[str, Any]]:
         return self.reconciler.unknown_vms()
