@@ -112,3 +112,29 @@ def test_a_direct_cloud_keeps_a_vpc_in_one_cluster(cloud_factory: Any) -> None:
             ImageId=default_image(ec2), MinCount=1, MaxCount=1, Placement={"AvailabilityZone": f"{region}b"}
         )
     assert "direct networking" in excinfo.value.response["Error"]["Message"]
+
+
+class _DeadChannel:
+    """A channel to a cluster controller that does not answer (as a killed CC's)."""
+
+    def ask(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise ConnectionRefusedError("cluster controller unreachable")
+
+
+def test_a_zone_whose_cluster_does_not_answer_is_unavailable(tmp_path: Any) -> None:
+    from cloudlab.api.actions import Context
+    from cloudlab.api.actions.zones import describe_availability_zones
+    from cloudlab.clc.cloud import CloudController
+    from cloudlab.clc.images import Images
+    from cloudlab.clc.store import Store
+
+    store = Store(tmp_path / "clc.db")
+    clc = CloudController(store, Images(store, tmp_path / "images"), None, region="us-east-1")
+    clc.add_cluster("cluster1", "us-east-1a", _DeadChannel())  # type: ignore[arg-type]
+    admin, _ = clc.users.ensure_admin()
+    ctx = Context(clc, admin, "r-1", "127.0.0.1")
+    assert [z["State"] for z in describe_availability_zones(ctx, {})["AvailabilityZones"]] == ["available"]
+    clc.reconcile_once()  # the CC is asked for its report and does not answer
+    [zone] = describe_availability_zones(ctx, {})["AvailabilityZones"]
+    assert zone["State"] == "unavailable" and "cluster1" in zone["Messages"][0]["Message"]
+    store.close()
