@@ -37,6 +37,7 @@ from cloudlab.paths import StateLayout, cache_dir
 from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
+from cloudlab.service_clusters import ClusterRuntime, build_network, start_metadata_services
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -58,30 +59,16 @@ def node_uri(config: CloudConfig, layout: StateLayout, node: str) -> str:
 
 @dataclass
 class ChildNode:
+    """A supervised controller process: a node controller, or the cluster's storage controller."""
+
     name: str
     argv: list[str]
+    log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     last_start: float = 0.0
     last_exit: int | None = None
     history: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ClusterRuntime:
-    """One cluster of the cloud as the service runs it: its CC, the CC's endpoint, its network, its nodes."""
-
-    index: int
-    name: str
-    zone: str
-    nodes: list[str]
-    cc: ClusterController
-    dispatcher: Dispatcher
-    server: Any
-    url: str
-    network: Any = None  # cloudlab.cc.network.ClusterNetwork when the cluster has one
-    metadata_server: Any = None
-    vpc_metadata_servers: dict[str, Any] = field(default_factory=dict)  # vpc id -> its router's metadata server
 
 
 class CloudService:
@@ -158,13 +145,15 @@ class CloudService:
         admin, key = self.clc.users.ensure_admin()
         write_credentials(layout, admin.name, key.access_key, key.secret_key)
         self._register_default_image(admin.name)
-        orphans = processes.node_controllers(layout)
+        orphans = processes.node_controllers(layout) + processes.storage_controllers(layout)
         if orphans:  # a killed service's node controllers still hold their libvirt drivers: end them
             log.warning("ending %d node controller(s) left by an earlier run: %s", len(orphans), orphans)
             processes.end(orphans)
         for cluster in self.clusters:
             for name in cluster.nodes:
                 self._start_node(name)
+        # (one storage controller, the first cluster's: volumes live in its zone)
+        self._start_storage(self.clusters[0].url.split("//", 1)[1].rsplit(":", 1)[0])
 
     def _build_cluster(self, index: int, name: str) -> ClusterRuntime:
         """The ``index``-th cluster's CC, its endpoint for node controllers and, if asked for, its network."""
@@ -197,6 +186,33 @@ class CloudService:
             self.node_cluster[node] = cluster
         return cluster
 
+    def storage_dir(self) -> Path:
+        """The cluster's SC folder: its volumes, snapshots and export records."""
+        return self.layout.root / "sc" / self.config.cluster
+
+    def _start_storage(self, host: str) -> None:
+        """The cluster's storage controller, a child process like the nodes, serving NBD on the CC's address
+        (the underlay the nodes' namespaces reach), registered with the CC over HTTP."""
+        argv = [
+            sys.executable,
+            "-m",
+            "cloudlab.cli",
+            "--state",
+            str(self.layout.root),
+            "sc",
+            "--name",
+            self.config.cluster,
+            "--cc",
+            self.cc_url,
+            "--listen",
+            host,
+            "--dir",
+            str(self.storage_dir()),
+        ]
+        child = ChildNode(f"sc-{self.config.cluster}", argv, self.storage_dir() / "sc.log")
+        self.children[child.name] = child
+        self._spawn(child)
+
     def _upload_policy(self) -> UploadPolicy:
         """Where ordinary users may register images from (``images_root`` in cloud.json)."""
         root = Path(self.config.images_root) if self.config.images_root else self.layout.root / "uploads"
@@ -204,70 +220,12 @@ class CloudService:
         return UploadPolicy(root, self.config.image_max_mb * 1024 * 1024)
 
     def _build_network(self, index: int, name: str) -> Any:
-        """The network of the ``index``-th cluster: the first is named after the state folder, the others
-        ``<prefix>-c<n>`` (inside the first's prefix, so the first's sweep also finds what they left)."""
-        from cloudlab.cc.network import ClusterNetwork
-
-        config, layout = self.config, self.layout
-        if index == 0:
-            network = ClusterNetwork.for_cloud(config, layout)
-        else:
-            run_dir = layout.network_run_dir
-            network = ClusterNetwork(
-                name,
-                config.network,
-                prefix=f"{layout.network_prefix}-c{index + 1}",
-                nodes=config.node_names(index),
-                subnet=config.subnet,
-                underlay="auto",
-                run_dir=run_dir.with_name(f"{run_dir.name}{index + 1}"),
-                cable=config.cable,
-            )
-        network.check(config.public_pool)
-        network.build()
+        network = build_network(self.layout, self.config, index, name)
         self._networks_built.append(network)
-        log.info("cluster %s: %s network built (outside namespace %s)", name, config.network, network.outside)
         return network
 
     def _start_metadata_service(self, runtime: ClusterRuntime) -> None:
-        """The EC2 metadata service on 169.254.169.254:80 inside the cluster's outside namespace."""
-        from cloudlab.clc.network import InstanceNetworks
-        from cloudlab.net import netns
-        from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
-
-        networks = self.clc.service(InstanceNetworks)
-        cluster = runtime.name
-
-        def lookup(address: str) -> InstanceMetadata | None:
-            found = networks.metadata(cluster, address)
-            return None if found is None else InstanceMetadata(**found)
-
-        with netns.entered(runtime.network.outside):
-            sock = listen_socket()
-        runtime.metadata_server = MetadataServer(lookup, sock)
-        runtime.metadata_server.start()
-        runtime.network.vpc_routers.on_router = lambda vpc_id, ns: self._start_vpc_metadata_service(runtime, vpc_id, ns)
-
-    def _start_vpc_metadata_service(self, runtime: ClusterRuntime, vpc_id: str, namespace: str) -> None:
-        """The metadata service of one VPC, in its router's namespace (VPCs' ranges may overlap)."""
-        from cloudlab.clc.network import InstanceNetworks
-        from cloudlab.net import netns
-        from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
-
-        networks = self.clc.service(InstanceNetworks)
-        cluster = runtime.name
-
-        def lookup(address: str) -> InstanceMetadata | None:
-            found = networks.vpc_metadata(cluster, vpc_id, address)
-            return None if found is None else InstanceMetadata(**found)
-
-        old = runtime.vpc_metadata_servers.pop(vpc_id, None)
-        if old is not None:
-            old.stop()
-        with netns.entered(namespace):
-            sock = listen_socket()
-        server = runtime.vpc_metadata_servers[vpc_id] = MetadataServer(lookup, sock)
-        server.start()
+        start_metadata_services(self.clc, runtime)
 
     def _register_default_image(self, owner: str) -> None:
         """Register the cached default image if it was built (``cloudlab image build``)."""
@@ -285,6 +243,28 @@ class CloudService:
         )
         if new:
             log.info("registered the default image as %s", image.image_id)
+        self._register_debian_image(owner)
+
+    def _register_debian_image(self, owner: str) -> None:
+        """Register ``cloudlab-debian`` if it was built (``cloudlab image build debian``): its disk is
+        the backing file of each instance's root volume."""
+        from cloudlab.guest import DEBIAN_IMAGE_NAME
+        from cloudlab.images.cached import find_built_image
+
+        built = find_built_image(name="debian")
+        if built is None or built.disk is None:
+            return
+        image, new = self.clc.images.register_default(
+            built.kernel,
+            built.ramdisk,
+            owner,
+            "cloudlab Debian 12 (systemd, cloud-init, python3) on a copy-on-write root volume",
+            name=DEBIAN_IMAGE_NAME,
+            disk=built.disk,
+            digests=built.digests,
+        )
+        if new:
+            log.info("registered %s as %s", DEBIAN_IMAGE_NAME, image.image_id)
 
     def _start_node(self, name: str) -> None:
         cluster = self.node_cluster[name]
@@ -338,7 +318,7 @@ class CloudService:
         self._spawn(child)
 
     def _spawn(self, child: ChildNode) -> None:
-        log_path = self.layout.node_dir(child.name) / "nc.log"
+        log_path = child.log_path or self.layout.node_dir(child.name) / "nc.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             child.process = subprocess.Popen(
@@ -350,7 +330,7 @@ class CloudService:
                 preexec_fn=processes.die_with_parent(),  # a killed service leaves no orphan node controller
             )
         child.last_start = time.time()
-        log.info("started node controller %s (pid %d)", child.name, child.process.pid)
+        log.info("started controller %s (pid %d)", child.name, child.process.pid)
 
     def missing_nodes(self) -> list[str]:
         """Configured nodes that have not registered and answered yet."""
@@ -367,6 +347,17 @@ class CloudService:
 
         with contextlib.suppress(WaitTimeout):
             wait_until(settled, timeout_s, what="the nodes to register", interval_s=0.2)
+        storage = self.children.get(f"sc-{self.config.cluster}")
+        if storage is not None:
+            with contextlib.suppress(WaitTimeout):
+                wait_until(
+                    lambda: self.cc.storage is not None or self._exited(storage.name),
+                    timeout_s,
+                    what="the storage controller to register",
+                    interval_s=0.1,
+                )
+            if self.cc.storage is None:
+                log.error("the storage controller did not register: see %s", storage.log_path)
         return self.missing_nodes()
 
     def _exited(self, name: str) -> bool:
@@ -383,7 +374,7 @@ class CloudService:
                 continue
             child.restarts += 1
             child.history.append(f"{time.strftime('%H:%M:%S')} exited {child.last_exit}, restarted")
-            log.warning("node controller %s exited with %s; restarting", child.name, child.last_exit)
+            log.warning("controller %s exited with %s; restarting", child.name, child.last_exit)
             self._spawn(child)
         for cluster in self.clusters:
             if cluster.network is not None:
@@ -428,7 +419,39 @@ class CloudService:
             "cc_url": runtime.url,
             "nodes": cluster["nodes"],
             "network_detail": cluster.get("network"),
+            "storage": self._storage_status() if runtime.index == 0 else None,
         }
+
+    def _storage_status(self) -> dict[str, Any]:
+        """The cluster's SC as ``cloudlab status`` shows it: where it is, its process, what it serves."""
+        child = self.children.get(f"sc-{self.config.cluster}")
+        found: dict[str, Any] = {
+            "name": self.config.cluster,
+            "url": self.cc.storage_url,
+            "registered": self.cc.storage is not None,
+            "process": None,
+        }
+        if child is not None and child.process is not None:
+            found["process"] = {
+                "pid": child.process.pid,
+                "running": child.process.poll() is None,
+                "restarts": child.restarts,
+                "history": child.history[-5:],
+            }
+        if self.cc.storage is not None:
+            from cloudlab import contract as c
+
+            try:
+                report = self.cc.storage_call(c.SC_DESCRIBE_STORAGE, c.Empty())
+                found |= {
+                    "volumes": len(report.volumes),
+                    "snapshots": len(report.snapshots),
+                    "exports": len(report.exports),
+                    "free_bytes": report.free_bytes,
+                }
+            except Exception as exc:  # status must answer even when the SC does not
+                found["last_error"] = str(exc)[:200]
+        return found
 
     @property
     def endpoint_url(self) -> str:
@@ -509,10 +532,11 @@ class CloudService:
                     child.process.kill()
         for node in self.local_nodes.values():
             node.close()
+        # The SC's NBD servers outlive the SC on purpose (a restarted SC must not cut guests off);
+        # the cloud going down is when they end.
+        processes.end(processes.of_state(self.layout, (b"qemu-nbd",)))
         for cluster in reversed(self.clusters):
-            for server in [cluster.metadata_server, *cluster.vpc_metadata_servers.values()]:
-                if server is not None:
-                    server.stop()
+            cluster.stop_metadata()
             if cluster.network is not None:
                 try:
                     cluster.network.teardown()

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from cloudlab.api.documented_filters import documented
+from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, error_code
 from tests.test_api_limits import _raw_call
 
@@ -92,6 +93,14 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
     instance_id = inst["InstanceId"]
     group_id = ec2.create_security_group(GroupName=_name("dry"), Description="d")["GroupId"]
     allocation = ec2.allocate_address()["AllocationId"]
+    zone = inst["Placement"]["AvailabilityZone"]
+    volume_id = ec2.create_volume(Size=1, AvailabilityZone=zone)["VolumeId"]
+    wait_until(
+        lambda: ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"] == "available",
+        30,
+        what="the volume to be made",
+    )
+    snapshot_id = ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
     ec2.create_key_pair(KeyName="dry-key")
     [public] = ec2.describe_images(ImageIds=[image])["Images"]
     own_image = ec2.register_image(Name=_name("own"), KernelId=public["KernelId"])["ImageId"]
@@ -143,6 +152,14 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
         "DeleteInternetGateway": {"InternetGatewayId": gateway_id},
         "AuthorizeSecurityGroupEgress": egress,
         "RevokeSecurityGroupEgress": egress,
+        "CreateVolume": {"Size": 1, "AvailabilityZone": zone},
+        "DeleteVolume": {"VolumeId": volume_id},
+        "AttachVolume": {"VolumeId": volume_id, "InstanceId": instance_id, "Device": "/dev/sdf"},
+        "DetachVolume": {"VolumeId": volume_id},
+        "ModifyVolumeAttribute": {"VolumeId": volume_id, "AutoEnableIO": {"Value": True}},
+        "CreateSnapshot": {"VolumeId": volume_id},
+        "DeleteSnapshot": {"SnapshotId": snapshot_id},
+        "CreateImage": {"InstanceId": instance_id, "Name": _name("made")},
     }
     mutating = {
         name
@@ -169,6 +186,8 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
             sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]),
             sorted(str(g) for g in ec2.describe_internet_gateways()["InternetGateways"]),
             sorted(str(g["IpPermissionsEgress"]) for g in ec2.describe_security_groups()["SecurityGroups"]),
+            sorted((v["VolumeId"], v["State"]) for v in ec2.describe_volumes()["Volumes"]),
+            sorted(s["SnapshotId"] for s in ec2.describe_snapshots()["Snapshots"]),
         )
 
     before = snapshot()

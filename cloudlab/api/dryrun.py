@@ -21,6 +21,8 @@ RESOURCE_MEMBERS = (
     "Resources",
     "GroupId",
     "AllocationId",
+    "VolumeId",
+    "SnapshotId",
     "VpcId",
     "SubnetId",
     "InternetGatewayId",

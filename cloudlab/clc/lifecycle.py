@@ -29,6 +29,7 @@ from cloudlab.clc.tags import Tags, validate_specifications
 from cloudlab.clc.userdata import check_user_data
 from cloudlab.clc.users import User
 from cloudlab.clc.vmtypes import DEFAULT_TYPE, get_vm_type
+from cloudlab.clc.volumes import Volumes
 from cloudlab.clc.vpc_network import VpcNetworks
 from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id, new_id
@@ -77,6 +78,7 @@ class InstanceLifecycle:
         tag_specifications: list[dict[str, Any]] | None = None,
         subnet_id: str | None = None,
         private_ip: str | None = None,
+        block_device_mappings: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Validate, schedule, record (pending) and dispatch; returns the reservation."""
         if min_count < 1 or max_count < min_count:
@@ -113,6 +115,7 @@ class InstanceLifecycle:
                 tag_specifications=tag_specifications or [],
                 subnet_id=subnet_id,
                 private_ip=private_ip,
+                block_device_mappings=block_device_mappings or [],
             )
 
     def _run_instances(
@@ -130,6 +133,7 @@ class InstanceLifecycle:
         security_groups: list[str],
         security_group_ids: list[str],
         tag_specifications: list[dict[str, Any]],
+        block_device_mappings: list[dict[str, Any]],
         subnet_id: str | None = None,
         private_ip: str | None = None,
     ) -> dict[str, Any]:
@@ -137,6 +141,7 @@ class InstanceLifecycle:
         key_pairs, groups, tags = self._services(KeyPairs), self._services(SecurityGroups), self._services(Tags)
         networks, interfaces = self._services(InstanceNetworks), self._services(NetworkInterfaces)
         vpc_networks = self._services(VpcNetworks)
+        volumes = self._services(Volumes)
         if not is_valid_id(image_id, "ami"):
             raise CloudError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" (expecting "ami-...")')
         image = self.images.get(image_id)
@@ -168,6 +173,7 @@ class InstanceLifecycle:
         group_ids = list(launch.group_ids)
         validate_specifications("instance", tag_specifications)
         user_data = check_user_data(user_data)
+        launch_volumes = volumes.launch_plan(user, image, block_device_mappings)
         # The quotas first, so a request far beyond them is refused without asking the cluster; they
         # are checked again, atomically, in the transaction that records the instances.
         with self.store.transaction() as db:
@@ -215,6 +221,7 @@ class InstanceLifecycle:
                         tuple(row.values()),
                     )
                     append_ledger(db, row, "pending", None, when=now)
+                    volumes.record_launch(db, user, row, launch_volumes)
                     groups.attach(db, instance_id, group_ids)
                     interfaces.attach(db, instance_id, user.name, launch)
                     if launch.subnet is not None and networks.plumbs_vpcs(link.name):
@@ -253,8 +260,9 @@ class InstanceLifecycle:
     def stop_instances(self, user: User, instance_ids: list[str]) -> list[Change]:
         """Power the VMs off and keep the instances (their room on the node is given back).
 
-        cloudlab's images boot from a kernel and ramdisk, so a stopped instance keeps its identity,
-        type, user data, groups and addresses, and boots afresh on start, possibly on another node.
+        A stopped instance keeps its identity, type, user data, groups, addresses and volumes (its root
+        volume with what was written to it, see clc/volumes.py), and boots again on start, possibly on
+        another node; its scratch disk (an image without a disk) starts empty, as EC2's instance store.
         """
         rows = {r["instance_id"]: r for r in self._visible(user, instance_ids)}
         for instance_id, row in rows.items():

@@ -81,6 +81,7 @@ def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         tag_specifications=req.get("TagSpecifications"),
         subnet_id=subnet_id,
         private_ip=private_ip,
+        block_device_mappings=req.get("BlockDeviceMappings"),
     )
     answer = views.reservation(result["reservation_id"], ctx.user.user_id, result["instances"])
     enrich.instances(ctx, answer["Instances"])
@@ -229,7 +230,7 @@ def describe_instance_types(ctx: Context, req: dict[str, Any]) -> dict[str, Any]
             "InstanceType": t.name,
             "CurrentGeneration": True,
             "SupportedUsageClasses": ["on-demand"],
-            "SupportedRootDeviceTypes": ["instance-store"],
+            "SupportedRootDeviceTypes": ["ebs", "instance-store"],
             "SupportedVirtualizationTypes": ["hvm"],
             "BareMetal": False,
             "ProcessorInfo": {"SupportedArchitectures": ["x86_64"]},
@@ -270,7 +271,10 @@ def describe_instance_attribute(ctx: Context, req: dict[str, Any]) -> dict[str, 
     elif attribute == "groupSet":
         answer["Groups"] = enrich.groups_of(ctx, [row["instance_id"]]).get(row["instance_id"], [])
     elif attribute == "blockDeviceMapping":
-        answer["BlockDeviceMappings"] = []
+        from cloudlab.api.volume_views import instance_block_devices
+
+        attached = enrich.volumes_of(ctx, [row["instance_id"]]).get(row["instance_id"], [])
+        answer["BlockDeviceMappings"] = instance_block_devices(attached)
     elif attribute == "productCodes":
         answer["ProductCodes"] = []
     else:
