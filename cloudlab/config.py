@@ -14,8 +14,13 @@ from cloudlab.files import write_atomic
 DEFAULT_API_PORT = 8773  # Eucalyptus' port for its EC2 endpoint
 
 # Values a field may take beyond its type (cloud.json is edited by hand, and a bad one must be one clear line).
-CHOICES = {"network": ("none", "vde", "direct"), "accel": ("auto", "kvm", "tcg"), "cable": ("tcp", "unix")}
-MINIMUM = {"nodes": 1, "api_port": 0, "node_vcpus": 1, "node_memory_mb": 1, "heartbeat_s": 0.01,
+CHOICES = {
+    "network": ("none", "vde", "direct"),
+    "accel": ("auto", "kvm", "tcg"),
+    "cable": ("tcp", "unix"),
+    "network_model": ("classic", "vpc"),
+}
+MINIMUM = {"nodes": 1, "clusters": 1, "api_port": 0, "node_vcpus": 1, "node_memory_mb": 1, "heartbeat_s": 0.01,
            "image_max_mb": 1, "terminated_visible_s": 0}  # fmt: skip
 MAXIMUM = {"api_port": 65535}
 
@@ -29,7 +34,8 @@ class CloudConfig:
     """Everything ``cloudlab serve`` needs to start the same cloud again."""
 
     hypervisor: str = "qemu:///embed"  # the root= of an embedded driver is filled in per node
-    nodes: int = 1
+    nodes: int = 1  # per cluster
+    clusters: int = 1  # cluster1 .. clusterN, each its own availability zone (<region>a, <region>b, ...)
     network: str = "none"
     scheduler: str = "GREEDY"
     cluster: str = "cluster1"
@@ -51,6 +57,10 @@ class CloudConfig:
     underlay: str = "auto"  # a free 10.253.N.0/24, chosen at start
     nat_nodes: list[str] = field(default_factory=list)
     cable: str = "tcp"
+    # How a cluster network places instances: "classic" is Eucalyptus' managed mode (a VLAN and a /24 of
+    # ``subnet`` per security group, EC2-Classic instances); "vpc" plumbs the VPC subnets (a segment per
+    # subnet, a router namespace per VPC; security groups and elastic addresses not enforced there yet).
+    network_model: str = "classic"
     # RegisterImage: ordinary users register only from <images_root>/<user>/ (default <state>/uploads),
     # files of at most image_max_mb each (see cloudlab/clc/uploads.py).
     images_root: str | None = None
@@ -94,9 +104,18 @@ class CloudConfig:
                     raise ConfigError(f"{path}: field {name!r} {problem}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def node_names(self) -> list[str]:
+    def node_names(self, cluster_index: int = 0) -> list[str]:
+        """The nodes of the ``cluster_index``-th cluster (``node-01``...; ``cluster2-node-01``... after the first)."""
         width = max(2, len(str(self.nodes)))
-        return [f"node-{i:0{width}d}" for i in range(1, self.nodes + 1)]
+        prefix = "" if cluster_index == 0 else f"{self.cluster_names()[cluster_index]}-"
+        return [f"{prefix}node-{i:0{width}d}" for i in range(1, self.nodes + 1)]
+
+    def cluster_names(self) -> list[str]:
+        """``cluster`` first, then ``cluster2`` ... ``clusterN``."""
+        return [self.cluster] + [f"cluster{i}" for i in range(2, max(1, self.clusters) + 1)]
+
+    def zone_of(self, cluster_index: int) -> str:
+        return zone_name(self.region, cluster_index)
 
 
 def _field_problem(name: str, hint: Any, value: Any) -> str | None:

@@ -58,6 +58,8 @@ T = TypeVar("T")
 #: VLAN of a cluster's first network segment; segment n is VLAN FIRST_VLAN + n (VLAN 1 is every
 #: bridge's default, so it is never used). The CLC numbers segments, the CC builds them.
 FIRST_VLAN = 100
+#: VLAN of a cluster's first VPC subnet segment (subnet segment n is FIRST_SUBNET_VLAN + n).
+FIRST_SUBNET_VLAN = 1000
 
 
 class ContractError(CloudError):
@@ -385,13 +387,37 @@ class ElasticNat:
 
 
 @dataclass(frozen=True)
+class SubnetSegment:
+    """One VPC subnet's layer-2 segment in one cluster: its VLAN (or bridge), range and router address."""
+
+    subnet_id: str
+    vlan: int
+    cidr: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class VpcRouter:
+    """One VPC's router in one cluster (a namespace of its own, so that VPCs' ranges may overlap)."""
+
+    vpc_id: str
+    slot: int
+    subnets: tuple[SubnetSegment, ...] = ()
+
+
+@dataclass(frozen=True)
 class NetworkPlan:
-    """Everything a cluster's router needs, derived from the CLC's records alone (applying it twice changes nothing)."""
+    """Everything a cluster's router needs, derived from the CLC's records alone (applying it twice changes nothing).
+
+    ``groups``/``rules``/``nats``: Eucalyptus' managed mode (a VLAN per security group); ``vpcs``: the VPC
+    subnets of a cluster whose network plumbs VPCs.
+    """
 
     cluster: str
     groups: tuple[GroupSegment, ...] = ()
     rules: tuple[IngressRule, ...] = ()
     nats: tuple[ElasticNat, ...] = ()
+    vpcs: tuple[VpcRouter, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,11 @@ def instance_remote(
     if instance["State"]["Name"] != "running":
         raise Unreachable(f"{instance_id} is {instance['State']['Name']}, not running")
     address = instance.get("PublicIpAddress") if public else instance.get("PrivateIpAddress")
+    namespace = cloud.layout.outside_namespace
+    if address and not public and instance.get("VpcId"):
+        # A VPC's addresses are reached from its router's namespace (VPCs' ranges may overlap), if it has one.
+        namespace = _vpc_router(cloud, instance["VpcId"])
+        address = address if namespace else None
     if not address:
         raise Unreachable(
             f"{instance_id} has no {'public' if public else 'private'} address:"
@@ -146,4 +151,16 @@ def instance_remote(
                 f"the cloud holds {len(keys)} private keys named {instance['KeyName']!r}: pass one (-i KEY)"
             )
         key = keys[0]
-    return SshRemote(address, Path(key), netns=cloud.layout.outside_namespace, user=user)
+    return SshRemote(address, Path(key), netns=namespace, user=user)
+
+
+def _vpc_router(cloud: Any, vpc_id: str) -> str | None:
+    """The namespace of ``vpc_id``'s router in the running cloud (None: no network plumbs its subnets)."""
+    from cloudlab import control
+
+    status = control.service_status(cloud.layout)
+    for cluster in status.get("clusters", []):
+        found = ((cluster.get("network_detail") or {}).get("vpc_routers") or {}).get(vpc_id)
+        if found:
+            return str(found)
+    return None

@@ -1,6 +1,6 @@
-"""The cloud as one supervised background service: CLC + EC2 endpoint, one CC, its NCs.
+"""The cloud as one supervised background service: CLC + EC2 endpoint, a CC per cluster, their NCs.
 
-The CLC and CC run in this process and talk through the in-process transport (same signing and
+The CLC and CCs run in this process and talk through the in-process transport (same signing and
 checks as HTTP). Node controllers on a QEMU hypervisor run as child processes (one embedded libvirt
 driver per process), registered with the CC over HTTP and restarted if they die; nodes on libvirt's
 test driver run in-process, so that fifty simulated nodes cost threads, not processes.
@@ -38,6 +38,7 @@ from cloudlab.paths import StateLayout, cache_dir
 from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
+from cloudlab.service_clusters import ClusterRuntime, build_network, start_metadata_services
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -84,35 +85,40 @@ class CloudService:
         self.local_nodes: dict[str, NodeController] = {}
         self.api_server: Any = None
         self.walrus: Any = None  # cloudlab.api.s3.service.WalrusService: the S3 endpoint
-        self.network: Any = None  # cloudlab.cc.network.ClusterNetwork when the cluster has one
-        self.metadata_server: Any = None
+        self.clusters: list[ClusterRuntime] = []  # the first is also self.cc, self.network, self.cc_url
+        self.node_cluster: dict[str, ClusterRuntime] = {}  # node name -> its cluster
+        self._networks_built: list[Any] = []
         self.started = time.time()
         self.nodes_missing: list[str] = []
 
     def _signer_verifier(self, name: str, role: str) -> tuple[MessageSigner, MessageVerifier]:
         return controller_keys(self.ca.identity(name, role), self.ca.ca_certificate)
 
+    # The first cluster's parts, by the names a one-cluster cloud has always had.
+    @property
+    def cc(self) -> ClusterController:
+        return self.clusters[0].cc
+
+    @property
+    def cc_dispatcher(self) -> Dispatcher:
+        return self.clusters[0].dispatcher
+
+    @property
+    def cc_url(self) -> str:
+        return self.clusters[0].url
+
+    @property
+    def cc_server(self) -> Any:
+        return self.clusters[0].server
+
+    @property
+    def network(self) -> Any:
+        return self.clusters[0].network if self.clusters else None
+
     def build(self) -> None:
         config, layout = self.config, self.layout
-        cluster_name = config.cluster
-        clc_signer, clc_verifier = self._signer_verifier("clc", "clc")
-        cc_signer, cc_verifier = self._signer_verifier(f"cc-{cluster_name}", "cc")
-        self.cc = ClusterController(
-            cluster_name,
-            policy=config.scheduler,
-            heartbeat_s=config.heartbeat_s,
-            signer=cc_signer,
-            verifier=cc_verifier,
-        )
-        self.cc_dispatcher = Dispatcher(f"cc-{cluster_name}", cc_signer, cc_verifier)
-        self.cc.register_routes(self.cc_dispatcher)
-        cc_host = config.cc_host
-        if config.network != "none":
-            self.network = self._build_network()
-            self.cc.network = self.network
-            cc_host = self.network.root_address  # NCs in their host namespaces reach the CC over the underlay
-        self.cc_server = serve_http(self.cc_dispatcher, cc_host, 0)
-        self.cc_url = f"http://{cc_host}:{self.cc_server.server_port}"
+        for index, name in enumerate(config.cluster_names()):
+            self.clusters.append(self._build_cluster(index, name))
         self.store = Store(layout.database)
         self.clc = CloudController(
             self.store,
@@ -123,17 +129,20 @@ class CloudService:
             reconcile_s=self.reconcile_s,
             terminated_visible_s=config.terminated_visible_s,
         )
-        channel = LocalChannel(f"cc-{cluster_name}", "cc", clc_signer, clc_verifier, self.cc_dispatcher)
-        self.clc.add_cluster(
-            cluster_name,
-            config.zone,
-            channel,
-            network=config.network,
-            policy=self.cc.policy.name,
-            subnet=config.subnet if config.network != "none" else None,
-        )
-        if self.network is not None:
-            self._start_metadata_service()
+        clc_signer, clc_verifier = self._signer_verifier("clc", "clc")
+        for cluster in self.clusters:
+            channel = LocalChannel(f"cc-{cluster.name}", "cc", clc_signer, clc_verifier, cluster.dispatcher)
+            self.clc.add_cluster(
+                cluster.name,
+                cluster.zone,
+                channel,
+                network=config.network,
+                policy=cluster.cc.policy.name,
+                subnet=config.subnet if config.network != "none" else None,
+                vpc_network=config.network_model == "vpc",
+            )
+            if cluster.network is not None:
+                self._start_metadata_service(cluster)
         admin, key = self.clc.users.ensure_admin()
         write_credentials(layout, admin.name, key.access_key, key.secret_key)
         self._register_default_image(admin.name)
@@ -141,9 +150,42 @@ class CloudService:
         if orphans:  # a killed service's node controllers still hold their libvirt drivers: end them
             log.warning("ending %d node controller(s) left by an earlier run: %s", len(orphans), orphans)
             processes.end(orphans)
-        for name in config.node_names():
-            self._start_node(name)
-        self._start_storage(cc_host)
+        for cluster in self.clusters:
+            for name in cluster.nodes:
+                self._start_node(name)
+        # (one storage controller, the first cluster's: volumes live in its zone)
+        self._start_storage(self.clusters[0].url.split("//", 1)[1].rsplit(":", 1)[0])
+
+    def _build_cluster(self, index: int, name: str) -> ClusterRuntime:
+        """The ``index``-th cluster's CC, its endpoint for node controllers and, if asked for, its network."""
+        config = self.config
+        cc_signer, cc_verifier = self._signer_verifier(f"cc-{name}", "cc")
+        cc = ClusterController(
+            name, policy=config.scheduler, heartbeat_s=config.heartbeat_s, signer=cc_signer, verifier=cc_verifier
+        )
+        dispatcher = Dispatcher(f"cc-{name}", cc_signer, cc_verifier)
+        cc.register_routes(dispatcher)
+        cc_host = config.cc_host
+        network = None
+        if config.network != "none":
+            network = self._build_network(index, name)
+            cc.network = network
+            cc_host = network.root_address  # NCs in their host namespaces reach the CC over the underlay
+        server = serve_http(dispatcher, cc_host, 0)
+        cluster = ClusterRuntime(
+            index,
+            name,
+            config.zone_of(index),
+            config.node_names(index),
+            cc,
+            dispatcher,
+            server,
+            f"http://{cc_host}:{server.server_port}",
+            network,
+        )
+        for node in cluster.nodes:
+            self.node_cluster[node] = cluster
+        return cluster
 
     def storage_dir(self) -> Path:
         """The cluster's SC folder: its volumes, snapshots and export records."""
@@ -178,33 +220,13 @@ class CloudService:
         ensure_root(root)
         return UploadPolicy(root, self.config.image_max_mb * 1024 * 1024)
 
-    def _build_network(self) -> Any:
-        from cloudlab.cc.network import ClusterNetwork
-
-        config = self.config
-        network = ClusterNetwork.for_cloud(config, self.layout)
-        network.check(config.public_pool)
-        network.build()
-        log.info("cluster %s: %s network built (outside namespace %s)", config.cluster, config.network, network.outside)
+    def _build_network(self, index: int, name: str) -> Any:
+        network = build_network(self.layout, self.config, index, name)
+        self._networks_built.append(network)
         return network
 
-    def _start_metadata_service(self) -> None:
-        """The EC2 metadata service on 169.254.169.254:80 inside the cluster's outside namespace."""
-        from cloudlab.clc.network import InstanceNetworks
-        from cloudlab.net import netns
-        from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
-
-        networks = self.clc.service(InstanceNetworks)
-        cluster = self.config.cluster
-
-        def lookup(address: str) -> InstanceMetadata | None:
-            found = networks.metadata(cluster, address)
-            return None if found is None else InstanceMetadata(**found)
-
-        with netns.entered(self.network.outside):
-            sock = listen_socket()
-        self.metadata_server = MetadataServer(lookup, sock)
-        self.metadata_server.start()
+    def _start_metadata_service(self, runtime: ClusterRuntime) -> None:
+        start_metadata_services(self.clc, runtime)
 
     def _register_default_image(self, owner: str) -> None:
         """Register the cached default image if it was built (``cloudlab image build``)."""
@@ -246,6 +268,7 @@ class CloudService:
             log.info("registered %s as %s", DEBIAN_IMAGE_NAME, image.image_id)
 
     def _start_node(self, name: str) -> None:
+        cluster = self.node_cluster[name]
         uri = node_uri(self.config, self.layout, name)
         node_dir = self.layout.node_dir(name)
         if driver_kind(uri) == "test":
@@ -256,13 +279,13 @@ class CloudService:
                 vcpus=self.config.node_vcpus,
                 memory_mb=self.config.node_memory_mb,
                 accel="test",
-                on_change=lambda: self.cc.registry.poll_soon(name),
+                on_change=lambda: cluster.cc.registry.poll_soon(name),
             )
             signer, verifier = self._signer_verifier(name, "nc")
             dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
             node.register_routes(dispatcher)
-            cc_signer, cc_verifier = self._signer_verifier(f"cc-{self.config.cluster}", "cc")
-            self.cc.add_node(name, LocalChannel(name, "nc", cc_signer, cc_verifier, dispatcher))
+            cc_signer, cc_verifier = self._signer_verifier(f"cc-{cluster.name}", "cc")
+            cluster.cc.add_node(name, LocalChannel(name, "nc", cc_signer, cc_verifier, dispatcher))
             self.local_nodes[name] = node
             return
         argv = [
@@ -275,7 +298,7 @@ class CloudService:
             "--name",
             name,
             "--cc",
-            self.cc_url,
+            cluster.url,
             "--hypervisor",
             uri,
             "--accel",
@@ -285,10 +308,10 @@ class CloudService:
             argv += ["--vcpus", str(self.config.node_vcpus)]
         if self.config.node_memory_mb:
             argv += ["--memory", str(self.config.node_memory_mb)]
-        if self.network is not None:
+        if cluster.network is not None:
             from cloudlab.net import netns
 
-            namespace, address, url = self.network.nc_endpoint(name)
+            namespace, address, url = cluster.network.nc_endpoint(name)
             argv += ["--listen", address, "--port", str(NC_PORT), "--advertise", url]
             argv = netns.command(namespace, argv)  # libvirt makes its taps, and QEMU runs, in the host's namespace
         child = ChildNode(name, argv)
@@ -312,8 +335,8 @@ class CloudService:
 
     def missing_nodes(self) -> list[str]:
         """Configured nodes that have not registered and answered yet."""
-        views = {v.name for v in self.cc.registry.views()}
-        return [name for name in self.config.node_names() if name not in views]
+        views = {v.name for cluster in self.clusters for v in cluster.cc.registry.views()}
+        return [name for cluster in self.clusters for name in cluster.nodes if name not in views]
 
     def wait_for_nodes(self, timeout_s: float = NODE_START_S) -> list[str]:
         """Wait for every configured node to register; return the ones that did not.
@@ -354,14 +377,29 @@ class CloudService:
             child.history.append(f"{time.strftime('%H:%M:%S')} exited {child.last_exit}, restarted")
             log.warning("controller %s exited with %s; restarting", child.name, child.last_exit)
             self._spawn(child)
-        if self.network is not None:
-            self.network.supervise_once()
+        for cluster in self.clusters:
+            if cluster.network is not None:
+                cluster.network.supervise_once()
 
     def status(self) -> dict[str, Any]:
-        cluster = encode(self.cc.describe_cluster())
         counts: dict[str, int] = {}
         for row in self.store.query("SELECT state, COUNT(*) AS n FROM instances GROUP BY state"):
             counts[row["state"]] = row["n"]
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "endpoint": self.endpoint_url,
+            "region": self.config.region,
+            "hypervisor": self.config.hypervisor,
+            "clusters": [self._cluster_status(cluster) for cluster in self.clusters],
+            "instances": counts,
+            "unknown_vms": self.clc.unknown_vms(),
+            "refused_messages": [m for cluster in self.clusters for m in cluster.dispatcher.refused[-10:]][-10:],
+            "reconcile_passes": self.clc.reconciler.passes,  # so that a test waits for passes, not seconds
+        }
+
+    def _cluster_status(self, runtime: ClusterRuntime) -> dict[str, Any]:
+        cluster = encode(runtime.cc.describe_cluster())
         for node in cluster["nodes"]:
             child = self.children.get(node["name"])
             node["process"] = (
@@ -376,27 +414,14 @@ class CloudService:
             )
             node["instances"] = len(node["instances"])
         return {
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started, 1),
-            "endpoint": self.endpoint_url,
-            "region": self.config.region,
-            "hypervisor": self.config.hypervisor,
-            "clusters": [
-                {
-                    "name": self.config.cluster,
-                    "zone": self.config.zone,
-                    "network": self.config.network,
-                    "scheduler": cluster["policy"],
-                    "cc_url": self.cc_url,
-                    "nodes": cluster["nodes"],
-                    "network_detail": cluster.get("network"),
-                    "storage": self._storage_status(),
-                }
-            ],
-            "instances": counts,
-            "unknown_vms": self.clc.unknown_vms(),
-            "refused_messages": self.cc_dispatcher.refused[-10:],
-            "reconcile_passes": self.clc.reconciler.passes,  # so that a test waits for passes, not seconds
+            "name": runtime.name,
+            "zone": runtime.zone,
+            "network": self.config.network,
+            "scheduler": cluster["policy"],
+            "cc_url": runtime.url,
+            "nodes": cluster["nodes"],
+            "network_detail": cluster.get("network"),
+            "storage": self._storage_status() if runtime.index == 0 else None,
         }
 
     def _storage_status(self) -> dict[str, Any]:
@@ -443,8 +468,8 @@ class CloudService:
         try:
             self.build()
         except BaseException:
-            if self.network is not None:
-                self.network.teardown()
+            for network in reversed(self._networks_built):
+                network.teardown()
             raise
         if api:
             from cloudlab.api.server import serve_api  # the service composes the API; the core never imports it
@@ -453,7 +478,8 @@ class CloudService:
             from cloudlab.api.s3.service import start_walrus
 
             self.walrus = start_walrus(self.layout, self.config, self.store, self.clc.users)
-        self.cc.start()
+        for cluster in self.clusters:
+            cluster.cc.start()
         self.nodes_missing = self.wait_for_nodes()
         if self.nodes_missing:
             log.error("node(s) %s did not start: see their nc.log", ", ".join(self.nodes_missing))
@@ -495,7 +521,8 @@ class CloudService:
         except Exception:
             log.exception("terminating instances on shutdown failed")
         self.clc.stop()
-        self.cc.stop()
+        for cluster in self.clusters:
+            cluster.cc.stop()
         for child in self.children.values():
             if child.process is not None and child.process.poll() is None:
                 child.process.terminate()
@@ -510,18 +537,19 @@ class CloudService:
         # The SC's NBD servers outlive the SC on purpose (a restarted SC must not cut guests off);
         # the cloud going down is when they end.
         processes.end(processes.of_state(self.layout, (b"qemu-nbd",)))
-        if self.metadata_server is not None:
-            self.metadata_server.stop()
-        if self.network is not None:
-            try:
-                self.network.teardown()
-            except Exception:
-                log.exception("tearing the cluster network down failed")
+        for cluster in reversed(self.clusters):
+            cluster.stop_metadata()
+            if cluster.network is not None:
+                try:
+                    cluster.network.teardown()
+                except Exception:
+                    log.exception("tearing the network of cluster %s down failed", cluster.name)
         if self.api_server is not None:
             self.api_server.shutdown()
         if self.walrus is not None:
             self.walrus.stop()
-        self.cc_server.shutdown()
+        for cluster in self.clusters:
+            cluster.server.shutdown()
         self.store.close()
         self.layout.endpoint_file.unlink(missing_ok=True)
         log.info("cloud stopped")

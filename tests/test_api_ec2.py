@@ -129,7 +129,7 @@ def test_run_instances_bad_input(ec2: Any, kwargs: dict[str, Any], code: str) ->
         (lambda ec2: ec2.describe_instances(MaxResults=2), "InvalidParameterValue"),
         (lambda ec2: ec2.describe_instances(NextToken="!!garbage!!"), "InvalidNextToken"),
         (lambda ec2: ec2.describe_regions(RegionNames=["us-east-1"]), "InvalidParameterValue"),
-        (lambda ec2: ec2.describe_vpcs(), "UnsupportedOperation"),
+        (lambda ec2: ec2.describe_vpn_gateways(), "UnsupportedOperation"),
     ],
 )
 def test_errors_have_ec2_codes(ec2: Any, call: Any, code: str) -> None:

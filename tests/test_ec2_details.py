@@ -103,6 +103,10 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
     ec2.create_key_pair(KeyName="dry-key")
     [public] = ec2.describe_images(ImageIds=[image])["Images"]
     own_image = ec2.register_image(Name=_name("own"), KernelId=public["KernelId"])["ImageId"]
+    vpc_id = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    gateway_id = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    egress = {"GroupId": group_id, "IpPermissions": [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]}
     calls: dict[str, dict[str, Any]] = {
         "RunInstances": {"ImageId": image, "MinCount": 1, "MaxCount": 1},
         "TerminateInstances": {"InstanceIds": [instance_id]},
@@ -136,6 +140,17 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
         "DeleteTags": {"Resources": [instance_id]},
         "RegisterImage": {"Name": _name("img"), "KernelId": "aki-0123456789abcdef0"},
         "DeregisterImage": {"ImageId": own_image},
+        "CreateVpc": {"CidrBlock": "10.8.0.0/16"},
+        "CreateDefaultVpc": {},
+        "DeleteVpc": {"VpcId": vpc_id},
+        "CreateSubnet": {"VpcId": vpc_id, "CidrBlock": "10.9.2.0/24"},
+        "DeleteSubnet": {"SubnetId": subnet_id},
+        "CreateInternetGateway": {},
+        "AttachInternetGateway": {"InternetGatewayId": gateway_id, "VpcId": vpc_id},
+        "DetachInternetGateway": {"InternetGatewayId": gateway_id, "VpcId": vpc_id},
+        "DeleteInternetGateway": {"InternetGatewayId": gateway_id},
+        "AuthorizeSecurityGroupEgress": egress,
+        "RevokeSecurityGroupEgress": egress,
         "CreateVolume": {"Size": 1, "AvailabilityZone": zone},
         "DeleteVolume": {"VolumeId": volume_id},
         "AttachVolume": {"VolumeId": volume_id, "InstanceId": instance_id, "Device": "/dev/sdf"},
@@ -166,6 +181,10 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
             sorted((a["AllocationId"], a.get("InstanceId")) for a in ec2.describe_addresses()["Addresses"]),
             ec2.describe_tags()["Tags"],
             sorted(i["ImageId"] for i in ec2.describe_images()["Images"]),
+            sorted(v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"]),
+            sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]),
+            sorted(str(g) for g in ec2.describe_internet_gateways()["InternetGateways"]),
+            sorted(str(g["IpPermissionsEgress"]) for g in ec2.describe_security_groups()["SecurityGroups"]),
             sorted((v["VolumeId"], v["State"]) for v in ec2.describe_volumes()["Volumes"]),
             sorted(s["SnapshotId"] for s in ec2.describe_snapshots()["Snapshots"]),
         )
@@ -181,6 +200,9 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
     ec2.release_address(AllocationId=allocation)
     ec2.delete_key_pair(KeyName="dry-key")
     ec2.deregister_image(ImageId=own_image)
+    ec2.delete_subnet(SubnetId=subnet_id)
+    ec2.delete_vpc(VpcId=vpc_id)
+    ec2.delete_internet_gateway(InternetGatewayId=gateway_id)
 
 
 # -- TagSpecifications -------------------------------------------------------------------------------------------
@@ -237,6 +259,10 @@ DESCRIBES = {
     "DescribeTags": "describe_tags",
     "DescribeAvailabilityZones": "describe_availability_zones",
     "DescribeRegions": "describe_regions",
+    "DescribeVpcs": "describe_vpcs",
+    "DescribeSubnets": "describe_subnets",
+    "DescribeInternetGateways": "describe_internet_gateways",
+    "DescribeRouteTables": "describe_route_tables",
 }
 
 
@@ -261,7 +287,8 @@ def test_documented_filters_mean_what_the_client_sees(ec2: Any) -> None:
             found = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": [mine]}, *filters])
             return [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
 
-        assert ids({"Name": "vpc-id", "Values": ["*"]}) == []  # no VPC here: nothing has one
+        assert ids({"Name": "vpc-id", "Values": [inst["VpcId"]]}) == [mine]  # launched into the default VPC
+        assert ids({"Name": "vpc-id", "Values": ["vpc-0123456789abcdef0"]}) == []
         assert ids({"Name": "root-device-type", "Values": [inst["RootDeviceType"]]}) == [mine]
         assert ids({"Name": "placement.availability-zone" if False else "availability-zone",
                     "Values": [inst["Placement"]["AvailabilityZone"]]}) == [mine]  # fmt: skip

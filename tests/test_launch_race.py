@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cloudlab import contract
+from cloudlab.clc.vpcs import Vpcs
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
 from cloudlab.service import CloudService
@@ -89,8 +90,11 @@ def test_ten_thousand_instances_over_200_nodes_all_run(tmp_path: Path) -> None:
     try:
         image, _ = clc.images.register_default(tmp_path / "vmlinuz", tmp_path / "initrd.img", "admin", "x")
         admin = clc.users.get("admin")
+        # (a default subnet is a /20, as on EC2: 10,000 instances need a subnet of their own)
+        vpcs = clc.service(Vpcs)
+        subnet = vpcs.create_subnet(admin, vpcs.create_vpc(admin, "10.0.0.0/16").vpc_id, "10.0.0.0/16")
         for _ in range(10):
-            clc.run_instances(admin, image.image_id, min_count=1000, max_count=1000)
+            clc.run_instances(admin, image.image_id, min_count=1000, max_count=1000, subnet_id=subnet.subnet_id)
 
         def states() -> Counter[str]:
             return Counter(r["state"] for r in service.store.query("SELECT state FROM instances"))

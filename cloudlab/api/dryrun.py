@@ -12,7 +12,18 @@ from typing import Any
 from cloudlab.api.errors import ApiError, dry_run_operation
 
 # members that name resources the action would change (ImageId only where the image itself changes)
-RESOURCE_MEMBERS = ("InstanceIds", "InstanceId", "Resources", "GroupId", "AllocationId", "VolumeId", "SnapshotId")
+RESOURCE_MEMBERS = (
+    "InstanceIds",
+    "InstanceId",
+    "Resources",
+    "GroupId",
+    "AllocationId",
+    "VolumeId",
+    "SnapshotId",
+    "VpcId",
+    "SubnetId",
+    "InternetGatewayId",
+)
 IMAGE_CHANGING_ACTIONS = frozenset({"DeregisterImage"})
 
 

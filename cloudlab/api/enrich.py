@@ -36,14 +36,55 @@ def volumes_of(ctx: Any, instance_ids: list[str]) -> dict[str, list[dict[str, An
     return ctx.clc.service(Volumes).of_instances(instance_ids) if instance_ids else {}
 
 
+def interfaces_of(ctx: Any, instance_ids: list[str]) -> dict[str, Any]:
+    from cloudlab.clc.interfaces import NetworkInterfaces
+
+    return ctx.clc.service(NetworkInterfaces).of_instances(instance_ids) if instance_ids else {}
+
+
+def interface_item(ctx: Any, nic: Any, owner_id: str, groups: list[dict[str, str]], public_ip: str | None) -> dict:
+    """One network interface as DescribeInstances (``InstanceNetworkInterface``) shows it."""
+    association = {"PublicIp": public_ip, "PublicDnsName": "", "IpOwnerId": owner_id} if public_ip else None
+    item = {
+        "NetworkInterfaceId": nic.interface_id,
+        "SubnetId": nic.subnet_id,
+        "VpcId": nic.vpc_id,
+        "OwnerId": owner_id,
+        "Status": "in-use",
+        "MacAddress": nic.mac,
+        "PrivateIpAddress": nic.private_ip,
+        "PrivateDnsName": "",
+        "SourceDestCheck": True,
+        "InterfaceType": "interface",
+        "Description": "",
+        "Groups": groups,
+        "Attachment": {
+            "AttachmentId": "eni-attach-" + nic.interface_id[4:],
+            "DeviceIndex": 0,
+            "NetworkCardIndex": 0,
+            "Status": "attached",
+            "DeleteOnTermination": True,
+            "AttachTime": nic.created,
+        },
+        "PrivateIpAddresses": [
+            {"Primary": True, "PrivateIpAddress": nic.private_ip, "PrivateDnsName": "", "Association": association}
+        ],
+        "Ipv6Addresses": [],
+        "Association": association,
+    }
+    return {k: v for k, v in item.items() if v is not None}
+
+
 def instances(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add Tags, SecurityGroups, the public and private addresses and the block devices (its volumes;
-    RootDeviceType ``ebs`` with a root volume) to EC2-shaped instance items (in place)."""
+    """Add Tags, SecurityGroups, the network interface, the public and private addresses and the block devices
+    (its volumes; RootDeviceType ``ebs`` with a root volume) to EC2-shaped instance items (in place)."""
     from cloudlab.api.volume_views import instance_block_devices
 
     ids = [item["InstanceId"] for item in items]
     tags, groups, public = tags_of(ctx, ids), groups_of(ctx, ids), public_ips_of(ctx, ids)
     private, volumes = private_ips_of(ctx, ids), volumes_of(ctx, ids)
+    nics = interfaces_of(ctx, ids)
+    owners = {u.name: u.user_id for u in ctx.clc.users.list()} if nics else {}
     for item in items:
         instance_id = item["InstanceId"]
         attached = volumes.get(instance_id, [])
@@ -58,6 +99,14 @@ def instances(ctx: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             item["PublicIpAddress"] = public[instance_id]
         if instance_id in private:
             item["PrivateIpAddress"] = private[instance_id]
+        nic = nics.get(instance_id)
+        if nic is not None:
+            item["VpcId"], item["SubnetId"], item["PrivateIpAddress"] = nic.vpc_id, nic.subnet_id, nic.private_ip
+            item["SourceDestCheck"] = True
+            owner = owners.get(nic.owner, "")
+            item["NetworkInterfaces"] = [
+                interface_item(ctx, nic, owner, item["SecurityGroups"], public.get(instance_id))
+            ]
     return items
 
 

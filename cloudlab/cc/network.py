@@ -39,6 +39,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudlab.cc import network_adoption
+from cloudlab.cc.vpc_routers import VpcRouters
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
 from cloudlab.net import NetError, firewall, links, netns, vde, vde_plugs
@@ -135,6 +136,7 @@ class ClusterNetwork:
                 host.public_address = host.address
             self.hosts[node] = host
         self.gateway_plugs: dict[int, vde_plugs.TapPlug] = {}
+        self.vpc_routers = VpcRouters(self)
         self.vlans: set[int] = set()
         self.public_ips: set[str] = set()
         self.digest: str | None = None
@@ -320,23 +322,29 @@ class ClusterNetwork:
             self.public_ips = wanted_public
             ruleset = firewall.cluster_ruleset(FIREWALL_TABLE, groups, list(plan.rules), list(plan.nats))
             firewall.apply(self.outside, ruleset)
+            self.vpc_routers.apply(plan.vpcs)
 
     def _add_vlan(self, group: GroupSegment) -> None:
-        """Give ``group`` its layer-2 segment on every host and its gateway ``g<vlan>`` on the router.
+        """Give ``group`` its layer-2 segment on every host and its gateway ``g<vlan>`` on the router."""
+        prefixlen = ipaddress.IPv4Network(group.subnet).prefixlen
+        self.add_segment(group.vlan, f"{group.gateway}/{prefixlen}", self.outside, group.vlan - FIRST_VLAN)
 
-        direct: one bridge per group (``br<vlan>``) joined to the router by a veth. (A single
+    def add_segment(self, vid: int, gateway: str, router_ns: str, index: int) -> None:
+        """A layer-2 segment ``vid`` on every host, with the router's address ``gateway`` (ADDR/PREFIX) on its
+        link ``g<vid>`` in ``router_ns`` (the outside namespace, or a VPC's router); ``index`` numbers the
+        segment's gateway port on a VDE switch.
+
+        direct: one bridge per segment (``br<vlan>``) joined to the router by a veth. (A single
         VLAN-filtering bridge would do the same with one device, but kernels without
-        CONFIG_BRIDGE_VLAN_FILTERING and 802.1Q exist, this CI's among them; a bridge per group works on all.)
+        CONFIG_BRIDGE_VLAN_FILTERING and 802.1Q exist, this CI's among them; a bridge per segment works on all.)
         vde: a VLAN on every switch, tagged on the cables, and a tap plugged into an access port of it.
         """
-        vid = group.vlan
-        prefixlen = ipaddress.IPv4Network(group.subnet).prefixlen
         first = next(iter(self.hosts.values()))
         gateway_link = f"g{vid}"
         if self.flavour == "direct":
             if not links.exists(first.namespace, f"br{vid}"):  # kept, with its guests' taps, by a rebuild
                 links.bridge(first.namespace, f"br{vid}", vlan_filtering=False)
-            links.veth(first.namespace, f"t{vid}", self.outside, gateway_link)
+            links.veth(first.namespace, f"t{vid}", router_ns, gateway_link)
             links.set_master(first.namespace, f"t{vid}", f"br{vid}")
         else:
             for host in self.hosts.values():
@@ -349,14 +357,14 @@ class ClusterNetwork:
                 for port in trunk_ports:
                     host.switch.add_tagged(vid, port)
             assert first.switch is not None
-            port = GATEWAY_SWITCH_PORT_BASE + (vid - FIRST_VLAN)
-            plug = vde_plugs.TapPlug(first.switch.sock, gateway_link, self.outside, port=port)
+            port = GATEWAY_SWITCH_PORT_BASE + index
+            plug = vde_plugs.TapPlug(first.switch.sock, gateway_link, router_ns, port=port)
             plug.start()
-            self._wait_link(self.outside, gateway_link)
+            self._wait_link(router_ns, gateway_link)
             first.switch.set_port_vlan(port, vid)
-            links.up(self.outside, gateway_link)
+            links.up(router_ns, gateway_link)
             self.gateway_plugs[vid] = plug
-        links.add_address(self.outside, gateway_link, f"{group.gateway}/{prefixlen}")
+        links.add_address(router_ns, gateway_link, gateway)
         self.vlans.add(vid)
 
     # -- what a node needs -----------------------------------------------------------------------------------
@@ -448,6 +456,7 @@ class ClusterNetwork:
             ],
             "processes": [{"role": label} | proc.describe() for label, proc in self.processes()],
             "vlans": sorted(self.vlans),
+            "vpc_routers": self.vpc_routers.describe(),
             "public_ips": sorted(self.public_ips),
             "history": self.history[-10:],
             "healthy": all(proc.alive() for _, proc in self.processes()),
@@ -468,6 +477,7 @@ class ClusterNetwork:
         sweep(self.prefix)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.vlans.clear()
+        self.vpc_routers.reset()
         self.public_ips.clear()
         self.built = False
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,9 @@ def clear_around_guests(network: Any) -> list[str]:
         # is destroyed asynchronously and its veth peers would linger for a moment.
         for name in links.names_of_kind(host.namespace, "veth"):
             links.delete(host.namespace, name)
+    other_clusters = re.compile(re.escape(network.prefix) + r"-c\d+-")  # a cloud's further clusters' own
     for name in netns.names(network.prefix + "-"):
-        if name in keep:
+        if name in keep or other_clusters.match(name):
             continue
         netns.kill_all(name)
         netns.remove(name)

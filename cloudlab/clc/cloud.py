@@ -19,6 +19,7 @@ A VM on a node that the CLC has no record of is reported (``unknown_vms``), neve
 ``clc/dispatch.py``               sending starts and terminations to the nodes, retried until done
 ``clc/reconciler.py``             applying the nodes' reports to the records
 ``clc/network.py``                ports, segments and the router plan; keeping routers in sync
+``clc/vpcs.py``, ``gateways.py``  VPCs, subnets, internet gateways, route tables
 ``clc/usage.py``                  accounting reports, and NIC byte counters into the ledger
 ``clc/volumes.py``, ``snapshots``  EBS volumes and snapshots: records and EC2's rules
 ``clc/volume_work.py``            carrying volumes forward on the storage controller and nodes
@@ -35,6 +36,7 @@ from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.clusters import ClusterLink, Clusters
 from cloudlab.clc.dispatch import Dispatch
 from cloudlab.clc.ebs_images import EbsImages
+from cloudlab.clc.gateways import Gateways
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.images import Images
 from cloudlab.clc.instances import TERMINATED_VISIBLE_S, InstanceRecords
@@ -52,6 +54,8 @@ from cloudlab.clc.users import User, Users
 from cloudlab.clc.vmtypes import seed_vm_types
 from cloudlab.clc.volume_work import VolumeWork
 from cloudlab.clc.volumes import Volumes
+from cloudlab.clc.vpc_network import VpcNetworks
+from cloudlab.clc.vpcs import Vpcs
 from cloudlab.errors import CloudError
 from cloudlab.rpc import Channel
 from cloudlab.security.ca import CertificateAuthority
@@ -84,7 +88,8 @@ class CloudController:
         seed_vm_types(store)
         self.quotas = Quotas(store)  # per-user limits, checked inside the transactions that create
         # The resource services create their tables now, never inside a later transaction.
-        for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks, Volumes, Snapshots, EbsImages):
+        services = (Tags, KeyPairs, Vpcs, Gateways, SecurityGroups, Addresses, VpcNetworks, InstanceNetworks)
+        for service in (*services, Volumes, Snapshots, EbsImages):
             self.service(service)
         networks = self.service(InstanceNetworks)
         self.network_bytes = NetworkBytes(store)
@@ -95,7 +100,7 @@ class CloudController:
             self.clusters,
             images,
             self.network_bytes,
-            nic_of=networks.port,
+            nic_of=lambda instance_id: networks.port(instance_id) or self.service(VpcNetworks).nic(instance_id),
             before_start=self.network_sync.sync,
             disks_of=lambda instance_id: self.volume_work.disks_for_start(instance_id),
         )
@@ -134,8 +139,11 @@ class CloudController:
         network: str = "none",
         policy: str = "GREEDY",
         subnet: str | None = None,
+        vpc_network: bool = False,
     ) -> ClusterLink:
-        return self.clusters.add(name, zone, channel, network=network, policy=policy, subnet=subnet)
+        return self.clusters.add(
+            name, zone, channel, network=network, policy=policy, subnet=subnet, vpc_network=vpc_network
+        )
 
     def zones(self) -> list[dict[str, Any]]:
         return self.clusters.zones()
@@ -213,6 +221,9 @@ class CloudController:
 
     def node_health(self) -> dict[str, bool]:
         return self.reconciler.node_health()
+
+    def cluster_health(self) -> dict[str, bool]:
+        return self.reconciler.cluster_health()
 
     def unknown_vms(self) -> list[dict[str, Any]]:
         return self.reconciler.unknown_vms()

@@ -26,6 +26,7 @@ class ClusterLink:
     network: str
     channel: Channel
     subnet: str | None = None  # the private range its instances' ports come from (None: no network)
+    vpc_network: bool = False  # its network plumbs VPC subnets (else Eucalyptus' managed mode)
 
 
 class Clusters:
@@ -46,8 +47,10 @@ class Clusters:
         network: str = "none",
         policy: str = "GREEDY",
         subnet: str | None = None,
+        vpc_network: bool = False,
     ) -> ClusterLink:
-        """Add (or re-add, after a restart) a cluster; one with a network gives its instances ports in ``subnet``."""
+        """Add (or re-add, after a restart) a cluster; one with a network gives its instances ports in ``subnet``
+        (managed mode) or plumbs their VPC subnets (``vpc_network``)."""
         if network != "none" and subnet is None:
             raise ValueError(f"cluster {name} has network {network} but no subnet")
         with self.store.transaction() as db:
@@ -57,7 +60,7 @@ class Clusters:
                 " policy=excluded.policy",
                 (name, zone, network, policy, time.time()),
             )
-        link = ClusterLink(name, zone, network, channel, subnet if network != "none" else None)
+        link = ClusterLink(name, zone, network, channel, subnet if network != "none" else None, vpc_network)
         with self._lock:
             self._links[name] = link
         return link

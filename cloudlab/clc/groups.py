@@ -1,93 +1,56 @@
-"""EC2 security groups: named sets of ingress rules that instances belong to.
+"""EC2 security groups: named sets of rules that instances belong to, each group in one VPC.
 
-Every user has a group named ``default``, made on first use and never deletable; its one rule lets
-members of the group reach each other on every protocol (as EC2's default group does). Rules are
-normalised when stored (protocol names ``tcp``/``udp``/``icmp``/``-1``, ports as integers, CIDRs in
-canonical form) and read back with :meth:`SecurityGroups.rules_for`, which is what the cluster
-network turns into packet filters. ``IpPermissions`` follow EC2's semantics:
+Every VPC has a group named ``default``, made with the VPC and never deletable by a user; its
+ingress rule lets members of the group reach each other on every protocol, and every group starts
+with EC2's one egress rule (everything may go out). Rules are normalised when stored (protocol
+names ``tcp``/``udp``/``icmp``/``-1``, ports as integers, CIDRs in canonical form; see
+:mod:`cloudlab.clc.group_rules`) and read back with :meth:`SecurityGroups.rules_for`, which is what
+the cluster network turns into packet filters. ``IpPermissions`` follow EC2's semantics:
 
 - ``IpProtocol``: ``tcp``, ``udp``, ``icmp`` or ``-1`` (all), or their numbers 6, 17 and 1;
 - tcp/udp need ``FromPort`` <= ``ToPort``, both within 0-65535; -1 ignores ports; for icmp the
   "ports" are the ICMP type and code, -1 to 255, -1 meaning any (a type of -1 needs a code of -1);
-- sources: ``IpRanges[].CidrIp`` (strict IPv4 CIDR: no host bits set) and ``UserIdGroupPairs`` naming
-  a group by ``GroupId``, or by ``GroupName`` (in the namespace of the target group's owner, or of
-  the user whose 12-digit ``UserId`` is given).
+- peers (sources of ingress, destinations of egress): ``IpRanges[].CidrIp`` (strict IPv4 CIDR: no
+  host bits set) and ``UserIdGroupPairs`` naming a group by ``GroupId``, or by ``GroupName`` (in the
+  namespace of the target group's owner, or of the user whose 12-digit ``UserId`` is given); a peer
+  group must be in the same VPC as the target.
 
-A user sees and changes only their own groups (another user's group is ``InvalidGroup.NotFound``),
-an admin all of them. Group names are per owner.
+A group name names a group of the account's default VPC (as in EC2: groups of other VPCs are named
+by id). A user sees and changes only their own groups (another user's group is
+``InvalidGroup.NotFound``), an admin all of them. Group names are per owner and VPC.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import sqlite3
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cloudlab.clc import group_rules
+from cloudlab.clc.group_rules import (
+    DEFAULT_GROUP,
+    PROTOCOLS,
+    Group,
+    Rule,
+    insert_group,
+    insert_rule,
+    normalise_cidr,
+    normalise_ports,
+    row_to_rule,
+)
 from cloudlab.clc.tags import Tags
 from cloudlab.clc.users import User
+from cloudlab.clc.vpcs import SCHEMA as VPC_SCHEMA
+from cloudlab.clc.vpcs import check_vpc_id, ensure_default_vpc, vpc_not_found
 from cloudlab.errors import CloudError
-from cloudlab.ids import is_valid_id, new_id
+from cloudlab.ids import is_valid_id
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS security_groups (
-    group_id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, description TEXT NOT NULL,
-    created REAL NOT NULL, UNIQUE (owner, name));
-CREATE TABLE IF NOT EXISTS security_group_rules (
-    rule_id TEXT PRIMARY KEY, group_id TEXT NOT NULL, protocol TEXT NOT NULL, from_port INTEGER, to_port INTEGER,
-    cidr TEXT, source_group_id TEXT, description TEXT);
-CREATE INDEX IF NOT EXISTS security_group_rules_by_group ON security_group_rules(group_id);
-CREATE INDEX IF NOT EXISTS security_group_rules_by_source ON security_group_rules(source_group_id);
-CREATE TABLE IF NOT EXISTS instance_groups (
-    instance_id TEXT NOT NULL, group_id TEXT NOT NULL, PRIMARY KEY (instance_id, group_id));
-CREATE INDEX IF NOT EXISTS instance_groups_by_group ON instance_groups(group_id);
-"""
+__all__ = ["DEFAULT_GROUP", "Group", "Rule", "SecurityGroups"]
 
-DEFAULT_GROUP = "default"
-DEFAULT_DESCRIPTION = "default group"
 MAX_TEXT = 255
 #: EC2's default limits: inbound rules per group, and groups per instance (per network interface).
 MAX_RULES_PER_GROUP = 60
 MAX_GROUPS_PER_INSTANCE = 5
-PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp", "-1": "-1", "all": "-1"}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One normalised ingress rule: traffic of ``protocol`` on ``from_port``-``to_port`` (for icmp:
-    type and code, -1 = any; None for protocol ``-1``) from ``cidr`` or from members of ``source_group_id``.
-    """
-
-    group_id: str
-    protocol: str  # tcp, udp, icmp or -1 (everything)
-    from_port: int | None
-    to_port: int | None
-    cidr: str | None
-    source_group_id: str | None
-    description: str | None = field(default=None, compare=False)
-    rule_id: str | None = field(default=None, compare=False)
-    source_owner: str | None = field(default=None, compare=False)
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        """What makes two rules the same rule (descriptions do not)."""
-        return (self.group_id, self.protocol, self.from_port, self.to_port, self.cidr, self.source_group_id)
-
-    def describe(self) -> str:
-        peer = self.cidr or self.source_group_id
-        return f"peer: {peer}, {self.protocol.upper()}, from port: {self.from_port}, to port: {self.to_port}, ALLOW"
-
-
-@dataclass(frozen=True)
-class Group:
-    group_id: str
-    owner: str
-    name: str
-    description: str
-    created: float
-    rules: tuple[Rule, ...] = ()
 
 
 def _invalid(message: str) -> CloudError:
@@ -110,61 +73,6 @@ def _check_text(value: str | None, what: str) -> str:
     return value
 
 
-def _port(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            value = int(str(value))
-        except ValueError:
-            raise _invalid(f"Invalid value '{value}' for {what}") from None
-    return value
-
-
-def _normalise_ports(protocol: str, from_port: Any, to_port: Any) -> tuple[int | None, int | None]:
-    low, high = _port(from_port, "fromPort"), _port(to_port, "toPort")
-    if protocol == "-1":
-        return None, None
-    if protocol == "icmp":
-        low = -1 if low is None else low
-        high = -1 if high is None else high
-        for value, what in ((low, "ICMP type"), (high, "ICMP code")):
-            if not -1 <= value <= 255:
-                raise _invalid(f"Invalid value '{value}' for {what}: use -1 (any) to 255")
-        if low == -1 and high != -1:
-            raise _invalid("ICMP code must be -1 (any) when the ICMP type is -1 (any)")
-        return low, high
-    if low is None or high is None:
-        raise _invalid(f"Invalid value 'null' for portRange: {protocol} rules need FromPort and ToPort")
-    for value, what in ((low, "fromPort"), (high, "toPort")):
-        if not 0 <= value <= 65535:
-            raise _invalid(f"Invalid value '{value}' for {what}: {protocol} ports are 0 to 65535")
-    if low > high:
-        raise _invalid(f"Invalid port range {low}-{high}: FromPort must not be greater than ToPort")
-    return low, high
-
-
-def _normalise_cidr(text: Any) -> str:
-    try:
-        return str(ipaddress.IPv4Network(str(text), strict=True))
-    except ValueError:
-        raise _invalid(f"CIDR block {str(text)[:80]} is malformed (an IPv4 network like 10.0.0.0/16)") from None
-
-
-def _row_to_rule(row: Mapping[str, Any]) -> Rule:
-    return Rule(
-        group_id=row["group_id"],
-        protocol=row["protocol"],
-        from_port=row["from_port"],
-        to_port=row["to_port"],
-        cidr=row["cidr"],
-        source_group_id=row["source_group_id"],
-        description=row["description"],
-        rule_id=row["rule_id"],
-        source_owner=row["source_owner"],
-    )
-
-
 def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
@@ -176,61 +84,84 @@ class SecurityGroups:
         self._clc = clc
         self._store = clc.store
         self._users = clc.users
-        self._store.ensure_schema(SCHEMA)
+        self._store.ensure_schema(group_rules.SCHEMA)
+        group_rules.migrate(self._store)
+        self._store.ensure_schema(VPC_SCHEMA)
 
     # -- lookups ------------------------------------------------------------------------------------------
-    def ensure_default(self, owner: str) -> str:
-        """The id of ``owner``'s ``default`` group, made (with its self-referencing rule) on first use."""
-        row = self._store.one("SELECT group_id FROM security_groups WHERE owner=? AND name=?", (owner, DEFAULT_GROUP))
+    def default_vpc(self, owner: str) -> str | None:
+        """``owner``'s default VPC (made on first use; None once the account deleted it)."""
+        row = self._store.one("SELECT vpc_id FROM default_vpcs WHERE owner=?", (owner,))
         if row is not None:
-            return row["group_id"]
+            return row["vpc_id"]
         with self._store.transaction() as db:
-            row = db.execute(
-                "SELECT group_id FROM security_groups WHERE owner=? AND name=?", (owner, DEFAULT_GROUP)
-            ).fetchone()
-            if row is not None:
-                return row["group_id"]
-            group_id = new_id("sg")
-            db.execute(
-                "INSERT INTO security_groups (group_id, owner, name, description, created) VALUES (?,?,?,?,?)",
-                (group_id, owner, DEFAULT_GROUP, DEFAULT_DESCRIPTION, time.time()),
-            )
-            self._insert_rule(db, Rule(group_id, "-1", None, None, None, group_id))
-        return group_id
+            return ensure_default_vpc(db, owner)
+
+    def ensure_default(self, owner: str, vpc_id: str | None = None) -> str | None:
+        """The id of the ``default`` group of ``vpc_id`` (else of ``owner``'s default VPC, None if it has none)."""
+        vpc_id = vpc_id or self.default_vpc(owner)
+        if vpc_id is None:
+            return None
+        row = self._store.one("SELECT group_id FROM security_groups WHERE vpc_id=? AND name=?", (vpc_id, DEFAULT_GROUP))
+        return row["group_id"] if row is not None else None
 
     # Reads go through the store, also inside a transaction: it is the same connection (and lock), so
     # they see the transaction's own writes and nobody else's.
     def _get(self, user: User, ref: str) -> sqlite3.Row:
-        """The group ``ref`` (an ``sg-`` id, else a name of the user's) that the user may see."""
+        """The group ``ref`` (an ``sg-`` id, else a name in the user's default VPC) that the user may see."""
         if ref.startswith("sg-"):
             row = self._store.one("SELECT * FROM security_groups WHERE group_id=?", (_check_id(ref),))
         else:
-            row = self._store.one("SELECT * FROM security_groups WHERE owner=? AND name=?", (user.name, ref))
+            row = self._by_name(user.name, ref)
         if row is None or (row["owner"] != user.name and not user.is_admin):
             raise _not_found(ref)
         return row
 
+    def _by_name(self, owner: str, name: str) -> sqlite3.Row | None:
+        vpc_id = self.default_vpc(owner)
+        return self._store.one(
+            "SELECT * FROM security_groups WHERE owner=? AND vpc_id IS ? AND name=?", (owner, vpc_id, name)
+        )
+
+    def _vpc_of_user(self, user: User, vpc_id: str | None) -> str:
+        if vpc_id is None:
+            found = self.default_vpc(user.name)
+            if found is None:
+                raise CloudError("VPCIdNotSpecified", "No default VPC for this user: name a VpcId")
+            return found
+        row = self._store.one("SELECT owner FROM vpcs WHERE vpc_id=?", (check_vpc_id(vpc_id),))
+        if row is None or (row["owner"] != user.name and not user.is_admin):
+            raise vpc_not_found(vpc_id)
+        return vpc_id
+
     # -- create / delete ------------------------------------------------------------------------------------
     def create(
-        self, user: User, name: str, description: str, tag_specifications: Sequence[Mapping[str, Any]] | None = None
+        self,
+        user: User,
+        name: str,
+        description: str,
+        tag_specifications: Sequence[Mapping[str, Any]] | None = None,
+        vpc_id: str | None = None,
     ) -> str:
-        """A new, empty group of ``user``, tagged as ``tag_specifications`` ask; returns its id."""
+        """A new group of ``user`` in ``vpc_id`` (else the default VPC), tagged as asked; returns its id."""
         _check_text(name, "GroupName")
         _check_text(description, "GroupDescription")
         if name.lower().startswith("sg-"):
             raise _invalid(
                 f"Value ({name[:80]}) for parameter GroupName is invalid: group names may not start with sg-"
             )
-        self.ensure_default(user.name)
+        vpc_id = self._vpc_of_user(user, vpc_id)
+        owner = self._store.one("SELECT owner FROM vpcs WHERE vpc_id=?", (vpc_id,))
+        owner_name = owner["owner"] if owner is not None else user.name
         tags = self._clc.service(Tags)  # (built outside the transaction: building creates its table)
-        group_id = new_id("sg")
         with self._store.transaction() as db:
-            if db.execute("SELECT 1 FROM security_groups WHERE owner=? AND name=?", (user.name, name)).fetchone():
-                raise CloudError("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
-            db.execute(
-                "INSERT INTO security_groups (group_id, owner, name, description, created) VALUES (?,?,?,?,?)",
-                (group_id, user.name, name, description, time.time()),
-            )
+            if db.execute(
+                "SELECT 1 FROM security_groups WHERE owner=? AND vpc_id=? AND name=?", (owner_name, vpc_id, name)
+            ).fetchone():
+                raise CloudError(
+                    "InvalidGroup.Duplicate", f"The security group '{name}' already exists for VPC '{vpc_id}'"
+                )
+            group_id = insert_group(db, owner_name, name, description, vpc_id)
             if tag_specifications:
                 tags.apply_specifications(db, user, "security-group", [group_id], tag_specifications)
         return group_id
@@ -239,8 +170,6 @@ class SecurityGroups:
         """Delete a group that no live instance uses and no other group's rule names; returns its id."""
         if not group_id and not name:
             raise CloudError("MissingParameter", "The request must contain the parameter GroupName or GroupId")
-        if name == DEFAULT_GROUP and not group_id:
-            self.ensure_default(user.name)
         with self._store.transaction() as db:
             row = self._get(user, _check_id(group_id)) if group_id else self._get_by_name(user, name or "")
             gid = row["group_id"]
@@ -279,14 +208,14 @@ class SecurityGroups:
         return gid
 
     def _get_by_name(self, user: User, name: str) -> sqlite3.Row:
-        row = self._store.one("SELECT * FROM security_groups WHERE owner=? AND name=?", (user.name, name))
+        row = self._by_name(user.name, name)
         if row is None:
             raise _not_found(name)
         return row
 
     # -- rules ----------------------------------------------------------------------------------------------
     def _rules_from_permissions(
-        self, user: User, target: sqlite3.Row, permissions: Sequence[Mapping[str, Any]]
+        self, user: User, target: sqlite3.Row, permissions: Sequence[Mapping[str, Any]], egress: bool = False
     ) -> list[Rule]:
         """Normalised rules for ``target`` from EC2 ``IpPermissions`` (validating every field)."""
         if not permissions:
@@ -300,16 +229,16 @@ class SecurityGroups:
                 raise _invalid(
                     f"Invalid value '{raw[:80]}' for IP protocol. Unknown protocol (use tcp, udp, icmp or -1)"
                 )
-            low, high = _normalise_ports(protocol, permission.get("FromPort"), permission.get("ToPort"))
+            low, high = normalise_ports(protocol, permission.get("FromPort"), permission.get("ToPort"))
             ranges = permission.get("IpRanges") or []
             pairs = permission.get("UserIdGroupPairs") or []
             if permission.get("Ipv6Ranges") or permission.get("PrefixListIds"):
                 raise _invalid(
-                    "cloudlab security groups take IPv4 ranges and groups as sources, not IPv6 or prefix lists"
+                    "cloudlab security groups take IPv4 ranges and groups as peers, not IPv6 or prefix lists"
                 )
             if not ranges and not pairs:
                 raise CloudError(
-                    "MissingParameter", "Each IpPermission needs a source: IpRanges (CidrIp) or UserIdGroupPairs"
+                    "MissingParameter", "Each IpPermission needs a peer: IpRanges (CidrIp) or UserIdGroupPairs"
                 )
             for item in ranges:
                 if not item.get("CidrIp"):
@@ -317,9 +246,8 @@ class SecurityGroups:
                 description = item.get("Description")
                 if description is not None:
                     _check_text(description, "Description")
-                rules.append(
-                    Rule(target["group_id"], protocol, low, high, _normalise_cidr(item["CidrIp"]), None, description)
-                )
+                cidr = normalise_cidr(item["CidrIp"])
+                rules.append(Rule(target["group_id"], protocol, low, high, cidr, None, description, egress=egress))
             for pair in pairs:
                 source = self._source_group(user, target, pair, owners_by_id)
                 description = pair.get("Description")
@@ -335,6 +263,7 @@ class SecurityGroups:
                         source["group_id"],
                         description,
                         source_owner=source["owner"],
+                        egress=egress,
                     )
                 )
         return rules
@@ -343,62 +272,51 @@ class SecurityGroups:
         self, user: User, target: sqlite3.Row, pair: Mapping[str, Any], owners_by_id: Mapping[str, str]
     ) -> sqlite3.Row:
         if pair.get("GroupId"):
-            return self._get(user, _check_id(str(pair["GroupId"])))
-        name = pair.get("GroupName")
-        if not name:
-            raise CloudError("MissingParameter", "A UserIdGroupPair needs a GroupId or a GroupName")
-        owner = target["owner"]
-        if pair.get("UserId"):
-            owner = owners_by_id.get(str(pair["UserId"]), "")
-            if not owner:
+            row = self._get(user, _check_id(str(pair["GroupId"])))
+        else:
+            name = pair.get("GroupName")
+            if not name:
+                raise CloudError("MissingParameter", "A UserIdGroupPair needs a GroupId or a GroupName")
+            owner = target["owner"]
+            if pair.get("UserId"):
+                owner = owners_by_id.get(str(pair["UserId"]), "")
+                if not owner:
+                    raise _not_found(name)
+            found = self._by_name(owner, name)
+            if found is None or (found["owner"] != user.name and not user.is_admin):
                 raise _not_found(name)
-        row = self._store.one("SELECT * FROM security_groups WHERE owner=? AND name=?", (owner, name))
-        if row is None or (row["owner"] != user.name and not user.is_admin):
-            raise _not_found(name)
+            row = found
+        if row["vpc_id"] != target["vpc_id"]:
+            raise CloudError(
+                "InvalidGroup.NotFound",
+                f"You have specified two resources that belong to different networks: {row['group_id']} is in"
+                f" {row['vpc_id']}, {target['group_id']} in {target['vpc_id']}",
+            )
         return row
 
-    @staticmethod
-    def _insert_rule(db: Any, rule: Rule) -> Rule:
-        rule_id = rule.rule_id or new_id("sgr")
-        db.execute(
-            "INSERT INTO security_group_rules"
-            " (rule_id, group_id, protocol, from_port, to_port, cidr, source_group_id, description)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (
-                rule_id,
-                rule.group_id,
-                rule.protocol,
-                rule.from_port,
-                rule.to_port,
-                rule.cidr,
-                rule.source_group_id,
-                rule.description,
-            ),
-        )
-        return replace(rule, rule_id=rule_id)
-
-    def _existing(self, group_id: str) -> dict[tuple[Any, ...], Rule]:
-        return {rule.key: rule for rule in self.rules_for([group_id])}
-
-    def _resolve_target(self, user: User, group: str) -> None:
-        if group == DEFAULT_GROUP:
-            self.ensure_default(user.name)
+    def _existing(self, group_id: str, egress: bool) -> dict[tuple[Any, ...], Rule]:
+        return {rule.key: rule for rule in self.rules_for([group_id], egress=egress)}
 
     def authorize_ingress(self, user: User, group: str, ip_permissions: Sequence[Mapping[str, Any]]) -> list[Rule]:
         """Add the rules of ``ip_permissions`` to ``group`` (an ``sg-`` id or a name), all or none."""
-        self._resolve_target(user, group)
+        return self.authorize(user, group, ip_permissions, egress=False)
+
+    def authorize(
+        self, user: User, group: str, ip_permissions: Sequence[Mapping[str, Any]], *, egress: bool
+    ) -> list[Rule]:
+        """Add ingress (or ``egress``) rules to ``group``, all or none."""
         with self._store.transaction() as db:
             target = self._get(user, group)
-            existing = self._existing(target["group_id"])
+            existing = self._existing(target["group_id"], egress)
             added: list[Rule] = []
             seen: set[tuple[Any, ...]] = set()
-            for rule in self._rules_from_permissions(user, target, ip_permissions):
+            for rule in self._rules_from_permissions(user, target, ip_permissions, egress):
                 if rule.key in existing or rule.key in seen:
                     raise CloudError(
                         "InvalidPermission.Duplicate", f'the specified rule "{rule.describe()}" already exists'
                     )
                 seen.add(rule.key)
-                added.append(self._insert_rule(db, rule))
+                added.append(insert_rule(db, rule))
             if len(existing) + len(added) > MAX_RULES_PER_GROUP:
                 raise CloudError(
                     "RulesPerSecurityGroupLimitExceeded",
@@ -414,10 +332,21 @@ class SecurityGroups:
         rule_ids: Sequence[str] | None = None,
     ) -> list[Rule]:
         """Remove rules given as ``ip_permissions`` (or by id); each must exist (``InvalidPermission.NotFound``)."""
-        self._resolve_target(user, group)
+        return self.revoke(user, group, ip_permissions, rule_ids, egress=False)
+
+    def revoke(
+        self,
+        user: User,
+        group: str,
+        ip_permissions: Sequence[Mapping[str, Any]] | None = None,
+        rule_ids: Sequence[str] | None = None,
+        *,
+        egress: bool,
+    ) -> list[Rule]:
+        """Remove ingress (or ``egress``) rules of ``group``, all or none."""
         with self._store.transaction() as db:
             target = self._get(user, group)
-            existing = self._existing(target["group_id"])
+            existing = self._existing(target["group_id"], egress)
             doomed: list[Rule] = []
             if rule_ids:
                 by_id = {r.rule_id: r for r in existing.values()}
@@ -429,7 +358,7 @@ class SecurityGroups:
                         )
                     doomed.append(by_id[rule_id])
             if ip_permissions or not rule_ids:
-                for rule in self._rules_from_permissions(user, target, ip_permissions or []):
+                for rule in self._rules_from_permissions(user, target, ip_permissions or [], egress):
                     if rule.key not in existing:
                         raise CloudError(
                             "InvalidPermission.NotFound",
@@ -445,18 +374,18 @@ class SecurityGroups:
         row = self._store.one("SELECT owner FROM security_groups WHERE group_id=?", (group_id,))
         return row["owner"] if row else None
 
-    def rules_for(self, group_ids: Iterable[str]) -> list[Rule]:
-        """Every ingress rule of ``group_ids``, normalised, in the order they were added."""
+    def rules_for(self, group_ids: Iterable[str], *, egress: bool = False) -> list[Rule]:
+        """Every ingress (or ``egress``) rule of ``group_ids``, normalised, in the order they were added."""
         ids = list(dict.fromkeys(group_ids))
         if not ids:
             return []
         rows = self._store.query(
             "SELECT r.*, s.owner AS source_owner FROM security_group_rules r"
             f" LEFT JOIN security_groups s ON s.group_id = r.source_group_id WHERE r.group_id IN ({_marks(ids)})"
-            " ORDER BY r.rowid",
-            ids,
+            " AND r.egress=? ORDER BY r.rowid",
+            (*ids, int(egress)),
         )
-        return [_row_to_rule(r) for r in rows]
+        return [row_to_rule(r) for r in rows]
 
     # -- reads --------------------------------------------------------------------------------------------------
     def describe(
@@ -465,7 +394,7 @@ class SecurityGroups:
         """The groups ``user`` may see (with their rules), narrowed to ``group_ids`` and ``names`` (each must exist)."""
         for group_id in group_ids or []:
             _check_id(group_id)
-        self.ensure_default(user.name)
+        default_vpc = self.default_vpc(user.name)
         if user.is_admin:
             rows = self._store.query("SELECT * FROM security_groups ORDER BY created, group_id")
         else:
@@ -473,8 +402,9 @@ class SecurityGroups:
                 "SELECT * FROM security_groups WHERE owner=? ORDER BY created, group_id", (user.name,)
             )
         if names:
-            # Group names are per account (as in EC2): even an admin names only their own groups.
-            rows = [r for r in rows if r["owner"] == user.name]
+            # Group names are per account and name the default VPC's groups (as in EC2): even an admin
+            # names only their own groups.
+            rows = [r for r in rows if r["owner"] == user.name and r["vpc_id"] == default_vpc]
         for wanted, column in ((group_ids, "group_id"), (names, "name")):
             if not wanted:
                 continue
@@ -483,9 +413,13 @@ class SecurityGroups:
             if missing:
                 raise _not_found(missing[0])
             rows = [r for r in rows if r[column] in set(wanted)]
+        ids = [r["group_id"] for r in rows]
         rules: dict[str, list[Rule]] = {}
-        for rule in self.rules_for(r["group_id"] for r in rows):
+        for rule in self.rules_for(ids):
             rules.setdefault(rule.group_id, []).append(rule)
+        egress: dict[str, list[Rule]] = {}
+        for rule in self.rules_for(ids, egress=True):
+            egress.setdefault(rule.group_id, []).append(rule)
         return [
             Group(
                 r["group_id"],
@@ -494,20 +428,36 @@ class SecurityGroups:
                 r["description"],
                 r["created"],
                 tuple(rules.get(r["group_id"], ())),
+                r["vpc_id"],
+                tuple(egress.get(r["group_id"], ())),
             )
             for r in rows
         ]
 
     # -- instances (for RunInstances / DescribeInstances and the cluster network) --------------------------------
-    def resolve_for_launch(self, user: User, names: Sequence[str] | None, ids: Sequence[str] | None) -> list[str]:
-        """The group ids an instance of ``user`` launches into: the named ones, else the user's ``default``."""
+    def resolve_for_launch(
+        self, user: User, names: Sequence[str] | None, ids: Sequence[str] | None, vpc_id: str | None = None
+    ) -> list[str]:
+        """The group ids an instance of ``user`` launches into: the named ones, else the VPC's ``default``.
+
+        ``vpc_id`` is the VPC of the instance's subnet (the default VPC when None); every group must be in it.
+        """
         if not names and not ids:
-            return [self.ensure_default(user.name)]
-        if DEFAULT_GROUP in (names or []):
-            self.ensure_default(user.name)
-        found = [self._get(user, _check_id(group_id))["group_id"] for group_id in ids or []]
-        found += [self._get_by_name(user, name)["group_id"] for name in names or []]
-        unique = list(dict.fromkeys(found))
+            default = self.ensure_default(user.name, vpc_id)
+            if default is None:
+                raise CloudError("VPCIdNotSpecified", "No default VPC for this user: name a SubnetId")
+            return [default]
+        found = [self._get(user, _check_id(group_id)) for group_id in ids or []]
+        found += [self._get_by_name(user, name) for name in names or []]
+        vpc_id = vpc_id or self.default_vpc(user.name)
+        for row in found:
+            if row["vpc_id"] != vpc_id:
+                raise CloudError(
+                    "InvalidParameter",
+                    f"Security group {row['group_id']} and the instance's subnet belong to different networks"
+                    f" ({row['vpc_id']} and {vpc_id})",
+                )
+        unique = list(dict.fromkeys(row["group_id"] for row in found))
         if len(unique) > MAX_GROUPS_PER_INSTANCE:
             raise CloudError(
                 "SecurityGroupsPerInstanceLimitExceeded",

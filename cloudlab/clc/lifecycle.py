@@ -20,6 +20,7 @@ from cloudlab.clc.dispatch import Dispatch, quietly
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.images import Images
 from cloudlab.clc.instances import InstanceRecords
+from cloudlab.clc.interfaces import NetworkInterfaces
 from cloudlab.clc.keypairs import KeyPairs
 from cloudlab.clc.network import InstanceNetworks
 from cloudlab.clc.states import REASON_USER_TERMINATED
@@ -29,6 +30,7 @@ from cloudlab.clc.userdata import check_user_data
 from cloudlab.clc.users import User
 from cloudlab.clc.vmtypes import DEFAULT_TYPE, get_vm_type
 from cloudlab.clc.volumes import Volumes
+from cloudlab.clc.vpc_network import VpcNetworks
 from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id, new_id
 
@@ -74,6 +76,8 @@ class InstanceLifecycle:
         security_groups: list[str] | None = None,
         security_group_ids: list[str] | None = None,
         tag_specifications: list[dict[str, Any]] | None = None,
+        subnet_id: str | None = None,
+        private_ip: str | None = None,
         block_device_mappings: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Validate, schedule, record (pending) and dispatch; returns the reservation."""
@@ -109,6 +113,8 @@ class InstanceLifecycle:
                 security_groups=security_groups or [],
                 security_group_ids=security_group_ids or [],
                 tag_specifications=tag_specifications or [],
+                subnet_id=subnet_id,
+                private_ip=private_ip,
                 block_device_mappings=block_device_mappings or [],
             )
 
@@ -128,10 +134,13 @@ class InstanceLifecycle:
         security_group_ids: list[str],
         tag_specifications: list[dict[str, Any]],
         block_device_mappings: list[dict[str, Any]],
+        subnet_id: str | None = None,
+        private_ip: str | None = None,
     ) -> dict[str, Any]:
         # Services first: creating one runs its schema script, which must not happen inside a transaction.
         key_pairs, groups, tags = self._services(KeyPairs), self._services(SecurityGroups), self._services(Tags)
-        networks = self._services(InstanceNetworks)
+        networks, interfaces = self._services(InstanceNetworks), self._services(NetworkInterfaces)
+        vpc_networks = self._services(VpcNetworks)
         volumes = self._services(Volumes)
         if not is_valid_id(image_id, "ami"):
             raise CloudError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" (expecting "ami-...")')
@@ -147,10 +156,21 @@ class InstanceLifecycle:
             raise CloudError("InvalidAMIID.Unavailable", f"image {image_id} is {image.state}")
         self.images.files(image)  # its kernel and ramdisk are registered, or a clear error now
         vm_type = get_vm_type(self.store, instance_type or DEFAULT_TYPE)
-        link = self.clusters.for_zone(zone)
+        self.clusters.for_zone(zone)  # a zone that does not exist is refused first
+        launch = interfaces.for_launch(
+            user,
+            zone=zone,
+            subnet_id=subnet_id,
+            private_ip=private_ip,
+            security_groups=security_groups,
+            security_group_ids=security_group_ids,
+            count=max_count,
+            classic=lambda z: networks.is_classic(self.clusters.for_zone(z).name),
+        )
+        link = self.clusters.for_zone(launch.zone)  # the subnet's zone decides the cluster
         if key_name:
             key_pairs.require(user, key_name)
-        group_ids = groups.resolve_for_launch(user, security_groups, security_group_ids)
+        group_ids = list(launch.group_ids)
         validate_specifications("instance", tag_specifications)
         user_data = check_user_data(user_data)
         launch_volumes = volumes.launch_plan(user, image, block_device_mappings)
@@ -203,7 +223,10 @@ class InstanceLifecycle:
                     append_ledger(db, row, "pending", None, when=now)
                     volumes.record_launch(db, user, row, launch_volumes)
                     groups.attach(db, instance_id, group_ids)
-                    if networks.has_network(link.name):
+                    interfaces.attach(db, instance_id, user.name, launch)
+                    if launch.subnet is not None and networks.plumbs_vpcs(link.name):
+                        vpc_networks.allocate(db, link.name, launch.subnet.vpc_id, launch.subnet.subnet_id)
+                    if networks.is_classic(link.name):
                         networks.allocate(db, link.name, instance_id, group_ids[0])
                     inserted.append(
                         row | {"dispatched_at": None, "running_at": None, "terminated_at": None, "state_reason": None}

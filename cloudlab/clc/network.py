@@ -28,6 +28,7 @@ from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.clusters import Clusters
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.keypairs import KeyPairs
+from cloudlab.clc.vpc_network import VpcNetworks
 from cloudlab.contract import (
     FIRST_VLAN,
     NETWORK_SYNC,
@@ -87,6 +88,15 @@ class InstanceNetworks:
 
     def has_network(self, cluster: str) -> bool:
         return self.clusters.subnet_of(cluster) is not None
+
+    def plumbs_vpcs(self, cluster: str) -> bool:
+        """Whether ``cluster``'s network plumbs VPC subnets (else: managed mode, or no network)."""
+        link = self.clusters.get(cluster)
+        return link is not None and link.subnet is not None and link.vpc_network
+
+    def is_classic(self, cluster: str) -> bool:
+        """Whether ``cluster`` runs Eucalyptus' managed mode (a VLAN per security group, EC2-Classic)."""
+        return self.has_network(cluster) and not self.plumbs_vpcs(cluster)
 
     def _segment(self, cluster: str, group_id: str, slot: int) -> GroupSegment:
         subnets = list(self.subnet(cluster).subnets(new_prefix=24))
@@ -182,6 +192,17 @@ class InstanceNetworks:
         row = self.instance_at(cluster, private_ip)
         if row is None:
             return None
+        return self._metadata(row, self.port(row["instance_id"]), private_ip)
+
+    def vpc_metadata(self, cluster: str, vpc_id: str, private_ip: str) -> dict[str, Any] | None:
+        """What ``vpc_id``'s metadata service tells its instance at ``private_ip`` (VPCs' ranges may overlap)."""
+        vpcs = self.clc.service(VpcNetworks)
+        row = vpcs.instance_at(cluster, vpc_id, private_ip)
+        if row is None:
+            return None
+        return self._metadata(row, vpcs.nic(row["instance_id"]), private_ip)
+
+    def _metadata(self, row: dict[str, Any], port: NicPlan | None, private_ip: str) -> dict[str, Any]:
         instance_id = row["instance_id"]
         keys: list[tuple[str, str]] = []
         if row["key_name"]:
@@ -190,7 +211,6 @@ class InstanceNetworks:
                 keys.append((row["key_name"], self.clc.service(KeyPairs).public_key(row["owner"], row["key_name"])))
         user_data = base64.b64decode(row["user_data"]) if row["user_data"] else None
         groups = self.clc.service(SecurityGroups).groups_of([instance_id]).get(instance_id, [])
-        port = self.port(instance_id)
         owner = self.clc.users.get(row["owner"])
         image = self.clc.images.get(row["image_id"])
         root_disk = image is not None and bool(image.path)  # a disk image boots from vda; an initramfs has none
@@ -238,6 +258,7 @@ class InstanceNetworks:
                 IngressRule(r.group_id, r.protocol, r.from_port, r.to_port, r.cidr, r.source_group_id) for r in rules
             ),
             nats=tuple(ElasticNat(n["public_ip"], n["private_ip"]) for n in nats),
+            vpcs=self.clc.service(VpcNetworks).routers(cluster) if self.plumbs_vpcs(cluster) else (),
         )
 
 

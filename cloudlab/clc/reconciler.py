@@ -59,6 +59,7 @@ class Reconciler:
         self.reconcile_s = reconcile_s
         self.passes = 0  # completed cluster passes (tests wait for a pass instead of sleeping)
         self._node_alive: dict[str, bool] = {}
+        self._cluster_alive: dict[str, bool] = {}  # did the cluster's CC answer its last report request?
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -100,9 +101,14 @@ class Reconciler:
     def reconcile_cluster(self, link: ClusterLink, after: int = 0, wait_s: float = 0.0) -> int:
         """Ask ``link``'s cluster for its report (waiting up to ``wait_s`` for a change) and apply it."""
         asked = time.time()
-        report = link.channel.ask(
-            c.DESCRIBE_CLUSTER, c.DescribeCluster(after=after, wait_s=wait_s), timeout=wait_s + 30.0
-        )
+        try:
+            report = link.channel.ask(
+                c.DESCRIBE_CLUSTER, c.DescribeCluster(after=after, wait_s=wait_s), timeout=wait_s + 30.0
+            )
+        except Exception:
+            self._cluster_alive[link.name] = False
+            raise
+        self._cluster_alive[link.name] = any(node.alive for node in report.nodes)
         by_node = self.records.live_by_node(link.name)
         for node in report.nodes:
             self._node_alive[node.name] = node.alive
@@ -212,6 +218,10 @@ class Reconciler:
     def node_health(self) -> dict[str, bool]:
         """Whether each node answered its cluster controller at the last reconcile pass."""
         return dict(self._node_alive)
+
+    def cluster_health(self) -> dict[str, bool]:
+        """Whether each cluster's CC answered the last reconcile pass with at least one live node."""
+        return dict(self._cluster_alive)
 
     def unknown_vms(self) -> list[dict[str, Any]]:
         return [

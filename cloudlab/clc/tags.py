@@ -1,4 +1,4 @@
-"""EC2 tags: key/value labels on the cloud's resources (instances, images, groups, key pairs, addresses).
+"""EC2 tags: key/value labels on the cloud's resources (instances, images, groups, key pairs, addresses, VPCs, ...).
 
 A tag belongs to a resource, and so to the resource's owner: a user sees and changes the tags of
 their own resources only (an admin, of all). The kind of a resource follows from its id's prefix,
@@ -60,6 +60,19 @@ KINDS: dict[str, ResourceKind] = {
     "vol": ResourceKind("volume", "volumes", "volume_id", "volume", "InvalidVolume.NotFound"),
     "snap": ResourceKind("snapshot", "snapshots", "snapshot_id", "snapshot", "InvalidSnapshot.NotFound"),
     "r": ResourceKind("reservation", "reservations", "reservation_id", "reservation", "InvalidReservationID.NotFound"),
+    "vpc": ResourceKind("vpc", "vpcs", "vpc_id", "vpc", "InvalidVpcID.NotFound"),
+    "subnet": ResourceKind("subnet", "subnets", "subnet_id", "subnet", "InvalidSubnetID.NotFound"),
+    "igw": ResourceKind(
+        "internet-gateway", "internet_gateways", "gateway_id", "internetGateway", "InvalidInternetGatewayID.NotFound"
+    ),
+    "rtb": ResourceKind("route-table", "vpcs", "route_table_id", "routeTable", "InvalidRouteTableID.NotFound"),
+    "eni": ResourceKind(
+        "network-interface",
+        "network_interfaces",
+        "interface_id",
+        "network interface",
+        "InvalidNetworkInterfaceID.NotFound",
+    ),
 }
 
 

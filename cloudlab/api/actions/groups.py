@@ -1,4 +1,4 @@
-"""Security group actions: create, delete, describe, and authorize/revoke ingress rules.
+"""Security group actions: create, delete, describe, and authorize/revoke ingress and egress rules.
 
 Authorize and Revoke take EC2's ``IpPermissions`` or the older flat form (``IpProtocol``,
 ``FromPort``, ``ToPort``, ``CidrIp``, ``SourceSecurityGroupName``/``SourceSecurityGroupOwnerId`` at
@@ -25,6 +25,7 @@ GROUP_FILTERS: dict[str, filters.Getter] = {
     "group-name": lambda g: g["GroupName"],
     "description": lambda g: g["Description"],
     "owner-id": lambda g: g["OwnerId"],
+    "vpc-id": lambda g: g.get("VpcId"),
     "ip-permission.protocol": lambda g: _all(g["IpPermissions"], lambda p: [p["IpProtocol"]]),
     "ip-permission.from-port": lambda g: _all(g["IpPermissions"], lambda p: [p.get("FromPort")]),
     "ip-permission.to-port": lambda g: _all(g["IpPermissions"], lambda p: [p.get("ToPort")]),
@@ -35,17 +36,16 @@ GROUP_FILTERS: dict[str, filters.Getter] = {
     "ip-permission.group-name": lambda g: _all(
         g["IpPermissions"], lambda p: [u.get("GroupName") for u in p["UserIdGroupPairs"]]
     ),
+    "egress.ip-permission.protocol": lambda g: _all(g["IpPermissionsEgress"], lambda p: [p["IpProtocol"]]),
+    "egress.ip-permission.from-port": lambda g: _all(g["IpPermissionsEgress"], lambda p: [p.get("FromPort")]),
+    "egress.ip-permission.to-port": lambda g: _all(g["IpPermissionsEgress"], lambda p: [p.get("ToPort")]),
+    "egress.ip-permission.cidr": lambda g: _all(
+        g["IpPermissionsEgress"], lambda p: [r["CidrIp"] for r in p["IpRanges"]]
+    ),
+    "egress.ip-permission.group-id": lambda g: _all(
+        g["IpPermissionsEgress"], lambda p: [u["GroupId"] for u in p["UserIdGroupPairs"]]
+    ),
 }
-
-ALLOW_ALL_EGRESS = [
-    {
-        "IpProtocol": "-1",
-        "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
-        "UserIdGroupPairs": [],
-        "Ipv6Ranges": [],
-        "PrefixListIds": [],
-    }
-]
 
 
 def _permissions(rules: tuple[Rule, ...], owners: dict[str, str], names: dict[str, str]) -> list[dict[str, Any]]:
@@ -91,8 +91,9 @@ def _group(group: Group, owners: dict[str, str], names: dict[str, str]) -> dict[
         "GroupName": group.name,
         "Description": group.description,
         "OwnerId": owners.get(group.owner, ""),
+        "VpcId": group.vpc_id,
         "IpPermissions": _permissions(group.rules, owners, names),
-        "IpPermissionsEgress": ALLOW_ALL_EGRESS,
+        "IpPermissionsEgress": _permissions(group.egress, owners, names),
     }
 
 
@@ -153,7 +154,7 @@ def _rule_items(rules: list[Rule], owners: dict[str, str], owner: str) -> list[d
                 "SecurityGroupRuleId": rule.rule_id,
                 "GroupId": rule.group_id,
                 "GroupOwnerId": owners.get(owner),
-                "IsEgress": False,
+                "IsEgress": rule.egress,
                 "IpProtocol": rule.protocol,
                 "FromPort": rule.from_port if rule.from_port is not None else -1,
                 "ToPort": rule.to_port if rule.to_port is not None else -1,
@@ -173,7 +174,11 @@ def _rule_items(rules: list[Rule], owners: dict[str, str], owner: str) -> list[d
 @action("CreateSecurityGroup")
 def create_security_group(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     group_id = ctx.clc.service(SecurityGroups).create(
-        ctx.user, req["GroupName"], req["Description"], tag_specifications=req.get("TagSpecifications")
+        ctx.user,
+        req["GroupName"],
+        req["Description"],
+        tag_specifications=req.get("TagSpecifications"),
+        vpc_id=req.get("VpcId"),
     )
     return {"GroupId": group_id}
 
@@ -211,5 +216,22 @@ def revoke_security_group_ingress(ctx: Context, req: dict[str, Any]) -> dict[str
     rule_ids = req.get("SecurityGroupRuleIds") or []
     ctx.clc.service(SecurityGroups).revoke_ingress(
         ctx.user, _target(req), _ip_permissions(req, required=not rule_ids), rule_ids
+    )
+    return {"Return": True}
+
+
+@action("AuthorizeSecurityGroupEgress")
+def authorize_security_group_egress(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    service = ctx.clc.service(SecurityGroups)
+    rules = service.authorize(ctx.user, _target(req), _ip_permissions(req), egress=True)
+    owner = service.owner_of(rules[0].group_id) if rules else None
+    return {"Return": True, "SecurityGroupRules": _rule_items(rules, owner_ids(ctx), owner or ctx.user.name)}
+
+
+@action("RevokeSecurityGroupEgress")
+def revoke_security_group_egress(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    rule_ids = req.get("SecurityGroupRuleIds") or []
+    ctx.clc.service(SecurityGroups).revoke(
+        ctx.user, _target(req), _ip_permissions(req, required=not rule_ids), rule_ids, egress=True
     )
     return {"Return": True}

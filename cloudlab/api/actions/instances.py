@@ -38,11 +38,34 @@ INSTANCE_FILTERS: dict[str, filters.Getter] = {
 }
 
 
+def _network_of(req: dict[str, Any]) -> tuple[str | None, str | None, list[str] | None]:
+    """(subnet, private address, group ids) from ``SubnetId``/``PrivateIpAddress``/``SecurityGroupIds`` or,
+    as EC2 also takes them, from the one entry of ``NetworkInterfaces``."""
+    interfaces = req.get("NetworkInterfaces") or []
+    if not interfaces:
+        return req.get("SubnetId"), req.get("PrivateIpAddress"), req.get("SecurityGroupIds")
+    if len(interfaces) > 1 or (interfaces[0].get("DeviceIndex") or 0) != 0:
+        raise ApiError("InvalidParameterValue", "cloudlab instances have one network interface (DeviceIndex 0)")
+    [nic] = interfaces
+    if nic.get("NetworkInterfaceId"):
+        raise ApiError("InvalidParameterValue", "cloudlab makes each instance's interface: give SubnetId, not an eni")
+    if req.get("SubnetId") or req.get("SecurityGroupIds") or req.get("SecurityGroups") or req.get("PrivateIpAddress"):
+        raise ApiError(
+            "InvalidParameterCombination",
+            "Network interfaces and an instance-level subnet, security groups or private IP address may not be"
+            " specified on the same request",
+        )
+    addresses = [a["PrivateIpAddress"] for a in nic.get("PrivateIpAddresses") or [] if a.get("Primary", True)]
+    private_ip = nic.get("PrivateIpAddress") or (addresses[0] if addresses else None)
+    return nic.get("SubnetId"), private_ip, nic.get("Groups")
+
+
 @action("RunInstances")
 def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     if not req.get("ImageId"):  # optional in the model (for launch templates, which this cloud has not)
         raise ApiError("MissingParameter", "The request must contain the parameter ImageId")
     placement = req.get("Placement") or {}
+    subnet_id, private_ip, group_ids = _network_of(req)
     result = ctx.clc.run_instances(
         ctx.user,
         req["ImageId"],
@@ -54,8 +77,10 @@ def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         user_data=req.get("UserData"),
         key_name=req.get("KeyName"),
         security_groups=req.get("SecurityGroups"),
-        security_group_ids=req.get("SecurityGroupIds"),
+        security_group_ids=group_ids,
         tag_specifications=req.get("TagSpecifications"),
+        subnet_id=subnet_id,
+        private_ip=private_ip,
         block_device_mappings=req.get("BlockDeviceMappings"),
     )
     answer = views.reservation(result["reservation_id"], ctx.user.user_id, result["instances"])

@@ -14,17 +14,21 @@ from cloudlab.clc.regions import zone_id
 
 @action("DescribeAvailabilityZones")
 def describe_availability_zones(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    health = ctx.clc.cluster_health()
     items = [
         {
             "ZoneName": z["zone"],
             "ZoneId": zone_id(z["region"], z["zone"]),
-            "State": "available",
+            # a zone is up while its cluster controller answers with a live node (not yet asked: up)
+            "State": "available" if health.get(z["cluster"], True) else "unavailable",
             "RegionName": z["region"],
             "ZoneType": "availability-zone",
             "GroupName": z["region"],
             "NetworkBorderGroup": z["region"],
             "OptInStatus": "opt-in-not-required",
-            "Messages": [],
+            "Messages": []
+            if health.get(z["cluster"], True)
+            else [{"Message": f"cluster {z['cluster']} does not answer, or has no live node"}],
         }
         for z in ctx.clc.zones()
     ]

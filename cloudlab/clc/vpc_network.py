@@ -1,0 +1,115 @@
+"""VPC subnets as the cluster network plumbs them: a segment per subnet, a router per VPC, in each cluster.
+
+In a cluster whose network plumbs VPCs (``network_model: vpc`` in ``cloud.json``), every subnet with
+instances there gets a slot, and so a layer-2 segment (VLAN ``FIRST_SUBNET_VLAN + slot``: a bridge on
+``direct``, a VLAN of the switches on ``vde``), and every VPC a router of its own (a namespace holding
+its subnets' gateways, the network address + 1, and its metadata service). VPCs never share a router,
+so their ranges may overlap and they cannot reach each other. This module decides and records, from
+the database alone (so a restarted cloud rebuilds the same network); the cluster controller builds.
+
+Not plumbed yet in this model (they work in Eucalyptus' managed mode): security-group filtering
+between instances, elastic addresses and traffic out of the VPC.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+import time
+from typing import Any
+
+from cloudlab.contract import FIRST_SUBNET_VLAN, NicPlan, SubnetSegment, VpcRouter
+from cloudlab.errors import CloudError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vpc_routers (
+    cluster TEXT NOT NULL, vpc_id TEXT NOT NULL, slot INTEGER NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (cluster, vpc_id), UNIQUE (cluster, slot));
+CREATE TABLE IF NOT EXISTS subnet_segments (
+    cluster TEXT NOT NULL, subnet_id TEXT NOT NULL, slot INTEGER NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (cluster, subnet_id), UNIQUE (cluster, slot));
+"""
+
+#: Segments per cluster: VLANs FIRST_SUBNET_VLAN .. +MAX_SEGMENTS-1 (and as many gateway ports on a VDE switch).
+MAX_SEGMENTS = 64
+MAX_ROUTERS = 1024
+_LIVE = "('pending', 'running', 'stopping', 'stopped', 'shutting-down')"
+
+
+def _slot(db: sqlite3.Connection, table: str, key: str, cluster: str, value: str, limit: int) -> int:
+    row = db.execute(f"SELECT slot FROM {table} WHERE cluster=? AND {key}=?", (cluster, value)).fetchone()
+    if row is not None:
+        return int(row["slot"])
+    used = {r["slot"] for r in db.execute(f"SELECT slot FROM {table} WHERE cluster=?", (cluster,))}
+    slot = next((s for s in range(limit) if s not in used), None)
+    if slot is None:
+        raise CloudError(
+            "InsufficientFreeAddressesInSubnet",
+            f"cluster {cluster} has room for {limit} {'subnets' if key == 'subnet_id' else 'VPCs'} with instances,"
+            " all in use",
+        )
+    db.execute(
+        f"INSERT INTO {table} (cluster, {key}, slot, created) VALUES (?,?,?,?)", (cluster, value, slot, time.time())
+    )
+    return slot
+
+
+class VpcNetworks:
+    """Segments and routers of VPC subnets, per cluster (``clc.service(VpcNetworks)``)."""
+
+    def __init__(self, clc: Any) -> None:
+        self.store = clc.store
+        self.store.ensure_schema(SCHEMA)
+
+    def allocate(self, db: sqlite3.Connection, cluster: str, vpc_id: str, subnet_id: str) -> None:
+        """Give the subnet its segment and its VPC its router in ``cluster`` (inside RunInstances' transaction)."""
+        _slot(db, "vpc_routers", "vpc_id", cluster, vpc_id, MAX_ROUTERS)
+        _slot(db, "subnet_segments", "subnet_id", cluster, subnet_id, MAX_SEGMENTS)
+
+    def nic(self, instance_id: str) -> NicPlan | None:
+        """The NIC of a VPC instance whose cluster plumbs its subnet (None otherwise)."""
+        row = self.store.one(
+            "SELECT n.*, s.cidr, g.slot FROM network_interfaces n JOIN subnets s ON s.subnet_id = n.subnet_id"
+            " JOIN instances i ON i.instance_id = n.instance_id"
+            " JOIN subnet_segments g ON g.subnet_id = n.subnet_id AND g.cluster = i.cluster WHERE n.instance_id=?",
+            (instance_id,),
+        )
+        if row is None:
+            return None
+        net = ipaddress.IPv4Network(row["cidr"])
+        return NicPlan(
+            instance_id,
+            row["subnet_id"],
+            FIRST_SUBNET_VLAN + row["slot"],
+            f"{row['private_ip']}/{net.prefixlen}",
+            str(net.network_address + 1),
+            row["mac"],
+        )
+
+    def routers(self, cluster: str) -> tuple[VpcRouter, ...]:
+        """Every VPC router of ``cluster`` with its subnets' segments (for the network plan)."""
+        routers = self.store.query("SELECT vpc_id, slot FROM vpc_routers WHERE cluster=? ORDER BY slot", (cluster,))
+        segments = self.store.query(
+            "SELECT g.subnet_id, g.slot, s.cidr, s.vpc_id FROM subnet_segments g JOIN subnets s"
+            " ON s.subnet_id = g.subnet_id WHERE g.cluster=? ORDER BY g.slot",
+            (cluster,),
+        )
+        by_vpc: dict[str, list[SubnetSegment]] = {}
+        for seg in segments:
+            net = ipaddress.IPv4Network(seg["cidr"])
+            by_vpc.setdefault(seg["vpc_id"], []).append(
+                SubnetSegment(
+                    seg["subnet_id"], FIRST_SUBNET_VLAN + seg["slot"], seg["cidr"], str(net.network_address + 1)
+                )
+            )
+        return tuple(VpcRouter(r["vpc_id"], r["slot"], tuple(by_vpc.get(r["vpc_id"], ()))) for r in routers)
+
+    def instance_at(self, cluster: str, vpc_id: str, private_ip: str) -> dict[str, Any] | None:
+        """The live instance of ``vpc_id`` in ``cluster`` at ``private_ip`` (for its VPC's metadata service)."""
+        row = self.store.one(
+            "SELECT i.* FROM network_interfaces n JOIN instances i ON i.instance_id = n.instance_id"
+            f" WHERE n.vpc_id=? AND n.private_ip=? AND i.cluster=? AND i.state IN {_LIVE}"
+            " ORDER BY i.launch_time DESC LIMIT 1",
+            (vpc_id, private_ip, cluster),
+        )
+        return dict(row) if row is not None else None

@@ -1,0 +1,108 @@
+"""The clusters of a running cloud service: each one's CC, endpoint, network and metadata services.
+
+Split from :mod:`cloudlab.service` so that the service reads as its start and stop sequence. A cloud has
+``clusters`` clusters (``cloud.json``); the first one's network is named after the state folder, the others
+``<prefix>-c<n>``, inside the first's prefix, so that the first's sweep also finds what they left.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudlab.cc.cluster import ClusterController
+from cloudlab.config import CloudConfig
+from cloudlab.paths import StateLayout
+from cloudlab.rpc import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterRuntime:
+    """One cluster of the cloud as the service runs it: its CC, the CC's endpoint, its network, its nodes."""
+
+    index: int
+    name: str
+    zone: str
+    nodes: list[str]
+    cc: ClusterController
+    dispatcher: Dispatcher
+    server: Any
+    url: str
+    network: Any = None  # cloudlab.cc.network.ClusterNetwork when the cluster has one
+    metadata_server: Any = None
+    vpc_metadata_servers: dict[str, Any] = field(default_factory=dict)  # vpc id -> its router's metadata server
+
+    def stop_metadata(self) -> None:
+        for server in [self.metadata_server, *self.vpc_metadata_servers.values()]:
+            if server is not None:
+                server.stop()
+
+
+def build_network(layout: StateLayout, config: CloudConfig, index: int, name: str) -> Any:
+    """The network of the ``index``-th cluster, checked and built."""
+    from cloudlab.cc.network import ClusterNetwork
+
+    if index == 0:
+        network = ClusterNetwork.for_cloud(config, layout)
+    else:
+        run_dir = layout.network_run_dir
+        network = ClusterNetwork(
+            name,
+            config.network,
+            prefix=f"{layout.network_prefix}-c{index + 1}",
+            nodes=config.node_names(index),
+            subnet=config.subnet,
+            underlay="auto",
+            run_dir=run_dir.with_name(f"{run_dir.name}{index + 1}"),
+            cable=config.cable,
+        )
+    network.check(config.public_pool)
+    network.build()
+    log.info("cluster %s: %s network built (outside namespace %s)", name, config.network, network.outside)
+    return network
+
+
+def start_metadata_services(clc: Any, runtime: ClusterRuntime) -> None:
+    """The EC2 metadata service on 169.254.169.254:80 inside the cluster's outside namespace, and one in
+    each VPC router the network makes from now on."""
+    from cloudlab.clc.network import InstanceNetworks
+    from cloudlab.net import netns
+    from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
+
+    networks = clc.service(InstanceNetworks)
+    cluster = runtime.name
+
+    def lookup(address: str) -> InstanceMetadata | None:
+        found = networks.metadata(cluster, address)
+        return None if found is None else InstanceMetadata(**found)
+
+    with netns.entered(runtime.network.outside):
+        sock = listen_socket()
+    runtime.metadata_server = MetadataServer(lookup, sock)
+    runtime.metadata_server.start()
+    runtime.network.vpc_routers.on_router = lambda vpc_id, ns: start_vpc_metadata_service(clc, runtime, vpc_id, ns)
+
+
+def start_vpc_metadata_service(clc: Any, runtime: ClusterRuntime, vpc_id: str, namespace: str) -> None:
+    """The metadata service of one VPC, in its router's namespace (VPCs' ranges may overlap)."""
+    from cloudlab.clc.network import InstanceNetworks
+    from cloudlab.net import netns
+    from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
+
+    networks = clc.service(InstanceNetworks)
+    cluster = runtime.name
+
+    def lookup(address: str) -> InstanceMetadata | None:
+        found = networks.vpc_metadata(cluster, vpc_id, address)
+        return None if found is None else InstanceMetadata(**found)
+
+    old = runtime.vpc_metadata_servers.pop(vpc_id, None)
+    if old is not None:
+        old.stop()
+    with netns.entered(namespace):
+        sock = listen_socket()
+    server = runtime.vpc_metadata_servers[vpc_id] = MetadataServer(lookup, sock)
+    server.start()
