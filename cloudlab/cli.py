@@ -89,6 +89,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ("nat_node", "nat_nodes"),
         ("cable", "cable"),
         ("region", "region"),
+        ("launch", "launch"),
     ):
         value = getattr(args, option)
         if value is not None:
@@ -656,6 +657,8 @@ def cmd_nc(args: argparse.Namespace) -> int:
         accel=args.accel,
         accel_cache=cache_dir() / "accel.json",
         advertise=args.advertise,
+        launch=args.launch,
+        template_nic=args.template_nic,
     )
     return 0
 
@@ -700,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)"
     )
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], help="accelerator (default auto: probe KVM, else TCG)")
+    p.add_argument("--launch", choices=["restore", "boot"], help="restore booted templates (default) or boot cold")
     p.add_argument("--node-vcpus", type=_positive, metavar="N", help="vCPUs each node offers")
     p.add_argument("--node-memory", type=_positive, metavar="MIB", help="memory (MiB) each node offers")
     p.add_argument(
@@ -888,6 +892,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vcpus", type=_positive, help="vCPUs to offer")
     p.add_argument("--memory", type=_positive, help="memory (MiB) to offer")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    p.add_argument("--launch", choices=["restore", "boot"], default="restore", help="restore templates or boot cold")
+    p.add_argument("--template-nic", action="store_true", help="build the start-up template with a NIC")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_nc)
     return parser

@@ -30,6 +30,7 @@ class CloudConfig:
     # internet; NAT into the cloud's own namespaces arrives with the networking issue.
     public_pool: str = "198.51.100.0/24"  # where the cluster controller listens for node controllers
     accel: str = "auto"
+    launch: str = "restore"  # node controllers restore booted templates (cloudlab/nc/templates.py) or "boot"
     node_vcpus: int | None = None
     node_memory_mb: int | None = None
     heartbeat_s: float = 1.0
