@@ -3,8 +3,12 @@ the cloud serves again within a bounded time and that nothing was lost or counte
 
 Clients launch, describe and terminate real TCG instances all along (bounded in count and time). In
 turn we kill -9 the service (and start it again, as a user would with ``cloudlab up``), a node
-controller (its supervisor restarts it) and a QEMU (its instance ends as vanished). After each fault:
-- the API answers again, and every node is alive again, within ``RECOVERY_S``;
+controller (its supervisor restarts it), a QEMU (its instance ends as vanished), a VDE switch and a VDE
+cable (the cloud runs on two hosts joined by a cable, the second behind a NAT). After each fault:
+- the API answers again, every node is alive again and the network is healthy again, within ``RECOVERY_S``;
+- two witness instances (one per host), launched before the first fault, are the same guests after the last
+  one, and answer on their private addresses from the router after each (the service's kill rebuilt the
+  network around them);
 - every instance RunInstances returned is described, in a state EC2 has;
 - the ledger holds, for every instance, a path through EC2's state machine: each change once, in order;
 - usage equals a recount from the ledger (billed seconds are the seconds spent ``running``);
@@ -32,6 +36,7 @@ from cloudlab import control, processes
 from cloudlab.clc.states import STATE_CODES, TRANSITIONS
 from cloudlab.clc.store import Store
 from cloudlab.clc.usage import usage_report
+from cloudlab.net import links
 from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, vm_requirements
 
@@ -140,14 +145,68 @@ def kill_node_controller(cloud: RunningCloud) -> None:
 
 
 def kill_qemu(cloud: RunningCloud) -> None:
-    pids = wait_until(lambda: control.leftover_qemu(cloud.layout), 120, what="a QEMU to kill")
+    witnesses = set(witness_pids(cloud).values())
+    pids = wait_until(
+        lambda: [p for p in control.leftover_qemu(cloud.layout) if p not in witnesses], 120, what="a QEMU to kill"
+    )
     os.kill(pids[0], signal.SIGKILL)
+
+
+def network_detail(cloud: RunningCloud) -> dict | None:
+    try:
+        info = control.endpoint(cloud.layout)
+        status = RunningCloud(cloud.layout, info).status() if info else None
+    except Exception:
+        return None
+    return status["clusters"][0].get("network_detail") if status else None
+
+
+def network_process(cloud: RunningCloud, role: str) -> int:
+    detail = wait_until(lambda: network_detail(cloud), 30, what="the network's status")
+    return next(p["pid"] for p in detail["processes"] if p["role"] == role)
+
+
+def kill_switch(cloud: RunningCloud) -> None:
+    os.kill(network_process(cloud, "switch node-02"), signal.SIGKILL)
+
+
+def kill_cable(cloud: RunningCloud) -> None:
+    os.kill(network_process(cloud, "cable node-02"), signal.SIGKILL)
+
+
+def network_healthy(cloud: RunningCloud) -> bool:
+    detail = network_detail(cloud)
+    return bool(detail and detail["healthy"])
+
+
+WITNESSES: list[str] = []  # instances launched before the first fault, one per host, never terminated
+
+
+def witness_pids(cloud: RunningCloud) -> dict[str, int]:
+    """The witnesses' QEMUs (the QEMU fault never picks them)."""
+    found = {}
+    for pid in control.leftover_qemu(cloud.layout):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        for instance_id in WITNESSES:
+            if instance_id.encode() in cmdline:
+                found[instance_id] = pid
+    return found
+
+
+def pings(cloud: RunningCloud, address: str) -> bool:
+    """Whether ``address`` answers from the router's namespace (bounded: 2 echo requests, 1 s each)."""
+    return links.ping(cloud.layout.outside_namespace, address, count=2, timeout=1.0) > 0
 
 
 FAULTS: list[tuple[str, Callable[[RunningCloud], None]]] = [
     ("service", kill_service),
     ("node controller", kill_node_controller),
     ("qemu", kill_qemu),
+    ("switch", kill_switch),
+    ("cable", kill_cable),
 ]
 
 
@@ -193,7 +252,20 @@ def recount_running_seconds(database: Path, now: float) -> float:
 def test_the_cloud_recovers_from_each_kill_and_loses_nothing(cloud_factory: Callable[..., RunningCloud]) -> None:
     if reason := vm_requirements():
         pytest.skip(reason)
-    cloud = cloud_factory("chaos", nodes=2)
+    cloud = cloud_factory("chaos", nodes=2, network="vde", nat_nodes=["node-02"], scheduler="ROUNDROBIN")
+    ec2 = cloud.ec2()
+    group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="icmp", FromPort=-1, ToPort=-1, CidrIp="0.0.0.0/0")
+    witnesses = ec2.run_instances(ImageId=default_image(ec2), MinCount=2, MaxCount=2)["Instances"]
+    WITNESSES[:] = [w["InstanceId"] for w in witnesses]
+    addresses = [w["PrivateIpAddress"] for w in witnesses]
+
+    def witnesses_answer() -> bool:
+        return all(pings(cloud, address) for address in addresses)
+
+    wait_until(witnesses_answer, 180, what="the witnesses to answer")
+    witness_qemus = witness_pids(cloud)
+    assert set(witness_qemus) == set(WITNESSES)
     clients = Clients(cloud)
     clients.start()
     recovery: dict[str, dict[str, float]] = {}
@@ -205,7 +277,14 @@ def test_the_cloud_recovers_from_each_kill_and_loses_nothing(cloud_factory: Call
             wait_until(lambda: serving(cloud), RECOVERY_S, what=f"the API to answer after the {name} kill")
             answering = time.monotonic() - started
             wait_until(lambda: nodes_alive(cloud, 2), RECOVERY_S, what=f"every node alive after the {name} kill")
-            recovery[name] = {"api_s": round(answering, 2), "nodes_s": round(time.monotonic() - started, 2)}
+            nodes_s = time.monotonic() - started
+            wait_until(lambda: network_healthy(cloud), RECOVERY_S, what=f"a healthy network after the {name} kill")
+            wait_until(witnesses_answer, RECOVERY_S, what=f"the witnesses to answer after the {name} kill")
+            recovery[name] = {
+                "api_s": round(answering, 2),
+                "nodes_s": round(nodes_s, 2),
+                "network_s": round(time.monotonic() - started, 2),
+            }
             launched = len(clients.launched)  # the clients carry on with the recovered cloud
             wait_until(lambda n=launched: len(clients.launched) > n, RECOVERY_S, what=f"a launch after the {name} kill")
     finally:
@@ -214,6 +293,8 @@ def test_the_cloud_recovers_from_each_kill_and_loses_nothing(cloud_factory: Call
     ec2 = cloud.ec2()
     described = {i["InstanceId"]: i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
     assert clients.launched <= set(described), clients.launched - set(described)
+    assert {described[w]["State"]["Name"] for w in WITNESSES} == {"running"}
+    assert witness_pids(cloud) == witness_qemus  # the very same guests, through every fault
     assert {i["State"]["Name"] for i in described.values()} <= set(STATE_CODES)
     paths = ledger_paths(cloud.layout.database)
     assert clients.launched <= set(paths)

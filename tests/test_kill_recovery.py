@@ -96,3 +96,61 @@ def test_up_fails_loudly_when_a_node_cannot_start(tmp_path: Path) -> None:
     assert control.service_pid(layout) is None  # nothing half up is left running
     assert not processes.node_controllers(layout)
     assert not control.leftover_qemu(layout)
+
+
+@pytest.mark.parametrize(
+    "network, nodes",
+    [("direct", 1), ("vde", 2)],
+    ids=["direct", "vde-two-hosts-one-behind-a-nat"],
+)
+def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Path, network: str, nodes: int) -> None:
+    """Finding 2: the next ``up`` rebuilt the network from scratch and so ended the guests; now it rebuilds
+    around them (host namespaces kept, router, NATs, switches and cables made again, NICs plugged in again)."""
+    from tests.test_network_cloud import _requirements, describe, launch, no_leftovers, ssh, wait_for
+
+    if reason := _requirements():
+        pytest.skip(reason)
+    extra: dict[str, Any] = {"nat_nodes": ["node-02"], "scheduler": "ROUNDROBIN"} if nodes > 1 else {}
+    cloud = start_cloud(tmp_path / "state", network=network, nodes=nodes, node_vcpus=2, node_memory_mb=512, **extra)
+    try:
+        ec2 = cloud.ec2()
+        ec2.create_key_pair(KeyName="k9")
+        group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+        ec2.authorize_security_group_ingress(
+            GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0"
+        )
+        ids = [i["InstanceId"] for i in launch(ec2, default_image(ec2), nodes, [group], "k9")]
+        probe = "hostname; cat /proc/sys/kernel/random/boot_id"
+
+        def answers() -> dict[str, list[str]] | None:
+            found = {i: ssh(cloud, i, probe, timeout=30) for i in ids}
+            if all(r.returncode == 0 for r in found.values()):
+                return {i: r.stdout.split() for i, r in found.items()}
+            return None
+
+        before = wait_for(answers, 180, "SSH to every instance")
+        assert {i: words[0] for i, words in before.items()} == {i: i for i in ids}
+        qemu_before = set(control.leftover_qemu(cloud.layout))
+
+        os.kill(control.service_pid(cloud.layout), signal.SIGKILL)
+        wait_until(lambda: control.service_pid(cloud.layout) is None, 10, what="the service to die")
+        up = subprocess.run(
+            [sys.executable, "-m", "cloudlab.cli", "--state", str(cloud.layout.root), "up"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert up.returncode == 0 and "cloud up" in up.stdout, up.stdout + up.stderr
+        cloud = RunningCloud(cloud.layout, control.endpoint(cloud.layout))
+        after = wait_for(answers, 90, "SSH to every instance after the restart")
+        assert after == before  # the same guests, never rebooted
+        assert set(control.leftover_qemu(cloud.layout)) == qemu_before
+        states = {i: d["State"]["Name"] for i, d in describe(cloud.ec2(), ids).items()}
+        assert states == {i: "running" for i in ids}
+        if nodes > 1:  # the guests reach each other again across the re-dialled cable
+            addresses = {i: d["PrivateIpAddress"] for i, d in describe(cloud.ec2(), ids).items()}
+            ping = ssh(cloud, ids[0], f"ping -c 2 -W 2 {addresses[ids[1]]}")
+            assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
+    finally:
+        control.down(cloud.layout)
+    no_leftovers(cloud)

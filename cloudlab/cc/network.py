@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cloudlab.cc import network_adoption
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
 from cloudlab.net import NetError, firewall, links, netns, vde
@@ -190,7 +191,12 @@ class ClusterNetwork:
         self.built = True
 
     def _build(self) -> None:
-        self.teardown()  # leftovers of a killed cloud with the same state folder
+        # Leftovers of a killed cloud with the same state folder: rebuilt around its guests when it has the
+        # same shape (so they survive the kill), else removed.
+        if network_adoption.adoptable(self):
+            network_adoption.clear_around_guests(self)
+        else:
+            self.teardown()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         out = self.outside
         netns.create(out)
@@ -206,6 +212,7 @@ class ClusterNetwork:
             for host in list(self.hosts.values())[1:]:
                 self._cable(first, host)
         self.apply(NetworkPlan(cluster=self.cluster))
+        network_adoption.note_built(self)
 
     def _root_veth(self) -> None:
         with IPRoute() as ipr:
@@ -328,7 +335,8 @@ class ClusterNetwork:
         first = next(iter(self.hosts.values()))
         gateway_link = f"g{vid}"
         if self.flavour == "direct":
-            links.bridge(first.namespace, f"br{vid}", vlan_filtering=False)
+            if not links.exists(first.namespace, f"br{vid}"):  # kept, with its guests' taps, by a rebuild
+                links.bridge(first.namespace, f"br{vid}", vlan_filtering=False)
             links.veth(first.namespace, f"t{vid}", self.outside, gateway_link)
             links.set_master(first.namespace, f"t{vid}", f"br{vid}")
         else:

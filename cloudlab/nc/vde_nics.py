@@ -77,6 +77,7 @@ class VdeNics:
         self.node = node
         self.replugs = 0
         self._plugs: dict[int, vde.TapPlug] = {}
+        self._in_vlan: set[int] = set()  # ports whose VLAN is set on the switch the plug is connected to
         self._lock = threading.Lock()
 
     def prepare(self, place: PlugPlace) -> str:
@@ -97,10 +98,17 @@ class VdeNics:
             self._plugs[place.port] = plug
         else:
             plug.stop()
+        self._in_vlan.discard(place.port)
         plug.start()
         links.set_master(place.netns, plug.tap, bridge_name(place.port))
         links.up(place.netns, plug.tap)
-        vde.VdeManagement(Path(place.mgmt)).set_port_vlan(place.port, place.vlan)
+        self._join_vlan(place)
+
+    def _join_vlan(self, place: PlugPlace) -> None:
+        """Put the port in the instance's VLAN: fails while a restarted switch does not have the VLAN yet."""
+        with vde.VdeManagement(Path(place.mgmt)) as management:
+            management.set_port_vlan(place.port, place.vlan)
+        self._in_vlan.add(place.port)
 
     def check(self, places: list[PlugPlace], active_ports: dict[str, set[int] | None]) -> list[str]:
         """Plug in again every running instance's NIC whose plug died or whose port the switch lost.
@@ -115,9 +123,12 @@ class VdeNics:
                 if ports is None:
                     continue
                 plug = self._plugs.get(place.port)
-                if plug is not None and plug.alive() and place.port in ports:
-                    continue
                 try:
+                    if plug is not None and plug.alive() and place.port in ports:
+                        if place.port not in self._in_vlan:
+                            self._join_vlan(place)
+                            events.append(f"port {place.port} put in VLAN {place.vlan} again")
+                        continue
                     self._plug(place)
                 except (NetError, OSError) as exc:
                     log.warning("node %s: plugging port %d in again failed: %s", self.node, place.port, exc)
@@ -131,6 +142,7 @@ class VdeNics:
         """Unplug and delete the NIC's tap and bridge (the instance is gone)."""
         with self._lock:
             plug = self._plugs.pop(place.port, None)
+            self._in_vlan.discard(place.port)
             if plug is None:
                 _end_stale_plugs(place)
                 plug = vde.TapPlug(place.sock, plug_tap_name(place.port), place.netns, port=place.port)

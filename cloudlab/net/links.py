@@ -54,6 +54,17 @@ def exists(ns: str, ifname: str) -> bool:
         return bool(ipr.link_lookup(ifname=ifname))
 
 
+def names_of_kind(ns: str, kind: str) -> list[str]:
+    """The interfaces of ``ns`` whose link kind is ``kind`` (``veth``, ``bridge``, ``tun``...)."""
+    found = []
+    with _ipr(ns) as ipr:
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == kind:
+                found.append(link.get_attr("IFLA_IFNAME"))
+    return sorted(found)
+
+
 def index(ns: str, ifname: str) -> int:
     """The ifindex of ``ifname`` in ``ns`` (NetError if absent)."""
     with _ipr(ns) as ipr:
