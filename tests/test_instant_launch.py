@@ -5,12 +5,9 @@ with no template ready boots cold. One cloud (direct network), three instances a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +15,7 @@ import pytest
 from cloudlab import control
 from cloudlab.client import connect
 from cloudlab.images.cached import default_cache_dir, find_built_image
+from cloudlab.nc.templates import find_template
 from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, start_cloud
 from tests.test_network_cloud import _requirements, no_leftovers, ssh
@@ -38,26 +36,11 @@ FACTS = (
 )
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _ready_template(memory_mb: int) -> dict[str, Any] | None:
     """The template of the default image with a NIC at ``memory_mb``, once it is built (the machine's cache)."""
     built = find_built_image()
     assert built is not None
-    kernel, ramdisk = _sha256(built.kernel), _sha256(built.ramdisk)
-    for info_file in (default_cache_dir() / "templates").glob("tpl-*/template.json"):
-        info = json.loads(info_file.read_text())
-        key = info["key"]
-        if (key["kernel_sha256"], key["ramdisk_sha256"], key["nic"], key["memory_mb"]) == (
-            kernel,
-            ramdisk,
-            True,
-            memory_mb,
-        ) and (info_file.parent / "state").is_file():
-            return info | {"name": info_file.parent.name}
-    return None
+    return find_template(default_cache_dir() / "templates", built.kernel, built.ramdisk, nic=True, memory_mb=memory_mb)
 
 
 @pytest.fixture(scope="module")

@@ -477,10 +477,12 @@ class NodeController:
         try:
             if place is not None:
                 self.vde_nics.prepare(place)
+            begun = time.monotonic()
             if template is not None:
                 dom = self._restore(dom, spec, template)
             else:
                 dom.create()
+            how = f"restored from {template.name}" if template is not None else "booted"
             if nic is not None and tap_of(dom.XMLDesc(0)) is None:
                 raise NetError(f"libvirt reported no tap for {dom.name()}")
         except (libvirt.libvirtError, NetError, OSError) as exc:
@@ -495,7 +497,10 @@ class NodeController:
             raise CloudError("InternalError", f"node {self.name} could not start {instance_id}: {exc}") from exc
         finally:
             self._starting.discard(instance_id)
-        log.info("node %s started %s (%s, %d vCPU, %d MiB)", self.name, instance_id, accel, vcpus, memory_mb)
+        log.info(
+            "node %s started %s (%s, %d vCPU, %d MiB; %s in %.2f s)",
+            *(self.name, instance_id, accel, vcpus, memory_mb, how, time.monotonic() - begun),
+        )
         return c.InstanceStarted(instance_id, node_state(dom.state()[0]), self.name, accel)
 
     def _template_for(self, spec: DomainSpec) -> Template | None:

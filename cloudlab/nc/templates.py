@@ -65,6 +65,12 @@ from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
 
+#: Bump when the way a template is made changes (part of every key, so older templates are never restored).
+TEMPLATE_FORMAT = 1
+#: ``init_on_free=1``: pages the kernel frees are zeroed, so the bootloader's copy of the initramfs and
+#: the decompressed kernel's scratch become zero pages, which a migration stream skips: 67 MiB of state
+#: instead of 106 and a load ~3× faster. The restored guest keeps zeroing what it frees (a small cost).
+TEMPLATE_ONLY_CMDLINE = "init_on_free=1"
 #: The template's MAC: never used on a wire (a restored guest sets its own before its NIC comes up).
 TEMPLATE_MAC = "52:54:00:ff:ff:fe"
 #: How long a template waits for identity before it is saved: longer than the kernel's early-boot reseed
@@ -101,6 +107,7 @@ class TemplateKey:
     accel: str
     qemu_version: int
     libvirt_version: int
+    format: int = TEMPLATE_FORMAT
 
     @property
     def name(self) -> str:
@@ -219,6 +226,20 @@ def hand_identity(path: Path, line: str, timeout_s: float = IDENTITY_TIMEOUT_S) 
         wait_until(confirmed, timeout_s, what="the guest confirming its identity", interval_s=0.01, ignore=(OSError,))
 
 
+def find_template(root: Path, kernel: Path, ramdisk: Path, *, nic: bool, memory_mb: int) -> dict[str, Any] | None:
+    """The finished template of these image files, NIC or none and size in ``root``, as its info (and
+    ``name``), or None: how a benchmark or a test waits for the one a node builds at start."""
+    want = (file_digest(kernel), file_digest(ramdisk), nic, memory_mb)
+    for info_file in root.glob(f"tpl-*/{INFO_FILE}"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            info = json.loads(info_file.read_text())
+            key = info["key"]
+            found = (key["kernel_sha256"], key["ramdisk_sha256"], key["nic"], key["memory_mb"])
+            if found == want and (info_file.parent / STATE_FILE).is_file():
+                return info | {"name": info_file.parent.name}
+    return None
+
+
 class TemplateStore:
     """The templates in one folder: finished ones, failed builds, and how to build one."""
 
@@ -270,7 +291,7 @@ class TemplateStore:
                 spec,
                 instance_id=f"cloudlab-{key.name}",
                 console_log=console,
-                cmdline=f"{spec.cmdline} {TEMPLATE_CMDLINE_OPTION}",
+                cmdline=f"{spec.cmdline} {TEMPLATE_CMDLINE_OPTION} {TEMPLATE_ONLY_CMDLINE}",
                 identity_socket=work / "identity.sock",
                 incoming=False,
                 metadata={},
@@ -408,10 +429,17 @@ class Launcher:
         would boot cold with its own command line (a reboot of the running guest does so already).
         """
         try:
+            begun = time.monotonic()
             dom.create()
+            created = time.monotonic()
             restore_state(dom, template.state)
+            resumed = time.monotonic()
             assert spec.identity_socket is not None
             hand_identity(spec.identity_socket, identity_line(spec, template))
+            log.info(
+                "node %s: %s: QEMU started in %.2f s, state loaded in %.2f s, identity taken in %.2f s",
+                *(self.node, spec.instance_id, created - begun, resumed - created, time.monotonic() - resumed),
+            )
             self.conn.defineXML(build_domain_xml(dataclasses.replace(spec, incoming=False, uuid=dom.UUIDString())))
         except (WaitTimeout, OSError) as exc:
             raise TemplateError(str(exc)) from exc

@@ -1,0 +1,153 @@
+"""Launch time (issue 13): RunInstances → boot marker and → SSH answering, for instances restored from a
+booted template against cold boots of the same image and size, measured side by side in one run.
+
+Two clouds run at once, each with one node and a direct network, one started ``--launch restore`` and
+one ``--launch boot``; after one uncounted launch each, launches alternate between them (restore, boot,
+restore, ...), one instance at a time, so a busy host slows both alike. Each instance's console says how
+it started; a "restored" launch that was booted cold (no template yet) is counted as what it was. The
+figures are medians of ``repeats`` and the ratio cold ÷ restored; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cloudlab import control
+from cloudlab.bench.stats import summarise
+from cloudlab.bench.workloads import WorkloadError, instance_remote
+from cloudlab.config import CloudConfig
+from cloudlab.guest import LAUNCH_MARKER, has_booted
+from cloudlab.images.cached import default_cache_dir, find_built_image
+from cloudlab.nc.templates import find_template
+from cloudlab.paths import StateLayout
+from cloudlab.waiting import wait_until
+
+MODES = ("restore", "boot")
+KEY_NAME = "bench-launch"
+GROUP_NAME = "bench-launch"
+
+
+def _prepare(cloud: Any) -> tuple[str, str]:
+    """A key pair and a group that lets SSH in: what every measured launch uses."""
+    ec2 = cloud.ec2
+    ec2.create_key_pair(KeyName=KEY_NAME, KeyType="ed25519")
+    group = ec2.create_security_group(GroupName=GROUP_NAME, Description="ssh for the launch benchmark")["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0")
+    return cloud.default_image(), group
+
+
+def launch_once(cloud: Any, image: str, group: str, timeout_s: float = 120) -> dict[str, Any]:
+    """One instance: seconds from the RunInstances call to the boot marker and to ``ssh true`` succeeding."""
+    ec2 = cloud.ec2
+    started = time.monotonic()
+    reply = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.micro", KeyName=KEY_NAME, SecurityGroupIds=[group]
+    )
+    instance_id = reply["Instances"][0]["InstanceId"]
+    try:
+        console = wait_until(
+            lambda: (
+                (text := ec2.get_console_output(InstanceId=instance_id).get("Output") or "")
+                and has_booted(text)
+                and text
+            ),
+            timeout_s,
+            what=f"{instance_id}'s boot marker",
+            interval_s=0.05,
+        )
+        marker_s = time.monotonic() - started
+        remote = wait_until(
+            lambda: instance_remote(cloud, instance_id), 30, what=f"{instance_id} running", ignore=(WorkloadError,)
+        )
+        remote.connect_timeout = 2
+        wait_until(
+            lambda: remote.run("true", timeout=10).returncode == 0,
+            timeout_s,
+            what=f"SSH answering on {instance_id}",
+            interval_s=0.05,
+        )
+        ssh_s = time.monotonic() - started
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+        cloud.wait_state([instance_id], "terminated", timeout=60)
+    line = next((ln for ln in console.splitlines() if ln.startswith(LAUNCH_MARKER)), "")
+    return {
+        "instance": instance_id,
+        "marker_s": round(marker_s, 4),
+        "ssh_s": round(ssh_s, 4),
+        "started_by": "restore" if "restored from template" in line else "boot",
+        "launch_line": line.strip(),
+    }
+
+
+def run_launch_benchmark(workdir: Path, repeats: int = 10, progress: Callable[[str], None] | None = None) -> dict:
+    """Restore against cold boot, interleaved; per-launch rows and the medians' ratio."""
+    from cloudlab.client import connect
+
+    say = progress or (lambda _m: None)
+    built = find_built_image()
+    if built is None:
+        raise RuntimeError("the default image is not built: run 'cloudlab image build'")
+    layouts = {mode: StateLayout(workdir / f"launch-{mode}") for mode in MODES}
+    clouds: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for mode, layout in layouts.items():
+            config = CloudConfig(api_port=0, network="direct", launch=mode, node_vcpus=4, node_memory_mb=1024)
+            control.up(layout, config, timeout_s=180)
+            clouds[mode] = connect(str(layout.root), progress=False)
+        prepared = {mode: _prepare(cloud) for mode, cloud in clouds.items()}
+        say("launch: waiting for the restore cloud's node to build its template")
+        started = time.monotonic()
+        template = wait_until(
+            lambda: find_template(
+                default_cache_dir() / "templates", built.kernel, built.ramdisk, nic=True, memory_mb=256
+            ),
+            300,
+            what="the start-up template",
+            interval_s=0.5,
+        )
+        say(f"launch: template {template['name']} ready ({time.monotonic() - started:.1f} s waited)")
+        for mode in MODES:  # each cloud's first launch also sets up its network's gateway: not counted
+            launch_once(clouds[mode], *prepared[mode])
+        for repeat in range(repeats):
+            for mode in MODES:
+                image, group = prepared[mode]
+                row = launch_once(clouds[mode], image, group)
+                rows.append({"mode": mode, "repeat": repeat, **row})
+                say(
+                    f"launch {mode} {repeat + 1}/{repeats}: marker {row['marker_s']:.2f} s, ssh {row['ssh_s']:.2f} s"
+                    f" ({row['started_by']})"
+                )
+    finally:
+        for layout in layouts.values():
+            control.down(layout)
+    result: dict[str, Any] = {"repeats": repeats, "template": template["name"], "template_build_s": template["build_s"]}
+    for mode in MODES:
+        mine = [r for r in rows if r["mode"] == mode]
+        result[mode] = {
+            "marker_s": summarise([r["marker_s"] for r in mine]),
+            "ssh_s": summarise([r["ssh_s"] for r in mine]),
+            "started_as_asked": sum(r["started_by"] == mode for r in mine),
+        }
+    for what in ("marker_s", "ssh_s"):
+        result[f"ratio_boot_to_restore_{what[:-2]}"] = round(
+            result["boot"][what]["median"] / result["restore"][what]["median"], 3
+        )
+    result["rows"] = rows
+    return result
+
+
+def report_lines(result: dict[str, Any]) -> list[str]:
+    restore, boot = result["restore"], result["boot"]
+    n = result["repeats"]
+    return [
+        f"RunInstances→SSH answering, restored (median)  {restore['ssh_s']['median']:7.2f} s"
+        f"  {boot['ssh_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_ssh']:<6} < 1 s, ≥ 4×",
+        f"RunInstances→boot marker, restored (median)    {restore['marker_s']['median']:7.2f} s"
+        f"  {boot['marker_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_marker']:<6}",
+        f"  launches started as asked: restore {restore['started_as_asked']}/{n}, boot {boot['started_as_asked']}/{n}",
+    ]
