@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             from cloudlab.client import connect
 
             layout = StateLayout(Path(tmp) / "state")
-            info = control.up(layout, CloudConfig(api_port=0), timeout_s=120)
+            # cold boots against QEMU by hand (part launch measures restored launches against cold boots)
+            info = control.up(layout, CloudConfig(api_port=0, launch="boot"), timeout_s=120)
             try:
                 cloud = connect(str(layout.root))
                 deadline = time.monotonic() + 60

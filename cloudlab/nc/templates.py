@@ -71,6 +71,8 @@ TEMPLATE_FORMAT = 1
 #: the decompressed kernel's scratch become zero pages, which a migration stream skips: 67 MiB of state
 #: instead of 106 and a load ~3× faster. The restored guest keeps zeroing what it frees (a small cost).
 TEMPLATE_ONLY_CMDLINE = "init_on_free=1"
+#: The name of every template's domain begins so (``control.leftover_qemu`` tells them from instances by it).
+TEMPLATE_DOMAIN_PREFIX = "cloudlab-tpl-"
 #: The template's MAC: never used on a wire (a restored guest sets its own before its NIC comes up).
 TEMPLATE_MAC = "52:54:00:ff:ff:fe"
 #: How long a template waits for identity before it is saved: longer than the kernel's early-boot reseed
@@ -209,12 +211,12 @@ def hand_identity(path: Path, line: str, timeout_s: float = IDENTITY_TIMEOUT_S) 
     """Write ``line`` into the guest's identity port until the guest confirms it.
 
     A line written just as the guest resumes can be lost inside QEMU's virtio-serial port, so it is
-    written again every 0.2 s until the guest answers :data:`IDENTITY_ACK` (a second copy the guest never
+    written again every 0.05 s until the guest answers :data:`IDENTITY_ACK` (a second copy the guest never
     reads is harmless: the port is read once per boot).
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         wait_until(lambda: sock.connect(str(path)) or True, 5.0, what=f"QEMU listening on {path}", ignore=(OSError,))
-        sock.settimeout(0.2)
+        sock.settimeout(0.05)
         got = bytearray()
 
         def confirmed() -> bool:
@@ -281,15 +283,16 @@ class TemplateStore:
             found = self.ready(key)
             if found is not None:
                 return found
+            for stale in self.root.glob(f".{key.name}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed build; we hold the lock
             work = self.root / f".{key.name}.{os.getpid()}.tmp"
-            shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
             started = time.monotonic()
             console = work / "console.log"
             console.write_bytes(b"")
             template_spec = dataclasses.replace(
                 spec,
-                instance_id=f"cloudlab-{key.name}",
+                instance_id=f"cloudlab-{key.name}",  # TEMPLATE_DOMAIN_PREFIX: not an instance (no "i-")
                 console_log=console,
                 cmdline=f"{spec.cmdline} {TEMPLATE_CMDLINE_OPTION} {TEMPLATE_ONLY_CMDLINE}",
                 identity_socket=work / "identity.sock",
@@ -353,6 +356,10 @@ class Launcher:
         self.mode = mode
         self.qemu_version = conn.getVersion()
         self.libvirt_version = conn.getLibVersion()
+        for dom in conn.listAllDomains():  # a build this node was doing when it stopped: its QEMU outlived it
+            if dom.name().startswith(TEMPLATE_DOMAIN_PREFIX):
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
         self._queue: queue.Queue[tuple[TemplateKey, DomainSpec]] = queue.Queue()
         self._wanted: set[TemplateKey] = set()
         self._lock = threading.Lock()
