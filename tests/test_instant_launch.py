@@ -91,6 +91,7 @@ def test_each_console_says_how_the_instance_started(siblings: dict[str, Any]) ->
         console = _console(ec2, instance_id)
         assert f"cloudlab-launch: restored from template {name}" in console, console
         assert "cloudlab-launch: cold boot" not in console
+        assert "cloudlab-init:" not in console, console  # no step of the restore went wrong (the reseed ...)
         # after the identity the guest carries on as a cold-booted one: metadata, key, user data, SSH
         assert f"cloudlab-metadata: instance-id={instance_id} key=yes user-data=yes" in console, console
         assert f"cloudlab-boot: ok host={instance_id}" in console

@@ -122,7 +122,7 @@ if [ "$identity" = channel ]; then
         # now on is what a sibling restored from the same template draws.
         if [ -n "$seed" ]; then
             echo "$seed" >/dev/urandom
-            perl -e 'open(my $f, "<", "/dev/urandom") && ioctl($f, 0x5207, 0) || exit 1' ||
+            perl -e 'open(F, "<", "/dev/urandom") && ioctl(F, 0x5207, 0) || exit 1' ||
                 say "cloudlab-init: the random generator was not reseeded"
         fi
         [ -n "$clock" ] && date -s "@${clock%.*}" >/dev/null
