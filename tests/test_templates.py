@@ -196,6 +196,21 @@ def test_the_start_up_template_is_the_default_instance_types_size() -> None:
     assert BUILTIN_TYPES[DEFAULT_TYPE] == DEFAULT_TEMPLATE_SIZE
 
 
+def test_up_takes_a_launch_mode_and_the_config_keeps_it(tmp_path: Path) -> None:
+    from cloudlab.cli import build_parser
+    from cloudlab.config import CloudConfig
+
+    parser = build_parser()
+    assert parser.parse_args(["up", "--launch", "boot"]).launch == "boot"
+    assert parser.parse_args(["up"]).launch is None  # the saved config (default restore) decides
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["up", "--launch", "instant"])
+    assert exc.value.code == 2
+    assert CloudConfig().launch == "restore"
+    CloudConfig(launch="boot").save(tmp_path / "cloud.json")
+    assert CloudConfig.load(tmp_path / "cloud.json").launch == "boot"
+
+
 def test_the_test_driver_reports_versions(launcher: Launcher) -> None:
     assert launcher.qemu_version > 0 and launcher.libvirt_version >= 9000000
     assert isinstance(launcher.conn, libvirt.virConnect)

@@ -5,7 +5,9 @@ Two clouds run at once, each with one node and a direct network, one started ``-
 one ``--launch boot``; after one uncounted launch each, launches alternate between them (restore, boot,
 restore, ...), one instance at a time, so a busy host slows both alike. Each instance's console says how
 it started; a "restored" launch that was booted cold (no template yet) is counted as what it was. The
-figures are medians of ``repeats`` and the ratio cold ÷ restored; nothing here asserts a time.
+figures are medians of ``repeats`` and the ratio cold ÷ restored, and each idle instance's QEMU memory
+(RSS and PSS: a restored guest's memory is a copy of the template's, read from the file, so nothing is
+shared between siblings); nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cloudlab.waiting import wait_until
 MODES = ("restore", "boot")
 KEY_NAME = "bench-launch"
 GROUP_NAME = "bench-launch"
+IDLE_S = 1.0  # after SSH answered, before the instance's memory is read
 
 
 def _prepare(cloud: Any) -> tuple[str, str]:
@@ -37,6 +40,22 @@ def _prepare(cloud: Any) -> tuple[str, str]:
     group = ec2.create_security_group(GroupName=GROUP_NAME, Description="ssh for the launch benchmark")["GroupId"]
     ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0")
     return cloud.default_image(), group
+
+
+def qemu_memory_kib(instance_id: str) -> dict[str, int]:
+    """Resident and proportional memory (KiB) of the QEMU that runs ``instance_id`` (``smaps_rollup``;
+    PSS counts pages shared with other processes once overall, so shared template pages would show)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"guest={instance_id},".encode() not in (entry / "cmdline").read_bytes():
+                continue
+            fields = dict(line.split(":", 1) for line in (entry / "smaps_rollup").read_text().splitlines()[1:])
+        except (OSError, ValueError):
+            continue
+        return {"rss_kib": int(fields["Rss"].split()[0]), "pss_kib": int(fields["Pss"].split()[0])}
+    return {}
 
 
 def launch_once(cloud: Any, image: str, group: str, timeout_s: float = 120) -> dict[str, Any]:
@@ -70,6 +89,8 @@ def launch_once(cloud: Any, image: str, group: str, timeout_s: float = 120) -> d
             interval_s=0.05,
         )
         ssh_s = time.monotonic() - started
+        time.sleep(IDLE_S)
+        memory = qemu_memory_kib(instance_id)
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
         cloud.wait_state([instance_id], "terminated", timeout=60)
@@ -79,6 +100,7 @@ def launch_once(cloud: Any, image: str, group: str, timeout_s: float = 120) -> d
         "marker_s": round(marker_s, 4),
         "ssh_s": round(ssh_s, 4),
         "started_by": "restore" if "restored from template" in line else "boot",
+        **memory,
         "launch_line": line.strip(),
     }
 
@@ -132,6 +154,8 @@ def run_launch_benchmark(workdir: Path, repeats: int = 10, progress: Callable[[s
             "marker_s": summarise([r["marker_s"] for r in mine]),
             "ssh_s": summarise([r["ssh_s"] for r in mine]),
             "started_as_asked": sum(r["started_by"] == mode for r in mine),
+            "idle_rss_mib": summarise([r["rss_kib"] / 1024 for r in mine if "rss_kib" in r]),
+            "idle_pss_mib": summarise([r["pss_kib"] / 1024 for r in mine if "pss_kib" in r]),
         }
     for what in ("marker_s", "ssh_s"):
         result[f"ratio_boot_to_restore_{what[:-2]}"] = round(
@@ -150,4 +174,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         f"RunInstances→boot marker, restored (median)    {restore['marker_s']['median']:7.2f} s"
         f"  {boot['marker_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_marker']:<6}",
         f"  launches started as asked: restore {restore['started_as_asked']}/{n}, boot {boot['started_as_asked']}/{n}",
+        f"idle instance's QEMU, restored (median RSS/PSS) {restore['idle_rss_mib'].get('median', 0):6.0f}/"
+        f"{restore['idle_pss_mib'].get('median', 0):.0f} MiB, cold boot {boot['idle_rss_mib'].get('median', 0):.0f}/"
+        f"{boot['idle_pss_mib'].get('median', 0):.0f} MiB",
     ]
