@@ -136,6 +136,14 @@ def test_a_template_that_cannot_be_built_is_not_retried_at_once(launcher: Launch
     assert not launcher._wanted  # nothing queued
 
 
+def test_a_template_build_tells_a_waiting_guest_from_one_that_booted_through() -> None:
+    from cloudlab.nc.templates import _template_progress
+
+    assert _template_progress(b"") is None
+    assert _template_progress(b"cloudlab-template: waiting for identity\r\n") == "waiting"
+    assert _template_progress(b"cloudlab-boot: ok host=x uptime=2.5\r\n") == "booted"  # an init of before
+
+
 def test_the_identity_line_is_the_instances_own_and_fresh_each_time(spec: DomainSpec) -> None:
     template = Template(TemplateKey("k", "r", "", 1, 256, True, "tcg", 7002000, 9000000), Path("state"))
     one, two = identity_line(spec, template, now=1700000000.25), identity_line(spec, template, now=1700000000.25)

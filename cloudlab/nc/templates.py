@@ -58,7 +58,7 @@ import libvirt
 import libvirt_qemu
 
 from cloudlab.files import write_atomic
-from cloudlab.guest import IDENTITY_ACK, TEMPLATE_CMDLINE_OPTION, TEMPLATE_WAITING_MARKER
+from cloudlab.guest import IDENTITY_ACK, TEMPLATE_CMDLINE_OPTION, TEMPLATE_WAITING_MARKER, has_booted
 from cloudlab.images.cached import locked
 from cloudlab.nc.domain_xml import DomainSpec, Nic, build_domain_xml
 from cloudlab.waiting import WaitTimeout, wait_until
@@ -242,6 +242,13 @@ def find_template(root: Path, kernel: Path, ramdisk: Path, *, nic: bool, memory_
     return None
 
 
+def _template_progress(console: bytes) -> str | None:
+    """``waiting`` once a template's guest waits for its identity, ``booted`` if it booted as an instance."""
+    if TEMPLATE_WAITING_MARKER.encode() in console:
+        return "waiting"
+    return "booted" if has_booted(console) else None
+
+
 class TemplateStore:
     """The templates in one folder: finished ones, failed builds, and how to build one."""
 
@@ -307,16 +314,19 @@ class TemplateStore:
                 shutil.rmtree(work, ignore_errors=True)
                 raise TemplateError(f"template {key.name} cannot start: {exc}") from exc
             try:
-                wait_until(
-                    lambda: TEMPLATE_WAITING_MARKER.encode() in console.read_bytes(),
+                seen = wait_until(
+                    lambda: _template_progress(console.read_bytes()),
                     BOOT_TIMEOUT_S,
                     what=f"template {key.name} waiting for its identity",
                     interval_s=0.1,
                 )
+                if seen == "booted":  # an init that knows no cloudlab.identity=channel: never a template
+                    raise TemplateError("the image booted through without waiting for an identity")
                 time.sleep(SETTLE_S)
                 save_state(dom, work / STATE_FILE)
             except (WaitTimeout, TemplateError, libvirt.libvirtError, OSError) as exc:
                 self._failed(key, str(exc))
+                shutil.rmtree(work, ignore_errors=True)
                 raise TemplateError(f"template {key.name} not built: {exc}") from exc
             finally:
                 with contextlib.suppress(libvirt.libvirtError):
