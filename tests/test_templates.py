@@ -28,7 +28,7 @@ from cloudlab.nc.templates import (
     hand_identity,
     identity_line,
 )
-from cloudlab.waiting import WaitTimeout
+from cloudlab.waiting import WaitTimeout, wait_until
 
 
 @pytest.fixture
@@ -222,3 +222,18 @@ def test_up_takes_a_launch_mode_and_the_config_keeps_it(tmp_path: Path) -> None:
 def test_the_test_driver_reports_versions(launcher: Launcher) -> None:
     assert launcher.qemu_version > 0 and launcher.libvirt_version >= 9000000
     assert isinstance(launcher.conn, libvirt.virConnect)
+
+
+def test_the_launch_benchmark_reads_an_instances_memory_from_its_process() -> None:
+    import subprocess
+
+    from cloudlab.bench.launch import qemu_memory_kib
+
+    proc = subprocess.Popen(["sh", "-c", "sleep 30", "guest=i-0bench0000000000,debug-threads=on"])
+    try:
+        found = wait_until(lambda: qemu_memory_kib("i-0bench0000000000"), 5, what="the process listed")
+        assert found["rss_kib"] > 0 and 0 < found["pss_kib"] <= found["rss_kib"]
+        assert qemu_memory_kib("i-0nosuch00000000") == {}
+    finally:
+        proc.kill()
+        proc.wait()
