@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="boot,footprint,launch,scale,api,network,s3", help="comma-separated parts to run"
     )
     parser.add_argument("--launch-repeats", type=int, default=10, help="launches per mode in part launch (default 10)")
+    parser.add_argument("--launch-burst", type=int, default=20, help="instances at once in part launch")
     parser.add_argument("--network-repeats", type=int, default=3, help="repeats per path in part network (default 3)")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load duration per side in part api")
     args = parser.parse_args(argv)
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 control.down(layout)
         if "launch" in parts:
             say("launch: restored from a booted template against cold boot, interleaved")
-            results["launch"] = run_launch_benchmark(Path(tmp), args.launch_repeats, progress=say)
+            results["launch"] = run_launch_benchmark(
+                Path(tmp), args.launch_repeats, progress=say, burst=args.launch_burst
+            )
         if "scale" in parts:
             results["scale"] = run_scale_benchmark(progress=say)
         if "api" in parts:
