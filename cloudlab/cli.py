@@ -56,6 +56,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _controller_url(text: str) -> str:
+    """A controller URL (``http://HOST:PORT``), checked before anything starts."""
+    from cloudlab.rpc import parse_controller_url
+
+    try:
+        parse_controller_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _hypervisor(text: str) -> str:
     if not text.startswith(("qemu:///embed", "qemu:///system", "qemu:///session", "test://")):
         raise argparse.ArgumentTypeError(
@@ -169,8 +180,19 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 def cmd_bench_network(args: argparse.Namespace) -> int:
     from cloudlab.bench.network import main as network_main
 
-    argv = ["--output", args.output, "--repeats", str(args.repeats), "--duration", str(args.duration),
-            "--streams", str(args.streams), "--transports", args.transports, "--chart"]
+    argv = [
+        "--output",
+        args.output,
+        "--repeats",
+        str(args.repeats),
+        "--duration",
+        str(args.duration),
+        "--streams",
+        str(args.streams),
+        "--transports",
+        args.transports,
+        "--chart",
+    ]
     argv += ["--no-cloud"] * args.no_cloud + ["--no-vms"] * args.no_vms + ["--variants"] * args.variants
     return network_main(argv)
 
@@ -236,6 +258,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{node['memory_mb_free']}/{node['memory_mb_total']} MiB free, {node['instances']} instance(s), "
                 f"accel {node.get('accel') or '-'}{extra}"
             )
+        storage = cluster.get("storage")
+        if storage:
+            proc = storage.get("process") or {}
+            state = "registered" if storage["registered"] else "NOT REGISTERED"
+            running = f", pid {proc['pid']}, restarts {proc['restarts']}" if proc else ""
+            held = (
+                f", {storage['volumes']} volume(s), {storage['snapshots']} snapshot(s), {storage['exports']} export(s)"
+                if "volumes" in storage
+                else ""
+            )
+            print(f"  storage controller {storage['name']}: {state} at {storage.get('url') or '-'}{running}{held}")
         network = cluster.get("network_detail")
         if network:
             health = "healthy" if network["healthy"] else "NOT HEALTHY"
@@ -291,7 +324,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     total = {args.by: "TOTAL"} | frame.attrs["total"]
     shown = frame.copy()
     shown.loc[len(shown)] = {k: total.get(k, "") for k in shown.columns}
-    for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours"):
+    for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours", "ebs_gb_hours"):
         shown[column] = shown[column].map(lambda v: f"{float(v):.3f}")
     print(f"usage by {args.by}, from {window} (billed: time in running)")
     print(shown.to_string(index=False))
@@ -326,25 +359,35 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     verb = "built" if built.rebuilt else "up to date"
     if args.name == "debian":
-        # Registered once nodes boot root disks (issue 11's root-disk item); see cloudlab.images.debian.
         print(f"{IMAGE_NAME} {verb}: {built.kernel} + {built.ramdisk} + {built.disk}")
-        return 0
-    print(f"default image {verb}: {built.kernel} + {built.ramdisk}")
+    else:
+        print(f"default image {verb}: {built.kernel} + {built.ramdisk}")
     layout = _layout(args)
     if layout.database.exists():
-        image, new = _register_default(layout, built)
+        image, new = _register_default(layout, built, IMAGE_NAME if args.name == "debian" else None)
         print(f"registered as {image.image_id}" if new else f"registered already as {image.image_id}")
     return 0
 
 
-def _register_default(layout: StateLayout, built: Any) -> Any:
+def _register_default(layout: StateLayout, built: Any, name: str | None = None) -> Any:
+    """Register a built image (the default one, or ``name`` with its root disk) in the cloud's records."""
     from cloudlab.clc.images import Images
     from cloudlab.clc.store import Store
 
     store = Store(layout.database)
     try:
+        if name is None:
+            return Images(store, layout.images).register_default(
+                built.kernel, built.ramdisk, "admin", "cloudlab default image"
+            )
         return Images(store, layout.images).register_default(
-            built.kernel, built.ramdisk, "admin", "cloudlab default image"
+            built.kernel,
+            built.ramdisk,
+            "admin",
+            "cloudlab Debian 12 on a copy-on-write root volume",
+            name=name,
+            disk=built.disk,
+            digests=built.digests,
         )
     finally:
         store.close()
@@ -663,6 +706,23 @@ def cmd_nc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sc(args: argparse.Namespace) -> int:
+    from cloudlab.sc.daemon import run_storage
+
+    layout = _layout(args)
+    _log_to_stderr(args.verbose)
+    run_storage(
+        Path(args.pki) if args.pki else layout.pki,
+        args.name,
+        args.cc,
+        Path(args.dir) if args.dir else layout.root / "sc" / args.name,
+        host=args.listen,
+        port=args.port,
+        advertise=args.advertise,
+    )
+    return 0
+
+
 def _log_to_stderr(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -883,7 +943,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nc", parents=[state], help="run a node controller that registers with a cluster controller")
     p.add_argument("--name", required=True, help="node name (its certificate is issued for it)")
-    p.add_argument("--cc", required=True, metavar="URL", help="the cluster controller, http://HOST:PORT")
+    p.add_argument(
+        "--cc", required=True, type=_controller_url, metavar="URL", help="the cluster controller, http://HOST:PORT"
+    )
     p.add_argument("--hypervisor", type=_hypervisor, metavar="URI", help="libvirt URI (default embedded QEMU)")
     p.add_argument("--pki", metavar="DIR", help="folder with ca.crt and this node's certificate and key")
     p.add_argument("--listen", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
@@ -896,6 +958,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template-nic", action="store_true", help="build the start-up template with a NIC")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_nc)
+
+    p = sub.add_parser("sc", parents=[state], help="run a storage controller that registers with a cluster controller")
+    p.add_argument("--name", required=True, help="the cluster's name (its certificate is issued for it)")
+    p.add_argument(
+        "--cc", required=True, type=_controller_url, metavar="URL", help="the cluster controller, http://HOST:PORT"
+    )
+    p.add_argument("--pki", metavar="DIR", help="folder with ca.crt and this SC's certificate and key")
+    p.add_argument("--dir", metavar="DIR", help="where volumes and snapshots are kept (default <state>/sc/NAME)")
+    p.add_argument("--listen", default="127.0.0.1", help="address to serve messages and NBD on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=0, help="port for messages (default any)")
+    p.add_argument("--advertise", metavar="URL", help="URL the CC reaches this SC at (behind a NAT: the forward)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_sc)
     return parser
 
 

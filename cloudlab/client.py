@@ -241,6 +241,23 @@ class Cloud:
 
         return objects_frame(self.s3, bucket, prefix)
 
+    # -- EBS volumes and snapshots: see cloudlab.storage ---------------------------------------------------
+    def volumes(self) -> pd.DataFrame:
+        from cloudlab.storage import volumes_frame
+
+        return volumes_frame(self.ec2)
+
+    def snapshots(self) -> pd.DataFrame:
+        from cloudlab.storage import snapshots_frame
+
+        return snapshots_frame(self.ec2)
+
+    def create_volume(self, size_gib: int = 1, **options: Any) -> Any:
+        """A new volume (a :class:`cloudlab.storage.Volume` handle), available once this returns."""
+        from cloudlab.storage import create_volume
+
+        return create_volume(self.ec2, size_gib, **options)
+
     # -- listings ---------------------------------------------------------------------------------------
     def _described(self, filters: list[dict[str, Any]] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         found = []

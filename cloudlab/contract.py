@@ -18,13 +18,17 @@ Who talks to whom (the arrows are the only ones allowed)::
                  get_console_output, describe_cluster, network_sync
     NC  ──► CC : register_node, node_changed
     CC  ──► NC : describe_resource, run_instance(s), terminate_instance, reboot_instance,
-                 get_console_output
+                 get_console_output, attach_volume, detach_volume
+    SC  ──► CC : register_storage
+    CLC ──► CC ──► SC : create_volume, delete_volume, export_volume, unexport_volume,
+                 create_snapshot, delete_snapshot, describe_storage (the CC relays to its SC)
+    CLC ──► CC ──► NC : attach_volume, detach_volume, pause_instance, resume_instance (relayed to the node)
     any ──► any: hello (who are you? the one message that names no receiver)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
@@ -158,8 +162,30 @@ class NicPlan:
 
 
 @dataclass(frozen=True)
+class NbdExport:
+    """Where a storage controller serves one volume over NBD (``nbd://host:port/name``)."""
+
+    host: str
+    port: int
+    name: str
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """One of an instance's block devices: a volume exported by the cluster's SC, as guest device ``device``."""
+
+    volume_id: str
+    device: str  # vda, vdb, ... (the guest sees the disks in this order)
+    export: NbdExport
+
+
+@dataclass(frozen=True)
 class StartInstance:
-    """Everything a node needs to define and start one instance."""
+    """Everything a node needs to define and start one instance.
+
+    ``disks`` are its volumes (the root volume as ``vda`` for an image with a disk); an instance with
+    no ``vda`` among them gets a scratch disk of ``scratch_gib`` there (EC2's instance store).
+    """
 
     instance_id: str
     vcpus: int
@@ -172,6 +198,8 @@ class StartInstance:
     instance_type: str = ""
     nic: NicPlan | None = None
     cmdline: str | None = None
+    disks: tuple[DiskPlan, ...] = ()
+    scratch_gib: int = 0
 
 
 @dataclass(frozen=True)
@@ -392,9 +420,96 @@ class Released:
     released: bool = True
 
 
+# -- storage ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateVolume:
+    """Make ``volume_id``: blank of ``size_gib``, or a copy of snapshot ``snapshot_id`` grown to it, or a
+    copy-on-write overlay of the image disk ``backing`` (a root volume)."""
+
+    volume_id: str
+    size_gib: int
+    snapshot_id: str | None = None
+    backing: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    volume_id: str
+
+
+@dataclass(frozen=True)
+class VolumeMade:
+    volume_id: str
+    size_bytes: int
+    allocated_bytes: int
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    snapshot_id: str
+    volume_id: str
+
+
+@dataclass(frozen=True)
+class SnapshotRef:
+    snapshot_id: str
+
+
+@dataclass(frozen=True)
+class SnapshotMade:
+    snapshot_id: str
+    size_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Done:
+    done: bool = True
+
+
+@dataclass(frozen=True)
+class StorageReport:
+    """What a storage controller holds: its volumes and snapshots, its exports, its free space."""
+
+    name: str
+    url: str | None
+    alive: bool
+    volumes: tuple[str, ...] = ()
+    snapshots: tuple[str, ...] = ()
+    exports: dict[str, NbdExport] = field(default_factory=dict)
+    free_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class AttachDisk:
+    """Hot-plug ``disk`` into the running instance ``instance_id``."""
+
+    instance_id: str
+    disk: DiskPlan
+
+
+@dataclass(frozen=True)
+class DetachDisk:
+    instance_id: str
+    volume_id: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class DiskOnNode:
+    node: str
+    attach: AttachDisk
+
+
+@dataclass(frozen=True)
+class DetachOnNode:
+    node: str
+    detach: DetachDisk
+
+
 # -- the actions --------------------------------------------------------------------------------------------
 # anyone of the cloud -> any controller: who are you? (the signed reply names the receiver)
-HELLO = Action("hello", Empty, Empty, frozenset({"clc", "cc", "nc"}), unaddressed=True)
+HELLO = Action("hello", Empty, Empty, frozenset({"clc", "cc", "nc", "sc"}), unaddressed=True)
 # CLC -> CC
 SCHEDULE = _action("schedule", ScheduleRequest, Placements, "clc")
 RELEASE = _action("release", OnNode, Released, "clc")
@@ -405,9 +520,22 @@ REBOOT_INSTANCE = _action("reboot_instance", OnNode, InstanceState, "clc")
 GET_CONSOLE_OUTPUT = _action("get_console_output", OnNode, ConsoleOutput, "clc")
 DESCRIBE_CLUSTER = _action("describe_cluster", DescribeCluster, ClusterReport, "clc")
 NETWORK_SYNC = _action("network_sync", NetworkPlan, NetworkApplied, "clc")
+CREATE_VOLUME = _action("create_volume", CreateVolume, VolumeMade, "clc")
+DELETE_VOLUME = _action("delete_volume", VolumeRef, Done, "clc")
+EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "clc")
+UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "clc")
+CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "clc")
+DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "clc")
+DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "clc")
+PAUSE_INSTANCE = _action("pause_instance", OnNode, InstanceState, "clc")
+RESUME_INSTANCE = _action("resume_instance", OnNode, InstanceState, "clc")
+ATTACH_VOLUME = _action("attach_volume", DiskOnNode, Done, "clc")
+DETACH_VOLUME = _action("detach_volume", DetachOnNode, Done, "clc")
 # NC -> CC
 REGISTER_NODE = _action("register_node", RegisterNode, Registered, "nc")
 NODE_CHANGED = _action("node_changed", Empty, Empty, "nc")
+# SC -> CC
+REGISTER_STORAGE = _action("register_storage", RegisterNode, Registered, "sc")
 # CC -> NC
 DESCRIBE_RESOURCE = _action("describe_resource", Empty, NodeReport, "cc")
 NODE_RUN_INSTANCE = _action("run_instance", StartInstance, InstanceStarted, "cc")
@@ -415,6 +543,18 @@ NODE_RUN_INSTANCES = _action("run_instances", NodeStartMany, StartOutcomes, "cc"
 NODE_TERMINATE_INSTANCE = _action("terminate_instance", InstanceRef, InstanceRemoved, "cc")
 NODE_REBOOT_INSTANCE = _action("reboot_instance", InstanceRef, InstanceState, "cc")
 NODE_GET_CONSOLE_OUTPUT = _action("get_console_output", InstanceRef, ConsoleOutput, "cc")
+NODE_PAUSE_INSTANCE = _action("pause_instance", InstanceRef, InstanceState, "cc")
+NODE_RESUME_INSTANCE = _action("resume_instance", InstanceRef, InstanceState, "cc")
+NODE_ATTACH_VOLUME = _action("attach_volume", AttachDisk, Done, "cc")
+NODE_DETACH_VOLUME = _action("detach_volume", DetachDisk, Done, "cc")
+# CC -> SC
+SC_CREATE_VOLUME = _action("create_volume", CreateVolume, VolumeMade, "cc")
+SC_DELETE_VOLUME = _action("delete_volume", VolumeRef, Done, "cc")
+SC_EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "cc")
+SC_UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "cc")
+SC_CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "cc")
+SC_DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "cc")
+SC_DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "cc")
 
 CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
@@ -429,6 +569,18 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     NETWORK_SYNC,
     REGISTER_NODE,
     NODE_CHANGED,
+    CREATE_VOLUME,
+    DELETE_VOLUME,
+    EXPORT_VOLUME,
+    UNEXPORT_VOLUME,
+    CREATE_SNAPSHOT,
+    DELETE_SNAPSHOT,
+    DESCRIBE_STORAGE,
+    ATTACH_VOLUME,
+    DETACH_VOLUME,
+    PAUSE_INSTANCE,
+    RESUME_INSTANCE,
+    REGISTER_STORAGE,
 )
 NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
@@ -438,4 +590,18 @@ NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     NODE_TERMINATE_INSTANCE,
     NODE_REBOOT_INSTANCE,
     NODE_GET_CONSOLE_OUTPUT,
+    NODE_ATTACH_VOLUME,
+    NODE_DETACH_VOLUME,
+    NODE_PAUSE_INSTANCE,
+    NODE_RESUME_INSTANCE,
+)
+STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
+    HELLO,
+    SC_CREATE_VOLUME,
+    SC_DELETE_VOLUME,
+    SC_EXPORT_VOLUME,
+    SC_UNEXPORT_VOLUME,
+    SC_CREATE_SNAPSHOT,
+    SC_DELETE_SNAPSHOT,
+    SC_DESCRIBE_STORAGE,
 )

@@ -213,6 +213,8 @@ def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(leftover, signal.SIGKILL)
     processes.end(processes.node_controllers(layout))  # orphans of a killed service, if any survived
+    processes.end(processes.storage_controllers(layout))
+    processes.end(processes.of_state(layout, (b"qemu-nbd",)))  # NBD exports outlive their SC on purpose
     swept_network = sweep_network(layout.network_prefix)
     shutil.rmtree(layout.network_run_dir, ignore_errors=True)
     layout.pidfile.unlink(missing_ok=True)

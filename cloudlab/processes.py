@@ -68,6 +68,16 @@ def node_controllers(layout: StateLayout) -> list[int]:
     return found
 
 
+def storage_controllers(layout: StateLayout) -> list[int]:
+    """The ``cloudlab sc`` processes of this state folder (``python -m cloudlab.cli --state ROOT sc ...``)."""
+    root = str(layout.root.resolve()).encode()
+    found = []
+    for pid, args in _command_lines():
+        if b"cloudlab.cli" in args and b"sc" in args and root in args and pid != os.getpid():
+            found.append(pid)
+    return found
+
+
 def end(pids: list[int], timeout_s: float = 15.0) -> list[int]:
     """SIGTERM ``pids``, then SIGKILL what is still there after ``timeout_s``; return the pids ended."""
     for pid in pids:

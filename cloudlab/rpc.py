@@ -84,7 +84,7 @@ class Dispatcher:
         try:
             if route is None:
                 # Verify anyway so that garbage is refused as garbage, then report the unknown action.
-                sender = self._verifier.verify(data, {"clc", "cc", "nc"}).sender
+                sender = self._verifier.verify(data, {"clc", "cc", "nc", "sc"}).sender
                 raise CloudError("InvalidAction", f"{self.name} has no action {action[:64]!r}")
             message = self._verifier.verify(data, route.allowed_roles, unaddressed_ok=route.unaddressed_ok)
             sender = message.sender

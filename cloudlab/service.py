@@ -58,8 +58,11 @@ def node_uri(config: CloudConfig, layout: StateLayout, node: str) -> str:
 
 @dataclass
 class ChildNode:
+    """A supervised controller process: a node controller, or the cluster's storage controller."""
+
     name: str
     argv: list[str]
+    log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     last_start: float = 0.0
@@ -133,12 +136,40 @@ class CloudService:
         admin, key = self.clc.users.ensure_admin()
         write_credentials(layout, admin.name, key.access_key, key.secret_key)
         self._register_default_image(admin.name)
-        orphans = processes.node_controllers(layout)
+        orphans = processes.node_controllers(layout) + processes.storage_controllers(layout)
         if orphans:  # a killed service's node controllers still hold their libvirt drivers: end them
             log.warning("ending %d node controller(s) left by an earlier run: %s", len(orphans), orphans)
             processes.end(orphans)
         for name in config.node_names():
             self._start_node(name)
+        self._start_storage(cc_host)
+
+    def storage_dir(self) -> Path:
+        """The cluster's SC folder: its volumes, snapshots and export records."""
+        return self.layout.root / "sc" / self.config.cluster
+
+    def _start_storage(self, host: str) -> None:
+        """The cluster's storage controller, a child process like the nodes, serving NBD on the CC's address
+        (the underlay the nodes' namespaces reach), registered with the CC over HTTP."""
+        argv = [
+            sys.executable,
+            "-m",
+            "cloudlab.cli",
+            "--state",
+            str(self.layout.root),
+            "sc",
+            "--name",
+            self.config.cluster,
+            "--cc",
+            self.cc_url,
+            "--listen",
+            host,
+            "--dir",
+            str(self.storage_dir()),
+        ]
+        child = ChildNode(f"sc-{self.config.cluster}", argv, self.storage_dir() / "sc.log")
+        self.children[child.name] = child
+        self._spawn(child)
 
     def _upload_policy(self) -> UploadPolicy:
         """Where ordinary users may register images from (``images_root`` in cloud.json)."""
@@ -190,6 +221,28 @@ class CloudService:
         )
         if new:
             log.info("registered the default image as %s", image.image_id)
+        self._register_debian_image(owner)
+
+    def _register_debian_image(self, owner: str) -> None:
+        """Register ``cloudlab-debian`` if it was built (``cloudlab image build debian``): its disk is
+        the backing file of each instance's root volume."""
+        from cloudlab.guest import DEBIAN_IMAGE_NAME
+        from cloudlab.images.cached import find_built_image
+
+        built = find_built_image(name="debian")
+        if built is None or built.disk is None:
+            return
+        image, new = self.clc.images.register_default(
+            built.kernel,
+            built.ramdisk,
+            owner,
+            "cloudlab Debian 12 (systemd, cloud-init, python3) on a copy-on-write root volume",
+            name=DEBIAN_IMAGE_NAME,
+            disk=built.disk,
+            digests=built.digests,
+        )
+        if new:
+            log.info("registered %s as %s", DEBIAN_IMAGE_NAME, image.image_id)
 
     def _start_node(self, name: str) -> None:
         uri = node_uri(self.config, self.layout, name)
@@ -246,7 +299,7 @@ class CloudService:
         self._spawn(child)
 
     def _spawn(self, child: ChildNode) -> None:
-        log_path = self.layout.node_dir(child.name) / "nc.log"
+        log_path = child.log_path or self.layout.node_dir(child.name) / "nc.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             child.process = subprocess.Popen(
@@ -258,7 +311,7 @@ class CloudService:
                 preexec_fn=processes.die_with_parent(),  # a killed service leaves no orphan node controller
             )
         child.last_start = time.time()
-        log.info("started node controller %s (pid %d)", child.name, child.process.pid)
+        log.info("started controller %s (pid %d)", child.name, child.process.pid)
 
     def missing_nodes(self) -> list[str]:
         """Configured nodes that have not registered and answered yet."""
@@ -275,6 +328,17 @@ class CloudService:
 
         with contextlib.suppress(WaitTimeout):
             wait_until(settled, timeout_s, what="the nodes to register", interval_s=0.2)
+        storage = self.children.get(f"sc-{self.config.cluster}")
+        if storage is not None:
+            with contextlib.suppress(WaitTimeout):
+                wait_until(
+                    lambda: self.cc.storage is not None or self._exited(storage.name),
+                    timeout_s,
+                    what="the storage controller to register",
+                    interval_s=0.1,
+                )
+            if self.cc.storage is None:
+                log.error("the storage controller did not register: see %s", storage.log_path)
         return self.missing_nodes()
 
     def _exited(self, name: str) -> bool:
@@ -291,7 +355,7 @@ class CloudService:
                 continue
             child.restarts += 1
             child.history.append(f"{time.strftime('%H:%M:%S')} exited {child.last_exit}, restarted")
-            log.warning("node controller %s exited with %s; restarting", child.name, child.last_exit)
+            log.warning("controller %s exited with %s; restarting", child.name, child.last_exit)
             self._spawn(child)
         if self.network is not None:
             self.network.supervise_once()
@@ -329,12 +393,44 @@ class CloudService:
                     "cc_url": self.cc_url,
                     "nodes": cluster["nodes"],
                     "network_detail": cluster.get("network"),
+                    "storage": self._storage_status(),
                 }
             ],
             "instances": counts,
             "unknown_vms": self.clc.unknown_vms(),
             "refused_messages": self.cc_dispatcher.refused[-10:],
         }
+
+    def _storage_status(self) -> dict[str, Any]:
+        """The cluster's SC as ``cloudlab status`` shows it: where it is, its process, what it serves."""
+        child = self.children.get(f"sc-{self.config.cluster}")
+        found: dict[str, Any] = {
+            "name": self.config.cluster,
+            "url": self.cc.storage_url,
+            "registered": self.cc.storage is not None,
+            "process": None,
+        }
+        if child is not None and child.process is not None:
+            found["process"] = {
+                "pid": child.process.pid,
+                "running": child.process.poll() is None,
+                "restarts": child.restarts,
+                "history": child.history[-5:],
+            }
+        if self.cc.storage is not None:
+            from cloudlab import contract as c
+
+            try:
+                report = self.cc.storage_call(c.SC_DESCRIBE_STORAGE, c.Empty())
+                found |= {
+                    "volumes": len(report.volumes),
+                    "snapshots": len(report.snapshots),
+                    "exports": len(report.exports),
+                    "free_bytes": report.free_bytes,
+                }
+            except Exception as exc:  # status must answer even when the SC does not
+                found["last_error"] = str(exc)[:200]
+        return found
 
     @property
     def endpoint_url(self) -> str:
@@ -413,6 +509,9 @@ class CloudService:
                     child.process.kill()
         for node in self.local_nodes.values():
             node.close()
+        # The SC's NBD servers outlive the SC on purpose (a restarted SC must not cut guests off);
+        # the cloud going down is when they end.
+        processes.end(processes.of_state(self.layout, (b"qemu-nbd",)))
         if self.metadata_server is not None:
             self.metadata_server.stop()
         if self.network is not None:

@@ -20,7 +20,7 @@ from botocore.config import Config
 from cloudlab.api.extension import extended_loader
 
 COLUMNS = ("instances", "instance_hours", "vcpu_hours", "gb_hours", "net_rx_bytes", "net_tx_bytes",
-           "storage_gb_hours", "s3_bytes_in", "s3_bytes_out")  # fmt: skip
+           "storage_gb_hours", "s3_bytes_in", "s3_bytes_out", "ebs_gb_hours")  # fmt: skip
 _FIELDS = {
     "Key": "key",
     "User": "user",
@@ -34,9 +34,10 @@ _FIELDS = {
     "StorageGbHours": "storage_gb_hours",
     "S3BytesIn": "s3_bytes_in",
     "S3BytesOut": "s3_bytes_out",
+    "EbsGbHours": "ebs_gb_hours",
 }
 _DEFAULTS = {"instances": 0, "instance_hours": 0.0, "vcpu_hours": 0.0, "gb_hours": 0.0, "net_rx_bytes": 0}
-_DEFAULTS |= {"net_tx_bytes": 0, "storage_gb_hours": 0.0, "s3_bytes_in": 0, "s3_bytes_out": 0}
+_DEFAULTS |= {"net_tx_bytes": 0, "storage_gb_hours": 0.0, "s3_bytes_in": 0, "s3_bytes_out": 0, "ebs_gb_hours": 0.0}
 
 
 _SESSION_LOCK = threading.Lock()

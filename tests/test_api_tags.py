@@ -186,7 +186,8 @@ UNKNOWN_RESOURCES = [
     ("key-0123456789abcdef0", "InvalidKeyPair.NotFound"),
     ("eipalloc-0123456789abcdef0", "InvalidAllocationID.NotFound"),
     ("r-0123456789abcdef0", "InvalidReservationID.NotFound"),
-    ("vol-0123456789abcdef0", "InvalidID"),
+    ("vol-0123456789abcdef0", "InvalidVolume.NotFound"),
+    ("vpc-0123456789abcdef0", "InvalidID"),
     ("i-nothex", "InvalidID"),
     ("bogus", "InvalidID"),
 ]

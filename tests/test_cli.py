@@ -34,6 +34,7 @@ def cloudlab(*args: str, state: Path | None = None, timeout: float = 120) -> sub
         ["image", "list"],
         ["serve"],
         ["nc"],
+        ["sc"],
         ["accel"],
     ],
 )
@@ -54,6 +55,9 @@ def test_help_everywhere(command: list[str]) -> None:
         (["frobnicate"], "invalid choice"),
         (["image", "build", "ubuntu"], "invalid choice"),
         (["nc", "--name", "n1"], "--cc"),
+        (["nc", "--name", "n1", "--cc", "notaurl"], "must look like http://HOST:PORT"),
+        (["sc", "--name", "c1"], "--cc"),
+        (["sc", "--name", "c1", "--cc", "ftp://x:1"], "must look like http://HOST:PORT"),
     ],
 )
 def test_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:

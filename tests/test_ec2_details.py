@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from cloudlab.api.documented_filters import documented
+from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, error_code
 from tests.test_api_limits import _raw_call
 
@@ -92,6 +93,14 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
     instance_id = inst["InstanceId"]
     group_id = ec2.create_security_group(GroupName=_name("dry"), Description="d")["GroupId"]
     allocation = ec2.allocate_address()["AllocationId"]
+    zone = inst["Placement"]["AvailabilityZone"]
+    volume_id = ec2.create_volume(Size=1, AvailabilityZone=zone)["VolumeId"]
+    wait_until(
+        lambda: ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"] == "available",
+        30,
+        what="the volume to be made",
+    )
+    snapshot_id = ec2.create_snapshot(VolumeId=volume_id)["SnapshotId"]
     ec2.create_key_pair(KeyName="dry-key")
     [public] = ec2.describe_images(ImageIds=[image])["Images"]
     own_image = ec2.register_image(Name=_name("own"), KernelId=public["KernelId"])["ImageId"]
@@ -128,6 +137,14 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
         "DeleteTags": {"Resources": [instance_id]},
         "RegisterImage": {"Name": _name("img"), "KernelId": "aki-0123456789abcdef0"},
         "DeregisterImage": {"ImageId": own_image},
+        "CreateVolume": {"Size": 1, "AvailabilityZone": zone},
+        "DeleteVolume": {"VolumeId": volume_id},
+        "AttachVolume": {"VolumeId": volume_id, "InstanceId": instance_id, "Device": "/dev/sdf"},
+        "DetachVolume": {"VolumeId": volume_id},
+        "ModifyVolumeAttribute": {"VolumeId": volume_id, "AutoEnableIO": {"Value": True}},
+        "CreateSnapshot": {"VolumeId": volume_id},
+        "DeleteSnapshot": {"SnapshotId": snapshot_id},
+        "CreateImage": {"InstanceId": instance_id, "Name": _name("made")},
     }
     mutating = {
         name
@@ -150,6 +167,8 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
             sorted((a["AllocationId"], a.get("InstanceId")) for a in ec2.describe_addresses()["Addresses"]),
             ec2.describe_tags()["Tags"],
             sorted(i["ImageId"] for i in ec2.describe_images()["Images"]),
+            sorted((v["VolumeId"], v["State"]) for v in ec2.describe_volumes()["Volumes"]),
+            sorted(s["SnapshotId"] for s in ec2.describe_snapshots()["Snapshots"]),
         )
 
     before = snapshot()

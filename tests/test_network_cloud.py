@@ -387,8 +387,9 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
 
     wait_for(switch_back, 20, "the switch's restart")
     result = wait_for(
-        lambda: (r := ssh(vde_cloud, behind_nat, "hostname; cat /proc/sys/kernel/random/boot_id")).returncode == 0
-        and r,
+        lambda: (
+            (r := ssh(vde_cloud, behind_nat, "hostname; cat /proc/sys/kernel/random/boot_id")).returncode == 0 and r
+        ),
         60,
         "SSH to the instance on the restarted switch",
     )

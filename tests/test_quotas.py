@@ -127,11 +127,18 @@ def test_quotas_are_validated_and_reported(cloud: Cloud) -> None:
 
     cloud.clc.users.create("erin")
     quotas = Quotas(cloud.service.store)
-    assert quotas.of("erin") == {"instances": 20, "vcpus": 32, "addresses": 5}
-    assert quotas.of("admin") == {"instances": None, "vcpus": None, "addresses": None}
+    assert quotas.of("erin") == {
+        "instances": 20,
+        "vcpus": 32,
+        "addresses": 5,
+        "volumes": 20,
+        "volume_gib": 200,
+        "snapshots": 50,
+    }
+    assert set(quotas.of("admin").values()) == {None}
     assert quotas.set("erin", {"instances": 3})["instances"] == 3
     assert quotas.set("erin", {"instances": None})["instances"] == 20  # back to the default
-    for bad in ({"instances": -1}, {"volumes": 3}):
+    for bad in ({"instances": -1}, {"disks": 3}):
         with pytest.raises(CloudError) as excinfo:
             quotas.set("erin", bad)
         assert excinfo.value.code == "InvalidParameterValue"

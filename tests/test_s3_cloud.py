@@ -170,4 +170,4 @@ def test_notebook_client_dataframes_widget_and_results_bucket(cloud: RunningClou
     assert set(lab.objects("bench-results")["key"]) == {f"{prefix}results.csv", f"{prefix}charts/a.png"}
     root = Path(__file__).resolve().parents[1] / "notebooks"
     for notebook in ("vde-vs-direct.ipynb", "assignments/network-penalty.ipynb"):
-        assert notebook_parameters(root / notebook)["results_bucket"] == "\"\""  # as written in the cell
+        assert notebook_parameters(root / notebook)["results_bucket"] == '""'  # as written in the cell

@@ -201,7 +201,31 @@ def test_a_guest_that_never_confirms_is_a_timeout(tmp_path: Path) -> None:
 
 
 def test_the_start_up_template_is_the_default_instance_types_size() -> None:
+    from cloudlab.clc.dispatch import SCRATCH_GIB
+    from cloudlab.nc.templates import DEFAULT_TEMPLATE_SCRATCH_GIB
+
     assert BUILTIN_TYPES[DEFAULT_TYPE] == DEFAULT_TEMPLATE_SIZE
+    assert SCRATCH_GIB == DEFAULT_TEMPLATE_SCRATCH_GIB
+
+
+def test_a_scratch_disks_size_is_part_of_the_key_and_volumes_mean_no_template(
+    tmp_path: Path, launcher: Launcher, spec: DomainSpec
+) -> None:
+    from cloudlab.nc.domain_xml import Volume
+    from cloudlab.nc.templates import qcow2_size
+    from cloudlab.sc.files import qemu_img
+
+    small, big = tmp_path / "s.qcow2", tmp_path / "b.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(small), "1G")
+    qemu_img("create", "-q", "-f", "qcow2", str(big), "2G")
+    assert qcow2_size(small) == 1 << 30
+    one, two = (launcher.key_for(dataclasses.replace(spec, scratch=d)) for d in (small, big))
+    assert one.scratch_gib == 1 and two.scratch_gib == 2 and one.name != two.name
+    assert one.name != launcher.key_for(spec).name
+    with_volume = dataclasses.replace(spec, scratch=small, volumes=(Volume("vol-1", "vdb", "h", 1, "e"),))
+    assert launcher.key_for(with_volume) is None
+    with pytest.raises(ValueError, match="not a qcow2"):
+        qcow2_size(spec.kernel)
 
 
 def test_up_takes_a_launch_mode_and_the_config_keeps_it(tmp_path: Path) -> None:

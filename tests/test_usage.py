@@ -314,7 +314,7 @@ def test_usage_through_the_api_the_cli_and_a_restart(cloud_factory: Any) -> None
     table = pd.read_csv(io.StringIO(out))
     assert list(table.columns) == ["type", "instances", "instance_hours", "vcpu_hours", "gb_hours",
                                    "net_rx_bytes", "net_tx_bytes", "storage_gb_hours", "s3_bytes_in",
-                                   "s3_bytes_out"]  # fmt: skip
+                                   "s3_bytes_out", "ebs_gb_hours"]  # fmt: skip
     assert table.set_index("type").loc["m1.small", "instances"] == 3
     code, out, err = run_cli("usage", "--state", state, "--since", "yesterday-ish")
     assert code == 1 and out == ""

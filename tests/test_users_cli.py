@@ -232,8 +232,18 @@ def test_user_commands_with_the_cloud_down(offline_state: Path) -> None:
         "INSTANCES",
         "VCPUS",
         "ADDRESSES",
+        "VOLUMES",
+        "VOLUME_GIB",
+        "SNAPSHOTS",
     ]
-    assert next(line for line in table if line.startswith("alice ")).split()[5:] == ["0/20", "0/32", "0/5"]
+    assert next(line for line in table if line.startswith("alice ")).split()[5:] == [
+        "0/20",
+        "0/32",
+        "0/5",
+        "0/20",
+        "0/200",
+        "0/50",
+    ]
     assert any(line.startswith("alice ") for line in table)
 
     assert "disabled" in cli(state, "user", "disable", "alice").out

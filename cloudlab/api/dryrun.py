@@ -15,7 +15,7 @@ from cloudlab.clc.tags import kind_of
 from cloudlab.errors import CloudError
 
 # members that name resources the action would change (ImageId only where the image itself changes)
-RESOURCE_MEMBERS = ("InstanceIds", "InstanceId", "Resources", "GroupId", "AllocationId")
+RESOURCE_MEMBERS = ("InstanceIds", "InstanceId", "Resources", "GroupId", "AllocationId", "VolumeId", "SnapshotId")
 IMAGE_CHANGING_ACTIONS = frozenset({"DeregisterImage"})
 
 

@@ -61,6 +61,7 @@ SHAPES: dict[str, Any] = {
             "StorageGbHours": {"shape": "Double", "locationName": "storageGbHours"},
             "S3BytesIn": {"shape": "Long", "locationName": "s3BytesIn"},
             "S3BytesOut": {"shape": "Long", "locationName": "s3BytesOut"},
+            "EbsGbHours": {"shape": "Double", "locationName": "ebsGbHours"},
         },
     },
 }

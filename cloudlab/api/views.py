@@ -91,7 +91,9 @@ def image(record: Any, owner_id: str) -> dict[str, Any]:
             "RamdiskId": record.ramdisk_id,
             "Name": record.name,
             "Description": record.description or None,
-            "RootDeviceType": "instance-store",
+            # an image with a disk boots from a copy-on-write root volume of it (vda)
+            "RootDeviceType": "ebs" if record.path else "instance-store",
+            "RootDeviceName": "/dev/vda" if record.path else None,
             "VirtualizationType": "hvm",
             "CreationDate": format_timestamp(record.created),
         }

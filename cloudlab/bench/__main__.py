@@ -105,8 +105,16 @@ def main(argv: list[str] | None = None) -> int:
 
         say("network paths: cloudlab direct and vde against the same paths built by hand, VDE cables")
         network_main(
-            ["--output", str(out), "--repeats", str(args.network_repeats), "--chart", "--variants",
-             "--transports", "unix,tcp,ssh,udp,vxvde"]
+            [
+                "--output",
+                str(out),
+                "--repeats",
+                str(args.network_repeats),
+                "--chart",
+                "--variants",
+                "--transports",
+                "unix,tcp,ssh,udp,vxvde",
+            ]
         )
         parts.discard("network")
         if not parts:

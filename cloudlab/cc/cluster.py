@@ -52,6 +52,8 @@ class ClusterController:
         self._verifier = verifier
         self._schedule_lock = threading.Lock()
         self.network: Any = None  # a cloudlab.cc.network.ClusterNetwork when the cluster has one
+        self.storage: Channel | None = None  # the cluster's storage controller, once it registered
+        self.storage_url: str | None = None
 
     # -- wiring ------------------------------------------------------------------------------------
     def register_routes(self, dispatcher: Dispatcher) -> None:
@@ -72,6 +74,24 @@ class ClusterController:
         dispatcher.serve(c.NETWORK_SYNC, lambda r, m: self.network_sync(r))
         dispatcher.serve(c.REGISTER_NODE, lambda r, m: self.register_remote_node(m.sender, r.url))
         dispatcher.serve(c.NODE_CHANGED, self._node_changed)
+        dispatcher.serve(c.REGISTER_STORAGE, lambda r, m: self.register_storage(m.sender, r.url))
+        for relayed, to_sc in (
+            (c.CREATE_VOLUME, c.SC_CREATE_VOLUME),
+            (c.DELETE_VOLUME, c.SC_DELETE_VOLUME),
+            (c.EXPORT_VOLUME, c.SC_EXPORT_VOLUME),
+            (c.UNEXPORT_VOLUME, c.SC_UNEXPORT_VOLUME),
+            (c.CREATE_SNAPSHOT, c.SC_CREATE_SNAPSHOT),
+            (c.DELETE_SNAPSHOT, c.SC_DELETE_SNAPSHOT),
+            (c.DESCRIBE_STORAGE, c.SC_DESCRIBE_STORAGE),
+        ):
+            dispatcher.serve(relayed, lambda r, m, to_sc=to_sc: self.storage_call(to_sc, r))
+        dispatcher.serve(c.ATTACH_VOLUME, lambda r, m: self.node_call(r.node, c.NODE_ATTACH_VOLUME, r.attach))
+        dispatcher.serve(c.DETACH_VOLUME, lambda r, m: self.node_call(r.node, c.NODE_DETACH_VOLUME, r.detach))
+        paused = ((c.PAUSE_INSTANCE, c.NODE_PAUSE_INSTANCE), (c.RESUME_INSTANCE, c.NODE_RESUME_INSTANCE))
+        for relayed, to_node in paused:
+            dispatcher.serve(
+                relayed, lambda r, m, to_node=to_node: self.node_call(r.node, to_node, c.InstanceRef(r.instance_id))
+            )
 
     def add_node(self, name: str, channel: Channel, url: str | None = None) -> None:
         self.registry.add(name, channel, url)
@@ -100,6 +120,31 @@ class ClusterController:
             ) from None
         self.add_node(name, channel, url)
         return c.Registered(cluster=self.name, node=name)
+
+    def register_storage(self, name: str, url: str) -> c.Registered:
+        """The cluster's SC announces its URL; taken, as a node's, once it answers there as itself."""
+        if self._signer is None or self._verifier is None:
+            raise CloudError("UnsupportedOperation", "this cluster controller takes no storage controller")
+        if self.storage is not None and self.storage_url == url and self.storage.peer == name:
+            return c.Registered(cluster=self.name, node=name)
+        try:
+            channel = HttpChannel(name, "sc", self._signer, self._verifier, url, timeout=600)
+            channel.ask(c.HELLO, c.Empty(), timeout=REGISTER_CHECK_S)
+        except ValueError as exc:
+            raise CloudError("InvalidParameterValue", f"storage controller {name}: {exc}") from None
+        except CloudError as exc:
+            raise CloudError(
+                "InvalidParameterValue", f"storage controller {name} does not answer as itself at {url}: {exc.message}"
+            ) from None
+        self.storage, self.storage_url = channel, url
+        log.info("cluster %s: storage controller %s registered at %s", self.name, name, url)
+        return c.Registered(cluster=self.name, node=name)
+
+    def storage_call(self, action: c.Action[Any, Any], request: Any) -> Any:
+        """Relay a storage request to the cluster's SC (Unavailable until one registered)."""
+        if self.storage is None:
+            raise CloudError("Unavailable", f"cluster {self.name} has no storage controller yet", status=503)
+        return self.storage.ask(action, request)
 
     def _node_changed(self, request: c.Empty, message: VerifiedMessage) -> c.Empty:
         """A node saw a lifecycle event: ask it for its report now rather than at the next heartbeat."""

@@ -20,6 +20,8 @@ A VM on a node that the CLC has no record of is reported (``unknown_vms``), neve
 ``clc/reconciler.py``             applying the nodes' reports to the records
 ``clc/network.py``                ports, segments and the router plan; keeping routers in sync
 ``clc/usage.py``                  accounting reports, and NIC byte counters into the ledger
+``clc/volumes.py``, ``snapshots``  EBS volumes and snapshots: records and EC2's rules
+``clc/volume_work.py``            carrying volumes forward on the storage controller and nodes
 ================================  ===============================================================
 """
 
@@ -32,6 +34,7 @@ from typing import Any, TypeVar
 from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.clusters import ClusterLink, Clusters
 from cloudlab.clc.dispatch import Dispatch
+from cloudlab.clc.ebs_images import EbsImages
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.images import Images
 from cloudlab.clc.instances import TERMINATED_VISIBLE_S, InstanceRecords
@@ -41,11 +44,14 @@ from cloudlab.clc.network import InstanceNetworks, NetworkSync
 from cloudlab.clc.quotas import Quotas
 from cloudlab.clc.reconciler import Reconciler
 from cloudlab.clc.regions import DEFAULT_REGION, check_region
+from cloudlab.clc.snapshots import Snapshots
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags
 from cloudlab.clc.usage import NetworkBytes
 from cloudlab.clc.users import User, Users
 from cloudlab.clc.vmtypes import seed_vm_types
+from cloudlab.clc.volume_work import VolumeWork
+from cloudlab.clc.volumes import Volumes
 from cloudlab.rpc import Channel
 from cloudlab.security.ca import CertificateAuthority
 
@@ -77,7 +83,7 @@ class CloudController:
         seed_vm_types(store)
         self.quotas = Quotas(store)  # per-user limits, checked inside the transactions that create
         # The resource services create their tables now, never inside a later transaction.
-        for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks):
+        for service in (Tags, KeyPairs, SecurityGroups, Addresses, InstanceNetworks, Volumes, Snapshots, EbsImages):
             self.service(service)
         networks = self.service(InstanceNetworks)
         self.network_bytes = NetworkBytes(store)
@@ -90,8 +96,10 @@ class CloudController:
             self.network_bytes,
             nic_of=networks.port,
             before_start=self.network_sync.sync,
+            disks_of=lambda instance_id: self.volume_work.disks_for_start(instance_id),
         )
         self.lifecycle = InstanceLifecycle(store, self.records, self.clusters, images, self.dispatch, self.service)
+        self.volume_work = VolumeWork(self)  # volumes and snapshots carried forward on the SC and nodes
         self.reconciler = Reconciler(store, self.records, self.clusters, self.dispatch, self.network_bytes, reconcile_s)
 
     def service(self, cls: type[T]) -> T:
@@ -167,10 +175,12 @@ class CloudController:
     def start(self) -> None:
         self.reconciler.start()
         self.network_sync.start()
+        self.volume_work.start()
 
     def stop(self) -> None:
         self.reconciler.stop()
         self.network_sync.stop()
+        self.volume_work.stop()
         self.dispatch.stop()
 
     def reconcile_once(self) -> None:

@@ -21,10 +21,12 @@ from cloudlab.clc.images import Images
 from cloudlab.clc.instances import InstanceRecords
 from cloudlab.clc.usage import NetworkBytes
 from cloudlab.errors import CloudError
+from cloudlab.guest import DEFAULT_KERNEL_CMDLINE
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5.0
+SCRATCH_GIB = 1  # the scratch disk (vda) of an instance without a root volume, as EC2's instance store
 BATCH_TIMEOUT_S = 300.0  # a cluster starting a thousand instances answers when all are started
 REASON_START_FAILED = "Server.InternalError: {message}"
 
@@ -41,6 +43,7 @@ class Dispatch:
         *,
         nic_of: Callable[[str], c.NicPlan | None],
         before_start: Callable[[str], Any],
+        disks_of: Callable[[str], tuple[c.DiskPlan, ...]] = lambda instance_id: (),
         workers: int = 8,
     ) -> None:
         self.records = records
@@ -49,6 +52,7 @@ class Dispatch:
         self.network_bytes = network_bytes
         self._nic_of = nic_of  # the instance's port, if its cluster has a network
         self._before_start = before_start  # (cluster) -> None: its router must know the instance first
+        self._disks_of = disks_of  # the instance's volumes, made and exported (the root volume as vda)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clc-dispatch")
         self._lock = threading.Lock()
         self._last_attempt: dict[str, float] = {}
@@ -115,13 +119,19 @@ class Dispatch:
         if image is None:
             raise CloudError("InvalidAMIID.Unavailable", f"the image of {row['instance_id']} is gone")
         kernel, ramdisk = self.images.files(image)
+        disks = self._disks_of(row["instance_id"])
+        on_volume = any(d.device == "vda" for d in disks)
         return c.StartInstance(
             instance_id=row["instance_id"],
             vcpus=row["vcpus"],
             memory_mb=row["memory_mb"],
             kernel=str(kernel),
             ramdisk=str(ramdisk) if ramdisk else None,
-            disk=image.path if image.kind == "machine" else None,
+            # An image's disk is the backing of the instance's root volume, never attached itself.
+            disk=None,
+            disks=disks,
+            scratch_gib=0 if on_volume else SCRATCH_GIB,
+            cmdline=f"{DEFAULT_KERNEL_CMDLINE} root=/dev/vda rw" if on_volume else None,
             owner=row["owner"],
             image_id=row["image_id"],
             instance_type=row["instance_type"],

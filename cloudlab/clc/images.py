@@ -105,8 +105,13 @@ class Images:
         description: str = "",
         public: bool = True,
         disk: Path | None = None,
+        digests: dict[Path, str] | None = None,
     ) -> Image:
-        """Register a machine image from a kernel, an optional ramdisk and an optional disk the cloud can read."""
+        """Register a machine image from a kernel, an optional ramdisk and an optional disk the cloud can read.
+
+        ``digests``: sha256 already known for some of the files (a built image's manifest), so a
+        large disk is not read again at every start of the cloud."""
+        known = digests or {}
         for path in (kernel, ramdisk, disk):
             if path is not None and not path.is_file():
                 raise CloudError("InvalidParameterValue", f"image file {path} does not exist or is not a file")
@@ -115,12 +120,12 @@ class Images:
         for kind, prefix, path in (("kernel", "aki", kernel), ("ramdisk", "ari", ramdisk)):
             if path is None:
                 continue
-            digest = file_sha256(path)
+            digest = known.get(path) or file_sha256(path)
             existing = self._store.one("SELECT image_id FROM images WHERE kind=? AND sha256=?", (kind, digest))
             stored = self._store_file(path, digest)
             parts[kind] = (existing["image_id"] if existing else new_id(prefix), digest, stored)
         machine_id = new_id("ami")
-        disk_path = str(self._store_file(disk, file_sha256(disk))) if disk is not None else None
+        disk_path = str(self._store_file(disk, known.get(disk) or file_sha256(disk))) if disk is not None else None
         with self._store.transaction() as db:
             for kind, (image_id, digest, stored) in parts.items():
                 db.execute(
@@ -147,24 +152,40 @@ class Images:
         assert image is not None
         return image
 
-    def register_default(self, kernel: Path, ramdisk: Path, owner: str, description: str) -> tuple[Image, bool]:
-        """Register the built default image unless the same files are already registered under its name.
+    def register_default(
+        self,
+        kernel: Path,
+        ramdisk: Path,
+        owner: str,
+        description: str,
+        *,
+        name: str = DEFAULT_IMAGE_NAME,
+        disk: Path | None = None,
+        digests: dict[Path, str] | None = None,
+    ) -> tuple[Image, bool]:
+        """Register a built image (``cloudlab-default``, or ``name``) unless the same files are already
+        registered under its name.
 
-        Returns the image and whether it was newly registered. An older default image with other
-        files is renamed aside (``cloudlab-default-<date>``) so that ``Name=cloudlab-default`` stays unique.
+        Returns the image and whether it was newly registered. An older image of that name with other
+        files is renamed aside (``<name>-<date>``) so that ``Name=<name>`` stays unique.
         """
-        current = self.by_name(DEFAULT_IMAGE_NAME)
+        known = digests or {}
+
+        def digest(path: Path) -> str:
+            return known.get(path) or file_sha256(path)
+
+        current = self.by_name(name)
         if current is not None:
             k = self.get(current.kernel_id or "")
             r = self.get(current.ramdisk_id or "")
-            if k and r and k.sha256 == file_sha256(kernel) and r.sha256 == file_sha256(ramdisk):
+            same_disk = (current.path is None) if disk is None else (Path(current.path or "").name == digest(disk))
+            if k and r and k.sha256 == digest(kernel) and r.sha256 == digest(ramdisk) and same_disk:
                 return current, False
             stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(current.created))
             with self._store.transaction() as db:
-                db.execute(
-                    "UPDATE images SET name=? WHERE image_id=?", (f"{DEFAULT_IMAGE_NAME}-{stamp}", current.image_id)
-                )
-        return self.register(DEFAULT_IMAGE_NAME, kernel, ramdisk, owner=owner, description=description), True
+                db.execute("UPDATE images SET name=? WHERE image_id=?", (f"{name}-{stamp}", current.image_id))
+        image = self.register(name, kernel, ramdisk, owner=owner, description=description, disk=disk, digests=known)
+        return image, True
 
     def check_new_name(self, owner: str, name: str) -> None:
         """EC2's AMI name rules: 3-128 characters of a small set, unique per owner."""

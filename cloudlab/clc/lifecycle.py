@@ -28,6 +28,7 @@ from cloudlab.clc.tags import Tags, validate_specifications
 from cloudlab.clc.userdata import check_user_data
 from cloudlab.clc.users import User
 from cloudlab.clc.vmtypes import DEFAULT_TYPE, get_vm_type
+from cloudlab.clc.volumes import Volumes
 from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id, new_id
 
@@ -73,6 +74,7 @@ class InstanceLifecycle:
         security_groups: list[str] | None = None,
         security_group_ids: list[str] | None = None,
         tag_specifications: list[dict[str, Any]] | None = None,
+        block_device_mappings: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Validate, schedule, record (pending) and dispatch; returns the reservation."""
         if min_count < 1 or max_count < min_count:
@@ -107,6 +109,7 @@ class InstanceLifecycle:
                 security_groups=security_groups or [],
                 security_group_ids=security_group_ids or [],
                 tag_specifications=tag_specifications or [],
+                block_device_mappings=block_device_mappings or [],
             )
 
     def _run_instances(
@@ -124,10 +127,12 @@ class InstanceLifecycle:
         security_groups: list[str],
         security_group_ids: list[str],
         tag_specifications: list[dict[str, Any]],
+        block_device_mappings: list[dict[str, Any]],
     ) -> dict[str, Any]:
         # Services first: creating one runs its schema script, which must not happen inside a transaction.
         key_pairs, groups, tags = self._services(KeyPairs), self._services(SecurityGroups), self._services(Tags)
         networks = self._services(InstanceNetworks)
+        volumes = self._services(Volumes)
         if not is_valid_id(image_id, "ami"):
             raise CloudError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" (expecting "ami-...")')
         image = self.images.get(image_id)
@@ -148,6 +153,7 @@ class InstanceLifecycle:
         group_ids = groups.resolve_for_launch(user, security_groups, security_group_ids)
         validate_specifications("instance", tag_specifications)
         user_data = check_user_data(user_data)
+        launch_volumes = volumes.launch_plan(user, image, block_device_mappings)
         # The quotas first, so a request far beyond them is refused without asking the cluster; they
         # are checked again, atomically, in the transaction that records the instances.
         with self.store.transaction() as db:
@@ -195,6 +201,7 @@ class InstanceLifecycle:
                         tuple(row.values()),
                     )
                     append_ledger(db, row, "pending", None, when=now)
+                    volumes.record_launch(db, user, row, launch_volumes)
                     groups.attach(db, instance_id, group_ids)
                     if networks.has_network(link.name):
                         networks.allocate(db, link.name, instance_id, group_ids[0])
@@ -230,8 +237,9 @@ class InstanceLifecycle:
     def stop_instances(self, user: User, instance_ids: list[str]) -> list[Change]:
         """Power the VMs off and keep the instances (their room on the node is given back).
 
-        cloudlab's images boot from a kernel and ramdisk, so a stopped instance keeps its identity,
-        type, user data, groups and addresses, and boots afresh on start, possibly on another node.
+        A stopped instance keeps its identity, type, user data, groups, addresses and volumes (its root
+        volume with what was written to it, see clc/volumes.py), and boots again on start, possibly on
+        another node; its scratch disk (an image without a disk) starts empty, as EC2's instance store.
         """
         rows = {r["instance_id"]: r for r in self._visible(user, instance_ids)}
         for instance_id, row in rows.items():

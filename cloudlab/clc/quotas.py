@@ -11,6 +11,9 @@ resource        what counts                                refused with         
                 ones no longer count)
 ``vcpus``       the vCPUs of those instances               ``VcpuLimitExceeded``       32
 ``addresses``   elastic addresses allocated                ``AddressLimitExceeded``    5
+``volumes``     volumes not deleted (root volumes too)     ``VolumeLimitExceeded``     20
+``volume_gib``  the GiB of those volumes                   ``VolumeLimitExceeded``     200
+``snapshots``   snapshots not deleted                      ``SnapshotLimitExceeded``   50
 ==============  =========================================  ==========================  =========
 
 Stopped instances count, unlike EC2's vCPU limit (which counts running ones): here a stopped
@@ -56,6 +59,9 @@ RESOURCES: dict[str, Resource] = {
         Resource("instances", 20, "InstanceLimitExceeded", "instances"),
         Resource("vcpus", 32, "VcpuLimitExceeded", "vCPUs"),
         Resource("addresses", 5, "AddressLimitExceeded", "elastic addresses"),
+        Resource("volumes", 20, "VolumeLimitExceeded", "volumes"),
+        Resource("volume_gib", 200, "VolumeLimitExceeded", "GiB of volumes"),
+        Resource("snapshots", 50, "SnapshotLimitExceeded", "snapshots"),
     )
 }
 ADMIN = "admin"
@@ -156,7 +162,26 @@ class Quotas:
                 (addresses,) = db.execute("SELECT COUNT(*) FROM addresses WHERE owner=?", (user,)).fetchone()
             except sqlite3.OperationalError:  # no address was ever allocated in this cloud
                 addresses = 0
-        return {"instances": count, "vcpus": vcpus, "addresses": int(addresses)}
+            volumes, volume_gib = _held(
+                db, "SELECT COUNT(*), SUM(size_gib) FROM volumes WHERE owner=? AND state != 'deleted'", user
+            )
+            snapshots, _ = _held(db, "SELECT COUNT(*), 0 FROM snapshots WHERE owner=? AND state != 'deleted'", user)
+        return {
+            "instances": count,
+            "vcpus": vcpus,
+            "addresses": int(addresses),
+            "volumes": volumes,
+            "volume_gib": volume_gib,
+            "snapshots": snapshots,
+        }
+
+
+def _held(db: sqlite3.Connection, sql: str, user: str) -> tuple[int, int]:
+    try:
+        first, second = db.execute(sql, (user,)).fetchone()
+    except sqlite3.OperationalError:  # that kind of resource was never made in this cloud
+        return 0, 0
+    return int(first or 0), int(second or 0)
 
 
 def quota_columns(

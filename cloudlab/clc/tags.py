@@ -57,6 +57,8 @@ KINDS: dict[str, ResourceKind] = {
     "sg": ResourceKind("security-group", "security_groups", "group_id", "security group", "InvalidGroup.NotFound"),
     "key": ResourceKind("key-pair", "key_pairs", "key_pair_id", "key pair", "InvalidKeyPair.NotFound"),
     "eipalloc": ResourceKind("elastic-ip", "addresses", "allocation_id", "allocation", "InvalidAllocationID.NotFound"),
+    "vol": ResourceKind("volume", "volumes", "volume_id", "volume", "InvalidVolume.NotFound"),
+    "snap": ResourceKind("snapshot", "snapshots", "snapshot_id", "snapshot", "InvalidSnapshot.NotFound"),
     "r": ResourceKind("reservation", "reservations", "reservation_id", "reservation", "InvalidReservationID.NotFound"),
 }
 

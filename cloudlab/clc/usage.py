@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from cloudlab.clc.ebs_usage import EBS_EVENTS, EBS_METRIC, ebs_usage
 from cloudlab.clc.storage_usage import STORAGE_EVENT, STORAGE_METRICS, storage_usage
 from cloudlab.clc.store import Store, append_ledger
 
@@ -42,7 +43,7 @@ BILLABLE_STATE = "running"
 STATE_EVENTS = frozenset({"pending", "running", "shutting-down", "terminated", "stopping", "stopped"})
 NETWORK_EVENT = "network"
 GROUPINGS = ("user", "type", "day", "instance", "total")
-METRICS = ("instance_hours", "vcpu_hours", "gb_hours", "net_rx_bytes", "net_tx_bytes", *STORAGE_METRICS)
+METRICS = ("instance_hours", "vcpu_hours", "gb_hours", "net_rx_bytes", "net_tx_bytes", *STORAGE_METRICS, EBS_METRIC)
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|d|day|days|w|wk)\s*$", re.IGNORECASE)
 _UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "day": 86400, "days": 86400}
@@ -207,7 +208,7 @@ def _split_days(interval: _Interval) -> Iterable[tuple[str, float]]:
 def _empty(key: str) -> dict[str, Any]:
     return {"key": key, "instances": set(), "instance_hours": 0.0, "vcpu_hours": 0.0, "gb_hours": 0.0,
             "net_rx_bytes": 0, "net_tx_bytes": 0, "storage_gb_hours": 0.0, "s3_bytes_in": 0,
-            "s3_bytes_out": 0}  # fmt: skip
+            "s3_bytes_out": 0, EBS_METRIC: 0.0}  # fmt: skip
 
 
 def usage_report(
@@ -235,8 +236,9 @@ def usage_report(
         raise UsageError("the report window is empty: since is after until (or in the future)")
     if user is not None and not _known_user(store, user):
         raise UsageError(f"no user {user!r} in this cloud")
-    sql = "SELECT * FROM ledger WHERE time <= ? AND event != ?"
-    params: list[Any] = [end, STORAGE_EVENT]
+    not_instances = (STORAGE_EVENT, *EBS_EVENTS)  # readings and volumes/snapshots have reports of their own
+    sql = f"SELECT * FROM ledger WHERE time <= ? AND event NOT IN ({','.join('?' * len(not_instances))})"
+    params: list[Any] = [end, *not_instances]
     if user is not None:
         sql += " AND user = ?"
         params.append(user)
@@ -292,6 +294,11 @@ def usage_report(
             g[name] += value
         if by == "instance":
             owners.setdefault(key, (key.split(":", 1)[1], "s3"))
+
+    for key, values in ebs_usage(store, user=user, start=start, end=end, by=by).items():
+        group(key)[EBS_METRIC] += values[EBS_METRIC]
+        if by == "instance":
+            owners.setdefault(key, (values["user"], values["type"]))
 
     result = []
     for key in sorted(groups):

@@ -38,6 +38,12 @@ class BuiltImage:
     disk: Path | None = None
 
     @property
+    def digests(self) -> dict[Path, str]:
+        """Each output file's sha256 as the manifest gives it (registering a large disk need not read it)."""
+        outputs = self.manifest.get("outputs", {})
+        return {self.directory / n: info["sha256"] for n, info in outputs.items() if isinstance(info, dict)}
+
+    @property
     def kernel_cmdline(self) -> str:
         """The kernel command line the image is meant to boot with (the node adds its identity)."""
         return str(self.manifest.get("kernel_cmdline", ""))

@@ -38,6 +38,68 @@ class DomainSpec:
     #: QEMU starts waiting for a migration stream (``-incoming defer``): the booted template's state
     incoming: bool = False
     uuid: str | None = None  # a domain defined again keeps its UUID (libvirt picks one the first time)
+    volumes: tuple[Volume, ...] = ()  # NBD-exported volumes (the root volume as vda)
+    scratch: Path | None = None  # the instance's own scratch disk (qcow2) as vda, when no volume is vda
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume served by the cluster's storage controller over NBD, as guest disk ``device``."""
+
+    volume_id: str
+    device: str
+    host: str
+    port: int
+    export: str
+
+
+def volume_serial(volume_id: str) -> str:
+    """The disk's serial as the guest sees it (``/dev/disk/by-id/virtio-vol...``): EC2's NVMe style,
+    the volume id without its dash (20 characters, virtio-blk's limit)."""
+    return volume_id.replace("-", "")[:20]
+
+
+def volume_disk_xml(volume: Volume) -> str:
+    """The ``<disk>`` of one volume (also what the node hot-plugs and unplugs)."""
+    return ET.tostring(_volume_element(volume), encoding="unicode")
+
+
+def _volume_element(volume: Volume) -> ET.Element:
+    disk = ET.Element("disk", type="network", device="disk")
+    # The export is the guest's raw bytes (the qcow2 stays on the SC); no host page cache on the node.
+    ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none")
+    source = ET.SubElement(disk, "source", protocol="nbd", name=volume.export)
+    ET.SubElement(source, "host", name=volume.host, port=str(volume.port))
+    ET.SubElement(disk, "target", dev=volume.device, bus="virtio")
+    ET.SubElement(disk, "serial").text = volume_serial(volume.volume_id)
+    return disk
+
+
+def attached_volumes(xml: str) -> dict[str, str]:
+    """volume serial -> guest device of a domain's NBD disks."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    found = {}
+    for disk in root.iterfind("devices/disk"):
+        serial, target = disk.find("serial"), disk.find("target")
+        if disk.get("type") == "network" and serial is not None and target is not None:
+            found[serial.text or ""] = target.get("dev", "")
+    return found
+
+
+def disk_element_of(xml: str, volume_id: str) -> str | None:
+    """The ``<disk>`` element of ``volume_id`` in a domain's XML, as libvirt wrote it (for detaching)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for disk in root.iterfind("devices/disk"):
+        serial = disk.find("serial")
+        if serial is not None and serial.text == volume_serial(volume_id):
+            return ET.tostring(disk, encoding="unicode")
+    return None
 
 
 @dataclass(frozen=True)
@@ -91,7 +153,14 @@ def build_domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(dom, "on_reboot").text = "restart"
     ET.SubElement(dom, "on_crash").text = "destroy"
     devices = ET.SubElement(dom, "devices")
-    if spec.disk is not None:
+    if spec.scratch is not None and not any(v.device == "vda" for v in spec.volumes):
+        scratch = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(scratch, "driver", name="qemu", type="qcow2", discard="unmap")
+        ET.SubElement(scratch, "source", file=str(spec.scratch))
+        ET.SubElement(scratch, "target", dev="vda", bus="virtio")
+    for volume in sorted(spec.volumes, key=lambda v: (len(v.device), v.device)):
+        devices.append(_volume_element(volume))
+    if spec.disk is not None and spec.scratch is None and not spec.volumes:
         disk = ET.SubElement(devices, "disk", type="file", device="disk")
         ET.SubElement(disk, "driver", name="qemu", type="raw")
         ET.SubElement(disk, "source", file=str(spec.disk))

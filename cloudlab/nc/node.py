@@ -23,16 +23,25 @@ import libvirt
 from cloudlab import contract as c
 from cloudlab.errors import CloudError
 from cloudlab.guest import DEFAULT_KERNEL_CMDLINE
+from cloudlab.nc.disks import SCRATCH_FILE, NodeDisks
 from cloudlab.nc.domain_xml import (
     DomainSpec,
     Nic,
+    Volume,
     build_domain_xml,
     read_metadata,
     tap_of,
 )
 from cloudlab.nc.hypervisor import driver_kind, open_connection
 from cloudlab.nc.states import node_state
-from cloudlab.nc.templates import DEFAULT_TEMPLATE_SIZE, Launcher, Template, TemplateError, TemplateStore
+from cloudlab.nc.templates import (
+    DEFAULT_TEMPLATE_SCRATCH_GIB,
+    DEFAULT_TEMPLATE_SIZE,
+    Launcher,
+    Template,
+    TemplateError,
+    TemplateStore,
+)
 from cloudlab.nc.vde_nics import PlugPlace, VdeNics, bridge_name
 from cloudlab.net import NetError, vde
 from cloudlab.rpc import Dispatcher
@@ -80,7 +89,7 @@ def vde_port_counters(text: str) -> dict[int, tuple[int, int]]:
     return {p: (c[0], c[1]) for p, c in counters.items()}
 
 
-class NodeController:
+class NodeController(NodeDisks):
     """Runs instances on one host through one libvirt connection."""
 
     def __init__(
@@ -180,6 +189,7 @@ class NodeController:
             console_log=self.node_dir / "template-console.log",
             accel=self._accel,
             nic=Nic("", "", "", "") if self._template_nic else None,
+            scratch=self._scratch_disk(self.node_dir, DEFAULT_TEMPLATE_SCRATCH_GIB),  # only its size counts
         )
         key = launcher.key_for(spec)
         if key is not None:
@@ -194,6 +204,10 @@ class NodeController:
         dispatcher.serve(c.NODE_TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.instance_id))
         dispatcher.serve(c.NODE_REBOOT_INSTANCE, lambda r, m: self.reboot_instance(r.instance_id))
         dispatcher.serve(c.NODE_GET_CONSOLE_OUTPUT, lambda r, m: self.get_console_output(r.instance_id))
+        dispatcher.serve(c.NODE_ATTACH_VOLUME, lambda r, m: self.attach_volume(r))
+        dispatcher.serve(c.NODE_DETACH_VOLUME, lambda r, m: self.detach_volume(r))
+        dispatcher.serve(c.NODE_PAUSE_INSTANCE, lambda r, m: self.pause_instance(r.instance_id))
+        dispatcher.serve(c.NODE_RESUME_INSTANCE, lambda r, m: self.resume_instance(r.instance_id))
 
     def close(self) -> None:
         self.vde_nics.close()
@@ -444,6 +458,12 @@ class NodeController:
             nic, place = self._nic(plan) if plan is not None else (None, None)
             # where a VDE NIC is plugged is kept with the domain, so a restarted NC plugs it in again
             nic_meta = place.metadata() if place is not None else {}
+            volumes = tuple(
+                Volume(d.volume_id, d.device, d.export.host, d.export.port, d.export.name) for d in request.disks
+            )
+            scratch = None
+            if self.kind == "qemu" and request.scratch_gib > 0 and not any(v.device == "vda" for v in volumes):
+                scratch = self._scratch_disk(instance_dir, request.scratch_gib)
             spec = DomainSpec(
                 nic=nic,
                 instance_id=instance_id,
@@ -454,6 +474,8 @@ class NodeController:
                 console_log=console_log,
                 accel=accel,
                 disk=disk,
+                volumes=volumes,
+                scratch=scratch,
                 cmdline=request.cmdline or DEFAULT_KERNEL_CMDLINE,
                 metadata={
                     "owner": request.owner,
@@ -605,6 +627,8 @@ class NodeController:
             except libvirt.libvirtError as exc:
                 raise CloudError("InternalError", f"node {self.name} could not undefine {instance_id}: {exc}") from exc
             log.info("node %s terminated %s", self.name, instance_id)
+            # the instance store is the instance's while it runs here: gone when it stops or ends
+            (self.node_dir / "instances" / instance_id / SCRATCH_FILE).unlink(missing_ok=True)
             place = PlugPlace.from_metadata(self._metadata.get(dom.UUIDString()) or {})
             if place is not None:
                 self.vde_nics.remove(place)

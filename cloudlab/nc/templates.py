@@ -90,6 +90,9 @@ LAUNCH_MODES = ("restore", "boot")
 #: The size a node builds a template for when it starts: the default instance type's (t2.micro, see
 #: ``clc/vmtypes.py``; a test keeps the two equal). Other sizes get theirs at their first launch.
 DEFAULT_TEMPLATE_SIZE = (1, 256)
+#: The scratch disk (GiB) of the start-up template: what the cloud controller gives an instance of an image
+#: without a disk (``clc/dispatch.py:SCRATCH_GIB``; a test keeps the two equal).
+DEFAULT_TEMPLATE_SCRATCH_GIB = 1
 
 
 class TemplateError(Exception):
@@ -110,6 +113,7 @@ class TemplateKey:
     qemu_version: int
     libvirt_version: int
     format: int = TEMPLATE_FORMAT
+    scratch_gib: float = 0  # the scratch disk (vda) the template has, of the same size as the instance's
 
     @property
     def name(self) -> str:
@@ -145,6 +149,15 @@ def file_digest(path: Path) -> str:
         with _digests_lock:
             _digests[memo] = found
     return found
+
+
+def qcow2_size(path: Path) -> int:
+    """The virtual size of a qcow2 image, from its header (bytes 24-31, big-endian) without running qemu-img."""
+    with path.open("rb") as handle:
+        header = handle.read(32)
+    if len(header) < 32 or header[:4] != b"QFI\xfb":
+        raise ValueError(f"{path} is not a qcow2 image")
+    return int.from_bytes(header[24:32], "big")
 
 
 def _qmp(dom: libvirt.virDomain, command: str, files: list[int] | None = None, **arguments: Any) -> Any:
@@ -306,6 +319,7 @@ class TemplateStore:
                 incoming=False,
                 metadata={},
                 nic=Nic(TEMPLATE_MAC, "", "", "") if spec.nic is not None else None,
+                scratch=self._scratch(work, key.scratch_gib),
             )
             try:
                 dom = conn.createXML(build_domain_xml(template_spec), 0)
@@ -340,10 +354,23 @@ class TemplateStore:
             }
             write_atomic(work / INFO_FILE, json.dumps(info, indent=2) + "\n")
             (work / "identity.sock").unlink(missing_ok=True)
+            (work / "scratch.qcow2").unlink(missing_ok=True)  # empty, as every instance's is at its start
             shutil.rmtree(folder, ignore_errors=True)
             os.rename(work, folder)
             log.info("template %s built in %.1f s (%d MiB)", key.name, info["build_s"], info["state_bytes"] >> 20)
             return Template(key, folder / STATE_FILE)
+
+    @staticmethod
+    def _scratch(work: Path, size_gib: float) -> Path | None:
+        """The template's own empty scratch disk, of the instance's size (the guest has probed it, so the
+        device and its size are part of the state; its content, empty, is every instance's at start)."""
+        if not size_gib:
+            return None
+        from cloudlab.sc.files import qemu_img
+
+        path = work / "scratch.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", str(path), str(int(size_gib * (1 << 30))))
+        return path
 
     def _failed(self, key: TemplateKey, reason: str) -> None:
         log.warning("template %s failed: %s", key.name, reason)
@@ -377,12 +404,13 @@ class Launcher:
         self.on_built: Callable[[Template], None] | None = None
 
     def key_for(self, spec: DomainSpec) -> TemplateKey | None:
-        """The template ``spec`` could be restored from, or None (a disk, no ramdisk: always booted)."""
-        if spec.ramdisk is None or spec.disk is not None or spec.accel not in ("tcg", "kvm"):
+        """The template ``spec`` could be restored from, or None (an image disk, volumes, no ramdisk: booted)."""
+        if spec.ramdisk is None or spec.disk is not None or spec.volumes or spec.accel not in ("tcg", "kvm"):
             return None
         try:
             kernel, ramdisk = file_digest(spec.kernel), file_digest(spec.ramdisk)
-        except OSError:
+            scratch_gib = qcow2_size(spec.scratch) / (1 << 30) if spec.scratch is not None else 0
+        except (OSError, ValueError):
             return None
         return TemplateKey(
             kernel_sha256=kernel,
@@ -394,6 +422,7 @@ class Launcher:
             accel=spec.accel,
             qemu_version=self.qemu_version,
             libvirt_version=self.libvirt_version,
+            scratch_gib=scratch_gib,
         )
 
     def template_for(self, spec: DomainSpec) -> Template | None:

@@ -67,6 +67,7 @@ class Role(StrEnum):
     CLC = "clc"
     CC = "cc"
     NC = "nc"
+    SC = "sc"  # a storage controller (volumes, snapshots, their NBD exports)
     USER = "user"
 
 

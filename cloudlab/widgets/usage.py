@@ -29,6 +29,7 @@ METRICS = {
     "network bytes (rx+tx)": ("net_rx_bytes", "net_tx_bytes"),
     "S3 storage GB-hours": ("storage_gb_hours",),
     "S3 bytes (in+out)": ("s3_bytes_in", "s3_bytes_out"),
+    "EBS GB-hours (volumes+snapshots)": ("ebs_gb_hours",),
 }
 
 

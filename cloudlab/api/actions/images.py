@@ -7,6 +7,7 @@ from typing import Any
 from cloudlab.api import enrich, filters, views
 from cloudlab.api.actions import Context, action, owner_ids
 from cloudlab.api.errors import ApiError, quote_value
+from cloudlab.clc.ebs_images import EbsImages
 from cloudlab.ids import is_valid_id
 
 # -- images ------------------------------------------------------------------------------------------------
@@ -73,6 +74,14 @@ def register_image(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     name, description = req["Name"], req.get("Description") or ""
     if req.get("Architecture") not in (None, "x86_64"):
         raise ApiError("InvalidParameterValue", "this cloud runs x86_64 images only")
+    root_snapshot = _root_snapshot(req.get("BlockDeviceMappings") or [], req.get("RootDeviceName"))
+    if root_snapshot is not None:
+        if not req.get("KernelId"):
+            raise ApiError("MissingParameter", "RegisterImage with a root snapshot needs KernelId (and RamdiskId)")
+        image_id = ctx.clc.service(EbsImages).register_with_root(
+            ctx.user, name, req["KernelId"], req.get("RamdiskId"), root_snapshot, description
+        )
+        return {"ImageId": image_id}
     if req.get("ImageLocation"):
         image = images.register_location(
             ctx.user.name, name, req["ImageLocation"], description, admin=ctx.user.is_admin
@@ -92,6 +101,27 @@ def register_image(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
             "vmlinuz, initrd.img, disk.img) or KernelId (and RamdiskId) of registered images",
         )
     return {"ImageId": image.image_id}
+
+
+def _root_snapshot(mappings: list[dict[str, Any]], root_device: str | None) -> str | None:
+    """The snapshot of the root device in RegisterImage's BlockDeviceMappings, if one is given."""
+    from cloudlab.clc.volumes import ROOT_DEVICES
+
+    for mapping in mappings:
+        name = mapping.get("DeviceName")
+        snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
+        if snapshot_id and (name == root_device or name in ROOT_DEVICES):
+            return str(snapshot_id)
+    return None
+
+
+@action("CreateImage")
+def create_image(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    """An EBS-backed AMI from an instance's root volume (see cloudlab.clc.ebs_images)."""
+    image_id = ctx.clc.service(EbsImages).create_image(
+        ctx.user, req["InstanceId"], req["Name"], req.get("Description") or "", no_reboot=bool(req.get("NoReboot"))
+    )
+    return {"ImageId": image_id}
 
 
 @action("DeregisterImage")
@@ -119,7 +149,7 @@ def describe_image_attribute(ctx: Context, req: dict[str, Any]) -> dict[str, Any
     elif attribute == "productCodes":
         answer["ProductCodes"] = []
     elif attribute == "blockDeviceMapping":
-        answer["BlockDeviceMappings"] = []
+        answer["BlockDeviceMappings"] = enrich.image_block_devices(ctx, [image.image_id]).get(image.image_id, [])
     elif attribute == "bootMode":
         answer["BootMode"] = {"Value": "legacy-bios"}
     else:

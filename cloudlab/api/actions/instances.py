@@ -56,6 +56,7 @@ def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         security_groups=req.get("SecurityGroups"),
         security_group_ids=req.get("SecurityGroupIds"),
         tag_specifications=req.get("TagSpecifications"),
+        block_device_mappings=req.get("BlockDeviceMappings"),
     )
     answer = views.reservation(result["reservation_id"], ctx.user.user_id, result["instances"])
     enrich.instances(ctx, answer["Instances"])
@@ -204,7 +205,7 @@ def describe_instance_types(ctx: Context, req: dict[str, Any]) -> dict[str, Any]
             "InstanceType": t.name,
             "CurrentGeneration": True,
             "SupportedUsageClasses": ["on-demand"],
-            "SupportedRootDeviceTypes": ["instance-store"],
+            "SupportedRootDeviceTypes": ["ebs", "instance-store"],
             "SupportedVirtualizationTypes": ["hvm"],
             "BareMetal": False,
             "ProcessorInfo": {"SupportedArchitectures": ["x86_64"]},
@@ -245,7 +246,10 @@ def describe_instance_attribute(ctx: Context, req: dict[str, Any]) -> dict[str, 
     elif attribute == "groupSet":
         answer["Groups"] = enrich.groups_of(ctx, [row["instance_id"]]).get(row["instance_id"], [])
     elif attribute == "blockDeviceMapping":
-        answer["BlockDeviceMappings"] = []
+        from cloudlab.api.volume_views import instance_block_devices
+
+        attached = enrich.volumes_of(ctx, [row["instance_id"]]).get(row["instance_id"], [])
+        answer["BlockDeviceMappings"] = instance_block_devices(attached)
     elif attribute == "productCodes":
         answer["ProductCodes"] = []
     else:

@@ -24,6 +24,7 @@ def _row(row: dict[str, Any]) -> dict[str, Any]:
         "StorageGbHours": row["storage_gb_hours"],
         "S3BytesIn": row["s3_bytes_in"],
         "S3BytesOut": row["s3_bytes_out"],
+        "EbsGbHours": row["ebs_gb_hours"],
     }
     if "user" in row:
         out["User"] = row["user"]
