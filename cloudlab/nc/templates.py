@@ -241,15 +241,19 @@ def hand_identity(path: Path, line: str, timeout_s: float = IDENTITY_TIMEOUT_S) 
         wait_until(confirmed, timeout_s, what="the guest confirming its identity", interval_s=0.01, ignore=(OSError,))
 
 
-def find_template(root: Path, kernel: Path, ramdisk: Path, *, nic: bool, memory_mb: int) -> dict[str, Any] | None:
+def find_template(
+    root: Path, kernel: Path, ramdisk: Path, *, nic: bool, memory_mb: int, scratch_gib: float = 1
+) -> dict[str, Any] | None:
     """The finished template of these image files, NIC or none and size in ``root``, as its info (and
     ``name``), or None: how a benchmark or a test waits for the one a node builds at start."""
-    want = (file_digest(kernel), file_digest(ramdisk), nic, memory_mb)
+    want = (file_digest(kernel), file_digest(ramdisk), nic, memory_mb, scratch_gib, TEMPLATE_FORMAT)
     for info_file in root.glob(f"tpl-*/{INFO_FILE}"):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             info = json.loads(info_file.read_text())
             key = info["key"]
-            found = (key["kernel_sha256"], key["ramdisk_sha256"], key["nic"], key["memory_mb"])
+            found = tuple(
+                key.get(k) for k in ("kernel_sha256", "ramdisk_sha256", "nic", "memory_mb", "scratch_gib", "format")
+            )
             if found == want and (info_file.parent / STATE_FILE).is_file():
                 return info | {"name": info_file.parent.name}
     return None
