@@ -19,6 +19,7 @@ CHOICES = {
     "accel": ("auto", "kvm", "tcg"),
     "cable": ("tcp", "unix"),
     "network_model": ("classic", "vpc"),
+    "launch": ("restore", "boot"),
 }
 MINIMUM = {"nodes": 1, "clusters": 1, "api_port": 0, "node_vcpus": 1, "node_memory_mb": 1, "heartbeat_s": 0.01,
            "image_max_mb": 1, "terminated_visible_s": 0}  # fmt: skip
@@ -47,6 +48,7 @@ class CloudConfig:
     # internet; NAT into the cloud's own namespaces arrives with the networking issue.
     public_pool: str = "198.51.100.0/24"  # where the cluster controller listens for node controllers
     accel: str = "auto"
+    launch: str = "restore"  # node controllers restore booted templates (cloudlab/nc/templates.py) or "boot"
     node_vcpus: int | None = None
     node_memory_mb: int | None = None
     heartbeat_s: float = 1.0

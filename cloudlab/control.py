@@ -169,8 +169,14 @@ def _refuse_missing_nodes(layout: StateLayout, missing: list[str]) -> None:
     raise ControlError(f"node(s) {', '.join(missing)} did not start, so the cloud was stopped again; {logs}")
 
 
-def leftover_qemu(layout: StateLayout, programs: tuple[bytes, ...] = (b"qemu-system",)) -> list[int]:
-    """QEMU (or ``programs``) processes whose command line points into this state folder (or its short links)."""
+def leftover_qemu(
+    layout: StateLayout, programs: tuple[bytes, ...] = (b"qemu-system",), *, templates: bool = False
+) -> list[int]:
+    """QEMU (or ``programs``) processes whose command line points into this state folder (or its short links).
+
+    A node booting a template (``cloudlab/nc/templates.py``, a QEMU named ``cloudlab-tpl-...``) for a moment
+    runs one QEMU that is no instance's: counted only with ``templates`` (``down`` sweeps those too).
+    """
     markers = (str(layout.root.resolve()).encode(), layout.short_prefix.encode())
     found = []
     for entry in Path("/proc").iterdir():
@@ -182,6 +188,8 @@ def leftover_qemu(layout: StateLayout, programs: tuple[bytes, ...] = (b"qemu-sys
             continue
         argv0 = cmdline.split(b"\0", 1)[0]
         if any(p in argv0 for p in programs) and any(m in cmdline for m in markers):
+            if not templates and b"guest=cloudlab-tpl-" in cmdline:
+                continue
             found.append(int(entry.name))
     return found
 
@@ -197,7 +205,7 @@ def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
         if _pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
         stopped = True
-    swept = leftover_qemu(layout)
+    swept = leftover_qemu(layout, templates=True)
     for qemu in swept:
         with contextlib.suppress(ProcessLookupError):
             os.kill(qemu, signal.SIGKILL)

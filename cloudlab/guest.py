@@ -25,9 +25,16 @@ SHUTDOWN_MARKER = "cloudlab-shutdown: "
 DEFAULT_IMAGE_NAME = "cloudlab-default"
 #: The name of the Debian image (``cloudlab image build debian``: Debian 12 with cloud-init, on a disk).
 DEBIAN_IMAGE_NAME = "cloudlab-debian"
-#: The first line cloudlab-debian prints: how it was started ("cold boot"; a guest restored from a
-#: booted template will say "restored from template ...").
+#: The first line a guest prints: how it was started ("cold boot", or "restored from template TPL" for a
+#: guest restored from a booted template; cloudlab-debian says "cold boot" only so far).
 LAUNCH_MARKER = "cloudlab-launch: "
+#: What a booted template's init prints once it waits for its identity (``cloudlab.identity=channel``),
+#: and the virtio-serial port it waits on; a restored guest answers :data:`IDENTITY_ACK` on that port.
+TEMPLATE_WAITING_MARKER = "cloudlab-template: waiting for identity"
+IDENTITY_PORT = "org.cloudlab.identity"
+IDENTITY_ACK = "cloudlab-identity: ok"
+#: The kernel command line option that makes a guest a booted template (it waits for its identity).
+TEMPLATE_CMDLINE_OPTION = "cloudlab.identity=channel"
 #: The line cloudlab-debian prints when cloud-init has run all its stages (its final_message).
 CLOUD_INIT_DONE_MARKER = "cloudlab-cloud-init: done"
 

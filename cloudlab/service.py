@@ -303,7 +303,11 @@ class CloudService:
             uri,
             "--accel",
             self.config.accel,
+            "--launch",
+            self.config.launch,
         ]
+        if self.config.network != "none":
+            argv.append("--template-nic")
         if self.config.node_vcpus:
             argv += ["--vcpus", str(self.config.node_vcpus)]
         if self.config.node_memory_mb:

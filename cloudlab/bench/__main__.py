@@ -22,6 +22,8 @@ from cloudlab.bench.api_load import run_api_load_benchmark
 from cloudlab.bench.boot import run_boot_benchmark
 from cloudlab.bench.environment import describe_environment
 from cloudlab.bench.footprint import controller_memory
+from cloudlab.bench.launch import report_lines as launch_report_lines
+from cloudlab.bench.launch import run_launch_benchmark
 from cloudlab.bench.scale import run_scale_benchmark
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
@@ -35,6 +37,8 @@ TARGETS = {
     "api_throughput_ratio_to_moto": 10.0,
     "api_p99_ms": 100.0,
     "api_errors": 0,
+    "launch_restored_ssh_median_s": 1.0,
+    "launch_ratio_boot_to_restore_ssh": 4.0,
 }
 
 
@@ -46,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cloudlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="results", help="folder for the results (default results/)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per boot measurement (default 5)")
-    parser.add_argument("--only", default="boot,footprint,scale,api,network,s3", help="comma-separated parts to run")
+    parser.add_argument(
+        "--only", default="boot,footprint,launch,scale,api,network,s3", help="comma-separated parts to run"
+    )
+    parser.add_argument("--launch-repeats", type=int, default=10, help="launches per mode in part launch (default 10)")
+    parser.add_argument("--launch-burst", type=int, default=20, help="instances at once in part launch")
     parser.add_argument("--network-repeats", type=int, default=3, help="repeats per path in part network (default 3)")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load duration per side in part api")
     args = parser.parse_args(argv)
@@ -58,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             from cloudlab.client import connect
 
             layout = StateLayout(Path(tmp) / "state")
-            info = control.up(layout, CloudConfig(api_port=0), timeout_s=120)
+            # cold boots against QEMU by hand (part launch measures restored launches against cold boots)
+            info = control.up(layout, CloudConfig(api_port=0, launch="boot"), timeout_s=120)
             try:
                 cloud = connect(str(layout.root))
                 def probed() -> str | None:  # the node is still probing QEMU and the accelerator
@@ -76,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
                     results["boot"] = run_boot_benchmark(cloud, accel or "tcg", args.repeats, progress=say)
             finally:
                 control.down(layout)
+        if "launch" in parts:
+            say("launch: restored from a booted template against cold boot, interleaved")
+            results["launch"] = run_launch_benchmark(
+                Path(tmp), args.launch_repeats, progress=say, burst=args.launch_burst
+            )
         if "scale" in parts:
             results["scale"] = run_scale_benchmark(progress=say)
         if "api" in parts:
@@ -119,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
         pd.DataFrame(results["boot"].pop("rows")).to_csv(out / f"bench-boot-{stamp}.csv", index=False)
         path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if "launch" in results:
+        import pandas as pd
+
+        pd.DataFrame(results["launch"].pop("rows")).to_csv(out / f"bench-launch-{stamp}.csv", index=False)
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(report(results))
     print(f"\nresults written to {path}")
     return 0
@@ -151,6 +170,8 @@ def report(results: dict[str, Any]) -> str:
             f"  {s['describe_sql_floor_ms']['median']:7.1f} ms (SQL)       x{s['ratio_describe_to_sql_floor']:<6}"
             " < 200 ms"
         )
+    if "launch" in results:
+        lines += launch_report_lines(results["launch"])
     if "api" in results:
         lines += api_report_lines(results["api"])
     return "\n".join(lines)

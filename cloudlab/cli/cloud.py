@@ -40,6 +40,7 @@ UP_OPTIONS = {
     "nat_node": "nat_nodes",
     "cable": "cable",
     "region": "region",
+    "launch": "launch",
 }
 
 
@@ -63,6 +64,7 @@ UP_OPTIONS = {
         arg("--region", type=region, metavar="NAME", help="the cloud's region name (default cloudlab-1)"),
         arg("--port", type=port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)"),
         arg("--accel", choices=["auto", "kvm", "tcg"], help="accelerator (default auto: probe KVM, else TCG)"),
+        arg("--launch", choices=["restore", "boot"], help="restore booted templates (default) or boot cold"),
         arg("--node-vcpus", type=positive, metavar="N", help="vCPUs each node offers"),
         arg("--node-memory", type=positive, metavar="MIB", help="memory (MiB) each node offers"),
         arg(

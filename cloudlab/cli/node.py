@@ -98,6 +98,8 @@ CC_URL = arg("--cc", required=True, type=controller_url, metavar="URL", help="th
         arg("--vcpus", type=positive, help="vCPUs to offer"),
         arg("--memory", type=positive, help="memory (MiB) to offer"),
         arg("--accel", choices=["auto", "kvm", "tcg"], default="auto"),
+        arg("--launch", choices=["restore", "boot"], default="restore", help="restore templates or boot cold"),
+        arg("--template-nic", action="store_true", help="build the start-up template with a NIC"),
         arg("--verbose", action="store_true"),
     ],
 )
@@ -120,6 +122,8 @@ def nc(args: argparse.Namespace) -> int:
         accel=args.accel,
         accel_cache=cache_dir() / "accel.json",
         advertise=args.advertise,
+        launch=args.launch,
+        template_nic=args.template_nic,
     )
     return 0
 

@@ -63,7 +63,9 @@ BUILDER_VERSION = "1"
 #: The kernel command line the default image is meant to boot with (libvirt's ``<cmdline>``).
 
 #: Userland packages whose programs go into the image (their library dependencies follow).
-USERLAND_PACKAGES = ("busybox-static", "iperf3", "libiperf0", "dropbear-bin")
+#: perl-base: one ioctl busybox cannot make (RNDRESEEDCRNG, the kernel's generator reseeded at once from
+#: its pool), which a guest restored from a booted template needs (see cloudlab/nc/templates.py).
+USERLAND_PACKAGES = ("busybox-static", "iperf3", "libiperf0", "dropbear-bin", "perl-base")
 #: Programs copied from the extracted packages (paths inside the packages = paths in the guest).
 GUEST_PROGRAMS = (
     "bin/busybox",
@@ -71,6 +73,7 @@ GUEST_PROGRAMS = (
     "usr/sbin/dropbear",
     "usr/bin/dropbearkey",
     "usr/bin/dbclient",
+    "usr/bin/perl",
 )
 #: Kernel modules the guest loads at boot (with their dependencies), unless built into the kernel:
 #: virtio PCI transport, NIC, disk, console and entropy source; ``button`` turns the ACPI power

@@ -31,6 +31,17 @@
 #                               (VMs without a metadata service; the kernel command line holds 2048
 #                               bytes, so an ed25519 key (~140 base64 chars) or RSA-2048 (~540) fits)
 #   cloudlab.metadata=0         do not ask the metadata service (benchmarks without one boot faster)
+#   cloudlab.identity=channel   a booted template (cloudlab/nc/templates.py): stop before anything that
+#                               makes this guest someone (hostname, MAC, address, SSH, RNG, clock) and
+#                               wait for one line of identity on the virtio-serial port
+#                               org.cloudlab.identity; the line holds the options above plus
+#                               cloudlab.mac=MAC (set on the first NIC), cloudlab.seed=HEX (mixed into
+#                               the kernel's random pool), cloudlab.time=EPOCH (the clock, set at resume)
+#                               and cloudlab.launch=TEMPLATE. A guest restored from the saved template
+#                               reads it and carries on exactly as a cold-booted one.
+#
+# The first line says how the guest started: "cloudlab-launch: cold boot" or
+# "cloudlab-launch: restored from template NAME".
 
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 export HOME=/root
@@ -57,17 +68,77 @@ ip_config=
 shell=
 ssh_key=
 metadata=1
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        cloudlab.hostname=*) host=${arg#*=} ;;
-        cloudlab.ip=*) ip_config=${arg#*=} ;;
-        cloudlab.shell=1) shell=1 ;;
-        cloudlab.sshkey=*) ssh_key=${arg#*=} ;;
-        cloudlab.metadata=0) metadata= ;;
-    esac
-done
+identity=
+mac=
+seed=
+clock=
+launch=
+# The options of the kernel command line, and (a restored template) of the identity line: same words.
+read_options() {
+    for arg in $1; do
+        case "$arg" in
+            cloudlab.hostname=*) host=${arg#*=} ;;
+            cloudlab.ip=*) ip_config=${arg#*=} ;;
+            cloudlab.shell=1) shell=1 ;;
+            cloudlab.sshkey=*) ssh_key=${arg#*=} ;;
+            cloudlab.metadata=0) metadata= ;;
+            cloudlab.identity=channel) identity=channel ;;
+            cloudlab.mac=*) mac=${arg#*=} ;;
+            cloudlab.seed=*) seed=${arg#*=} ;;
+            cloudlab.time=*) clock=${arg#*=} ;;
+            cloudlab.launch=*) launch=${arg#*=} ;;
+        esac
+    done
+}
+read -r cmdline </proc/cmdline
+read_options "$cmdline"
+
+# A booted template waits here, blocked in a shell builtin (no process runs, nothing draws on the
+# random pool), until its node writes this instance's identity into the port. Everything that
+# differs between siblings restored from one template happens after this point.
+if [ "$identity" = channel ]; then
+    port=
+    for _ in $(seq 100); do
+        for dev in /sys/class/virtio-ports/*; do
+            [ -r "$dev/name" ] || continue
+            read -r name <"$dev/name"
+            [ "$name" = org.cloudlab.identity ] && port=/dev/${dev##*/} && break
+        done
+        [ -n "$port" ] && [ -e "$port" ] && break
+        port=
+        sleep 0.05
+    done
+    if [ -n "$port" ]; then
+        say "cloudlab-template: waiting for identity"
+        line=
+        while [ -z "$line" ]; do read -r line <"$port" || sleep 0.1; done
+        # The node resends until it reads this (a line written into the port just as the guest
+        # resumes can be lost), so the guest confirms what it got.
+        echo "cloudlab-identity: ok" >"$port"
+        read_options "$line"
+        # First, before any program runs: the node's seed into the random pool (a builtin write mixes
+        # it in), then the generator reseeded from the pool at once (RNDRESEEDCRNG = _IO('R', 7): Linux
+        # 6.1 reseeds on a timer, seconds later, and busybox has no way to ask), so nothing drawn from
+        # now on is what a sibling restored from the same template draws.
+        if [ -n "$seed" ]; then
+            echo "$seed" >/dev/urandom
+            perl -e 'open(F, "<", "/dev/urandom") && ioctl(F, 0x5207, 0) || exit 1' ||
+                say "cloudlab-init: the random generator was not reseeded"
+        fi
+        [ -n "$clock" ] && date -s "@${clock%.*}" >/dev/null
+        say "cloudlab-launch: restored from template ${launch:-unknown}"
+    else
+        say "cloudlab-init: no identity port (org.cloudlab.identity); going on as a cold boot"
+        say "cloudlab-launch: cold boot"
+    fi
+else
+    say "cloudlab-launch: cold boot"
+fi
 hostname "$host"
 echo "$host" >/etc/hostname
+# machine-id: drawn after the reseed above, so siblings of one template each get their own.
+read -r machine_id </proc/sys/kernel/random/uuid
+echo "$machine_id" | tr -d - >/etc/machine-id
 echo "127.0.1.1 $host" >>/etc/hosts
 
 # Network: every interface up; addressing beyond a static cloudlab.ip= is a later stage's job.
@@ -76,7 +147,11 @@ first_nic=
 for dev in /sys/class/net/*; do
     nic=${dev##*/}
     [ "$nic" = lo ] && continue
-    [ -n "$first_nic" ] || first_nic=$nic
+    if [ -z "$first_nic" ]; then
+        first_nic=$nic
+        # the instance's own MAC (a restored template's NIC still has the template's)
+        [ -n "$mac" ] && ip link set dev "$nic" address "$mac"
+    fi
     ip link set "$nic" up
 done
 if [ -n "$ip_config" ] && [ -n "$first_nic" ]; then

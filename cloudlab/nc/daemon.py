@@ -57,6 +57,8 @@ def run_node(
     accel_cache: Path | None = None,
     stop: threading.Event | None = None,
     advertise: str | None = None,
+    launch: str = "restore",
+    template_nic: bool = False,
 ) -> None:
     """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
     identity, ca_certificate = node_identity(pki_dir, name)
@@ -73,6 +75,8 @@ def run_node(
         accel=accel,
         accel_cache=accel_cache,
         on_change=nudger.changed,
+        launch=launch,
+        template_nic=template_nic,
     )
     dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
     node.register_routes(dispatcher)

@@ -11,9 +11,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudlab.guest import DEFAULT_KERNEL_CMDLINE
+from cloudlab.guest import DEFAULT_KERNEL_CMDLINE, IDENTITY_PORT
 
 METADATA_NS = "https://cloudlab.invalid/xmlns/instance/1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,12 @@ class DomainSpec:
     disk: Path | None = None  # the image's disk, attached read-only (shared by every instance of the image)
     metadata: dict[str, str] = field(default_factory=dict)
     nic: Nic | None = None
+    #: the guest's identity port (virtio-serial ``org.cloudlab.identity``, a unix socket QEMU listens on):
+    #: a booted template waits on it, and an instance restored from one is handed its identity there
+    identity_socket: Path | None = None
+    #: QEMU starts waiting for a migration stream (``-incoming defer``): the booted template's state
+    incoming: bool = False
+    uuid: str | None = None  # a domain defined again keeps its UUID (libvirt picks one the first time)
     volumes: tuple[Volume, ...] = ()  # NBD-exported volumes (the root volume as vda)
     scratch: Path | None = None  # the instance's own scratch disk (qcow2) as vda, when no volume is vda
 
@@ -106,14 +113,22 @@ class Nic:
     mac: str
     address: str  # ADDR/PREFIX, set by the guest's init from the kernel command line
     gateway: str
-    bridge: str
+    bridge: str  # "" for a booted template's NIC: a tap on no bridge (the same device; the back-end differs)
 
 
 def build_domain_xml(spec: DomainSpec) -> str:
     """The domain XML for ``spec``."""
     domain_type = {"kvm": "kvm", "tcg": "qemu", "test": "test"}[spec.accel]
     dom = ET.Element("domain", type=domain_type)
+    if spec.incoming:
+        # libvirt has no way to start a domain from a bare QEMU migration stream, so QEMU is told to wait for
+        # one; the node feeds it the template's file over the monitor (cloudlab.nc.templates)
+        commandline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+        for arg in ("-incoming", "defer"):
+            ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     ET.SubElement(dom, "name").text = spec.instance_id
+    if spec.uuid is not None:
+        ET.SubElement(dom, "uuid").text = spec.uuid
     ET.SubElement(dom, "title").text = f"cloudlab instance {spec.instance_id}"
     meta = ET.SubElement(dom, "metadata")
     inst = ET.SubElement(meta, f"{{{METADATA_NS}}}instance")
@@ -127,7 +142,7 @@ def build_domain_xml(spec: DomainSpec) -> str:
     if spec.ramdisk is not None:
         ET.SubElement(os_el, "initrd").text = str(spec.ramdisk)
     cmdline = f"{spec.cmdline} cloudlab.hostname={spec.instance_id}"
-    if spec.nic is not None:
+    if spec.nic is not None and spec.nic.address:
         cmdline += f" cloudlab.ip={spec.nic.address},{spec.nic.gateway}"
     ET.SubElement(os_el, "cmdline").text = cmdline
     features = ET.SubElement(dom, "features")
@@ -162,16 +177,22 @@ def build_domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(devices, "controller", type="usb", model="none")  # nothing to plug in; one device less to boot
         rng = ET.SubElement(devices, "rng", model="virtio")
         ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
+        if spec.identity_socket is not None:
+            channel = ET.SubElement(devices, "channel", type="unix")
+            ET.SubElement(channel, "source", mode="bind", path=str(spec.identity_socket))
+            ET.SubElement(channel, "target", type="virtio", name=IDENTITY_PORT)
     if spec.nic is not None:
         _add_nic(devices, spec.nic)
     ET.register_namespace("cloudlab", METADATA_NS)
+    ET.register_namespace("qemu", QEMU_NS)
     return ET.tostring(dom, encoding="unicode")
 
 
 def _add_nic(devices: ET.Element, nic: Nic) -> None:
-    iface = ET.SubElement(devices, "interface", type="bridge")
+    iface = ET.SubElement(devices, "interface", type="bridge" if nic.bridge else "ethernet")
     ET.SubElement(iface, "mac", address=nic.mac)
-    ET.SubElement(iface, "source", bridge=nic.bridge)
+    if nic.bridge:
+        ET.SubElement(iface, "source", bridge=nic.bridge)
     ET.SubElement(iface, "model", type="virtio")
 
 

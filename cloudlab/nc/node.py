@@ -9,6 +9,7 @@ restarted NC finds its instances where it left them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -33,6 +34,14 @@ from cloudlab.nc.domain_xml import (
 )
 from cloudlab.nc.hypervisor import driver_kind, open_connection
 from cloudlab.nc.states import node_state
+from cloudlab.nc.templates import (
+    DEFAULT_TEMPLATE_SCRATCH_GIB,
+    DEFAULT_TEMPLATE_SIZE,
+    Launcher,
+    Template,
+    TemplateError,
+    TemplateStore,
+)
 from cloudlab.nc.vde_nics import PlugPlace, VdeNics, bridge_name
 from cloudlab.net import NetError, vde
 from cloudlab.rpc import Dispatcher
@@ -94,6 +103,9 @@ class NodeController(NodeDisks):
         accel: str = "auto",
         accel_cache: Path | None = None,
         on_change: Callable[[], None] | None = None,
+        launch: str = "restore",
+        template_nic: bool = False,
+        templates_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.on_change = on_change  # told of every lifecycle event (the daemon nudges its CC)
@@ -132,6 +144,15 @@ class NodeController(NodeDisks):
         self._event_seq = 0
         self._events_lock = threading.Lock()
         self._refresh_held()
+        # restore booted templates (cloudlab.nc.templates) or boot cold; the templates built at start have
+        # a NIC when the cloud has a network (``template_nic``)
+        self.launcher: Launcher | None = None
+        self._template_nic = template_nic
+        if self.kind == "qemu":
+            from cloudlab.images.cached import default_cache_dir
+
+            store = TemplateStore(templates_dir or default_cache_dir() / "templates")
+            self.launcher = Launcher(self.conn, name, store, launch)
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
         if self.kind == "qemu":
             threading.Thread(target=self._warm_up, name=f"warm-{name}", daemon=True).start()
@@ -150,6 +171,29 @@ class NodeController(NodeDisks):
             if built is not None:
                 with self._lock:
                     self.accelerator(built.kernel, built.ramdisk)
+                self._prebuild_template(built.kernel, built.ramdisk)
+
+    def _prebuild_template(self, kernel: Path, ramdisk: Path) -> None:
+        """Queue the template of the default image at the default size (what most launches ask for)."""
+        launcher = self.launcher
+        if launcher is None or launcher.mode != "restore" or self._accel is None:
+            return
+        launcher.store.remove_stale(launcher.qemu_version, launcher.libvirt_version)
+        vcpus, memory_mb = DEFAULT_TEMPLATE_SIZE
+        spec = DomainSpec(
+            instance_id="template",
+            vcpus=vcpus,
+            memory_mb=memory_mb,
+            kernel=kernel,
+            ramdisk=ramdisk,
+            console_log=self.node_dir / "template-console.log",
+            accel=self._accel,
+            nic=Nic("", "", "", "") if self._template_nic else None,
+            scratch=self._scratch_disk(self.node_dir, DEFAULT_TEMPLATE_SCRATCH_GIB),  # only its size counts
+        )
+        key = launcher.key_for(spec)
+        if key is not None:
+            launcher.want(key, spec)
 
     # -- wiring -------------------------------------------------------------------------------
     def register_routes(self, dispatcher: Dispatcher) -> None:
@@ -443,6 +487,9 @@ class NodeController(NodeDisks):
                 }
                 | nic_meta,
             )
+            template = self._template_for(spec)
+            if template is not None:
+                spec = dataclasses.replace(spec, identity_socket=self._identity_socket(instance_id), incoming=True)
             try:
                 dom = self.conn.defineXML(build_domain_xml(spec))
             except libvirt.libvirtError as exc:
@@ -452,7 +499,12 @@ class NodeController(NodeDisks):
         try:
             if place is not None:
                 self.vde_nics.prepare(place)
-            dom.create()
+            begun = time.monotonic()
+            if template is not None:
+                dom = self._restore(dom, spec, template)
+            else:
+                dom.create()
+            how = f"restored from {template.name}" if template is not None else "booted"
             if nic is not None and tap_of(dom.XMLDesc(0)) is None:
                 raise NetError(f"libvirt reported no tap for {dom.name()}")
         except (libvirt.libvirtError, NetError, OSError) as exc:
@@ -467,8 +519,48 @@ class NodeController(NodeDisks):
             raise CloudError("InternalError", f"node {self.name} could not start {instance_id}: {exc}") from exc
         finally:
             self._starting.discard(instance_id)
-        log.info("node %s started %s (%s, %d vCPU, %d MiB)", self.name, instance_id, accel, vcpus, memory_mb)
+        log.info(
+            "node %s started %s (%s, %d vCPU, %d MiB; %s in %.2f s)",
+            *(self.name, instance_id, accel, vcpus, memory_mb, how, time.monotonic() - begun),
+        )
         return c.InstanceStarted(instance_id, node_state(dom.state()[0]), self.name, accel)
+
+    def _template_for(self, spec: DomainSpec) -> Template | None:
+        """The booted template to restore ``spec`` from, if one is ready (else it boots cold)."""
+        if self.launcher is None:
+            return None
+        if len(str(self._identity_socket(spec.instance_id))) > 107:  # what a unix socket's path holds
+            log.info("node %s: %s boots cold: the state path is too long for a socket", self.name, spec.instance_id)
+            return None
+        return self.launcher.template_for(spec)
+
+    def _identity_socket(self, instance_id: str) -> Path:
+        """Where QEMU listens for a restored instance's identity (short: a socket's path holds 107 bytes)."""
+        folder = self.node_dir / "id"
+        folder.mkdir(exist_ok=True)
+        return folder / instance_id
+
+    def _restore(self, dom: Any, spec: DomainSpec, template: Template) -> Any:
+        """Restore ``dom`` from ``template``; if that fails, boot it cold after all (a launch never fails for it)."""
+        assert self.launcher is not None
+        try:
+            self.launcher.restore(dom, spec, template)
+            return dom
+        except (TemplateError, libvirt.libvirtError) as exc:
+            log.warning(
+                "node %s: %s not restored from %s (%s): booting it cold",
+                self.name,
+                spec.instance_id,
+                template.name,
+                exc,
+            )
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+        spec.console_log.write_bytes(b"")
+        cold = dataclasses.replace(spec, incoming=False, identity_socket=None, uuid=dom.UUIDString())
+        dom = self.conn.defineXML(build_domain_xml(cold))
+        dom.create()
+        return dom
 
     def run_instances(self, requests: tuple[c.StartInstance, ...]) -> c.StartOutcomes:
         """Start several instances; each succeeds or fails on its own (as separate starts would).

@@ -1,0 +1,251 @@
+"""Launch time (issue 13): RunInstances → boot marker and → SSH answering, for instances restored from a
+booted template against cold boots of the same image and size, measured side by side in one run.
+
+Two clouds run at once, each with one node and a direct network, one started ``--launch restore`` and
+one ``--launch boot``; after one uncounted launch each, launches alternate between them (restore, boot,
+restore, ...), one instance at a time, so a busy host slows both alike. Each instance's console says how
+it started; a "restored" launch that was booted cold (no template yet) is counted as what it was. The
+figures are medians of ``repeats`` and the ratio cold ÷ restored, and each idle instance's QEMU memory
+(RSS and PSS: a restored guest's memory is a copy of the template's, read from the file, so nothing is
+shared between siblings); nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cloudlab import control
+from cloudlab.bench.stats import summarise
+from cloudlab.bench.workloads import WorkloadError, instance_remote
+from cloudlab.config import CloudConfig
+from cloudlab.guest import LAUNCH_MARKER, has_booted
+from cloudlab.images.cached import default_cache_dir, find_built_image
+from cloudlab.nc.templates import find_template
+from cloudlab.paths import StateLayout
+from cloudlab.waiting import wait_until
+
+MODES = ("restore", "boot")
+KEY_NAME = "bench-launch"
+GROUP_NAME = "bench-launch"
+IDLE_S = 1.0  # after SSH answered, before the instance's memory is read
+
+
+def _prepare(cloud: Any) -> tuple[str, str]:
+    """A key pair and a group that lets SSH in: what every measured launch uses."""
+    ec2 = cloud.ec2
+    ec2.create_key_pair(KeyName=KEY_NAME, KeyType="ed25519")
+    group = ec2.create_security_group(GroupName=GROUP_NAME, Description="ssh for the launch benchmark")["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0")
+    return cloud.default_image(), group
+
+
+def qemu_memory_kib(instance_id: str) -> dict[str, int]:
+    """Resident and proportional memory (KiB) of the QEMU that runs ``instance_id`` (``smaps_rollup``;
+    PSS counts pages shared with other processes once overall, so shared template pages would show)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"guest={instance_id},".encode() not in (entry / "cmdline").read_bytes():
+                continue
+            fields = dict(line.split(":", 1) for line in (entry / "smaps_rollup").read_text().splitlines()[1:])
+        except (OSError, ValueError):
+            continue
+        return {"rss_kib": int(fields["Rss"].split()[0]), "pss_kib": int(fields["Pss"].split()[0])}
+    return {}
+
+
+def launch_once(cloud: Any, image: str, group: str, timeout_s: float = 120) -> dict[str, Any]:
+    """One instance: seconds from the RunInstances call to the boot marker and to ``ssh true`` succeeding."""
+    ec2 = cloud.ec2
+    started = time.monotonic()
+    reply = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.micro", KeyName=KEY_NAME, SecurityGroupIds=[group]
+    )
+    instance_id = reply["Instances"][0]["InstanceId"]
+    try:
+        console = wait_until(
+            lambda: (
+                (text := ec2.get_console_output(InstanceId=instance_id).get("Output") or "")
+                and has_booted(text)
+                and text
+            ),
+            timeout_s,
+            what=f"{instance_id}'s boot marker",
+            interval_s=0.05,
+        )
+        marker_s = time.monotonic() - started
+        remote = wait_until(
+            lambda: instance_remote(cloud, instance_id), 30, what=f"{instance_id} running", ignore=(WorkloadError,)
+        )
+        remote.connect_timeout = 2
+        wait_until(
+            lambda: remote.run("true", timeout=10).returncode == 0,
+            timeout_s,
+            what=f"SSH answering on {instance_id}",
+            interval_s=0.05,
+        )
+        ssh_s = time.monotonic() - started
+        time.sleep(IDLE_S)
+        memory = qemu_memory_kib(instance_id)
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+        cloud.wait_state([instance_id], "terminated", timeout=60)
+    line = next((ln for ln in console.splitlines() if ln.startswith(LAUNCH_MARKER)), "")
+    return {
+        "instance": instance_id,
+        "marker_s": round(marker_s, 4),
+        "ssh_s": round(ssh_s, 4),
+        "started_by": "restore" if "restored from template" in line else "boot",
+        **memory,
+        "launch_line": line.strip(),
+    }
+
+
+def launch_burst(cloud: Any, image: str, group: str, count: int, timeout_s: float = 300) -> dict[str, Any]:
+    """``count`` instances in one RunInstances: seconds until every boot marker, and until every SSH answers."""
+    ec2 = cloud.ec2
+    started = time.monotonic()
+    reply = ec2.run_instances(
+        ImageId=image,
+        MinCount=count,
+        MaxCount=count,
+        InstanceType="t2.micro",
+        KeyName=KEY_NAME,
+        SecurityGroupIds=[group],
+    )
+    ids = [i["InstanceId"] for i in reply["Instances"]]
+    booted: set[str] = set()
+    consoles: dict[str, str] = {}
+
+    def all_booted() -> bool:
+        for instance_id in set(ids) - booted:
+            text = ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+            if has_booted(text):
+                booted.add(instance_id)
+                consoles[instance_id] = text
+        return len(booted) == count
+
+    def answers(instance_id: str) -> bool:
+        try:
+            remote = instance_remote(cloud, instance_id)
+        except WorkloadError:
+            return False
+        remote.connect_timeout = 2
+        return remote.run("true", timeout=10).returncode == 0
+
+    try:
+        wait_until(all_booted, timeout_s, what=f"{count} boot markers", interval_s=0.1)
+        marker_s = time.monotonic() - started
+        for instance_id in ids:  # one after the other: the last to answer ends the wait
+            wait_until(lambda i=instance_id: answers(i), timeout_s, what=f"SSH on {instance_id}", interval_s=0.1)
+        ssh_s = time.monotonic() - started
+    finally:
+        ec2.terminate_instances(InstanceIds=ids)
+        cloud.wait_state(ids, "terminated", timeout=120)
+    restored = sum("restored from template" in text for text in consoles.values())
+    return {"count": count, "all_marker_s": round(marker_s, 3), "all_ssh_s": round(ssh_s, 3), "restored": restored}
+
+
+def run_launch_benchmark(
+    workdir: Path, repeats: int = 10, progress: Callable[[str], None] | None = None, burst: int = 20
+) -> dict:
+    """Restore against cold boot, interleaved; per-launch rows and the medians' ratio."""
+    from cloudlab.client import connect
+
+    say = progress or (lambda _m: None)
+    built = find_built_image()
+    if built is None:
+        raise RuntimeError("the default image is not built: run 'cloudlab image build'")
+    layouts = {mode: StateLayout(workdir / f"launch-{mode}") for mode in MODES}
+    clouds: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for mode, layout in layouts.items():
+            # room for the burst: each idle instance holds its t2.micro's 256 MiB and 1 vCPU
+            config = CloudConfig(
+                api_port=0,
+                network="direct",
+                launch=mode,
+                node_vcpus=max(4, burst),
+                node_memory_mb=max(1024, 256 * burst),
+            )
+            control.up(layout, config, timeout_s=180)
+            clouds[mode] = connect(str(layout.root), progress=False)
+        prepared = {mode: _prepare(cloud) for mode, cloud in clouds.items()}
+        say("launch: waiting for the restore cloud's node to build its template")
+        started = time.monotonic()
+        template = wait_until(
+            lambda: find_template(
+                default_cache_dir() / "templates", built.kernel, built.ramdisk, nic=True, memory_mb=256
+            ),
+            300,
+            what="the start-up template",
+            interval_s=0.5,
+        )
+        say(f"launch: template {template['name']} ready ({time.monotonic() - started:.1f} s waited)")
+        for mode in MODES:  # each cloud's first launch also sets up its network's gateway: not counted
+            launch_once(clouds[mode], *prepared[mode])
+        for repeat in range(repeats):
+            for mode in MODES:
+                image, group = prepared[mode]
+                row = launch_once(clouds[mode], image, group)
+                rows.append({"mode": mode, "repeat": repeat, **row})
+                say(
+                    f"launch {mode} {repeat + 1}/{repeats}: marker {row['marker_s']:.2f} s, ssh {row['ssh_s']:.2f} s"
+                    f" ({row['started_by']})"
+                )
+        bursts = {}
+        for mode in MODES if burst else ():
+            bursts[mode] = launch_burst(clouds[mode], *prepared[mode], burst)
+            say(
+                f"launch {mode}: {burst} at once, all markers {bursts[mode]['all_marker_s']:.1f} s, all SSH "
+                f"{bursts[mode]['all_ssh_s']:.1f} s ({bursts[mode]['restored']} restored)"
+            )
+    finally:
+        for layout in layouts.values():
+            control.down(layout)
+    result: dict[str, Any] = {"repeats": repeats, "template": template["name"], "template_build_s": template["build_s"]}
+    result["burst"] = bursts
+    for mode in MODES:
+        mine = [r for r in rows if r["mode"] == mode]
+        result[mode] = {
+            "marker_s": summarise([r["marker_s"] for r in mine]),
+            "ssh_s": summarise([r["ssh_s"] for r in mine]),
+            "started_as_asked": sum(r["started_by"] == mode for r in mine),
+            "idle_rss_mib": summarise([r["rss_kib"] / 1024 for r in mine if "rss_kib" in r]),
+            "idle_pss_mib": summarise([r["pss_kib"] / 1024 for r in mine if "pss_kib" in r]),
+        }
+    for what in ("marker_s", "ssh_s"):
+        result[f"ratio_boot_to_restore_{what[:-2]}"] = round(
+            result["boot"][what]["median"] / result["restore"][what]["median"], 3
+        )
+    result["rows"] = rows
+    return result
+
+
+def report_lines(result: dict[str, Any]) -> list[str]:
+    restore, boot = result["restore"], result["boot"]
+    n = result["repeats"]
+    bursts = result.get("burst") or {}
+    extra = []
+    if "restore" in bursts and "boot" in bursts:
+        r, b = bursts["restore"], bursts["boot"]
+        extra.append(
+            f"{r['count']} launched at once, all SSH-ready      {r['all_ssh_s']:7.2f} s  {b['all_ssh_s']:7.2f} s"
+            f" (cold boot)   x{b['all_ssh_s'] / r['all_ssh_s']:<6.3f} < 15 s ({r['restored']} restored)"
+        )
+    return [
+        f"RunInstances→SSH answering, restored (median)  {restore['ssh_s']['median']:7.2f} s"
+        f"  {boot['ssh_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_ssh']:<6} < 1 s, ≥ 4×",
+        f"RunInstances→boot marker, restored (median)    {restore['marker_s']['median']:7.2f} s"
+        f"  {boot['marker_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_marker']:<6}",
+        f"  launches started as asked: restore {restore['started_as_asked']}/{n}, boot {boot['started_as_asked']}/{n}",
+        f"idle instance's QEMU, restored (median RSS/PSS) {restore['idle_rss_mib'].get('median', 0):6.0f}/"
+        f"{restore['idle_pss_mib'].get('median', 0):.0f} MiB, cold boot {boot['idle_rss_mib'].get('median', 0):.0f}/"
+        f"{boot['idle_pss_mib'].get('median', 0):.0f} MiB",
+        *extra,
+    ]

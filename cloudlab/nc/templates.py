@@ -1,0 +1,495 @@
+"""Booted templates: launch an instance by restoring a guest that already booted (issue 13).
+
+A *template* is a guest of one image and one size, booted once (kernel command line option
+``cloudlab.identity=channel``) to the point where its init waits for its identity on the virtio-serial
+port ``org.cloudlab.identity``, then paused and saved as a QEMU migration stream. An instance launched
+from it is the same domain XML as a cold boot (its own name, UUID, MAC, console, kernel command line)
+plus the identity port and ``-incoming defer``; the node feeds QEMU the template's stream over the
+monitor, resumes it and writes the instance's identity line into the port. The guest's init then carries
+on as after a cold boot (MAC, address, metadata, user data, SSH, boot marker).
+
+Why a bare migration stream and not libvirt's ``virDomainSave``/``virDomainRestore``: libvirt refuses to
+restore a saved image under another UUID ("Target domain uuid ... does not match source"), so one saved
+image could give one domain only. QEMU's stream holds guest state, not identity: the devices must be the
+same (same XML, so the same PCI slots), the back-ends (tap, console file, socket) may differ. The stream
+travels through file descriptors passed on the monitor (``getfd``), since QEMU's sandbox forbids
+``exec:`` migration and QEMU 7.2 has no ``file:`` URI.
+
+What siblings of one template would share, and what each gets instead (see ``images/init.sh``):
+
+* the MAC: the stream carries the template's (virtio-net migrates its config space), so the guest sets
+  the instance's own MAC on its NIC before bringing it up; the template's MAC never sends a frame;
+* the kernel's random state: the identity line carries 32 fresh bytes from the host, written into
+  ``/dev/urandom`` by a shell builtin before any program runs. Linux (6.1) mixes a write into its input
+  pool and reseeds its generator from that pool on the next draw once the last reseed is older than
+  ``max(1 s, uptime / 2)`` early in boot; the template is saved :data:`SETTLE_S` after it started waiting,
+  long enough for that, so the first draw after resume reseeds with the host's bytes (the test compares
+  siblings' random bytes). SSH host keys are made by dropbear on the first connection, after that;
+* machine-id, hostname, boot id: made after the identity arrives;
+* the clock: the stream resumes the guest's clock where the template stopped; the identity carries the
+  host's time, and init sets it (to the second) before anything else runs.
+
+Templates live in a machine-wide cache (``<cache>/templates``; on one machine every simulated node
+shares it, as they share the image cache), one folder per :class:`TemplateKey` digest: the image files'
+contents, the kernel command line, vCPUs and memory, NIC or none, accelerator and the QEMU and libvirt
+versions. A changed image, command line or QEMU/libvirt is a different key, so it is never restored from a
+stale template; stale ones are removed when a node starts. A launch with no template ready boots cold and
+asks for a template to be built in the background (one build at a time per node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import libvirt_qemu
+
+from cloudlab.files import write_atomic
+from cloudlab.guest import IDENTITY_ACK, TEMPLATE_CMDLINE_OPTION, TEMPLATE_WAITING_MARKER, has_booted
+from cloudlab.images.cached import locked
+from cloudlab.nc.domain_xml import DomainSpec, Nic, build_domain_xml
+from cloudlab.waiting import WaitTimeout, wait_until
+
+log = logging.getLogger(__name__)
+
+#: Bump when the way a template is made changes (part of every key, so older templates are never restored).
+TEMPLATE_FORMAT = 1
+#: ``init_on_free=1``: pages the kernel frees are zeroed, so the bootloader's copy of the initramfs and
+#: the decompressed kernel's scratch become zero pages, which a migration stream skips: 67 MiB of state
+#: instead of 106 and a load ~3× faster. The restored guest keeps zeroing what it frees (a small cost).
+TEMPLATE_ONLY_CMDLINE = "init_on_free=1"
+#: The name of every template's domain begins so (``control.leftover_qemu`` tells them from instances by it).
+TEMPLATE_DOMAIN_PREFIX = "cloudlab-tpl-"
+#: The template's MAC: never used on a wire (a restored guest sets its own before its NIC comes up).
+TEMPLATE_MAC = "52:54:00:ff:ff:fe"
+#: How long a template waits for identity before it is saved: longer than the kernel's early-boot reseed
+#: interval (``max(1 s, uptime / 2)``, uptime ~3 s here), so the first random draw after a restore reseeds.
+SETTLE_S = 3.0
+BOOT_TIMEOUT_S = 90.0  # a template's boot to the waiting line (TCG on a busy host)
+SAVE_TIMEOUT_S = 60.0
+RESTORE_TIMEOUT_S = 60.0
+IDENTITY_TIMEOUT_S = 15.0
+RETRY_FAILED_AFTER_S = 600.0  # a template that failed to build is not tried again for this long
+STATE_FILE = "state"
+INFO_FILE = "template.json"
+FAILED_FILE = "failed.json"
+LAUNCH_MODES = ("restore", "boot")
+#: The size a node builds a template for when it starts: the default instance type's (t2.micro, see
+#: ``clc/vmtypes.py``; a test keeps the two equal). Other sizes get theirs at their first launch.
+DEFAULT_TEMPLATE_SIZE = (1, 256)
+#: The scratch disk (GiB) of the start-up template: what the cloud controller gives an instance of an image
+#: without a disk (``clc/dispatch.py:SCRATCH_GIB``; a test keeps the two equal).
+DEFAULT_TEMPLATE_SCRATCH_GIB = 1
+
+
+class TemplateError(Exception):
+    """A template could not be built or restored (the launch then boots cold)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateKey:
+    """Everything a template's state depends on; a change in any of it means another template."""
+
+    kernel_sha256: str
+    ramdisk_sha256: str
+    cmdline: str
+    vcpus: int
+    memory_mb: int
+    nic: bool
+    accel: str
+    qemu_version: int
+    libvirt_version: int
+    format: int = TEMPLATE_FORMAT
+    scratch_gib: float = 0  # the scratch disk (vda) the template has, of the same size as the instance's
+
+    @property
+    def name(self) -> str:
+        data = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return "tpl-" + hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A finished template: its key and its saved state."""
+
+    key: TemplateKey
+    state: Path
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+_digests_lock = threading.Lock()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime): images are read once per process."""
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    with _digests_lock:
+        found = _digests.get(memo)
+    if found is None:
+        with path.open("rb") as handle:
+            found = hashlib.file_digest(handle, "sha256").hexdigest()
+        with _digests_lock:
+            _digests[memo] = found
+    return found
+
+
+def qcow2_size(path: Path) -> int:
+    """The virtual size of a qcow2 image, from its header (bytes 24-31, big-endian) without running qemu-img."""
+    with path.open("rb") as handle:
+        header = handle.read(32)
+    if len(header) < 32 or header[:4] != b"QFI\xfb":
+        raise ValueError(f"{path} is not a qcow2 image")
+    return int.from_bytes(header[24:32], "big")
+
+
+def _qmp(dom: libvirt.virDomain, command: str, files: list[int] | None = None, **arguments: Any) -> Any:
+    """One QMP command on the domain's monitor (with file descriptors to pass), its ``return``."""
+    text = json.dumps({"execute": command, "arguments": arguments} if arguments else {"execute": command})
+    if files:
+        reply, _ = libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, files, 0)
+    else:
+        reply = libvirt_qemu.qemuMonitorCommand(dom, text, 0)
+    answer = json.loads(reply)
+    if "error" in answer:
+        raise TemplateError(f"QEMU {command}: {answer['error'].get('desc', answer['error'])}")
+    return answer.get("return")
+
+
+def _migration_done(dom: libvirt.virDomain) -> bool:
+    status = (_qmp(dom, "query-migrate") or {}).get("status")
+    if status in ("failed", "cancelled"):
+        raise TemplateError(f"migration {status}")
+    return status == "completed"
+
+
+def save_state(dom: libvirt.virDomain, path: Path) -> None:
+    """Pause ``dom`` and write its state (a QEMU migration stream) to ``path``."""
+    dom.suspend()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _qmp(dom, "getfd", [fd], fdname="cloudlab-template")
+    finally:
+        os.close(fd)
+    _qmp(dom, "migrate-set-parameters", **{"max-bandwidth": 1 << 40})  # a paused guest: one pass, no limit
+    _qmp(dom, "migrate", uri="fd:cloudlab-template")
+    wait_until(lambda: _migration_done(dom), SAVE_TIMEOUT_S, what="the template's state saved", interval_s=0.02)
+
+
+def restore_state(dom: libvirt.virDomain, path: Path) -> None:
+    """Feed a started ``-incoming defer`` domain the state in ``path`` and let it run."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _qmp(dom, "getfd", [fd], fdname="cloudlab-template")
+    finally:
+        os.close(fd)
+    _qmp(dom, "migrate-incoming", uri="fd:cloudlab-template")
+    wait_until(lambda: _migration_done(dom), RESTORE_TIMEOUT_S, what="the template's state loaded", interval_s=0.01)
+    dom.resume()
+
+
+def identity_line(spec: DomainSpec, template: Template, now: float | None = None) -> str:
+    """What a restored guest learns over its identity port (the words of a cold boot's command line, and more)."""
+    words = [f"cloudlab.hostname={spec.instance_id}"]
+    if spec.nic is not None:
+        words.append(f"cloudlab.mac={spec.nic.mac}")
+        if spec.nic.address:
+            words.append(f"cloudlab.ip={spec.nic.address},{spec.nic.gateway}")
+    words += [
+        f"cloudlab.seed={os.urandom(32).hex()}",
+        f"cloudlab.time={now if now is not None else time.time():.3f}",
+        f"cloudlab.launch={template.name}",
+    ]
+    return " ".join(words)
+
+
+def hand_identity(path: Path, line: str, timeout_s: float = IDENTITY_TIMEOUT_S) -> None:
+    """Write ``line`` into the guest's identity port until the guest confirms it.
+
+    A line written just as the guest resumes can be lost inside QEMU's virtio-serial port, so it is
+    written again every 0.05 s until the guest answers :data:`IDENTITY_ACK` (a second copy the guest never
+    reads is harmless: the port is read once per boot).
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        wait_until(lambda: sock.connect(str(path)) or True, 5.0, what=f"QEMU listening on {path}", ignore=(OSError,))
+        sock.settimeout(0.05)
+        got = bytearray()
+
+        def confirmed() -> bool:
+            sock.sendall(line.encode() + b"\n")
+            with contextlib.suppress(TimeoutError):
+                got.extend(sock.recv(256))
+            return IDENTITY_ACK.encode() in got
+
+        wait_until(confirmed, timeout_s, what="the guest confirming its identity", interval_s=0.01, ignore=(OSError,))
+
+
+def find_template(
+    root: Path, kernel: Path, ramdisk: Path, *, nic: bool, memory_mb: int, scratch_gib: float = 1
+) -> dict[str, Any] | None:
+    """The finished template of these image files, NIC or none and size in ``root``, as its info (and
+    ``name``), or None: how a benchmark or a test waits for the one a node builds at start."""
+    want = (file_digest(kernel), file_digest(ramdisk), nic, memory_mb, scratch_gib, TEMPLATE_FORMAT)
+    for info_file in root.glob(f"tpl-*/{INFO_FILE}"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            info = json.loads(info_file.read_text())
+            key = info["key"]
+            found = tuple(
+                key.get(k) for k in ("kernel_sha256", "ramdisk_sha256", "nic", "memory_mb", "scratch_gib", "format")
+            )
+            if found == want and (info_file.parent / STATE_FILE).is_file():
+                return info | {"name": info_file.parent.name}
+    return None
+
+
+def _template_progress(console: bytes) -> str | None:
+    """``waiting`` once a template's guest waits for its identity, ``booted`` if it booted as an instance."""
+    if TEMPLATE_WAITING_MARKER.encode() in console:
+        return "waiting"
+    return "booted" if has_booted(console) else None
+
+
+class TemplateStore:
+    """The templates in one folder: finished ones, failed builds, and how to build one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def ready(self, key: TemplateKey) -> Template | None:
+        folder = self.root / key.name
+        try:
+            info = json.loads((folder / INFO_FILE).read_text())
+            if info.get("key") != dataclasses.asdict(key) or not (folder / STATE_FILE).is_file():
+                return None
+        except (OSError, ValueError):
+            return None
+        return Template(key, folder / STATE_FILE)
+
+    def failed_recently(self, key: TemplateKey) -> bool:
+        try:
+            info = json.loads((self.root / f"{key.name}.{FAILED_FILE}").read_text())
+            return time.time() - float(info["time"]) < RETRY_FAILED_AFTER_S
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def remove_stale(self, qemu_version: int, libvirt_version: int) -> None:
+        """Remove templates made by another QEMU or libvirt (they can never be restored here)."""
+        if not self.root.is_dir():
+            return
+        for info_file in self.root.glob(f"tpl-*/{INFO_FILE}"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                key = json.loads(info_file.read_text())["key"]
+                if (key["qemu_version"], key["libvirt_version"]) != (qemu_version, libvirt_version):
+                    log.info("removing template %s (QEMU/libvirt changed)", info_file.parent.name)
+                    shutil.rmtree(info_file.parent, ignore_errors=True)
+
+    def build(self, conn: libvirt.virConnect, key: TemplateKey, spec: DomainSpec) -> Template:
+        """Boot ``spec`` as a template, wait until it waits for its identity, save it (under a lock: once)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with locked(self.root / f".{key.name}.lock"):
+            found = self.ready(key)
+            if found is not None:
+                return found
+            for stale in self.root.glob(f".{key.name}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed build; we hold the lock
+            work = self.root / f".{key.name}.{os.getpid()}.tmp"
+            work.mkdir()
+            started = time.monotonic()
+            console = work / "console.log"
+            console.write_bytes(b"")
+            template_spec = dataclasses.replace(
+                spec,
+                instance_id=f"cloudlab-{key.name}",  # TEMPLATE_DOMAIN_PREFIX: not an instance (no "i-")
+                console_log=console,
+                cmdline=f"{spec.cmdline} {TEMPLATE_CMDLINE_OPTION} {TEMPLATE_ONLY_CMDLINE}",
+                identity_socket=work / "identity.sock",
+                incoming=False,
+                metadata={},
+                nic=Nic(TEMPLATE_MAC, "", "", "") if spec.nic is not None else None,
+                scratch=self._scratch(work, key.scratch_gib),
+            )
+            try:
+                dom = conn.createXML(build_domain_xml(template_spec), 0)
+            except libvirt.libvirtError as exc:
+                self._failed(key, f"cannot start: {exc}")
+                shutil.rmtree(work, ignore_errors=True)
+                raise TemplateError(f"template {key.name} cannot start: {exc}") from exc
+            try:
+                seen = wait_until(
+                    lambda: _template_progress(console.read_bytes()),
+                    BOOT_TIMEOUT_S,
+                    what=f"template {key.name} waiting for its identity",
+                    interval_s=0.1,
+                )
+                if seen == "booted":  # an init that knows no cloudlab.identity=channel: never a template
+                    raise TemplateError("the image booted through without waiting for an identity")
+                time.sleep(SETTLE_S)
+                save_state(dom, work / STATE_FILE)
+            except (WaitTimeout, TemplateError, libvirt.libvirtError, OSError) as exc:
+                self._failed(key, str(exc))
+                shutil.rmtree(work, ignore_errors=True)
+                raise TemplateError(f"template {key.name} not built: {exc}") from exc
+            finally:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+            folder = self.root / key.name
+            info = {
+                "key": dataclasses.asdict(key),
+                "built_at": time.time(),
+                "build_s": round(time.monotonic() - started, 2),
+                "state_bytes": (work / STATE_FILE).stat().st_size,
+            }
+            write_atomic(work / INFO_FILE, json.dumps(info, indent=2) + "\n")
+            (work / "identity.sock").unlink(missing_ok=True)
+            (work / "scratch.qcow2").unlink(missing_ok=True)  # empty, as every instance's is at its start
+            shutil.rmtree(folder, ignore_errors=True)
+            os.rename(work, folder)
+            log.info("template %s built in %.1f s (%d MiB)", key.name, info["build_s"], info["state_bytes"] >> 20)
+            return Template(key, folder / STATE_FILE)
+
+    @staticmethod
+    def _scratch(work: Path, size_gib: float) -> Path | None:
+        """The template's own empty scratch disk, of the instance's size (the guest has probed it, so the
+        device and its size are part of the state; its content, empty, is every instance's at start)."""
+        if not size_gib:
+            return None
+        from cloudlab.sc.files import qemu_img
+
+        path = work / "scratch.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", str(path), str(int(size_gib * (1 << 30))))
+        return path
+
+    def _failed(self, key: TemplateKey, reason: str) -> None:
+        log.warning("template %s failed: %s", key.name, reason)
+        with contextlib.suppress(OSError):
+            write_atomic(self.root / f"{key.name}.{FAILED_FILE}", json.dumps({"time": time.time(), "reason": reason}))
+
+
+class Launcher:
+    """How a node starts its instances: by restoring a template where one is ready, else by booting.
+
+    Templates that are missing are built by one background thread per node, in the order asked for.
+    """
+
+    def __init__(self, conn: libvirt.virConnect, node: str, store: TemplateStore, mode: str = "restore") -> None:
+        if mode not in LAUNCH_MODES:
+            raise ValueError(f"launch mode {mode!r}: use restore or boot")
+        self.conn = conn
+        self.node = node
+        self.store = store
+        self.mode = mode
+        self.qemu_version = conn.getVersion()
+        self.libvirt_version = conn.getLibVersion()
+        for dom in conn.listAllDomains():  # a build this node was doing when it stopped: its QEMU outlived it
+            if dom.name().startswith(TEMPLATE_DOMAIN_PREFIX):
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+        self._queue: queue.Queue[tuple[TemplateKey, DomainSpec]] = queue.Queue()
+        self._wanted: set[TemplateKey] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.on_built: Callable[[Template], None] | None = None
+
+    def key_for(self, spec: DomainSpec) -> TemplateKey | None:
+        """The template ``spec`` could be restored from, or None (an image disk, volumes, no ramdisk: booted)."""
+        if spec.ramdisk is None or spec.disk is not None or spec.volumes or spec.accel not in ("tcg", "kvm"):
+            return None
+        try:
+            kernel, ramdisk = file_digest(spec.kernel), file_digest(spec.ramdisk)
+            scratch_gib = qcow2_size(spec.scratch) / (1 << 30) if spec.scratch is not None else 0
+        except (OSError, ValueError):
+            return None
+        return TemplateKey(
+            kernel_sha256=kernel,
+            ramdisk_sha256=ramdisk,
+            cmdline=spec.cmdline,
+            vcpus=spec.vcpus,
+            memory_mb=spec.memory_mb,
+            nic=spec.nic is not None,
+            accel=spec.accel,
+            qemu_version=self.qemu_version,
+            libvirt_version=self.libvirt_version,
+            scratch_gib=scratch_gib,
+        )
+
+    def template_for(self, spec: DomainSpec) -> Template | None:
+        """The ready template for ``spec`` in restore mode; a missing one is queued for building."""
+        if self.mode != "restore":
+            return None
+        key = self.key_for(spec)
+        if key is None:
+            return None
+        found = self.store.ready(key)
+        if found is None:
+            log.info("node %s: no template %s ready for %s: it boots cold", self.node, key.name, spec.instance_id)
+            self.want(key, spec)
+        return found
+
+    def want(self, key: TemplateKey, spec: DomainSpec) -> None:
+        """Build the template ``key`` in the background unless it is ready, queued or failed lately."""
+        with self._lock:
+            if key in self._wanted or self.store.ready(key) is not None or self.store.failed_recently(key):
+                return
+            self._wanted.add(key)
+            self._queue.put((key, spec))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._build_loop, name=f"templates-{self.node}", daemon=True)
+                self._thread.start()
+
+    def wait_idle(self, timeout_s: float) -> None:
+        """Wait until no template is queued or being built (tests and benchmarks)."""
+        wait_until(lambda: not self._wanted, timeout_s, what="templates built", interval_s=0.2)
+
+    def _build_loop(self) -> None:
+        while True:
+            key, spec = self._queue.get()
+            try:
+                template = self.store.build(self.conn, key, spec)
+                if self.on_built is not None:
+                    self.on_built(template)
+            except TemplateError as exc:
+                log.warning("node %s: %s", self.node, exc)
+            except Exception:  # the builder thread must survive whatever one build does
+                log.exception("node %s: template %s failed unexpectedly", self.node, key.name)
+            finally:
+                with self._lock:
+                    self._wanted.discard(key)
+
+    def restore(self, dom: libvirt.virDomain, spec: DomainSpec, template: Template) -> None:
+        """Start ``dom`` (defined from ``spec`` with ``incoming``) from ``template`` and hand it its identity.
+
+        Afterwards the persistent definition loses ``-incoming``: were the domain ever started again, it
+        would boot cold with its own command line (a reboot of the running guest does so already).
+        """
+        try:
+            begun = time.monotonic()
+            dom.create()
+            created = time.monotonic()
+            restore_state(dom, template.state)
+            resumed = time.monotonic()
+            assert spec.identity_socket is not None
+            hand_identity(spec.identity_socket, identity_line(spec, template))
+            log.info(
+                "node %s: %s: QEMU started in %.2f s, state loaded in %.2f s, identity taken in %.2f s",
+                *(self.node, spec.instance_id, created - begun, resumed - created, time.monotonic() - resumed),
+            )
+            self.conn.defineXML(build_domain_xml(dataclasses.replace(spec, incoming=False, uuid=dom.UUIDString())))
+        except (WaitTimeout, OSError) as exc:
+            raise TemplateError(str(exc)) from exc
