@@ -18,8 +18,7 @@ from cloudlab.client import connect
 from cloudlab.images.cached import default_cache_dir, find_built_image
 from cloudlab.nc.templates import find_template
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, default_image, start_cloud
-from tests.test_network_cloud import _requirements, no_leftovers, ssh
+from tests.clouds import RunningCloud, default_image, network_requirements, no_leftovers, ssh, start_cloud
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -46,7 +45,7 @@ def _ready_template(memory_mb: int) -> dict[str, Any] | None:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
-    reason = _requirements()
+    reason = network_requirements()
     if reason:
         pytest.skip(reason)
     cloud = start_cloud(

@@ -349,7 +349,7 @@ Port 0005 untagged_vlan=0007 ACTIVE - Unnamed Allocatable
 
 
 def test_vde_port_counters_parse_port_print() -> None:
-    from cloudlab.nc.node import vde_port_counters
+    from cloudlab.nc.node_nics import vde_port_counters
 
     assert vde_port_counters(PORT_PRINT) == {1: (1500, 180), 5: (0, 42)}
     assert vde_port_counters("") == {}

@@ -19,12 +19,12 @@ from typing import Any
 
 from cloudlab import control
 from cloudlab.bench.stats import summarise
-from cloudlab.bench.workloads import WorkloadError, instance_remote
 from cloudlab.config import CloudConfig
 from cloudlab.guest import LAUNCH_MARKER, has_booted
 from cloudlab.images.cached import default_cache_dir, find_built_image
 from cloudlab.nc.templates import find_template
 from cloudlab.paths import StateLayout
+from cloudlab.reach import Unreachable, instance_remote
 from cloudlab.waiting import wait_until
 
 MODES = ("restore", "boot")
@@ -79,7 +79,7 @@ def launch_once(cloud: Any, image: str, group: str, timeout_s: float = 120) -> d
         )
         marker_s = time.monotonic() - started
         remote = wait_until(
-            lambda: instance_remote(cloud, instance_id), 30, what=f"{instance_id} running", ignore=(WorkloadError,)
+            lambda: instance_remote(cloud, instance_id), 30, what=f"{instance_id} running", ignore=(Unreachable,)
         )
         remote.connect_timeout = 2
         wait_until(
@@ -132,7 +132,7 @@ def launch_burst(cloud: Any, image: str, group: str, count: int, timeout_s: floa
     def answers(instance_id: str) -> bool:
         try:
             remote = instance_remote(cloud, instance_id)
-        except WorkloadError:
+        except Unreachable:
             return False
         remote.connect_timeout = 2
         return remote.run("true", timeout=10).returncode == 0

@@ -33,6 +33,7 @@ from cloudlab.nc.domain_xml import (
     tap_of,
 )
 from cloudlab.nc.hypervisor import driver_kind, open_connection
+from cloudlab.nc.node_nics import NodeNics
 from cloudlab.nc.states import node_state
 from cloudlab.nc.templates import (
     DEFAULT_TEMPLATE_SCRATCH_GIB,
@@ -42,7 +43,7 @@ from cloudlab.nc.templates import (
     TemplateError,
     TemplateStore,
 )
-from cloudlab.nc.vde_nics import PlugPlace, VdeNics, bridge_name
+from cloudlab.nc.vde_nics import PlugPlace, VdeNics
 from cloudlab.net import NetError, vde
 from cloudlab.rpc import Dispatcher
 
@@ -70,26 +71,7 @@ _EVENT_NAMES = {
 }
 
 
-def vde_port_counters(text: str) -> dict[int, tuple[int, int]]:
-    """Port → (bytes into the switch, bytes out of it), from vde_switch's ``port/print``.
-
-    Each port's block reads ``Port 0005 untagged_vlan=... ACTIVE ...`` then ``IN:  pkts N bytes N`` and
-    ``OUT: pkts N bytes N`` (IN is what the port's plug sent to the switch).
-    """
-    counters: dict[int, list[int]] = {}
-    port: int | None = None
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == "Port" and parts[1].isdigit():
-            port = int(parts[1])
-            counters[port] = [0, 0]
-        elif port is not None and parts and parts[0] in ("IN:", "OUT:") and "bytes" in parts[:-1]:
-            with contextlib.suppress(ValueError):
-                counters[port][0 if parts[0] == "IN:" else 1] = int(parts[parts.index("bytes") + 1])
-    return {p: (c[0], c[1]) for p, c in counters.items()}
-
-
-class NodeController(NodeDisks):
+class NodeController(NodeDisks, NodeNics):
     """Runs instances on one host through one libvirt connection."""
 
     def __init__(
@@ -308,64 +290,6 @@ class NodeController(NodeDisks):
             self._nic_where.clear()
         return result
 
-    # -- network byte counters (for the accounting ledger) -------------------------------------------------------
-    def _nic_counters(self, name: str, dom: Any) -> tuple[int, int] | None:
-        """(received, sent) bytes of a running domain's NIC, seen from the guest; None where unknown.
-
-        Every NIC is a tap libvirt knows (on VDE too, see :mod:`cloudlab.nc.vde_nics`), whose counters
-        ``interfaceStats`` reads from the guest's side; a new tap per start means no baseline to subtract.
-        """
-        if self.kind != "qemu":
-            return None  # the test driver's domains have no NIC
-        try:
-            key = (dom.UUIDString(), dom.ID())
-            tap = self._nic_where.get(key)
-            if tap is None:
-                tap = self._nic_where[key] = tap_of(dom.XMLDesc(0)) or ""
-            if tap:
-                stats = dom.interfaceStats(tap)
-                return int(stats[0]), int(stats[4])
-        except (libvirt.libvirtError, OSError, ValueError, IndexError) as exc:
-            log.debug("node %s: no byte counters for %s: %s", self.name, name, exc)
-        return None
-
-    def _vde_ports(self, mgmt: str) -> dict[int, tuple[int, int]] | None:
-        """The port counters of the switch managed at ``mgmt`` (a kept connection, made again once on failure)."""
-        with self._vde_lock:
-            for _attempt in range(2):
-                link = self._vde_mgmt.get(mgmt)
-                try:
-                    if link is None:
-                        link = self._vde_mgmt[mgmt] = vde.VdeManagement(Path(mgmt))
-                    return vde_port_counters(link.command("port/print"))
-                except (NetError, OSError) as exc:
-                    stale = self._vde_mgmt.pop(mgmt, None)
-                    if stale is not None:
-                        with contextlib.suppress(Exception):
-                            stale.close()
-                    log.debug("node %s: switch %s: %s", self.name, mgmt, exc)
-        return None
-
-    def _check_plugs(self, domains: dict[str, tuple[Any, dict[str, str]]]) -> None:
-        """Plug the running instances' VDE NICs in again where a switch, a plug or an earlier NC was lost."""
-        places = []
-        for name, (dom, meta) in domains.items():
-            place = PlugPlace.from_metadata(meta)
-            if place is None or name in self._starting:
-                continue
-            try:
-                if not dom.isActive():
-                    continue
-            except libvirt.libvirtError:
-                continue
-            places.append(place)
-        if places:
-            active = {}
-            for mgmt in {p.mgmt for p in places}:
-                ports = self._vde_ports(mgmt)
-                active[mgmt] = set(ports) if ports is not None else None
-            self.vde_nics.check(places, active)
-
     def _refresh_held(self) -> dict[str, tuple[int, int]]:
         """The room our domains hold, read from libvirt (under the node's lock, so no start is half counted)."""
         with self._lock:
@@ -579,30 +503,6 @@ class NodeController(NodeDisks):
             return c.StartOutcomes(tuple(one(r) for r in requests))
         with ThreadPoolExecutor(max_workers=min(PARALLEL_STARTS, len(requests))) as pool:
             return c.StartOutcomes(tuple(pool.map(one, requests)))
-
-    # -- NICs -------------------------------------------------------------------------------------------------
-    def _nic(self, plan: c.NicPlan) -> tuple[Nic, PlugPlace | None]:
-        """The NIC for a start request, and on VDE where it is plugged (the node's lock is held: a port is
-        picked among those no domain of this node holds)."""
-        attach = plan.attach
-        if attach is None:
-            raise CloudError("InvalidParameterValue", f"the NIC of {plan.instance_id} has no attachment on this host")
-        if attach.kind == "bridge":
-            assert attach.bridge is not None
-            return Nic(plan.mac, plan.address, plan.gateway, bridge=attach.bridge), None
-        if attach.sock is None or attach.mgmt is None:
-            raise CloudError("InvalidParameterValue", f"the VDE attachment of {plan.instance_id} names no switch")
-        first, last = attach.first_port or 0, attach.last_port or 0
-        taken = set()
-        for _dom, meta in self._domains().values():
-            place = PlugPlace.from_metadata(meta)
-            if place is not None:
-                taken.add(place.port)
-        port = next((p for p in range(first, last + 1) if p not in taken), None)
-        if port is None:
-            raise CloudError("InsufficientInstanceCapacity", f"node {self.name}'s VDE switch has no free port")
-        place = PlugPlace(attach.sock, attach.mgmt, port, plan.vlan, attach.netns)
-        return Nic(plan.mac, plan.address, plan.gateway, bridge=bridge_name(port)), place
 
     def terminate_instance(self, instance_id: str) -> c.InstanceRemoved:
         """Destroy and undefine; terminating something already gone is not an error."""
