@@ -187,7 +187,7 @@ UNKNOWN_RESOURCES = [
     ("eipalloc-0123456789abcdef0", "InvalidAllocationID.NotFound"),
     ("r-0123456789abcdef0", "InvalidReservationID.NotFound"),
     ("vol-0123456789abcdef0", "InvalidVolume.NotFound"),
-    ("vpc-0123456789abcdef0", "InvalidID"),
+    ("vpc-0123456789abcdef0", "InvalidVpcID.NotFound"),
     ("i-nothex", "InvalidID"),
     ("bogus", "InvalidID"),
 ]

@@ -44,7 +44,10 @@ def test_every_file_with_a_secret_is_private(cloud_factory: Callable[..., Runnin
     holding = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
         data = path.read_bytes()
-        if any(secret in data for secret in secrets):
+        # A registered image's files are public content (the Debian disk holds the words "PRIVATE KEY" in its
+        # packages' files): only the cloud's own secrets count there.
+        looked_for = secrets[:-1] if path.is_relative_to(cloud.layout.images) else secrets
+        if any(secret in data for secret in looked_for):
             holding.append(path.relative_to(root))
             assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, (
                 f"{path} holds a secret and is {path.stat().st_mode:o}"
