@@ -35,7 +35,8 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def _command_lines() -> list[tuple[int, list[bytes]]]:
+def command_lines() -> list[tuple[int, list[bytes]]]:
+    """Every process's pid and command line (its words as bytes; kernel threads have none)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -50,7 +51,7 @@ def _command_lines() -> list[tuple[int, list[bytes]]]:
 def of_state(layout: StateLayout, programs: tuple[bytes, ...]) -> list[int]:
     """Processes running one of ``programs`` whose command line points into ``layout``'s state folder."""
     markers = (str(layout.root.resolve()).encode(), layout.short_prefix.encode())
-    joined = [(pid, args) for pid, args in _command_lines() if args and args[0]]
+    joined = [(pid, args) for pid, args in command_lines() if args and args[0]]
     return [
         pid
         for pid, args in joined
@@ -62,7 +63,7 @@ def node_controllers(layout: StateLayout) -> list[int]:
     """The ``cloudlab nc`` processes of this state folder (``python -m cloudlab.cli --state ROOT nc ...``)."""
     root = str(layout.root.resolve()).encode()
     found = []
-    for pid, args in _command_lines():
+    for pid, args in command_lines():
         if b"cloudlab.cli" in args and b"nc" in args and root in args and pid != os.getpid():
             found.append(pid)
     return found
@@ -72,7 +73,7 @@ def storage_controllers(layout: StateLayout) -> list[int]:
     """The ``cloudlab sc`` processes of this state folder (``python -m cloudlab.cli --state ROOT sc ...``)."""
     root = str(layout.root.resolve()).encode()
     found = []
-    for pid, args in _command_lines():
+    for pid, args in command_lines():
         if b"cloudlab.cli" in args and b"sc" in args and root in args and pid != os.getpid():
             found.append(pid)
     return found

@@ -256,14 +256,16 @@ class NodeController(NodeDisks, NodeNics):
             )
         return found[0]
 
-    def instances(self, only: set[str] | None = None) -> list[c.InstanceReport]:
+    def instances(
+        self, only: set[str] | None = None, domains: dict[str, tuple[Any, dict[str, str]]] | None = None
+    ) -> list[c.InstanceReport]:
         """What this node holds, as the hypervisor sees it (with the NIC's byte counters where known).
 
         A domain whose state cannot be read right now is reported as ``unknown`` rather than left out:
         leaving it out would tell the cloud controller that it vanished. With ``only``, just those.
         """
         result = []
-        domains = self._domains()
+        domains = self._domains() if domains is None else domains
         for name, (dom, meta) in domains.items():
             if only is not None and name not in only:
                 continue
@@ -304,10 +306,12 @@ class NodeController(NodeDisks, NodeNics):
         held = self._refresh_held()
         # the instances listed are exactly those counted: one defined in between waits for the next
         # report (the CC keeps its reservation until a report shows the instance *and* its room)
-        instances = self.instances(only=set(held))
+        domains = self._domains()
+        instances = self.instances(only=set(held), domains=domains)
         if self.kind == "qemu":
+            running = {i.instance_id for i in instances if i.state == "running"}
             try:
-                self._check_plugs(self._domains())
+                self._check_plugs({name: found for name, found in domains.items() if name in running})
             except Exception:  # never let a plug cost the heartbeat: the next one tries again
                 log.exception("node %s: checking the VDE plugs failed", self.name)
         # Every defined domain holds its room: one being started is still shut off, and a guest

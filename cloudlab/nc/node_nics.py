@@ -48,7 +48,6 @@ class NodeNics:
     name: str
     kind: str
     vde_nics: VdeNics
-    _starting: set[str]
     _nic_where: dict[tuple[str, int], str]
     _vde_mgmt: dict[str, vde.VdeManagement]
     _vde_lock: threading.Lock
@@ -94,19 +93,9 @@ class NodeNics:
                     log.debug("node %s: switch %s: %s", self.name, mgmt, exc)
         return None
 
-    def _check_plugs(self, domains: dict[str, tuple[Any, dict[str, str]]]) -> None:
-        """Plug the running instances' VDE NICs in again where a switch, a plug or an earlier NC was lost."""
-        places = []
-        for name, (dom, meta) in domains.items():
-            place = PlugPlace.from_metadata(meta)
-            if place is None or name in self._starting:
-                continue
-            try:
-                if not dom.isActive():
-                    continue
-            except libvirt.libvirtError:
-                continue
-            places.append(place)
+    def _check_plugs(self, running: dict[str, tuple[Any, dict[str, str]]]) -> None:
+        """Plug the ``running`` instances' VDE NICs in again where a switch, a plug or an earlier NC was lost."""
+        places = [place for _dom, meta in running.values() if (place := PlugPlace.from_metadata(meta)) is not None]
         if places:
             active = {}
             for mgmt in {p.mgmt for p in places}:

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudlab import processes
 from cloudlab.net import NetError, links, vde, vde_plugs
-from cloudlab.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -161,31 +159,15 @@ class VdeNics:
 
 def _end_stale_plugs(place: PlugPlace) -> None:
     """End ``vde_plug`` processes an earlier NC left on this tap: a tap has one reader, so a new plug needs it."""
-    wanted = f"tap://{plug_tap_name(place.port)}"
-    ended = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        words = [w.decode(errors="replace") for w in argv if w]
-        if not words or Path(words[0]).name != "vde_plug" or wanted not in words:
-            continue
-        if not any(w.startswith(f"vde://{place.sock}") for w in words):
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(int(entry.name), signal.SIGKILL)
-            ended.append(entry)
-            log.info("ended stale plug %s on %s", entry.name, wanted)
-    if ended:  # the tap is free only once the process is gone (a zombie of ours still holds nothing)
-        wait_until(lambda: not any(_holds_files(e) for e in ended), 5.0, what=f"stale plugs on {wanted} to exit")
-
-
-def _holds_files(proc: Path) -> bool:
-    """Whether process ``proc`` still has open files (a zombie has none; an exited process has no entry)."""
-    try:
-        return any(True for _ in (proc / "fd").iterdir())
-    except OSError:
-        return False
+    tap, switch = f"tap://{plug_tap_name(place.port)}".encode(), f"vde://{place.sock}".encode()
+    stale = [
+        pid
+        for pid, words in processes.command_lines()
+        if words
+        and Path(words[0].decode(errors="replace")).name == "vde_plug"
+        and tap in words
+        and any(w.startswith(switch) for w in words)
+    ]
+    if stale:  # the tap is free only once they are gone
+        log.info("ending stale plugs %s on %s", stale, tap.decode())
+        processes.end(stale, timeout_s=5.0)
