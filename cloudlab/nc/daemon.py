@@ -7,39 +7,16 @@ network namespace apart. The NC re-announces itself periodically, so a restarted
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from pathlib import Path
-from typing import Any
 
-from cloudlab.contract import NODE_CHANGED, REGISTER_NODE, Empty, RegisterNode
-from cloudlab.errors import CloudError
+from cloudlab.contract import NODE_CHANGED, REGISTER_NODE, Empty
 from cloudlab.nc.node import NodeController
+from cloudlab.registration import controller_identity, keep_registered, stop_on_signals
 from cloudlab.rpc import Dispatcher, HttpChannel, serve_http
-from cloudlab.security.ca import CertificateAuthority, Identity, load_ca_certificate
 from cloudlab.security.messages import controller_keys
 
 log = logging.getLogger(__name__)
-
-REGISTER_EVERY_S = 10.0
-
-
-def node_identity(pki_dir: Path, name: str) -> tuple[Identity, Any]:
-    """This node's identity and the cloud CA's certificate.
-
-    On the cloud's own host the CA is at hand and issues the certificate on demand; on another host
-    the folder holds only ``ca.crt`` and ``nc-<name>.crt``/``.key`` copied from the cloud.
-    """
-    if (pki_dir / "ca.key").exists():
-        ca = CertificateAuthority.load_or_create(pki_dir)
-        return ca.identity(name, "nc"), ca.ca_certificate
-    crt, key, ca_crt = pki_dir / f"nc-{name}.crt", pki_dir / f"nc-{name}.key", pki_dir / "ca.crt"
-    missing = [str(p) for p in (crt, key, ca_crt) if not p.exists()]
-    if missing:
-        raise CloudError(
-            "InvalidParameterValue", f"node {name} needs {', '.join(missing)} from the cloud's .cloudlab/pki folder"
-        )
-    return Identity.load(crt, key), load_ca_certificate(ca_crt)
 
 
 def run_node(
@@ -61,7 +38,7 @@ def run_node(
     template_nic: bool = False,
 ) -> None:
     """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
-    identity, ca_certificate = node_identity(pki_dir, name)
+    identity, ca_certificate = controller_identity(pki_dir, name, "nc", f"node {name}")
     signer, verifier = controller_keys(identity, ca_certificate)
     cc = HttpChannel(None, "cc", signer, verifier, cc_url, timeout=10)  # learns its CC's name (HELLO)
     stop = stop or threading.Event()
@@ -83,21 +60,9 @@ def run_node(
     server = serve_http(dispatcher, host, port)
     # Behind a NAT the CC reaches this node at the NAT's forwarded address, not at the one it listens on.
     url = advertise or f"http://{host}:{server.server_port}"
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)
     log.info("node %s serving %s at %s; cluster controller %s", name, uri, url, cc_url)
-    registered = False
-    while not stop.is_set():
-        try:
-            cc.ask(REGISTER_NODE, RegisterNode(url=url))
-            if not registered:
-                log.info("node %s registered with %s", name, cc_url)
-            registered = True
-        except Exception as exc:
-            log.warning("node %s cannot register with %s: %s", name, cc_url, exc)
-            registered = False
-        stop.wait(REGISTER_EVERY_S if registered else 1.0)
+    keep_registered(cc, REGISTER_NODE, url, f"node {name}", cc_url, stop)
     server.shutdown()
     node.close()
 
