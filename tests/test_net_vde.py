@@ -79,11 +79,12 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def reach(ns: str, address: str, want: bool) -> bool:
-    """Ping with a short bounded retry for the positive case (a fresh plug may need a moment)."""
+    """Ping with a bounded retry for the positive case: a fresh plug may need a moment, and several seconds
+    on a loaded machine (CI once missed a UDP cable's first ARP round within 3 s while other tests ran)."""
     if not want:
         return links.ping(ns, address, count=1, timeout=0.5) > 0
     try:
-        return wait_until(lambda: links.ping(ns, address, count=1, timeout=0.5) > 0, 3, what=f"{address} from {ns}")
+        return wait_until(lambda: links.ping(ns, address, count=1, timeout=0.5) > 0, 15, what=f"{address} from {ns}")
     except WaitTimeout:
         return False
 
