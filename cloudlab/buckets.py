@@ -15,7 +15,7 @@ import boto3
 import pandas as pd
 from botocore.config import Config
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.paths import StateLayout, find_state_dir
 
 _CLIENTS: dict[tuple[str, str], Any] = {}
@@ -23,7 +23,7 @@ _CLIENTS: dict[tuple[str, str], Any] = {}
 
 def s3_client(cloud: Any) -> Any:
     """The boto3 S3 client of ``cloud`` (a :class:`cloudlab.client.Cloud`), made once per endpoint and key."""
-    info = control.endpoint(cloud.layout) or {}
+    info = servicectl.endpoint(cloud.layout) or {}
     if not info.get("s3_url"):
         raise RuntimeError(f"the cloud of {cloud.layout.root} has no S3 endpoint (start it again with cloudlab up)")
     return _s3(info["s3_url"], cloud.region, cloud.access_key, cloud.secret_key)
@@ -86,8 +86,8 @@ def publish_results(bucket: str, folder: str | Path, name: str, state: str | Non
 
     layout = StateLayout(find_state_dir(state))
     try:
-        info, creds = control.connection(layout, "admin")
-    except control.ControlError as exc:
+        info, creds = servicectl.connection(layout, "admin")
+    except servicectl.ControlError as exc:
         raise RuntimeError(str(exc)) from None
     if not info.get("s3_url"):
         raise RuntimeError(f"the cloud of {layout.root} has no S3 endpoint (start it again with cloudlab up)")

@@ -28,7 +28,7 @@ import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cloudlab import control, listings, phases
+from cloudlab import listings, phases, servicectl
 from cloudlab.paths import StateLayout, find_state_dir
 from cloudlab.reach import SshRemote, instance_remote
 
@@ -253,7 +253,7 @@ class Cloud:
         return listings.security_groups_frame(self.ec2)
 
     def status(self) -> dict[str, Any]:
-        return control.service_status(self.layout)  # signed with the admin's key: the status is the admin's
+        return servicectl.service_status(self.layout)  # signed with the admin's key: the status is the admin's
 
     def clusters(self) -> pd.DataFrame:
         """One row per cluster: its name, availability zone and network flavour (none, vde, direct)."""
@@ -485,7 +485,7 @@ def _start(layout: StateLayout, network: str | None, progress: bool) -> None:
 
     def start() -> None:
         try:
-            outcome["info"] = control.up(layout, config)
+            outcome["info"] = servicectl.up(layout, config)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             outcome["error"] = exc
 
@@ -505,7 +505,7 @@ def _start(layout: StateLayout, network: str | None, progress: bool) -> None:
             bar.refresh()
     if "error" in outcome:
         error = outcome["error"]
-        if isinstance(error, control.ControlError):
+        if isinstance(error, servicectl.ControlError):
             raise CloudNotRunning(f"could not start the cloud: {error}") from None
         raise error
 
@@ -523,11 +523,11 @@ def connect(
     what it ran with last time), with a progress spinner.
     """
     layout = StateLayout(find_state_dir(state))
-    if start and control.endpoint(layout) is None:
+    if start and servicectl.endpoint(layout) is None:
         _start(layout, network, progress)
     try:
-        info, creds = control.connection(layout, user)
-    except control.ControlError as exc:
+        info, creds = servicectl.connection(layout, user)
+    except servicectl.ControlError as exc:
         message = str(exc)
         if "not running" in message:
             message += "; or from Python: cloudlab.connect(start=True)"

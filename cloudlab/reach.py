@@ -156,9 +156,9 @@ def instance_remote(
 
 def _vpc_router(cloud: Any, vpc_id: str) -> str | None:
     """The namespace of ``vpc_id``'s router in the running cloud (None: no network plumbs its subnets)."""
-    from cloudlab import control
+    from cloudlab import servicectl
 
-    status = control.service_status(cloud.layout)
+    status = servicectl.service_status(cloud.layout)
     for cluster in status.get("clusters", []):
         found = ((cluster.get("network_detail") or {}).get("vpc_routers") or {}).get(vpc_id)
         if found:

@@ -35,7 +35,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.parsers import create_parser
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.clc.users import User
 from cloudlab.config import CloudConfig
 from cloudlab.net import netns
@@ -69,7 +69,7 @@ class RunningCloud:
         return boto3.client("ec2", **kwargs)
 
     def status(self) -> dict[str, Any]:
-        return control.service_status(self.layout)
+        return servicectl.service_status(self.layout)
 
     def add_user(self, prefix: str) -> tuple[Any, Any]:
         """A fresh user of the running cloud, made in its state folder as ``cloudlab user add`` makes one (the
@@ -224,7 +224,7 @@ def wait_states(ec2: Any, ids: list[str], state: str, timeout: float = 20.0, int
 
 def start_cloud(root: Path, **config: Any) -> RunningCloud:
     layout = StateLayout(root)
-    info = control.up(layout, CloudConfig(api_port=0, **config), timeout_s=120)
+    info = servicectl.up(layout, CloudConfig(api_port=0, **config), timeout_s=120)
     return RunningCloud(layout, info)
 
 
@@ -240,7 +240,7 @@ def cloud_factory(tmp_path: Path) -> Iterator[Callable[..., RunningCloud]]:
 
     yield start
     for cloud in started:
-        control.down(cloud.layout)
+        servicectl.down(cloud.layout)
 
 
 @pytest.fixture(scope="session")
@@ -254,7 +254,7 @@ def sim_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
         node_memory_mb=4096,
     )
     yield cloud
-    control.down(cloud.layout)
+    servicectl.down(cloud.layout)
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +349,7 @@ def no_leftovers(cloud: RunningCloud) -> None:
     prefix = cloud.layout.network_prefix
     assert netns.names(prefix + "-") == []
     assert not Path(f"/sys/class/net/{prefix}").exists()
-    assert control.leftover_qemu(cloud.layout, (b"vde_switch", b"vde_plug", b"qemu-system")) == []
+    assert servicectl.leftover_qemu(cloud.layout, (b"vde_switch", b"vde_plug", b"qemu-system")) == []
 
 
 def vm_requirements() -> str | None:
@@ -373,4 +373,4 @@ def vm_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]
         pytest.skip(reason)
     cloud = start_cloud(tmp_path_factory.mktemp("vm") / "state")
     yield cloud
-    control.down(cloud.layout)
+    servicectl.down(cloud.layout)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from cloudlab import control, processes
+from cloudlab import processes, servicectl
 from cloudlab.clc.states import STATE_CODES, TRANSITIONS
 from cloudlab.clc.store import Store
 from cloudlab.clc.usage import usage_report
@@ -71,7 +71,7 @@ class Clients:
         mine: list[str] = []
         while not self._stop.is_set():
             try:
-                info = control.endpoint(self.cloud.layout)  # a restarted service may listen elsewhere
+                info = servicectl.endpoint(self.cloud.layout)  # a restarted service may listen elsewhere
                 if info is None:
                     raise OSError("the cloud is not running")
                 ec2 = RunningCloud(self.cloud.layout, info).ec2()
@@ -96,7 +96,7 @@ class Clients:
 
 def serving(cloud: RunningCloud) -> bool:
     try:
-        info = control.endpoint(cloud.layout)
+        info = servicectl.endpoint(cloud.layout)
         if info is None:
             return False
         RunningCloud(cloud.layout, info).ec2().describe_instances()
@@ -107,7 +107,7 @@ def serving(cloud: RunningCloud) -> bool:
 
 def nodes_alive(cloud: RunningCloud, count: int) -> bool:
     try:
-        info = control.endpoint(cloud.layout)
+        info = servicectl.endpoint(cloud.layout)
         status = RunningCloud(cloud.layout, info).status() if info else None
     except Exception:
         return False
@@ -125,8 +125,8 @@ def up_again(cloud: RunningCloud) -> None:
 
 
 def kill_service(cloud: RunningCloud) -> None:
-    os.kill(control.service_pid(cloud.layout), signal.SIGKILL)
-    wait_until(lambda: control.service_pid(cloud.layout) is None, 10, what="the service to die")
+    os.kill(servicectl.service_pid(cloud.layout), signal.SIGKILL)
+    wait_until(lambda: servicectl.service_pid(cloud.layout) is None, 10, what="the service to die")
     up_again(cloud)
 
 
@@ -147,14 +147,14 @@ def kill_node_controller(cloud: RunningCloud) -> None:
 def kill_qemu(cloud: RunningCloud) -> None:
     witnesses = set(witness_pids(cloud).values())
     pids = wait_until(
-        lambda: [p for p in control.leftover_qemu(cloud.layout) if p not in witnesses], 120, what="a QEMU to kill"
+        lambda: [p for p in servicectl.leftover_qemu(cloud.layout) if p not in witnesses], 120, what="a QEMU to kill"
     )
     os.kill(pids[0], signal.SIGKILL)
 
 
 def network_detail(cloud: RunningCloud) -> dict | None:
     try:
-        info = control.endpoint(cloud.layout)
+        info = servicectl.endpoint(cloud.layout)
         status = RunningCloud(cloud.layout, info).status() if info else None
     except Exception:
         return None
@@ -185,7 +185,7 @@ WITNESSES: list[str] = []  # instances launched before the first fault, one per 
 def witness_pids(cloud: RunningCloud) -> dict[str, int]:
     """The witnesses' QEMUs (the QEMU fault never picks them)."""
     found = {}
-    for pid in control.leftover_qemu(cloud.layout):
+    for pid in servicectl.leftover_qemu(cloud.layout):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -289,7 +289,7 @@ def test_the_cloud_recovers_from_each_kill_and_loses_nothing(cloud_factory: Call
             wait_until(lambda n=launched: len(clients.launched) > n, RECOVERY_S, what=f"a launch after the {name} kill")
     finally:
         clients.stop()
-    cloud = RunningCloud(cloud.layout, control.endpoint(cloud.layout))
+    cloud = RunningCloud(cloud.layout, servicectl.endpoint(cloud.layout))
     ec2 = cloud.ec2()
     described = {i["InstanceId"]: i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
     assert clients.launched <= set(described), clients.launched - set(described)
@@ -306,8 +306,8 @@ def test_the_cloud_recovers_from_each_kill_and_loses_nothing(cloud_factory: Call
     finally:
         store.close()
     assert billed_h * 3600 == pytest.approx(recount_running_seconds(cloud.layout.database, now), abs=1.0)
-    control.down(cloud.layout)
-    assert not control.leftover_qemu(cloud.layout)
+    servicectl.down(cloud.layout)
+    assert not servicectl.leftover_qemu(cloud.layout)
     assert not processes.node_controllers(cloud.layout)
     assert not processes.of_state(cloud.layout, (b"python", b"vde_switch", b"vde_plug"))
     ARTIFACTS.mkdir(exist_ok=True)

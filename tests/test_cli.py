@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
 
@@ -133,7 +133,7 @@ def test_port_taken_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"port {port}" in result.stderr and "cloudlab up --port" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert control.service_pid(StateLayout(tmp_path / "state")) is None
+    assert servicectl.service_pid(StateLayout(tmp_path / "state")) is None
 
 
 def test_up_status_down(tmp_path: Path) -> None:
@@ -155,12 +155,12 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert "AWS_ENDPOINT_URL_EC2=http://127.0.0.1:" in env
         listing = json.loads(cloudlab("image", "list", "--json", state=state).stdout)
         assert {i["type"] for i in listing} == {"machine", "kernel", "ramdisk"}
-        pid = control.service_pid(StateLayout(state))
+        pid = servicectl.service_pid(StateLayout(state))
         assert pid is not None
     finally:
         down = cloudlab("down", state=state)
     assert down.returncode == 0 and "cloud stopped" in down.stdout
-    assert control.service_pid(StateLayout(state)) is None
+    assert servicectl.service_pid(StateLayout(state)) is None
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert cloudlab("down", state=state).stdout.startswith("cloud was not running")
     again = cloudlab("up", state=state)  # the options of the first `up` are saved, reused and said
@@ -206,7 +206,7 @@ def test_a_corrupt_cloud_json_is_one_line_naming_the_file_and_field(
     (state / "cloud.json").write_text(text)
     result = cloudlab("up", "--hypervisor", "test:///default", "--port", "0", state=state)
     one_line_error(result, str(state / "cloud.json"), *needles)
-    assert control.service_pid(StateLayout(state)) is None and not (state / "clc.db").exists()
+    assert servicectl.service_pid(StateLayout(state)) is None and not (state / "clc.db").exists()
     assert (state / "cloud.json").read_text() == text, "a refused start leaves the file for the user to fix"
 
 

@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 import cloudlab
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.client import CloudNotRunning, Instance, InstanceNotFound, connect, error_message
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
@@ -123,4 +123,4 @@ def test_connect_can_start_the_cloud(tmp_path: Path) -> None:
         assert cloud.ssh_command("i-1") == f"cloudlab --state {layout.root} ssh i-1"
         assert connect(str(layout.root), start=True, progress=False).endpoint_url == cloud.endpoint_url
     finally:
-        control.down(layout)
+        servicectl.down(layout)

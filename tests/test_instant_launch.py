@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.client import connect
 from cloudlab.images.cached import default_cache_dir, find_built_image
 from cloudlab.nc.templates import find_template
@@ -52,7 +52,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
         tmp_path_factory.mktemp("instant") / "state", network="direct", node_vcpus=4, node_memory_mb=1536
     )
     yield cloud
-    control.down(cloud.layout)
+    servicectl.down(cloud.layout)
     no_leftovers(cloud)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cloudlab import control, processes
+from cloudlab import processes, servicectl
 from cloudlab.paths import StateLayout
 from cloudlab.waiting import wait_until
 from tests.clouds import (
@@ -56,14 +56,14 @@ def test_kill_9_of_the_service_with_two_nodes(cloud_factory: Callable[..., Runni
         i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
     ]
     wait_until(lambda: "cloudlab-boot:" in console(ec2, instance_id), BOOT_TIMEOUT_S, what="the boot marker")
-    qemu_before = set(control.leftover_qemu(cloud.layout))
+    qemu_before = set(servicectl.leftover_qemu(cloud.layout))
     assert qemu_before
 
-    os.kill(control.service_pid(cloud.layout), signal.SIGKILL)  # the service alone, as `kill -9 $(cat …)`
-    wait_until(lambda: control.service_pid(cloud.layout) is None, 10, what="the service to die")
+    os.kill(servicectl.service_pid(cloud.layout), signal.SIGKILL)  # the service alone, as `kill -9 $(cat …)`
+    wait_until(lambda: servicectl.service_pid(cloud.layout) is None, 10, what="the service to die")
     # its node controllers do not outlive it (they would hold the libvirt driver's lock)
     wait_until(lambda: not processes.node_controllers(cloud.layout), 20, what="the node controllers to exit")
-    assert set(control.leftover_qemu(cloud.layout)) == qemu_before  # the guest does outlive them
+    assert set(servicectl.leftover_qemu(cloud.layout)) == qemu_before  # the guest does outlive them
 
     # `cloudlab up` again, as a user would (it reuses the saved configuration: two nodes)
     up = subprocess.run(
@@ -73,16 +73,16 @@ def test_kill_9_of_the_service_with_two_nodes(cloud_factory: Callable[..., Runni
         timeout=180,
     )
     assert up.returncode == 0 and "cloud up" in up.stdout, up.stdout + up.stderr
-    again = RunningCloud(cloud.layout, control.endpoint(cloud.layout))
+    again = RunningCloud(cloud.layout, servicectl.endpoint(cloud.layout))
     assert again.info.get("nodes_missing") == []
     assert alive_nodes(again) == ["node-01", "node-02"]
     ec2 = again.ec2()
     assert state_of(ec2, instance_id) == "running"
     assert "cloudlab-boot:" in console(ec2, instance_id)  # its node serves its console again
-    assert set(control.leftover_qemu(again.layout)) == qemu_before  # the very same VM
+    assert set(servicectl.leftover_qemu(again.layout)) == qemu_before  # the very same VM
 
-    control.down(again.layout)
-    assert not control.leftover_qemu(again.layout)
+    servicectl.down(again.layout)
+    assert not servicectl.leftover_qemu(again.layout)
     assert not processes.node_controllers(again.layout)
 
 
@@ -92,14 +92,14 @@ def test_up_fails_loudly_when_a_node_cannot_start(tmp_path: Path) -> None:
     blocker = root / "nodes" / "node-02" / "libvirt" / "etc"
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a folder: the node controller cannot set up its driver\n")
-    with pytest.raises(control.ControlError) as excinfo:
+    with pytest.raises(servicectl.ControlError) as excinfo:
         start_cloud(root, nodes=2)
     message = str(excinfo.value)
     assert "node-02" in message and "did not start" in message and "nc.log" in message
     layout = StateLayout(root)
-    assert control.service_pid(layout) is None  # nothing half up is left running
+    assert servicectl.service_pid(layout) is None  # nothing half up is left running
     assert not processes.node_controllers(layout)
-    assert not control.leftover_qemu(layout)
+    assert not servicectl.leftover_qemu(layout)
 
 
 @pytest.mark.parametrize(
@@ -132,10 +132,10 @@ def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Pa
 
         before = wait_until(answers, 180, what="SSH to every instance", interval_s=0.5)
         assert {i: words[0] for i, words in before.items()} == {i: i for i in ids}
-        qemu_before = set(control.leftover_qemu(cloud.layout))
+        qemu_before = set(servicectl.leftover_qemu(cloud.layout))
 
-        os.kill(control.service_pid(cloud.layout), signal.SIGKILL)
-        wait_until(lambda: control.service_pid(cloud.layout) is None, 10, what="the service to die")
+        os.kill(servicectl.service_pid(cloud.layout), signal.SIGKILL)
+        wait_until(lambda: servicectl.service_pid(cloud.layout) is None, 10, what="the service to die")
         up = subprocess.run(
             [sys.executable, "-m", "cloudlab.cli", "--state", str(cloud.layout.root), "up"],
             capture_output=True,
@@ -143,10 +143,10 @@ def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Pa
             timeout=180,
         )
         assert up.returncode == 0 and "cloud up" in up.stdout, up.stdout + up.stderr
-        cloud = RunningCloud(cloud.layout, control.endpoint(cloud.layout))
+        cloud = RunningCloud(cloud.layout, servicectl.endpoint(cloud.layout))
         after = wait_until(answers, 90, what="SSH to every instance after the restart", interval_s=0.5)
         assert after == before  # the same guests, never rebooted
-        assert set(control.leftover_qemu(cloud.layout)) == qemu_before
+        assert set(servicectl.leftover_qemu(cloud.layout)) == qemu_before
         states = {i: d["State"]["Name"] for i, d in described(cloud.ec2(), ids).items()}
         assert states == {i: "running" for i in ids}
         if nodes > 1:  # the guests reach each other again across the re-dialled cable
@@ -154,5 +154,5 @@ def test_kill_9_of_the_service_of_a_network_cloud_spares_the_guests(tmp_path: Pa
             ping = ssh(cloud, ids[0], f"ping -c 2 -W 2 {addresses[ids[1]]}")
             assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping.stdout
     finally:
-        control.down(cloud.layout)
+        servicectl.down(cloud.layout)
     no_leftovers(cloud)

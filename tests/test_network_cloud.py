@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.client import connect
 from cloudlab.net import NetError, links, netns
 from cloudlab.waiting import wait_until
@@ -79,7 +79,7 @@ def direct_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
         tmp_path_factory.mktemp("direct") / "state", network="direct", node_vcpus=4, node_memory_mb=1024
     )
     yield cloud
-    control.down(cloud.layout)
+    servicectl.down(cloud.layout)
     no_leftovers(cloud)
 
 
@@ -304,7 +304,7 @@ def vde_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
         node_memory_mb=512,
     )
     yield cloud
-    control.down(cloud.layout)
+    servicectl.down(cloud.layout)
     no_leftovers(cloud)
 
 
@@ -417,7 +417,7 @@ def test_bad_network_options_are_refused_before_anything_is_built(
 
     layout = StateLayout(state)
     assert netns.names(layout.network_prefix + "-") == []
-    assert control.endpoint(layout) is None
+    assert servicectl.endpoint(layout) is None
 
 
 def test_workloads_run_in_instances_and_return_dataframes(direct_cloud: RunningCloud, direct_instances: dict) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.bench import notebooks as nbrun
 from tests.clouds import RunningCloud, start_cloud, vm_requirements
 
@@ -167,7 +167,7 @@ def lab_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
         pytest.skip(reason)
     cloud = start_cloud(tmp_path_factory.mktemp("lab") / "state", network="direct")
     yield cloud
-    control.down(cloud.layout)
+    servicectl.down(cloud.layout)
 
 
 @pytest.mark.vm

@@ -75,17 +75,17 @@ def _cli(state: Path, *args: str) -> Any:
 
 
 def test_a_bad_region_in_cloud_json_fails_the_start_in_one_line(tmp_path: Path) -> None:
-    from cloudlab import control
+    from cloudlab import servicectl
     from cloudlab.config import CloudConfig
     from cloudlab.paths import StateLayout
 
     layout = StateLayout(tmp_path / "state")
     try:
-        with pytest.raises(control.ControlError) as excinfo:
-            control.up(layout, CloudConfig(region="Not A Region", hypervisor="test:///default", api_port=0), 60)
+        with pytest.raises(servicectl.ControlError) as excinfo:
+            servicectl.up(layout, CloudConfig(region="Not A Region", hypervisor="test:///default", api_port=0), 60)
         assert "region 'Not A Region' must be" in str(excinfo.value)
     finally:
-        control.down(layout)
+        servicectl.down(layout)
 
 
 def test_cloudlab_up_region(tmp_path: Path) -> None:

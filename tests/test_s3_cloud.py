@@ -39,13 +39,13 @@ def s3_client(cloud: RunningCloud, access_key: str, secret_key: str) -> Any:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from cloudlab import control
+    from cloudlab import servicectl
     from tests.clouds import start_cloud
 
     running = start_cloud(tmp_path_factory.mktemp("s3cloud") / "state", hypervisor="test:///default", nodes=1,
                           extra={"s3_ledger_s": 0.2})  # fmt: skip
     yield running
-    control.down(running.layout)
+    servicectl.down(running.layout)
     assert not (running.layout.endpoint_file).exists()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlab import control
+from cloudlab import servicectl
 from tests.clouds import RunningCloud, default_image, start_cloud
 
 
@@ -74,7 +74,7 @@ def test_another_user_cannot_read_the_database() -> None:
             assert done.returncode != 0 and b"Permission denied" in done.stderr
             assert cloud.credentials()["secret_key"].encode() not in done.stdout
     finally:
-        control.down(cloud.layout)
+        servicectl.down(cloud.layout)
         shutil.rmtree(parent, ignore_errors=True)
 
 

@@ -18,7 +18,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from cloudlab import control
+from cloudlab import servicectl
 from tests.clouds import RunningCloud
 
 
@@ -59,7 +59,7 @@ def test_a_user_who_is_not_the_admin_is_refused(sim_cloud: RunningCloud) -> None
 
 
 def test_the_admin_gets_the_full_status(sim_cloud: RunningCloud) -> None:
-    status = control.service_status(sim_cloud.layout)
+    status = servicectl.service_status(sim_cloud.layout)
     assert isinstance(status["pid"], int)
     [cluster] = status["clusters"]
     assert cluster["cc_url"].startswith("http://")

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from botocore.exceptions import ClientError
 
-from cloudlab import cli, control
+from cloudlab import cli, servicectl
 from cloudlab.clc.store import Store, append_ledger
 from cloudlab.clc.usage import METRICS, UsageError, parse_time, usage_report, usage_total
 from cloudlab.client import connect
@@ -313,7 +313,7 @@ def test_usage_through_the_api_the_cli_and_a_restart(cloud_factory: Any) -> None
 
     # a restart of the same state folder neither loses nor double-counts a second
     before = fetch_usage(kwargs_of(cloud), by="instance").set_index("instance")
-    control.down(cloud.layout)  # terminates every instance: their intervals end
+    servicectl.down(cloud.layout)  # terminates every instance: their intervals end
     db = Store(cloud.layout.database)
     try:
         after_down = {r["key"]: r for r in usage_report(db, by="instance")}
@@ -404,10 +404,10 @@ def test_a_killed_cloud_bills_until_the_restarted_one_notices_and_never_twice(cl
     [instance_id] = launch(kwargs_of(cloud), default_image(cloud.ec2()), 1)
     wait_states(cloud.ec2(), [instance_id], "running", 60)
     before = fetch_usage(kwargs_of(cloud), by="instance").set_index("instance").loc[instance_id, "instance_hours"]
-    pid = control.service_pid(cloud.layout)
+    pid = servicectl.service_pid(cloud.layout)
     assert pid is not None
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: control.service_pid(cloud.layout) is None, 30, what="the service to die")
+    wait_until(lambda: servicectl.service_pid(cloud.layout) is None, 30, what="the service to die")
 
     cloud = cloud_factory("crash", **config)
     admin = cloud.ec2()

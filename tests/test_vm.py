@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, start_cloud, wait_states
 
@@ -56,13 +56,13 @@ def test_two_instances_boot_list_and_terminate(vm_cloud: RunningCloud) -> None:
             interval_s=0.3,
         )
         assert f"host={instance_id}" in markers[0] and "uptime=" in markers[0]
-    qemu = control.leftover_qemu(vm_cloud.layout)
+    qemu = servicectl.leftover_qemu(vm_cloud.layout)
     assert len(qemu) == 2, "each instance is one real QEMU process"
     listed = instances(ec2, ids)
     assert {i["Placement"]["HostId"] for i in listed.values()} == {"node-01"}
     ec2.terminate_instances(InstanceIds=ids)
     ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    wait_until(lambda: not control.leftover_qemu(vm_cloud.layout), 30, what="QEMU processes to exit", interval_s=0.3)
+    wait_until(lambda: not servicectl.leftover_qemu(vm_cloud.layout), 30, what="QEMU processes to exit", interval_s=0.3)
 
 
 def test_reboot_boots_the_guest_again(vm_cloud: RunningCloud) -> None:
@@ -83,13 +83,16 @@ def test_reboot_boots_the_guest_again(vm_cloud: RunningCloud) -> None:
 
 def test_vanished_vm_is_terminated_with_a_reason(vm_cloud: RunningCloud) -> None:
     ec2 = vm_cloud.ec2()
-    before = set(control.leftover_qemu(vm_cloud.layout))
+    before = set(servicectl.leftover_qemu(vm_cloud.layout))
     [instance_id] = [
         i["InstanceId"] for i in ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
     ]
     wait_running(ec2, [instance_id])
     [pid] = wait_until(
-        lambda: list(set(control.leftover_qemu(vm_cloud.layout)) - before), 30, what="its QEMU process", interval_s=0.3
+        lambda: list(set(servicectl.leftover_qemu(vm_cloud.layout)) - before),
+        30,
+        what="its QEMU process",
+        interval_s=0.3,
     )
     os.kill(pid, signal.SIGKILL)  # the VM dies behind the cloud's back
     final = wait_states(ec2, [instance_id], "terminated", 60, interval_s=0.3)[instance_id]
@@ -109,11 +112,11 @@ def test_restart_after_kill_keeps_instances(cloud_factory: Any) -> None:
     ]
     wait_until(lambda: boot_markers(ec2, instance_id), BOOT_TIMEOUT_S, what="boot", interval_s=0.3)
     ledger_before = _ledger(cloud)
-    pid = control.service_pid(cloud.layout)
+    pid = servicectl.service_pid(cloud.layout)
     assert pid is not None
     os.killpg(pid, signal.SIGKILL)
-    wait_until(lambda: control.service_pid(cloud.layout) is None, 10, what="service to die", interval_s=0.3)
-    assert control.leftover_qemu(cloud.layout), "the guest outlives its controllers"
+    wait_until(lambda: servicectl.service_pid(cloud.layout) is None, 10, what="service to die", interval_s=0.3)
+    assert servicectl.leftover_qemu(cloud.layout), "the guest outlives its controllers"
     again = start_cloud(cloud.layout.root)
     ec2 = again.ec2()
     passes = again.status()["reconcile_passes"]
@@ -122,8 +125,8 @@ def test_restart_after_kill_keeps_instances(cloud_factory: Any) -> None:
     assert inst["State"]["Name"] == "running"
     assert boot_markers(ec2, instance_id), "console output still served after the restart"
     assert _ledger(again)[: len(ledger_before)] == ledger_before
-    control.down(again.layout)
-    assert not control.leftover_qemu(again.layout)
+    servicectl.down(again.layout)
+    assert not servicectl.leftover_qemu(again.layout)
     rows = _ledger(again)
     assert rows[-1][1:] == (instance_id, "terminated")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from cloudlab import control, processes
+from cloudlab import processes, servicectl
 from cloudlab.images.cached import find_built_image
 from cloudlab.waiting import wait_until
 from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
@@ -95,7 +95,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
         tmp_path_factory.mktemp("volumes") / "state", network="direct", node_vcpus=4, node_memory_mb=1024
     )
     yield running
-    control.down(running.layout)
+    servicectl.down(running.layout)
     # the SC's NBD servers outlive a killed SC on purpose, but never the cloud
     assert processes.of_state(running.layout, (b"qemu-nbd",)) == []
     assert processes.storage_controllers(running.layout) == []

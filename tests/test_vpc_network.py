@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.client import connect
 from cloudlab.net import netns
 from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
@@ -40,7 +40,7 @@ def vpc_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
         node_memory_mb=1024,
     )
     yield cloud
-    control.down(cloud.layout)
+    servicectl.down(cloud.layout)
     assert netns.names(cloud.layout.network_prefix + "-") == []  # the VPC routers went with the cloud
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from botocore.config import Config
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.client import Cloud, connect
 from cloudlab.waiting import wait_until
 from cloudlab.widgets import BenchmarkPanel, InstanceTable, Launcher, UsageDashboard
@@ -31,7 +31,7 @@ def stopped_cloud(tmp_path_factory: pytest.TempPathFactory) -> Cloud:
         cloud = connect(str(running.layout.root))
         cloud.ec2 = boto3.client("ec2", config=Config(retries={"max_attempts": 1}), **cloud.boto3_kwargs())
     finally:
-        control.down(running.layout)
+        servicectl.down(running.layout)
     return cloud
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.net import netns
 from tests.clouds import RunningCloud, default_image, error_code, start_cloud
 
@@ -25,7 +25,7 @@ def two_zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
         node_memory_mb=4096,
     )
     yield cloud
-    control.down(cloud.layout)
+    servicectl.down(cloud.layout)
 
 
 def test_each_cluster_is_a_zone(two_zones: RunningCloud) -> None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.bench.api_load import report_lines as api_report_lines
 from cloudlab.bench.api_load import run_api_load_benchmark
 from cloudlab.bench.boot import run_boot_benchmark
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
             layout = StateLayout(Path(tmp) / "state")
             # cold boots against QEMU by hand (part launch measures restored launches against cold boots)
-            info = control.up(layout, CloudConfig(api_port=0, launch="boot"), timeout_s=120)
+            info = servicectl.up(layout, CloudConfig(api_port=0, launch="boot"), timeout_s=120)
             try:
                 cloud = connect(str(layout.root))
                 def probed() -> str | None:  # the node is still probing QEMU and the accelerator
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "boot" in parts:
                     results["boot"] = run_boot_benchmark(cloud, accel or "tcg", args.repeats, progress=say)
             finally:
-                control.down(layout)
+                servicectl.down(layout)
         if "launch" in parts:
             say("launch: restored from a booted template against cold boot, interleaved")
             results["launch"] = run_launch_benchmark(

@@ -140,7 +140,7 @@ def moto_server(log_path: Path) -> Iterator[Endpoint]:
 @contextlib.contextmanager
 def cloudlab_cloud(root: Path, nodes: int = 10, node_vcpus: int = 20) -> Iterator[Endpoint]:
     """A cloudlab cloud on libvirt's test driver, started as ``cloudlab up`` starts one."""
-    from cloudlab import control
+    from cloudlab import servicectl
     from cloudlab.config import CloudConfig
     from cloudlab.paths import StateLayout
 
@@ -148,12 +148,12 @@ def cloudlab_cloud(root: Path, nodes: int = 10, node_vcpus: int = 20) -> Iterato
     config = CloudConfig(
         hypervisor="test:///default", nodes=nodes, node_vcpus=node_vcpus, node_memory_mb=node_vcpus * 256, api_port=0
     )
-    info = control.up(layout, config, timeout_s=120)
+    info = servicectl.up(layout, config, timeout_s=120)
     try:
         creds = json.loads((layout.credentials / "admin.json").read_text())
         yield Endpoint("cloudlab", info["url"], info["region"], creds["access_key"], creds["secret_key"])
     finally:
-        control.down(layout)
+        servicectl.down(layout)
 
 
 def moto_image(ec2: Any) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.bench.handmade import PathUnderTest
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
@@ -32,7 +32,7 @@ def cloud_vms(flavour: str, boot_timeout: float = 180, instance_type: str = INST
     with tempfile.TemporaryDirectory(prefix="cloudlab-netbench-") as tmp:
         layout = StateLayout(Path(tmp) / "state")
         started = time.monotonic()
-        control.up(layout, CloudConfig(api_port=0, network=flavour), timeout_s=120)
+        servicectl.up(layout, CloudConfig(api_port=0, network=flavour), timeout_s=120)
         try:
             cloud = connect(str(layout.root))
             ec2 = cloud.ec2
@@ -65,7 +65,7 @@ def cloud_vms(flavour: str, boot_timeout: float = 180, instance_type: str = INST
                 extra={"instances": ids, "ready_s": round(time.monotonic() - started, 2), "boot_s": round(booted_s, 2)},
             )
         finally:
-            control.down(layout)
+            servicectl.down(layout)
 
 
 def _default_image(ec2: Any) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.bench.stats import summarise
 from cloudlab.config import CloudConfig
 from cloudlab.guest import LAUNCH_MARKER, has_booted
@@ -173,7 +173,7 @@ def run_launch_benchmark(
                 node_vcpus=max(4, burst),
                 node_memory_mb=max(1024, 256 * burst),
             )
-            control.up(layout, config, timeout_s=180)
+            servicectl.up(layout, config, timeout_s=180)
             clouds[mode] = connect(str(layout.root), progress=False)
         prepared = {mode: _prepare(cloud) for mode, cloud in clouds.items()}
         say("launch: waiting for the restore cloud's node to build its template")
@@ -207,7 +207,7 @@ def run_launch_benchmark(
             )
     finally:
         for layout in layouts.values():
-            control.down(layout)
+            servicectl.down(layout)
     result: dict[str, Any] = {"repeats": repeats, "template": template["name"], "template_build_s": template["build_s"]}
     result["burst"] = bursts
     for mode in MODES:

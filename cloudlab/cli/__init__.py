@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.clc.offline import StateError
 from cloudlab.cli.common import CliError
 from cloudlab.cli.registry import CliParser
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, CloudError, ConfigError, control.ControlError, StateError) as exc:
+    except (CliError, CloudError, ConfigError, servicectl.ControlError, StateError) as exc:
         message = exc.message if isinstance(exc, CloudError) else str(exc)
         print(f"cloudlab: error: {message}", file=sys.stderr)
         return 1

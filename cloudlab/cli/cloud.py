@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.cli.common import (
     CliError,
     hypervisor,
@@ -92,17 +92,17 @@ def up(args: argparse.Namespace) -> int:
             setattr(config, attr, value)
         elif saved and getattr(config, attr) != getattr(CloudConfig(), attr):
             reused.append((option, getattr(config, attr)))
-    running = control.endpoint(layout) is not None
+    running = servicectl.endpoint(layout) is not None
     for option, value in [] if running else reused:  # said first, so that an error they cause is understood
         flag = option.replace("_", "-")
         shown = ",".join(value) if isinstance(value, list) else value
         print(f"{flag} {shown}, from the last `up`; --{flag} to change", flush=True)
-    _check_scheduler(config.scheduler)  # before control.up saves it: a bad one would fail every later start
+    _check_scheduler(config.scheduler)  # before servicectl.up saves it: a bad one would fail every later start
     if not running and config.network != "none":
         _check_network(layout, config)
     try:
-        info = control.up(layout, config, timeout_s=args.timeout)
-    except control.ControlError as exc:
+        info = servicectl.up(layout, config, timeout_s=args.timeout)
+    except servicectl.ControlError as exc:
         raise CliError(str(exc)) from None
     word = "already running" if info.get("already_running") else "up"
     print(f"cloud {word}: EC2 endpoint {info['url']} (state {layout.root})")
@@ -139,7 +139,7 @@ def _check_network(layout: StateLayout, config: CloudConfig) -> None:
 )
 def down(args: argparse.Namespace) -> int:
     layout = state_layout(args)
-    result = control.down(layout, timeout_s=args.timeout)
+    result = servicectl.down(layout, timeout_s=args.timeout)
     if result["stopped"]:
         print(f"cloud stopped (state {layout.root})")
     else:
@@ -156,7 +156,7 @@ def down(args: argparse.Namespace) -> int:
 )
 def status(args: argparse.Namespace) -> int:
     layout = state_layout(args)
-    info = control.endpoint(layout)
+    info = servicectl.endpoint(layout)
     if info is None:
         if args.json:
             print(json.dumps({"running": False, "state": str(layout.root)}))
@@ -164,7 +164,7 @@ def status(args: argparse.Namespace) -> int:
             print(f"cloud is not running (state {layout.root}); start it with: cloudlab up")
         return 3
     try:
-        found = control.service_status(layout, info)
+        found = servicectl.service_status(layout, info)
     except OSError as exc:
         raise CliError(
             f"the cloud service (pid {info.get('pid')}) does not answer: {exc}; "
@@ -241,7 +241,7 @@ def usage(args: argparse.Namespace) -> int:
     from cloudlab.usage_frames import fetch_usage
 
     layout = state_layout(args)
-    info, creds = control.connection(layout, "admin")
+    info, creds = servicectl.connection(layout, "admin")
     kwargs = {
         "endpoint_url": info["url"],
         "region_name": info["region"],
@@ -283,7 +283,7 @@ def env(args: argparse.Namespace) -> int:
     """Every user the cloud knows (``cloudlab user add``) gets its lines, from the cloud's own records: the
     key in ``credentials/NAME.json`` while it is active (the admin's), else the user's oldest active key."""
     layout = state_layout(args)
-    info = control.endpoint(layout)
+    info = servicectl.endpoint(layout)
     if info is None:
         raise CliError(f"cloud is not running (state {layout.root}); start it with: cloudlab up (or make lab)")
     with state_admin(layout, need_ca=False) as admin:

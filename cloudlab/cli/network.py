@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.cli.common import CliError, state_layout
 from cloudlab.cli.registry import arg, command
 from cloudlab.config import CloudConfig
@@ -21,7 +21,7 @@ from cloudlab.paths import StateLayout
 def _outside_namespace(layout: StateLayout) -> str:
     from cloudlab.net import netns
 
-    if control.endpoint(layout) is None:
+    if servicectl.endpoint(layout) is None:
         raise CliError(f"cloud is not running (state {layout.root}); start it with: cloudlab up --network vde")
     name = layout.outside_namespace
     if not netns.exists(name):

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from cloudlab import control
+from cloudlab import servicectl
 from cloudlab.clc.quotas import RESOURCES, quota_columns
 from cloudlab.cli.common import CliError, print_table, state_admin, state_layout, when, writing
 from cloudlab.cli.registry import arg, command, group
@@ -174,7 +174,7 @@ def creds(args: argparse.Namespace) -> int:
     layout = state_layout(args)
     with state_admin(layout) as admin:
         user = admin.users.require(args.name)
-        info = control.endpoint(layout)
+        info = servicectl.endpoint(layout)
         if info is None:
             raise CliError(
                 f"the cloud is not running (state {layout.root}), so its endpoint URL is not known: "
