@@ -68,7 +68,7 @@ class NodeDisks:
         volume = Volume(disk.volume_id, disk.device, disk.export.host, disk.export.port, disk.export.name)
         with self._lock:
             dom = self._lookup(request.instance_id)
-            xml = dom.XMLDesc(0)
+            xml = self._disks_xml(dom)
             if volume_serial(disk.volume_id) in attached_volumes(xml):
                 source = volume_source(xml, disk.volume_id)
                 if source is None or source == (disk.export.host, disk.export.port):
@@ -97,7 +97,7 @@ class NodeDisks:
                 dom = self._lookup(request.instance_id)
             except CloudError:
                 return c.Done()  # no instance here, so no disk either
-            element = disk_element_of(dom.XMLDesc(0), request.volume_id)
+            element = disk_element_of(self._disks_xml(dom), request.volume_id)
             if element is None:
                 return c.Done()
             try:
@@ -114,7 +114,7 @@ class NodeDisks:
                 ) from exc
 
         def gone() -> bool:
-            return disk_element_of(dom.XMLDesc(0), request.volume_id) is None
+            return disk_element_of(self._disks_xml(dom), request.volume_id) is None
 
         try:
             wait_until(gone, DETACH_WAIT_S, what=f"{request.volume_id} to leave {request.instance_id}", interval_s=0.2)
@@ -124,9 +124,14 @@ class NodeDisks:
         log.info("node %s detached %s from %s", self.name, request.volume_id, request.instance_id)
         return c.Done()
 
+    def _disks_xml(self, dom: Any) -> str:
+        """The domain's disks as they are: live, or on the test driver (whose running domains keep the
+        live definition they started with) the definition the disks go into."""
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if self.kind == "test" else 0)
+
     def _unplug(self, dom: Any, volume_id: str) -> None:
         """Take a volume's disk out of a domain at once (under the node's lock; the guest loses it)."""
-        element = disk_element_of(dom.XMLDesc(0), volume_id)
+        element = disk_element_of(self._disks_xml(dom), volume_id)
         if element is None:
             return
         if self.kind == "test":
@@ -135,7 +140,7 @@ class NodeDisks:
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
         try:
             dom.detachDeviceFlags(element, flags)
-            wait_until(lambda: disk_element_of(dom.XMLDesc(0), volume_id) is None, DETACH_WAIT_S, what="the unplug")
+            wait_until(lambda: disk_element_of(self._disks_xml(dom), volume_id) is None, DETACH_WAIT_S, what="the unplug")
         except (libvirt.libvirtError, WaitTimeout) as exc:
             raise CloudError("InternalError", f"node {self.name} could not re-plug {volume_id}: {exc}") from exc
 
