@@ -200,7 +200,7 @@ def test_a_volume_served_elsewhere_is_plugged_in_again_and_once(node: NodeContro
     disks = ET.fromstring(inactive).findall("devices/disk[@type='network']")
     assert [d.find("source/host").get("port") for d in disks] == ["10811"]
     assert disks[0].find("driver").get("error_policy") == "stop"
-    assert node.resume_io_paused(node._domains()) == []  # nothing paused by an I/O error here
+    assert node.resume_io_paused() == []  # nothing paused by an I/O error here
 
 
 def test_describe_resource_accounting(node: NodeController) -> None:

@@ -140,22 +140,31 @@ class NodeDisks:
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
         try:
             dom.detachDeviceFlags(element, flags)
-            wait_until(lambda: disk_element_of(self._disks_xml(dom), volume_id) is None, DETACH_WAIT_S, what="the unplug")
+            wait_until(
+                lambda: disk_element_of(self._disks_xml(dom), volume_id) is None, DETACH_WAIT_S, what="the unplug"
+            )
         except (libvirt.libvirtError, WaitTimeout) as exc:
             raise CloudError("InternalError", f"node {self.name} could not re-plug {volume_id}: {exc}") from exc
 
-    def resume_io_paused(self, domains: dict[str, tuple[Any, dict[str, str]]]) -> list[str]:
-        """Resume the guests an I/O error paused (a vanished export); returns the ones resumed now."""
+    def resume_io_paused(self) -> list[str]:
+        """Resume the guests an I/O error paused (a vanished export); returns the ones resumed now.
+
+        One listing of the paused domains only (usually none), so a heartbeat costs no call per guest."""
         resumed = []
         now = time.monotonic()
         tried = self._io_resumed
-        for name, (dom, _meta) in domains.items():
+        try:
+            paused = {dom.name(): dom for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PAUSED)}
+        except libvirt.libvirtError:
+            return []
+        for name in [n for n in tried if n not in paused]:
+            del tried[name]
+        for name, dom in paused.items():
             try:
-                state, reason = dom.state()
+                reason = dom.state()[1]
             except libvirt.libvirtError:
                 continue
-            if state != libvirt.VIR_DOMAIN_PAUSED or reason != libvirt.VIR_DOMAIN_PAUSED_IOERROR:
-                tried.pop(name, None)
+            if not name.startswith("i-") or reason != libvirt.VIR_DOMAIN_PAUSED_IOERROR:
                 continue
             if now - tried.get(name, float("-inf")) < RESUME_IO_S:
                 continue

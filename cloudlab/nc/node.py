@@ -314,7 +314,7 @@ class NodeController(NodeDisks, NodeNics):
             except Exception:  # never let a plug cost the heartbeat: the next one tries again
                 log.exception("node %s: checking the VDE plugs failed", self.name)
             try:
-                self.resume_io_paused(domains)
+                self.resume_io_paused()
             except Exception:  # nor a paused guest
                 log.exception("node %s: resuming guests paused by an I/O error failed", self.name)
         # Every defined domain holds its room: one being started is still shut off, and a guest
