@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SCRATCH_FILE = "scratch.qcow2"  # an instance's scratch disk (vda of an image without a disk)
 DETACH_WAIT_S = 20.0  # how long a guest has to release a hot-unplugged disk
 RESUME_IO_S = 2.0  # a guest paused by an I/O error is resumed at most this often (the export may still be gone)
+IO_WARNED_S = 60.0  # a guest paused again within this long of its last resume is not logged again
 
 
 class NodeDisks:
@@ -157,8 +158,8 @@ class NodeDisks:
             paused = {dom.name(): dom for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PAUSED)}
         except libvirt.libvirtError:
             return []
-        for name in [n for n in tried if n not in paused]:
-            del tried[name]
+        for name in [n for n, when in tried.items() if now - when > IO_WARNED_S]:
+            del tried[name]  # (kept a while after its last resume: a guest that keeps failing is logged once)
         for name, dom in paused.items():
             try:
                 reason = dom.state()[1]
