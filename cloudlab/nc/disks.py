@@ -32,6 +32,7 @@ from cloudlab.nc.domain_xml import (
     volume_serial,
     volume_source,
 )
+from cloudlab.nc.states import vanished
 from cloudlab.sc.files import qemu_img
 from cloudlab.waiting import WaitTimeout, wait_until
 
@@ -53,6 +54,9 @@ class NodeDisks:
     _io_resumed: dict[str, float]  # guest -> when it was last resumed after an I/O error paused it
 
     def _lookup(self, instance_id: str) -> Any:
+        raise NotImplementedError
+
+    def _not_found(self, instance_id: str) -> CloudError:
         raise NotImplementedError
 
     @staticmethod
@@ -115,7 +119,12 @@ class NodeDisks:
                 ) from exc
 
         def gone() -> bool:
-            return disk_element_of(self._disks_xml(dom), request.volume_id) is None
+            try:
+                return disk_element_of(self._disks_xml(dom), request.volume_id) is None
+            except libvirt.libvirtError as exc:  # terminated while the guest let go: no disk left
+                if vanished(exc):
+                    return True
+                raise
 
         try:
             wait_until(gone, DETACH_WAIT_S, what=f"{request.volume_id} to leave {request.instance_id}", interval_s=0.2)
@@ -187,6 +196,8 @@ class NodeDisks:
             if dom.isActive() and dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
                 dom.suspend()
         except libvirt.libvirtError as exc:
+            if vanished(exc):  # terminated since it was looked up
+                raise self._not_found(instance_id) from exc
             raise CloudError("IncorrectInstanceState", f"{instance_id} cannot be paused now: {exc}") from exc
         return c.InstanceState(instance_id, "paused")
 
@@ -196,6 +207,8 @@ class NodeDisks:
             if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
         except libvirt.libvirtError as exc:
+            if vanished(exc):
+                raise self._not_found(instance_id) from exc
             raise CloudError("InternalError", f"{instance_id} cannot be resumed: {exc}") from exc
         return c.InstanceState(instance_id, "running")
 

@@ -36,7 +36,7 @@ from cloudlab.nc.domain_xml import (
 )
 from cloudlab.nc.hypervisor import driver_kind, open_connection
 from cloudlab.nc.node_nics import NodeNics
-from cloudlab.nc.states import node_state
+from cloudlab.nc.states import EVENT_NAMES, state_of, vanished
 from cloudlab.nc.templates import (
     DEFAULT_TEMPLATE_SCRATCH_GIB,
     DEFAULT_TEMPLATE_SIZE,
@@ -60,17 +60,6 @@ PARALLEL_STARTS = 4  # QEMU processes a node starts at once from one batch
 #: stopped or crashed by itself, a VM that is gone): the CC is nudged to ask at once. A start needs
 #: no nudge (the start's own answer says so); the rest ride along with the next heartbeat.
 NUDGING_EVENTS = frozenset({"stopped", "shutdown", "crashed", "undefined"})
-_EVENT_NAMES = {
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
-    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
-    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
-}
 
 
 class NodeController(NodeDisks, NodeNics):
@@ -203,7 +192,7 @@ class NodeController(NodeDisks, NodeNics):
     # -- libvirt events -----------------------------------------------------------------------
     def _on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any) -> None:
         """Keep the event for the next report and say that something changed (runs on libvirt's event thread)."""
-        name = _EVENT_NAMES.get(event, str(event))
+        name = EVENT_NAMES.get(event, str(event))
         with self._events_lock:  # never the node's lock: libvirt's event thread must not wait for a start
             self._event_seq += 1
             self.events.append(c.LifecycleEvent(self._event_seq, dom.name(), name, detail, time.time()))
@@ -243,9 +232,10 @@ class NodeController(NodeDisks, NodeNics):
         """The domain ``instance_id`` if it is one of ours; a foreign domain of that name is refused."""
         try:
             dom = self.conn.lookupByName(instance_id)
+            xml = dom.XMLDesc(0)
         except libvirt.libvirtError:
-            return None
-        if read_metadata(dom.XMLDesc(0)) is None:
+            return None  # not here, or no longer (undefined between the lookup and the question)
+        if read_metadata(xml) is None:
             raise CloudError(
                 "InvalidInstanceID.Duplicate", f"node {self.name} has a domain {instance_id} that is not cloudlab's"
             )
@@ -255,10 +245,13 @@ class NodeController(NodeDisks, NodeNics):
         """One of *cloudlab's* domains: a VM on the host without cloudlab metadata is not ours to touch."""
         found = self._domains().get(instance_id)
         if found is None:
-            raise CloudError(
-                "InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist on node {self.name}"
-            )
+            raise self._not_found(instance_id)
         return found[0]
+
+    def _not_found(self, instance_id: str) -> CloudError:
+        return CloudError(
+            "InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist on node {self.name}"
+        )
 
     def instances(
         self, only: set[str] | None = None, domains: dict[str, tuple[Any, dict[str, str]]] | None = None
@@ -274,11 +267,11 @@ class NodeController(NodeDisks, NodeNics):
             if only is not None and name not in only:
                 continue
             try:
-                state_name = node_state(dom.state()[0])
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    continue  # vanished between listing and asking: truly gone
+                state_name = state_of(dom)
+            except libvirt.libvirtError:
                 state_name = "unknown"
+            if state_name == "absent":
+                continue  # vanished between listing and asking: truly gone
             if name in self._starting:
                 state_name = "pending"  # defined, QEMU still starting: pending, not shut off
             counters = self._nic_counters(name, dom) if state_name == "running" else None
@@ -373,8 +366,8 @@ class NodeController(NodeDisks, NodeNics):
         disk = Path(request.disk) if request.disk else None
         with self._lock:
             existing = self._own_domain(instance_id)
-            if existing is not None:
-                return c.InstanceStarted(instance_id, node_state(existing.state()[0]), self.name)
+            if existing is not None and (state := state_of(existing)) != "absent":
+                return c.InstanceStarted(instance_id, state, self.name)
             if self.kind == "qemu":
                 for path in (kernel, ramdisk, disk):
                     if path is not None and not path.is_file():
@@ -448,6 +441,11 @@ class NodeController(NodeDisks, NodeNics):
             if nic is not None and tap_of(dom.XMLDesc(0)) is None:
                 raise NetError(f"libvirt reported no tap for {dom.name()}")
         except (libvirt.libvirtError, NetError, OSError) as exc:
+            if isinstance(exc, libvirt.libvirtError) and vanished(exc):
+                # terminated while it started: the terminate undefined it and cleaned up after it (its
+                # room and plug may be a new start's of the same instance by now, so they stay as they are)
+                log.info("node %s: %s was terminated while it started", self.name, instance_id)
+                return c.InstanceStarted(instance_id, "absent", self.name, accel)
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
             with contextlib.suppress(libvirt.libvirtError):
@@ -463,7 +461,7 @@ class NodeController(NodeDisks, NodeNics):
             "node %s started %s (%s, %d vCPU, %d MiB; %s in %.2f s)",
             *(self.name, instance_id, accel, vcpus, memory_mb, how, time.monotonic() - begun),
         )
-        return c.InstanceStarted(instance_id, node_state(dom.state()[0]), self.name, accel)
+        return c.InstanceStarted(instance_id, state_of(dom), self.name, accel)
 
     def _template_for(self, spec: DomainSpec) -> Template | None:
         """The booted template to restore ``spec`` from, if one is ready (else it boots cold)."""
@@ -487,6 +485,8 @@ class NodeController(NodeDisks, NodeNics):
             self.launcher.restore(dom, spec, template)
             return dom
         except (TemplateError, libvirt.libvirtError) as exc:
+            if isinstance(exc, libvirt.libvirtError) and vanished(exc):
+                raise  # terminated meanwhile: booting it cold would define it again
             log.warning(
                 "node %s: %s not restored from %s (%s): booting it cold",
                 self.name,
@@ -514,6 +514,10 @@ class NodeController(NodeDisks, NodeNics):
                 return c.StartOutcome(request.instance_id, self.name, started=self.run_instance(request))
             except CloudError as exc:
                 return c.StartOutcome(request.instance_id, self.name, error_code=exc.code, error_message=exc.message)
+            except libvirt.libvirtError as exc:  # one start's surprise must not fail the others of its batch
+                log.exception("node %s: the start of %s failed", self.name, request.instance_id)
+                failed = {"error_code": "InternalError", "error_message": f"node {self.name}: {exc}"}
+                return c.StartOutcome(request.instance_id, self.name, **failed)
 
         if self.kind != "qemu" or len(requests) < 2:
             return c.StartOutcomes(tuple(one(r) for r in requests))
@@ -528,20 +532,22 @@ class NodeController(NodeDisks, NodeNics):
             except CloudError:
                 self._held.pop(instance_id, None)
                 return c.InstanceRemoved(instance_id, previous="absent", state="absent")
-            previous = node_state(dom.state()[0])
+            previous = state_of(dom)
             counters = None
             if previous == "running":  # the NIC's last byte counts, for the accounting ledger
                 counters = self._nic_counters(instance_id, dom)
             try:
-                if dom.isActive():
+                if previous != "absent" and dom.isActive():
                     dom.destroy()
             except libvirt.libvirtError as exc:
-                if dom.isActive():
+                if not vanished(exc) and dom.isActive():
                     raise CloudError("InternalError", f"node {self.name} could not stop {instance_id}: {exc}") from exc
             try:
                 dom.undefine()
             except libvirt.libvirtError as exc:
-                raise CloudError("InternalError", f"node {self.name} could not undefine {instance_id}: {exc}") from exc
+                if not vanished(exc):  # (undefined since the listing, by a failed start's clean-up: gone)
+                    message = f"node {self.name} could not undefine {instance_id}: {exc}"
+                    raise CloudError("InternalError", message) from exc
             log.info("node %s terminated %s", self.name, instance_id)
             # the instance store is the instance's while it runs here: gone when it stops or ends
             (self.node_dir / "instances" / instance_id / SCRATCH_FILE).unlink(missing_ok=True)
@@ -566,8 +572,10 @@ class NodeController(NodeDisks, NodeNics):
             else:
                 dom.reset(0)
         except libvirt.libvirtError as exc:
+            if vanished(exc):
+                raise self._not_found(instance_id) from exc
             raise CloudError("IncorrectInstanceState", f"{instance_id} cannot be rebooted now: {exc}") from exc
-        return c.InstanceState(instance_id, node_state(dom.state()[0]))
+        return c.InstanceState(instance_id, state_of(dom))
 
     def get_console_output(self, instance_id: str) -> c.ConsoleOutput:
         """The last 64 KiB of the serial console, as text."""
