@@ -194,7 +194,15 @@ class SshCable(CommandCable):
 
 
 class UdpCable(_PlugProcess):
-    """A switch joined to a peer over UDP: ``vde_plug vde://A udp://LPORT->HOST:RPORT`` (unencrypted, no state)."""
+    """A switch joined to a peer over UDP: ``vde_plug vde://A udp://LPORT->HOST:RPORT`` (unencrypted, no state).
+
+    vde_plug's UDP socket is *connected* to the peer, so a frame sent before the peer's end is bound (or
+    while it restarts) comes back as an ICMP port unreachable, kept as a pending ``ECONNREFUSED`` on the
+    socket; the next frame *from* the peer then fails its ``recv`` with that error, and vde_plug ends
+    (status 0, nothing said). A UDP cable has no connection to lose, so this one starts its plug again
+    whenever it ends by itself (at most every :data:`RESPAWN_S`); one that cannot start stays dead, for
+    its supervisor to see.
+    """
 
     kind = "udp-cable"
 
@@ -206,12 +214,56 @@ class UdpCable(_PlugProcess):
         _check_port(remote_port)
         self.a = plug_url(sock)
         self.b = f"udp://{int(local_port)}->{remote_host}:{int(remote_port)}"
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def _argv(self) -> list[str]:
         return ["vde_plug", "--", self.a, self.b]
 
     def _endpoints(self) -> list[str]:
         return [self.a, self.b]
+
+    def start(self) -> None:
+        with self._lock:
+            if self.alive():
+                return
+            super().start()
+            self._stopping.clear()
+            proc = self._proc
+        threading.Thread(target=self._keep, args=(proc,), name=f"udp-cable-{self.b}", daemon=True).start()
+
+    def _keep(self, proc: subprocess.Popen | None) -> None:
+        """Start the plug again each time it ends by itself, until :meth:`stop`."""
+        while proc is not None:
+            proc.wait()
+            if self._stopping.wait(RESPAWN_S):
+                return
+            with self._lock:
+                if self._stopping.is_set() or self._proc is not proc:
+                    return  # stopped, or started again by someone else (who watches it now)
+                if proc.stderr is not None:
+                    proc.stderr.close()
+                try:
+                    fresh = self._spawn()
+                except NetError:
+                    return  # dead: alive() says so, and a supervisor restarts it
+                try:
+                    self._check_started(fresh)
+                except NetError:
+                    if fresh.stderr is not None:
+                        fresh.stderr.close()
+                    return
+                self._proc = proc = fresh
+                self.restarts += 1
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            super().stop()
+
+
+#: How soon a UDP cable's plug that ended by itself is started again.
+RESPAWN_S = 0.2
 
 
 def _check_port(port: int) -> None:
