@@ -116,7 +116,10 @@ class ClusterNetwork:
         self.flavour = flavour
         self.prefix = prefix
         self.subnet = subnet
-        self.underlay = free_underlay(prefix) if underlay == "auto" else ipaddress.IPv4Network(underlay)
+        if underlay == "auto":
+            self.underlay = free_underlay(prefix, prefer=network_adoption.recorded_underlay(run_dir))
+        else:
+            self.underlay = ipaddress.IPv4Network(underlay)
         self.run_dir = run_dir
         self.cable_kind = cable
         self.outside = outside_namespace_of(prefix)
@@ -502,9 +505,17 @@ def _host_routes(exclude: str | None) -> list[tuple[ipaddress.IPv4Network, str]]
     return found
 
 
-def free_underlay(prefix: str) -> ipaddress.IPv4Network:
-    """The first 10.253.N.0/24 no route of this host uses (so several clouds can run side by side)."""
+def free_underlay(prefix: str, prefer: str | None = None) -> ipaddress.IPv4Network:
+    """The first 10.253.N.0/24 no route of this host uses (so several clouds can run side by side), or
+    ``prefer`` (the underlay a killed run of this cloud left, see network_adoption) while no other route uses it."""
     taken = [net for net, dev in host_routes(exclude=prefix)]
+    if prefer is not None:
+        try:
+            wanted = ipaddress.IPv4Network(prefer)
+        except ValueError:
+            wanted = None
+        if wanted is not None and not any(wanted.overlaps(t) for t in taken):
+            return wanted
     for n in range(256):
         candidate = ipaddress.IPv4Network(f"10.253.{n}.0/24")
         if not any(candidate.overlaps(t) for t in taken):

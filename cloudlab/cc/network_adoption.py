@@ -50,6 +50,20 @@ def note_built(network: Any) -> None:
     path.write_text(json.dumps(signature(network)))
 
 
+def recorded_underlay(run_dir: Path) -> str | None:
+    """The underlay a leftover network of this state folder was built on (None: nothing left over).
+
+    An automatic underlay is the first free /24 *at build time*: after a kill, the next ``up`` must pick
+    the leftover's again, not the first one free now (other clouds come and go), or the leftover would
+    not be adoptable and its guests would be ended with it."""
+    try:
+        recorded = json.loads((Path(run_dir) / BUILT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    underlay = recorded.get("underlay") if isinstance(recorded, dict) else None
+    return underlay if isinstance(underlay, str) else None
+
+
 def adoptable(network: Any) -> bool:
     """Whether a leftover network of the same shape still has every host namespace (with its guests)."""
     try:
