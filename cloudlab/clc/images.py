@@ -144,7 +144,10 @@ class Images:
             if path is None:
                 continue
             digest = known.get(path) or file_sha256(path)
-            existing = self._store.one("SELECT image_id FROM images WHERE kind=? AND sha256=?", (kind, digest))
+            # (a part kept in a user's bucket is that user's, never shared with a registered file's image)
+            existing = self._store.one(
+                "SELECT image_id FROM images WHERE kind=? AND sha256=? AND path IS NOT NULL", (kind, digest)
+            )
             stored = self._store_file(path, digest)
             parts[kind] = (existing["image_id"] if existing else new_id(prefix), digest, stored)
         machine_id = new_id("ami")
