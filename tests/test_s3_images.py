@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 from cloudlab import servicectl
 from cloudlab.guest import has_booted
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, cli, error_code, start_cloud, unique, vm_requirements
+from tests.clouds import RunningCloud, cli, default_image, error_code, start_cloud, unique, vm_requirements
 
 MARK = b"IMPORTED-DISK-MARK-0123456789"
 
@@ -185,6 +185,16 @@ def test_import_snapshot_from_a_bucket_then_a_volume_with_the_same_bytes(
         data = volume_bytes(sim_cloud, volume_id, tmp_path)
         assert len(data) == 1024**3 and data[1024 * 1024 : 1024 * 1024 + len(MARK)] == MARK
         assert data[: 1024 * 1024] == bytes(1024 * 1024)
+
+        # ... and the root of an image (RegisterImage with the snapshot in BlockDeviceMappings)
+        kernel = owner["ec2"].describe_images(ImageIds=[default_image(owner["ec2"])])["Images"][0]["KernelId"]
+        image_id = owner["ec2"].register_image(
+            Name=unique(f"imported-{fmt.lower()}"), KernelId=kernel, RootDeviceName="/dev/vda",
+            BlockDeviceMappings=[{"DeviceName": "/dev/vda", "Ebs": {"SnapshotId": detail["SnapshotId"]}}],
+        )["ImageId"]  # fmt: skip
+        image = owner["ec2"].describe_images(ImageIds=[image_id])["Images"][0]
+        assert image["RootDeviceType"] == "ebs"
+        assert [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]] == [detail["SnapshotId"]]
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed (make test installs it)")
