@@ -25,7 +25,16 @@ from botocore.exceptions import ClientError
 from cloudlab import servicectl
 from cloudlab.guest import has_booted
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, cli, default_image, error_code, start_cloud, unique, vm_requirements
+from tests.clouds import (
+    RunningCloud,
+    cli,
+    default_image,
+    error_code,
+    network_requirements,
+    start_cloud,
+    unique,
+    vm_requirements,
+)
 
 MARK = b"IMPORTED-DISK-MARK-0123456789"
 
@@ -215,11 +224,13 @@ def test_import_refuses_a_qcow2_with_a_backing_file(
 
 @pytest.mark.vm
 @pytest.mark.slow
-def test_image_uploaded_to_a_bucket_boots_a_real_vm(tmp_path: Path) -> None:
-    reason = vm_requirements()
+@pytest.mark.parametrize("network", ["none", "direct"])
+def test_image_uploaded_to_a_bucket_boots_a_real_vm(tmp_path: Path, network: str) -> None:
+    """With a network, the node lives in its host's namespace and fetches over the cluster's underlay."""
+    reason = vm_requirements() if network == "none" else network_requirements()
     if reason:
         pytest.skip(reason)
-    cloud = start_cloud(tmp_path / "state")
+    cloud = start_cloud(tmp_path / "state", network=network)
     try:
         done = cli(cloud, "image", "upload", "from-walrus", "--bucket", "walrus-images", timeout=300)
         assert done.returncode == 0, done.stderr
