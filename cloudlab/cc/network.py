@@ -136,6 +136,10 @@ class ClusterNetwork:
                 host.public_address = host.address
             self.hosts[node] = host
         self.gateway_plugs: dict[int, vde_plugs.TapPlug] = {}
+        #: Cables to other clusters' switches (cloudlab.cc.fabric), by peer cluster: (process, port on the first
+        #: host's switch). They carry every VPC subnet's VLAN.
+        self.uplinks: dict[str, tuple[Any, int]] = {}
+        self.edge: dict[str, Any] | None = None  # where the fabric put it on the WAN between clusters
         self.vpc_routers = VpcRouters(self)
         self.vlans: set[int] = set()
         self.public_ips: set[str] = set()
@@ -347,15 +351,7 @@ class ClusterNetwork:
             links.veth(first.namespace, f"t{vid}", router_ns, gateway_link)
             links.set_master(first.namespace, f"t{vid}", f"br{vid}")
         else:
-            for host in self.hosts.values():
-                assert host.switch is not None
-                host.switch.create_vlan(vid)
-                if host is first:
-                    trunk_ports = [CABLE_SWITCH_PORT_BASE + h.index for h in self.hosts.values() if h is not first]
-                else:
-                    trunk_ports = [CABLE_SWITCH_PORT_BASE]
-                for port in trunk_ports:
-                    host.switch.add_tagged(vid, port)
+            self.carry_segment(vid)
             assert first.switch is not None
             port = GATEWAY_SWITCH_PORT_BASE + index
             plug = vde_plugs.TapPlug(first.switch.sock, gateway_link, router_ns, port=port)
@@ -366,6 +362,51 @@ class ClusterNetwork:
             self.gateway_plugs[vid] = plug
         links.add_address(router_ns, gateway_link, gateway)
         self.vlans.add(vid)
+
+    def carry_segment(self, vid: int) -> None:
+        """VLAN ``vid`` on every switch, tagged on the cables between hosts and to other clusters (vde only):
+        all a cluster needs for a segment whose router is elsewhere (another cluster of the fabric)."""
+        first = next(iter(self.hosts.values()))
+        for host in self.hosts.values():
+            assert host.switch is not None
+            host.switch.create_vlan(vid)
+            if host is first:
+                trunk_ports = [CABLE_SWITCH_PORT_BASE + h.index for h in self.hosts.values() if h is not first]
+                trunk_ports += [port for _, port in self.uplinks.values()]
+            else:
+                trunk_ports = [CABLE_SWITCH_PORT_BASE]
+            for port in trunk_ports:
+                host.switch.add_tagged(vid, port)
+        self.vlans.add(vid)
+
+    def uplink_port(self, peer: str) -> int:
+        """The first host's switch port for the cable to cluster ``peer`` (after the cables between hosts)."""
+        used = {port for _, port in self.uplinks.values()}
+        if peer in self.uplinks:
+            return self.uplinks[peer][1]
+        first_free = CABLE_SWITCH_PORT_BASE + len(self.hosts) + 1
+        port = next((p for p in range(first_free, GATEWAY_SWITCH_PORT_BASE) if p not in used), None)
+        if port is None:
+            raise NetError(
+                f"cluster {self.cluster}: no switch port left for a cable to {peer}: fewer nodes or clusters"
+            )
+        return port
+
+    def add_uplink(self, peer: str, cable: Any, port: int) -> None:
+        """Supervise ``cable`` (to cluster ``peer``, on ``port``) and carry every segment already made over it."""
+        with self._lock:
+            self.uplinks[peer] = (cable, port)
+            first = next(iter(self.hosts.values()))
+            assert first.switch is not None
+            for vid in sorted(self.vlans):
+                first.switch.add_tagged(vid, port)
+
+    @property
+    def first_switch(self) -> vde.VdeSwitch:
+        switch = next(iter(self.hosts.values())).switch
+        if switch is None:
+            raise NetError(f"cluster {self.cluster} has no switch (its network is {self.flavour})")
+        return switch
 
     # -- what a node needs -----------------------------------------------------------------------------------
     def attachment(self, node: str, vlan: int) -> Attachment:
@@ -398,6 +439,8 @@ class ClusterNetwork:
                 found.append((f"cable {host.node}", cable))
         for vid, plug in sorted(self.gateway_plugs.items()):
             found.append((f"gateway plug {vid}", plug))
+        for peer, (cable, _port) in sorted(self.uplinks.items()):
+            found.append((f"cluster cable {peer}", cable))
         return found
 
     def supervise_once(self) -> list[str]:
@@ -429,6 +472,8 @@ class ClusterNetwork:
         if host is next(iter(self.hosts.values())):
             for plug in self.gateway_plugs.values():
                 plug.restart()
+            for cable, _port in self.uplinks.values():  # (the far end's dialer sees its cable drop and dials again)
+                cable.restart()
         for other in self.hosts.values():
             if other is not host:
                 for cable in other.cables:
@@ -457,6 +502,7 @@ class ClusterNetwork:
             "processes": [{"role": label} | proc.describe() for label, proc in self.processes()],
             "vlans": sorted(self.vlans),
             "vpc_routers": self.vpc_routers.describe(),
+            "edge": self.edge,
             "public_ips": sorted(self.public_ips),
             "history": self.history[-10:],
             "healthy": all(proc.alive() for _, proc in self.processes()),
@@ -471,6 +517,8 @@ class ClusterNetwork:
             except Exception as exc:
                 log.warning("stopping %s failed: %s", _label, exc)
         self.gateway_plugs = {}
+        self.uplinks = {}
+        self.edge = None
         for host in self.hosts.values():
             host.switch = None
             host.cables = []
