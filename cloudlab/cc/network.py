@@ -19,26 +19,29 @@ group's gateway on its own link into that segment (a veth to the group's bridge,
 port of the group's VLAN on the first host's switch) and enforces the groups' ingress rules with
 nftables. Everything here is recreated from the plan the CLC sends, so applying the same plan twice
 changes nothing.
+
+Clusters of one cloud on vde with VPCs are joined by :mod:`cloudlab.cc.fabric`: the first host's switch then
+has *uplinks*, cables to other clusters' switches, which carry every VPC subnet's VLAN and are supervised
+here like the cables between hosts. The root namespace's routes and the sweep are in
+:mod:`cloudlab.cc.network_host`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import ipaddress
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudlab.cc import network_adoption
+from cloudlab.cc.network_host import free_underlay, host_routes, sweep
 from cloudlab.cc.vpc_routers import VpcRouters
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
@@ -47,7 +50,6 @@ from cloudlab.paths import StateLayout, outside_namespace_of
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 FLAVOURS = ("vde", "direct")
 #: Cable transports between hosts. (SSH cables work by hand, see the benchmark's cable paths, but on
@@ -528,67 +530,3 @@ class ClusterNetwork:
         self.vpc_routers.reset()
         self.public_ips.clear()
         self.built = False
-
-
-def host_routes(exclude: str | None = None) -> list[tuple[ipaddress.IPv4Network, str]]:
-    """The root namespace's IPv4 routes (not the default route, loopback or ``exclude``'s) with their devices."""
-    return _off_event_loop(lambda: _host_routes(exclude))
-
-
-def _host_routes(exclude: str | None) -> list[tuple[ipaddress.IPv4Network, str]]:
-    found = []
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for route in ipr.get_routes(family=2):
-            dst = route.get_attr("RTA_DST")
-            if dst is None:
-                continue  # the default route: cloudlab never sends there, so it cannot collide
-            net = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False)
-            dev = names.get(route.get_attr("RTA_OIF"), "?")
-            if dev != exclude and not net.is_loopback:
-                found.append((net, dev))
-    return found
-
-
-def free_underlay(prefix: str) -> ipaddress.IPv4Network:
-    """The first 10.253.N.0/24 no route of this host uses (so several clouds can run side by side)."""
-    taken = [net for net, dev in host_routes(exclude=prefix)]
-    for n in range(256):
-        candidate = ipaddress.IPv4Network(f"10.253.{n}.0/24")
-        if not any(candidate.overlaps(t) for t in taken):
-            return candidate
-    raise NetError("no free /24 in 10.253.0.0/16 for the underlay: pass --underlay CIDR")
-
-
-def _off_event_loop(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a worker thread when this thread runs an asyncio loop (a Jupyter kernel's, say):
-    pyroute2's synchronous netlink sockets refuse to open inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn).result()
-
-
-def sweep(prefix: str) -> list[str]:
-    """Remove every namespace named ``<prefix>-*`` (killing what runs inside) and the root veth ``prefix``."""
-    return _off_event_loop(lambda: _sweep(prefix))
-
-
-def _sweep(prefix: str) -> list[str]:
-    removed = []
-    for name in netns.names(prefix + "-"):
-        netns.kill_all(name)
-        netns.remove(name)
-        removed.append(name)
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=prefix)
-        if found:
-            try:
-                ipr.link("del", index=found[0])
-                removed.append(prefix)
-            except NetlinkError as exc:
-                if exc.code != 19:
-                    raise
-    return removed
