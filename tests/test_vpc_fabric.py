@@ -36,6 +36,9 @@ def test_nat_clusters_that_cannot_be_built_are_refused_with_the_reason() -> None
         config = CloudConfig(network=network, network_model=model, clusters=clusters, nat_clusters=[name])
         with pytest.raises(NetError, match=message.replace("(", r"\(").replace(")", r"\)")):
             fabric.check_config(config)
+    with pytest.raises(NetError, match="overlaps the clusters' WAN 203.0.113.0/24"):
+        fabric.check_config(CloudConfig(network="vde", network_model="vpc", clusters=2, public_pool="203.0.113.0/25"))
+    fabric.check_config(CloudConfig(network="vde", public_pool="203.0.113.0/25"))  # one cluster: no WAN to overlap
     assert fabric.wanted(CloudConfig(network="vde", network_model="vpc", clusters=2))
     assert not fabric.wanted(CloudConfig(network="vde", network_model="classic", clusters=2))
 

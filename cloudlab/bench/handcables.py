@@ -7,7 +7,9 @@ cross-cluster pair has a baseline of the same shape:
 - ``vms_vde_nat_cable(image)``: two TCG VMs, each on the ``vde_switch`` of its own host namespace; host B
   sits behind a NAT namespace that masquerades (nftables) and forwards nothing in, and dials a TCP cable
   (``vde_plug`` on each end of one TCP connection) to host A's switch. Measured VM to VM over SSH from a
-  namespace with a tap on switch A, like every VM pair of ``cloudlab.bench.handmade``.
+  namespace with a tap on switch A, like every VM pair of ``cloudlab.bench.handmade``. Each VM's NIC is
+  attached as cloudlab attaches it (``cloudlab.nc.vde_nics``): QEMU's tap and a ``vde_plug`` tap on one
+  Linux bridge per VM (``attach="qemu"``: QEMU's own ``vde`` netdev instead, kind ``...-qemu``).
 
 Everything lives in a ``cloudlab.bench.lab.Lab`` (namespaces ``clb<hex>-hand-<role>``), removed on exit.
 """
@@ -52,8 +54,12 @@ NAT_RULES = """table ip hand_nat {
 
 
 @contextlib.contextmanager
-def vms_vde_nat_cable(image: Any = None, boot_timeout: float = 60, ssh_timeout: float = 60) -> Iterator[PathUnderTest]:
+def vms_vde_nat_cable(
+    image: Any = None, boot_timeout: float = 60, ssh_timeout: float = 60, attach: str = "tap"
+) -> Iterator[PathUnderTest]:
     """Two TCG VMs on two vde_switches joined by a TCP cable that host B dials through a masquerading NAT."""
+    if attach not in ("tap", "qemu"):
+        raise ValueError("attach must be tap or qemu")
     image = _default_image(image)
     with open_lab() as lab:
         key, pubkey = _keypair(lab)
@@ -83,8 +89,17 @@ def vms_vde_nat_cable(image: Any = None, boot_timeout: float = 60, ssh_timeout: 
         peers = lab.sh(*netns_argv(ha), "ss", "-Htn", "state", "established")
         if f"{UNDERLAY}.2:" not in peers:
             raise BuildError(f"the cable does not arrive from the NAT's address {UNDERLAY}.2: {peers.strip()}")
-        _qemu(lab, "vma", image, f"{NET}.1", pubkey, f"vde,id=n0,sock={sock_a}", "52:54:00:77:01:01", ha)
-        _qemu(lab, "vmb", image, f"{NET}.2", pubkey, f"vde,id=n0,sock={sock_b}", "52:54:00:77:01:02", hb)
+        for n, (name, host, sock) in enumerate((("vma", ha, sock_a), ("vmb", hb, sock_b)), start=1):
+            netdev = f"vde,id=n0,sock={sock}"
+            if attach == "tap":  # QEMU's tap vN and vde_plug's tap pN on a bridge bN, as cloudlab's NICs
+                lab.ip(host, "tuntap", "add", f"v{n}", "mode", "tap")
+                lab.vde_tap(sock, host, f"p{n}", None)
+                lab.ip(host, "link", "add", f"b{n}", "type", "bridge")
+                lab.ip(host, "link", "set", f"b{n}", "up")
+                lab.ip(host, "link", "set", f"v{n}", "master", f"b{n}", "up")
+                lab.ip(host, "link", "set", f"p{n}", "master", f"b{n}")
+                netdev = f"tap,id=n0,ifname=v{n},script=no,downscript=no,vhost=off"
+            _qemu(lab, name, image, f"{NET}.{n}", pubkey, netdev, f"52:54:00:77:01:0{n}", host)
         boot_s = _wait_boot(lab, ["vma", "vmb"], boot_timeout)
         lab.check_route(m, f"{NET}.2", "tap0")
         vma, vmb = SshRemote(f"{NET}.1", key, m), SshRemote(f"{NET}.2", key, m)
@@ -97,14 +112,16 @@ def vms_vde_nat_cable(image: Any = None, boot_timeout: float = 60, ssh_timeout: 
         if route.returncode != 0 or " via " in route.stdout:
             raise BuildError(f"in vma, {NET}.2 is not on its own segment: {route.stdout} {route.stderr}")
         yield PathUnderTest(
-            "vm-vde-nat-cable",
-            "TCG VMs on two vde_switches, a TCP cable dialled through a masquerading NAT",
+            "vm-vde-nat-cable" + ("-qemu" if attach == "qemu" else ""),
+            f"TCG VMs ({'QEMU vde netdev' if attach == 'qemu' else 'taps bridged to vde_plug taps'}) on two"
+            " vde_switches, a TCP cable dialled through a masquerading NAT",
             "hand",
             vmb,
             vma,
             f"{NET}.2",
             {
                 "ends": "vms",
+                "attach": attach,
                 "accel": "tcg",
                 "boot_s": round(boot_s, 2),
                 "ready_s": round(time.monotonic() - started, 2),

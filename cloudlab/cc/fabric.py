@@ -62,7 +62,7 @@ def check_config(config: CloudConfig) -> None:
             f"the first cluster ({names[0]}) holds the VPC routers and listens for the other clusters' cables,"
             " so it cannot sit behind a NAT: put another cluster behind it"
         )
-    for what, cidr in (("--subnet", config.subnet), ("the public pool", config.public_pool)):
+    for what, cidr in (("--subnet", config.subnet), ("the public pool", config.public_pool)) if wanted(config) else ():
         if WAN.overlaps(ipaddress.IPv4Network(cidr, strict=False)):
             raise NetError(f"{what} {cidr} overlaps the clusters' WAN {WAN}: choose another range")
 
