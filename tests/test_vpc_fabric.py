@@ -9,6 +9,8 @@ dialled again, the status says so, and the instances reach each other again. ``c
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +182,28 @@ def test_a_cut_cable_is_dialled_again_and_reported(fabric_cloud: RunningCloud, l
     assert "cluster cable cluster1: running" in shown and "cluster cable cluster1 died; restarted" in shown, shown
     assert "behind the NAT" in shown
     again = reaches(fabric_cloud, lab["b"]["InstanceId"], lab["a"]["PrivateIpAddress"])
+    assert "2 packets received" in again.stdout
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_kill_9_of_the_service_spares_the_guests_and_joins_the_clusters_again(
+    fabric_cloud: RunningCloud, lab: dict
+) -> None:
+    """The next ``up`` after a ``kill -9`` rebuilds the WAN, the NAT and the cable around the running guests."""
+    a, b = lab["a"], lab["b"]
+    boot_id = "cat /proc/sys/kernel/random/boot_id"
+    before = {i["InstanceId"]: ssh_when_up(fabric_cloud, i["InstanceId"], boot_id).stdout for i in (a, b)}
+    os.kill(servicectl.service_pid(fabric_cloud.layout), signal.SIGKILL)
+    wait_until(lambda: servicectl.service_pid(fabric_cloud.layout) is None, 10, what="the service to die")
+    up = cli(fabric_cloud, "up", timeout=240)
+    assert up.returncode == 0 and "cloud up" in up.stdout, up.stdout + up.stderr
+    fabric_cloud.info = servicectl.endpoint(fabric_cloud.layout)  # (a new endpoint port)
+    after = {i: ssh_when_up(fabric_cloud, i, boot_id).stdout for i in before}
+    assert after == before and all(after.values())  # the same guests, never rebooted
+    nated = network_of(fabric_cloud, "cluster2")
+    assert nated["edge"]["behind_nat"] and {p["role"] for p in nated["processes"]} >= {"cluster cable cluster1"}
+    again = reaches(fabric_cloud, b["InstanceId"], a["PrivateIpAddress"])
     assert "2 packets received" in again.stdout
 
 
