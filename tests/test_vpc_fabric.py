@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,20 @@ def test_nat_clusters_that_cannot_be_built_are_refused_with_the_reason() -> None
     fabric.check_config(CloudConfig(network="vde", public_pool="203.0.113.0/25"))  # one cluster: no WAN to overlap
     assert fabric.wanted(CloudConfig(network="vde", network_model="vpc", clusters=2))
     assert not fabric.wanted(CloudConfig(network="vde", network_model="classic", clusters=2))
+
+
+def test_up_refuses_a_nat_cluster_it_cannot_build_before_starting_anything(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("cloudlab up checks a network as root")
+    state = tmp_path / "state"
+    argv = [sys.executable, "-m", "cloudlab.cli", "--state", str(state), "up", "--clusters", "2", "--network", "vde"]
+    for extra, message in (
+        (["--network-model", "vpc", "--nat-cluster", "cluster1"], "holds the VPC routers"),
+        (["--nat-cluster", "cluster2"], "--nat-cluster needs clusters joined by VDE cables"),
+    ):
+        done = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert not (state / "cloud.json").exists()  # nothing saved, nothing started
 
 
 @pytest.fixture(scope="module")
