@@ -39,7 +39,7 @@ def import_snapshot(files: VolumeFiles, request: ImportSnapshot) -> SnapshotMade
         fetched = target.with_name(target.name + ".import")
         tmp = target.with_name(target.name + ".tmp")
         try:
-            files._check_space(request.size)
+            files._check_space(2 * request.size, "imported snapshot")  # the download and its conversion
             _fetch(request.url, fetched, request.size)
             info = json.loads(qemu_img("info", "--output=json", "-f", request.format, str(fetched), timeout=30))
             _check_image(info, request.format)
