@@ -48,13 +48,15 @@ NODE_START_S = 60.0  # how long a node controller has to register at start (QEMU
 SHUTDOWN_REASON = "Server.CloudShutdown: the cloud was stopped (cloudlab down)"
 
 
-def node_uri(config: CloudConfig, layout: StateLayout, node: str) -> str:
-    """The libvirt URI of ``node``: embedded roots are per node, test nodes get private hosts."""
+def node_uri(config: CloudConfig, layout: StateLayout, node: str, cluster_index: int = 0) -> str:
+    """The libvirt URI of ``node``: embedded roots are per node, test nodes get private hosts (of their
+    cluster's node size)."""
     uri = config.hypervisor
     if uri.startswith("qemu:///embed"):
         return f"qemu:///embed?root={layout.libvirt_root(node)}"
     if uri.startswith("test://"):
-        return test_driver_uri(layout.node_dir(node), config.node_vcpus or 16, config.node_memory_mb or 32768)
+        vcpus = config.setting(cluster_index, "node_vcpus") or 16
+        return test_driver_uri(layout.node_dir(node), vcpus, config.setting(cluster_index, "node_memory_mb") or 32768)
     return uri
 
 
@@ -161,7 +163,12 @@ class CloudService:
         config = self.config
         cc_signer, cc_verifier = self._signer_verifier(f"cc-{name}", "cc")
         cc = ClusterController(
-            name, policy=config.scheduler, heartbeat_s=config.heartbeat_s, signer=cc_signer, verifier=cc_verifier
+            name,
+            policy=config.setting(index, "scheduler"),
+            heartbeat_s=config.heartbeat_s,
+            signer=cc_signer,
+            verifier=cc_verifier,
+            powersave_idle_s=config.setting(index, "powersave_idle_s"),
         )
         dispatcher = Dispatcher(f"cc-{name}", cc_signer, cc_verifier)
         cc.register_routes(dispatcher)
@@ -269,17 +276,20 @@ class CloudService:
 
     def _start_node(self, name: str) -> None:
         cluster = self.node_cluster[name]
-        uri = node_uri(self.config, self.layout, name)
+        uri = node_uri(self.config, self.layout, name, cluster.index)
         node_dir = self.layout.node_dir(name)
+        vcpus = self.config.setting(cluster.index, "node_vcpus")
+        memory_mb = self.config.setting(cluster.index, "node_memory_mb")
         if driver_kind(uri) == "test":
             node = NodeController(
                 name,
                 uri,
                 node_dir,
-                vcpus=self.config.node_vcpus,
-                memory_mb=self.config.node_memory_mb,
+                vcpus=vcpus,
+                memory_mb=memory_mb,
                 accel="test",
                 on_change=lambda: cluster.cc.registry.poll_soon(name),
+                wake_s=self.config.powersave_wake_s,
             )
             signer, verifier = self._signer_verifier(name, "nc")
             dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
@@ -305,13 +315,15 @@ class CloudService:
             self.config.accel,
             "--launch",
             self.config.launch,
+            "--wake-s",
+            str(self.config.powersave_wake_s),
         ]
         if self.config.network != "none":
             argv.append("--template-nic")
-        if self.config.node_vcpus:
-            argv += ["--vcpus", str(self.config.node_vcpus)]
-        if self.config.node_memory_mb:
-            argv += ["--memory", str(self.config.node_memory_mb)]
+        if vcpus:
+            argv += ["--vcpus", str(vcpus)]
+        if memory_mb:
+            argv += ["--memory", str(memory_mb)]
         if cluster.network is not None:
             from cloudlab.net import netns
 

@@ -106,11 +106,9 @@ def invalid_action(action: str) -> ApiError:
     return ApiError(INVALID_ACTION, f"The action {quote_value(action)} is not valid for this web service.")
 
 
-
 def dry_run_operation() -> ApiError:
     """What an action raises after its permission checks pass when ``DryRun`` is true."""
     return ApiError(DRY_RUN_OPERATION, "Request would have succeeded, but DryRun flag is set.")
-
 
 
 def internal_error() -> ApiError:

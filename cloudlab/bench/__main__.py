@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             info = servicectl.up(layout, CloudConfig(api_port=0, launch="boot"), timeout_s=120)
             try:
                 cloud = connect(str(layout.root))
+
                 def probed() -> str | None:  # the node is still probing QEMU and the accelerator
                     return next(iter(cloud.nodes()["accel"]), None)
 

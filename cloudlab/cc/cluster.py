@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cloudlab import contract as c
+from cloudlab.cc.power import DEFAULT_IDLE_S, PowerManager
 from cloudlab.cc.registry import NodeRegistry
 from cloudlab.cc.scheduler import InstanceRequest, SchedulingPolicy, load_policy, place
 from cloudlab.errors import CloudError
@@ -44,6 +45,7 @@ class ClusterController:
         dead_after_s: float = 5.0,
         signer: MessageSigner | None = None,
         verifier: MessageVerifier | None = None,
+        powersave_idle_s: float = DEFAULT_IDLE_S,
     ) -> None:
         self.name = name
         self.policy = load_policy(policy) if isinstance(policy, str) else policy
@@ -51,6 +53,14 @@ class ClusterController:
         self._signer = signer
         self._verifier = verifier
         self._schedule_lock = threading.Lock()
+        # POWERSAVE: idle nodes powered down (if the policy says so), chosen ones woken (cloudlab/cc/power.py)
+        self.power = PowerManager(
+            name,
+            self.registry,
+            self._schedule_lock,
+            enabled=bool(getattr(self.policy, "powers_down", False)),
+            idle_s=powersave_idle_s,
+        )
         self.network: Any = None  # a cloudlab.cc.network.ClusterNetwork when the cluster has one
         self.storage: Channel | None = None  # the cluster's storage controller, once it registered
         self.storage_url: str | None = None
@@ -154,8 +164,10 @@ class ClusterController:
 
     def start(self) -> None:
         self.registry.start()
+        self.power.start()
 
     def stop(self) -> None:
+        self.power.stop()
         self.registry.stop()
 
     # -- scheduling ----------------------------------------------------------------------------------
@@ -180,6 +192,9 @@ class ClusterController:
             by_id = {r.instance_id: r for r in requests}
             for instance_id, node in placements.items():
                 self.registry.reserve(node, instance_id, by_id[instance_id].vcpus, by_id[instance_id].memory_mb)
+            sleeping = sorted({node for node in placements.values() if not _on(views, node)})
+        for node in sleeping:  # woken now; their starts wait for them (PowerManager.wait_awake)
+            self.power.wake(node)
         return c.Placements(placements=placements, policy=self.policy.name)
 
     def release(self, node: str, instance_id: str) -> c.Released:
@@ -200,6 +215,7 @@ class ClusterController:
         heartbeat reports the instance, so the scheduler never sees the room twice.
         """
         try:
+            self.power.wait_awake(node)
             return self.node_call(node, c.NODE_RUN_INSTANCE, self._with_attachment(node, instance))
         except Exception:
             self.registry.release(node, instance.instance_id)
@@ -213,6 +229,7 @@ class ClusterController:
 
         def on_node(node: str, requests: list[c.StartInstance]) -> list[c.StartOutcome]:
             try:
+                self.power.wait_awake(node)
                 outcomes = list(self.node_call(node, c.NODE_RUN_INSTANCES, c.NodeStartMany(tuple(requests))).outcomes)
             except CloudError as exc:
                 outcomes = [
@@ -281,9 +298,15 @@ class ClusterController:
                     hypervisor=report.hypervisor if report else None,
                     accel=report.accel if report else None,
                     instances=report.instances if report else (),
+                    power=entry.power,
+                    power_since=entry.power_since,
                 )
             )
         network = self.network.describe() if self.network is not None else None
         return c.ClusterReport(
             cluster=self.name, policy=self.policy.name, version=version, nodes=tuple(nodes), network=network
         )
+
+
+def _on(views: list[Any], node: str) -> bool:
+    return next((view.powered_on for view in views if view.name == node), True)

@@ -57,9 +57,7 @@ UP_OPTIONS = {
         arg("--nodes", type=positive, metavar="N", help="number of node controllers (default 1)"),
         arg("--clusters", type=positive, metavar="N", help="clusters (zones), N nodes each (default 1)"),
         arg("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)"),
-        arg(
-            "--network-model", choices=["classic", "vpc"], help="managed mode (default) or VPC subnets on the network"
-        ),
+        arg("--network-model", choices=["classic", "vpc"], help="managed mode (default) or VPC subnets on the network"),
         arg("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN or module:Class"),
         arg("--region", type=region, metavar="NAME", help="the cloud's region name (default cloudlab-1)"),
         arg("--port", type=port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)"),
