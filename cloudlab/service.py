@@ -130,6 +130,7 @@ class CloudService:
             public_pool=config.public_pool,
             reconcile_s=self.reconcile_s,
             terminated_visible_s=config.terminated_visible_s,
+            zone_policy=config.zone_policy,
         )
         clc_signer, clc_verifier = self._signer_verifier("clc", "clc")
         for cluster in self.clusters:
@@ -537,6 +538,7 @@ class CloudService:
         except Exception:
             log.exception("terminating instances on shutdown failed")
         self.clc.stop()
+        self.clc.node_hours.all_off("the cloud stopped (cloudlab down)")
         for cluster in self.clusters:
             cluster.cc.stop()
         for child in self.children.values():
