@@ -30,7 +30,6 @@ from cloudlab.clc.offline import write_credentials
 from cloudlab.clc.store import Store
 from cloudlab.clc.uploads import UploadPolicy, ensure_root
 from cloudlab.config import CloudConfig
-from cloudlab.contract import encode
 from cloudlab.files import write_atomic
 from cloudlab.nc.hypervisor import driver_kind, test_driver_uri
 from cloudlab.nc.node import NodeController
@@ -38,7 +37,7 @@ from cloudlab.paths import StateLayout, cache_dir
 from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
-from cloudlab.service_clusters import ClusterRuntime, build_network, start_metadata_services
+from cloudlab.service_clusters import ClusterRuntime, build_network, cluster_status, start_metadata_services
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -416,61 +415,7 @@ class CloudService:
         }
 
     def _cluster_status(self, runtime: ClusterRuntime) -> dict[str, Any]:
-        cluster = encode(runtime.cc.describe_cluster())
-        for node in cluster["nodes"]:
-            child = self.children.get(node["name"])
-            node["process"] = (
-                None
-                if child is None or child.process is None
-                else {
-                    "pid": child.process.pid,
-                    "running": child.process.poll() is None,
-                    "restarts": child.restarts,
-                    "history": child.history[-5:],
-                }
-            )
-            node["instances"] = len(node["instances"])
-        return {
-            "name": runtime.name,
-            "zone": runtime.zone,
-            "network": self.config.network,
-            "scheduler": cluster["policy"],
-            "cc_url": runtime.url,
-            "nodes": cluster["nodes"],
-            "network_detail": cluster.get("network"),
-            "storage": self._storage_status() if runtime.index == 0 else None,
-        }
-
-    def _storage_status(self) -> dict[str, Any]:
-        """The cluster's SC as ``cloudlab status`` shows it: where it is, its process, what it serves."""
-        child = self.children.get(f"sc-{self.config.cluster}")
-        found: dict[str, Any] = {
-            "name": self.config.cluster,
-            "url": self.cc.storage_url,
-            "registered": self.cc.storage is not None,
-            "process": None,
-        }
-        if child is not None and child.process is not None:
-            found["process"] = {
-                "pid": child.process.pid,
-                "running": child.process.poll() is None,
-                "restarts": child.restarts,
-                "history": child.history[-5:],
-            }
-        if self.cc.storage is not None:
-            from cloudlab import contract as c
-
-            try:
-                report = self.cc.storage_call(c.SC_DESCRIBE_STORAGE, c.Empty())
-                found |= {
-                    "volumes": len(report.volumes),
-                    "snapshots": len(report.snapshots),
-                    "exports": len(report.exports),
-                    "free_bytes": report.free_bytes,
-                }
-            except Exception as exc:  # status must answer even when the SC does not
-                found["last_error"] = str(exc)[:200]
-        return found
+        return cluster_status(self, runtime)
 
     @property
     def endpoint_url(self) -> str:

@@ -145,6 +145,21 @@ def slots(nodes: Sequence[Any], vcpus: int, memory_mb: int) -> int:
     return sum(min(n.vcpus_free // max(1, vcpus), n.memory_mb_free // max(1, memory_mb)) for n in usable)
 
 
+def type_capacity(report: Any, vm_types: Sequence[Any]) -> list[tuple[Any, int, int]]:
+    """(type, free, max) per VM type for one cluster's report, as Eucalyptus' ``verbose`` zones list them:
+    how many more instances of the type fit now, and how many would fit on the empty cluster (its nodes
+    that are alive or powered down, each counted on its own)."""
+    nodes = [n for n in report.nodes if n.alive or n.power != "on"] if report is not None else []
+    return [
+        (
+            t,
+            slots(nodes, t.vcpus, t.memory_mb),
+            sum(min(n.vcpus_total // max(1, t.vcpus), n.memory_mb_total // max(1, t.memory_mb)) for n in nodes),
+        )
+        for t in vm_types
+    ]
+
+
 class ZonePlacement:
     """The cloud's zone policy, with what it needs to know: the zones, their health and their last reports."""
 
