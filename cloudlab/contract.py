@@ -333,6 +333,7 @@ class NodeSummary:
     instances: tuple[InstanceReport, ...] = ()
     power: str = "on"  # "on", "off" (powered down by POWERSAVE: not polled, not dead) or "waking"
     power_since: float | None = None  # the CC's wall clock when the node entered ``power``
+    registered: float | None = None  # the CC's wall clock when the node registered (it was on then)
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,7 @@ class ClusterController:
                     instances=report.instances if report else (),
                     power=entry.power,
                     power_since=entry.power_since,
+                    registered=entry.registered,
                 )
             )
         network = self.network.describe() if self.network is not None else None

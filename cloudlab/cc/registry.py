@@ -44,6 +44,7 @@ class NodeEntry:
     reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # instance -> (vcpus, MiB)
     power: str = "on"  # "on", "off" (powered down: not polled) or "waking"
     power_since: float = field(default_factory=time.time)  # wall clock of the last power change
+    registered: float = field(default_factory=time.time)  # wall clock of the registration
     idle_since: float | None = None  # monotonic time since which the node holds nothing (None: it holds some)
 
 

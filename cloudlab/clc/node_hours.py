@@ -62,28 +62,38 @@ class NodeHours:
                     (row["node"], row["cluster"], OFF, at, "the cloud stopped without a down (closed at last seen)"),
                 )
 
-    def note(self, cluster: str, node: str, power: str, since: float | None, *, answered: bool) -> None:
-        """Record ``node``'s power if it changed: ``waking`` counts as on; a node never answered is not noted."""
+    def note(self, cluster: str, node: Any, *, answered: bool) -> None:
+        """Record a node's power (a ``NodeSummary``) if it changed: ``waking`` counts as on. A node first
+        seen opens its interval at its registration (it may have been powered down before the CLC looked);
+        a node that never answered is not noted."""
+        power, since = node.power, node.power_since
         recorded = OFF if power == OFF else ON
         if recorded == ON and power == ON and not answered:
             return  # a node that never answered (or stopped answering) is not known to be on
         with self._lock:
-            last = self._last.get(node)
+            last = self._last.get(node.name)
             if last is None:
-                row = self.store.one("SELECT power FROM node_power WHERE node=? ORDER BY seq DESC LIMIT 1", (node,))
+                row = self.store.one(
+                    "SELECT power FROM node_power WHERE node=? ORDER BY seq DESC LIMIT 1", (node.name,)
+                )
                 last = row["power"] if row is not None else None
             if last == recorded:
-                self._last[node] = last
+                self._last[node.name] = last
                 return
-            if last is None and recorded == OFF:
-                return  # nothing to close
-            reason = {ON: "powered on" if last is None else "woken", OFF: "powered down (POWERSAVE)"}[recorded]
+            events = []
+            if last is None:
+                events.append((ON, node.registered or since or time.time(), "registered"))
+            if recorded == OFF:
+                events.append((OFF, since or time.time(), "powered down (POWERSAVE)"))
+            elif last is not None:
+                events.append((ON, since or time.time(), "woken"))
             with self.store.transaction() as db:
-                db.execute(
-                    "INSERT INTO node_power (node, cluster, power, time, reason) VALUES (?,?,?,?,?)",
-                    (node, cluster, recorded, since or time.time(), reason),
-                )
-            self._last[node] = recorded
+                for event_power, at, reason in events:
+                    db.execute(
+                        "INSERT INTO node_power (node, cluster, power, time, reason) VALUES (?,?,?,?,?)",
+                        (node.name, cluster, event_power, at, reason),
+                    )
+            self._last[node.name] = recorded
 
     def all_off(self, reason: str) -> int:
         """Every node that is on goes off now (``cloudlab down``); returns how many."""

@@ -120,7 +120,7 @@ class Reconciler:
             self._node_alive[node.name] = node.alive
             self._note_node(link.name, node)
             if self.node_hours is not None:
-                self.node_hours.note(link.name, node.name, node.power, node.power_since, answered=node.alive)
+                self.node_hours.note(link.name, node, answered=node.alive)
             if node.alive and node.age_s is not None:
                 self._reconcile_node(link, node, asked - node.age_s, by_node.get(node.name, {}))
         with self._lock:

@@ -1,0 +1,135 @@
+"""POWERSAVE (Eucalyptus' power-saving scheduling policy) on libvirt's test driver: idle nodes are powered
+down past the threshold and keep their registration, a launch that needs one wakes it (a signed wake, the
+node's boot delay) and runs, and the node-hours in the ledger show the time the nodes spent off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudlab import contract as c
+from cloudlab.cc.scheduler import InstanceRequest, NodeView, PowerSave, place
+from cloudlab.errors import CloudError
+from cloudlab.nc.hypervisor import test_driver_uri as private_host_uri
+from cloudlab.nc.node import NodeController
+from cloudlab.waiting import wait_until
+from tests.clouds import RunningCloud, cli, default_image, described, wait_states
+
+
+def node_states(cloud: RunningCloud) -> dict[str, str]:
+    return {n["name"]: n["state"] for cluster in cloud.status()["clusters"] for n in cluster["nodes"]}
+
+
+def wait_node_states(cloud: RunningCloud, expected: dict[str, str], what: str) -> None:
+    wait_until(lambda: node_states(cloud) == expected, 30, what=what, interval_s=0.2)
+
+
+def node_usage(cloud: RunningCloud) -> dict[str, dict[str, Any]]:
+    from cloudlab.usage_frames import fetch_node_usage
+
+    creds = cloud.credentials()
+    frame = fetch_node_usage(
+        {
+            "endpoint_url": cloud.url,
+            "region_name": cloud.info["region"],
+            "aws_access_key_id": creds["access_key"],
+            "aws_secret_access_key": creds["secret_key"],
+        }
+    )
+    return {row["node"]: row for row in frame.to_dict("records")}
+
+
+def test_powersave_chooses_nodes_that_are_on_and_wakes_one_only_when_none_fits() -> None:
+    on = NodeView("node-02", 2, 1024, 1, 768, 1)
+    off = NodeView("node-01", 2, 1024, 2, 1024, 0, powered_on=False)
+    policy = PowerSave()
+    # the node that is on, though a powered-down one comes first by name
+    assert place(policy, [InstanceRequest("i-1", 1, 256)], [off, on]) == {"i-1": "node-02"}
+    # two do not fit on it: the second wakes the powered-down node
+    assert place(policy, [InstanceRequest("i-1", 1, 256), InstanceRequest("i-2", 1, 256)], [off, on]) == {
+        "i-1": "node-02",
+        "i-2": "node-01",
+    }
+
+
+def test_a_powered_off_node_answers_only_a_wake(tmp_path: Path) -> None:
+    node_dir = tmp_path / "node"
+    node = NodeController("node-01", private_host_uri(node_dir, 2, 1024), node_dir, accel="test", wake_s=0.2)
+    try:
+        start = c.StartInstance(
+            instance_id="i-0123456789abcdef0", vcpus=1, memory_mb=256, kernel="/k", owner="alice",
+            image_id="ami-0123456789abcdef0", instance_type="t2.micro",
+        )  # fmt: skip
+        node.run_instance(start)
+        with pytest.raises(CloudError) as excinfo:  # it holds an instance: it stays on
+            node.power_off()
+        assert excinfo.value.code == "IncorrectState"
+        node.terminate_instance(start.instance_id)
+        assert node.power_off().power == "off"
+        describe = node.powered(lambda r, m: node.describe_resource())
+        with pytest.raises(CloudError) as excinfo:
+            describe(c.Empty(), None)
+        assert excinfo.value.code == "Unavailable" and "powered off" in excinfo.value.message
+        assert node.wake().power == "waking"
+        wait_until(lambda: node.power == "on", 10, what="the node to boot", interval_s=0.05)
+        assert describe(c.Empty(), None).vcpus_free == 2
+    finally:
+        node.close()
+
+
+@pytest.mark.slow
+def test_idle_nodes_power_down_a_launch_wakes_one_and_node_hours_show_it(cloud_factory: Any) -> None:
+    cloud = cloud_factory(
+        hypervisor="test:///default",
+        nodes=3,
+        node_vcpus=2,
+        node_memory_mb=1024,
+        scheduler="POWERSAVE",
+        powersave_idle_s=1.0,
+        powersave_wake_s=1.0,
+    )
+    ec2 = cloud.ec2()
+    image = default_image(ec2)
+    nodes = ["node-01", "node-02", "node-03"]
+    wait_node_states(cloud, dict.fromkeys(nodes, "powered-off"), "the idle nodes to power down")
+    # powered down, still registered: the zone is available (a node can be woken), the CC lists them all
+    [zone] = ec2.describe_availability_zones()["AvailabilityZones"]
+    assert zone["State"] == "available"
+    cluster = cloud.status()["clusters"][0]
+    assert cluster["scheduler"] == "POWERSAVE" and [n["name"] for n in cluster["nodes"]] == nodes
+
+    [first] = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.micro")["Instances"]
+    assert first["State"]["Name"] == "pending"  # answered at once; the start waits for the woken node
+    wait_states(ec2, [first["InstanceId"]], "running", timeout=30)
+    assert first["Placement"]["HostId"] == "node-01"
+    states = node_states(cloud)
+    assert states["node-01"] == "up" and states["node-02"] == states["node-03"] == "powered-off"
+    # a second small one packs onto the node that is on; a larger one needs a wake
+    [second] = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.micro")["Instances"]
+    [third] = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.medium")["Instances"]
+    running = wait_states(ec2, [second["InstanceId"], third["InstanceId"]], "running", timeout=30)
+    assert running[second["InstanceId"]]["Placement"]["HostId"] == "node-01"
+    assert running[third["InstanceId"]]["Placement"]["HostId"] == "node-02"
+    assert node_states(cloud)["node-03"] == "powered-off"
+
+    shown = described(ec2, [first["InstanceId"]])[first["InstanceId"]]
+    assert shown["State"]["Name"] == "running"
+
+    usage = node_usage(cloud)
+    assert set(usage) == set(nodes)
+    assert usage["node-03"]["power"] == "off" and usage["node-03"]["powered_off_hours"] > 0
+    assert usage["node-01"]["power"] == "on" and usage["node-01"]["power_ons"] == 2  # registered, then woken
+    assert usage["node-03"]["power_ons"] == 1
+    assert usage["node-01"]["powered_on_hours"] > usage["node-03"]["powered_on_hours"]
+    out = cli(cloud, "usage", "--by", "node")
+    assert out.returncode == 0, out.stderr
+    assert "powered off" in out.stdout and all(n in out.stdout for n in nodes)
+
+    ids = [first["InstanceId"], second["InstanceId"], third["InstanceId"]]
+    ec2.terminate_instances(InstanceIds=ids)
+    wait_states(ec2, ids, "terminated", timeout=30)
+    wait_node_states(cloud, dict.fromkeys(nodes, "powered-off"), "the nodes to power down again")
+    status = cli(cloud, "status")
+    assert status.stdout.count("powered-off") == 3, status.stdout
