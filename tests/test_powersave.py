@@ -12,6 +12,7 @@ import pytest
 from cloudlab import contract as c
 from cloudlab.cc.scheduler import InstanceRequest, NodeView, PowerSave, place
 from cloudlab.errors import CloudError
+from cloudlab.listings import clusters_frame, nodes_frame
 from cloudlab.nc.hypervisor import test_driver_uri as private_host_uri
 from cloudlab.nc.node import NodeController
 from cloudlab.waiting import wait_until
@@ -97,8 +98,13 @@ def test_idle_nodes_power_down_a_launch_wakes_one_and_node_hours_show_it(cloud_f
     # powered down, still registered: the zone is available (a node can be woken), the CC lists them all
     [zone] = ec2.describe_availability_zones()["AvailabilityZones"]
     assert zone["State"] == "available"
-    cluster = cloud.status()["clusters"][0]
+    status = cloud.status()
+    cluster = status["clusters"][0]
     assert cluster["scheduler"] == "POWERSAVE" and [n["name"] for n in cluster["nodes"]] == nodes
+    # (the client's nodes() and clusters() are these frames of the status)
+    assert nodes_frame(status)[["node", "state"]].values.tolist() == [[n, "powered-off"] for n in nodes]
+    [row] = clusters_frame(status).to_dict("records")
+    assert (row["state"], row["nodes_up"], row["nodes_powered_off"], row["nodes_dead"]) == ("available", 0, 3, 0)
 
     [first] = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t2.micro")["Instances"]
     assert first["State"]["Name"] == "pending"  # answered at once; the start waits for the woken node

@@ -209,9 +209,9 @@ def status(args: argparse.Namespace) -> int:
             f", network {cluster['network']}, scheduler {cluster['scheduler']}): {len(cluster['nodes'])} node(s)"
         )
         for node in cluster["nodes"]:
-            health = node.get("state") or ("alive" if node["alive"] else "NOT ANSWERING")
-            if health in ("dead", "NOT ANSWERING"):
-                health = f"NOT ANSWERING ({node.get('last_error')})"
+            health = {"up": "alive", "dead": f"NOT ANSWERING ({node.get('last_error')})"}.get(
+                node.get("state") or ("up" if node["alive"] else "dead"), node.get("state")
+            )  # powered-off (POWERSAVE: registered, not polled) or waking
             proc = node.get("process")
             extra = f", pid {proc['pid']}, restarts {proc['restarts']}" if proc else ""
             print(
