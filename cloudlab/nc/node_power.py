@@ -41,7 +41,7 @@ class NodePower:
         self._power_lock = threading.Lock()
         self._wakes = 0  # so that a wake thread of an earlier wake does not end a later power-off
 
-    def _refresh_held(self) -> dict[str, tuple[int, int]]:  # (the node controller's)
+    def _refresh_held(self) -> tuple[dict[str, tuple[int, int]], Any]:  # (the node controller's: room, domains)
         raise NotImplementedError
 
     def power_state(self) -> c.PowerState:
@@ -63,7 +63,7 @@ class NodePower:
         with self._lock, self._power_lock:
             if self.power == OFF:
                 return self.power_state()
-            held = self._refresh_held() if self.power == ON else dict(self._held)
+            held = self._refresh_held()[0] if self.power == ON else dict(self._held)
             if held or self._starting:
                 raise CloudError(
                     "IncorrectState",
