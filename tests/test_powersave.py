@@ -16,7 +16,7 @@ from cloudlab.listings import clusters_frame, nodes_frame
 from cloudlab.nc.hypervisor import test_driver_uri as private_host_uri
 from cloudlab.nc.node import NodeController
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, cli, default_image, described, wait_states
+from tests.clouds import RunningCloud, cli, default_image, described, vm_requirements, wait_states
 
 
 def node_states(cloud: RunningCloud) -> dict[str, str]:
@@ -139,3 +139,31 @@ def test_idle_nodes_power_down_a_launch_wakes_one_and_node_hours_show_it(cloud_f
     wait_node_states(cloud, dict.fromkeys(nodes, "powered-off"), "the nodes to power down again")
     status = cli(cloud, "status")
     assert status.stdout.count("powered-off") == 3, status.stdout
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_a_qemu_node_process_powers_down_and_a_launch_wakes_it_and_boots(cloud_factory: Any) -> None:
+    """The one real-VM check: the node controller is a process on the embedded QEMU driver, powered down
+    and woken over signed HTTP; the woken node boots a real guest (cold boot: no template to build first)."""
+    reason = vm_requirements()
+    if reason:
+        pytest.skip(reason)
+    cloud = cloud_factory(scheduler="POWERSAVE", powersave_idle_s=2.0, powersave_wake_s=0.5, launch="boot")
+    # (a node warming up, its QEMU and accelerator probes, is not idle: it powers down after them)
+    wait_until(lambda: node_states(cloud) == {"node-01": "powered-off"}, 180, what="the node to power down",
+               interval_s=0.5)  # fmt: skip
+    ec2 = cloud.ec2()
+    [instance] = ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1)["Instances"]
+    instance_id = instance["InstanceId"]
+    wait_states(ec2, [instance_id], "running", timeout=180)
+    assert node_states(cloud) == {"node-01": "up"}
+
+    def booted() -> bool:
+        output = ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+        return any(line.startswith("cloudlab-boot:") for line in output.splitlines())
+
+    wait_until(booted, 180, what="the guest's boot marker", interval_s=0.5)
+    assert node_usage(cloud)["node-01"]["power_ons"] == 2
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    wait_states(ec2, [instance_id], "terminated", timeout=60)

@@ -44,6 +44,15 @@ class NodePower:
     def _refresh_held(self) -> tuple[dict[str, tuple[int, int]], Any]:  # (the node controller's: room, domains)
         raise NotImplementedError
 
+    def _power_busy(self) -> str | None:
+        """What keeps an empty node from powering down: its start-up probes, or a template being built."""
+        if getattr(self, "warming", False):
+            return "warming up (QEMU probe, accelerator probe)"
+        launcher = getattr(self, "launcher", None)
+        if launcher is not None and launcher.building:
+            return "building a boot template"
+        return None
+
     def power_state(self) -> c.PowerState:
         return c.PowerState(self.name, self.power, self.power_since)
 
@@ -69,6 +78,9 @@ class NodePower:
                     "IncorrectState",
                     f"node {self.name} holds {len(held) + len(self._starting)} instance(s): it does not power down",
                 )
+            busy = self._power_busy()
+            if busy:
+                raise CloudError("IncorrectState", f"node {self.name} is {busy}: it does not power down yet")
             self.power, self.power_since = OFF, time.time()
             self._wakes += 1
         log.info("node %s powered down (POWERSAVE)", self.name)
