@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cloudlab.config import CloudConfig, ConfigError
+from tests.clouds import default_image, wait_states
 
 
 def saved(tmp_path: Path, **fields: Any) -> Path:
@@ -61,6 +62,7 @@ def test_a_cloud_runs_each_cluster_with_its_own_settings(cloud_factory: Any) -> 
         node_vcpus=4,
         node_memory_mb=2048,
         cluster_settings={"cluster2": {"nodes": 2, "node_vcpus": 2, "scheduler": "ROUNDROBIN", "nat": True}},
+        zone_policy="ROUNDROBIN",
     )
     first, second = cloud.status()["clusters"]
     assert [(n["name"], n["vcpus_total"]) for n in first["nodes"]] == [("node-01", 4)]
@@ -70,3 +72,13 @@ def test_a_cloud_runs_each_cluster_with_its_own_settings(cloud_factory: Any) -> 
     ]
     assert (first["scheduler"], first["nat"]) == ("GREEDY", False)
     assert (second["scheduler"], second["nat"]) == ("ROUNDROBIN", True)
+    # the cloud-level policy spreads requests that name no zone over the zones
+    ec2 = cloud.ec2()
+    image = default_image(ec2)
+    launched = [ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0] for _ in range(4)]
+    region = cloud.info["region"]
+    assert [i["Placement"]["AvailabilityZone"] for i in launched] == [f"{region}{z}" for z in "abab"]
+    assert {i["Placement"]["HostId"] for i in launched[1::2]} == {"cluster2-node-01", "cluster2-node-02"}
+    ids = [i["InstanceId"] for i in launched]
+    ec2.terminate_instances(InstanceIds=ids)
+    wait_states(ec2, ids, "terminated")

@@ -107,6 +107,7 @@ def test_a_dead_cluster_controller_makes_its_zone_unavailable_and_reconciles_whe
         what="zone a to be unavailable",
         interval_s=0.2,
     )
+    assert [c["state"] for c in service.status()["clusters"]] == ["unavailable", "available"]  # cloudlab status
     with pytest.raises(ClientError) as excinfo:
         ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, Placement={"AvailabilityZone": f"{region}a"})
     assert error_code(excinfo) == "InsufficientInstanceCapacity"
