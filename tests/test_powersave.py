@@ -167,3 +167,44 @@ def test_a_qemu_node_process_powers_down_and_a_launch_wakes_it_and_boots(cloud_f
     assert node_usage(cloud)["node-01"]["power_ons"] == 2
     ec2.terminate_instances(InstanceIds=[instance_id])
     wait_states(ec2, [instance_id], "terminated", timeout=60)
+
+
+def test_node_hours_are_the_powered_on_intervals_of_the_ledger(tmp_path: Path) -> None:
+    from cloudlab.clc.node_hours import NodeHours, node_usage
+    from cloudlab.clc.store import Store
+
+    store = Store(tmp_path / "clc.db")
+    try:
+        hours = NodeHours(store)
+        t0 = 1_700_000_000.0
+
+        def seen(power: str, since: float, alive: bool = True) -> c.NodeSummary:
+            return c.NodeSummary("node-01", None, alive, 0.0, None, power=power, power_since=since, registered=t0)
+
+        hours.note("cluster1", seen("on", t0), answered=True)  # registered: on from t0
+        hours.note("cluster1", seen("on", t0), answered=True)  # the same state again: nothing new
+        hours.note("cluster1", seen("off", t0 + 3600), answered=False)  # powered down after an hour
+        hours.note("cluster1", seen("waking", t0 + 5 * 3600), answered=False)  # woken 4 h later
+        [row] = node_usage(store, until=t0 + 6 * 3600)
+        assert (row["on_hours"], row["off_hours"], row["power_ons"], row["power"]) == (2.0, 4.0, 2, "on")
+        [window] = node_usage(store, since=t0 + 2 * 3600, until=t0 + 6 * 3600)
+        assert (window["on_hours"], window["off_hours"], window["power_ons"]) == (1.0, 3.0, 1)
+        # a node first seen powered down (before the CLC looked) was on from its registration
+        hours.note("cluster2", c.NodeSummary("node-02", None, False, None, None, power="off",
+                                             power_since=t0 + 1800, registered=t0), answered=False)  # fmt: skip
+        by_node = {r["node"]: r for r in node_usage(store, until=t0 + 3600)}
+        assert (by_node["node-02"]["on_hours"], by_node["node-02"]["off_hours"]) == (0.5, 0.5)
+        assert hours.all_off("the cloud stopped") == 1  # node-01 was on; node-02 is off already
+        # a killed cloud left node-03 on: the next start closes its interval when it was last seen
+        hours.note("cluster1", c.NodeSummary("node-03", None, True, 0.0, None, power_since=t0, registered=t0),
+                   answered=True)  # fmt: skip
+        with store.transaction() as db:
+            db.execute("INSERT INTO nodes (name, cluster, first_seen, last_seen) VALUES ('node-03', 'c', ?, ?)",
+                       (t0, t0 + 900))  # fmt: skip
+        NodeHours(store)
+        by_node = {r["node"]: r for r in node_usage(store, until=t0 + 3600)}
+        assert (by_node["node-03"]["on_hours"], by_node["node-03"]["power"]) == (0.25, "off")
+        with pytest.raises(Exception, match="append-only"), store.transaction() as db:
+            db.execute("DELETE FROM node_power")
+    finally:
+        store.close()
