@@ -192,7 +192,8 @@ class ClusterController:
             by_id = {r.instance_id: r for r in requests}
             for instance_id, node in placements.items():
                 self.registry.reserve(node, instance_id, by_id[instance_id].vcpus, by_id[instance_id].memory_mb)
-            sleeping = sorted({node for node in placements.values() if not _on(views, node)})
+            off = {view.name for view in views if not view.powered_on}
+            sleeping = sorted(off.intersection(placements.values()))
         for node in sleeping:  # woken now; their starts wait for them (PowerManager.wait_awake)
             self.power.wake(node)
         return c.Placements(placements=placements, policy=self.policy.name)
@@ -307,7 +308,3 @@ class ClusterController:
         return c.ClusterReport(
             cluster=self.name, policy=self.policy.name, version=version, nodes=tuple(nodes), network=network
         )
-
-
-def _on(views: list[Any], node: str) -> bool:
-    return next((view.powered_on for view in views if view.name == node), True)
