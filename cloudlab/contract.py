@@ -310,6 +310,22 @@ class NodeReport:
 
 
 @dataclass(frozen=True)
+class ReportAsk:
+    """A heartbeat that names the digest of the report the CC already holds (None: it holds none)."""
+
+    unchanged: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportIfChanged:
+    """The node's report, or None when its digest is the one asked about: an idle node's heartbeat is
+    then a few bytes, not every instance it holds again (the report's ``time`` is not in the digest)."""
+
+    digest: str
+    report: NodeReport | None = None
+
+
+@dataclass(frozen=True)
 class NodeSummary:
     """A node as its cluster controller knows it: health, capacity and the last report's instances.
 
@@ -487,6 +503,7 @@ NODE_CHANGED = _action("node_changed", Empty, Empty, "nc")
 REGISTER_STORAGE = _action("register_storage", RegisterNode, Registered, "sc")
 # CC -> NC
 DESCRIBE_RESOURCE = _action("describe_resource", Empty, NodeReport, "cc")
+DESCRIBE_RESOURCE_IF_CHANGED = _action("describe_resource_if_changed", ReportAsk, ReportIfChanged, "cc")
 NODE_RUN_INSTANCE = _action("run_instance", StartInstance, InstanceStarted, "cc")
 NODE_RUN_INSTANCES = _action("run_instances", NodeStartMany, StartOutcomes, "cc")
 NODE_TERMINATE_INSTANCE = _action("terminate_instance", InstanceRef, InstanceRemoved, "cc")
@@ -536,6 +553,7 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
 NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
     DESCRIBE_RESOURCE,
+    DESCRIBE_RESOURCE_IF_CHANGED,
     NODE_RUN_INSTANCE,
     NODE_RUN_INSTANCES,
     NODE_TERMINATE_INSTANCE,

@@ -209,6 +209,20 @@ def test_describe_resource_accounting(node: NodeController) -> None:
     assert states == {IID: "running", IID2: "shutoff"}
 
 
+def test_a_heartbeat_names_what_it_holds_and_gets_only_the_digest_while_nothing_changed(node: NodeController) -> None:
+    first = node.report_if_changed(None)
+    assert first.report is not None and first.report.instances == ()
+    again = node.report_if_changed(first.digest)
+    assert again.digest == first.digest and again.report is None  # same holdings: a few bytes, not the report
+    node.run_instance(body(IID, vcpus=1, memory_mb=256))
+    changed = node.report_if_changed(first.digest)
+    assert changed.digest != first.digest and changed.report is not None
+    assert [i.instance_id for i in changed.report.instances] == [IID]
+    assert node.report_if_changed("0" * 32).report is not None  # a digest it never gave: the whole report
+    node.conn.lookupByName(IID).destroy()  # a state change is a change
+    assert node.report_if_changed(changed.digest).report.instances[0].state == "shutoff"
+
+
 def test_domains_without_cloudlab_metadata_are_ignored(node: NodeController) -> None:
     node.run_instance(body())
     for name in ("webserver", "i-0aaaaaaaaaaaaaaaa"):  # the second even looks like an instance id

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudlab.cc.scheduler import NodeView
-from cloudlab.contract import DESCRIBE_RESOURCE, Empty, NodeReport
+from cloudlab.contract import DESCRIBE_RESOURCE_IF_CHANGED, NodeReport, ReportAsk
 from cloudlab.rpc import Channel
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class NodeEntry:
     channel: Channel
     url: str | None = None
     report: NodeReport | None = None
+    digest: str | None = None  # of ``report``, as the node computed it: "unchanged since" in the next heartbeat
     last_seen: float | None = None  # monotonic time at which the last good answer was *asked for*
     last_error: str | None = None
     reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # instance -> (vcpus, MiB)
@@ -89,7 +90,8 @@ class NodeRegistry:
             return
         asked = time.monotonic()  # the report shows at least everything that existed at this moment
         try:
-            report = entry.channel.ask(DESCRIBE_RESOURCE, Empty(), timeout=max(2.0, self.dead_after_s))
+            ask = ReportAsk(entry.digest if entry.report is not None else None)
+            answer = entry.channel.ask(DESCRIBE_RESOURCE_IF_CHANGED, ask, timeout=max(2.0, self.dead_after_s))
         except Exception as exc:  # a dead node is a state, not a crash
             if entry.last_error != str(exc) and entry.power == "on":
                 log.warning("node %s does not answer: %s", name, exc)
@@ -98,19 +100,23 @@ class NodeRegistry:
         with self._lock:
             if entry.last_seen is not None and asked < entry.last_seen:
                 return  # an older poll finished after a newer one
-            before = _holdings(entry.report)
-            entry.report = report
             entry.last_seen = asked
             entry.last_error = None
-            reported = {i.instance_id for i in report.instances}
-            for instance_id in list(entry.reservations):
-                if instance_id in reported:
-                    del entry.reservations[instance_id]
-            changed = _holdings(report) != before
+            changed = False
+            if answer.report is not None:  # (None: the node holds exactly what its last report said)
+                report, entry.digest = answer.report, answer.digest
+                before = _holdings(entry.report)
+                entry.report = report
+                reported = {i.instance_id for i in report.instances}
+                for instance_id in list(entry.reservations):
+                    if instance_id in reported:
+                        del entry.reservations[instance_id]
+                changed = _holdings(report) != before
+            report = entry.report
             if entry.power == "waking":  # a woken node answers: it is up (an "off" one is not asked)
                 entry.power, entry.power_since, entry.idle_since = "on", time.time(), None
                 changed = True
-            if report.instances or entry.reservations:
+            if (report is not None and report.instances) or entry.reservations:
                 entry.idle_since = None
             elif entry.idle_since is None:
                 entry.idle_since = asked

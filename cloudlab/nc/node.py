@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import msgspec
 
 from cloudlab import contract as c
 from cloudlab.errors import CloudError
@@ -194,6 +196,7 @@ class NodeController(NodeDisks, NodeNics, NodePower):
         answers only ``wake`` (and ``power_off`` again)."""
         serve = lambda action, handler: dispatcher.serve(action, self.powered(handler))  # noqa: E731
         serve(c.DESCRIBE_RESOURCE, lambda r, m: self.describe_resource())
+        serve(c.DESCRIBE_RESOURCE_IF_CHANGED, lambda r, m: self.report_if_changed(r.unchanged))
         serve(c.NODE_RUN_INSTANCE, lambda r, m: self.run_instance(r))
         serve(c.NODE_RUN_INSTANCES, lambda r, m: self.run_instances(r.instances))
         serve(c.NODE_TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.instance_id))
@@ -346,6 +349,12 @@ class NodeController(NodeDisks, NodeNics, NodePower):
             time=time.time(),
             events=events,
         )
+
+    def report_if_changed(self, unchanged: str | None) -> c.ReportIfChanged:
+        """:meth:`describe_resource`, or only its digest when that is ``unchanged`` (the CC holds it already)."""
+        report = self.describe_resource()
+        digest = hashlib.blake2b(msgspec.json.encode(dataclasses.replace(report, time=0.0)), digest_size=16).hexdigest()
+        return c.ReportIfChanged(digest, None if digest == unchanged else report)
 
     def accelerator(self, kernel: Path, ramdisk: Path | None) -> str:
         """KVM only where a real short boot proved it works (cached), else TCG."""
