@@ -83,13 +83,14 @@ class PowerManager:
         with self._schedule_lock:  # no placement between the idle check and the node going down
             for name in self.registry.names():
                 entry = self.registry.entry(name)
+                idle_since = entry.idle_since if entry is not None else None
                 if (
                     entry is None
                     or entry.power != "on"
                     or not self.registry.alive(entry)
                     or entry.reservations
-                    or entry.idle_since is None
-                    or now - entry.idle_since < self.idle_s
+                    or idle_since is None
+                    or now - idle_since < self.idle_s
                 ):
                     continue
                 try:
@@ -102,7 +103,7 @@ class PowerManager:
                     log.warning("cluster %s: node %s did not power down: %s", self.cluster, name, exc)
                     continue
                 self.registry.set_power(name, "off")
-                self._note(f"{name} powered down after {now - entry.idle_since if entry.idle_since else 0:.0f} s idle")
+                self._note(f"{name} powered down after {now - idle_since:.0f} s idle")
                 done.append(name)
         return done
 
