@@ -28,17 +28,10 @@ def wait_node_states(cloud: RunningCloud, expected: dict[str, str], what: str) -
 
 
 def node_usage(cloud: RunningCloud) -> dict[str, dict[str, Any]]:
-    from cloudlab.usage_frames import fetch_node_usage
+    """The client's node-hours frame (``Cloud.node_usage``), by node."""
+    from cloudlab.client import connect
 
-    creds = cloud.credentials()
-    frame = fetch_node_usage(
-        {
-            "endpoint_url": cloud.url,
-            "region_name": cloud.info["region"],
-            "aws_access_key_id": creds["access_key"],
-            "aws_secret_access_key": creds["secret_key"],
-        }
-    )
+    frame = connect(str(cloud.layout.root)).node_usage()
     return {row["node"]: row for row in frame.to_dict("records")}
 
 

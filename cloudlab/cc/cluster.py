@@ -117,6 +117,9 @@ class ClusterController:
             raise CloudError("UnsupportedOperation", "this cluster controller takes no remote nodes")
         entry = self.registry.entry(name)
         if entry is not None and entry.url == url:
+            if entry.power == "off":  # a powered-down node sends nothing: one that registers was started again
+                self.registry.set_power(name, "waking")
+                self.registry.poll_soon(name)
             return c.Registered(cluster=self.name, node=name)
         try:
             channel = HttpChannel(name, "nc", self._signer, self._verifier, url)
