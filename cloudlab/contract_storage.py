@@ -86,6 +86,7 @@ class StorageReport:
     snapshots: tuple[str, ...] = ()
     exports: dict[str, NbdExport] = field(default_factory=dict)
     free_bytes: int = 0
+    reserve_bytes: int = 0  # kept free: a new volume may be as large as free_bytes - reserve_bytes
 
 
 @dataclass(frozen=True)

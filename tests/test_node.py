@@ -187,6 +187,22 @@ def test_console_output_is_the_tail_of_the_log(node: NodeController) -> None:
 # -- reports ----------------------------------------------------------------------------------------------------
 
 
+def test_a_volume_served_elsewhere_is_plugged_in_again_and_once(node: NodeController) -> None:
+    """Attaching is idempotent; a volume whose export moved (the SC restored it on another port) is
+    plugged in again from there, and its disk stops the guest on an I/O error (the node resumes it)."""
+    node.run_instance(body())
+    first = c.DiskPlan("vol-0123456789abcdef0", "vdb", c.NbdExport("127.0.0.1", 10809, "vol-0123456789abcdef0"))
+    for _ in range(2):
+        node.attach_volume(c.AttachDisk(IID, first))
+    moved = c.DiskPlan(first.volume_id, "vdb", c.NbdExport("127.0.0.1", 10811, first.volume_id))
+    node.attach_volume(c.AttachDisk(IID, moved))
+    inactive = node.conn.lookupByName(IID).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)  # where the test driver keeps them
+    disks = ET.fromstring(inactive).findall("devices/disk[@type='network']")
+    assert [d.find("source/host").get("port") for d in disks] == ["10811"]
+    assert disks[0].find("driver").get("error_policy") == "stop"
+    assert node.resume_io_paused() == []  # nothing paused by an I/O error here
+
+
 def test_describe_resource_accounting(node: NodeController) -> None:
     empty = node.describe_resource()
     assert (empty.vcpus_total, empty.vcpus_free, empty.memory_mb_total, empty.memory_mb_free) == (

@@ -117,6 +117,7 @@ class NodeController(NodeDisks, NodeNics, NodePower):
             self.vcpus_total = vcpus or host_cpus
             self.memory_mb_total = memory_mb or host_memory_mb
         self._lock = threading.RLock()
+        self._io_resumed: dict[str, float] = {}
         self._metadata: dict[str, dict[str, str]] = {}
         self._starting: set[str] = set()
         # the room each of our domains holds (instance -> vCPUs, MiB): kept on define and undefine, and
@@ -330,6 +331,10 @@ class NodeController(NodeDisks, NodeNics, NodePower):
                 self._check_plugs({name: found for name, found in domains.items() if name in running})
             except Exception:  # never let a plug cost the heartbeat: the next one tries again
                 log.exception("node %s: checking the VDE plugs failed", self.name)
+            try:
+                self.resume_io_paused()
+            except Exception:  # nor a paused guest
+                log.exception("node %s: resuming guests paused by an I/O error failed", self.name)
         # Every defined domain holds its room: one being started is still shut off, and a guest
         # that powered itself off is cleaned up by the cloud controller within seconds.
         used_vcpus = sum(v for v, _ in held.values())

@@ -15,7 +15,7 @@ from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id
 from cloudlab.rpc import Dispatcher
 from cloudlab.sc.exports import Exports
-from cloudlab.sc.files import VolumeFiles
+from cloudlab.sc.files import RESERVE_BYTES, VolumeFiles
 
 log = logging.getLogger(__name__)
 
@@ -103,4 +103,5 @@ class StorageController:
             snapshots=tuple(self.files.snapshot_ids()),
             exports=self.exports.current(),
             free_bytes=self.files.free_bytes(),
+            reserve_bytes=RESERVE_BYTES,
         )
