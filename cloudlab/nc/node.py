@@ -142,20 +142,12 @@ class NodeController(NodeDisks, NodeNics, NodePower):
             store = TemplateStore(templates_dir or default_cache_dir() / "templates")
             self.launcher = Launcher(self.conn, name, store, launch)
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
-        self.warming = self.kind == "qemu"  # (set before the thread starts: see _warm_up)
         if self.kind == "qemu":
-            threading.Thread(target=self._warm_up, name=f"warm-{name}", daemon=True).start()
+            self.warm_up_in_background(self._warm_up)  # (not idle meanwhile: see NodePower)
 
     def _warm_up(self) -> None:
         """Probe what the first RunInstances would otherwise wait for: QEMU's capabilities (~4 s
-        under TCG, once per driver root) and the accelerator (a boot of the default image, cached).
-        A node warming up is not idle: it does not power down (POWERSAVE) until this is done."""
-        try:
-            self._warm_up_steps()
-        finally:
-            self.warming = False
-
-    def _warm_up_steps(self) -> None:
+        under TCG, once per driver root) and the accelerator (a boot of the default image, cached)."""
         try:
             self.conn.getDomainCapabilities(None, "x86_64", None, "qemu", 0)
         except libvirt.libvirtError as exc:

@@ -40,13 +40,26 @@ class NodePower:
         self.power_since = time.time()
         self._power_lock = threading.Lock()
         self._wakes = 0  # so that a wake thread of an earlier wake does not end a later power-off
+        self.warming = False
+
+    def warm_up_in_background(self, warm_up: Callable[[], None]) -> None:
+        """Run the node's start-up probes in a thread; until they end the node is not idle (no power-off)."""
+        self.warming = True
+
+        def run() -> None:
+            try:
+                warm_up()
+            finally:
+                self.warming = False
+
+        threading.Thread(target=run, name=f"warm-{self.name}", daemon=True).start()
 
     def _refresh_held(self) -> tuple[dict[str, tuple[int, int]], Any]:  # (the node controller's: room, domains)
         raise NotImplementedError
 
     def _power_busy(self) -> str | None:
         """What keeps an empty node from powering down: its start-up probes, or a template being built."""
-        if getattr(self, "warming", False):
+        if self.warming:
             return "warming up (QEMU probe, accelerator probe)"
         launcher = getattr(self, "launcher", None)
         if launcher is not None and launcher.building:
