@@ -4,6 +4,7 @@ node's boot delay) and runs, and the node-hours in the ledger show the time the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,44 @@ def test_node_hours_are_the_powered_on_intervals_of_the_ledger(tmp_path: Path) -
             db.execute("DELETE FROM node_power")
     finally:
         store.close()
+
+
+def test_the_cluster_powers_an_idle_http_node_down_and_a_node_started_again_is_polled(tmp_path: Path) -> None:
+    """Over signed HTTP, as a node on another host: the CC powers it down when idle; a node that was started
+    again (its power button, not a wake) registers, and the CC takes it as on instead of leaving it off."""
+    from cloudlab.cc.cluster import ClusterController
+    from cloudlab.rpc import Dispatcher, serve_http
+    from cloudlab.security.ca import CertificateAuthority
+    from cloudlab.security.messages import controller_keys
+
+    ca = CertificateAuthority.load_or_create(tmp_path / "pki")
+    signer, verifier = controller_keys(ca.identity("cc-cluster1", "cc"), ca.ca_certificate)
+    cc = ClusterController(
+        "cluster1", policy="POWERSAVE", heartbeat_s=0.05, signer=signer, verifier=verifier, powersave_idle_s=0.3
+    )
+    node_dir = tmp_path / "node"
+    node = NodeController("node-01", private_host_uri(node_dir, 2, 1024), node_dir, accel="test", wake_s=0.1)
+    dispatcher = Dispatcher("nc-node-01", *controller_keys(ca.identity("node-01", "nc"), ca.ca_certificate))
+    node.register_routes(dispatcher)
+    server = serve_http(dispatcher)
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        cc.register_remote_node("node-01", url)
+        cc.start()
+        wait_until(lambda: cc.registry.entry("node-01").power == "off", 10, what="power-off", interval_s=0.05)
+        assert node.power == "off" and re.search(r"node-01 powered down after \d+ s idle$", cc.power.history[-1])
+        [summary] = cc.describe_cluster().nodes
+        assert (summary.power, summary.alive) == ("off", False)
+        cc.power.enabled = False  # (so that it stays on once it is on again)
+        cc.power.stop()
+        node.wake()  # started again by hand
+        wait_until(lambda: node.power == "on", 10, what="the node to boot", interval_s=0.05)
+        cc.register_remote_node("node-01", url)  # its registration loop announces it again
+        wait_until(lambda: cc.registry.entry("node-01").power == "on", 10, what="the CC to poll it", interval_s=0.05)
+        [summary] = cc.describe_cluster().nodes
+        assert (summary.power, summary.alive) == ("on", True)
+    finally:
+        cc.stop()
+        server.shutdown()
+        server.server_close()
+        node.close()

@@ -93,16 +93,13 @@ class PowerManager:
                     or now - idle_since < self.idle_s
                 ):
                     continue
+                self.registry.set_power(name, "off")  # first, so that no heartbeat asks it while it goes down
                 try:
                     entry.channel.ask(c.NODE_POWER_OFF, c.Empty(), timeout=10)
-                except CloudError as exc:  # it holds something after all: it stays on
-                    log.info("cluster %s: node %s stays on: %s", self.cluster, name, exc.message)
-                    entry.idle_since = None
+                except Exception as exc:  # it holds something after all (or does not answer): it stays on
+                    log.info("cluster %s: node %s stays on: %s", self.cluster, name, exc)
+                    self.registry.set_power(name, "on")
                     continue
-                except Exception as exc:
-                    log.warning("cluster %s: node %s did not power down: %s", self.cluster, name, exc)
-                    continue
-                self.registry.set_power(name, "off")
                 self._note(f"{name} powered down after {now - idle_since:.0f} s idle")
                 done.append(name)
         return done

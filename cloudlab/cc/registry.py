@@ -81,7 +81,12 @@ class NodeRegistry:
             return self._nodes.get(name)
 
     def alive(self, entry: NodeEntry) -> bool:
-        return entry.last_seen is not None and time.monotonic() - entry.last_seen < self.dead_after_s
+        """Whether ``entry`` answers its heartbeats (a node powered down or waking does not)."""
+        return (
+            entry.power == "on"
+            and entry.last_seen is not None
+            and time.monotonic() - entry.last_seen < self.dead_after_s
+        )
 
     # -- heartbeats ------------------------------------------------------------------------------
     def poll_one(self, name: str) -> None:
