@@ -24,7 +24,7 @@ CHOICES = {
 MINIMUM = {"nodes": 1, "clusters": 1, "api_port": 0, "node_vcpus": 1, "node_memory_mb": 1, "heartbeat_s": 0.01,
            "image_max_mb": 1, "terminated_visible_s": 0, "powersave_idle_s": 0.1, "powersave_wake_s": 0}  # fmt: skip
 # What ``cluster_settings`` may set for one cluster (``{"cluster2": {"nodes": 3, "nat": true}}``), each over the
-# cloud-wide field of the same name; ``nat`` (the cluster behind a NAT namespace) has no cloud-wide field.
+# cloud-wide field of the same name; ``nat: true`` (the cluster's site behind a NAT) names it in ``nat_clusters``.
 CLUSTER_FIELDS: dict[str, Any] = {"nodes": int, "node_vcpus": int, "node_memory_mb": int, "scheduler": str,
                                   "powersave_idle_s": float, "nat": bool}  # fmt: skip
 MAXIMUM = {"api_port": 65535}
@@ -67,6 +67,9 @@ class CloudConfig:
     underlay: str = "auto"  # a free 10.253.N.0/24, chosen at start
     nat_nodes: list[str] = field(default_factory=list)
     cable: str = "tcp"
+    # Clusters whose whole site sits behind a masquerading NAT (vde, the VPC model, several clusters: they
+    # dial the first cluster's cable; see cloudlab/cc/fabric.py).
+    nat_clusters: list[str] = field(default_factory=list)
     # How a cluster network places instances: "classic" is Eucalyptus' managed mode (a VLAN and a /24 of
     # ``subnet`` per security group, EC2-Classic instances); "vpc" plumbs the VPC subnets (a segment per
     # subnet, a router namespace per VPC; security groups and elastic addresses not enforced there yet).
@@ -80,6 +83,12 @@ class CloudConfig:
     # Per-cluster settings over the cloud-wide ones, by cluster name (see CLUSTER_FIELDS).
     cluster_settings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A cluster's own ``"nat": true`` is the same as naming it in ``nat_clusters`` (``--nat-cluster``): one
+        # list, which the fabric builds and checks (cloudlab/cc/fabric.py).
+        own = [c for c, s in self.cluster_settings.items() if isinstance(s, dict) and s.get("nat") is True]
+        self.nat_clusters = [*self.nat_clusters, *(c for c in own if c not in self.nat_clusters)]
 
     @property
     def zone(self) -> str:
@@ -135,6 +144,8 @@ class CloudConfig:
                 if kind is bool:
                     if not isinstance(value, bool):
                         return f"of {cluster}: {key!r} must be true or false, not {json.dumps(value)[:40]}"
+                    if value is False and cluster in self.nat_clusters:
+                        return f"of {cluster}: 'nat' is false, but nat_clusters (--nat-cluster) names {cluster}"
                     continue
                 problem = _field_problem(key, kind, value)
                 if problem:
@@ -142,9 +153,13 @@ class CloudConfig:
         return None
 
     def setting(self, cluster_index: int, key: str) -> Any:
-        """``key`` for the ``cluster_index``-th cluster: its own setting, else the cloud-wide one (``nat``: False)."""
-        own = self.cluster_settings.get(self.cluster_names()[cluster_index], {})
-        return own[key] if key in own else getattr(self, key, False if key == "nat" else None)
+        """``key`` for the ``cluster_index``-th cluster: its own setting, else the cloud-wide one (``nat``: whether
+        it is in ``nat_clusters``)."""
+        name = self.cluster_names()[cluster_index]
+        if key == "nat":
+            return name in self.nat_clusters
+        own = self.cluster_settings.get(name, {})
+        return own[key] if key in own else getattr(self, key)
 
     def node_names(self, cluster_index: int = 0) -> list[str]:
         """The nodes of the ``cluster_index``-th cluster (``node-01``...; ``cluster2-node-01``... after the first)."""

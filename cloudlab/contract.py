@@ -426,11 +426,17 @@ class SubnetSegment:
 
 @dataclass(frozen=True)
 class VpcRouter:
-    """One VPC's router in one cluster (a namespace of its own, so that VPCs' ranges may overlap)."""
+    """One VPC's router in one cluster (a namespace of its own, so that VPCs' ranges may overlap).
+
+    ``home`` empty: the router is in the cluster the plan is for. Else the cluster holding it, when the
+    cluster networks are joined into one fabric (VDE, several clusters): the plan's cluster only carries the
+    subnets' VLANs, over its cable to ``home`` (see :mod:`cloudlab.cc.fabric`).
+    """
 
     vpc_id: str
     slot: int
     subnets: tuple[SubnetSegment, ...] = ()
+    home: str = ""
 
 
 @dataclass(frozen=True)

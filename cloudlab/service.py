@@ -37,7 +37,13 @@ from cloudlab.paths import StateLayout, cache_dir
 from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
-from cloudlab.service_clusters import ClusterRuntime, build_network, cluster_status, start_metadata_services
+from cloudlab.service_clusters import (
+    ClusterRuntime,
+    build_network,
+    cluster_status,
+    join_clusters,
+    start_metadata_services,
+)
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -120,6 +126,7 @@ class CloudService:
         config, layout = self.config, self.layout
         for index, name in enumerate(config.cluster_names()):
             self.clusters.append(self._build_cluster(index, name))
+        self.fabric = join_clusters(layout, config, self.clusters)  # VDE cables between the clusters, if any
         self.store = Store(layout.database)
         self.clc = CloudController(
             self.store,

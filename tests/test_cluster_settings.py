@@ -33,7 +33,15 @@ def test_a_cluster_setting_overrides_the_cloud_wide_one(tmp_path: Path) -> None:
     assert config.node_names(1) == ["cluster2-node-01", "cluster2-node-02", "cluster2-node-03"]
     assert [config.setting(i, "node_vcpus") for i in (0, 1)] == [4, 2]
     assert [config.setting(i, "nat") for i in (0, 1)] == [False, True]
+    assert config.nat_clusters == ["cluster2"]  # the same as --nat-cluster cluster2 (the fabric builds that list)
     assert [config.setting(i, "scheduler") for i in (0, 1)] == ["GREEDY", "POWERSAVE"]
+
+
+def test_nat_false_contradicting_nat_clusters_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'nat' is false, but nat_clusters"):
+        CloudConfig.load(
+            saved(tmp_path, clusters=2, nat_clusters=["cluster2"], cluster_settings={"cluster2": {"nat": False}})
+        )
 
 
 @pytest.mark.parametrize(
@@ -46,6 +54,7 @@ def test_a_cluster_setting_overrides_the_cloud_wide_one(tmp_path: Path) -> None:
         ({"cluster2": {"nat": "yes"}}, "'nat' must be true or false"),
         ({"cluster2": 3}, "of cluster2 must be an object"),
     ],
+    ids=["unknown-cluster", "unknown-setting", "too-few-nodes", "nodes-as-text", "nat-as-text", "not-an-object"],
 )
 def test_a_bad_cluster_setting_is_refused_with_its_name(tmp_path: Path, settings: Any, says: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
@@ -61,7 +70,7 @@ def test_a_cloud_runs_each_cluster_with_its_own_settings(cloud_factory: Any) -> 
         nodes=1,
         node_vcpus=4,
         node_memory_mb=2048,
-        cluster_settings={"cluster2": {"nodes": 2, "node_vcpus": 2, "scheduler": "ROUNDROBIN", "nat": True}},
+        cluster_settings={"cluster2": {"nodes": 2, "node_vcpus": 2, "scheduler": "ROUNDROBIN"}},
         zone_policy="ROUNDROBIN",
     )
     first, second = cloud.status()["clusters"]
@@ -71,7 +80,7 @@ def test_a_cloud_runs_each_cluster_with_its_own_settings(cloud_factory: Any) -> 
         ("cluster2-node-02", 2),
     ]
     assert (first["scheduler"], first["nat"]) == ("GREEDY", False)
-    assert (second["scheduler"], second["nat"]) == ("ROUNDROBIN", True)
+    assert (second["scheduler"], second["nat"]) == ("ROUNDROBIN", False)  # (a NATed cluster needs a vde fabric)
     # the cloud-level policy spreads requests that name no zone over the zones
     ec2 = cloud.ec2()
     image = default_image(ec2)

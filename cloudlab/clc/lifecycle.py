@@ -266,10 +266,15 @@ class InstanceLifecycle:
         rows = {r["instance_id"]: r for r in self._visible(user, instance_ids)}
         changes = []
         for instance_id in instance_ids:
-            previous = rows[instance_id]["state"]
-            if previous in ("pending", "running", "stopping", "stopped"):
-                self.records.transition(instance_id, "shutting-down", REASON_USER_TERMINATED, expect=(previous,))
-                self.dispatch.terminate(instance_id)
+            previous = state = rows[instance_id]["state"]
+            # (the reconciler may move a pending instance to running meanwhile: try again from where it is)
+            for _ in range(4):
+                if state not in ("pending", "running", "stopping", "stopped"):
+                    break
+                if self.records.transition(instance_id, "shutting-down", REASON_USER_TERMINATED, expect=(state,)):
+                    self.dispatch.terminate(instance_id)
+                    break
+                state = self.records.state_of(instance_id, state)
             changes.append((instance_id, previous, self.records.state_of(instance_id, previous)))
         return changes
 
