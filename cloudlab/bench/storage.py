@@ -30,13 +30,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from cloudlab import servicectl
-from cloudlab.bench.handboot import debian_by_hand, debian_image
+from cloudlab.bench.handboot import HandBoot, debian_by_hand, debian_image
+from cloudlab.bench.lab import BuildError
 from cloudlab.bench.stats import summarise
 from cloudlab.bench.storage_fio import JOBS, FioError, Target, find_disk, prefill, run_job
 from cloudlab.config import CloudConfig
@@ -65,7 +66,8 @@ class Options:
     fill: float = 0.25  # of each snapshot volume, written by the guest before the snapshot
     memory_mb: int = 512
     instance_type: str = "t2.small"  # 1 vCPU, 512 MiB: the hand-booted guest's size
-    boot_timeout_s: float = 900.0
+    boot_timeout_s: float = 600.0
+    boot_attempts: int = 2  # a guest that fails to boot (a TCG soft lockup on a loaded host) is tried again
 
     @classmethod
     def quick(cls) -> Options:
@@ -74,6 +76,10 @@ class Options:
 
 def say_nothing(message: str) -> None:
     del message
+
+
+class BootFailed(RuntimeError):
+    """A cloud guest did not reach SSH and cloud-init in time (the message ends with its console)."""
 
 
 # -- the cloud's side ---------------------------------------------------------------------------------------------
@@ -131,10 +137,47 @@ def cloud_boot(cloud: Any, image_id: str, group: str, options: Options) -> tuple
         prober.join(timeout=max(1.0, timeout - (time.monotonic() - started)))
         if "ssh_s" not in times:
             raise WaitTimeout(f"SSH to {instance_id} within {timeout:g} s")
+    except WaitTimeout as exc:
+        text = ec2.get_console_output(InstanceId=instance_id).get("Output") or ""
+        terminate(cloud, instance_id)
+        raise BootFailed(f"{instance_id}: {exc}; console:\n{text[-1500:]}") from None
     except BaseException:
         terminate(cloud, instance_id)
         raise
     return instance_id, remote, times
+
+
+def cloud_guest(
+    cloud: Any, image_id: str, group: str, options: Options, failures: list[dict[str, str]]
+) -> tuple[str, SshRemote, dict[str, float]]:
+    """:func:`cloud_boot`, tried ``boot_attempts`` times; each failure is kept for the report."""
+    for attempt in range(options.boot_attempts):
+        try:
+            return cloud_boot(cloud, image_id, group, options)
+        except BootFailed as exc:
+            failures.append({"side": "cloud", "error": str(exc)[-800:]})
+            if attempt + 1 == options.boot_attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def hand_guest(
+    image: Any, options: Options, failures: list[dict[str, str]], nbd_volumes: tuple[Path, ...] = ()
+) -> Iterator[HandBoot]:
+    """:func:`cloudlab.bench.handboot.debian_by_hand`, tried ``boot_attempts`` times like a cloud guest."""
+    for attempt in range(options.boot_attempts):
+        with contextlib.ExitStack() as stack:
+            try:
+                hand = stack.enter_context(debian_by_hand(image, memory_mb=options.memory_mb,
+                                                          nbd_volumes=nbd_volumes, timeout_s=options.boot_timeout_s))
+            except BuildError as exc:
+                failures.append({"side": "hand", "error": str(exc)[-800:]})
+                if attempt + 1 == options.boot_attempts:
+                    raise
+                continue
+            yield hand
+            return
 
 
 def terminate(cloud: Any, instance_id: str) -> None:
@@ -285,8 +328,9 @@ def run_storage_benchmark(
             image_id = debian_image_id(cloud)
             cloud_boots: list[dict[str, float]] = []
             hand_boots: list[dict[str, float]] = []
+            failures: list[dict[str, str]] = []
             progress("booting cloudlab-debian in the cloud")
-            instance_id, remote, times = cloud_boot(cloud, image_id, group, options)
+            instance_id, remote, times = cloud_guest(cloud, image_id, group, options, failures)
             cloud_boots.append(times)
             try:
                 vol = cloud.create_volume(options.volume_gib, name="bench-fio")
@@ -295,8 +339,7 @@ def run_storage_benchmark(
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(hand_file), f"{options.volume_gib}G"],
                                check=True, timeout=60)  # fmt: skip
                 progress("booting cloudlab-debian by hand, with the hand-made volume on qemu-nbd")
-                with debian_by_hand(image, memory_mb=options.memory_mb, nbd_volumes=[hand_file],
-                                    timeout_s=options.boot_timeout_s) as hand:  # fmt: skip
+                with hand_guest(image, options, failures, (hand_file,)) as hand:
                     hand_boots.append({k: hand.times[k] for k in ("ssh_s", "cloud_init_s") if k in hand.times})
                     targets = [
                         Target("cloud:volume", remote, find_disk(remote, vol.replace("-", "")[:20])),
@@ -317,11 +360,17 @@ def run_storage_benchmark(
                 terminate(cloud, instance_id)
             for n in range(1, options.boot_repeats):  # the fio guests' boots were the first sample
                 progress(f"boot {n + 1}/{options.boot_repeats}: cloud, then by hand")
-                booted, _, times = cloud_boot(cloud, image_id, group, options)
-                cloud_boots.append(times)
-                terminate(cloud, booted)
-                with debian_by_hand(image, memory_mb=options.memory_mb, timeout_s=options.boot_timeout_s) as hand:
-                    hand_boots.append({k: hand.times[k] for k in ("ssh_s", "cloud_init_s") if k in hand.times})
+                try:
+                    booted, _, times = cloud_boot(cloud, image_id, group, options)
+                    cloud_boots.append(times)
+                    terminate(cloud, booted)
+                except BootFailed as exc:  # counted as a failure, not as a time
+                    failures.append({"side": "cloud", "error": str(exc)[-800:]})
+                try:
+                    with debian_by_hand(image, memory_mb=options.memory_mb, timeout_s=options.boot_timeout_s) as hand:
+                        hand_boots.append({k: hand.times[k] for k in ("ssh_s", "cloud_init_s") if k in hand.times})
+                except BuildError as exc:
+                    failures.append({"side": "hand", "error": str(exc)[-800:]})
         finally:
             servicectl.down(cloud.layout)
     return {
@@ -330,7 +379,7 @@ def run_storage_benchmark(
         "fio_rows": rows,
         "fio": fio_summary(rows),
         "ratios": fio_ratios(rows),
-        "boot": boot_summary(cloud_boots, hand_boots),
+        "boot": boot_summary(cloud_boots, hand_boots) | {"failures": failures},
         "snapshots": snapshots,
         "target_ratio": 0.9,
     }
@@ -358,6 +407,9 @@ def report_lines(result: dict[str, Any]) -> list[str]:
             ratio = boot.get(f"ratio_cloud_to_hand_{milestone}")
             lines.append(f"boot to {milestone[:-2]:<11} cloud {c['median']:7.1f} s (n={c['n']})  by hand "
                          f"{h['median']:7.1f} s (n={h['n']})  x{ratio}")  # fmt: skip
+    if boot.get("failures"):
+        sides = [f["side"] for f in boot["failures"]]
+        lines.append(f"boots that failed and were not counted: cloud {sides.count('cloud')}, hand {sides.count('hand')}")
     for row in result["snapshots"]:
         lines.append(f"{row['size_gib']} GiB ({row['written_mib']} MiB written): CreateSnapshot "
                      f"{row['create_snapshot_s']:.2f} s (by hand {row.get('hand_snapshot_s', 'n/a')} s), "
