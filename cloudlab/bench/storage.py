@@ -409,7 +409,8 @@ def report_lines(result: dict[str, Any]) -> list[str]:
                          f"{h['median']:7.1f} s (n={h['n']})  x{ratio}")  # fmt: skip
     if boot.get("failures"):
         sides = [f["side"] for f in boot["failures"]]
-        lines.append(f"boots that failed and were not counted: cloud {sides.count('cloud')}, hand {sides.count('hand')}")
+        counts = f"cloud {sides.count('cloud')}, hand {sides.count('hand')}"
+        lines.append(f"boots that failed and were not counted: {counts}")
     for row in result["snapshots"]:
         lines.append(f"{row['size_gib']} GiB ({row['written_mib']} MiB written): CreateSnapshot "
                      f"{row['create_snapshot_s']:.2f} s (by hand {row.get('hand_snapshot_s', 'n/a')} s), "
