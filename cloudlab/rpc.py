@@ -163,6 +163,9 @@ class _SignedChannel:
         self._signer = signer
         self._verifier = verifier
         self._hello_lock = threading.Lock()
+        # messages and bytes (request + reply) per action: what the scale benchmark reports as traffic
+        self.traffic: dict[str, list[int]] = {}
+        self._traffic_lock = threading.Lock()
 
     def _send(self, data: bytes, timeout: float | None) -> bytes:
         raise NotImplementedError
@@ -189,6 +192,10 @@ class _SignedChannel:
         """Send one request; return its result and the name of whoever signed the reply."""
         sent = self._signer.seal(action, body, to=to)
         reply_bytes = self._send(sent.data, timeout)
+        with self._traffic_lock:
+            counted = self.traffic.setdefault(action, [0, 0])
+            counted[0] += 1
+            counted[1] += len(sent.data) + len(reply_bytes)
         try:
             verified = self._verifier.verify(reply_bytes, {self._peer_role}, in_reply_to=sent.nonce)
         except MessageRejected as exc:

@@ -201,3 +201,37 @@ def test_aws_env_contract(sim_cloud: RunningCloud, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
     assert boto3.client("ec2").describe_regions()["Regions"][0]["RegionName"] == "cloudlab-1"
+
+
+def test_pages_and_record_filters_are_enriched_like_a_full_describe(ec2: Any) -> None:
+    # Record filters (instance-id, state, type, ...) and pages are applied before the enrichment; what each
+    # page or filtered answer says of an instance must be what the full describe says of it.
+    reservation = ec2.run_instances(ImageId=default_image(ec2), MinCount=7, MaxCount=7, InstanceType="t2.micro")
+    ids = [i["InstanceId"] for i in reservation["Instances"]]
+    ec2.create_tags(Resources=ids[:3], Tags=[{"Key": "Name", "Value": "paged"}])
+    wait_states(ec2, ids, "running")
+    full = {
+        i["InstanceId"]: i
+        for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        for i in r["Instances"]
+    }
+    mine = [{"Name": "instance-id", "Values": ids}, {"Name": "instance-state-name", "Values": ["running"]}]
+    paged = [
+        i
+        for page in ec2.get_paginator("describe_instances").paginate(Filters=mine, PaginationConfig={"PageSize": 5})
+        for r in page["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert sorted(i["InstanceId"] for i in paged) == sorted(ids)
+    for item in paged:
+        for key in ("SecurityGroups", "Tags", "PrivateIpAddress", "BlockDeviceMappings", "RootDeviceType"):
+            assert item.get(key) == full[item["InstanceId"]].get(key), key
+    assert all(full[i]["Tags"] == [{"Key": "Name", "Value": "paged"}] for i in ids[:3])
+    # a record filter with an enriched one: both hold
+    both = mine + [{"Name": "tag:Name", "Values": ["paged"]}]
+    found = [i["InstanceId"] for r in ec2.describe_instances(Filters=both)["Reservations"] for i in r["Instances"]]
+    assert sorted(found) == sorted(ids[:3])
+    [one] = [i for r in ec2.describe_instances(Filters=mine[:1] + [{"Name": "instance-id", "Values": [ids[4]]}])[
+        "Reservations"] for i in r["Instances"]]  # fmt: skip
+    assert one == full[ids[4]] | {"State": one["State"]}
+    ec2.terminate_instances(InstanceIds=ids)

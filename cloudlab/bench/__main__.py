@@ -1,7 +1,8 @@
 """``python -m cloudlab.bench`` (``make bench``): the foundation's figures, written to a results file.
 
 Boot times (1 and 4 concurrent instances, median of N) against a hand-started QEMU; the idle
-cloud's memory; 1,000 instances on 50 test-driver nodes and DescribeInstances of 1,000 against
+cloud's memory; clouds of 1,000 to 10,000 instances on test-driver nodes in 4 zones (launch,
+DescribeInstances, messages, memory; how each grows; :mod:`cloudlab.bench.scale_growth`) against
 their baselines; the EC2 endpoint under load against moto's (part ``api``). Nothing here asserts a
 time: the figures are for people to read and compare.
 """
@@ -24,7 +25,7 @@ from cloudlab.bench.environment import describe_environment
 from cloudlab.bench.footprint import controller_memory
 from cloudlab.bench.launch import report_lines as launch_report_lines
 from cloudlab.bench.launch import run_launch_benchmark
-from cloudlab.bench.scale import run_scale_benchmark
+from cloudlab.bench.scale_growth import growth_chart, growth_exponents, growth_rows, superlinear
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
 from cloudlab.waiting import WaitTimeout, wait_until
@@ -32,8 +33,10 @@ from cloudlab.waiting import WaitTimeout, wait_until
 TARGETS = {
     "boot_marker_1_median_s": 5.0,
     "idle_rss_mb": 150.0,
-    "scale_all_running_s": 20.0,
-    "describe_1000_median_ms": 200.0,
+    "scale_10000_all_running_s": 30.0,
+    "describe_10000_median_ms": 300.0,
+    "describe_filtered_or_paged_ms": 50.0,
+    "idle_rss_200_nodes_mb": 300.0,
     "api_throughput_ratio_to_moto": 10.0,
     "api_p99_ms": 100.0,
     "api_errors": 0,
@@ -58,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--network-repeats", type=int, default=3, help="repeats per path in part network (default 3)")
     parser.add_argument("--storage-repeats", type=int, default=3, help="fio rounds per target in part storage")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load duration per side in part api")
+    parser.add_argument(
+        "--scale-sizes", default="1000,2000,5000,10000", help="instances per cloud in part scale (50 per node)"
+    )
+    parser.add_argument("--scale-clusters", type=int, default=4, help="clusters (zones) in part scale (default 4)")
+    parser.add_argument(
+        "--scale-churn",
+        type=int,
+        default=100_000,
+        help="launches and terminations before the largest cloud's describes are timed again (default 100000)",
+    )
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     results: dict[str, Any] = {}
@@ -71,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             info = servicectl.up(layout, CloudConfig(api_port=0, launch="boot"), timeout_s=120)
             try:
                 cloud = connect(str(layout.root))
+
                 def probed() -> str | None:  # the node is still probing QEMU and the accelerator
                     return next(iter(cloud.nodes()["accel"]), None)
 
@@ -92,7 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                 Path(tmp), args.launch_repeats, progress=say, burst=args.launch_burst
             )
         if "scale" in parts:
-            results["scale"] = run_scale_benchmark(progress=say)
+            sizes = tuple(int(n) for n in args.scale_sizes.split(","))
+            frame, results["scale"] = growth_rows(
+                sizes, clusters=args.scale_clusters, churn=args.scale_churn, progress=say
+            )
+            exponents = growth_exponents(frame)
+            results["scale_growth"] = {
+                "rows": frame.to_dict("records"),
+                "exponents": exponents.to_dict("records"),
+                "superlinear": superlinear(exponents),
+            }
         if "api" in parts:
             results["api"] = run_api_load_benchmark(seconds=args.api_seconds, progress=say)
     results["environment"] = describe_environment(accel)
@@ -147,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
 
         pd.DataFrame(results["launch"].pop("rows")).to_csv(out / f"bench-launch-{stamp}.csv", index=False)
         path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if "scale_growth" in results:
+        import pandas as pd
+
+        frame = pd.DataFrame(results["scale_growth"]["rows"])
+        frame.to_csv(out / f"bench-scale-growth-{stamp}.csv", index=False)
+        results["scale_growth"]["chart"] = str(growth_chart(frame, out / f"bench-scale-growth-{stamp}.png"))
+        path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(report(results))
     print(f"\nresults written to {path}")
     return 0
@@ -169,21 +199,36 @@ def report(results: dict[str, Any]) -> str:
             f"{'':33}< 150 MB"
         )
     if "scale" in results:
-        s = results["scale"]
-        lines.append(
-            f"1,000 instances on 50 test nodes all running   {s['all_running_s']:7.2f} s "
-            f"  {s['baseline_libvirt_define_start_s']:7.2f} s (libvirt)    x{s['ratio_cloud_to_baseline']:<6} < 20 s"
-        )
-        lines.append(
-            f"DescribeInstances of 1,000 (server, median)    {s['describe_server_ms']['median']:7.1f} ms"
-            f"  {s['describe_sql_floor_ms']['median']:7.1f} ms (SQL)       x{s['ratio_describe_to_sql_floor']:<6}"
-            " < 200 ms"
-        )
+        lines += scale_report_lines(results["scale"], results.get("scale_growth"))
     if "launch" in results:
         lines += launch_report_lines(results["launch"])
     if "api" in results:
         lines += api_report_lines(results["api"])
     return "\n".join(lines)
+
+
+def scale_report_lines(s: dict[str, Any], growth: dict[str, Any] | None) -> list[str]:
+    n, nodes, zones = f"{s['instances']:,}", s["nodes"], s["clusters"]
+    lines = [
+        f"{n} instances, {nodes} test nodes, {zones} zones, running {s['all_running_s']:7.2f} s "
+        f"  {s['baseline_libvirt_define_start_s']:7.2f} s (libvirt)    x{s['ratio_cloud_to_baseline']:<6} < 30 s",
+        f"DescribeInstances of {n} (server, median)   {s['describe_server_ms']['median']:7.1f} ms"
+        f"  {s['describe_sql_floor_ms']['median']:7.1f} ms (SQL)       x{s['ratio_describe_to_sql_floor']:<6} < 300 ms",
+        f"  filtered to one instance id                  {s['describe_filtered_ms']['median']:7.1f} ms{'':33}< 50 ms",
+        f"  first page of 100                            {s['describe_paged_ms']['median']:7.1f} ms{'':33}< 50 ms",
+        f"idle cloud of {nodes} nodes, resident           {s['resident_mb_idle_cloud']:7.1f} MB"
+        f"  {s['resident_mb_before_cloud']:7.1f} MB (before)    {'':7}< 300 MB",
+        f"controller messages, idle / all running        {s['message_bytes_per_s_idle'] / 1000:7.1f} KB/s"
+        f"  {s['message_bytes_per_s_all_running'] / 1000:7.1f} KB/s",
+    ]
+    if "after_churn" in s:
+        lines.append(
+            f"  after {s['churn_launches']:,} launches and terminations    "
+            f"{s['after_churn']['describe_server_ms']['median']:7.1f} ms{'':33}x{s['ratio_describe_after_churn']}"
+        )
+    if growth:
+        lines += [f"  grows faster than linearly: {sentence}" for sentence in growth["superlinear"]]
+    return lines
 
 
 if __name__ == "__main__":

@@ -36,6 +36,15 @@ INSTANCE_FILTERS: dict[str, filters.Getter] = {
     "tag-key": lambda i: [t["Key"] for t in i.get("Tags", [])],
     "tag-value": lambda i: [t["Value"] for t in i.get("Tags", [])],
 }
+# Filters answered by the instance record alone (enrichment adds or changes none of their fields): applied
+# before the enrichment, so a describe of one instance among 10,000 enriches one, not 10,000.
+RECORD_FILTERS = frozenset(
+    {
+        "instance-id", "image-id", "instance-type", "instance-state-name", "instance-state-code",
+        "availability-zone", "host-id", "kernel-id", "ramdisk-id", "key-name", "launch-index", "reservation-id",
+        "owner-id", "architecture",
+    }
+)  # fmt: skip
 
 
 def _network_of(req: dict[str, Any]) -> tuple[str | None, str | None, list[str] | None]:
@@ -106,9 +115,16 @@ def describe_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
             row["owner"],
         )
         items.append(item)
-    enrich.instances(ctx, items)
-    items = filters.apply_filters(items, req.get("Filters"), INSTANCE_FILTERS, "DescribeInstances")
-    page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
+    wanted = req.get("Filters") or []
+    early = [f for f in wanted if f.get("Name") in RECORD_FILTERS]
+    items = filters.apply_filters(items, early, INSTANCE_FILTERS)
+    if len(early) == len(wanted):  # nothing left that needs the enrichment: enrich only the page
+        page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
+        enrich.instances(ctx, page)
+    else:
+        enrich.instances(ctx, items)
+        items = filters.apply_filters(items, wanted, INSTANCE_FILTERS, "DescribeInstances")
+        page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     reservations = []
     for reservation_id, group in groupby(page, key=lambda i: i["_reservation"]):
         members = list(group)
