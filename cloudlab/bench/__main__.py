@@ -3,8 +3,9 @@
 Boot times (1 and 4 concurrent instances, median of N) against a hand-started QEMU; the idle
 cloud's memory; clouds of 1,000 to 10,000 instances on test-driver nodes in 4 zones (launch,
 DescribeInstances, messages, memory; how each grows; :mod:`cloudlab.bench.scale_growth`) against
-their baselines; the EC2 endpoint under load against moto's (part ``api``). Nothing here asserts a
-time: the figures are for people to read and compare.
+their baselines; the EC2 endpoint under load against moto's (part ``api``); fio, boots and snapshots
+of ``cloudlab-debian`` against the same built by hand (part ``storage``, :mod:`cloudlab.bench.storage`).
+Nothing here asserts a time: the figures are for people to read and compare.
 """
 
 from __future__ import annotations
