@@ -332,6 +332,7 @@ def run_storage_benchmark(
             progress("booting cloudlab-debian in the cloud")
             instance_id, remote, times = cloud_guest(cloud, image_id, group, options, failures)
             cloud_boots.append(times)
+            progress(f"cloud boot 1: {times}")
             try:
                 vol = cloud.create_volume(options.volume_gib, name="bench-fio")
                 vol.attach(instance_id, "/dev/sdf")
@@ -341,6 +342,7 @@ def run_storage_benchmark(
                 progress("booting cloudlab-debian by hand, with the hand-made volume on qemu-nbd")
                 with hand_guest(image, options, failures, (hand_file,)) as hand:
                     hand_boots.append({k: hand.times[k] for k in ("ssh_s", "cloud_init_s") if k in hand.times})
+                    progress(f"hand boot 1: {hand_boots[-1]}")
                     targets = [
                         Target("cloud:volume", remote, find_disk(remote, vol.replace("-", "")[:20])),
                         Target("hand:volume", hand.ssh, find_disk(hand.ssh, hand_file.stem.replace("-", "")[:20])),
@@ -363,12 +365,14 @@ def run_storage_benchmark(
                 try:
                     booted, _, times = cloud_boot(cloud, image_id, group, options)
                     cloud_boots.append(times)
+                    progress(f"cloud boot {n + 1}: {times}")
                     terminate(cloud, booted)
                 except BootFailed as exc:  # counted as a failure, not as a time
                     failures.append({"side": "cloud", "error": str(exc)[-800:]})
                 try:
                     with debian_by_hand(image, memory_mb=options.memory_mb, timeout_s=options.boot_timeout_s) as hand:
                         hand_boots.append({k: hand.times[k] for k in ("ssh_s", "cloud_init_s") if k in hand.times})
+                        progress(f"hand boot {n + 1}: {hand_boots[-1]}")
                 except BuildError as exc:
                     failures.append({"side": "hand", "error": str(exc)[-800:]})
         finally:
