@@ -59,6 +59,9 @@ class CloudConfig:
     underlay: str = "auto"  # a free 10.253.N.0/24, chosen at start
     nat_nodes: list[str] = field(default_factory=list)
     cable: str = "tcp"
+    # Clusters whose whole site sits behind a masquerading NAT (vde, the VPC model, several clusters: they
+    # dial the first cluster's cable; see cloudlab/cc/fabric.py).
+    nat_clusters: list[str] = field(default_factory=list)
     # How a cluster network places instances: "classic" is Eucalyptus' managed mode (a VLAN and a /24 of
     # ``subnet`` per security group, EC2-Classic instances); "vpc" plumbs the VPC subnets (a segment per
     # subnet, a router namespace per VPC; security groups and elastic addresses not enforced there yet).

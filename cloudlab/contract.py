@@ -41,6 +41,7 @@ from cloudlab.contract_storage import (  # noqa: F401 - re-exported: the contrac
     DiskOnNode,
     DiskPlan,
     Done,
+    ImportSnapshot,
     NbdExport,
     SnapshotMade,
     SnapshotRef,
@@ -180,6 +181,17 @@ class NicPlan:
 
 
 @dataclass(frozen=True)
+class FetchFile:
+    """A boot file the node fetches over HTTP (a presigned GET from Walrus) unless its cache holds
+    ``sha256`` already; the node boots only bytes whose digest it checked. ``role``: kernel or ramdisk."""
+
+    role: str
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class StartInstance:
     """Everything a node needs to define and start one instance.
 
@@ -200,6 +212,7 @@ class StartInstance:
     cmdline: str | None = None
     disks: tuple[DiskPlan, ...] = ()
     scratch_gib: int = 0
+    fetch: tuple[FetchFile, ...] = ()  # boot files kept in a bucket (``kernel``/``ramdisk`` are then "")
 
 
 @dataclass(frozen=True)
@@ -310,6 +323,22 @@ class NodeReport:
 
 
 @dataclass(frozen=True)
+class ReportAsk:
+    """A heartbeat that names the digest of the report the CC already holds (None: it holds none)."""
+
+    unchanged: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportIfChanged:
+    """The node's report, or None when its digest is the one asked about: an idle node's heartbeat is
+    then a few bytes, not every instance it holds again (the report's ``time`` is not in the digest)."""
+
+    digest: str
+    report: NodeReport | None = None
+
+
+@dataclass(frozen=True)
 class NodeSummary:
     """A node as its cluster controller knows it: health, capacity and the last report's instances.
 
@@ -398,11 +427,17 @@ class SubnetSegment:
 
 @dataclass(frozen=True)
 class VpcRouter:
-    """One VPC's router in one cluster (a namespace of its own, so that VPCs' ranges may overlap)."""
+    """One VPC's router in one cluster (a namespace of its own, so that VPCs' ranges may overlap).
+
+    ``home`` empty: the router is in the cluster the plan is for. Else the cluster holding it, when the
+    cluster networks are joined into one fabric (VDE, several clusters): the plan's cluster only carries the
+    subnets' VLANs, over its cable to ``home`` (see :mod:`cloudlab.cc.fabric`).
+    """
 
     vpc_id: str
     slot: int
     subnets: tuple[SubnetSegment, ...] = ()
+    home: str = ""
 
 
 @dataclass(frozen=True)
@@ -463,6 +498,7 @@ EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "clc")
 UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "clc")
 CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "clc")
 DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "clc")
+IMPORT_SNAPSHOT = _action("import_snapshot", ImportSnapshot, SnapshotMade, "clc")
 DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "clc")
 PAUSE_INSTANCE = _action("pause_instance", OnNode, InstanceState, "clc")
 RESUME_INSTANCE = _action("resume_instance", OnNode, InstanceState, "clc")
@@ -475,6 +511,7 @@ NODE_CHANGED = _action("node_changed", Empty, Empty, "nc")
 REGISTER_STORAGE = _action("register_storage", RegisterNode, Registered, "sc")
 # CC -> NC
 DESCRIBE_RESOURCE = _action("describe_resource", Empty, NodeReport, "cc")
+DESCRIBE_RESOURCE_IF_CHANGED = _action("describe_resource_if_changed", ReportAsk, ReportIfChanged, "cc")
 NODE_RUN_INSTANCE = _action("run_instance", StartInstance, InstanceStarted, "cc")
 NODE_RUN_INSTANCES = _action("run_instances", NodeStartMany, StartOutcomes, "cc")
 NODE_TERMINATE_INSTANCE = _action("terminate_instance", InstanceRef, InstanceRemoved, "cc")
@@ -491,6 +528,7 @@ SC_EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "cc")
 SC_UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "cc")
 SC_CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "cc")
 SC_DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "cc")
+SC_IMPORT_SNAPSHOT = _action("import_snapshot", ImportSnapshot, SnapshotMade, "cc")
 SC_DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "cc")
 
 CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
@@ -512,6 +550,7 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     UNEXPORT_VOLUME,
     CREATE_SNAPSHOT,
     DELETE_SNAPSHOT,
+    IMPORT_SNAPSHOT,
     DESCRIBE_STORAGE,
     ATTACH_VOLUME,
     DETACH_VOLUME,
@@ -522,6 +561,7 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
 NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
     DESCRIBE_RESOURCE,
+    DESCRIBE_RESOURCE_IF_CHANGED,
     NODE_RUN_INSTANCE,
     NODE_RUN_INSTANCES,
     NODE_TERMINATE_INSTANCE,
@@ -540,5 +580,6 @@ STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
     SC_UNEXPORT_VOLUME,
     SC_CREATE_SNAPSHOT,
     SC_DELETE_SNAPSHOT,
+    SC_IMPORT_SNAPSHOT,
     SC_DESCRIBE_STORAGE,
 )

@@ -59,6 +59,17 @@ class SnapshotRequest:
 
 
 @dataclass(frozen=True)
+class ImportSnapshot:
+    """Make snapshot ``snapshot_id`` from a disk image (``raw`` or ``qcow2``) fetched from ``url`` (a
+    presigned GET of the object in Walrus), of at most ``size`` bytes as fetched."""
+
+    snapshot_id: str
+    url: str
+    format: str
+    size: int
+
+
+@dataclass(frozen=True)
 class SnapshotRef:
     snapshot_id: str
 
@@ -86,6 +97,7 @@ class StorageReport:
     snapshots: tuple[str, ...] = ()
     exports: dict[str, NbdExport] = field(default_factory=dict)
     free_bytes: int = 0
+    reserve_bytes: int = 0  # kept free: a new volume may be as large as free_bytes - reserve_bytes
 
 
 @dataclass(frozen=True)

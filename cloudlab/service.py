@@ -38,7 +38,7 @@ from cloudlab.paths import StateLayout, cache_dir
 from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
-from cloudlab.service_clusters import ClusterRuntime, build_network, start_metadata_services
+from cloudlab.service_clusters import ClusterRuntime, build_network, join_clusters, start_metadata_services
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class CloudService:
         config, layout = self.config, self.layout
         for index, name in enumerate(config.cluster_names()):
             self.clusters.append(self._build_cluster(index, name))
+        self.fabric = join_clusters(layout, config, self.clusters)  # VDE cables between the clusters, if any
         self.store = Store(layout.database)
         self.clc = CloudController(
             self.store,
@@ -482,6 +483,10 @@ class CloudService:
             from cloudlab.api.s3.service import start_walrus
 
             self.walrus = start_walrus(self.layout, self.config, self.store, self.clc.users)
+            for cluster in self.clusters:  # nodes in their hosts' namespaces fetch images over the underlay
+                if cluster.network is not None:
+                    self.walrus.serve_cluster(cluster.name, cluster.network.root_address)
+            self.clc.objects = self.walrus.object_store()
         for cluster in self.clusters:
             cluster.cc.start()
         self.nodes_missing = self.wait_for_nodes()

@@ -65,6 +65,19 @@ def build_network(layout: StateLayout, config: CloudConfig, index: int, name: st
     return network
 
 
+def join_clusters(layout: StateLayout, config: CloudConfig, clusters: list[ClusterRuntime]) -> Any:
+    """The fabric joining the clusters' networks (vde, the VPC model, several clusters; else None), built:
+    the WAN between their sites, NATs for ``nat_clusters``, and a cable from each cluster to the first."""
+    from cloudlab.cc import fabric
+
+    fabric.check_config(config)
+    if not fabric.wanted(config):
+        return None
+    joined = fabric.Fabric(layout.network_prefix, [c.network for c in clusters], config.nat_clusters)
+    joined.build()
+    return joined
+
+
 def start_metadata_services(clc: Any, runtime: ClusterRuntime) -> None:
     """The EC2 metadata service on 169.254.169.254:80 inside the cluster's outside namespace, and one in
     each VPC router the network makes from now on."""

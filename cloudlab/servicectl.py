@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab import processes
-from cloudlab.cc.network import sweep as sweep_network
+from cloudlab.cc.network_host import sweep as sweep_network
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
 from cloudlab.waiting import WaitTimeout, wait_until
@@ -30,26 +30,12 @@ class ControlError(Exception):
     """A one-line, actionable problem starting or stopping the cloud."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child is not alive
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def service_pid(layout: StateLayout) -> int | None:
     try:
         pid = int(layout.pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if processes.pid_alive(pid) else None
 
 
 def endpoint(layout: StateLayout) -> dict[str, Any] | None:
@@ -201,8 +187,10 @@ def down(layout: StateLayout, timeout_s: float = 90.0) -> dict[str, Any]:
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         with contextlib.suppress(WaitTimeout):  # then SIGKILL
-            wait_until(lambda: not _pid_alive(pid), timeout_s, what=f"the service (pid {pid}) to exit", interval_s=0.2)
-        if _pid_alive(pid):
+            wait_until(
+                lambda: not processes.pid_alive(pid), timeout_s, what=f"the service (pid {pid}) to exit", interval_s=0.2
+            )
+        if processes.pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
         stopped = True
     swept = leftover_qemu(layout, templates=True)

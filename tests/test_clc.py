@@ -502,7 +502,7 @@ def test_a_node_that_stops_answering_does_not_terminate_its_instances(cloud: Loc
     registry = cloud.service.cc.registry
     registry.dead_after_s = 0.3
     entry = registry.entry(name)
-    entry.channel = FailingLink(entry.channel, {"describe_resource"})
+    entry.channel = FailingLink(entry.channel, {"describe_resource_if_changed"})
     wait_until(
         lambda: not registry.alive(registry.entry(name)), 15.0, what=f"{name} to be declared dead", interval_s=0.02
     )

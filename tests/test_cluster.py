@@ -51,9 +51,10 @@ def schedule(cluster: Any, needs: list[c.InstanceNeed], min_count: int = 1) -> c
     return cluster.cc.schedule(c.ScheduleRequest(instances=tuple(needs), min_count=min_count))
 
 
-def report(vcpus: int = 1) -> c.NodeReport:
-    """A node report as a fake node answers it."""
-    return c.NodeReport("n", "test:///x", "test", "test", vcpus, vcpus, 1, 1, (), 0.0)
+def report(vcpus: int = 1) -> c.ReportIfChanged:
+    """A heartbeat answer as a fake node gives it: always the whole report."""
+    whole = c.NodeReport("n", "test:///x", "test", "test", vcpus, vcpus, 1, 1, (), 0.0)
+    return c.ReportIfChanged(f"digest-{vcpus}", whole)
 
 
 class SwitchableChannel:
@@ -388,6 +389,29 @@ def test_stopping_during_a_heartbeat_round_ends_the_heartbeat_thread_cleanly(mon
     for t in heartbeat:
         t.join(3)
     assert crashes == []  # today: CancelledError (a queued poll was cancelled) or RuntimeError (pool shut down)
+
+
+def test_an_unchanged_answer_keeps_the_report_and_keeps_the_node_alive() -> None:
+    asked: list[str | None] = []
+
+    class Quiet:
+        peer = "n00"
+
+        def ask(self, action: Any, request: Any, timeout: float | None = None) -> Any:
+            asked.append(request.unchanged)
+            return report() if request.unchanged is None else c.ReportIfChanged(request.unchanged, None)
+
+    registry = NodeRegistry(interval_s=60, dead_after_s=0.5)
+    registry.add("n00", Quiet())
+    registry.poll_all()
+    entry = registry.entry("n00")
+    seen, version = entry.last_seen, registry.version
+    time.sleep(0.01)
+    registry.poll_all()
+    # (adding a node polls it too) every heartbeat after the first names what the registry holds
+    assert asked[0] is None and asked[1:] == ["digest-1"] * (len(asked) - 1) and len(asked) >= 2
+    assert entry.report == report().report and entry.last_seen > seen and registry.alive(entry)
+    assert registry.version == version  # nothing changed, so nothing waits for a change
 
 
 def test_hanging_nodes_do_not_make_healthy_nodes_look_dead() -> None:

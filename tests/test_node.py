@@ -187,6 +187,22 @@ def test_console_output_is_the_tail_of_the_log(node: NodeController) -> None:
 # -- reports ----------------------------------------------------------------------------------------------------
 
 
+def test_a_volume_served_elsewhere_is_plugged_in_again_and_once(node: NodeController) -> None:
+    """Attaching is idempotent; a volume whose export moved (the SC restored it on another port) is
+    plugged in again from there, and its disk stops the guest on an I/O error (the node resumes it)."""
+    node.run_instance(body())
+    first = c.DiskPlan("vol-0123456789abcdef0", "vdb", c.NbdExport("127.0.0.1", 10809, "vol-0123456789abcdef0"))
+    for _ in range(2):
+        node.attach_volume(c.AttachDisk(IID, first))
+    moved = c.DiskPlan(first.volume_id, "vdb", c.NbdExport("127.0.0.1", 10811, first.volume_id))
+    node.attach_volume(c.AttachDisk(IID, moved))
+    inactive = node.conn.lookupByName(IID).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)  # where the test driver keeps them
+    disks = ET.fromstring(inactive).findall("devices/disk[@type='network']")
+    assert [d.find("source/host").get("port") for d in disks] == ["10811"]
+    assert disks[0].find("driver").get("error_policy") == "stop"
+    assert node.resume_io_paused() == []  # nothing paused by an I/O error here
+
+
 def test_describe_resource_accounting(node: NodeController) -> None:
     empty = node.describe_resource()
     assert (empty.vcpus_total, empty.vcpus_free, empty.memory_mb_total, empty.memory_mb_free) == (
@@ -207,6 +223,20 @@ def test_describe_resource_accounting(node: NodeController) -> None:
     node.conn.lookupByName(IID2).destroy()
     states = {i.instance_id: i.state for i in node.describe_resource().instances}
     assert states == {IID: "running", IID2: "shutoff"}
+
+
+def test_a_heartbeat_names_what_it_holds_and_gets_only_the_digest_while_nothing_changed(node: NodeController) -> None:
+    first = node.report_if_changed(None)
+    assert first.report is not None and first.report.instances == ()
+    again = node.report_if_changed(first.digest)
+    assert again.digest == first.digest and again.report is None  # same holdings: a few bytes, not the report
+    node.run_instance(body(IID, vcpus=1, memory_mb=256))
+    changed = node.report_if_changed(first.digest)
+    assert changed.digest != first.digest and changed.report is not None
+    assert [i.instance_id for i in changed.report.instances] == [IID]
+    assert node.report_if_changed("0" * 32).report is not None  # a digest it never gave: the whole report
+    node.conn.lookupByName(IID).destroy()  # a state change is a change
+    assert node.report_if_changed(changed.digest).report.instances[0].state == "shutoff"
 
 
 def test_domains_without_cloudlab_metadata_are_ignored(node: NodeController) -> None:

@@ -116,8 +116,9 @@ def test_only_a_cluster_controller_commands_it(
 
 
 def test_a_full_disk_refuses_new_volumes_and_corrupts_nothing(tmp_path: Path) -> None:
-    """The SC's folder on a small tmpfs (mounted for this test only): once less than the reserve is
-    free, CreateVolume and CreateSnapshot are refused with a clear error and leave no partial file."""
+    """The SC's folder on a small tmpfs (mounted for this test only): a volume larger than the free space
+    is refused although it would be sparse, and once less than the reserve is free, CreateSnapshot too;
+    each refusal is a clear error that leaves no partial file and the existing volume intact."""
     folder = tmp_path / "small"
     folder.mkdir()
     mount = ["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(folder)]
@@ -125,7 +126,14 @@ def test_a_full_disk_refuses_new_volumes_and_corrupts_nothing(tmp_path: Path) ->
         pytest.skip("mounting a tmpfs needs root")
     try:
         sc = StorageController("cluster1", folder, "127.0.0.1")
-        sc.create_volume(c.CreateVolume(VOL, 1))
+        # a volume made while the disk had room (a 1 GiB file costs a few hundred KiB: it is sparse)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(sc.files.volume(VOL)), "1G"], check=True)
+        room = sc.describe()
+        assert room.free_bytes - room.reserve_bytes < 1024**3  # the whole size counts, not the sparse file
+        with pytest.raises(CloudError) as large:
+            sc.create_volume(c.CreateVolume("vol-00000000000000008", 1))
+        assert large.value.code == "InsufficientVolumeCapacity"
+        assert "MiB free" in large.value.message and "1 GiB" in large.value.message
         (folder / "filler").write_bytes(b"\0" * (80 * 1024 * 1024))  # leaves < 256 MiB free
         before = sorted(p.name for p in folder.rglob("*"))
         for attempt in (
@@ -137,5 +145,7 @@ def test_a_full_disk_refuses_new_volumes_and_corrupts_nothing(tmp_path: Path) ->
             assert full.value.code == "InsufficientVolumeCapacity" and "MiB free" in full.value.message
         assert sorted(p.name for p in folder.rglob("*")) == before  # no partial volume or snapshot
         assert image_info(sc.files.volume(VOL))["virtual-size"] == 1024**3  # the existing volume is intact
+        check = subprocess.run(["qemu-img", "check", "-q", str(sc.files.volume(VOL))], capture_output=True)
+        assert check.returncode == 0, check.stdout + check.stderr
     finally:
         subprocess.run(["umount", str(folder)], check=True)

@@ -29,6 +29,7 @@ DRY_RUN_OPERATION = "DryRunOperation"
 INTERNAL_ERROR = "InternalError"
 REQUEST_LIMIT_EXCEEDED = "RequestLimitExceeded"
 INSUFFICIENT_INSTANCE_CAPACITY = "InsufficientInstanceCapacity"
+INSUFFICIENT_VOLUME_CAPACITY = "InsufficientVolumeCapacity"  # a server error in EC2's list, as the one above
 
 #: HTTP status per code, where EC2 uses something other than 400. DryRunOperation is a 412 because
 #: the request *would have succeeded*; botocore still raises ClientError for it, which is how boto3
@@ -41,6 +42,7 @@ STATUS_BY_CODE: dict[str, int] = {
     DRY_RUN_OPERATION: 412,
     INTERNAL_ERROR: 500,
     INSUFFICIENT_INSTANCE_CAPACITY: 500,
+    INSUFFICIENT_VOLUME_CAPACITY: 500,
     REQUEST_LIMIT_EXCEEDED: 503,
 }
 
@@ -106,11 +108,9 @@ def invalid_action(action: str) -> ApiError:
     return ApiError(INVALID_ACTION, f"The action {quote_value(action)} is not valid for this web service.")
 
 
-
 def dry_run_operation() -> ApiError:
     """What an action raises after its permission checks pass when ``DryRun`` is true."""
     return ApiError(DRY_RUN_OPERATION, "Request would have succeeded, but DryRun flag is set.")
-
 
 
 def internal_error() -> ApiError:

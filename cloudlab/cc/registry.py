@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudlab.cc.scheduler import NodeView
-from cloudlab.contract import DESCRIBE_RESOURCE, Empty, NodeReport
+from cloudlab.contract import DESCRIBE_RESOURCE_IF_CHANGED, NodeReport, ReportAsk
 from cloudlab.rpc import Channel
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class NodeEntry:
     channel: Channel
     url: str | None = None
     report: NodeReport | None = None
+    digest: str | None = None  # of ``report``, as the node computed it: "unchanged since" in the next heartbeat
     last_seen: float | None = None  # monotonic time at which the last good answer was *asked for*
     last_error: str | None = None
     reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # instance -> (vcpus, MiB)
@@ -81,7 +82,8 @@ class NodeRegistry:
             return
         asked = time.monotonic()  # the report shows at least everything that existed at this moment
         try:
-            report = entry.channel.ask(DESCRIBE_RESOURCE, Empty(), timeout=max(2.0, self.dead_after_s))
+            ask = ReportAsk(entry.digest if entry.report is not None else None)
+            answer = entry.channel.ask(DESCRIBE_RESOURCE_IF_CHANGED, ask, timeout=max(2.0, self.dead_after_s))
         except Exception as exc:  # a dead node is a state, not a crash
             if entry.last_error != str(exc):
                 log.warning("node %s does not answer: %s", name, exc)
@@ -90,10 +92,13 @@ class NodeRegistry:
         with self._lock:
             if entry.last_seen is not None and asked < entry.last_seen:
                 return  # an older poll finished after a newer one
-            before = _holdings(entry.report)
-            entry.report = report
             entry.last_seen = asked
             entry.last_error = None
+            if answer.report is None:  # the node holds exactly what its last report said
+                return
+            report, entry.digest = answer.report, answer.digest
+            before = _holdings(entry.report)
+            entry.report = report
             reported = {i.instance_id for i in report.instances}
             for instance_id in list(entry.reservations):
                 if instance_id in reported:

@@ -300,7 +300,16 @@ class NetworkSync:
                     log.warning("network of cluster %s not synchronised: %s", link.name, exc)
 
     def sync(self, cluster: str, force: bool = False) -> bool:
-        """Send ``cluster``'s network plan to its CC if it changed (or ``force``); True if sent."""
+        """Send ``cluster``'s network plan to its CC if it changed (or ``force``); True if sent.
+
+        In a VDE fabric a cluster's VPC routers live on its home cluster, which is synchronised first (an
+        instance's gateway and metadata service must exist before its init asks for them)."""
+        home = self.networks.clc.service(VpcNetworks).home(cluster)
+        if home != cluster:
+            self._sync_one(home, force)
+        return self._sync_one(cluster, force)
+
+    def _sync_one(self, cluster: str, force: bool) -> bool:
         link = self.networks.clusters.get(cluster)
         if link is None or link.subnet is None:
             return False

@@ -20,6 +20,14 @@ instance stopped             still attached; its exports are closed until it sta
 instance terminated          DeleteOnTermination: deleted; otherwise detached (available)
 snapshot pending → completed the SC copies the volume (through its export when attached)
 ==========================  ===============================================================
+
+Every :data:`EXPORTS_CHECK_S` the exports themselves are reconciled against the records
+(:meth:`VolumeWork.reconcile_exports`), for what a crash leaves behind: an export whose volume is
+no running instance's any more (its instance terminated or stopped while the service or the SC was
+down, the volume detached or deleted) is closed; a volume attached to a running instance whose
+export vanished (its ``qemu-nbd`` killed, the SC's host restarted) is exported again, on its old
+port, where the guest's QEMU reconnects (its disk stops the guest on an I/O error meanwhile, and
+the node resumes it: see ``cloudlab.nc.disks``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any
 
 from cloudlab import contract as c
 from cloudlab.clc.ebs_images import EbsImages
+from cloudlab.clc.snapshot_imports import SnapshotImports
 from cloudlab.clc.snapshots import Snapshots
 from cloudlab.clc.volumes import Volumes
 from cloudlab.errors import CloudError
@@ -38,6 +47,7 @@ from cloudlab.errors import CloudError
 log = logging.getLogger(__name__)
 
 SWEEP_S = 2.0
+EXPORTS_CHECK_S = 5.0  # how often the SC's exports are compared with the records
 DETACH_RETRY_S = 10.0  # a guest that did not let a disk go is asked again after this long
 
 
@@ -57,6 +67,7 @@ class VolumeWork:
         self._detach_tried: dict[str, float] = {}
         self._unserved: set[str] = set()  # volumes of stopped instances whose export was closed
         self._export_lock = threading.Lock()  # a start's exports and a stopped instance's unexports
+        self._exports_checked = float("-inf")
         self.volumes.wake = self.wake
 
     def wake(self) -> None:
@@ -97,6 +108,79 @@ class VolumeWork:
         with self._pass_lock:
             for step in (self._ended, self._stopped, self._creating, self._attaching, self._detaching, self._deleting):
                 self._each(step)
+            if time.monotonic() - self._exports_checked >= EXPORTS_CHECK_S:
+                self._exports_checked = time.monotonic()
+                self.reconcile_exports()
+
+    # -- the exports against the records -----------------------------------------------------------------------
+    def reconcile_exports(self) -> dict[str, list[str]]:
+        """Close the exports no running instance needs, restore those a running instance lost.
+
+        Runs in the volume pass (no attach or detach step meanwhile) under the export lock (no start
+        exports meanwhile), and reads the SC's exports before the records: an export can appear only
+        through those steps, so one the records do not want now is not wanted. Instances in between
+        (pending, stopping, shutting down) are left to their own steps. Returns what it did, by cluster
+        action ("closed", "restored"), for the log and the tests."""
+        done: dict[str, list[str]] = {"closed": [], "restored": []}
+        with self._export_lock:
+            for link in self.clc.clusters.all():
+                try:
+                    report = link.channel.ask(c.DESCRIBE_STORAGE, c.Empty())
+                except CloudError as exc:
+                    log.info("cluster %s: exports not checked: %s", link.name, exc.message)
+                    continue
+                rows = {
+                    r["volume_id"]: dict(r)
+                    for r in self.clc.store.query(
+                        "SELECT v.volume_id, v.state, v.attach_state, v.guest_device, v.instance_id,"
+                        " i.state AS instance_state, i.node, i.dispatched_at FROM volumes v"
+                        " LEFT JOIN instances i ON i.instance_id = v.instance_id"
+                        " WHERE v.cluster=? AND v.state != 'deleted'",
+                        (link.name,),
+                    )
+                }
+                for volume_id in report.exports:
+                    row = rows.get(volume_id)
+                    if row is None or row["instance_id"] is None or row["instance_state"] in ("terminated", "stopped"):
+                        self._close_export(link, volume_id, done)
+                for volume_id, row in rows.items():
+                    wanted = (
+                        row["state"] == "in-use"
+                        and row["attach_state"] in ("attached", "detaching")
+                        and row["instance_state"] == "running"
+                        and row["dispatched_at"] is not None
+                        and row["node"]
+                    )
+                    if wanted and volume_id not in report.exports and volume_id in report.volumes:
+                        self._restore_export(link, row, done)
+        return done
+
+    def _close_export(self, link: Any, volume_id: str, done: dict[str, list[str]]) -> None:
+        try:
+            link.channel.ask(c.UNEXPORT_VOLUME, c.VolumeRef(volume_id))
+        except CloudError as exc:
+            log.warning("cluster %s: the stray export of %s not closed yet: %s", link.name, volume_id, exc.message)
+            return
+        log.warning("cluster %s: closed the export of %s, which no running instance uses", link.name, volume_id)
+        done["closed"].append(volume_id)
+
+    def _restore_export(self, link: Any, row: dict[str, Any], done: dict[str, list[str]]) -> None:
+        """Export the volume again; the node is told where (it re-plugs the disk only if that moved)."""
+        try:
+            export = link.channel.ask(c.EXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
+            disk = c.DiskPlan(row["volume_id"], row["guest_device"], export)
+            link.channel.ask(c.ATTACH_VOLUME, c.DiskOnNode(row["node"], c.AttachDisk(row["instance_id"], disk)))
+        except CloudError as exc:
+            log.warning("cluster %s: the export of %s not restored yet: %s", link.name, row["volume_id"], exc.message)
+            return
+        log.warning(
+            "cluster %s: restored the vanished export of %s for %s (nbd port %d)",
+            link.name,
+            row["volume_id"],
+            row["instance_id"],
+            export.port,
+        )
+        done["restored"].append(row["volume_id"])
 
     def _each(self, step: Any) -> None:
         for row in step(None):
@@ -254,8 +338,15 @@ class VolumeWork:
             self.snapshots.set(row["snapshot_id"], ledger=False, state="deleted", deleted_at=time.time())
 
     def _snapshot(self, row: dict[str, Any]) -> c.SnapshotMade:
-        """Copy the volume on the SC; while a running guest uses it, with the guest paused (crash-consistent)."""
+        """Copy the volume on the SC; while a running guest uses it, with the guest paused (crash-consistent).
+        An imported snapshot (ImportSnapshot) is made from its disk image in the object store instead."""
         channel = self._channel(row["cluster"])
+        imports = self.clc.service(SnapshotImports)
+        imported = imports.request_for(row)
+        if imported is not None:
+            made = channel.ask(c.IMPORT_SNAPSHOT, imported)
+            imports.sized(row["snapshot_id"], made.size_bytes)
+            return made
         request = c.SnapshotRequest(row["snapshot_id"], row["volume_id"])
         volume = self.volumes.get(row["volume_id"]) or {}
         instance = self.clc.records.get(volume.get("instance_id") or "") or {}

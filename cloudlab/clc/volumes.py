@@ -12,7 +12,10 @@ Invariants kept here:
   scratch disk); DescribeVolumes reports the device name the user gave;
 - a root volume (``is_root``) is created with its instance at RunInstances, in the same
   transaction, and made on the SC just before the instance first starts;
-- deleted volumes keep their row (``deleted``) for accounting, and are never shown again.
+- deleted volumes keep their row (``deleted``) for accounting, and are never shown again;
+- CreateVolume of a volume larger than its SC can hold now is refused at once
+  (``InsufficientVolumeCapacity``, nothing recorded); the SC checks again when it makes the file
+  (see ``cloudlab.sc.files`` for why the whole size counts although volumes are sparse).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sqlite3
 import time
 from typing import Any
 
+from cloudlab import contract as c
 from cloudlab.clc import ebs_usage, quotas
 from cloudlab.clc.store import Store
 from cloudlab.clc.tags import Tags, validate_specifications
@@ -163,6 +167,7 @@ class Volumes:
             raise CloudError("MissingParameter", "The request must contain the parameter Size or SnapshotId")
         size_gib = check_size(size_gib, volume_type)
         validate_specifications("volume", tag_specifications)
+        check_capacity(link, size_gib)
         volume_id = new_id("vol")
         now = time.time()
         with self.store.transaction() as db:
@@ -381,6 +386,22 @@ class Volumes:
                 row = db.execute("SELECT * FROM volumes WHERE volume_id=?", (volume_id,)).fetchone()
                 ebs_usage.append(db, row["owner"], volume_id, "volume", ledger, row["size_gib"], row["cluster"])
             return changed
+
+
+def check_capacity(link: Any, size_gib: int) -> None:
+    """Refuse a volume the cluster's SC has no room for now (a cluster without an SC yet records it:
+    the volume waits, and the SC makes the same check when it makes the file)."""
+    try:
+        report = link.channel.ask(c.DESCRIBE_STORAGE, c.Empty())
+    except CloudError:
+        return
+    room = report.free_bytes - report.reserve_bytes
+    if size_gib * 1024**3 > room:
+        raise CloudError(
+            "InsufficientVolumeCapacity",
+            f"There is not enough capacity for a {size_gib} GiB volume in {link.zone}: its storage controller"
+            f" has {max(room, 0) / 1024**3:.1f} GiB free for new volumes",
+        )
 
 
 def check_volume_quota(db: sqlite3.Connection, user: str, count: int, gib: int) -> None:

@@ -38,6 +38,7 @@ UP_OPTIONS = {
     "subnet": "subnet",
     "underlay": "underlay",
     "nat_node": "nat_nodes",
+    "nat_cluster": "nat_clusters",
     "cable": "cable",
     "region": "region",
     "launch": "launch",
@@ -57,9 +58,7 @@ UP_OPTIONS = {
         arg("--nodes", type=positive, metavar="N", help="number of node controllers (default 1)"),
         arg("--clusters", type=positive, metavar="N", help="clusters (zones), N nodes each (default 1)"),
         arg("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)"),
-        arg(
-            "--network-model", choices=["classic", "vpc"], help="managed mode (default) or VPC subnets on the network"
-        ),
+        arg("--network-model", choices=["classic", "vpc"], help="managed mode (default) or VPC subnets on the network"),
         arg("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN or module:Class"),
         arg("--region", type=region, metavar="NAME", help="the cloud's region name (default cloudlab-1)"),
         arg("--port", type=port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)"),
@@ -77,6 +76,13 @@ UP_OPTIONS = {
             "--underlay", metavar="CIDR", help="range between the host namespaces (default auto: a free 10.253.N.0/24)"
         ),
         arg("--nat-node", action="append", metavar="NODE", help="put NODE's host behind a NAT (repeatable; vde only)"),
+        arg(
+            "--nat-cluster",
+            action="append",
+            metavar="NAME",
+            help="put cluster NAME's whole site behind a NAT: it dials the cable to the first cluster (repeatable;"
+            " vde, --network-model vpc, --clusters 2+)",
+        ),
         arg("--cable", choices=["tcp", "unix"], help="VDE cable transport between hosts (default tcp)"),
         arg("--timeout", type=float, default=90.0, help="seconds to wait for the API (default 90)"),
     ],
@@ -126,8 +132,11 @@ def _check_network(layout: StateLayout, config: CloudConfig) -> None:
 
     if os.geteuid() != 0:
         raise CliError(f"the {config.network} network needs root (namespaces, taps, nftables): run as root")
+    from cloudlab.cc import fabric
+
     try:
         ClusterNetwork.for_cloud(config, layout).check(config.public_pool)
+        fabric.check_config(config)
     except (NetError, ValueError) as exc:
         raise CliError(str(exc)) from None
 
@@ -209,8 +218,14 @@ def status(args: argparse.Namespace) -> int:
                 f"underlay {network['underlay']}, outside namespace {network['namespaces']['outside']} "
                 f"(cloudlab exec), VLANs {network['vlans'] or '-'}"
             )
+            edge = network.get("edge")
+            if edge:
+                behind = f"behind the NAT {edge['nat_namespace']}" if edge["behind_nat"] else "directly"
+                print(f"    on the WAN between clusters ({edge['wan']}) at {edge['address']}, {behind}")
             for proc in network["processes"]:
                 state = "running" if proc.get("alive") else "DEAD"
+                if "connected" in proc:  # a cable's listening end: is its peer on the line?
+                    state += ", peer connected" if proc["connected"] else ", NO PEER"
                 print(f"    {proc['role']}: {state}, pid {proc.get('pid')}, restarts {proc.get('restarts', 0)}")
             for event in network["history"][-3:]:
                 print(f"    {event}")

@@ -4,12 +4,18 @@ The volumes are served by the cluster's storage controller (``cloudlab.sc``); th
 libvirt where (``<disk type='network'><source protocol='nbd'>``), so a node on another host attaches
 the same way. On libvirt's test driver, whose domains do not run and which cannot hot-plug, the disk
 goes into the domain's definition instead.
+
+A volume's disk stops its guest on an I/O error (``error_policy='stop'``): when its export vanishes,
+the guest's requests wait, paused, instead of failing. Every heartbeat the node resumes the guests
+that an I/O error paused (:meth:`NodeDisks.resume_io_paused`, at most every :data:`RESUME_IO_S`);
+once the cloud has the volume served again, QEMU's NBD client reconnects and the request goes through.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,14 @@ import libvirt
 
 from cloudlab import contract as c
 from cloudlab.errors import CloudError
-from cloudlab.nc.domain_xml import Volume, attached_volumes, disk_element_of, volume_disk_xml, volume_serial
+from cloudlab.nc.domain_xml import (
+    Volume,
+    attached_volumes,
+    disk_element_of,
+    volume_disk_xml,
+    volume_serial,
+    volume_source,
+)
 from cloudlab.sc.files import qemu_img
 from cloudlab.waiting import WaitTimeout, wait_until
 
@@ -26,6 +39,8 @@ log = logging.getLogger(__name__)
 
 SCRATCH_FILE = "scratch.qcow2"  # an instance's scratch disk (vda of an image without a disk)
 DETACH_WAIT_S = 20.0  # how long a guest has to release a hot-unplugged disk
+RESUME_IO_S = 2.0  # a guest paused by an I/O error is resumed at most this often (the export may still be gone)
+IO_WARNED_S = 60.0  # a guest paused again within this long of its last resume is not logged again
 
 
 class NodeDisks:
@@ -35,6 +50,7 @@ class NodeDisks:
     kind: str
     conn: Any
     _lock: threading.RLock
+    _io_resumed: dict[str, float]  # guest -> when it was last resumed after an I/O error paused it
 
     def _lookup(self, instance_id: str) -> Any:
         raise NotImplementedError
@@ -53,8 +69,14 @@ class NodeDisks:
         volume = Volume(disk.volume_id, disk.device, disk.export.host, disk.export.port, disk.export.name)
         with self._lock:
             dom = self._lookup(request.instance_id)
-            if volume_serial(disk.volume_id) in attached_volumes(dom.XMLDesc(0)):
-                return c.Done()
+            xml = self._disks_xml(dom)
+            if volume_serial(disk.volume_id) in attached_volumes(xml):
+                source = volume_source(xml, disk.volume_id)
+                if source is None or source == (disk.export.host, disk.export.port):
+                    return c.Done()
+                # the SC serves it elsewhere now (its old port was taken): plug the disk in again
+                log.warning("node %s: %s moved to %s:%d; plugging it in again", self.name, disk.volume_id, *source)
+                self._unplug(dom, disk.volume_id)
             try:
                 if self.kind == "test":  # its domains do not run: the disk goes into the definition
                     self._redefine(dom, add=volume_disk_xml(volume))
@@ -76,7 +98,7 @@ class NodeDisks:
                 dom = self._lookup(request.instance_id)
             except CloudError:
                 return c.Done()  # no instance here, so no disk either
-            element = disk_element_of(dom.XMLDesc(0), request.volume_id)
+            element = disk_element_of(self._disks_xml(dom), request.volume_id)
             if element is None:
                 return c.Done()
             try:
@@ -93,7 +115,7 @@ class NodeDisks:
                 ) from exc
 
         def gone() -> bool:
-            return disk_element_of(dom.XMLDesc(0), request.volume_id) is None
+            return disk_element_of(self._disks_xml(dom), request.volume_id) is None
 
         try:
             wait_until(gone, DETACH_WAIT_S, what=f"{request.volume_id} to leave {request.instance_id}", interval_s=0.2)
@@ -102,6 +124,60 @@ class NodeDisks:
             return c.Done(done=False)
         log.info("node %s detached %s from %s", self.name, request.volume_id, request.instance_id)
         return c.Done()
+
+    def _disks_xml(self, dom: Any) -> str:
+        """The domain's disks as they are: live, or on the test driver (whose running domains keep the
+        live definition they started with) the definition the disks go into."""
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if self.kind == "test" else 0)
+
+    def _unplug(self, dom: Any, volume_id: str) -> None:
+        """Take a volume's disk out of a domain at once (under the node's lock; the guest loses it)."""
+        element = disk_element_of(self._disks_xml(dom), volume_id)
+        if element is None:
+            return
+        if self.kind == "test":
+            self._redefine(dom, remove=volume_id)
+            return
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+        try:
+            dom.detachDeviceFlags(element, flags)
+            wait_until(
+                lambda: disk_element_of(self._disks_xml(dom), volume_id) is None, DETACH_WAIT_S, what="the unplug"
+            )
+        except (libvirt.libvirtError, WaitTimeout) as exc:
+            raise CloudError("InternalError", f"node {self.name} could not re-plug {volume_id}: {exc}") from exc
+
+    def resume_io_paused(self) -> list[str]:
+        """Resume the guests an I/O error paused (a vanished export); returns the ones resumed now.
+
+        One listing of the paused domains only (usually none), so a heartbeat costs no call per guest."""
+        resumed = []
+        now = time.monotonic()
+        tried = self._io_resumed
+        try:
+            paused = {dom.name(): dom for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PAUSED)}
+        except libvirt.libvirtError:
+            return []
+        for name in [n for n, when in tried.items() if now - when > IO_WARNED_S]:
+            del tried[name]  # (kept a while after its last resume: a guest that keeps failing is logged once)
+        for name, dom in paused.items():
+            try:
+                reason = dom.state()[1]
+            except libvirt.libvirtError:
+                continue
+            if not name.startswith("i-") or reason != libvirt.VIR_DOMAIN_PAUSED_IOERROR:
+                continue
+            if now - tried.get(name, float("-inf")) < RESUME_IO_S:
+                continue
+            if name not in tried:
+                log.warning("node %s: %s paused by a disk I/O error: resumed until the disk answers", self.name, name)
+            tried[name] = now
+            try:
+                dom.resume()
+                resumed.append(name)
+            except libvirt.libvirtError as exc:
+                log.info("node %s: %s not resumed: %s", self.name, name, exc)
+        return resumed
 
     def pause_instance(self, instance_id: str) -> c.InstanceState:
         """Pause the guest's vCPUs (QEMU drains and flushes its disks first), so a snapshot taken now

@@ -67,7 +67,10 @@ def volume_disk_xml(volume: Volume) -> str:
 def _volume_element(volume: Volume) -> ET.Element:
     disk = ET.Element("disk", type="network", device="disk")
     # The export is the guest's raw bytes (the qcow2 stays on the SC); no host page cache on the node.
-    ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none")
+    # An I/O error (the export gone: its server killed, the SC's host restarted) stops the guest
+    # instead of failing its request: the node resumes it once the SC serves the volume again, and
+    # QEMU sends the request again over a new connection (the guest never sees an error).
+    ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none", error_policy="stop", rerror_policy="stop")
     source = ET.SubElement(disk, "source", protocol="nbd", name=volume.export)
     ET.SubElement(source, "host", name=volume.host, port=str(volume.port))
     ET.SubElement(disk, "target", dev=volume.device, bus="virtio")
@@ -87,6 +90,15 @@ def attached_volumes(xml: str) -> dict[str, str]:
         if disk.get("type") == "network" and serial is not None and target is not None:
             found[serial.text or ""] = target.get("dev", "")
     return found
+
+
+def volume_source(xml: str, volume_id: str) -> tuple[str, int] | None:
+    """Where a domain's disk of ``volume_id`` is served from (NBD host and port), if it has one."""
+    element = disk_element_of(xml, volume_id)
+    host = None if element is None else ET.fromstring(element).find("source/host")
+    if host is None:
+        return None
+    return host.get("name", ""), int(host.get("port", "0") or 0)
 
 
 def disk_element_of(xml: str, volume_id: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import msgspec
 
 from cloudlab import contract as c
 from cloudlab.errors import CloudError
@@ -33,6 +35,7 @@ from cloudlab.nc.domain_xml import (
     tap_of,
 )
 from cloudlab.nc.hypervisor import driver_kind, open_connection
+from cloudlab.nc.image_cache import ImageCache
 from cloudlab.nc.node_nics import NodeNics
 from cloudlab.nc.states import node_state
 from cloudlab.nc.templates import (
@@ -98,6 +101,7 @@ class NodeController(NodeDisks, NodeNics):
         self._accel_cache = accel_cache
         self._accel: str | None = "test" if self.kind == "test" else None
         node_dir.mkdir(parents=True, exist_ok=True)
+        self.image_cache = ImageCache(node_dir / "image-cache")  # boot files of images kept in buckets
         self.conn = open_connection(uri)
         info = self.conn.getInfo()
         host_memory_mb, host_cpus = int(info[1]), int(info[2])
@@ -112,6 +116,7 @@ class NodeController(NodeDisks, NodeNics):
             self.vcpus_total = vcpus or host_cpus
             self.memory_mb_total = memory_mb or host_memory_mb
         self._lock = threading.RLock()
+        self._io_resumed: dict[str, float] = {}
         self._metadata: dict[str, dict[str, str]] = {}
         self._starting: set[str] = set()
         # the room each of our domains holds (instance -> vCPUs, MiB): kept on define and undefine, and
@@ -181,6 +186,7 @@ class NodeController(NodeDisks, NodeNics):
     def register_routes(self, dispatcher: Dispatcher) -> None:
         """Only a cluster controller may command a node (the contract's actions say so)."""
         dispatcher.serve(c.DESCRIBE_RESOURCE, lambda r, m: self.describe_resource())
+        dispatcher.serve(c.DESCRIBE_RESOURCE_IF_CHANGED, lambda r, m: self.report_if_changed(r.unchanged))
         dispatcher.serve(c.NODE_RUN_INSTANCE, lambda r, m: self.run_instance(r))
         dispatcher.serve(c.NODE_RUN_INSTANCES, lambda r, m: self.run_instances(r.instances))
         dispatcher.serve(c.NODE_TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.instance_id))
@@ -312,6 +318,10 @@ class NodeController(NodeDisks, NodeNics):
                 self._check_plugs({name: found for name, found in domains.items() if name in running})
             except Exception:  # never let a plug cost the heartbeat: the next one tries again
                 log.exception("node %s: checking the VDE plugs failed", self.name)
+            try:
+                self.resume_io_paused()
+            except Exception:  # nor a paused guest
+                log.exception("node %s: resuming guests paused by an I/O error failed", self.name)
         # Every defined domain holds its room: one being started is still shut off, and a guest
         # that powered itself off is cleaned up by the cloud controller within seconds.
         used_vcpus = sum(v for v, _ in held.values())
@@ -331,6 +341,12 @@ class NodeController(NodeDisks, NodeNics):
             time=time.time(),
             events=events,
         )
+
+    def report_if_changed(self, unchanged: str | None) -> c.ReportIfChanged:
+        """:meth:`describe_resource`, or only its digest when that is ``unchanged`` (the CC holds it already)."""
+        report = self.describe_resource()
+        digest = hashlib.blake2b(msgspec.json.encode(dataclasses.replace(report, time=0.0)), digest_size=16).hexdigest()
+        return c.ReportIfChanged(digest, None if digest == unchanged else report)
 
     def accelerator(self, kernel: Path, ramdisk: Path | None) -> str:
         """KVM only where a real short boot proved it works (cached), else TCG."""
@@ -354,8 +370,9 @@ class NodeController(NodeDisks, NodeNics):
         """
         instance_id = request.instance_id
         vcpus, memory_mb = request.vcpus, request.memory_mb
-        kernel = Path(request.kernel)
-        ramdisk = Path(request.ramdisk) if request.ramdisk else None
+        fetched = {wanted.role: self.image_cache.get(wanted) for wanted in request.fetch}  # before the lock: slow
+        kernel = fetched.get("kernel") or Path(request.kernel)
+        ramdisk = fetched.get("ramdisk") or (Path(request.ramdisk) if request.ramdisk else None)
         disk = Path(request.disk) if request.disk else None
         with self._lock:
             existing = self._own_domain(instance_id)

@@ -4,9 +4,12 @@
 returns (no polling). The server outlives the SC process on purpose: a killed or restarted SC must
 not cut a guest off its disk; the SC finds its servers again from ``exports/<volume>.json`` (pid,
 port) and the process table, and ``cloudlab down`` ends any that are left (their command line names
-the state folder). ``--shared=2``: the guest's QEMU, plus one reader for a snapshot taken while it
-is attached. ``--persistent``: a client that disconnects (an instance stopped, a node restarted) can
-connect again. The export is raw guest data; the qcow2 format stays on the SC's side.
+the state folder). A server that died anyway is started again on its old port when the cloud
+controller finds an attached volume of a running instance unserved, and one no running instance
+needs is closed (``cloudlab.clc.volume_work``, which compares :meth:`Exports.current` with its
+records every few seconds). ``--shared=2``: the guest's QEMU, plus one reader for a snapshot taken
+while it is attached. ``--persistent``: a client that disconnects (an instance stopped, a node
+restarted) can connect again. The export is raw guest data; the qcow2 format stays on the SC's side.
 """
 
 from __future__ import annotations

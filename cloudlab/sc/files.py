@@ -5,6 +5,15 @@ place, so a killed SC leaves either no volume or a complete one (a stray ``.tmp`
 next time the same volume or snapshot is made). Volumes are sparse: a new 1 GiB volume costs a few
 hundred KiB until the guest writes to it.
 
+A full disk: a new volume is refused (``InsufficientVolumeCapacity``) unless its whole size fits in
+the free space, less :data:`RESERVE_BYTES`; a snapshot unless its copy (the volume's allocated bytes)
+does. The whole size, although the file is sparse: a volume that could never be filled is a failure
+postponed into the guest (a write that finds the disk full stops the guest), so it is refused while
+the user can still choose; volumes that each fit may together promise more than the disk holds
+(thin provisioning, as the guests rarely fill their volumes), and the reserve keeps room for their
+growth, for snapshots, and for qcow2's metadata, so that a volume already in use is never the one
+that breaks. Nothing is written before the check, so a refusal leaves no partial file.
+
 * a blank volume: ``qemu-img create -f qcow2``;
 * a root volume: a copy-on-write overlay whose backing file is the image's disk (the image file is
   never written; registered image files are never deleted, so the backing stays);
@@ -94,7 +103,7 @@ class VolumeFiles:
             source = self.snapshot(request.snapshot_id)
             if not source.exists():
                 raise CloudError("InvalidSnapshot.NotFound", f"The snapshot '{request.snapshot_id}' does not exist")
-            self._check_space(source.stat().st_blocks * 512)
+            self._check_space(max(size, int(image_info(source)["virtual-size"])), "volume")
             qemu_img("convert", "-O", "qcow2", str(source), str(tmp))
             if int(image_info(tmp)["virtual-size"]) < size:
                 qemu_img("resize", str(tmp), str(size))
@@ -104,22 +113,24 @@ class VolumeFiles:
                 raise CloudError("InvalidAMIID.Unavailable", f"the image disk {backing} is missing on the SC")
             info = image_info(backing)
             size = max(size, int(info["virtual-size"]))
-            self._check_space(0)
+            self._check_space(size, "volume")
             qemu_img("create", "-q", "-f", "qcow2", "-b", str(backing), "-F", info["format"], str(tmp), str(size))
         else:
-            self._check_space(0)
+            self._check_space(size, "volume")
             qemu_img("create", "-q", "-f", "qcow2", str(tmp), str(size))
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         return self.made(request.volume_id)
 
-    def _check_space(self, needed: int) -> None:
+    def _check_space(self, needed: int, what: str) -> None:
+        """Refuse what would leave less than the reserve free (see the module's docstring)."""
         free = self.free_bytes()
         if free - needed < RESERVE_BYTES:
             raise CloudError(
                 "InsufficientVolumeCapacity",
-                f"the storage controller has {free // 1024**2} MiB free, too little for a new volume",
+                f"the storage controller has {free // 1024**2} MiB free, too little for a new {what} of "
+                f"{_size(needed)} (it keeps {RESERVE_BYTES // 1024**2} MiB in reserve)",
             )
 
     def delete(self, volume_id: str) -> None:
@@ -133,7 +144,7 @@ class VolumeFiles:
             source = self.volume(volume_id)
             if not source.exists():
                 raise CloudError("InvalidVolume.NotFound", f"The volume '{volume_id}' does not exist")
-            self._check_space(source.stat().st_blocks * 512)
+            self._check_space(source.stat().st_blocks * 512, "snapshot")
             tmp = target.with_name(target.name + ".tmp")
             tmp.unlink(missing_ok=True)
             if export is not None:  # qemu-nbd holds the file's write lock and has the coherent view
@@ -149,6 +160,10 @@ class VolumeFiles:
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.snapshot(snapshot_id).unlink(missing_ok=True)
+
+
+def _size(count: int) -> str:
+    return f"{count / GIB:g} GiB" if count >= GIB else f"{count / 1024**2:.0f} MiB"
 
 
 def _fsync(path: Path) -> None:
