@@ -25,6 +25,7 @@ INSTANCE_COLUMNS = [
     "private_ip",
     "public_ip",
     "key_name",
+    "volumes",
 ]
 
 
@@ -44,6 +45,20 @@ def described(ec2: Any, filters: list[dict[str, Any]] | None = None) -> list[tup
             for inst in reservation["Instances"]:
                 found.append((reservation, inst))
     return found
+
+
+def attached_volumes(inst: dict[str, Any]) -> str:
+    """The instance's EBS volumes as ``DEVICE=vol-id`` (root first, as DescribeInstances lists them), so a
+    table row says what storage the instance holds; a volume still attaching or detaching says so."""
+    shown = []
+    for mapping in inst.get("BlockDeviceMappings") or []:
+        ebs = mapping.get("Ebs") or {}
+        if not ebs.get("VolumeId"):
+            continue
+        status = ebs.get("Status")
+        suffix = f" ({status})" if status and status != "attached" else ""
+        shown.append(f"{mapping.get('DeviceName')}={ebs['VolumeId']}{suffix}")
+    return ", ".join(shown)
 
 
 def instances_frame(ec2: Any, *, include_terminated: bool = True, name: str | None = None) -> pd.DataFrame:
@@ -68,6 +83,7 @@ def instances_frame(ec2: Any, *, include_terminated: bool = True, name: str | No
                 "private_ip": inst.get("PrivateIpAddress"),
                 "public_ip": inst.get("PublicIpAddress"),
                 "key_name": inst.get("KeyName"),
+                "volumes": attached_volumes(inst),
             }
         )
     return pd.DataFrame(rows, columns=INSTANCE_COLUMNS)
