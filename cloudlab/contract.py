@@ -18,7 +18,7 @@ Who talks to whom (the arrows are the only ones allowed)::
                  get_console_output, describe_cluster, network_sync
     NC  ──► CC : register_node, node_changed
     CC  ──► NC : describe_resource, run_instance(s), terminate_instance, reboot_instance,
-                 get_console_output, attach_volume, detach_volume
+                 get_console_output, attach_volume, detach_volume, power_off, wake (POWERSAVE)
     SC  ──► CC : register_storage
     CLC ──► CC ──► SC : create_volume, delete_volume, export_volume, unexport_volume,
                  create_snapshot, delete_snapshot, describe_storage (the CC relays to its SC)
@@ -33,6 +33,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from cloudlab.contract_power import PowerState  # noqa: F401 - re-exported, as the storage messages are
 from cloudlab.contract_storage import (  # noqa: F401 - re-exported: the contract names every message
     AttachDisk,
     CreateVolume,
@@ -41,6 +42,7 @@ from cloudlab.contract_storage import (  # noqa: F401 - re-exported: the contrac
     DiskOnNode,
     DiskPlan,
     Done,
+    ImportSnapshot,
     NbdExport,
     SnapshotMade,
     SnapshotRef,
@@ -180,6 +182,17 @@ class NicPlan:
 
 
 @dataclass(frozen=True)
+class FetchFile:
+    """A boot file the node fetches over HTTP (a presigned GET from Walrus) unless its cache holds
+    ``sha256`` already; the node boots only bytes whose digest it checked. ``role``: kernel or ramdisk."""
+
+    role: str
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class StartInstance:
     """Everything a node needs to define and start one instance.
 
@@ -200,6 +213,7 @@ class StartInstance:
     cmdline: str | None = None
     disks: tuple[DiskPlan, ...] = ()
     scratch_gib: int = 0
+    fetch: tuple[FetchFile, ...] = ()  # boot files kept in a bucket (``kernel``/``ramdisk`` are then "")
 
 
 @dataclass(frozen=True)
@@ -347,6 +361,9 @@ class NodeSummary:
     hypervisor: str | None = None
     accel: str | None = None
     instances: tuple[InstanceReport, ...] = ()
+    power: str = "on"  # "on", "off" (powered down by POWERSAVE: not polled, not dead) or "waking"
+    power_since: float | None = None  # the CC's wall clock when the node entered ``power``
+    registered: float | None = None  # the CC's wall clock when the node registered (it was on then)
 
 
 @dataclass(frozen=True)
@@ -414,11 +431,17 @@ class SubnetSegment:
 
 @dataclass(frozen=True)
 class VpcRouter:
-    """One VPC's router in one cluster (a namespace of its own, so that VPCs' ranges may overlap)."""
+    """One VPC's router in one cluster (a namespace of its own, so that VPCs' ranges may overlap).
+
+    ``home`` empty: the router is in the cluster the plan is for. Else the cluster holding it, when the
+    cluster networks are joined into one fabric (VDE, several clusters): the plan's cluster only carries the
+    subnets' VLANs, over its cable to ``home`` (see :mod:`cloudlab.cc.fabric`).
+    """
 
     vpc_id: str
     slot: int
     subnets: tuple[SubnetSegment, ...] = ()
+    home: str = ""
 
 
 @dataclass(frozen=True)
@@ -479,6 +502,7 @@ EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "clc")
 UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "clc")
 CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "clc")
 DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "clc")
+IMPORT_SNAPSHOT = _action("import_snapshot", ImportSnapshot, SnapshotMade, "clc")
 DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "clc")
 PAUSE_INSTANCE = _action("pause_instance", OnNode, InstanceState, "clc")
 RESUME_INSTANCE = _action("resume_instance", OnNode, InstanceState, "clc")
@@ -501,6 +525,8 @@ NODE_PAUSE_INSTANCE = _action("pause_instance", InstanceRef, InstanceState, "cc"
 NODE_RESUME_INSTANCE = _action("resume_instance", InstanceRef, InstanceState, "cc")
 NODE_ATTACH_VOLUME = _action("attach_volume", AttachDisk, Done, "cc")
 NODE_DETACH_VOLUME = _action("detach_volume", DetachDisk, Done, "cc")
+NODE_POWER_OFF = _action("power_off", Empty, PowerState, "cc")
+NODE_WAKE = _action("wake", Empty, PowerState, "cc")
 # CC -> SC
 SC_CREATE_VOLUME = _action("create_volume", CreateVolume, VolumeMade, "cc")
 SC_DELETE_VOLUME = _action("delete_volume", VolumeRef, Done, "cc")
@@ -508,6 +534,7 @@ SC_EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "cc")
 SC_UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "cc")
 SC_CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "cc")
 SC_DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "cc")
+SC_IMPORT_SNAPSHOT = _action("import_snapshot", ImportSnapshot, SnapshotMade, "cc")
 SC_DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "cc")
 
 CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
@@ -529,6 +556,7 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     UNEXPORT_VOLUME,
     CREATE_SNAPSHOT,
     DELETE_SNAPSHOT,
+    IMPORT_SNAPSHOT,
     DESCRIBE_STORAGE,
     ATTACH_VOLUME,
     DETACH_VOLUME,
@@ -549,6 +577,8 @@ NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     NODE_DETACH_VOLUME,
     NODE_PAUSE_INSTANCE,
     NODE_RESUME_INSTANCE,
+    NODE_POWER_OFF,
+    NODE_WAKE,
 )
 STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
@@ -558,5 +588,6 @@ STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
     SC_UNEXPORT_VOLUME,
     SC_CREATE_SNAPSHOT,
     SC_DELETE_SNAPSHOT,
+    SC_IMPORT_SNAPSHOT,
     SC_DESCRIBE_STORAGE,
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab import processes
-from cloudlab.cc.network import sweep as sweep_network
+from cloudlab.cc.network_host import sweep as sweep_network
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
 from cloudlab.waiting import WaitTimeout, wait_until

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -313,3 +314,34 @@ def test_vms_bridge_vm_to_vm() -> None:
         burn = measure.cpu_burn(path.client, seconds=1)
     assert result["gbit_s"] > 0 and rtt["loss_pct"] < 100 and burn["ops_per_s"] > 0
     assert _ours_left(tag) == ([], [])
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+@needs_tools
+def test_vpc_placements_in_their_quickest_form(tmp_path: Path) -> None:
+    """``cloudlab bench network --vpc-only``, one 1-s run per path: one VPC's pair within a cluster and across
+    two clusters (through the NAT), and that path by hand; the report has all three and the two ratios."""
+    from tests.clouds import network_requirements
+
+    reason = network_requirements()
+    if reason:
+        pytest.skip(reason)
+    argv = [sys.executable, "-m", "cloudlab.cli", "bench", "network", "--vpc-only", "--repeats", "1"]
+    done = subprocess.run(
+        [*argv, "--duration", "1", "--output", str(tmp_path)], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    [report] = list(tmp_path.glob("bench-network-*[0-9].json"))
+    document = json.loads(report.read_text())
+    runs = {r["path"]: r for r in document["runs"]}
+    assert set(runs) == {"cloudlab:vm-vpc-same-cluster", "cloudlab:vm-vpc-cross-cluster", "hand:vm-vde-nat-cable"}
+    for run in runs.values():
+        assert run["error"] is None and run["gbit_s"] > 0 and run["rtt_ms"] > 0 and run["loss_pct"] < 100
+    assert [r["path"] for r in document["summary"]] == list(runs)  # measured in this order, side by side
+    for name in ("VPC cross-cluster/same-cluster", "VPC cross-cluster cloudlab/hand"):
+        ratio = document["ratios"][name]
+        expected = runs[ratio["numerator"]]["gbit_s"] / runs[ratio["denominator"]]["gbit_s"]
+        assert ratio["ratio"] == pytest.approx(expected, abs=2e-3) and ratio["n"] == [1, 1]
+    assert "VPC cross-cluster/same-cluster: x" in done.stdout
+    assert document["environment"]["tools"]["vde_switch"]

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlab.cc import network as cc_network
-from cloudlab.cc import network_adoption
+from cloudlab.cc import network_adoption, network_host
 from cloudlab.cc.network import ClusterNetwork
 
 PREFIX = "cltest1"
@@ -38,7 +37,7 @@ def test_the_next_up_after_a_kill_takes_the_leftovers_underlay_while_it_is_free(
     run_dir = tmp_path / "net"
     run_dir.mkdir()
     busy = routes("10.253.0.0/24", "10.253.1.0/24")  # two other clouds run
-    monkeypatch.setattr(cc_network, "host_routes", lambda exclude=None: busy)
+    monkeypatch.setattr(network_host, "host_routes", lambda exclude=None: busy)
     first = make(run_dir)
     assert str(first.underlay) == "10.253.2.0/24"
     network_adoption.note_built(first)  # built, then the service is killed
@@ -53,7 +52,7 @@ def test_the_next_up_after_a_kill_takes_the_leftovers_underlay_while_it_is_free(
 
 
 def test_without_a_leftover_the_first_free_underlay_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cc_network, "host_routes", lambda exclude=None: routes("10.253.0.0/24"))
+    monkeypatch.setattr(network_host, "host_routes", lambda exclude=None: routes("10.253.0.0/24"))
     assert network_adoption.recorded_underlay(tmp_path) is None
     assert str(make(tmp_path).underlay) == "10.253.1.0/24"
     (tmp_path / network_adoption.BUILT_FILE).write_text("not json")

@@ -29,6 +29,7 @@ EXPECTED = {
     "allocate.ipynb",
     "vde-vs-direct.ipynb",
     "accounting.ipynb",
+    "storage.ipynb",
     "assignments/scheduler-policy.ipynb",
     "assignments/network-penalty.ipynb",
 }
@@ -77,9 +78,10 @@ def test_notebook_has_one_parameters_cell_and_the_cloudlab_kernel(notebook: Path
 
 def test_vde_vs_direct_parameters_are_the_issues() -> None:
     params = nbrun.notebook_parameters("vde-vs-direct")
-    assert list(params) == ["flavours", "duration_s", "streams", "repeats", "instance_type", "output_dir",
+    assert list(params) == ["flavours", "placement", "duration_s", "streams", "repeats", "instance_type", "output_dir",
                             "results_bucket"]  # fmt: skip
     assert ast.literal_eval(params["flavours"]) == ["direct", "vde"]
+    assert ast.literal_eval(params["placement"]) == "same-cluster"
 
 
 def test_widget_cells_are_tagged_for_nbval() -> None:
@@ -176,6 +178,8 @@ def lab_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
     [
         ("demo.ipynb", {"count": 2}, ["final_state", "terminated", "node-01"]),
         ("quickstart.ipynb", {}, ["cloudlab-boot: ok", "terminated", "Linux"]),
+        ("storage.ipynb", {"dataset_mib": 4}, ["is /dev/vdb in the guest", "read back: identical", "/dev/sdg=vol-",
+                                               "create volume from snapshot", "volumes left: 0"]),
     ],
 )
 def test_notebook_runs_against_the_cloud(
@@ -271,6 +275,7 @@ def test_vde_vs_direct_with_papermill_and_a_sweep(tmp_path: Path) -> None:
             "streams": 2,
             "repeats": 2,
             "instance_type": "t2.micro",
+            "placement": "same-cluster",
         }
         assert summary["conclusion"].startswith("Only one flavour was measured")
         for png in ("gbit_s.png", "rtt_ms.png", "host_cpu_pct.png", "vde-vs-direct.png"):
@@ -281,3 +286,30 @@ def test_vde_vs_direct_with_papermill_and_a_sweep(tmp_path: Path) -> None:
     assert list(on_disk.columns[:3]) == ["run", "flavours", "flavour"]
     assert set(on_disk["flavours"]) == {'["direct"]', '["vde"]'}
     assert (tmp_path / "combined.png").stat().st_size > 1000
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_vde_vs_direct_across_clusters(tmp_path: Path) -> None:
+    """``placement: cross-cluster`` in its quickest form: a direct cloud of two clusters refuses one VPC in two
+    zones (EC2's error, kept in summary.json), a vde cloud carries it through a NAT, measured against the same
+    VPC pair within one cluster, and the conclusion says so from the figures."""
+    from tests.clouds import network_requirements
+
+    reason = network_requirements()
+    if reason:
+        pytest.skip(reason)
+    parameters = {"placement": "cross-cluster", "repeats": 1, "duration_s": 1}
+    nbrun.run_notebook("vde-vs-direct", parameters, tmp_path)
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert list(results["flavour"]) == ["vde same-cluster", "vde cross-cluster"]
+    assert (results["gbit_s"] > 0).all() and (results["rtt_ms"] > 0).all()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    refusal = summary["refusal"]
+    assert refusal["code"] == "InvalidParameterValue" and "keeps a VPC in one cluster" in refusal["message"]
+    cost = summary["ratios"]["throughput_cross_over_same"]
+    by = results.set_index("flavour")["gbit_s"]
+    assert cost["ratio"] == pytest.approx(by["vde cross-cluster"] / by["vde same-cluster"], abs=2e-3)
+    assert summary["conclusion"].startswith("**direct** refuses a VPC across clusters")
+    assert f"{cost['ratio']:.2f}×" in summary["conclusion"]
+    assert (tmp_path / "vde-vs-direct.png").stat().st_size > 1000

@@ -80,6 +80,38 @@ def test_launcher_bad_input_is_a_message(cloud: Cloud, setting: str, value, expe
     assert launcher.last_launch == [] and len(cloud.instances()) == before
 
 
+def test_launcher_picks_a_zone_and_a_subnet_of_it(cloud_factory) -> None:
+    running = cloud_factory("zones", hypervisor="test:///default", clusters=2, nodes=1)
+    cloud = connect(str(running.layout.root))
+    region = running.info["region"]
+    vpc = cloud.ec2.create_vpc(CidrBlock="10.93.0.0/16")["Vpc"]["VpcId"]
+    made = cloud.ec2.create_subnet(VpcId=vpc, CidrBlock="10.93.2.0/24", AvailabilityZone=f"{region}b")
+    in_b = made["Subnet"]["SubnetId"]
+    launcher = Launcher(cloud)
+    assert launcher.error is None, launcher.message.value
+    subnets = {s["SubnetId"]: s for s in cloud.ec2.describe_subnets()["Subnets"]}
+
+    def listed() -> list[str]:
+        return [value for _, value in launcher.subnet.options if value]
+
+    assert launcher.cluster.value == f"{region}a" and launcher.subnet.value == ""
+    assert listed() and {subnets[s]["AvailabilityZone"] for s in listed()} == {f"{region}a"}
+    launcher.cluster.value = f"{region}b"  # the subnets follow the zone
+    assert in_b in listed() and {subnets[s]["AvailabilityZone"] for s in listed()} == {f"{region}b"}
+    launcher.subnet.value = in_b
+    launcher.wait_for.value = "running"
+    launcher.launch_button.click()
+    assert launcher.join(30) and launcher.error is None, launcher.message.value
+    [handle] = launcher.last_launch
+    try:
+        found = cloud.ec2.describe_instances(InstanceIds=[handle.id])["Reservations"][0]["Instances"][0]
+        assert (found["SubnetId"], found["VpcId"]) == (in_b, vpc)
+        assert found["Placement"]["AvailabilityZone"] == f"{region}b"
+        assert found["Placement"]["HostId"].startswith("cluster2-")
+    finally:
+        cloud.terminate([handle])
+
+
 def test_launcher_on_a_stopped_cloud_is_a_message(stopped_cloud: Cloud, tmp_path: Path) -> None:
     launcher = Launcher(stopped_cloud)
     assert "cannot reach the cloud" in launcher.message.value
@@ -121,6 +153,29 @@ def test_table_selects_terminates_and_shows(cloud: Cloud) -> None:
         assert handles[0].id not in set(table.rows["instance_id"])
     finally:
         cloud.terminate(handles)
+
+
+def test_table_shows_each_instances_volumes(cloud: Cloud) -> None:
+    """An attached volume appears in its instance's row (device given and volume id), and leaves it on detach."""
+    (handle,) = cloud.run(1, "widget-volumes", wait="running", timeout=30, progress=False)
+    first, second = cloud.create_volume(1), cloud.create_volume(1)
+    try:
+        first.attach(handle, "/dev/sdf")
+        second.attach(handle, "/dev/sdg")
+        table = InstanceTable(cloud, auto_refresh=0)
+        row = table.rows.set_index("instance_id").loc[handle.id]
+        assert row["volumes"] == f"/dev/sdf={first}, /dev/sdg={second}"
+        assert "<th style='text-align:left;padding:2px 8px'>volumes</th>" in table.table.value
+        assert f"/dev/sdg={second}" in table.table.value
+        first.detach()
+        table.refresh_button.click()
+        assert table.rows.set_index("instance_id").loc[handle.id, "volumes"] == f"/dev/sdg={second}"
+        assert str(first) not in table.table.value
+    finally:
+        cloud.terminate([handle])
+        cloud.wait_state([handle], "terminated", timeout=30)
+        for volume in (first, second):
+            volume.wait("available", timeout=30).delete()
 
 
 def test_table_refreshes_in_the_background(cloud: Cloud) -> None:

@@ -73,3 +73,72 @@ def _default_image(ec2: Any) -> str:
     if not images:
         raise RuntimeError("the cloud has no default image: run cloudlab image build")
     return images[0]["ImageId"]
+
+
+#: The placements of a VPC pair (``cloud_vpc_pair``) and the kinds their results are filed under.
+KIND_OF_PLACEMENT = {"same-cluster": "vm-vpc-same-cluster", "cross-cluster": "vm-vpc-cross-cluster"}
+
+
+@contextlib.contextmanager
+def cloud_vpc_pair(
+    placement: str, boot_timeout: float = 180, instance_type: str = INSTANCE_TYPE
+) -> Iterator[PathUnderTest]:
+    """Two instances of one VPC on a vde cloud of two clusters, the second behind a NAT (``--nat-cluster``).
+
+    ``same-cluster``: both in the first zone, in two subnets; ``cross-cluster``: one in each zone, the server
+    behind the NAT. Both pairs are routed once, by the VPC's router on the first cluster, so their ratio is
+    what the cable between the clusters (and the NAT it was dialled through) costs.
+    """
+    from cloudlab.client import connect
+
+    if placement not in KIND_OF_PLACEMENT:
+        raise ValueError(f"placement must be one of {', '.join(KIND_OF_PLACEMENT)}")
+    with tempfile.TemporaryDirectory(prefix="cloudlab-netbench-") as tmp:
+        layout = StateLayout(Path(tmp) / "state")
+        started = time.monotonic()
+        config = CloudConfig(api_port=0, network="vde", network_model="vpc", clusters=2, nat_clusters=["cluster2"])
+        servicectl.up(layout, config, timeout_s=180)
+        try:
+            cloud = connect(str(layout.root))
+            ec2 = cloud.ec2
+            ec2.create_key_pair(KeyName="bench", KeyType="ed25519")
+            zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+            vpc = ec2.create_vpc(CidrBlock="10.91.0.0/16")["Vpc"]["VpcId"]
+            far = zones[0] if placement == "same-cluster" else zones[1]
+            subnets = [
+                ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.91.{n}.0/24", AvailabilityZone=zone)["Subnet"]["SubnetId"]
+                for n, zone in ((1, zones[0]), (2, far))
+            ]
+            client_id, server_id = (
+                ec2.run_instances(
+                    ImageId=_default_image(ec2),
+                    MinCount=1,
+                    MaxCount=1,
+                    KeyName="bench",
+                    SubnetId=subnet,
+                    InstanceType=instance_type,
+                )["Instances"][0]["InstanceId"]
+                for subnet in subnets
+            )
+            ids = [server_id, client_id]
+            cloud.wait_booted(ids, timeout=boot_timeout)
+            booted_s = time.monotonic() - started
+            server, client = instance_remote(cloud, server_id), instance_remote(cloud, client_id)
+            for remote in (server, client):
+                remote.wait_ready(60)
+            yield PathUnderTest(
+                kind=KIND_OF_PLACEMENT[placement],
+                label=f"cloudlab vde, one VPC, {placement} (two clusters, cluster2 behind a NAT)",
+                built_by="cloudlab",
+                server=server,
+                client=client,
+                server_address=server.address,
+                extra={
+                    "instances": ids,
+                    "zones": [zones[0], far],
+                    "ready_s": round(time.monotonic() - started, 2),
+                    "boot_s": round(booted_s, 2),
+                },
+            )
+        finally:
+            servicectl.down(layout)

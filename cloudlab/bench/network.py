@@ -5,6 +5,11 @@ the same ``PathUnderTest``) is built once and measured ``repeats`` times: iperf3
 retransmits, ping RTT and loss, the machine's CPU. ``ratios`` compares paths (cloudlab against
 hand-built, direct against VDE) with the spread taken from the repeats.
 
+The VPC placements (``vpc_suite``, ``--vpc-only``): two instances of one VPC within one cluster and
+across two clusters of a vde cloud (the second behind a NAT, over the cable it dialled), beside the
+same cross-cluster path built by hand (``cloudlab.bench.handcables``), so the cross-cluster cost is a
+ratio of two paths measured in one run.
+
 ``python -m cloudlab.bench.network --output results`` runs the hand-built suite.
 """
 
@@ -24,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from cloudlab.bench import handmade
+from cloudlab.bench import handcables, handmade
 from cloudlab.bench.handmade import PathUnderTest
 from cloudlab.bench.measure import iperf, ping
 
@@ -176,7 +181,17 @@ def default_pairs(df: pd.DataFrame) -> list[tuple[str, str, str]]:
         for direct, vde in (("bridge", "vde"), ("vm-bridge", "vm-vde")):
             if f"{builder}:{direct}" in present and f"{builder}:{vde}" in present:
                 pairs.append((f"VDE penalty {builder} {direct}/{vde}", f"{builder}:{direct}", f"{builder}:{vde}"))
+    for name, num, den in VPC_PAIRS:
+        if num in present and den in present:
+            pairs.append((name, num, den))
     return pairs
+
+
+#: The VPC placements' ratios: what crossing clusters costs; cloudlab's cross-cluster path against the hand-built.
+VPC_PAIRS = (
+    ("VPC cross-cluster/same-cluster", "cloudlab:vm-vpc-cross-cluster", "cloudlab:vm-vpc-same-cluster"),
+    ("VPC cross-cluster cloudlab/hand", "cloudlab:vm-vpc-cross-cluster", "hand:vm-vde-nat-cable"),
+)
 
 
 def ratios(
@@ -280,6 +295,18 @@ def handmade_suite(
     return suite
 
 
+def vpc_suite(image: Any = None) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
+    """cloudlab's VPC pair within one cluster, then across clusters (through the NAT), then the same
+    cross-cluster path built by hand, measured one after the other (a drift in load hits them alike)."""
+    from cloudlab.bench.cloudpaths import cloud_vpc_pair
+
+    return [
+        functools.partial(cloud_vpc_pair, "same-cluster"),
+        functools.partial(cloud_vpc_pair, "cross-cluster"),
+        functools.partial(handcables.vms_vde_nat_cable, image),
+    ]
+
+
 def full_suite(
     hand: list[Callable[[], AbstractContextManager[PathUnderTest]]],
 ) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
@@ -291,7 +318,7 @@ def full_suite(
     for flavour, hand_kind in (("direct", handmade.vms_bridge), ("vde", handmade.vms_vde)):
         ordered.append(functools.partial(cloud_vms, flavour))
         ordered += [f for f in hand if getattr(f, "func", None) is hand_kind]
-    return ordered + [f for f in hand if f not in ordered]
+    return ordered + [f for f in hand if f not in ordered] + vpc_suite()
 
 
 def report_lines(summary: pd.DataFrame, pairs: dict[str, dict[str, Any]] | None = None) -> list[str]:
@@ -319,10 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", action="store_true", help="also ways to shrink VDE's cost (taps, queue, MTU)")
     parser.add_argument("--transports", default="unix,tcp,ssh,udp")
     parser.add_argument("--chart", action="store_true", help="also write PNG charts")
+    parser.add_argument("--vpc-only", action="store_true", help="only the VPC placements (same/cross-cluster, hand)")
     args = parser.parse_args(argv)
     transports = [t for t in args.transports.split(",") if t]
     suite = handmade_suite(include_vms=not args.no_vms, transports=transports, variants=args.variants)
-    if not args.no_cloud and not args.no_vms:
+    if args.vpc_only:
+        suite = vpc_suite()
+    elif not args.no_cloud and not args.no_vms:
         suite = full_suite(suite)
     df = run_paths(suite, repeats=args.repeats, duration_s=args.duration, streams=args.streams)
     files = write_results(df, args.output, "network")

@@ -19,26 +19,29 @@ group's gateway on its own link into that segment (a veth to the group's bridge,
 port of the group's VLAN on the first host's switch) and enforces the groups' ingress rules with
 nftables. Everything here is recreated from the plan the CLC sends, so applying the same plan twice
 changes nothing.
+
+Clusters of one cloud on vde with VPCs are joined by :mod:`cloudlab.cc.fabric`: the first host's switch then
+has *uplinks*, cables to other clusters' switches, which carry every VPC subnet's VLAN and are supervised
+here like the cables between hosts. The root namespace's routes and the sweep are in
+:mod:`cloudlab.cc.network_host`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import ipaddress
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudlab.cc import network_adoption
+from cloudlab.cc.network_host import free_underlay, host_routes, sweep
 from cloudlab.cc.vpc_routers import VpcRouters
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
@@ -47,7 +50,6 @@ from cloudlab.paths import StateLayout, outside_namespace_of
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 FLAVOURS = ("vde", "direct")
 #: Cable transports between hosts. (SSH cables work by hand, see the benchmark's cable paths, but on
@@ -139,6 +141,10 @@ class ClusterNetwork:
                 host.public_address = host.address
             self.hosts[node] = host
         self.gateway_plugs: dict[int, vde_plugs.TapPlug] = {}
+        #: Cables to other clusters' switches (cloudlab.cc.fabric), by peer cluster: (process, port on the first
+        #: host's switch). They carry every VPC subnet's VLAN.
+        self.uplinks: dict[str, tuple[Any, int]] = {}
+        self.edge: dict[str, Any] | None = None  # where the fabric put it on the WAN between clusters
         self.vpc_routers = VpcRouters(self)
         self.vlans: set[int] = set()
         self.public_ips: set[str] = set()
@@ -350,15 +356,7 @@ class ClusterNetwork:
             links.veth(first.namespace, f"t{vid}", router_ns, gateway_link)
             links.set_master(first.namespace, f"t{vid}", f"br{vid}")
         else:
-            for host in self.hosts.values():
-                assert host.switch is not None
-                host.switch.create_vlan(vid)
-                if host is first:
-                    trunk_ports = [CABLE_SWITCH_PORT_BASE + h.index for h in self.hosts.values() if h is not first]
-                else:
-                    trunk_ports = [CABLE_SWITCH_PORT_BASE]
-                for port in trunk_ports:
-                    host.switch.add_tagged(vid, port)
+            self.carry_segment(vid)
             assert first.switch is not None
             port = GATEWAY_SWITCH_PORT_BASE + index
             plug = vde_plugs.TapPlug(first.switch.sock, gateway_link, router_ns, port=port)
@@ -369,6 +367,51 @@ class ClusterNetwork:
             self.gateway_plugs[vid] = plug
         links.add_address(router_ns, gateway_link, gateway)
         self.vlans.add(vid)
+
+    def carry_segment(self, vid: int) -> None:
+        """VLAN ``vid`` on every switch, tagged on the cables between hosts and to other clusters (vde only):
+        all a cluster needs for a segment whose router is elsewhere (another cluster of the fabric)."""
+        first = next(iter(self.hosts.values()))
+        for host in self.hosts.values():
+            assert host.switch is not None
+            host.switch.create_vlan(vid)
+            if host is first:
+                trunk_ports = [CABLE_SWITCH_PORT_BASE + h.index for h in self.hosts.values() if h is not first]
+                trunk_ports += [port for _, port in self.uplinks.values()]
+            else:
+                trunk_ports = [CABLE_SWITCH_PORT_BASE]
+            for port in trunk_ports:
+                host.switch.add_tagged(vid, port)
+        self.vlans.add(vid)
+
+    def uplink_port(self, peer: str) -> int:
+        """The first host's switch port for the cable to cluster ``peer`` (after the cables between hosts)."""
+        used = {port for _, port in self.uplinks.values()}
+        if peer in self.uplinks:
+            return self.uplinks[peer][1]
+        first_free = CABLE_SWITCH_PORT_BASE + len(self.hosts) + 1
+        port = next((p for p in range(first_free, GATEWAY_SWITCH_PORT_BASE) if p not in used), None)
+        if port is None:
+            raise NetError(
+                f"cluster {self.cluster}: no switch port left for a cable to {peer}: fewer nodes or clusters"
+            )
+        return port
+
+    def add_uplink(self, peer: str, cable: Any, port: int) -> None:
+        """Supervise ``cable`` (to cluster ``peer``, on ``port``) and carry every segment already made over it."""
+        with self._lock:
+            self.uplinks[peer] = (cable, port)
+            first = next(iter(self.hosts.values()))
+            assert first.switch is not None
+            for vid in sorted(self.vlans):
+                first.switch.add_tagged(vid, port)
+
+    @property
+    def first_switch(self) -> vde.VdeSwitch:
+        switch = next(iter(self.hosts.values())).switch
+        if switch is None:
+            raise NetError(f"cluster {self.cluster} has no switch (its network is {self.flavour})")
+        return switch
 
     # -- what a node needs -----------------------------------------------------------------------------------
     def attachment(self, node: str, vlan: int) -> Attachment:
@@ -401,6 +444,8 @@ class ClusterNetwork:
                 found.append((f"cable {host.node}", cable))
         for vid, plug in sorted(self.gateway_plugs.items()):
             found.append((f"gateway plug {vid}", plug))
+        for peer, (cable, _port) in sorted(self.uplinks.items()):
+            found.append((f"cluster cable {peer}", cable))
         return found
 
     def supervise_once(self) -> list[str]:
@@ -432,6 +477,8 @@ class ClusterNetwork:
         if host is next(iter(self.hosts.values())):
             for plug in self.gateway_plugs.values():
                 plug.restart()
+            for cable, _port in self.uplinks.values():  # (the far end's dialer sees its cable drop and dials again)
+                cable.restart()
         for other in self.hosts.values():
             if other is not host:
                 for cable in other.cables:
@@ -460,6 +507,7 @@ class ClusterNetwork:
             "processes": [{"role": label} | proc.describe() for label, proc in self.processes()],
             "vlans": sorted(self.vlans),
             "vpc_routers": self.vpc_routers.describe(),
+            "edge": self.edge,
             "public_ips": sorted(self.public_ips),
             "history": self.history[-10:],
             "healthy": all(proc.alive() for _, proc in self.processes()),
@@ -474,6 +522,8 @@ class ClusterNetwork:
             except Exception as exc:
                 log.warning("stopping %s failed: %s", _label, exc)
         self.gateway_plugs = {}
+        self.uplinks = {}
+        self.edge = None
         for host in self.hosts.values():
             host.switch = None
             host.cables = []
@@ -483,75 +533,3 @@ class ClusterNetwork:
         self.vpc_routers.reset()
         self.public_ips.clear()
         self.built = False
-
-
-def host_routes(exclude: str | None = None) -> list[tuple[ipaddress.IPv4Network, str]]:
-    """The root namespace's IPv4 routes (not the default route, loopback or ``exclude``'s) with their devices."""
-    return _off_event_loop(lambda: _host_routes(exclude))
-
-
-def _host_routes(exclude: str | None) -> list[tuple[ipaddress.IPv4Network, str]]:
-    found = []
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for route in ipr.get_routes(family=2):
-            dst = route.get_attr("RTA_DST")
-            if dst is None:
-                continue  # the default route: cloudlab never sends there, so it cannot collide
-            net = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False)
-            dev = names.get(route.get_attr("RTA_OIF"), "?")
-            if dev != exclude and not net.is_loopback:
-                found.append((net, dev))
-    return found
-
-
-def free_underlay(prefix: str, prefer: str | None = None) -> ipaddress.IPv4Network:
-    """The first 10.253.N.0/24 no route of this host uses (so several clouds can run side by side), or
-    ``prefer`` (the underlay a killed run of this cloud left, see network_adoption) while no other route uses it."""
-    taken = [net for net, dev in host_routes(exclude=prefix)]
-    if prefer is not None:
-        try:
-            wanted = ipaddress.IPv4Network(prefer)
-        except ValueError:
-            wanted = None
-        if wanted is not None and not any(wanted.overlaps(t) for t in taken):
-            return wanted
-    for n in range(256):
-        candidate = ipaddress.IPv4Network(f"10.253.{n}.0/24")
-        if not any(candidate.overlaps(t) for t in taken):
-            return candidate
-    raise NetError("no free /24 in 10.253.0.0/16 for the underlay: pass --underlay CIDR")
-
-
-def _off_event_loop(fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a worker thread when this thread runs an asyncio loop (a Jupyter kernel's, say):
-    pyroute2's synchronous netlink sockets refuse to open inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn).result()
-
-
-def sweep(prefix: str) -> list[str]:
-    """Remove every namespace named ``<prefix>-*`` (killing what runs inside) and the root veth ``prefix``."""
-    return _off_event_loop(lambda: _sweep(prefix))
-
-
-def _sweep(prefix: str) -> list[str]:
-    removed = []
-    for name in netns.names(prefix + "-"):
-        netns.kill_all(name)
-        netns.remove(name)
-        removed.append(name)
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=prefix)
-        if found:
-            try:
-                ipr.link("del", index=found[0])
-                removed.append(prefix)
-            except NetlinkError as exc:
-                if exc.code != 19:
-                    raise
-    return removed

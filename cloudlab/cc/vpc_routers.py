@@ -8,6 +8,10 @@ other. The router forwards between its VPC's subnets and answers the metadata ad
 (169.254.169.254, on its ``lo``); the service listening there is started by whoever set
 ``on_router`` (the cloud service, which knows the instances). Everything is made from the plan, and
 applying a plan twice changes nothing.
+
+In a VDE fabric of several clusters (:mod:`cloudlab.cc.fabric`), a VPC has one router, on its home
+cluster; the plan of every other cluster names that home (``VpcRouter.home``), and there this class only
+makes the subnets' VLANs, which the cable to the home carries to the router.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ class VpcRouters:
     def apply(self, routers: tuple[VpcRouter, ...]) -> None:
         """Make a router for every VPC of the plan and a segment for every subnet (called under the network's lock)."""
         for router in routers:
+            if router.home:  # the router is on another cluster of the fabric: carry its subnets' VLANs there
+                for segment in router.subnets:
+                    if segment.vlan not in self.network.vlans:
+                        self.network.carry_segment(segment.vlan)
+                continue
             ns = self.namespaces.get(router.vpc_id)
             if ns is None:
                 ns = self._make(router)

@@ -282,6 +282,16 @@ class NetworkSync:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Send every cluster its plan once, then keep them in step in the background.
+
+        The first round is synchronous: the service writes its endpoint (and ``cloudlab up`` returns)
+        after this, so the VPC routers and gateways of a restarted cloud's running instances exist by
+        then and ``cloudlab ssh`` right after ``up`` finds them."""
+        for link in self.networks.clusters.with_network():
+            try:
+                self.sync(link.name, force=True)
+            except Exception as exc:  # a CC that does not answer yet gets it from the loop
+                log.warning("network of cluster %s not synchronised at start: %s", link.name, exc)
         if self.networks.clusters.with_network():
             self._thread = threading.Thread(target=self._loop, name="clc-network", daemon=True)
             self._thread.start()
@@ -300,7 +310,16 @@ class NetworkSync:
                     log.warning("network of cluster %s not synchronised: %s", link.name, exc)
 
     def sync(self, cluster: str, force: bool = False) -> bool:
-        """Send ``cluster``'s network plan to its CC if it changed (or ``force``); True if sent."""
+        """Send ``cluster``'s network plan to its CC if it changed (or ``force``); True if sent.
+
+        In a VDE fabric a cluster's VPC routers live on its home cluster, which is synchronised first (an
+        instance's gateway and metadata service must exist before its init asks for them)."""
+        home = self.networks.clc.service(VpcNetworks).home(cluster)
+        if home != cluster:
+            self._sync_one(home, force)
+        return self._sync_one(cluster, force)
+
+    def _sync_one(self, cluster: str, force: bool) -> bool:
         link = self.networks.clusters.get(cluster)
         if link is None or link.subnet is None:
             return False

@@ -7,6 +7,14 @@ its subnets' gateways, the network address + 1, and its metadata service). VPCs 
 so their ranges may overlap and they cannot reach each other. This module decides and records, from
 the database alone (so a restarted cloud rebuilds the same network); the cluster controller builds.
 
+On ``vde`` with several clusters the clusters' networks are one fabric (:mod:`cloudlab.cc.fabric`): the
+switches of every cluster are joined by cables to the first cluster's, so a VPC spans zones with one
+router, on the first cluster (its *home*), and its subnets are VLANs carried over the cables. Slots
+(and so VLAN numbers) are then the home's, one numbering for the whole fabric, and the other clusters'
+plans carry the same routers with ``home`` set: they make the VLANs, not the routers. (One router per
+VPC per cluster would need the clusters to agree on routes between their routers; one router is the
+simplest design that is honest about where a VPC's traffic goes: through the cables, to the home.)
+
 Not plumbed yet in this model (they work in Eucalyptus' managed mode): security-group filtering
 between instances, elastic addresses and traffic out of the VPC.
 """
@@ -58,21 +66,47 @@ class VpcNetworks:
     """Segments and routers of VPC subnets, per cluster (``clc.service(VpcNetworks)``)."""
 
     def __init__(self, clc: Any) -> None:
+        self.clc = clc
         self.store = clc.store
         self.store.ensure_schema(SCHEMA)
 
+    # -- the fabric ------------------------------------------------------------------------------------------
+    def fabric(self) -> list[str]:
+        """The clusters joined into one VDE fabric, home first (empty: every cluster plumbs its own)."""
+        members = [
+            link.name
+            for link in self.clc.clusters.all()
+            if link.vpc_network and link.subnet is not None and link.network == "vde"
+        ]
+        return members if len(members) > 1 else []
+
+    def home(self, cluster: str) -> str:
+        """The cluster whose network holds the routers of ``cluster``'s VPC subnets."""
+        fabric = self.fabric()
+        return fabric[0] if cluster in fabric else cluster
+
+    def peers(self, cluster: str) -> list[str]:
+        """The clusters whose instances ``cluster``'s routers serve (itself, or the whole fabric)."""
+        fabric = self.fabric()
+        return fabric if cluster in fabric else [cluster]
+
+    # -- allocation and reads ----------------------------------------------------------------------------------
     def allocate(self, db: sqlite3.Connection, cluster: str, vpc_id: str, subnet_id: str) -> None:
-        """Give the subnet its segment and its VPC its router in ``cluster`` (inside RunInstances' transaction)."""
-        _slot(db, "vpc_routers", "vpc_id", cluster, vpc_id, MAX_ROUTERS)
-        _slot(db, "subnet_segments", "subnet_id", cluster, subnet_id, MAX_SEGMENTS)
+        """Give the subnet its segment and its VPC its router, in ``cluster``'s home (inside RunInstances'
+        transaction)."""
+        home = self.home(cluster)
+        _slot(db, "vpc_routers", "vpc_id", home, vpc_id, MAX_ROUTERS)
+        _slot(db, "subnet_segments", "subnet_id", home, subnet_id, MAX_SEGMENTS)
 
     def nic(self, instance_id: str) -> NicPlan | None:
         """The NIC of a VPC instance whose cluster plumbs its subnet (None otherwise)."""
+        found = self.store.one("SELECT cluster FROM instances WHERE instance_id=?", (instance_id,))
+        if found is None:
+            return None
         row = self.store.one(
             "SELECT n.*, s.cidr, g.slot FROM network_interfaces n JOIN subnets s ON s.subnet_id = n.subnet_id"
-            " JOIN instances i ON i.instance_id = n.instance_id"
-            " JOIN subnet_segments g ON g.subnet_id = n.subnet_id AND g.cluster = i.cluster WHERE n.instance_id=?",
-            (instance_id,),
+            " JOIN subnet_segments g ON g.subnet_id = n.subnet_id AND g.cluster = ? WHERE n.instance_id=?",
+            (self.home(found["cluster"]), instance_id),
         )
         if row is None:
             return None
@@ -87,12 +121,14 @@ class VpcNetworks:
         )
 
     def routers(self, cluster: str) -> tuple[VpcRouter, ...]:
-        """Every VPC router of ``cluster`` with its subnets' segments (for the network plan)."""
-        routers = self.store.query("SELECT vpc_id, slot FROM vpc_routers WHERE cluster=? ORDER BY slot", (cluster,))
+        """Every VPC router of ``cluster`` with its subnets' segments (for the network plan); in a fabric, the
+        home's routers, with ``home`` naming it in the other clusters' plans."""
+        home = self.home(cluster)
+        routers = self.store.query("SELECT vpc_id, slot FROM vpc_routers WHERE cluster=? ORDER BY slot", (home,))
         segments = self.store.query(
             "SELECT g.subnet_id, g.slot, s.cidr, s.vpc_id FROM subnet_segments g JOIN subnets s"
             " ON s.subnet_id = g.subnet_id WHERE g.cluster=? ORDER BY g.slot",
-            (cluster,),
+            (home,),
         )
         by_vpc: dict[str, list[SubnetSegment]] = {}
         for seg in segments:
@@ -102,14 +138,17 @@ class VpcNetworks:
                     seg["subnet_id"], FIRST_SUBNET_VLAN + seg["slot"], seg["cidr"], str(net.network_address + 1)
                 )
             )
-        return tuple(VpcRouter(r["vpc_id"], r["slot"], tuple(by_vpc.get(r["vpc_id"], ()))) for r in routers)
+        elsewhere = "" if home == cluster else home
+        return tuple(VpcRouter(r["vpc_id"], r["slot"], tuple(by_vpc.get(r["vpc_id"], ())), elsewhere) for r in routers)
 
     def instance_at(self, cluster: str, vpc_id: str, private_ip: str) -> dict[str, Any] | None:
-        """The live instance of ``vpc_id`` in ``cluster`` at ``private_ip`` (for its VPC's metadata service)."""
+        """The live instance of ``vpc_id`` at ``private_ip`` that ``cluster``'s router of it serves (for its VPC's
+        metadata service; in a fabric, the home's router serves the instances of every cluster)."""
+        peers = self.peers(cluster)
         row = self.store.one(
             "SELECT i.* FROM network_interfaces n JOIN instances i ON i.instance_id = n.instance_id"
-            f" WHERE n.vpc_id=? AND n.private_ip=? AND i.cluster=? AND i.state IN {_LIVE}"
-            " ORDER BY i.launch_time DESC LIMIT 1",
-            (vpc_id, private_ip, cluster),
+            f" WHERE n.vpc_id=? AND n.private_ip=? AND i.cluster IN ({','.join('?' * len(peers))})"
+            f" AND i.state IN {_LIVE} ORDER BY i.launch_time DESC LIMIT 1",
+            (vpc_id, private_ip, *peers),
         )
         return dict(row) if row is not None else None

@@ -1,5 +1,10 @@
-"""The launcher: image, type, count, key pair, security group, network flavour, cluster; a Launch button,
-then one progress bar per instance (pending, running, boot marker)."""
+"""The launcher: image, type, count, key pair, security group, network flavour, cluster (its zone) and a
+subnet of that zone; a Launch button, then one progress bar per instance (pending, running, boot marker).
+
+The subnet choices follow the zone: picking another cluster lists that zone's subnets (of every VPC the
+user sees), so a subnet of another zone cannot be asked for by mistake; on a vde cloud of several clusters
+two launches into two zones' subnets of one VPC are that VPC spanning clusters.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from cloudlab.widgets._common import Panel
 NONE = "(none)"
 WAIT_CHOICES = [("the boot marker", "booted"), ("running", "running"), ("nothing (return at once)", "")]
 NETWORKS = ["any", "none", "vde", "direct"]
+DEFAULT_SUBNET = "(the zone's default subnet)"
 
 
 class Launcher(Panel):
@@ -33,6 +39,9 @@ class Launcher(Panel):
         )
         self.network = widgets.Dropdown(description="Network", options=NETWORKS, value="any", style=style)
         self.cluster = widgets.Dropdown(description="Cluster", options=[], style=style)
+        self.subnet = widgets.Dropdown(description="Subnet", options=[(DEFAULT_SUBNET, "")], value="", style=style)
+        self._subnets: list[dict[str, Any]] = []
+        self.cluster.observe(lambda _: self._show_subnets(), names="value")
         self.user_data = widgets.Textarea(description="User data", placeholder="#!/bin/sh ...", style=style)
         self.wait_for = widgets.Dropdown(description="Wait for", options=WAIT_CHOICES, value="booted", style=style)
         self.timeout = widgets.IntText(description="Timeout (s)", value=int(timeout), style=style)
@@ -49,7 +58,9 @@ class Launcher(Panel):
                 widgets.HBox(
                     [
                         widgets.VBox([self.image, self.instance_type, self.count, self.name, self.wait_for]),
-                        widgets.VBox([self.key_name, self.security_group, self.network, self.cluster, self.timeout]),
+                        widgets.VBox(
+                            [self.key_name, self.security_group, self.network, self.cluster, self.subnet, self.timeout]
+                        ),
                     ]
                 ),
                 self.user_data,
@@ -87,7 +98,9 @@ class Launcher(Panel):
         clusters = cloud.clusters()
         self.cluster.options = [(f"{r.cluster} ({r.zone}, network {r.network})", r.zone) for r in clusters.itertuples()]
         self._cluster_networks = dict(zip(clusters["zone"], clusters["network"], strict=True))
+        self._subnets = cloud.ec2.describe_subnets().get("Subnets", [])
         self.cluster.value = self.cluster.options[0][1] if self.cluster.options else None
+        self._show_subnets()
         self.key_name.value = ""
         self.security_group.value = ""
         if not options:
@@ -95,6 +108,21 @@ class Launcher(Panel):
         else:
             self.say("")
         return True
+
+    def _show_subnets(self) -> None:
+        """The subnets of the chosen zone (and the zone's default subnet, as EC2 picks without one)."""
+        zone = self.cluster.value
+        here = [s for s in self._subnets if s.get("AvailabilityZone") == zone]
+        here.sort(key=lambda s: (not s.get("DefaultForAz"), s.get("VpcId", ""), s.get("CidrBlock", "")))
+        self.subnet.options = [(DEFAULT_SUBNET, "")] + [
+            (
+                f"{s['SubnetId']} {s.get('CidrBlock', '')} ({s.get('VpcId', '')}"
+                + (", default)" if s.get("DefaultForAz") else ")"),
+                s["SubnetId"],
+            )
+            for s in here
+        ]
+        self.subnet.value = ""
 
     # -- launching -------------------------------------------------------------------------------------
     def request(self) -> dict[str, Any]:
@@ -118,7 +146,9 @@ class Launcher(Panel):
                     f"the cluster in {zone} runs --network {have}, not {self.network.value}: pick another cluster"
                     f" or restart the cloud with cloudlab up --network {self.network.value}"
                 )
+        extra = {"SubnetId": self.subnet.value} if self.subnet.value else {}  # (only the zone's are listed)
         return {
+            **extra,
             "count": int(count),
             "name": self.name.value.strip() or None,
             "image_id": self.image.value,

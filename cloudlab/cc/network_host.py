@@ -1,0 +1,93 @@
+"""The host side of a cluster network: the root namespace's routes (so ranges never collide with the host's),
+a free underlay, and the sweep that removes everything a cloud's networks made (``cloudlab down``, a rebuild).
+
+Split from :mod:`cloudlab.cc.network` (which re-exports these names) so that the cluster network reads as
+its build, plan, supervision and teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+from collections.abc import Callable
+from typing import TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cloudlab.net import NetError, netns
+
+T = TypeVar("T")
+
+
+def host_routes(exclude: str | None = None) -> list[tuple[ipaddress.IPv4Network, str]]:
+    """The root namespace's IPv4 routes (not the default route, loopback or ``exclude``'s) with their devices."""
+    return _off_event_loop(lambda: _host_routes(exclude))
+
+
+def _host_routes(exclude: str | None) -> list[tuple[ipaddress.IPv4Network, str]]:
+    found = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for route in ipr.get_routes(family=2):
+            dst = route.get_attr("RTA_DST")
+            if dst is None:
+                continue  # the default route: cloudlab never sends there, so it cannot collide
+            net = ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False)
+            dev = names.get(route.get_attr("RTA_OIF"), "?")
+            if dev != exclude and not net.is_loopback:
+                found.append((net, dev))
+    return found
+
+
+def free_underlay(prefix: str, prefer: str | None = None) -> ipaddress.IPv4Network:
+    """The first 10.253.N.0/24 no route of this host uses (so several clouds can run side by side), or
+    ``prefer`` (the underlay a killed run of this cloud left, see network_adoption) while no other route uses it."""
+    taken = [net for net, dev in host_routes(exclude=prefix)]
+    if prefer is not None:
+        try:
+            wanted = ipaddress.IPv4Network(prefer)
+        except ValueError:
+            wanted = None
+        if wanted is not None and not any(wanted.overlaps(t) for t in taken):
+            return wanted
+    for n in range(256):
+        candidate = ipaddress.IPv4Network(f"10.253.{n}.0/24")
+        if not any(candidate.overlaps(t) for t in taken):
+            return candidate
+    raise NetError("no free /24 in 10.253.0.0/16 for the underlay: pass --underlay CIDR")
+
+
+def _off_event_loop(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a worker thread when this thread runs an asyncio loop (a Jupyter kernel's, say):
+    pyroute2's synchronous netlink sockets refuse to open inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
+
+
+def sweep(prefix: str) -> list[str]:
+    """Remove every namespace named ``<prefix>-*`` (killing what runs inside) and the root veth ``prefix``."""
+    return _off_event_loop(lambda: _sweep(prefix))
+
+
+def _sweep(prefix: str) -> list[str]:
+    removed = []
+    for name in netns.names(prefix + "-"):
+        netns.kill_all(name)
+        netns.remove(name)
+        removed.append(name)
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=prefix)
+        if found:
+            try:
+                ipr.link("del", index=found[0])
+                removed.append(prefix)
+            except NetlinkError as exc:
+                if exc.code != 19:
+                    raise
+    return removed
