@@ -57,7 +57,10 @@ class NodeDisks:
         raise NotImplementedError
 
     def _not_found(self, instance_id: str) -> CloudError:
-        raise NotImplementedError
+        """What a call on an instance this node does not hold (or no longer: terminated meanwhile) raises."""
+        return CloudError(
+            "InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist on node {self.name}"
+        )
 
     @staticmethod
     def _scratch_disk(instance_dir: Path, size_gib: int) -> Path:

@@ -257,11 +257,6 @@ class NodeController(NodeDisks, NodeNics, NodePower):
             raise self._not_found(instance_id)
         return found[0]
 
-    def _not_found(self, instance_id: str) -> CloudError:
-        return CloudError(
-            "InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist on node {self.name}"
-        )
-
     def instances(
         self, only: set[str] | None = None, domains: dict[str, tuple[Any, dict[str, str]]] | None = None
     ) -> list[c.InstanceReport]:
