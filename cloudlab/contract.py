@@ -428,11 +428,38 @@ class VpcRouter:
 
 
 @dataclass(frozen=True)
+class FilterRule:
+    """One flow an instance's security groups allow: ``protocol`` (tcp, udp, icmp or -1) on ports
+    ``from_port``-``to_port`` (icmp: type and code, -1 = any), from (ingress) or to (egress) ``cidrs``, group
+    references already resolved to their members' addresses by the CLC (so the CC needs no records)."""
+
+    protocol: str
+    from_port: int | None
+    to_port: int | None
+    cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InstanceFilter:
+    """A VPC instance's security groups as one stateful filter on its port (see :mod:`cloudlab.net.instance_filters`).
+
+    ``vlan``: its subnet's segment; ``private_ip``: its address there (unique on the segment, VPC ranges may
+    overlap elsewhere); ``ingress``/``egress``: the union of its groups' rules.
+    """
+
+    instance_id: str
+    vlan: int
+    private_ip: str
+    ingress: tuple[FilterRule, ...] = ()
+    egress: tuple[FilterRule, ...] = ()
+
+
+@dataclass(frozen=True)
 class NetworkPlan:
     """Everything a cluster's router needs, derived from the CLC's records alone (applying it twice changes nothing).
 
     ``groups``/``rules``/``nats``: Eucalyptus' managed mode (a VLAN per security group); ``vpcs``: the VPC
-    subnets of a cluster whose network plumbs VPCs.
+    subnets of a cluster whose network plumbs VPCs, ``filters`` its instances' security groups.
     """
 
     cluster: str
@@ -440,6 +467,7 @@ class NetworkPlan:
     rules: tuple[IngressRule, ...] = ()
     nats: tuple[ElasticNat, ...] = ()
     vpcs: tuple[VpcRouter, ...] = ()
+    filters: tuple[InstanceFilter, ...] = ()  # VPC instances' security groups (network model vpc)
 
 
 @dataclass(frozen=True)
