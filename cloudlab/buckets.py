@@ -96,3 +96,33 @@ def publish_results(bucket: str, folder: str | Path, name: str, state: str | Non
     keys = upload_results(s3, bucket, folder, prefix)
     print(f"uploaded {len(keys)} file(s) to s3://{bucket}/{prefix}")
     return f"s3://{bucket}/{prefix}"
+
+
+def upload_image(cloud: Any, name: str, bucket: str, files: dict[str, Path], description: str = "") -> str:
+    """Put an image's files (role -> path: kernel, ramdisk, disk) into ``bucket`` under ``name/`` with a
+    manifest, and register the image from there (``RegisterImage ImageLocation=bucket/name/manifest.json``,
+    as Eucalyptus registered from Walrus). The bucket is made if it does not exist. Returns the AMI id."""
+    import hashlib
+    import json
+
+    from cloudlab.clc.bucket_images import MANIFEST_NAME, manifest
+
+    s3 = cloud.s3
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except s3.exceptions.ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
+            raise
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": cloud.region})
+    entries: dict[str, dict[str, Any]] = {}
+    for role, path in files.items():
+        key = f"{name}/{path.name}"
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        s3.upload_file(str(path), bucket, key)
+        entries[role] = {"key": key, "size": path.stat().st_size, "sha256": digest}
+    location = f"{bucket}/{name}/{MANIFEST_NAME}"
+    body = json.dumps(manifest(name, entries), indent=2).encode()
+    s3.put_object(Bucket=bucket, Key=f"{name}/{MANIFEST_NAME}", Body=body, ContentType="application/json")
+    reply = cloud.ec2.register_image(Name=name, ImageLocation=location, Description=description)
+    return str(reply["ImageId"])

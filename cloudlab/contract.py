@@ -41,6 +41,7 @@ from cloudlab.contract_storage import (  # noqa: F401 - re-exported: the contrac
     DiskOnNode,
     DiskPlan,
     Done,
+    ImportSnapshot,
     NbdExport,
     SnapshotMade,
     SnapshotRef,
@@ -180,6 +181,17 @@ class NicPlan:
 
 
 @dataclass(frozen=True)
+class FetchFile:
+    """A boot file the node fetches over HTTP (a presigned GET from Walrus) unless its cache holds
+    ``sha256`` already; the node boots only bytes whose digest it checked. ``role``: kernel or ramdisk."""
+
+    role: str
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class StartInstance:
     """Everything a node needs to define and start one instance.
 
@@ -200,6 +212,7 @@ class StartInstance:
     cmdline: str | None = None
     disks: tuple[DiskPlan, ...] = ()
     scratch_gib: int = 0
+    fetch: tuple[FetchFile, ...] = ()  # boot files kept in a bucket (``kernel``/``ramdisk`` are then "")
 
 
 @dataclass(frozen=True)
@@ -513,6 +526,7 @@ EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "clc")
 UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "clc")
 CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "clc")
 DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "clc")
+IMPORT_SNAPSHOT = _action("import_snapshot", ImportSnapshot, SnapshotMade, "clc")
 DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "clc")
 PAUSE_INSTANCE = _action("pause_instance", OnNode, InstanceState, "clc")
 RESUME_INSTANCE = _action("resume_instance", OnNode, InstanceState, "clc")
@@ -542,6 +556,7 @@ SC_EXPORT_VOLUME = _action("export_volume", VolumeRef, NbdExport, "cc")
 SC_UNEXPORT_VOLUME = _action("unexport_volume", VolumeRef, Done, "cc")
 SC_CREATE_SNAPSHOT = _action("create_snapshot", SnapshotRequest, SnapshotMade, "cc")
 SC_DELETE_SNAPSHOT = _action("delete_snapshot", SnapshotRef, Done, "cc")
+SC_IMPORT_SNAPSHOT = _action("import_snapshot", ImportSnapshot, SnapshotMade, "cc")
 SC_DESCRIBE_STORAGE = _action("describe_storage", Empty, StorageReport, "cc")
 
 CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
@@ -563,6 +578,7 @@ CLUSTER_ACTIONS: tuple[Action[Any, Any], ...] = (
     UNEXPORT_VOLUME,
     CREATE_SNAPSHOT,
     DELETE_SNAPSHOT,
+    IMPORT_SNAPSHOT,
     DESCRIBE_STORAGE,
     ATTACH_VOLUME,
     DETACH_VOLUME,
@@ -592,5 +608,6 @@ STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
     SC_UNEXPORT_VOLUME,
     SC_CREATE_SNAPSHOT,
     SC_DELETE_SNAPSHOT,
+    SC_IMPORT_SNAPSHOT,
     SC_DESCRIBE_STORAGE,
 )

@@ -59,6 +59,17 @@ class SnapshotRequest:
 
 
 @dataclass(frozen=True)
+class ImportSnapshot:
+    """Make snapshot ``snapshot_id`` from a disk image (``raw`` or ``qcow2``) fetched from ``url`` (a
+    presigned GET of the object in Walrus), of at most ``size`` bytes as fetched."""
+
+    snapshot_id: str
+    url: str
+    format: str
+    size: int
+
+
+@dataclass(frozen=True)
 class SnapshotRef:
     snapshot_id: str
 

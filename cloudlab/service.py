@@ -483,6 +483,10 @@ class CloudService:
             from cloudlab.api.s3.service import start_walrus
 
             self.walrus = start_walrus(self.layout, self.config, self.store, self.clc.users)
+            for cluster in self.clusters:  # nodes in their hosts' namespaces fetch images over the underlay
+                if cluster.network is not None:
+                    self.walrus.serve_cluster(cluster.name, cluster.network.root_address)
+            self.clc.objects = self.walrus.object_store()
         for cluster in self.clusters:
             cluster.cc.start()
         self.nodes_missing = self.wait_for_nodes()

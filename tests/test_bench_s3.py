@@ -19,7 +19,7 @@ def test_bench_s3_harness(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     (result_file,) = tmp_path.glob("bench-s3-*.json")
     result = json.loads(result_file.read_text())
     sides = {(r["side"], r["op"], r["size"], r["clients"]) for r in result["rows"]}
-    for side in ("walrus", "moto", "plain copy"):
+    for side in ("walrus", "moto", "plain copy", "loopback socket"):
         for op in ("PUT", "GET"):
             for size in ("4KiB", "1MiB"):
                 for clients in (1, 2):
@@ -36,5 +36,8 @@ def test_bench_s3_harness(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert all(
         r["bytes"] == r["ops"] * (4096 if r["size"] == "4KiB" else 1024**2) for r in result["rows"] if r["op"] != "LIST"
     )
+    wire = next(r for r in result["rows"] if (r["side"], r["op"], r["size"], r["clients"]) ==
+                ("loopback socket", "GET", "1MiB", 2))  # fmt: skip
+    assert summary["share_of_socket"] == round(walrus["MBps"] / wire["MBps"], 3)
     assert "x moto" in capsys.readouterr().out
     assert not list(tmp_path.glob(".s3-work-*"))  # the stores were removed

@@ -32,6 +32,7 @@ MissingAuthenticationToken 401, SignatureDoesNotMatch 403, IncompleteSignature a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -127,8 +128,9 @@ def _header_values(headers: Mapping[str, str]) -> dict[str, list[str]]:
 def _parse_amz_date(text: str, source: str) -> datetime:
     if _AMZ_DATE_RE.fullmatch(text) is None:
         raise _incomplete(f"{source} must be in ISO 8601 basic format, e.g. 20161115T120000Z; got {quote_value(text)}")
-    try:
-        return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    try:  # the digits are checked above; datetime() checks the ranges (strptime is 10x slower)
+        return datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]), int(text[11:13]),
+                        int(text[13:15]), tzinfo=UTC)  # fmt: skip
     except ValueError:
         raise _incomplete(f"{source} is not a valid date: {quote_value(text)}") from None
 
@@ -290,8 +292,11 @@ def _canonical_headers(names: list[str], headers: dict[str, list[str]]) -> str:
     return "".join(lines)
 
 
+@functools.lru_cache(maxsize=256)
 def signing_key(secret: str, scope_date: str, region: str, service: str) -> bytes:
-    """SigV4's derived key: HMAC chain over date, region, service and ``aws4_request``."""
+    """SigV4's derived key: HMAC chain over date, region, service and ``aws4_request``. It depends on
+    nothing else, so it is kept (as AWS's SDKs keep it) for the day's requests of each key: a request
+    still needs its own signature, computed with this key, to pass."""
     key = hmac.new(f"AWS4{secret}".encode(), scope_date.encode(), hashlib.sha256).digest()
     for part in (region, service, TERMINATOR):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()

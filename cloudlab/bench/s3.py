@@ -6,8 +6,11 @@ results' disk), moto's S3 server (``moto.server``, in memory) and the limit, a p
 bytes to and from files on the same disk (write + fsync, as Walrus's durability needs; read back).
 Every side is driven by the same lean client (``http.client``, SigV4 by botocore's signer with
 ``UNSIGNED-PAYLOAD``, bodies streamed from one buffer and read into one buffer), so the client's cost is
-the same on every side and small: what differs is the server. Nothing here asserts a time; the figures
-and ratios are for people to read (targets: >= 10x moto, large objects >= 50% of the plain copy).
+the same on every side and small: what differs is the server. A fourth side, ``loopback socket``, moves
+the same bytes over a bare loopback TCP connection with no protocol (into a file with fsync for PUT,
+``sendfile`` out of it for GET): the ceiling any HTTP server has on this machine, below the plain copy
+(which never crosses a socket). Nothing here asserts a time; the figures and ratios are for people to read
+(targets: >= 10x moto, large objects >= 50% of the plain copy).
 """
 
 from __future__ import annotations
@@ -188,6 +191,80 @@ def _plain(folder: Path, label: str, size: int, clients: int, count: int) -> lis
     return rows
 
 
+def _socket(folder: Path, label: str, size: int, clients: int, count: int) -> list[dict[str, Any]]:
+    """What any HTTP server could reach here: the same bytes over a loopback TCP connection and no protocol
+    at all (PUT: received into a file, fsync each; GET: ``sendfile`` from the file, received into a buffer),
+    the receiving or sending end in a process of its own (forked before the clock starts), as a server is."""
+    import multiprocessing
+    import socket
+
+    payload = memoryview(os.urandom(min(size, 64 * MIB)) * max(1, size // (64 * MIB)))[:size]
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for op in ("PUT", "GET"):
+
+        def serve(listener: socket.socket, path: Path, op: str = op) -> None:
+            conn, _ = listener.accept()
+            with conn:
+                for _ in range(count):
+                    if op == "PUT":
+                        fd, left, sink = (
+                            os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                            size,
+                            bytearray(MIB),
+                        )
+                        while left > 0 and (got := conn.recv_into(sink, min(MIB, left))) > 0:
+                            os.write(fd, memoryview(sink)[:got])
+                            left -= got
+                        os.fsync(fd)
+                        os.close(fd)
+                        conn.sendall(b"k")
+                    else:
+                        conn.recv(1)
+                        with open(path, "rb") as handle:
+                            conn.sendfile(handle, 0, size)
+
+        ends = []
+        for index in range(clients):
+            path = folder / f"{label}-{index}"
+            if op == "GET" and not path.exists():
+                path.write_bytes(payload)
+            listener = socket.create_server(("127.0.0.1", 0))
+            server = multiprocessing.get_context("fork").Process(target=serve, args=(listener, path), daemon=True)
+            server.start()
+            ends.append((listener, server, socket.create_connection(listener.getsockname())))
+
+        def work(index: int, op: str = op, ends: list[Any] = ends) -> int:
+            client, moved, sink = ends[index][2], 0, memoryview(bytearray(MIB))
+            for _ in range(count):
+                if op == "PUT":
+                    for start in range(0, size, MIB):
+                        client.sendall(payload[start : start + MIB])
+                    client.recv(1)
+                    moved += size
+                else:
+                    client.sendall(b"g")
+                    got = 0
+                    while got < size:
+                        got += client.recv_into(sink, min(MIB, size - got))
+                    moved += got
+            return moved
+
+        try:
+            seconds, moved = _in_threads(clients, work)
+        finally:
+            for listener, server, client in ends:
+                client.close()
+                server.join(timeout=60)
+                if server.is_alive():
+                    server.kill()
+                listener.close()
+        rows.append(_row("loopback socket", op, label, clients, count * clients, moved, seconds))
+    for path in folder.iterdir():
+        path.unlink()
+    return rows
+
+
 def _list(target: Target, bucket: str, keys: int, clients: int) -> dict[str, Any]:
     def work(_: int) -> int:
         client, token, seen = LeanClient(target), "", 0
@@ -303,7 +380,7 @@ def run_s3_benchmark(
     rows: list[dict[str, Any]] = []
     lists = {f"list-{n}": n for n in list_sizes}
     skipped: list[str] = []
-    for side in ("walrus", "moto", "plain copy"):
+    for side in ("walrus", "moto", "plain copy", "loopback socket"):
         for label, size in sizes.items():
             for n_clients in clients:
                 count = max(1, volume[label] // size)
@@ -313,6 +390,9 @@ def run_s3_benchmark(
                 if side == "plain copy":
                     progress(f"plain copy: {label} x {n_clients} clients")
                     rows += _plain(work_dir / "plain", label, size, n_clients, count)
+                if side == "loopback socket":
+                    progress(f"loopback socket: {label} x {n_clients} clients")
+                    rows += _socket(work_dir / "socket", label, size, n_clients, count)
     with tempfile.TemporaryDirectory(dir=work_dir) as walrus_root, walrus_server(Path(walrus_root), lists) as target:
         rows += _side(target, sizes, clients, volume, lists, progress, skip=())
     with tempfile.TemporaryDirectory(dir=work_dir) as moto_root, moto_server(Path(moto_root), lists) as target:
@@ -363,17 +443,23 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if plain is not None and plain[measure]:
             entry["plain"] = plain[measure]
             entry["share_of_plain"] = round(row[measure] / plain[measure], 3)
+        wire = index.get(("loopback socket", op, size, n_clients))
+        if wire is not None and wire[measure]:
+            entry["socket"] = wire[measure]
+            entry["share_of_socket"] = round(row[measure] / wire[measure], 3)
         out[key] = entry
     return out
 
 
 def report_lines(result: dict[str, Any]) -> list[str]:
-    lines = [f"{'S3 measurement':24} {'walrus':>12} {'moto':>12} {'x moto':>8} {'plain':>12} {'of plain':>9}"]
+    lines = [f"{'S3 measurement':24} {'walrus':>12} {'moto':>12} {'x moto':>8} {'plain':>12} {'of plain':>9}"
+             f" {'socket':>9} {'of socket':>9}"]  # fmt: skip
     for key, e in result["summary"].items():
         unit = "keys/s" if key.startswith("LIST") else "MB/s"
         lines.append(
             f"{key:24} {e['walrus']:>9} {unit:<2} {e.get('moto', '-'):>12} {e.get('ratio_to_moto', '-'):>8} "
-            f"{e.get('plain', '-'):>12} {e.get('share_of_plain', '-'):>9}"
+            f"{e.get('plain', '-'):>12} {e.get('share_of_plain', '-'):>9} {e.get('socket', '-'):>9}"
+            f" {e.get('share_of_socket', '-'):>9}"
         )
     lines += [f"skipped: {s}" for s in result.get("skipped", [])]
     return lines

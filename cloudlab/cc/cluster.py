@@ -82,6 +82,7 @@ class ClusterController:
             (c.UNEXPORT_VOLUME, c.SC_UNEXPORT_VOLUME),
             (c.CREATE_SNAPSHOT, c.SC_CREATE_SNAPSHOT),
             (c.DELETE_SNAPSHOT, c.SC_DELETE_SNAPSHOT),
+            (c.IMPORT_SNAPSHOT, c.SC_IMPORT_SNAPSHOT),
             (c.DESCRIBE_STORAGE, c.SC_DESCRIBE_STORAGE),
         ):
             dispatcher.serve(relayed, lambda r, m, to_sc=to_sc: self.storage_call(to_sc, r))

@@ -43,6 +43,7 @@ from cloudlab.clc.instances import TERMINATED_VISIBLE_S, InstanceRecords
 from cloudlab.clc.keypairs import KeyPairs
 from cloudlab.clc.lifecycle import InstanceLifecycle
 from cloudlab.clc.network import InstanceNetworks, NetworkSync
+from cloudlab.clc.objects import ObjectStore
 from cloudlab.clc.quotas import Quotas
 from cloudlab.clc.reconciler import Reconciler
 from cloudlab.clc.regions import DEFAULT_REGION, check_region
@@ -82,6 +83,8 @@ class CloudController:
         self.public_pool = public_pool
         self.users = Users(store, ca)
         self.images = images
+        # Walrus, once the service runs it (cloudlab.clc.objects): images and snapshots from buckets
+        self.objects: ObjectStore | None = None
         self.clusters = Clusters(store, region)
         self._services: dict[type, Any] = {}
         self._services_lock = threading.Lock()
@@ -103,6 +106,7 @@ class CloudController:
             nic_of=lambda instance_id: networks.port(instance_id) or self.service(VpcNetworks).nic(instance_id),
             before_start=self.network_sync.sync,
             disks_of=lambda instance_id: self.volume_work.disks_for_start(instance_id),
+            objects_of=lambda: self.objects,
         )
         self.lifecycle = InstanceLifecycle(store, self.records, self.clusters, images, self.dispatch, self.service)
         self.volume_work = VolumeWork(self)  # volumes and snapshots carried forward on the SC and nodes

@@ -17,7 +17,7 @@ from typing import Any
 
 from cloudlab import contract as c
 from cloudlab.clc.clusters import ClusterLink, Clusters
-from cloudlab.clc.images import Images
+from cloudlab.clc.images import BootFile, Images
 from cloudlab.clc.instances import InstanceRecords
 from cloudlab.clc.usage import NetworkBytes
 from cloudlab.errors import CloudError
@@ -44,6 +44,7 @@ class Dispatch:
         nic_of: Callable[[str], c.NicPlan | None],
         before_start: Callable[[str], Any],
         disks_of: Callable[[str], tuple[c.DiskPlan, ...]] = lambda instance_id: (),
+        objects_of: Callable[[], Any] = lambda: None,
         workers: int = 8,
     ) -> None:
         self.records = records
@@ -53,6 +54,7 @@ class Dispatch:
         self._nic_of = nic_of  # the instance's port, if its cluster has a network
         self._before_start = before_start  # (cluster) -> None: its router must know the instance first
         self._disks_of = disks_of  # the instance's volumes, made and exported (the root volume as vda)
+        self._objects_of = objects_of  # the object store (cloudlab.clc.objects.ObjectStore), if Walrus runs
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clc-dispatch")
         self._lock = threading.Lock()
         self._last_attempt: dict[str, float] = {}
@@ -118,15 +120,18 @@ class Dispatch:
         image = self.images.get(row["image_id"])
         if image is None:
             raise CloudError("InvalidAMIID.Unavailable", f"the image of {row['instance_id']} is gone")
-        kernel, ramdisk = self.images.files(image)
+        kernel, ramdisk = self.images.boot_files(image)
+        parts = (("kernel", kernel), ("ramdisk", ramdisk))
+        fetch = tuple(self._fetch(role, p, row["cluster"]) for role, p in parts if p is not None and p.path is None)
         disks = self._disks_of(row["instance_id"])
         on_volume = any(d.device == "vda" for d in disks)
         return c.StartInstance(
             instance_id=row["instance_id"],
             vcpus=row["vcpus"],
             memory_mb=row["memory_mb"],
-            kernel=str(kernel),
-            ramdisk=str(ramdisk) if ramdisk else None,
+            kernel=str(kernel.path or ""),
+            ramdisk=str(ramdisk.path or "") if ramdisk else None,
+            fetch=fetch,
             # An image's disk is the backing of the instance's root volume, never attached itself.
             disk=None,
             disks=disks,
@@ -137,6 +142,14 @@ class Dispatch:
             instance_type=row["instance_type"],
             nic=self._nic_of(row["instance_id"]),
         )
+
+    def _fetch(self, role: str, part: BootFile, cluster: str) -> c.FetchFile:
+        """A boot file kept in a bucket, as a URL the cluster's node can fetch it from (signed as its owner)."""
+        objects = self._objects_of()
+        if objects is None or part.bucket is None or part.key is None or part.sha256 is None:
+            raise CloudError("Unavailable", f"the {role} {part.image_id} is in a bucket and Walrus is not running")
+        url = objects.presign(part.owner, part.bucket, part.key, part.version_id, cluster)
+        return c.FetchFile(role, url, part.sha256, part.size)
 
     def _run(self, instance_id: str) -> None:
         row = self.records.get(instance_id)

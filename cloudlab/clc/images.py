@@ -41,6 +41,28 @@ class Image:
     created: float
 
 
+#: Kernels and ramdisks registered from a bucket: their bytes stay there, a node fetches them (by digest).
+OBJECTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS image_objects (
+    image_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, version_id TEXT,
+    size INTEGER NOT NULL, sha256 TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class BootFile:
+    """A kernel or ramdisk as a node gets it: a file the cloud holds (``path``), or an object to fetch."""
+
+    image_id: str
+    owner: str
+    sha256: str | None
+    path: Path | None = None
+    bucket: str | None = None
+    key: str | None = None
+    version_id: str | None = None
+    size: int = 0
+
+
 def _row_to_image(row: object) -> Image:
     return Image(**{name: row[name] for name in Image.__dataclass_fields__})  # type: ignore[index]
 
@@ -64,6 +86,7 @@ class Images:
         self._dir = images_dir
         # Where ordinary users may register from (see clc/uploads.py); the default is <state>/uploads.
         self.uploads = uploads or UploadPolicy(images_dir.parent / "uploads")
+        store.ensure_schema(OBJECTS_SCHEMA)
 
     def get(self, image_id: str) -> Image | None:
         row = self._store.one("SELECT * FROM images WHERE image_id=?", (image_id,))
@@ -121,7 +144,10 @@ class Images:
             if path is None:
                 continue
             digest = known.get(path) or file_sha256(path)
-            existing = self._store.one("SELECT image_id FROM images WHERE kind=? AND sha256=?", (kind, digest))
+            # (a part kept in a user's bucket is that user's, never shared with a registered file's image)
+            existing = self._store.one(
+                "SELECT image_id FROM images WHERE kind=? AND sha256=? AND path IS NOT NULL", (kind, digest)
+            )
             stored = self._store_file(path, digest)
             parts[kind] = (existing["image_id"] if existing else new_id(prefix), digest, stored)
         machine_id = new_id("ami")
@@ -269,10 +295,26 @@ class Images:
             db.execute("UPDATE images SET state='deregistered' WHERE image_id=?", (image_id,))
             Tags.remove_resource(db, image_id)
 
-    def files(self, image: Image) -> tuple[Path, Path | None]:
-        """The kernel and ramdisk paths that boot a machine image."""
-        kernel = self.get(image.kernel_id or "")
-        if kernel is None or not kernel.path:
+    def boot_files(self, image: Image) -> tuple[BootFile, BootFile | None]:
+        """The kernel and ramdisk that boot a machine image, each a file here or an object in a bucket."""
+        kernel = self._boot_file(image.kernel_id)
+        if kernel is None:
             raise CloudError("InvalidAMIID.Unavailable", f"image {image.image_id} has no kernel")
-        ramdisk = self.get(image.ramdisk_id) if image.ramdisk_id else None
-        return Path(kernel.path), Path(ramdisk.path) if ramdisk and ramdisk.path else None
+        return kernel, self._boot_file(image.ramdisk_id)
+
+    def _boot_file(self, image_id: str | None) -> BootFile | None:
+        part = self.get(image_id) if image_id else None
+        if part is None:
+            return None
+        if part.path:
+            return BootFile(part.image_id, part.owner, part.sha256, path=Path(part.path))
+        row = self._store.one("SELECT * FROM image_objects WHERE image_id=?", (part.image_id,))
+        if row is None:
+            return None
+        return BootFile(part.image_id, part.owner, row["sha256"], bucket=row["bucket"], key=row["key"],
+                        version_id=row["version_id"], size=row["size"])  # fmt: skip
+
+    def files(self, image: Image) -> tuple[Path | None, Path | None]:
+        """The kernel and ramdisk paths that boot a machine image (None for a part kept in a bucket)."""
+        kernel, ramdisk = self.boot_files(image)
+        return kernel.path, ramdisk.path if ramdisk else None

@@ -154,7 +154,7 @@ class InstanceLifecycle:
             raise CloudError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
         if image.state != "available":
             raise CloudError("InvalidAMIID.Unavailable", f"image {image_id} is {image.state}")
-        self.images.files(image)  # its kernel and ramdisk are registered, or a clear error now
+        self.images.boot_files(image)  # its kernel and ramdisk are registered, or a clear error now
         vm_type = get_vm_type(self.store, instance_type or DEFAULT_TYPE)
         self.clusters.for_zone(zone)  # a zone that does not exist is refused first
         launch = interfaces.for_launch(

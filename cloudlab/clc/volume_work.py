@@ -39,6 +39,7 @@ from typing import Any
 
 from cloudlab import contract as c
 from cloudlab.clc.ebs_images import EbsImages
+from cloudlab.clc.snapshot_imports import SnapshotImports
 from cloudlab.clc.snapshots import Snapshots
 from cloudlab.clc.volumes import Volumes
 from cloudlab.errors import CloudError
@@ -337,8 +338,15 @@ class VolumeWork:
             self.snapshots.set(row["snapshot_id"], ledger=False, state="deleted", deleted_at=time.time())
 
     def _snapshot(self, row: dict[str, Any]) -> c.SnapshotMade:
-        """Copy the volume on the SC; while a running guest uses it, with the guest paused (crash-consistent)."""
+        """Copy the volume on the SC; while a running guest uses it, with the guest paused (crash-consistent).
+        An imported snapshot (ImportSnapshot) is made from its disk image in the object store instead."""
         channel = self._channel(row["cluster"])
+        imports = self.clc.service(SnapshotImports)
+        imported = imports.request_for(row)
+        if imported is not None:
+            made = channel.ask(c.IMPORT_SNAPSHOT, imported)
+            imports.sized(row["snapshot_id"], made.size_bytes)
+            return made
         request = c.SnapshotRequest(row["snapshot_id"], row["volume_id"])
         volume = self.volumes.get(row["volume_id"]) or {}
         instance = self.clc.records.get(volume.get("instance_id") or "") or {}

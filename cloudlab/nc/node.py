@@ -35,6 +35,7 @@ from cloudlab.nc.domain_xml import (
     tap_of,
 )
 from cloudlab.nc.hypervisor import driver_kind, open_connection
+from cloudlab.nc.image_cache import ImageCache
 from cloudlab.nc.node_nics import NodeNics
 from cloudlab.nc.states import node_state
 from cloudlab.nc.templates import (
@@ -100,6 +101,7 @@ class NodeController(NodeDisks, NodeNics):
         self._accel_cache = accel_cache
         self._accel: str | None = "test" if self.kind == "test" else None
         node_dir.mkdir(parents=True, exist_ok=True)
+        self.image_cache = ImageCache(node_dir / "image-cache")  # boot files of images kept in buckets
         self.conn = open_connection(uri)
         info = self.conn.getInfo()
         host_memory_mb, host_cpus = int(info[1]), int(info[2])
@@ -368,8 +370,9 @@ class NodeController(NodeDisks, NodeNics):
         """
         instance_id = request.instance_id
         vcpus, memory_mb = request.vcpus, request.memory_mb
-        kernel = Path(request.kernel)
-        ramdisk = Path(request.ramdisk) if request.ramdisk else None
+        fetched = {wanted.role: self.image_cache.get(wanted) for wanted in request.fetch}  # before the lock: slow
+        kernel = fetched.get("kernel") or Path(request.kernel)
+        ramdisk = fetched.get("ramdisk") or (Path(request.ramdisk) if request.ramdisk else None)
         disk = Path(request.disk) if request.disk else None
         with self._lock:
             existing = self._own_domain(instance_id)

@@ -16,6 +16,7 @@ from cloudlab.ids import is_valid_id
 from cloudlab.rpc import Dispatcher
 from cloudlab.sc.exports import Exports
 from cloudlab.sc.files import RESERVE_BYTES, VolumeFiles
+from cloudlab.sc.imports import import_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class StorageController:
         dispatcher.serve(c.SC_UNEXPORT_VOLUME, lambda r, m: self.unexport_volume(r.volume_id))
         dispatcher.serve(c.SC_CREATE_SNAPSHOT, lambda r, m: self.create_snapshot(r))
         dispatcher.serve(c.SC_DELETE_SNAPSHOT, lambda r, m: self.delete_snapshot(r.snapshot_id))
+        dispatcher.serve(c.SC_IMPORT_SNAPSHOT, lambda r, m: self.import_snapshot(r))
         dispatcher.serve(c.SC_DESCRIBE_STORAGE, lambda r, m: self.describe())
 
     def _lock(self, key: str) -> threading.Lock:
@@ -87,6 +89,12 @@ class StorageController:
         with self._lock(request.volume_id):
             export = self.exports.current().get(request.volume_id)
             return self.files.take_snapshot(request.snapshot_id, request.volume_id, export)
+
+    def import_snapshot(self, request: c.ImportSnapshot) -> c.SnapshotMade:
+        """A snapshot made from a disk image in the object store (see ``sc/imports.py``)."""
+        self._check(request.snapshot_id, "snap")
+        with self._lock(request.snapshot_id):
+            return import_snapshot(self.files, request)
 
     def delete_snapshot(self, snapshot_id: str) -> c.Done:
         self._check(snapshot_id, "snap")

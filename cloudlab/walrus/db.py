@@ -12,9 +12,11 @@ Keys sort with SQLite's BINARY collation, which compares the UTF-8 bytes: exactl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +52,19 @@ CREATE TABLE IF NOT EXISTS quotas (user TEXT PRIMARY KEY, max_bytes INTEGER, max
 
 
 class MetaDB:
-    """A serialised writer connection and one reader connection per thread (as the CLC's store)."""
+    """A serialised writer connection and one reader connection per thread (as the CLC's store).
+
+    Writes are group-committed: each :meth:`transaction` body runs alone on the writer connection,
+    inside a savepoint of a transaction that stays open, and its caller waits, after the body, until
+    a COMMIT covering it is durable (``synchronous=FULL``). While one COMMIT's fsync runs, the bodies
+    that arrive meanwhile run into the next transaction, and one COMMIT (one fsync) then makes all of
+    them durable. A caller still hears of success only once its own write is on disk, a body that
+    fails is rolled back to its savepoint alone, and a COMMIT that fails fails every body it carried;
+    one writer alone commits at once, as before (nothing waits for company).
+    """
+
+    #: times a committer yields so that bodies already waiting for the writer join its COMMIT
+    JOIN_YIELDS = 16
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -59,9 +73,18 @@ class MetaDB:
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one body (or one COMMIT) at a time on the writer connection
         self._local = threading.local()
         self._writer: int | None = None
+        self._state = threading.Condition(threading.Lock())
+        self._entering = 0  # bodies waiting for the writer
+        self._open = False  # a transaction is open on the writer connection
+        self._pending = 0  # bodies in it that succeeded, waiting for its COMMIT
+        self._batch = 0  # the number of the transaction bodies join now
+        self._durable = -1  # the last batch committed (or failed)
+        self._committing = False
+        self._failed: dict[int, BaseException] = {}
+        self.commits = 0  # COMMITs made (each one fsync): bodies / commits is the batching achieved
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -71,18 +94,83 @@ class MetaDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            outer, self._writer = self._writer, threading.get_ident()
-            try:
+        me = threading.get_ident()
+        if self._writer == me:  # nested in a body of this thread: part of it
+            with self._savepoint():
                 yield self._db
+            return
+        with self._state:
+            self._entering += 1
+        with self._lock:
+            with self._state:
+                self._entering -= 1
+            if not self._open:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._open = True
+            self._writer = me
+            try:
+                with self._savepoint():
+                    yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._pending == 0:  # nothing else rides on this transaction: end it
+                    self._db.execute("ROLLBACK")
+                    self._open = False
                 raise
-            else:
-                self._db.execute("COMMIT")
             finally:
-                self._writer = outer
+                self._writer = None
+            self._pending += 1
+            ticket = self._batch
+        self._make_durable(ticket)
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        self._db.execute("SAVEPOINT body")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO body")
+            self._db.execute("RELEASE body")
+            raise
+        self._db.execute("RELEASE body")
+
+    def _make_durable(self, ticket: int) -> None:
+        """Return once batch ``ticket`` is committed (raise if its COMMIT failed): commit it ourselves
+        unless another thread is committing, in which case wait for that one and look again."""
+        while True:
+            with self._state:
+                if self._durable >= ticket:
+                    error = self._failed.get(ticket)
+                    if error is not None:
+                        raise error
+                    return
+                if self._committing:
+                    self._state.wait()
+                    continue
+                self._committing = True
+            for _ in range(self.JOIN_YIELDS):  # bodies already queued for the writer join this COMMIT
+                if self._entering == 0:
+                    break
+                time.sleep(0)
+            error: BaseException | None = None
+            with self._lock:
+                batch, self._batch = self._batch, self._batch + 1
+                if self._open:
+                    try:
+                        self._db.execute("COMMIT")
+                        self.commits += 1
+                    except BaseException as exc:  # noqa: BLE001 - handed to every body of the batch
+                        error = exc
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    self._open, self._pending = False, 0
+            with self._state:
+                self._durable = batch
+                if error is not None:
+                    self._failed[batch] = error
+                    for old in [b for b in self._failed if b < batch - 64]:
+                        del self._failed[old]
+                self._committing = False
+                self._state.notify_all()
 
     def _reader(self) -> sqlite3.Connection:
         if self._writer == threading.get_ident():

@@ -7,6 +7,7 @@ from typing import Any
 from cloudlab.api import enrich, filters, views
 from cloudlab.api.actions import Context, action, owner_ids
 from cloudlab.api.errors import ApiError, quote_value
+from cloudlab.clc.bucket_images import BucketImages, is_bucket_location
 from cloudlab.clc.ebs_images import EbsImages
 from cloudlab.ids import is_valid_id
 
@@ -82,7 +83,9 @@ def register_image(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
             ctx.user, name, req["KernelId"], req.get("RamdiskId"), root_snapshot, description
         )
         return {"ImageId": image_id}
-    if req.get("ImageLocation"):
+    if req.get("ImageLocation") and is_bucket_location(req["ImageLocation"]):
+        image = ctx.clc.service(BucketImages).register(ctx.user, name, req["ImageLocation"], description)
+    elif req.get("ImageLocation"):
         image = images.register_location(
             ctx.user.name, name, req["ImageLocation"], description, admin=ctx.user.is_admin
         )
@@ -97,7 +100,7 @@ def register_image(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ApiError(
             "MissingParameter",
-            "RegisterImage needs ImageLocation (a folder the cloud can read with "
+            "RegisterImage needs ImageLocation (BUCKET/NAME/manifest.json, or a folder the cloud can read with "
             "vmlinuz, initrd.img, disk.img) or KernelId (and RamdiskId) of registered images",
         )
     return {"ImageId": image.image_id}

@@ -31,6 +31,15 @@ class S3Call:
     stream: Any = None  # set by GetObject: the ObjectData to send and its range
 
     owners: dict[str, dict[str, str]] = field(default_factory=dict)
+    buckets: dict[str, Any] = field(default_factory=dict)
+
+    def bucket(self, name: str) -> Any:
+        """The bucket's record, read once per request (its versioning and owner for the answer's headers
+        and the ledger): a request's answer describes one state of its bucket."""
+        found = self.buckets.get(name)
+        if found is None:
+            found = self.buckets[name] = self.walrus.bucket(name)
+        return found
 
     def owner(self, name: str) -> dict[str, str]:
         """S3's Owner element for a user of the cloud (looked up once per request and name)."""

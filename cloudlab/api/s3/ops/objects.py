@@ -47,7 +47,7 @@ def checksum_fields(version: ObjectVersion) -> dict[str, Any]:
 
 
 def _versioning(call: S3Call, bucket: str) -> str:
-    return call.walrus.bucket(bucket).versioning
+    return call.bucket(bucket).versioning
 
 
 def _conditions(p: dict[str, Any], prefix: str = "") -> Conditions | None:
@@ -116,7 +116,7 @@ def get_object(call: S3Call) -> dict[str, Any]:
                 if name.startswith("Checksum"):
                     del out[name]
     call.stream = (data, first, last)
-    call.walrus.count_out(call.walrus.bucket(version.bucket).owner, last - first + 1)
+    call.walrus.count_out(call.bucket(version.bucket).owner, last - first + 1)
     return out
 
 
