@@ -109,6 +109,7 @@ def segment() -> Iterator[dict[str, str]]:
 def test_ruleset_loads_in_nft_check_mode(segment: dict[str, str]) -> None:
     text = instance_filters.ruleset(filters([allow("tcp", 22, 22, "0.0.0.0/0")], [allow("icmp", -1, -1, A)]))
     firewall.check(segment["h"], text)
+    firewall.check(segment["h"], instance_filters.ruleset(filters([], []), ports={"i-a": ("vb80", 80)}))
     assert "cloudlab_sg" not in firewall.listing(segment["h"]), "check mode changes nothing"
     firewall.check(segment["h"], instance_filters.ruleset([]))
 
@@ -148,3 +149,13 @@ def test_filters_are_stateful_per_instance_ingress_and_egress(segment: dict[str,
     assert connects(a, B, 8080), "an egress rule for b's port alone"
     assert links.ping(a, GATEWAY, count=1, timeout=0.5) == 0, "and nothing else"
     assert firewall.listing(h).count("table inet cloudlab_sg ") == 1, "apply replaces, never duplicates"
+
+
+def test_instances_with_bridges_of_their_own() -> None:
+    """On vde each NIC has its own bridge ``vb<port>`` (the node's NC knows it): the filter and zone go there."""
+    text = instance_filters.ruleset(filters([EVERYWHERE], []), ports={"i-a": ("vb80", 80), "i-b": ("vb81", 81)})
+    assert 'iifname "vb80" ct zone set 80' in text and 'iifname "vb81" ct zone set 81' in text
+    assert f'iifname "vb80" ip saddr {A} jump out_0' in text and f'oifname "vb81" ip daddr {B} jump in_1' in text
+    assert f"br{VLAN}" not in text
+    with pytest.raises(NetError, match="bad bridge"):
+        instance_filters.ruleset(filters([], []), ports={"i-a": ("vb 80; drop", 80)})

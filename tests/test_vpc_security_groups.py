@@ -1,4 +1,4 @@
-"""VPC security groups enforced on instances' ports (direct network, ``network_model: vpc``).
+"""VPC security groups enforced on instances' ports (``network_model: vpc``).
 
 First from the records to the host's nftables table (libvirt's test driver: no guests, real namespaces): the
 rules of an instance's groups, group references resolved to members' addresses, changes reaching the host while
@@ -19,7 +19,7 @@ from cloudlab import servicectl
 from cloudlab.client import connect
 from cloudlab.net import firewall, netns
 from cloudlab.waiting import WaitTimeout, wait_until
-from tests.clouds import RunningCloud, default_image, start_cloud, vm_requirements
+from tests.clouds import RunningCloud, default_image, network_requirements, start_cloud
 
 SYNC_BOUND_S = 10.0  # how long a change may take to reach the host before a test gives up (promised: ~1 s)
 
@@ -95,14 +95,16 @@ def test_groups_reach_the_host_as_filters_of_running_instances(cloud_factory: An
 
 
 # -- real VMs ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    reason = vm_requirements()
+@pytest.fixture(scope="module", params=["direct", "vde"])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Two instances of one subnet, on direct (the host's bridge holds their taps) and on vde (each NIC has a
+    bridge of its own, ``vb<port>``, where the node applies the filter)."""
+    reason = network_requirements()
     if reason:
         pytest.skip(reason)
     cloud = start_cloud(
         tmp_path_factory.mktemp("vpcsg") / "state",
-        network="direct",
+        network=request.param,
         network_model="vpc",
         node_vcpus=4,
         node_memory_mb=1024,

@@ -48,6 +48,7 @@ class ClusterController:
         self.name = name
         self.policy = load_policy(policy) if isinstance(policy, str) else policy
         self.registry = NodeRegistry(heartbeat_s, dead_after_s)
+        self._sent_port_filters = False  # whether the nodes hold VPC instance filters (vde: see _send_port_filters)
         self._signer = signer
         self._verifier = verifier
         self._schedule_lock = threading.Lock()
@@ -250,7 +251,22 @@ class ClusterController:
             self.network.apply(plan)
         except NetError as exc:
             raise CloudError("InvalidParameterValue", str(exc)) from exc
+        if self.network.flavour == "vde" and (plan.filters or self._sent_port_filters):
+            self._send_port_filters(plan.filters)
         return c.NetworkApplied(applied=True)
+
+    def _send_port_filters(self, filters: tuple[c.InstanceFilter, ...]) -> None:
+        """On vde an instance's port is a bridge its NC made (``vb<port>``): every node gets the cluster's VPC
+        instance filters and applies its own instances' (each plan the CLC sends, so at least every resync)."""
+        for name in self.registry.names():
+            entry = self.registry.entry(name)
+            if entry is None:
+                continue
+            try:
+                entry.channel.ask(c.NODE_PORT_FILTERS, c.PortFilters(filters), timeout=5.0)
+            except Exception as exc:  # a dead node gets them again with the next plan
+                log.warning("node %s did not take the security-group filters: %s", name, exc)
+        self._sent_port_filters = bool(filters)
 
     # -- reports -----------------------------------------------------------------------------------------------
     def describe_cluster(self, after: int = 0, wait_s: float = 0.0) -> c.ClusterReport:

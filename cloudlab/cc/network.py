@@ -335,8 +335,8 @@ class ClusterNetwork:
     def _apply_filters(self, plan: NetworkPlan) -> None:
         """VPC instances' security groups, on the host whose bridges hold their taps (direct: the one host).
 
-        On vde an instance's NIC is plugged into the switch by QEMU's or a plug's user-space socket, so no
-        kernel hook sees its packets: its groups are not enforced there yet (see the README)."""
+        On vde each NIC has a bridge of its own that only its node knows (``vb<port>``): the nodes apply the
+        filters there (:meth:`cloudlab.cc.cluster.ClusterController._send_port_filters`)."""
         if self.flavour != "direct" or not (plan.filters or self.filtering):
             return
         host = next(iter(self.hosts.values())).namespace

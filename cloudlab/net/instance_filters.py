@@ -14,6 +14,11 @@ segment's bridge plus its private address (unique on the segment; VPC ranges may
 each segment's packets are tracked in a conntrack zone of their own (the VLAN number), so two VPCs using the
 same addresses never share a connection entry.
 
+On ``vde`` an instance's NIC passes through the kernel too: a bridge of its own, ``vb<port>``, holds
+libvirt's tap and the tap of the ``vde_plug`` that joins it to the switch (:mod:`cloudlab.nc.vde_nics`). Its
+node's NC, the only one that knows the port, applies the same table in its host namespace with that bridge
+and a zone per port; a packet between two instances crosses both bridges, each filtering its own instance.
+
 What (EC2's semantics): a packet to an instance is accepted if it belongs to a tracked connection or one of
 the instance's groups' ingress rules allows it; everything else to it is dropped. A packet from an instance
 must pass its egress rules first (a group's default egress rule allows everything), then the receiver's
@@ -28,6 +33,8 @@ packet sees a half-applied set. Not filtered: IPv6 (VPCs here have no IPv6 range
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections.abc import Mapping
 
 from cloudlab.contract import FilterRule, InstanceFilter
 from cloudlab.net import NetError
@@ -85,7 +92,7 @@ def _rule_line(rule: FilterRule, direction: str, verdict: str, where: str) -> st
 def _chain(instance: InstanceFilter, index: int, direction: str) -> list[str]:
     where = f"{direction} of {instance.instance_id}"
     name = f"{'in' if direction == 'ingress' else 'out'}_{index}"
-    lines = [f"  chain {name} {{", f"    # {where} ({instance.private_ip} on {bridge_of(instance.vlan)})"]
+    lines = [f"  chain {name} {{", f"    # {where} ({instance.private_ip}, segment {instance.vlan})"]
     if direction == "egress":  # allowed egress goes on to the receiver's ingress check (in forward)
         lines.append(f"    ip daddr {METADATA_ADDRESS} return")
         rules, verdict = instance.egress, "return"
@@ -96,26 +103,36 @@ def _chain(instance: InstanceFilter, index: int, direction: str) -> list[str]:
     return lines
 
 
-def ruleset(filters: list[InstanceFilter], table: str = TABLE) -> str:
-    """The nftables text of every instance filter of one host (table ``inet TABLE``; empty chains if none)."""
-    seen: set[tuple[int, str]] = set()
+def ruleset(
+    filters: list[InstanceFilter], table: str = TABLE, ports: Mapping[str, tuple[str, int]] | None = None
+) -> str:
+    """The nftables text of every instance filter of one host (table ``inet TABLE``; empty chains if none).
+
+    ``ports``: each instance's bridge and conntrack zone where it has a bridge of its own (vde: ``vb<port>``,
+    zone = the port); else its segment's bridge ``br<vlan>``, zone = the VLAN (direct)."""
+    ports = ports or {}
+    seen: set[tuple[str, str]] = set()
+    where: list[tuple[str, int]] = []
     for f in filters:
         if not 1 <= int(f.vlan) <= 4094:
             raise NetError(f"instance {f.instance_id}: VLAN {f.vlan} out of range, use 1-4094")
-        key = (f.vlan, _address(f.private_ip, f"instance {f.instance_id}"))
+        bridge, zone = ports.get(f.instance_id, (bridge_of(f.vlan), f.vlan))
+        if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", bridge) or not 1 <= int(zone) <= 65535:
+            raise NetError(f"instance {f.instance_id}: bad bridge {bridge!r} or zone {zone}")
+        key = (bridge, _address(f.private_ip, f"instance {f.instance_id}"))
         if key in seen:
-            raise NetError(f"instance {f.instance_id}: {f.private_ip} on segment {f.vlan} is listed twice")
+            raise NetError(f"instance {f.instance_id}: {f.private_ip} on {bridge} is listed twice")
         seen.add(key)
-    vlans = sorted({f.vlan for f in filters})
+        where.append((bridge, int(zone)))
     out = [f"table inet {table} {{"]
     out += ["  chain zones {", "    type filter hook prerouting priority raw; policy accept;"]
-    out += [f'    iifname "{bridge_of(v)}" ct zone set {v}' for v in vlans] + ["  }"]
+    out += [f'    iifname "{b}" ct zone set {z}' for b, z in sorted(set(where))] + ["  }"]
     out += ["  chain forward {", "    type filter hook forward priority filter; policy accept;"]
     out.append("    ct state established,related accept")
     for i, f in enumerate(filters):
-        out.append(f'    iifname "{bridge_of(f.vlan)}" ip saddr {f.private_ip} jump out_{i}')
+        out.append(f'    iifname "{where[i][0]}" ip saddr {f.private_ip} jump out_{i}')
     for i, f in enumerate(filters):
-        out.append(f'    oifname "{bridge_of(f.vlan)}" ip daddr {f.private_ip} jump in_{i}')
+        out.append(f'    oifname "{where[i][0]}" ip daddr {f.private_ip} jump in_{i}')
     out.append("  }")
     for i, f in enumerate(filters):
         out += _chain(f, i, "egress") + _chain(f, i, "ingress")
