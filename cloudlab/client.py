@@ -256,12 +256,19 @@ class Cloud:
         return servicectl.service_status(self.layout)  # signed with the admin's key: the status is the admin's
 
     def clusters(self) -> pd.DataFrame:
-        """One row per cluster: its name, availability zone and network flavour (none, vde, direct)."""
+        """One row per cluster: name, zone and its state, scheduler, network flavour and health, NAT, nodes by state."""
         return listings.clusters_frame(self.status())
 
     def nodes(self) -> pd.DataFrame:
-        """One row per node: its cluster, whether it is alive, free and total vCPUs and memory, instances."""
+        """One row per node: its cluster and zone, its state (``up``, ``powered-off``, ``waking``, ``dead``),
+        free and total vCPUs and memory, instances."""
         return listings.nodes_frame(self.status())
+
+    def node_usage(self, *, since: Any = None, until: Any = None) -> pd.DataFrame:
+        """Each node's powered-on and powered-off hours (``cloudlab.usage_frames.fetch_node_usage``)."""
+        from cloudlab.usage_frames import fetch_node_usage
+
+        return fetch_node_usage(self.boto3_kwargs(), since=since, until=until)
 
     def usage(self, *, user: str | None = None, since: Any = None, until: Any = None, by: str = "user") -> pd.DataFrame:
         """Instance-hours, vCPU-hours, GB-hours and network bytes (``cloudlab.usage_frames.fetch_usage``)."""

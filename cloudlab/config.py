@@ -22,7 +22,11 @@ CHOICES = {
     "launch": ("restore", "boot"),
 }
 MINIMUM = {"nodes": 1, "clusters": 1, "api_port": 0, "node_vcpus": 1, "node_memory_mb": 1, "heartbeat_s": 0.01,
-           "image_max_mb": 1, "terminated_visible_s": 0}  # fmt: skip
+           "image_max_mb": 1, "terminated_visible_s": 0, "powersave_idle_s": 0.1, "powersave_wake_s": 0}  # fmt: skip
+# What ``cluster_settings`` may set for one cluster (``{"cluster2": {"nodes": 3, "nat": true}}``), each over the
+# cloud-wide field of the same name; ``nat: true`` (the cluster's site behind a NAT) names it in ``nat_clusters``.
+CLUSTER_FIELDS: dict[str, Any] = {"nodes": int, "node_vcpus": int, "node_memory_mb": int, "scheduler": str,
+                                  "powersave_idle_s": float, "nat": bool}  # fmt: skip
 MAXIMUM = {"api_port": 65535}
 
 
@@ -38,7 +42,11 @@ class CloudConfig:
     nodes: int = 1  # per cluster
     clusters: int = 1  # cluster1 .. clusterN, each its own availability zone (<region>a, <region>b, ...)
     network: str = "none"
-    scheduler: str = "GREEDY"
+    scheduler: str = "GREEDY"  # each cluster's node policy (GREEDY, ROUNDROBIN, POWERSAVE or module:Class)
+    zone_policy: str = "FIRST"  # the CLC's cluster policy when a request names no zone (cloudlab/clc/placement.py)
+    # POWERSAVE: a node idle this long is powered down; a woken one takes powersave_wake_s to boot.
+    powersave_idle_s: float = 300.0
+    powersave_wake_s: float = 2.0
     cluster: str = "cluster1"
     region: str = DEFAULT_REGION
     api_host: str = "127.0.0.1"
@@ -72,7 +80,15 @@ class CloudConfig:
     image_max_mb: int = 16384
     # DescribeInstances shows a terminated instance this long (EC2: about an hour); its record stays.
     terminated_visible_s: float = 3600.0
+    # Per-cluster settings over the cloud-wide ones, by cluster name (see CLUSTER_FIELDS).
+    cluster_settings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A cluster's own ``"nat": true`` is the same as naming it in ``nat_clusters`` (``--nat-cluster``): one
+        # list, which the fabric builds and checks (cloudlab/cc/fabric.py).
+        own = [c for c, s in self.cluster_settings.items() if isinstance(s, dict) and s.get("nat") is True]
+        self.nat_clusters = [*self.nat_clusters, *(c for c in own if c not in self.nat_clusters)]
 
     @property
     def zone(self) -> str:
@@ -107,13 +123,50 @@ class CloudConfig:
                 problem = _field_problem(name, hints[name], value)
                 if problem:
                     raise ConfigError(f"{path}: field {name!r} {problem}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        problem = config.cluster_settings_problem()
+        if problem:
+            raise ConfigError(f"{path}: field 'cluster_settings' {problem}")
+        return config
+
+    def cluster_settings_problem(self) -> str | None:
+        """Why ``cluster_settings`` cannot be used (an unknown cluster or setting, a bad value), or None."""
+        names = self.cluster_names()
+        for cluster, settings in self.cluster_settings.items():
+            if cluster not in names:
+                return f"names {cluster!r}, which is not a cluster of this cloud ({', '.join(names)})"
+            if not isinstance(settings, dict):
+                return f"of {cluster} must be an object, not {json.dumps(settings)[:40]}"
+            for key, value in settings.items():
+                kind = CLUSTER_FIELDS.get(key)
+                if kind is None:
+                    return f"of {cluster}: {key!r} is not a per-cluster setting ({', '.join(CLUSTER_FIELDS)})"
+                if kind is bool:
+                    if not isinstance(value, bool):
+                        return f"of {cluster}: {key!r} must be true or false, not {json.dumps(value)[:40]}"
+                    if value is False and cluster in self.nat_clusters:
+                        return f"of {cluster}: 'nat' is false, but nat_clusters (--nat-cluster) names {cluster}"
+                    continue
+                problem = _field_problem(key, kind, value)
+                if problem:
+                    return f"of {cluster}: {key!r} {problem}"
+        return None
+
+    def setting(self, cluster_index: int, key: str) -> Any:
+        """``key`` for the ``cluster_index``-th cluster: its own setting, else the cloud-wide one (``nat``: whether
+        it is in ``nat_clusters``)."""
+        name = self.cluster_names()[cluster_index]
+        if key == "nat":
+            return name in self.nat_clusters
+        own = self.cluster_settings.get(name, {})
+        return own[key] if key in own else getattr(self, key)
 
     def node_names(self, cluster_index: int = 0) -> list[str]:
         """The nodes of the ``cluster_index``-th cluster (``node-01``...; ``cluster2-node-01``... after the first)."""
-        width = max(2, len(str(self.nodes)))
+        count = self.setting(cluster_index, "nodes")
+        width = max(2, len(str(count)))
         prefix = "" if cluster_index == 0 else f"{self.cluster_names()[cluster_index]}-"
-        return [f"{prefix}node-{i:0{width}d}" for i in range(1, self.nodes + 1)]
+        return [f"{prefix}node-{i:0{width}d}" for i in range(1, count + 1)]
 
     def cluster_names(self) -> list[str]:
         """``cluster`` first, then ``cluster2`` ... ``clusterN``."""

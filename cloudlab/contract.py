@@ -18,7 +18,7 @@ Who talks to whom (the arrows are the only ones allowed)::
                  get_console_output, describe_cluster, network_sync
     NC  ──► CC : register_node, node_changed
     CC  ──► NC : describe_resource, run_instance(s), terminate_instance, reboot_instance,
-                 get_console_output, attach_volume, detach_volume
+                 get_console_output, attach_volume, detach_volume, power_off, wake (POWERSAVE)
     SC  ──► CC : register_storage
     CLC ──► CC ──► SC : create_volume, delete_volume, export_volume, unexport_volume,
                  create_snapshot, delete_snapshot, describe_storage (the CC relays to its SC)
@@ -45,6 +45,7 @@ from cloudlab.contract_network import (  # noqa: F401 - re-exported: the contrac
     SubnetSegment,
     VpcRouter,
 )
+from cloudlab.contract_power import PowerState  # noqa: F401 - re-exported, as the storage messages are
 from cloudlab.contract_storage import (  # noqa: F401 - re-exported: the contract names every message
     AttachDisk,
     CreateVolume,
@@ -372,6 +373,9 @@ class NodeSummary:
     hypervisor: str | None = None
     accel: str | None = None
     instances: tuple[InstanceReport, ...] = ()
+    power: str = "on"  # "on", "off" (powered down by POWERSAVE: not polled, not dead) or "waking"
+    power_since: float | None = None  # the CC's wall clock when the node entered ``power``
+    registered: float | None = None  # the CC's wall clock when the node registered (it was on then)
 
 
 @dataclass(frozen=True)
@@ -458,6 +462,8 @@ NODE_RESUME_INSTANCE = _action("resume_instance", InstanceRef, InstanceState, "c
 NODE_PORT_FILTERS = _action("port_filters", PortFilters, NetworkApplied, "cc")
 NODE_ATTACH_VOLUME = _action("attach_volume", AttachDisk, Done, "cc")
 NODE_DETACH_VOLUME = _action("detach_volume", DetachDisk, Done, "cc")
+NODE_POWER_OFF = _action("power_off", Empty, PowerState, "cc")
+NODE_WAKE = _action("wake", Empty, PowerState, "cc")
 # CC -> SC
 SC_CREATE_VOLUME = _action("create_volume", CreateVolume, VolumeMade, "cc")
 SC_DELETE_VOLUME = _action("delete_volume", VolumeRef, Done, "cc")
@@ -509,6 +515,8 @@ NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     NODE_PAUSE_INSTANCE,
     NODE_RESUME_INSTANCE,
     NODE_PORT_FILTERS,
+    NODE_POWER_OFF,
+    NODE_WAKE,
 )
 STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,

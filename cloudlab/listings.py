@@ -25,6 +25,7 @@ INSTANCE_COLUMNS = [
     "private_ip",
     "public_ip",
     "key_name",
+    "volumes",
 ]
 
 
@@ -44,6 +45,20 @@ def described(ec2: Any, filters: list[dict[str, Any]] | None = None) -> list[tup
             for inst in reservation["Instances"]:
                 found.append((reservation, inst))
     return found
+
+
+def attached_volumes(inst: dict[str, Any]) -> str:
+    """The instance's EBS volumes as ``DEVICE=vol-id`` (root first, as DescribeInstances lists them), so a
+    table row says what storage the instance holds; a volume still attaching or detaching says so."""
+    shown = []
+    for mapping in inst.get("BlockDeviceMappings") or []:
+        ebs = mapping.get("Ebs") or {}
+        if not ebs.get("VolumeId"):
+            continue
+        status = ebs.get("Status")
+        suffix = f" ({status})" if status and status != "attached" else ""
+        shown.append(f"{mapping.get('DeviceName')}={ebs['VolumeId']}{suffix}")
+    return ", ".join(shown)
 
 
 def instances_frame(ec2: Any, *, include_terminated: bool = True, name: str | None = None) -> pd.DataFrame:
@@ -68,6 +83,7 @@ def instances_frame(ec2: Any, *, include_terminated: bool = True, name: str | No
                 "private_ip": inst.get("PrivateIpAddress"),
                 "public_ip": inst.get("PublicIpAddress"),
                 "key_name": inst.get("KeyName"),
+                "volumes": attached_volumes(inst),
             }
         )
     return pd.DataFrame(rows, columns=INSTANCE_COLUMNS)
@@ -98,16 +114,37 @@ def security_groups_frame(ec2: Any) -> pd.DataFrame:
 
 
 def clusters_frame(status: dict[str, Any]) -> pd.DataFrame:
-    """One row per cluster of the service's status: name, availability zone, network flavour, nodes."""
-    rows = [
-        {"cluster": c["name"], "zone": c.get("zone"), "network": c.get("network"), "nodes": len(c["nodes"])}
-        for c in status["clusters"]
-    ]
-    return pd.DataFrame(rows, columns=["cluster", "zone", "network", "nodes"])
+    """One row per cluster of the service's status: name, availability zone and its state (``available`` or
+    ``unavailable``, as DescribeAvailabilityZones says), scheduler, network flavour and its health, NAT, nodes
+    (and how many are up, powered off by POWERSAVE, or dead)."""
+    columns = ["cluster", "zone", "state", "scheduler", "network", "network_healthy", "subnet", "nat", "nodes",
+               "nodes_up", "nodes_powered_off", "nodes_dead"]  # fmt: skip
+    rows = []
+    for c in status["clusters"]:
+        states = [n.get("state") or ("up" if n["alive"] else "dead") for n in c["nodes"]]
+        network = c.get("network_detail") or {}
+        rows.append(
+            {
+                "cluster": c["name"],
+                "zone": c.get("zone"),
+                "state": c.get("state", "available"),
+                "scheduler": c.get("scheduler"),
+                "network": c.get("network"),
+                "network_healthy": network.get("healthy") if network else None,
+                "subnet": network.get("subnet") if network else None,
+                "nat": c.get("nat", False),
+                "nodes": len(c["nodes"]),
+                "nodes_up": states.count("up"),
+                "nodes_powered_off": states.count("powered-off"),
+                "nodes_dead": states.count("dead"),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
 
 
 def nodes_frame(status: dict[str, Any]) -> pd.DataFrame:
-    """One row per node of the service's status, with its cluster, liveness and free/total resources."""
+    """One row per node of the service's status: its cluster and zone, its state (``up``, ``powered-off``,
+    ``waking`` or ``dead``), liveness, free/total resources and instances."""
     rows = []
     for cluster in status["clusters"]:
         for node in cluster["nodes"]:
@@ -115,6 +152,8 @@ def nodes_frame(status: dict[str, Any]) -> pd.DataFrame:
                 {
                     "node": node["name"],
                     "cluster": cluster["name"],
+                    "zone": cluster.get("zone"),
+                    "state": node.get("state") or ("up" if node["alive"] else "dead"),
                     "alive": node["alive"],
                     "vcpus_free": node["vcpus_free"],
                     "vcpus_total": node["vcpus_total"],

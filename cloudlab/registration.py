@@ -49,10 +49,16 @@ def stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
 
 
-def keep_registered(cc: Any, action: Any, url: str, who: str, cc_url: str, stop: threading.Event) -> None:
-    """Register ``url`` with the CC (``cc``, a Channel) through ``action`` until ``stop`` is set."""
+def keep_registered(
+    cc: Any, action: Any, url: str, who: str, cc_url: str, stop: threading.Event, silent: Any = None
+) -> None:
+    """Register ``url`` with the CC (``cc``, a Channel) through ``action`` until ``stop`` is set; not while
+    ``silent()`` says so (a node powered down by POWERSAVE sends nothing, as a host that is off)."""
     registered = False
     while not stop.is_set():
+        if silent is not None and silent():
+            stop.wait(RETRY_S)
+            continue
         try:
             cc.ask(action, RegisterNode(url=url))
             if not registered:

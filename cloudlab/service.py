@@ -30,7 +30,6 @@ from cloudlab.clc.offline import write_credentials
 from cloudlab.clc.store import Store
 from cloudlab.clc.uploads import UploadPolicy, ensure_root
 from cloudlab.config import CloudConfig
-from cloudlab.contract import encode
 from cloudlab.files import write_atomic
 from cloudlab.nc.hypervisor import driver_kind, test_driver_uri
 from cloudlab.nc.node import NodeController
@@ -38,7 +37,13 @@ from cloudlab.paths import StateLayout, cache_dir
 from cloudlab.rpc import Dispatcher, LocalChannel, serve_http
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier, controller_keys
-from cloudlab.service_clusters import ClusterRuntime, build_network, join_clusters, start_metadata_services
+from cloudlab.service_clusters import (
+    ClusterRuntime,
+    build_network,
+    cluster_status,
+    join_clusters,
+    start_metadata_services,
+)
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -48,13 +53,15 @@ NODE_START_S = 60.0  # how long a node controller has to register at start (QEMU
 SHUTDOWN_REASON = "Server.CloudShutdown: the cloud was stopped (cloudlab down)"
 
 
-def node_uri(config: CloudConfig, layout: StateLayout, node: str) -> str:
-    """The libvirt URI of ``node``: embedded roots are per node, test nodes get private hosts."""
+def node_uri(config: CloudConfig, layout: StateLayout, node: str, cluster_index: int = 0) -> str:
+    """The libvirt URI of ``node``: embedded roots are per node, test nodes get private hosts (of their
+    cluster's node size)."""
     uri = config.hypervisor
     if uri.startswith("qemu:///embed"):
         return f"qemu:///embed?root={layout.libvirt_root(node)}"
     if uri.startswith("test://"):
-        return test_driver_uri(layout.node_dir(node), config.node_vcpus or 16, config.node_memory_mb or 32768)
+        vcpus = config.setting(cluster_index, "node_vcpus") or 16
+        return test_driver_uri(layout.node_dir(node), vcpus, config.setting(cluster_index, "node_memory_mb") or 32768)
     return uri
 
 
@@ -129,6 +136,7 @@ class CloudService:
             public_pool=config.public_pool,
             reconcile_s=self.reconcile_s,
             terminated_visible_s=config.terminated_visible_s,
+            zone_policy=config.zone_policy,
         )
         clc_signer, clc_verifier = self._signer_verifier("clc", "clc")
         for cluster in self.clusters:
@@ -162,7 +170,12 @@ class CloudService:
         config = self.config
         cc_signer, cc_verifier = self._signer_verifier(f"cc-{name}", "cc")
         cc = ClusterController(
-            name, policy=config.scheduler, heartbeat_s=config.heartbeat_s, signer=cc_signer, verifier=cc_verifier
+            name,
+            policy=config.setting(index, "scheduler"),
+            heartbeat_s=config.heartbeat_s,
+            signer=cc_signer,
+            verifier=cc_verifier,
+            powersave_idle_s=config.setting(index, "powersave_idle_s"),
         )
         dispatcher = Dispatcher(f"cc-{name}", cc_signer, cc_verifier)
         cc.register_routes(dispatcher)
@@ -270,17 +283,20 @@ class CloudService:
 
     def _start_node(self, name: str) -> None:
         cluster = self.node_cluster[name]
-        uri = node_uri(self.config, self.layout, name)
+        uri = node_uri(self.config, self.layout, name, cluster.index)
         node_dir = self.layout.node_dir(name)
+        vcpus = self.config.setting(cluster.index, "node_vcpus")
+        memory_mb = self.config.setting(cluster.index, "node_memory_mb")
         if driver_kind(uri) == "test":
             node = NodeController(
                 name,
                 uri,
                 node_dir,
-                vcpus=self.config.node_vcpus,
-                memory_mb=self.config.node_memory_mb,
+                vcpus=vcpus,
+                memory_mb=memory_mb,
                 accel="test",
                 on_change=lambda: cluster.cc.registry.poll_soon(name),
+                wake_s=self.config.powersave_wake_s,
             )
             signer, verifier = self._signer_verifier(name, "nc")
             dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
@@ -306,13 +322,15 @@ class CloudService:
             self.config.accel,
             "--launch",
             self.config.launch,
+            "--wake-s",
+            str(self.config.powersave_wake_s),
         ]
         if self.config.network != "none":
             argv.append("--template-nic")
-        if self.config.node_vcpus:
-            argv += ["--vcpus", str(self.config.node_vcpus)]
-        if self.config.node_memory_mb:
-            argv += ["--memory", str(self.config.node_memory_mb)]
+        if vcpus:
+            argv += ["--vcpus", str(vcpus)]
+        if memory_mb:
+            argv += ["--memory", str(memory_mb)]
         if cluster.network is not None:
             from cloudlab.net import netns
 
@@ -404,61 +422,7 @@ class CloudService:
         }
 
     def _cluster_status(self, runtime: ClusterRuntime) -> dict[str, Any]:
-        cluster = encode(runtime.cc.describe_cluster())
-        for node in cluster["nodes"]:
-            child = self.children.get(node["name"])
-            node["process"] = (
-                None
-                if child is None or child.process is None
-                else {
-                    "pid": child.process.pid,
-                    "running": child.process.poll() is None,
-                    "restarts": child.restarts,
-                    "history": child.history[-5:],
-                }
-            )
-            node["instances"] = len(node["instances"])
-        return {
-            "name": runtime.name,
-            "zone": runtime.zone,
-            "network": self.config.network,
-            "scheduler": cluster["policy"],
-            "cc_url": runtime.url,
-            "nodes": cluster["nodes"],
-            "network_detail": cluster.get("network"),
-            "storage": self._storage_status() if runtime.index == 0 else None,
-        }
-
-    def _storage_status(self) -> dict[str, Any]:
-        """The cluster's SC as ``cloudlab status`` shows it: where it is, its process, what it serves."""
-        child = self.children.get(f"sc-{self.config.cluster}")
-        found: dict[str, Any] = {
-            "name": self.config.cluster,
-            "url": self.cc.storage_url,
-            "registered": self.cc.storage is not None,
-            "process": None,
-        }
-        if child is not None and child.process is not None:
-            found["process"] = {
-                "pid": child.process.pid,
-                "running": child.process.poll() is None,
-                "restarts": child.restarts,
-                "history": child.history[-5:],
-            }
-        if self.cc.storage is not None:
-            from cloudlab import contract as c
-
-            try:
-                report = self.cc.storage_call(c.SC_DESCRIBE_STORAGE, c.Empty())
-                found |= {
-                    "volumes": len(report.volumes),
-                    "snapshots": len(report.snapshots),
-                    "exports": len(report.exports),
-                    "free_bytes": report.free_bytes,
-                }
-            except Exception as exc:  # status must answer even when the SC does not
-                found["last_error"] = str(exc)[:200]
-        return found
+        return cluster_status(self, runtime)
 
     @property
     def endpoint_url(self) -> str:
@@ -530,6 +494,7 @@ class CloudService:
         except Exception:
             log.exception("terminating instances on shutdown failed")
         self.clc.stop()
+        self.clc.node_hours.all_off("the cloud stopped (cloudlab down)")
         for cluster in self.clusters:
             cluster.cc.stop()
         for child in self.children.values():

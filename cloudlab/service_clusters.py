@@ -119,3 +119,77 @@ def start_vpc_metadata_service(clc: Any, runtime: ClusterRuntime, vpc_id: str, n
         sock = listen_socket()
     server = runtime.vpc_metadata_servers[vpc_id] = MetadataServer(lookup, sock)
     server.start()
+
+
+def _process(child: Any) -> dict[str, Any] | None:
+    if child is None or child.process is None:
+        return None
+    return {
+        "pid": child.process.pid,
+        "running": child.process.poll() is None,
+        "restarts": child.restarts,
+        "history": child.history[-5:],
+    }
+
+
+def node_state(node: dict[str, Any]) -> str:
+    """What ``cloudlab status`` and ``nodes()`` call a node: ``up``, ``powered-off`` (POWERSAVE: registered,
+    not polled), ``waking`` (booting after a wake) or ``dead`` (it does not answer its CC)."""
+    power = node.get("power", "on")
+    if power == "off":
+        return "powered-off"
+    if power == "waking":
+        return "waking"
+    return "up" if node["alive"] else "dead"
+
+
+def cluster_status(service: Any, runtime: ClusterRuntime) -> dict[str, Any]:
+    """One cluster as ``cloudlab status`` shows it: its zone and that zone's state (as DescribeAvailabilityZones
+    says it), its CC, scheduler, network, nodes (with their power and process) and storage controller."""
+    from cloudlab.contract import encode
+
+    cluster = encode(runtime.cc.describe_cluster())
+    for node in cluster["nodes"]:
+        node["process"] = _process(service.children.get(node["name"]))
+        node["instances"] = len(node["instances"])
+        node["state"] = node_state(node)
+    health = service.clc.cluster_health()
+    return {
+        "name": runtime.name,
+        "zone": runtime.zone,
+        "state": "available" if health.get(runtime.name, True) else "unavailable",
+        "network": service.config.network,
+        "nat": bool(service.config.setting(runtime.index, "nat")),
+        "scheduler": cluster["policy"],
+        "powersave": {"enabled": runtime.cc.power.enabled, "idle_s": runtime.cc.power.idle_s},
+        "power_history": list(runtime.cc.power.history[-5:]),
+        "cc_url": runtime.url,
+        "nodes": cluster["nodes"],
+        "network_detail": cluster.get("network"),
+        "storage": storage_status(service) if runtime.index == 0 else None,
+    }
+
+
+def storage_status(service: Any) -> dict[str, Any]:
+    """The cluster's SC as ``cloudlab status`` shows it: where it is, its process, what it serves."""
+    from cloudlab import contract as c
+
+    cc = service.cc
+    found: dict[str, Any] = {
+        "name": service.config.cluster,
+        "url": cc.storage_url,
+        "registered": cc.storage is not None,
+        "process": _process(service.children.get(f"sc-{service.config.cluster}")),
+    }
+    if cc.storage is not None:
+        try:
+            report = cc.storage_call(c.SC_DESCRIBE_STORAGE, c.Empty())
+            found |= {
+                "volumes": len(report.volumes),
+                "snapshots": len(report.snapshots),
+                "exports": len(report.exports),
+                "free_bytes": report.free_bytes,
+            }
+        except Exception as exc:  # status must answer even when the SC does not
+            found["last_error"] = str(exc)[:200]
+    return found

@@ -101,4 +101,24 @@ def fetch_usage(
     return frame
 
 
-__all__ = ["COLUMNS", "fetch_usage", "usage_client"]
+NODE_COLUMNS = ("node", "cluster", "powered_on_hours", "powered_off_hours", "power_ons", "power")
+_NODE_FIELDS = {"Node": "node", "Cluster": "cluster", "PoweredOnHours": "powered_on_hours",
+                "PoweredOffHours": "powered_off_hours", "PowerOns": "power_ons", "Power": "power"}  # fmt: skip
+
+
+def fetch_node_usage(
+    ec2_client_kwargs: dict[str, Any], *, since: str | None = None, until: str | None = None
+) -> pd.DataFrame:
+    """Node-hours as a DataFrame, one row per node: ``powered_on_hours``, ``powered_off_hours`` (POWERSAVE's
+    saving), ``power_ons`` and the node's last ``power`` (``on``/``off``); ``df.attrs`` has ``since``/``until``."""
+    params = {name: str(value) for name, value in (("Since", since), ("Until", until)) if value is not None}
+    answer = usage_client(ec2_client_kwargs).describe_node_usage(**params)
+    rows = [
+        {_NODE_FIELDS[k]: v for k, v in item.items() if k in _NODE_FIELDS} for item in answer.get("NodeUsageRows", [])
+    ]
+    frame = pd.DataFrame(rows, columns=list(NODE_COLUMNS))
+    frame.attrs.update({"since": answer.get("Since"), "until": answer.get("Until"), "by": "node"})
+    return frame
+
+
+__all__ = ["COLUMNS", "NODE_COLUMNS", "fetch_node_usage", "fetch_usage", "usage_client"]

@@ -210,11 +210,7 @@ def test_pages_and_record_filters_are_enriched_like_a_full_describe(ec2: Any) ->
     ids = [i["InstanceId"] for i in reservation["Instances"]]
     ec2.create_tags(Resources=ids[:3], Tags=[{"Key": "Name", "Value": "paged"}])
     wait_states(ec2, ids, "running")
-    full = {
-        i["InstanceId"]: i
-        for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
-        for i in r["Instances"]
-    }
+    full = {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]}
     mine = [{"Name": "instance-id", "Values": ids}, {"Name": "instance-state-name", "Values": ["running"]}]
     paged = [
         i

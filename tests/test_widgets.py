@@ -155,6 +155,29 @@ def test_table_selects_terminates_and_shows(cloud: Cloud) -> None:
         cloud.terminate(handles)
 
 
+def test_table_shows_each_instances_volumes(cloud: Cloud) -> None:
+    """An attached volume appears in its instance's row (device given and volume id), and leaves it on detach."""
+    (handle,) = cloud.run(1, "widget-volumes", wait="running", timeout=30, progress=False)
+    first, second = cloud.create_volume(1), cloud.create_volume(1)
+    try:
+        first.attach(handle, "/dev/sdf")
+        second.attach(handle, "/dev/sdg")
+        table = InstanceTable(cloud, auto_refresh=0)
+        row = table.rows.set_index("instance_id").loc[handle.id]
+        assert row["volumes"] == f"/dev/sdf={first}, /dev/sdg={second}"
+        assert "<th style='text-align:left;padding:2px 8px'>volumes</th>" in table.table.value
+        assert f"/dev/sdg={second}" in table.table.value
+        first.detach()
+        table.refresh_button.click()
+        assert table.rows.set_index("instance_id").loc[handle.id, "volumes"] == f"/dev/sdg={second}"
+        assert str(first) not in table.table.value
+    finally:
+        cloud.terminate([handle])
+        cloud.wait_state([handle], "terminated", timeout=30)
+        for volume in (first, second):
+            volume.wait("available", timeout=30).delete()
+
+
 def test_table_refreshes_in_the_background(cloud: Cloud) -> None:
     table = InstanceTable(cloud, auto_refresh=0.2)
     try:

@@ -22,10 +22,44 @@ OPERATIONS: dict[str, Any] = {
         "input": {"shape": "DescribeUsageRequest"},
         "output": {"shape": "DescribeUsageResult"},
         "documentation": "<p>cloudlab: usage computed from the accounting ledger (administrators only).</p>",
-    }
+    },
+    "DescribeNodeUsage": {
+        "name": "DescribeNodeUsage",
+        "http": {"method": "POST", "requestUri": "/"},
+        "input": {"shape": "DescribeNodeUsageRequest"},
+        "output": {"shape": "DescribeNodeUsageResult"},
+        "documentation": "<p>cloudlab: each node's powered-on and powered-off hours (administrators only).</p>",
+    },
 }
 
 SHAPES: dict[str, Any] = {
+    "DescribeNodeUsageRequest": {
+        "type": "structure",
+        "members": {
+            "Since": {"shape": "String", "documentation": "<p>Window start: ISO time or a duration ago (7d).</p>"},
+            "Until": {"shape": "String", "documentation": "<p>Window end (default now), as Since.</p>"},
+        },
+    },
+    "DescribeNodeUsageResult": {
+        "type": "structure",
+        "members": {
+            "Since": {"shape": "DateTime", "locationName": "since"},
+            "Until": {"shape": "DateTime", "locationName": "until"},
+            "NodeUsageRows": {"shape": "NodeUsageRowList", "locationName": "nodeUsageRowSet"},
+        },
+    },
+    "NodeUsageRowList": {"type": "list", "member": {"shape": "NodeUsageRow", "locationName": "item"}},
+    "NodeUsageRow": {
+        "type": "structure",
+        "members": {
+            "Node": {"shape": "String", "locationName": "node"},
+            "Cluster": {"shape": "String", "locationName": "cluster"},
+            "PoweredOnHours": {"shape": "Double", "locationName": "poweredOnHours"},
+            "PoweredOffHours": {"shape": "Double", "locationName": "poweredOffHours"},
+            "PowerOns": {"shape": "Integer", "locationName": "powerOns"},
+            "Power": {"shape": "String", "locationName": "power"},
+        },
+    },
     "DescribeUsageRequest": {
         "type": "structure",
         "members": {

@@ -3,8 +3,9 @@
 Boot times (1 and 4 concurrent instances, median of N) against a hand-started QEMU; the idle
 cloud's memory; clouds of 1,000 to 10,000 instances on test-driver nodes in 4 zones (launch,
 DescribeInstances, messages, memory; how each grows; :mod:`cloudlab.bench.scale_growth`) against
-their baselines; the EC2 endpoint under load against moto's (part ``api``). Nothing here asserts a
-time: the figures are for people to read and compare.
+their baselines; the EC2 endpoint under load against moto's (part ``api``); fio, boots and snapshots
+of ``cloudlab-debian`` against the same built by hand (part ``storage``, :mod:`cloudlab.bench.storage`).
+Nothing here asserts a time: the figures are for people to read and compare.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="results", help="folder for the results (default results/)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per boot measurement (default 5)")
     parser.add_argument(
-        "--only", default="boot,footprint,launch,scale,api,network,s3", help="comma-separated parts to run"
+        "--only", default="boot,footprint,launch,scale,api,network,s3,storage", help="comma-separated parts to run"
     )
     parser.add_argument("--launch-repeats", type=int, default=10, help="launches per mode in part launch (default 10)")
     parser.add_argument("--launch-burst", type=int, default=20, help="instances at once in part launch")
     parser.add_argument("--network-repeats", type=int, default=3, help="repeats per path in part network (default 3)")
+    parser.add_argument("--storage-repeats", type=int, default=3, help="fio rounds per target in part storage")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load duration per side in part api")
     parser.add_argument(
         "--scale-sizes", default="1000,2000,5000,10000", help="instances per cloud in part scale (50 per node)"
@@ -126,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         say("S3: Walrus beside moto's S3 server and a plain copy of the same bytes on the same disk")
         s3_main(["--output", str(out)])
         parts.discard("s3")
+        if not parts:
+            return 0
+    if "storage" in parts:
+        from cloudlab.bench.storage import main as storage_main
+
+        say("storage: fio on a cloudlab volume, the root disk and a volume attached by hand; boots; snapshots")
+        storage_main(["--output", str(out), "--repeats", str(args.storage_repeats)])
+        parts.discard("storage")
         if not parts:
             return 0
     if "network" in parts:

@@ -28,18 +28,18 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudlab.bench.lab import BuildError, Lab
+from cloudlab.bench.lab import BuildError, Lab, wait_for
 from cloudlab.bench.stats import summarise
 from cloudlab.guest import BOOT_MARKER, CLOUD_INIT_DONE_MARKER, LAUNCH_MARKER
 from cloudlab.images.cached import BuiltImage, find_built_image
 from cloudlab.net import netns
 from cloudlab.net.metadata import InstanceMetadata, MetadataServer, listen_socket
-from cloudlab.reach import SshRemote
+from cloudlab.reach import SshRemote, netns_argv
 from cloudlab.waiting import WaitTimeout, wait_until
 
 NET = "10.79.0"  # the guest's segment, only ever inside our namespace
@@ -48,6 +48,7 @@ GATEWAY = f"{NET}.1"
 GUEST_MAC = "52:54:00:79:00:10"
 INSTANCE_ID = "i-0000000000000a001"
 POLL_S = 0.25
+NBD_PORT = 10809  # the first hand-made export's port, on the gateway's address inside the namespace
 
 
 @dataclass
@@ -132,11 +133,14 @@ def debian_by_hand(
     wait_cloud_init: bool = True,
     timeout_s: float = 900,
     instance_id: str = INSTANCE_ID,
+    nbd_volumes: Sequence[Path] = (),
 ) -> Iterator[HandBoot]:
     """Boot ``cloudlab-debian`` by hand and yield it once SSH answers (and cloud-init is done).
 
     ``disk_size_mb`` makes the overlay larger than the image (cloud-init grows the file system);
-    everything is torn down on exit, also on error (the console is in the error message).
+    ``nbd_volumes`` (qcow2 files) are exported by hand as the SC exports a volume and attached as
+    ``/dev/vdb``, ... (see :func:`export_by_hand`); everything is torn down on exit, also on error
+    (the console is in the error message).
     """
     image = image or debian_image()
     if image.disk is None:
@@ -167,6 +171,8 @@ def debian_by_hand(
         console_path, qmp_path = lab.tmp / "console.log", lab.tmp / "qmp.sock"
         argv = qemu_argv(image, overlay, console_path, instance_id, memory_mb, vcpus, accel)
         argv += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        for index, volume in enumerate(nbd_volumes):
+            argv += export_by_hand(lab, ns, volume, index)
         ssh = SshRemote(GUEST_IP, key, ns)
         boot = HandBoot(instance_id, GUEST_IP, ssh, key, public_key, console_path, overlay, ns, argv, qmp_path)
         started = time.monotonic()
@@ -216,6 +222,28 @@ def qemu_argv(
         "-device",
         "virtio-rng-pci",
     ]
+
+
+def export_by_hand(lab: Lab, ns: str, volume: Path, index: int) -> list[str]:
+    """Serve ``volume`` with ``qemu-nbd`` in the namespace, with the flags the SC uses
+    (``cloudlab/sc/exports.py``: qcow2 on the server's side, writeback cache, discard), on the gateway's
+    address, and QEMU's arguments that attach it as the domain XML does (raw over NBD, ``cache=none``,
+    virtio-blk, the volume's file name as its serial)."""
+    port = NBD_PORT + index
+    export = volume.stem
+    argv = ["qemu-nbd", "--persistent", "--shared=2", f"--bind={GATEWAY}", f"--port={port}", f"--export-name={export}",
+            "--format=qcow2", "--cache=writeback", "--discard=unmap", str(volume)]  # fmt: skip
+    proc = lab.spawn(f"nbd-{index}", argv, ns)
+
+    def listening() -> bool:
+        lab.alive(f"nbd-{index}", proc)
+        probe = f"exec 3<>/dev/tcp/{GATEWAY}/{port}"
+        return subprocess.run([*netns_argv(ns), "bash", "-c", probe], capture_output=True, timeout=10).returncode == 0
+
+    wait_for(listening, 30, f"qemu-nbd serving {volume.name}", interval=0.2)
+    drive = (f"driver=raw,if=none,id=vol{index},cache=none,file.driver=nbd,file.server.type=inet,"
+             f"file.server.host={GATEWAY},file.server.port={port},file.export={export}")  # fmt: skip
+    return ["-drive", drive, "-device", f"virtio-blk-pci,drive=vol{index},serial={export.replace('-', '')[:20]}"]
 
 
 def _wait_milestones(

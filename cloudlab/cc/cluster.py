@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cloudlab import contract as c
+from cloudlab.cc.power import DEFAULT_IDLE_S, PowerManager
 from cloudlab.cc.registry import NodeRegistry
 from cloudlab.cc.scheduler import InstanceRequest, SchedulingPolicy, load_policy, place
 from cloudlab.errors import CloudError
@@ -44,6 +45,7 @@ class ClusterController:
         dead_after_s: float = 5.0,
         signer: MessageSigner | None = None,
         verifier: MessageVerifier | None = None,
+        powersave_idle_s: float = DEFAULT_IDLE_S,
     ) -> None:
         self.name = name
         self.policy = load_policy(policy) if isinstance(policy, str) else policy
@@ -52,6 +54,14 @@ class ClusterController:
         self._signer = signer
         self._verifier = verifier
         self._schedule_lock = threading.Lock()
+        # POWERSAVE: idle nodes powered down (if the policy says so), chosen ones woken (cloudlab/cc/power.py)
+        self.power = PowerManager(
+            name,
+            self.registry,
+            self._schedule_lock,
+            enabled=bool(getattr(self.policy, "powers_down", False)),
+            idle_s=powersave_idle_s,
+        )
         self.network: Any = None  # a cloudlab.cc.network.ClusterNetwork when the cluster has one
         self.storage: Channel | None = None  # the cluster's storage controller, once it registered
         self.storage_url: str | None = None
@@ -109,6 +119,9 @@ class ClusterController:
             raise CloudError("UnsupportedOperation", "this cluster controller takes no remote nodes")
         entry = self.registry.entry(name)
         if entry is not None and entry.url == url:
+            if entry.power == "off":  # a powered-down node sends nothing: one that registers was started again
+                self.registry.set_power(name, "waking")
+                self.registry.poll_soon(name)
             return c.Registered(cluster=self.name, node=name)
         try:
             channel = HttpChannel(name, "nc", self._signer, self._verifier, url)
@@ -156,8 +169,10 @@ class ClusterController:
 
     def start(self) -> None:
         self.registry.start()
+        self.power.start()
 
     def stop(self) -> None:
+        self.power.stop()
         self.registry.stop()
 
     # -- scheduling ----------------------------------------------------------------------------------
@@ -182,6 +197,10 @@ class ClusterController:
             by_id = {r.instance_id: r for r in requests}
             for instance_id, node in placements.items():
                 self.registry.reserve(node, instance_id, by_id[instance_id].vcpus, by_id[instance_id].memory_mb)
+            off = {view.name for view in views if not view.powered_on}
+            sleeping = sorted(off.intersection(placements.values()))
+        for node in sleeping:  # woken now; their starts wait for them (PowerManager.wait_awake)
+            self.power.wake(node)
         return c.Placements(placements=placements, policy=self.policy.name)
 
     def release(self, node: str, instance_id: str) -> c.Released:
@@ -202,6 +221,7 @@ class ClusterController:
         heartbeat reports the instance, so the scheduler never sees the room twice.
         """
         try:
+            self.power.wait_awake(node)
             return self.node_call(node, c.NODE_RUN_INSTANCE, self._with_attachment(node, instance))
         except Exception:
             self.registry.release(node, instance.instance_id)
@@ -215,6 +235,7 @@ class ClusterController:
 
         def on_node(node: str, requests: list[c.StartInstance]) -> list[c.StartOutcome]:
             try:
+                self.power.wait_awake(node)
                 outcomes = list(self.node_call(node, c.NODE_RUN_INSTANCES, c.NodeStartMany(tuple(requests))).outcomes)
             except CloudError as exc:
                 outcomes = [
@@ -298,6 +319,9 @@ class ClusterController:
                     hypervisor=report.hypervisor if report else None,
                     accel=report.accel if report else None,
                     instances=report.instances if report else (),
+                    power=entry.power,
+                    power_since=entry.power_since,
+                    registered=entry.registered,
                 )
             )
         network = self.network.describe() if self.network is not None else None

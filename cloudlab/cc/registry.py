@@ -9,6 +9,10 @@ A node that sees a change (a libvirt lifecycle event) nudges the CC, which polls
 (:meth:`NodeRegistry.poll_soon`). Every report that changes what the cluster holds (an instance
 appears, goes or changes state) bumps :attr:`NodeRegistry.version`, and :meth:`wait_for_change`
 lets the cloud controller wait for that instead of polling on top of the heartbeat.
+
+A node powered down by POWERSAVE (:mod:`cloudlab.cc.power`) keeps its entry with ``power`` ``off``: it is
+not polled (a host that is off answers nothing), not dead, and offered to the scheduler with the room
+it had; a woken one is ``waking`` until its first heartbeat answers, and ``on`` from then on.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class NodeEntry:
     last_seen: float | None = None  # monotonic time at which the last good answer was *asked for*
     last_error: str | None = None
     reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # instance -> (vcpus, MiB)
+    power: str = "on"  # "on", "off" (powered down: not polled) or "waking"
+    power_since: float = field(default_factory=time.time)  # wall clock of the last power change
+    registered: float = field(default_factory=time.time)  # wall clock of the registration
+    idle_since: float | None = None  # monotonic time since which the node holds nothing (None: it holds some)
 
 
 class NodeRegistry:
@@ -73,7 +81,12 @@ class NodeRegistry:
             return self._nodes.get(name)
 
     def alive(self, entry: NodeEntry) -> bool:
-        return entry.last_seen is not None and time.monotonic() - entry.last_seen < self.dead_after_s
+        """Whether ``entry`` answers its heartbeats (a node powered down or waking does not)."""
+        return (
+            entry.power == "on"
+            and entry.last_seen is not None
+            and time.monotonic() - entry.last_seen < self.dead_after_s
+        )
 
     # -- heartbeats ------------------------------------------------------------------------------
     def poll_one(self, name: str) -> None:
@@ -85,7 +98,7 @@ class NodeRegistry:
             ask = ReportAsk(entry.digest if entry.report is not None else None)
             answer = entry.channel.ask(DESCRIBE_RESOURCE_IF_CHANGED, ask, timeout=max(2.0, self.dead_after_s))
         except Exception as exc:  # a dead node is a state, not a crash
-            if entry.last_error != str(exc):
+            if entry.last_error != str(exc) and entry.power == "on":
                 log.warning("node %s does not answer: %s", name, exc)
             entry.last_error = str(exc)
             return
@@ -94,16 +107,25 @@ class NodeRegistry:
                 return  # an older poll finished after a newer one
             entry.last_seen = asked
             entry.last_error = None
-            if answer.report is None:  # the node holds exactly what its last report said
-                return
-            report, entry.digest = answer.report, answer.digest
-            before = _holdings(entry.report)
-            entry.report = report
-            reported = {i.instance_id for i in report.instances}
-            for instance_id in list(entry.reservations):
-                if instance_id in reported:
-                    del entry.reservations[instance_id]
-            if _holdings(report) != before:
+            changed = False
+            if answer.report is not None:  # (None: the node holds exactly what its last report said)
+                report, entry.digest = answer.report, answer.digest
+                before = _holdings(entry.report)
+                entry.report = report
+                reported = {i.instance_id for i in report.instances}
+                for instance_id in list(entry.reservations):
+                    if instance_id in reported:
+                        del entry.reservations[instance_id]
+                changed = _holdings(report) != before
+            report = entry.report
+            if entry.power == "waking":  # a woken node answers: it is up (an "off" one is not asked)
+                entry.power, entry.power_since, entry.idle_since = "on", time.time(), None
+                changed = True
+            if (report is not None and report.instances) or entry.reservations:
+                entry.idle_since = None
+            elif entry.idle_since is None:
+                entry.idle_since = asked
+            if changed:
                 self.version += 1
                 self._changed.notify_all()
 
@@ -178,7 +200,9 @@ class NodeRegistry:
         def loop() -> None:
             while not self._stop.wait(self.interval_s):
                 for name in self.names():
-                    self._submit_poll(name)
+                    entry = self.entry(name)
+                    if entry is not None and entry.power != "off":
+                        self._submit_poll(name)
 
         self._thread = threading.Thread(target=loop, name="cc-heartbeat", daemon=True)
         self._thread.start()
@@ -192,12 +216,31 @@ class NodeRegistry:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- capacity ----------------------------------------------------------------------------------
+    def set_power(self, name: str, power: str) -> None:
+        """Note that ``name`` was powered down (``off``) or woken (``waking``); readers see it as a change."""
+        with self._lock:
+            entry = self._nodes[name]
+            entry.power, entry.power_since = power, time.time()
+            if power != "on":
+                entry.idle_since = None
+            self.version += 1
+            self._changed.notify_all()
+
+    def wait_power_on(self, name: str, timeout_s: float) -> bool:
+        """Wait until ``name`` is on (a woken node answered a heartbeat); False after ``timeout_s``."""
+        with self._changed:
+            entry = self._nodes.get(name)
+            return entry is not None and self._changed.wait_for(
+                lambda: entry.power == "on" or self._stop.is_set(), timeout=timeout_s
+            ) and entry.power == "on"  # fmt: skip
+
     def views(self) -> list[NodeView]:
-        """Live nodes with reservations subtracted, for a scheduling policy."""
+        """Live nodes with reservations subtracted, for a scheduling policy; powered-down and waking nodes
+        too (``powered_on`` False), with the room of their last report."""
         views = []
         with self._lock:
             for entry in self._nodes.values():
-                if not self.alive(entry) or entry.report is None:
+                if entry.report is None or (entry.power == "on" and not self.alive(entry)):
                     continue
                 r = entry.report
                 vcpus = sum(v for v, _ in entry.reservations.values())
@@ -210,6 +253,7 @@ class NodeRegistry:
                         r.vcpus_free - vcpus,
                         r.memory_mb_free - memory,
                         len(r.instances) + len(entry.reservations),
+                        powered_on=entry.power == "on",
                     )
                 )
         return sorted(views, key=lambda v: v.name)

@@ -12,10 +12,17 @@ never has to track reservations itself::
             return max(fitting, key=lambda n: n.vcpus_free).name if fitting else None
 
 Register it with :func:`register_policy` or name it as ``module:Class`` in ``--scheduler``.
+
+A node that the cluster powered down (POWERSAVE) is in the snapshot too, with ``powered_on`` False and
+the room it had when it went down: a policy that chooses it gets it woken before its instances start
+(the wake costs the node's boot time, so POWERSAVE chooses one only when no node that is on fits).
+A policy whose class says ``powers_down = True`` also has its cluster power down nodes idle past the
+cluster's threshold (``--powersave-idle-s``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +48,7 @@ class NodeView:
     vcpus_free: int
     memory_mb_free: int
     instances: int
+    powered_on: bool = True  # False: powered down (or still waking) by POWERSAVE; choosing it wakes it
 
     def fits(self, request: InstanceRequest) -> bool:
         return request.vcpus <= self.vcpus_free and request.memory_mb <= self.memory_mb_free
@@ -87,7 +95,19 @@ class RoundRobin:
         return None
 
 
-_POLICIES: dict[str, type] = {"GREEDY": Greedy, "ROUNDROBIN": RoundRobin}
+class PowerSave:
+    """Eucalyptus' POWERSAVE: pack as GREEDY does onto the nodes that are on, wake a powered-down node only
+    when none of them fits; the cluster powers down the nodes that stay idle past its threshold."""
+
+    name = "POWERSAVE"
+    powers_down = True
+
+    def choose(self, request: InstanceRequest, nodes: Sequence[NodeView]) -> str | None:
+        on = next((node.name for node in nodes if node.powered_on and node.fits(request)), None)
+        return on or next((node.name for node in nodes if not node.powered_on and node.fits(request)), None)
+
+
+_POLICIES: dict[str, type] = {"GREEDY": Greedy, "ROUNDROBIN": RoundRobin, "POWERSAVE": PowerSave}
 
 
 def register_policy(cls: type) -> type:
@@ -144,13 +164,11 @@ def place(policy: SchedulingPolicy, requests: Sequence[InstanceRequest], nodes: 
                 f"policy {policy.name} chose {choice!r}, which does not exist or does not fit "
                 f"{request.instance_id} ({request.vcpus} vCPU, {request.memory_mb} MiB)"
             )
-        views[choice] = NodeView(
-            node.name,
-            node.vcpus_total,
-            node.memory_mb_total,
-            node.vcpus_free - request.vcpus,
-            node.memory_mb_free - request.memory_mb,
-            node.instances + 1,
+        views[choice] = dataclasses.replace(
+            node,
+            vcpus_free=node.vcpus_free - request.vcpus,
+            memory_mb_free=node.memory_mb_free - request.memory_mb,
+            instances=node.instances + 1,
         )
         placements[request.instance_id] = choice
     return placements

@@ -21,6 +21,8 @@ A VM on a node that the CLC has no record of is reported (``unknown_vms``), neve
 ``clc/network.py``                ports, segments and the router plan; keeping routers in sync
 ``clc/vpcs.py``, ``gateways.py``  VPCs, subnets, internet gateways, route tables
 ``clc/usage.py``                  accounting reports, and NIC byte counters into the ledger
+``clc/node_hours.py``             each node's powered-on time (POWERSAVE), its own append-only ledger
+``clc/placement.py``              which cluster a request goes to when it names no zone
 ``clc/volumes.py``, ``snapshots``  EBS volumes and snapshots: records and EC2's rules
 ``clc/volume_work.py``            carrying volumes forward on the storage controller and nodes
 ================================  ===============================================================
@@ -43,7 +45,9 @@ from cloudlab.clc.instances import TERMINATED_VISIBLE_S, InstanceRecords
 from cloudlab.clc.keypairs import KeyPairs
 from cloudlab.clc.lifecycle import InstanceLifecycle
 from cloudlab.clc.network import InstanceNetworks, NetworkSync
+from cloudlab.clc.node_hours import NodeHours
 from cloudlab.clc.objects import ObjectStore
+from cloudlab.clc.placement import ZonePlacement, load_zone_policy
 from cloudlab.clc.quotas import Quotas
 from cloudlab.clc.reconciler import Reconciler
 from cloudlab.clc.regions import DEFAULT_REGION, check_region
@@ -77,6 +81,7 @@ class CloudController:
         reconcile_s: float = 1.0,
         public_pool: str = "198.51.100.0/24",
         terminated_visible_s: float = TERMINATED_VISIBLE_S,
+        zone_policy: str = "FIRST",
     ) -> None:
         self.store = store
         self.region = check_region(region)
@@ -108,9 +113,20 @@ class CloudController:
             disks_of=lambda instance_id: self.volume_work.disks_for_start(instance_id),
             objects_of=lambda: self.objects,
         )
-        self.lifecycle = InstanceLifecycle(store, self.records, self.clusters, images, self.dispatch, self.service)
+        self.placement = ZonePlacement(
+            load_zone_policy(zone_policy),
+            self.clusters.zones,
+            lambda: self.reconciler.cluster_health(),
+            lambda: self.reconciler.cluster_reports(),
+        )
+        self.lifecycle = InstanceLifecycle(
+            store, self.records, self.clusters, images, self.dispatch, self.service, self.placement
+        )
         self.volume_work = VolumeWork(self)  # volumes and snapshots carried forward on the SC and nodes
-        self.reconciler = Reconciler(store, self.records, self.clusters, self.dispatch, self.network_bytes, reconcile_s)
+        self.node_hours = NodeHours(store)  # each node's powered-on time (POWERSAVE's savings)
+        self.reconciler = Reconciler(
+            store, self.records, self.clusters, self.dispatch, self.network_bytes, reconcile_s, self.node_hours
+        )
 
     def service(self, cls: type[T]) -> T:
         """The CLC's one instance of a domain service (key pairs, groups, tags, ...), built on first use.
@@ -228,6 +244,9 @@ class CloudController:
 
     def cluster_health(self) -> dict[str, bool]:
         return self.reconciler.cluster_health()
+
+    def cluster_reports(self) -> dict[str, Any]:
+        return self.reconciler.cluster_reports()
 
     def unknown_vms(self) -> list[dict[str, Any]]:
         return self.reconciler.unknown_vms()

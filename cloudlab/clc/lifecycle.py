@@ -23,6 +23,7 @@ from cloudlab.clc.instances import InstanceRecords
 from cloudlab.clc.interfaces import NetworkInterfaces
 from cloudlab.clc.keypairs import KeyPairs
 from cloudlab.clc.network import InstanceNetworks
+from cloudlab.clc.placement import ZonePlacement, ZoneRequest
 from cloudlab.clc.states import REASON_USER_TERMINATED
 from cloudlab.clc.store import Store, append_ledger
 from cloudlab.clc.tags import Tags, validate_specifications
@@ -50,6 +51,7 @@ class InstanceLifecycle:
         images: Images,
         dispatch: Dispatch,
         services: Any,
+        placement: ZonePlacement | None = None,
     ) -> None:
         self.store = store
         self.records = records
@@ -57,6 +59,7 @@ class InstanceLifecycle:
         self.images = images
         self.dispatch = dispatch
         self._services = services  # (cls) -> the CLC's one instance of a domain service
+        self.placement = placement  # the cloud-level policy: which zone a request that names none goes to
         self._token_lock = threading.Lock()
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
 
@@ -157,6 +160,18 @@ class InstanceLifecycle:
         self.images.boot_files(image)  # its kernel and ramdisk are registered, or a clear error now
         vm_type = get_vm_type(self.store, instance_type or DEFAULT_TYPE)
         self.clusters.for_zone(zone)  # a zone that does not exist is refused first
+        if not zone and not subnet_id and self.placement is not None and len(self.clusters) > 1:
+
+            def eligible(name: str) -> bool:  # a zone this launch can go to (a direct VPC lives in one cluster)
+                if networks.is_classic(self.clusters.for_zone(name).name):
+                    return True
+                try:
+                    interfaces.vpcs.default_subnet(user.name, name)
+                except CloudError:
+                    return False
+                return True
+
+            zone = self.placement.choose(ZoneRequest(vm_type.vcpus, vm_type.memory_mb, min_count, max_count), eligible)
         launch = interfaces.for_launch(
             user,
             zone=zone,
@@ -168,6 +183,8 @@ class InstanceLifecycle:
             classic=lambda z: networks.is_classic(self.clusters.for_zone(z).name),
         )
         link = self.clusters.for_zone(launch.zone)  # the subnet's zone decides the cluster
+        if self.placement is not None:
+            self.placement.require_available(link.zone, link.name)  # a dead zone takes no launch
         if key_name:
             key_pairs.require(user, key_name)
         group_ids = list(launch.group_ids)
@@ -249,10 +266,15 @@ class InstanceLifecycle:
         rows = {r["instance_id"]: r for r in self._visible(user, instance_ids)}
         changes = []
         for instance_id in instance_ids:
-            previous = rows[instance_id]["state"]
-            if previous in ("pending", "running", "stopping", "stopped"):
-                self.records.transition(instance_id, "shutting-down", REASON_USER_TERMINATED, expect=(previous,))
-                self.dispatch.terminate(instance_id)
+            previous = state = rows[instance_id]["state"]
+            # (the reconciler may move a pending instance to running meanwhile: try again from where it is)
+            for _ in range(4):
+                if state not in ("pending", "running", "stopping", "stopped"):
+                    break
+                if self.records.transition(instance_id, "shutting-down", REASON_USER_TERMINATED, expect=(state,)):
+                    self.dispatch.terminate(instance_id)
+                    break
+                state = self.records.state_of(instance_id, state)
             changes.append((instance_id, previous, self.records.state_of(instance_id, previous)))
         return changes
 

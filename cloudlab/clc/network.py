@@ -284,6 +284,16 @@ class NetworkSync:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Send every cluster its plan once, then keep them in step in the background.
+
+        The first round is synchronous: the service writes its endpoint (and ``cloudlab up`` returns)
+        after this, so the VPC routers and gateways of a restarted cloud's running instances exist by
+        then and ``cloudlab ssh`` right after ``up`` finds them."""
+        for link in self.networks.clusters.with_network():
+            try:
+                self.sync(link.name, force=True)
+            except Exception as exc:  # a CC that does not answer yet gets it from the loop
+                log.warning("network of cluster %s not synchronised at start: %s", link.name, exc)
         if self.networks.clusters.with_network():
             self._thread = threading.Thread(target=self._loop, name="clc-network", daemon=True)
             self._thread.start()

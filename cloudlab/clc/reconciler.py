@@ -27,6 +27,7 @@ from cloudlab import contract as c
 from cloudlab.clc.clusters import ClusterLink, Clusters
 from cloudlab.clc.dispatch import Dispatch
 from cloudlab.clc.instances import InstanceRecords
+from cloudlab.clc.node_hours import NodeHours
 from cloudlab.clc.states import REASON_GUEST_SHUTDOWN
 from cloudlab.clc.store import Store
 from cloudlab.clc.usage import NetworkBytes
@@ -50,16 +51,19 @@ class Reconciler:
         dispatch: Dispatch,
         network_bytes: NetworkBytes,
         reconcile_s: float = 1.0,
+        node_hours: NodeHours | None = None,
     ) -> None:
         self.store = store
         self.records = records
         self.clusters = clusters
         self.dispatch = dispatch
         self.network_bytes = network_bytes
+        self.node_hours = node_hours
         self.reconcile_s = reconcile_s
         self.passes = 0  # completed cluster passes (tests wait for a pass instead of sleeping)
         self._node_alive: dict[str, bool] = {}
         self._cluster_alive: dict[str, bool] = {}  # did the cluster's CC answer its last report request?
+        self._reports: dict[str, c.ClusterReport] = {}  # each cluster's last report (its zone's room)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -108,11 +112,15 @@ class Reconciler:
         except Exception:
             self._cluster_alive[link.name] = False
             raise
-        self._cluster_alive[link.name] = any(node.alive for node in report.nodes)
+        self._reports[link.name] = report
+        # a zone is up while its CC answers with a node that is alive, or powered down (it can be woken)
+        self._cluster_alive[link.name] = any(node.alive or node.power != "on" for node in report.nodes)
         by_node = self.records.live_by_node(link.name)
         for node in report.nodes:
             self._node_alive[node.name] = node.alive
             self._note_node(link.name, node)
+            if self.node_hours is not None:
+                self.node_hours.note(link.name, node, answered=node.alive)
             if node.alive and node.age_s is not None:
                 self._reconcile_node(link, node, asked - node.age_s, by_node.get(node.name, {}))
         with self._lock:
@@ -222,6 +230,10 @@ class Reconciler:
     def cluster_health(self) -> dict[str, bool]:
         """Whether each cluster's CC answered the last reconcile pass with at least one live node."""
         return dict(self._cluster_alive)
+
+    def cluster_reports(self) -> dict[str, c.ClusterReport]:
+        """Each cluster's last report (its nodes' health, power and free room), for zone placement."""
+        return dict(self._reports)
 
     def unknown_vms(self) -> list[dict[str, Any]]:
         return [

@@ -1,4 +1,4 @@
-"""Benchmarks: ``bench network``, ``bench s3`` and ``bench notebook`` (results as CSV, JSON and charts).
+"""Benchmarks: ``bench network``, ``bench s3``, ``bench storage`` and ``bench notebook`` (CSV, JSON, charts).
 
 Each hands its options to the benchmark's own ``main`` in :mod:`cloudlab.bench`, which is also runnable as
 ``python -m cloudlab.bench.NAME``; ``bench notebook`` passes all its words on unparsed (papermill's
@@ -67,6 +67,32 @@ def bench_s3(args: argparse.Namespace) -> int:
     make_folder("the results", Path(args.output))
     return s3_main(["--output", args.output, "--sizes", args.sizes, "--keys", args.keys, "--clients", args.clients,
                     "--scale", str(args.scale)])  # fmt: skip
+
+
+@command(
+    "bench storage",
+    help="fio in cloudlab-debian on a cloudlab volume, the root disk and a volume exported and attached by hand "
+    "(qemu-nbd + QEMU); boots to SSH and cloud-init against booting by hand; snapshot and restore times",
+    state=False,
+    args=[
+        arg("--output", default="results", help="folder for CSV and JSON (default results/)"),
+        arg("--repeats", type=int, default=3, help="fio rounds per target (default 3)"),
+        arg("--fio-runtime", type=float, default=10, help="seconds per fio job (default 10)"),
+        arg("--fio-size", type=int, default=256, help="MiB each fio job works over (default 256)"),
+        arg("--boot-repeats", type=int, default=5, help="boots per side, cloud and by hand (default 5)"),
+        arg("--snapshot-sizes", default="1,8", help="GiB of the volumes snapshotted and restored (default 1,8)"),
+        arg("--fill", type=float, default=0.25, help="share of each volume the guest writes before its snapshot"),
+        arg("--quick", action="store_true", help="the smallest run with every figure (1 round, 1 boot, 1 GiB)"),
+    ],
+)
+def bench_storage(args: argparse.Namespace) -> int:
+    from cloudlab.bench.storage import main as storage_main
+
+    make_folder("the results", Path(args.output))
+    argv = ["--output", args.output, "--repeats", str(args.repeats), "--fio-runtime", str(args.fio_runtime),
+            "--fio-size", str(args.fio_size), "--boot-repeats", str(args.boot_repeats),
+            "--snapshot-sizes", args.snapshot_sizes, "--fill", str(args.fill)]  # fmt: skip
+    return storage_main(argv + ["--quick"] * args.quick)
 
 
 @command(

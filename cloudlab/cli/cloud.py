@@ -42,6 +42,9 @@ UP_OPTIONS = {
     "cable": "cable",
     "region": "region",
     "launch": "launch",
+    "powersave_idle_s": "powersave_idle_s",
+    "powersave_wake_s": "powersave_wake_s",
+    "zone_policy": "zone_policy",
 }
 
 
@@ -59,7 +62,19 @@ UP_OPTIONS = {
         arg("--clusters", type=positive, metavar="N", help="clusters (zones), N nodes each (default 1)"),
         arg("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)"),
         arg("--network-model", choices=["classic", "vpc"], help="managed mode (default) or VPC subnets on the network"),
-        arg("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN or module:Class"),
+        arg("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN, POWERSAVE or module:Class"),
+        arg(
+            "--powersave-idle-s",
+            type=float,
+            metavar="S",
+            help="POWERSAVE: power a node down after S seconds idle (default 300)",
+        ),
+        arg("--powersave-wake-s", type=float, metavar="S", help="POWERSAVE: a woken node's boot time (default 2)"),
+        arg(
+            "--zone-policy",
+            metavar="POLICY",
+            help="zone for requests naming none: FIRST (default), ROUNDROBIN, MOSTFREE",
+        ),
         arg("--region", type=region, metavar="NAME", help="the cloud's region name (default cloudlab-1)"),
         arg("--port", type=port, metavar="PORT", help=f"EC2 endpoint port (default {DEFAULT_API_PORT}; 0 = any)"),
         arg("--accel", choices=["auto", "kvm", "tcg"], help="accelerator (default auto: probe KVM, else TCG)"),
@@ -104,6 +119,9 @@ def up(args: argparse.Namespace) -> int:
         shown = ",".join(value) if isinstance(value, list) else value
         print(f"{flag} {shown}, from the last `up`; --{flag} to change", flush=True)
     _check_scheduler(config.scheduler)  # before servicectl.up saves it: a bad one would fail every later start
+    _check_zone_policy(config.zone_policy)
+    if config.powersave_idle_s <= 0 or config.powersave_wake_s < 0:
+        raise CliError("--powersave-idle-s must be more than 0 and --powersave-wake-s at least 0")
     if not running and config.network != "none":
         _check_network(layout, config)
     try:
@@ -123,6 +141,15 @@ def _check_scheduler(spec: str) -> None:
         load_policy(spec)
     except ValueError as exc:
         raise CliError(f"--scheduler: {exc}") from None
+
+
+def _check_zone_policy(spec: str) -> None:
+    from cloudlab.clc.placement import load_zone_policy
+
+    try:
+        load_zone_policy(spec)
+    except ValueError as exc:
+        raise CliError(f"--zone-policy: {exc}") from None
 
 
 def _check_network(layout: StateLayout, config: CloudConfig) -> None:
@@ -186,12 +213,16 @@ def status(args: argparse.Namespace) -> int:
     print(f"cloud running: pid {found['pid']}, up {found['uptime_s']} s, endpoint {found['endpoint']}")
     print(f"state {layout.root}; region {found['region']}; hypervisor {found['hypervisor']}")
     for cluster in found["clusters"]:
+        zone_state = cluster.get("state", "available")
+        zone_state = zone_state if zone_state == "available" else zone_state.upper()
         print(
-            f"cluster {cluster['name']} (zone {cluster['zone']}, network {cluster['network']}, "
-            f"scheduler {cluster['scheduler']}): {len(cluster['nodes'])} node(s)"
+            f"cluster {cluster['name']} (zone {cluster['zone']} {zone_state}"
+            f", network {cluster['network']}, scheduler {cluster['scheduler']}): {len(cluster['nodes'])} node(s)"
         )
         for node in cluster["nodes"]:
-            health = "alive" if node["alive"] else f"NOT ANSWERING ({node.get('last_error')})"
+            health = {"up": "alive", "dead": f"NOT ANSWERING ({node.get('last_error')})"}.get(
+                node.get("state") or ("up" if node["alive"] else "dead"), node.get("state")
+            )  # powered-off (POWERSAVE: registered, not polled) or waking
             proc = node.get("process")
             extra = f", pid {proc['pid']}, restarts {proc['restarts']}" if proc else ""
             print(
@@ -229,6 +260,8 @@ def status(args: argparse.Namespace) -> int:
                 print(f"    {proc['role']}: {state}, pid {proc.get('pid')}, restarts {proc.get('restarts', 0)}")
             for event in network["history"][-3:]:
                 print(f"    {event}")
+        for event in cluster.get("power_history", [])[-3:]:
+            print(f"  power: {event}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(found["instances"].items())) or "none"
     print(f"instances: {counts}")
     for vm in found.get("unknown_vms", []):
@@ -245,7 +278,12 @@ def status(args: argparse.Namespace) -> int:
         arg("--user", help="only this user's usage"),
         arg("--since", metavar="T", help="window start: ISO date/time (UTC) or a duration ago (2h, 7d)"),
         arg("--until", metavar="T", help="window end (default now), as --since"),
-        arg("--by", choices=["user", "type", "day", "instance"], default="user", help="grouping (default user)"),
+        arg(
+            "--by",
+            choices=["user", "type", "day", "instance", "node"],
+            default="user",
+            help="grouping (default user); node: each node's powered-on hours (POWERSAVE)",
+        ),
         arg("--csv", action="store_true", help="CSV on stdout (no total row)"),
     ],
 )
@@ -263,6 +301,8 @@ def usage(args: argparse.Namespace) -> int:
         "aws_access_key_id": creds["access_key"],
         "aws_secret_access_key": creds["secret_key"],
     }
+    if args.by == "node":
+        return _node_usage(kwargs, args)
     try:
         frame = fetch_usage(kwargs, user=args.user, since=args.since, until=args.until, by=args.by)
     except botocore.exceptions.ClientError as exc:
@@ -285,6 +325,32 @@ def usage(args: argparse.Namespace) -> int:
     for column in ("instance_hours", "vcpu_hours", "gb_hours", "storage_gb_hours", "ebs_gb_hours"):
         shown[column] = shown[column].map(lambda v: f"{float(v):.3f}")
     print(f"usage by {args.by}, from {window} (billed: time in running)")
+    print(shown.to_string(index=False))
+    return 0
+
+
+def _node_usage(kwargs: dict[str, str], args: argparse.Namespace) -> int:
+    """``cloudlab usage --by node``: each node's powered-on and powered-off hours."""
+    import botocore.exceptions
+
+    from cloudlab.usage_frames import fetch_node_usage
+
+    try:
+        frame = fetch_node_usage(kwargs, since=args.since, until=args.until)
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise CliError(f"{error.get('Code')}: {error.get('Message')}") from None
+    if args.csv:
+        frame.to_csv(sys.stdout, index=False)
+        return 0
+    if frame.empty:
+        print("no node has reported yet")
+        return 0
+    shown = frame.copy()
+    for column in ("powered_on_hours", "powered_off_hours"):
+        shown[column] = shown[column].map(lambda v: f"{float(v):.4f}")
+    on, off = frame["powered_on_hours"].sum(), frame["powered_off_hours"].sum()
+    print(f"node-hours: {on:.4f} h powered on, {off:.4f} h powered off (POWERSAVE's saving)")
     print(shown.to_string(index=False))
     return 0
 

@@ -100,6 +100,7 @@ CC_URL = arg("--cc", required=True, type=controller_url, metavar="URL", help="th
         arg("--accel", choices=["auto", "kvm", "tcg"], default="auto"),
         arg("--launch", choices=["restore", "boot"], default="restore", help="restore templates or boot cold"),
         arg("--template-nic", action="store_true", help="build the start-up template with a NIC"),
+        arg("--wake-s", type=float, metavar="S", help="a wake's boot time when POWERSAVE powered it down (2)"),
         arg("--verbose", action="store_true"),
     ],
 )
@@ -124,6 +125,7 @@ def nc(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         launch=args.launch,
         template_nic=args.template_nic,
+        wake_s=args.wake_s,
     )
     return 0
 

@@ -36,6 +36,7 @@ def run_node(
     advertise: str | None = None,
     launch: str = "restore",
     template_nic: bool = False,
+    wake_s: float | None = None,
 ) -> None:
     """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
     identity, ca_certificate = controller_identity(pki_dir, name, "nc", f"node {name}")
@@ -54,6 +55,7 @@ def run_node(
         on_change=nudger.changed,
         launch=launch,
         template_nic=template_nic,
+        **({} if wake_s is None else {"wake_s": wake_s}),
     )
     dispatcher = Dispatcher(f"nc-{name}", signer, verifier)
     node.register_routes(dispatcher)
@@ -62,7 +64,7 @@ def run_node(
     url = advertise or f"http://{host}:{server.server_port}"
     stop_on_signals(stop)
     log.info("node %s serving %s at %s; cluster controller %s", name, uri, url, cc_url)
-    keep_registered(cc, REGISTER_NODE, url, f"node {name}", cc_url, stop)
+    keep_registered(cc, REGISTER_NODE, url, f"node {name}", cc_url, stop, silent=lambda: node.power == "off")
     server.shutdown()
     node.close()
 

@@ -37,6 +37,7 @@ from cloudlab.nc.domain_xml import (
 from cloudlab.nc.hypervisor import driver_kind, open_connection
 from cloudlab.nc.image_cache import ImageCache
 from cloudlab.nc.node_nics import NodeNics
+from cloudlab.nc.node_power import DEFAULT_WAKE_S, NodePower
 from cloudlab.nc.states import node_state
 from cloudlab.nc.templates import (
     DEFAULT_TEMPLATE_SCRATCH_GIB,
@@ -74,7 +75,7 @@ _EVENT_NAMES = {
 }
 
 
-class NodeController(NodeDisks, NodeNics):
+class NodeController(NodeDisks, NodeNics, NodePower):
     """Runs instances on one host through one libvirt connection."""
 
     def __init__(
@@ -91,8 +92,10 @@ class NodeController(NodeDisks, NodeNics):
         launch: str = "restore",
         template_nic: bool = False,
         templates_dir: Path | None = None,
+        wake_s: float = DEFAULT_WAKE_S,
     ) -> None:
         self.name = name
+        self._init_power(wake_s)  # powered down and woken by the CC's POWERSAVE (cloudlab/nc/node_power.py)
         self.on_change = on_change  # told of every lifecycle event (the daemon nudges its CC)
         self.uri = uri
         self.node_dir = node_dir
@@ -143,7 +146,7 @@ class NodeController(NodeDisks, NodeNics):
             self.launcher = Launcher(self.conn, name, store, launch)
         self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
         if self.kind == "qemu":
-            threading.Thread(target=self._warm_up, name=f"warm-{name}", daemon=True).start()
+            self.warm_up_in_background(self._warm_up)  # (not idle meanwhile: see NodePower)
 
     def _warm_up(self) -> None:
         """Probe what the first RunInstances would otherwise wait for: QEMU's capabilities (~4 s
@@ -185,19 +188,23 @@ class NodeController(NodeDisks, NodeNics):
 
     # -- wiring -------------------------------------------------------------------------------
     def register_routes(self, dispatcher: Dispatcher) -> None:
-        """Only a cluster controller may command a node (the contract's actions say so)."""
-        dispatcher.serve(c.DESCRIBE_RESOURCE, lambda r, m: self.describe_resource())
-        dispatcher.serve(c.DESCRIBE_RESOURCE_IF_CHANGED, lambda r, m: self.report_if_changed(r.unchanged))
-        dispatcher.serve(c.NODE_RUN_INSTANCE, lambda r, m: self.run_instance(r))
-        dispatcher.serve(c.NODE_RUN_INSTANCES, lambda r, m: self.run_instances(r.instances))
-        dispatcher.serve(c.NODE_TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.instance_id))
-        dispatcher.serve(c.NODE_REBOOT_INSTANCE, lambda r, m: self.reboot_instance(r.instance_id))
-        dispatcher.serve(c.NODE_GET_CONSOLE_OUTPUT, lambda r, m: self.get_console_output(r.instance_id))
-        dispatcher.serve(c.NODE_ATTACH_VOLUME, lambda r, m: self.attach_volume(r))
-        dispatcher.serve(c.NODE_DETACH_VOLUME, lambda r, m: self.detach_volume(r))
-        dispatcher.serve(c.NODE_PAUSE_INSTANCE, lambda r, m: self.pause_instance(r.instance_id))
-        dispatcher.serve(c.NODE_RESUME_INSTANCE, lambda r, m: self.resume_instance(r.instance_id))
-        dispatcher.serve(c.NODE_PORT_FILTERS, lambda r, m: self.set_port_filters(r))
+        """Only a cluster controller may command a node (the contract's actions say so); a powered-off node
+        answers only ``wake`` (and ``power_off`` again)."""
+        serve = lambda action, handler: dispatcher.serve(action, self.powered(handler))  # noqa: E731
+        serve(c.DESCRIBE_RESOURCE, lambda r, m: self.describe_resource())
+        serve(c.DESCRIBE_RESOURCE_IF_CHANGED, lambda r, m: self.report_if_changed(r.unchanged))
+        serve(c.NODE_RUN_INSTANCE, lambda r, m: self.run_instance(r))
+        serve(c.NODE_RUN_INSTANCES, lambda r, m: self.run_instances(r.instances))
+        serve(c.NODE_TERMINATE_INSTANCE, lambda r, m: self.terminate_instance(r.instance_id))
+        serve(c.NODE_REBOOT_INSTANCE, lambda r, m: self.reboot_instance(r.instance_id))
+        serve(c.NODE_GET_CONSOLE_OUTPUT, lambda r, m: self.get_console_output(r.instance_id))
+        serve(c.NODE_ATTACH_VOLUME, lambda r, m: self.attach_volume(r))
+        serve(c.NODE_DETACH_VOLUME, lambda r, m: self.detach_volume(r))
+        serve(c.NODE_PAUSE_INSTANCE, lambda r, m: self.pause_instance(r.instance_id))
+        serve(c.NODE_RESUME_INSTANCE, lambda r, m: self.resume_instance(r.instance_id))
+        serve(c.NODE_PORT_FILTERS, lambda r, m: self.set_port_filters(r))
+        dispatcher.serve(c.NODE_POWER_OFF, lambda r, m: self.power_off())
+        dispatcher.serve(c.NODE_WAKE, lambda r, m: self.wake())
 
     def close(self) -> None:
         self.vde_nics.close()

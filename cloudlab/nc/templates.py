@@ -453,6 +453,11 @@ class Launcher:
                 self._thread = threading.Thread(target=self._build_loop, name=f"templates-{self.node}", daemon=True)
                 self._thread.start()
 
+    @property
+    def building(self) -> bool:
+        """Whether a template is queued or being built (a node that builds one is not idle)."""
+        return bool(self._wanted)
+
     def wait_idle(self, timeout_s: float) -> None:
         """Wait until no template is queued or being built (tests and benchmarks)."""
         wait_until(lambda: not self._wanted, timeout_s, what="templates built", interval_s=0.2)

@@ -1,5 +1,6 @@
-"""The instance table: a refreshing view of the instances with state colours, owner (for admins), node and
-addresses; select rows to terminate, reboot, show the console, or get the SSH command."""
+"""The instance table: a refreshing view of the instances with state colours, owner (for admins), node,
+addresses and attached EBS volumes (``/dev/sdf=vol-...``, the device names given to AttachVolume); select
+rows to terminate, reboot, show the console, or get the SSH command."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ STATE_COLOURS = {
     "shutting-down": "#c62828",
     "terminated": "#9e9e9e",
 }
-SHOWN = ["instance_id", "name", "state", "type", "owner", "node", "private_ip", "public_ip", "launched", "reason"]
+SHOWN = ["instance_id", "name", "state", "type", "owner", "node", "private_ip", "public_ip", "volumes", "launched",
+         "reason"]  # fmt: skip
 
 
 def state_badge(state: str) -> str:

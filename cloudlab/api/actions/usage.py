@@ -1,4 +1,5 @@
-"""``DescribeUsage`` (cloudlab's own action, see :mod:`cloudlab.api.extension`): the accounting report."""
+"""``DescribeUsage`` and ``DescribeNodeUsage`` (cloudlab's own actions, see :mod:`cloudlab.api.extension`):
+the accounting report, and each node's powered-on time (what POWERSAVE saves)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from cloudlab.api.actions import Context, action
 from cloudlab.api.errors import ApiError
+from cloudlab.clc.node_hours import node_usage
 from cloudlab.clc.usage import UsageError, parse_time, usage_report
 
 GROUP_BY = ("user", "type", "day", "instance")
@@ -54,6 +56,36 @@ def describe_usage(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         "Until": min(now, until) if until is not None else now,
         "UsageRows": [_row(r) for r in rows],
         "Total": _row(total),
+    }
+    if since is not None:
+        result["Since"] = since
+    return result
+
+
+@action("DescribeNodeUsage")
+def describe_node_usage(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
+    if not ctx.user.is_admin:
+        raise ApiError("UnauthorizedOperation", "You are not authorized to perform this operation (admins only).")
+    now = time.time()
+    try:
+        since = parse_time(req.get("Since") or None, now)
+        until = parse_time(req.get("Until") or None, now)
+    except UsageError as exc:
+        raise ApiError("InvalidParameterValue", str(exc)) from None
+    rows = node_usage(ctx.clc.store, since=since, until=until)
+    result: dict[str, Any] = {
+        "Until": min(now, until) if until is not None else now,
+        "NodeUsageRows": [
+            {
+                "Node": r["node"],
+                "Cluster": r["cluster"],
+                "PoweredOnHours": r["on_hours"],
+                "PoweredOffHours": r["off_hours"],
+                "PowerOns": r["power_ons"],
+                "Power": r["power"],
+            }
+            for r in rows
+        ],
     }
     if since is not None:
         result["Since"] = since
