@@ -33,6 +33,18 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from cloudlab.contract_network import (  # noqa: F401 - re-exported: the contract names every message
+    ElasticNat,
+    FilterRule,
+    GroupSegment,
+    IngressRule,
+    InstanceFilter,
+    NetworkApplied,
+    NetworkPlan,
+    PortFilters,
+    SubnetSegment,
+    VpcRouter,
+)
 from cloudlab.contract_power import PowerState  # noqa: F401 - re-exported, as the storage messages are
 from cloudlab.contract_storage import (  # noqa: F401 - re-exported: the contract names every message
     AttachDisk,
@@ -388,82 +400,6 @@ class ClusterReport:
     network: dict[str, Any] | None = None
 
 
-# -- the network plan ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GroupSegment:
-    """One security group's VLAN and subnet in one cluster."""
-
-    group_id: str
-    vlan: int
-    subnet: str
-    gateway: str
-
-
-@dataclass(frozen=True)
-class IngressRule:
-    """One ingress permission of a group (EC2 semantics; for icmp the ports are type and code, -1 = any)."""
-
-    group_id: str
-    protocol: str
-    from_port: int | None
-    to_port: int | None
-    cidr: str | None
-    source_group_id: str | None
-
-
-@dataclass(frozen=True)
-class ElasticNat:
-    """A public address translated 1:1 to an instance's private address."""
-
-    public_ip: str
-    private_ip: str
-
-
-@dataclass(frozen=True)
-class SubnetSegment:
-    """One VPC subnet's layer-2 segment in one cluster: its VLAN (or bridge), range and router address."""
-
-    subnet_id: str
-    vlan: int
-    cidr: str
-    gateway: str
-
-
-@dataclass(frozen=True)
-class VpcRouter:
-    """One VPC's router in one cluster (a namespace of its own, so that VPCs' ranges may overlap).
-
-    ``home`` empty: the router is in the cluster the plan is for. Else the cluster holding it, when the
-    cluster networks are joined into one fabric (VDE, several clusters): the plan's cluster only carries the
-    subnets' VLANs, over its cable to ``home`` (see :mod:`cloudlab.cc.fabric`).
-    """
-
-    vpc_id: str
-    slot: int
-    subnets: tuple[SubnetSegment, ...] = ()
-    home: str = ""
-
-
-@dataclass(frozen=True)
-class NetworkPlan:
-    """Everything a cluster's router needs, derived from the CLC's records alone (applying it twice changes nothing).
-
-    ``groups``/``rules``/``nats``: Eucalyptus' managed mode (a VLAN per security group); ``vpcs``: the VPC
-    subnets of a cluster whose network plumbs VPCs.
-    """
-
-    cluster: str
-    groups: tuple[GroupSegment, ...] = ()
-    rules: tuple[IngressRule, ...] = ()
-    nats: tuple[ElasticNat, ...] = ()
-    vpcs: tuple[VpcRouter, ...] = ()
-
-
-@dataclass(frozen=True)
-class NetworkApplied:
-    applied: bool
-
-
 # -- node registration -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RegisterNode:
@@ -523,6 +459,7 @@ NODE_REBOOT_INSTANCE = _action("reboot_instance", InstanceRef, InstanceState, "c
 NODE_GET_CONSOLE_OUTPUT = _action("get_console_output", InstanceRef, ConsoleOutput, "cc")
 NODE_PAUSE_INSTANCE = _action("pause_instance", InstanceRef, InstanceState, "cc")
 NODE_RESUME_INSTANCE = _action("resume_instance", InstanceRef, InstanceState, "cc")
+NODE_PORT_FILTERS = _action("port_filters", PortFilters, NetworkApplied, "cc")
 NODE_ATTACH_VOLUME = _action("attach_volume", AttachDisk, Done, "cc")
 NODE_DETACH_VOLUME = _action("detach_volume", DetachDisk, Done, "cc")
 NODE_POWER_OFF = _action("power_off", Empty, PowerState, "cc")
@@ -577,6 +514,7 @@ NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     NODE_DETACH_VOLUME,
     NODE_PAUSE_INSTANCE,
     NODE_RESUME_INSTANCE,
+    NODE_PORT_FILTERS,
     NODE_POWER_OFF,
     NODE_WAKE,
 )

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from cloudlab import servicectl
+from cloudlab.bench.cloudpaths import open_ssh
 from cloudlab.cc import fabric
 from cloudlab.client import connect
 from cloudlab.config import CloudConfig
@@ -84,6 +85,7 @@ def lab(fabric_cloud: RunningCloud) -> dict[str, Any]:
     ec2.create_key_pair(KeyName="fabric", KeyType="ed25519")
     zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
     vpc = ec2.create_vpc(CidrBlock="10.90.0.0/16")["Vpc"]["VpcId"]
+    open_ssh(ec2, vpc)  # the default group admits its members only; `cloudlab ssh` comes from the router
     subnets = [
         ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.90.{n}.0/24", AvailabilityZone=zone)["Subnet"]["SubnetId"]
         for n, zone in ((1, zones[0]), (2, zones[1]))

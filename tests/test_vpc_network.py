@@ -55,6 +55,15 @@ def lab(vpc_cloud: RunningCloud, tmp_path_factory: pytest.TempPathFactory) -> di
         vpc = ec2.create_vpc(CidrBlock="10.80.0.0/16")["Vpc"]["VpcId"]
         vpcs.append(vpc)
         subnets.append(ec2.create_subnet(VpcId=vpc, CidrBlock="10.80.1.0/24")["Subnet"]["SubnetId"])
+        # a VPC's default group lets in only its members (security groups filter each instance's port): SSH
+        # from the router, where this test drives the guests from, needs a rule, as it would in EC2
+        [default] = ec2.describe_security_groups(
+            Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "group-name", "Values": ["default"]}]
+        )["SecurityGroups"]
+        ec2.authorize_security_group_ingress(
+            GroupId=default["GroupId"],
+            IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
+        )
     image = default_image(ec2)
     common = {"ImageId": image, "KeyName": "vpc"}
     a = ec2.run_instances(MinCount=2, MaxCount=2, SubnetId=subnets[0], **common)["Instances"]

@@ -68,6 +68,17 @@ def cloud_vms(flavour: str, boot_timeout: float = 180, instance_type: str = INST
             servicectl.down(layout)
 
 
+def open_ssh(ec2: Any, vpc: str) -> None:
+    """Let SSH into ``vpc``'s default group from anywhere: it admits only its members, as on EC2, and the pair is
+    driven over SSH from the VPC's router."""
+    [group] = ec2.describe_security_groups(
+        Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "group-name", "Values": ["default"]}]
+    )["SecurityGroups"]
+    ec2.authorize_security_group_ingress(
+        GroupId=group["GroupId"], IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0"
+    )
+
+
 def _default_image(ec2: Any) -> str:
     images = ec2.describe_images(Filters=[{"Name": "name", "Values": ["cloudlab-default"]}])["Images"]
     if not images:
@@ -104,6 +115,7 @@ def cloud_vpc_pair(
             ec2.create_key_pair(KeyName="bench", KeyType="ed25519")
             zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
             vpc = ec2.create_vpc(CidrBlock="10.91.0.0/16")["Vpc"]["VpcId"]
+            open_ssh(ec2, vpc)
             far = zones[0] if placement == "same-cluster" else zones[1]
             subnets = [
                 ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.91.{n}.0/24", AvailabilityZone=zone)["Subnet"]["SubnetId"]

@@ -50,6 +50,7 @@ class ClusterController:
         self.name = name
         self.policy = load_policy(policy) if isinstance(policy, str) else policy
         self.registry = NodeRegistry(heartbeat_s, dead_after_s)
+        self._port_filters: tuple[c.InstanceFilter, ...] = ()  # the last sent, for a node that registers later
         self._signer = signer
         self._verifier = verifier
         self._schedule_lock = threading.Lock()
@@ -107,6 +108,8 @@ class ClusterController:
     def add_node(self, name: str, channel: Channel, url: str | None = None) -> None:
         self.registry.add(name, channel, url)
         log.info("cluster %s: node %s registered", self.name, name)
+        if self._port_filters:  # a (re)started NC gets its instances' security groups now, not at the next plan
+            self._port_filters_to(name, self._port_filters)
 
     def register_remote_node(self, name: str, url: str) -> c.Registered:
         """An NC on another host (or process) announces its URL; its identity is its certificate's name.
@@ -271,7 +274,25 @@ class ClusterController:
             self.network.apply(plan)
         except NetError as exc:
             raise CloudError("InvalidParameterValue", str(exc)) from exc
+        if self.network.flavour == "vde" and (plan.filters or self._port_filters):
+            self._send_port_filters(plan.filters)
         return c.NetworkApplied(applied=True)
+
+    def _send_port_filters(self, filters: tuple[c.InstanceFilter, ...]) -> None:
+        """On vde an instance's port is a bridge its NC made (``vb<port>``): every node gets the cluster's VPC
+        instance filters and applies its own instances' (each plan the CLC sends, so at least every resync)."""
+        self._port_filters = filters
+        for name in self.registry.names():
+            self._port_filters_to(name, filters)
+
+    def _port_filters_to(self, name: str, filters: tuple[c.InstanceFilter, ...]) -> None:
+        entry = self.registry.entry(name)
+        if entry is None:
+            return
+        try:
+            entry.channel.ask(c.NODE_PORT_FILTERS, c.PortFilters(filters), timeout=5.0)
+        except Exception as exc:  # a dead node gets them again with the next plan
+            log.warning("node %s did not take the security-group filters: %s", name, exc)
 
     # -- reports -----------------------------------------------------------------------------------------------
     def describe_cluster(self, after: int = 0, wait_s: float = 0.0) -> c.ClusterReport:

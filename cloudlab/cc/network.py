@@ -45,7 +45,7 @@ from cloudlab.cc.network_host import free_underlay, host_routes, sweep
 from cloudlab.cc.vpc_routers import VpcRouters
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
-from cloudlab.net import NetError, firewall, links, netns, vde, vde_plugs
+from cloudlab.net import NetError, firewall, instance_filters, links, netns, vde, vde_plugs
 from cloudlab.paths import StateLayout, outside_namespace_of
 from cloudlab.waiting import WaitTimeout, wait_until
 
@@ -148,6 +148,7 @@ class ClusterNetwork:
         self.vpc_routers = VpcRouters(self)
         self.vlans: set[int] = set()
         self.public_ips: set[str] = set()
+        self.filtering = False  # whether the host holds VPC instance filters (applied once, then always kept)
         self.digest: str | None = None
         self.history: list[str] = []
         self._lock = threading.RLock()
@@ -332,6 +333,20 @@ class ClusterNetwork:
             ruleset = firewall.cluster_ruleset(FIREWALL_TABLE, groups, list(plan.rules), list(plan.nats))
             firewall.apply(self.outside, ruleset)
             self.vpc_routers.apply(plan.vpcs)
+            self._apply_filters(plan)
+
+    def _apply_filters(self, plan: NetworkPlan) -> None:
+        """VPC instances' security groups, on the host whose bridges hold their taps (direct: the one host).
+
+        On vde each NIC has a bridge of its own that only its node knows (``vb<port>``): the nodes apply the
+        filters there (:meth:`cloudlab.cc.cluster.ClusterController._send_port_filters`)."""
+        if self.flavour != "direct" or not (plan.filters or self.filtering):
+            return
+        host = next(iter(self.hosts.values())).namespace
+        if not self.filtering:
+            links.sysctl(host, "net.bridge.bridge-nf-call-iptables", 1)  # bridged IPv4 through the inet hooks
+        firewall.apply(host, instance_filters.ruleset(list(plan.filters)))
+        self.filtering = True
 
     def _add_vlan(self, group: GroupSegment) -> None:
         """Give ``group`` its layer-2 segment on every host and its gateway ``g<vlan>`` on the router."""
@@ -532,4 +547,5 @@ class ClusterNetwork:
         self.vlans.clear()
         self.vpc_routers.reset()
         self.public_ips.clear()
+        self.filtering = False
         self.built = False

@@ -28,6 +28,7 @@ from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.clusters import Clusters
 from cloudlab.clc.groups import SecurityGroups
 from cloudlab.clc.keypairs import KeyPairs
+from cloudlab.clc.vpc_filters import instance_filters
 from cloudlab.clc.vpc_network import VpcNetworks
 from cloudlab.contract import (
     FIRST_VLAN,
@@ -259,6 +260,7 @@ class InstanceNetworks:
             ),
             nats=tuple(ElasticNat(n["public_ip"], n["private_ip"]) for n in nats),
             vpcs=self.clc.service(VpcNetworks).routers(cluster) if self.plumbs_vpcs(cluster) else (),
+            filters=instance_filters(self.clc, cluster) if self.plumbs_vpcs(cluster) else (),
         )
 
 

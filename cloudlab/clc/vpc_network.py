@@ -15,8 +15,8 @@ plans carry the same routers with ``home`` set: they make the VLANs, not the rou
 VPC per cluster would need the clusters to agree on routes between their routers; one router is the
 simplest design that is honest about where a VPC's traffic goes: through the cables, to the home.)
 
-Not plumbed yet in this model (they work in Eucalyptus' managed mode): security-group filtering
-between instances, elastic addresses and traffic out of the VPC.
+Security groups are per-instance filters (:mod:`cloudlab.clc.vpc_filters`); not plumbed yet in this model
+(they work in Eucalyptus' managed mode): elastic addresses and traffic out of the VPC.
 """
 
 from __future__ import annotations

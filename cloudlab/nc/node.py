@@ -116,6 +116,7 @@ class NodeController(NodeDisks, NodeNics, NodePower):
         self._held: dict[str, tuple[int, int]] = {}
         # network byte counters: where each running domain's NIC is counted, keyed by (UUID, domain id)
         self._nic_where: dict[tuple[str, int], str] = {}  # (UUID, domain id) -> the NIC's tap
+        self._port_filters_applied: dict[str, str] = {}  # host namespace -> the filter table applied there
         self._vde_mgmt: dict[str, vde.VdeManagement] = {}
         self._vde_lock = threading.Lock()
         self.vde_nics = VdeNics(name)
@@ -190,6 +191,7 @@ class NodeController(NodeDisks, NodeNics, NodePower):
         serve(c.NODE_DETACH_VOLUME, lambda r, m: self.detach_volume(r))
         serve(c.NODE_PAUSE_INSTANCE, lambda r, m: self.pause_instance(r.instance_id))
         serve(c.NODE_RESUME_INSTANCE, lambda r, m: self.resume_instance(r.instance_id))
+        serve(c.NODE_PORT_FILTERS, lambda r, m: self.set_port_filters(r))
         dispatcher.serve(c.NODE_POWER_OFF, lambda r, m: self.power_off())
         dispatcher.serve(c.NODE_WAKE, lambda r, m: self.wake())
 

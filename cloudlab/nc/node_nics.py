@@ -18,7 +18,7 @@ from cloudlab import contract as c
 from cloudlab.errors import CloudError
 from cloudlab.nc.domain_xml import Nic, tap_of
 from cloudlab.nc.vde_nics import PlugPlace, VdeNics, bridge_name
-from cloudlab.net import NetError, vde
+from cloudlab.net import NetError, firewall, instance_filters, links, vde
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ def vde_port_counters(text: str) -> dict[int, tuple[int, int]]:
     return {p: (c[0], c[1]) for p, c in counters.items()}
 
 
+def places_of(domains: dict[str, tuple[Any, dict[str, str]]]) -> dict[str, PlugPlace]:
+    """Where each of ``domains`` (by instance id) has its VDE NIC plugged (those without one left out)."""
+    return {name: place for name, (_dom, meta) in domains.items() if (place := PlugPlace.from_metadata(meta))}
+
+
 class NodeNics:
     """The node controller's NIC operations."""
 
@@ -51,6 +56,8 @@ class NodeNics:
     _nic_where: dict[tuple[str, int], str]
     _vde_mgmt: dict[str, vde.VdeManagement]
     _vde_lock: threading.Lock
+    _port_filters: tuple[c.InstanceFilter, ...] = ()  # the cluster's, from the CC (PortFilters)
+    _port_filters_applied: dict[str, str]
 
     def _domains(self) -> dict[str, tuple[Any, dict[str, str]]]:
         raise NotImplementedError
@@ -102,6 +109,35 @@ class NodeNics:
                 ports = self._vde_ports(mgmt)
                 active[mgmt] = set(ports) if ports is not None else None
             self.vde_nics.check(places, active)
+        self._apply_port_filters(places_of(running))
+
+    # -- security groups on VDE ports (see cloudlab.net.instance_filters) ------------------------------------------
+    def set_port_filters(self, request: c.PortFilters) -> c.NetworkApplied:
+        """Keep the cluster's VPC instance filters and apply those of this node's running instances at once (the
+        heartbeat applies them again as instances come and go: a port exists only once its instance runs)."""
+        self._port_filters = request.filters
+        running = {name: found for name, found in self._domains().items() if found[0].isActive()}
+        self._apply_port_filters(places_of(running))
+        return c.NetworkApplied(applied=True)
+
+    def _apply_port_filters(self, places: dict[str, PlugPlace]) -> None:
+        """One table per host namespace: each running instance's filter on its own bridge ``vb<port>``."""
+        filters, applied = self._port_filters, self._port_filters_applied
+        if not filters and not applied:
+            return
+        with self._vde_lock:
+            for ns in {p.netns for p in places.values()} | set(applied):
+                mine = [f for f in filters if f.instance_id in places and places[f.instance_id].netns == ns]
+                ports = {
+                    f.instance_id: (bridge_name(places[f.instance_id].port), places[f.instance_id].port) for f in mine
+                }
+                text = instance_filters.ruleset(mine, ports=ports)
+                if applied.get(ns) == text:
+                    continue
+                if ns not in applied:
+                    links.sysctl(ns, "net.bridge.bridge-nf-call-iptables", 1)  # bridged IPv4 through the inet hooks
+                firewall.apply(ns, text)
+                applied[ns] = text
 
     # -- NICs -------------------------------------------------------------------------------------------------
     def _nic(self, plan: c.NicPlan) -> tuple[Nic, PlugPlace | None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from cloudlab.contract import ElasticNat, GroupSegment, IngressRule
+from cloudlab.contract import ElasticNat, FilterRule, GroupSegment, IngressRule
 from cloudlab.net import NetError
 from cloudlab.net import netns as _netns
 
@@ -73,7 +73,7 @@ def _validate(groups: list[GroupSegment], rules: list[IngressRule], nats: list[E
         _address(n.private_ip, "elastic private address")
 
 
-def _port_range(r: IngressRule) -> tuple[int | None, int | None]:
+def _port_range(r: IngressRule | FilterRule) -> tuple[int | None, int | None]:
     lo = None if r.from_port in (None, -1) else int(r.from_port)
     hi = None if r.to_port in (None, -1) else int(r.to_port)
     if lo is None and hi is not None:
@@ -104,24 +104,27 @@ def _rule_lines(rule: IngressRule, subnets: dict[str, str]) -> list[str]:
         sources = [""] if net.prefixlen == 0 and net.version == 4 else [f"{_family(net)} saddr {net} "]
     else:
         sources = [""]
+    match = protocol_match(rule)
+    return [f"{src}{match}accept" for src in sources]
+
+
+def protocol_match(rule: IngressRule | FilterRule) -> str:
+    """The nft match (with a trailing space, or empty for every protocol) of a rule's protocol and ports
+    (for icmp: ``from_port`` is the type, ``to_port`` the code; -1 or None = any)."""
     if rule.protocol == "-1":
-        match = ""
-    elif rule.protocol in ("tcp", "udp"):
+        return ""
+    if rule.protocol in ("tcp", "udp"):
         lo, hi = _port_range(rule)
         if lo is None or hi is None:
-            match = f"meta l4proto {rule.protocol} "
-        else:
-            match = f"{rule.protocol} dport {lo if lo == hi else f'{lo}-{hi}'} "
-    else:  # icmp: from_port is the type, to_port the code
-        icmp_type = None if rule.from_port in (None, -1) else int(rule.from_port)
-        icmp_code = None if rule.to_port in (None, -1) else int(rule.to_port)
-        if icmp_type is None:
-            match = "meta l4proto icmp "
-        elif icmp_code is None:
-            match = f"icmp type {icmp_type} "
-        else:
-            match = f"icmp type {icmp_type} icmp code {icmp_code} "
-    return [f"{src}{match}accept" for src in sources]
+            return f"meta l4proto {rule.protocol} "
+        return f"{rule.protocol} dport {lo if lo == hi else f'{lo}-{hi}'} "
+    icmp_type = None if rule.from_port in (None, -1) else int(rule.from_port)
+    icmp_code = None if rule.to_port in (None, -1) else int(rule.to_port)
+    if icmp_type is None:
+        return "meta l4proto icmp "
+    if icmp_code is None:
+        return f"icmp type {icmp_type} "
+    return f"icmp type {icmp_type} icmp code {icmp_code} "
 
 
 def cluster_ruleset(
