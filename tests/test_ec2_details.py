@@ -159,6 +159,7 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
         "CreateSnapshot": {"VolumeId": volume_id},
         "DeleteSnapshot": {"SnapshotId": snapshot_id},
         "CreateImage": {"InstanceId": instance_id, "Name": _name("made")},
+        "ImportSnapshot": {"DiskContainer": {"Format": "RAW", "UserBucket": {"S3Bucket": "dry", "S3Key": "d.raw"}}},
     }
     mutating = {
         name
@@ -187,6 +188,7 @@ def test_dry_run_on_every_mutating_action(sim_cloud: RunningCloud, ec2: Any) -> 
             sorted(str(g["IpPermissionsEgress"]) for g in ec2.describe_security_groups()["SecurityGroups"]),
             sorted((v["VolumeId"], v["State"]) for v in ec2.describe_volumes()["Volumes"]),
             sorted(s["SnapshotId"] for s in ec2.describe_snapshots()["Snapshots"]),
+            sorted(t["ImportTaskId"] for t in ec2.describe_import_snapshot_tasks()["ImportSnapshotTasks"]),
         )
 
     before = snapshot()
