@@ -99,6 +99,12 @@ def traffic_rate(service: CloudService, seconds: float) -> float:
     return (message_bytes(service) - before) / (time.perf_counter() - started)
 
 
+def all_room_free(service: CloudService) -> bool:
+    """Whether every node's last report (as its CC schedules with it) shows all its vCPUs free."""
+    views = [view for cluster in service.clusters for view in cluster.cc.registry.views()]
+    return all(view.vcpus_free == view.vcpus_total for view in views)
+
+
 class _Launcher:
     """RunInstances in requests of at most 100, the same number into each zone."""
 
@@ -234,8 +240,11 @@ def run_scale_benchmark(
                 done = 0
                 while done < churn:
                     launcher.terminate(ids)
-                    wait_until(  # their room is free once their nodes report them gone
-                        lambda: service.store.one(live)["n"] == 0, 300, what="the terminations", interval_s=0.05
+                    wait_until(  # recorded terminated, then their room is free once their nodes report them gone
+                        lambda: service.store.one(live)["n"] == 0 and all_room_free(service),
+                        300,
+                        what="the terminations",
+                        interval_s=0.05,
                     )
                     ids = launcher.launch(instances)
                     wait_until(
