@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from cloudlab.clc import objects as obj
-from cloudlab.clc import quotas
+from cloudlab.clc.snapshots import record_pending
 from cloudlab.clc.store import Store
 from cloudlab.clc.users import User
 from cloudlab.clc.volumes import Volumes
@@ -66,26 +66,9 @@ class SnapshotImports:
         task_id, snapshot_id, now = new_id("import-snap"), new_id("snap"), time.time()
         note = description or container.get("Description") or ""
         with self.store.transaction() as db:
-            (held,) = db.execute(
-                "SELECT COUNT(*) FROM snapshots WHERE owner=? AND state != 'deleted'", (user.name,)
-            ).fetchone()
-            quota = quotas.limit(db, user.name, "snapshots")
-            if quota is not None and held + 1 > quota:
-                raise quotas.refuse("snapshots", user.name, quota, int(held), 1)
-            db.execute(
-                "INSERT INTO snapshots (snapshot_id, owner, volume_id, volume_size, cluster, description, state,"
-                " progress, started, updated) VALUES (?,?,?,?,?,?,'pending',0,?,?)",
-                (
-                    snapshot_id,
-                    user.name,
-                    IMPORTED_VOLUME,
-                    max(1, math.ceil(ref.size / GIB)),
-                    cluster,
-                    f"Created by ImportSnapshot({task_id}) from s3://{bucket}/{key}"[:255],
-                    now,
-                    now,
-                ),  # fmt: skip
-            )
+            size_gib = max(1, math.ceil(ref.size / GIB))
+            origin = f"Created by ImportSnapshot({task_id}) from s3://{bucket}/{key}"[:255]
+            record_pending(db, user, snapshot_id, IMPORTED_VOLUME, size_gib, cluster, origin, now)
             db.execute(
                 "INSERT INTO snapshot_imports (task_id, owner, snapshot_id, bucket, key, version_id, format, size,"
                 " description, created) VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -31,6 +31,23 @@ CREATE INDEX IF NOT EXISTS snapshots_by_owner ON snapshots(owner, state);
 MAX_DESCRIPTION = 255
 
 
+
+def record_pending(
+    db: Any, user: User, snapshot_id: str, volume_id: str, size_gib: int, cluster: str, description: str | None,
+    now: float,
+) -> None:
+    """A new ``pending`` snapshot of ``user``'s, within their snapshot quota (in the caller's transaction): made
+    from a volume by CreateSnapshot or from an object by ImportSnapshot, the snapshot worker takes it from here."""
+    (held,) = db.execute("SELECT COUNT(*) FROM snapshots WHERE owner=? AND state != 'deleted'", (user.name,)).fetchone()
+    quota = quotas.limit(db, user.name, "snapshots")
+    if quota is not None and held + 1 > quota:
+        raise quotas.refuse("snapshots", user.name, quota, int(held), 1)
+    db.execute(
+        "INSERT INTO snapshots (snapshot_id, owner, volume_id, volume_size, cluster, description, state,"
+        " progress, started, updated) VALUES (?,?,?,?,?,?,'pending',0,?,?)",
+        (snapshot_id, user.name, volume_id, size_gib, cluster, description or "", now, now),
+    )  # fmt: skip
+
 class Snapshots:
     """The ``snapshots`` table as the EC2 actions use it (``clc.service(Snapshots)``)."""
 
@@ -99,17 +116,7 @@ class Snapshots:
         snapshot_id = new_id("snap")
         now = time.time()
         with self.store.transaction() as db:
-            (held,) = db.execute(
-                "SELECT COUNT(*) FROM snapshots WHERE owner=? AND state != 'deleted'", (user.name,)
-            ).fetchone()
-            quota = quotas.limit(db, user.name, "snapshots")
-            if quota is not None and held + 1 > quota:
-                raise quotas.refuse("snapshots", user.name, quota, int(held), 1)
-            db.execute(
-                "INSERT INTO snapshots (snapshot_id, owner, volume_id, volume_size, cluster, description, state,"
-                " progress, started, updated) VALUES (?,?,?,?,?,?,'pending',0,?,?)",
-                (snapshot_id, user.name, volume_id, volume["size_gib"], volume["cluster"], description or "", now, now),
-            )
+            record_pending(db, user, snapshot_id, volume_id, volume["size_gib"], volume["cluster"], description, now)
             if tag_specifications:
                 self.tags.apply_specifications(db, user, "snapshot", [snapshot_id], tag_specifications)
         self.volumes.wake()
