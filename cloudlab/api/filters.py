@@ -74,26 +74,61 @@ def apply_filters(
     return items
 
 
+def _start_of(next_token: str | None) -> int:
+    if not next_token:
+        return 0
+    try:
+        start = int(base64.urlsafe_b64decode(next_token.encode()).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError("InvalidNextToken", "The specified NextToken is not valid") from None
+    if start < 0:
+        raise ApiError("InvalidNextToken", "The specified NextToken is not valid")
+    return start
+
+
+def _token(end: int) -> str:
+    return base64.urlsafe_b64encode(str(end).encode()).decode()
+
+
+def page_window(
+    max_results: int | None, next_token: str | None, bounds: tuple[int, int] = (5, 1000)
+) -> tuple[int, int | None]:
+    """(offset, size) of the page ``MaxResults``/``NextToken`` ask for (size None: all the rest), checked as
+    :func:`paginate` checks them, for a listing that reads only its page (SQL's ``LIMIT``/``OFFSET``)."""
+    start = _start_of(next_token)
+    if max_results is not None:
+        low, high = bounds
+        if not low <= max_results <= high:
+            raise ApiError(
+                "InvalidParameterValue",
+                f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value between {low} and"
+                f" {high}.",
+            )
+    return start, max_results
+
+
+def windowed_page(
+    read: Callable[[int, int | None], list[Any]], max_results: int | None, next_token: str | None
+) -> tuple[list[Any], str | None]:
+    """The page :func:`paginate` would give of the whole listing, read as ``read(offset, limit)`` (one item more
+    than the page, to know whether another follows; an empty page past the start checks the token's offset)."""
+    start, size = page_window(max_results, next_token)
+    items = read(start, None if size is None else size + 1)
+    if not items and start > 0 and not read(start - 1, 1):
+        raise ApiError("InvalidNextToken", "The specified NextToken is not valid")
+    if size is None or len(items) <= size:
+        return items, None
+    return items[:size], _token(start + size)
+
+
 def paginate(
     items: list[Any], max_results: int | None, next_token: str | None, bounds: tuple[int, int] = (5, 1000)
 ) -> tuple[list[Any], str | None]:
     """A page of ``items`` and the token for the next one (None on the last page)."""
-    start = 0
-    if next_token:
-        try:
-            start = int(base64.urlsafe_b64decode(next_token.encode()).decode())
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise ApiError("InvalidNextToken", "The specified NextToken is not valid") from None
-        if start < 0 or start > len(items):
-            raise ApiError("InvalidNextToken", "The specified NextToken is not valid")
-    if max_results is None:
+    start, size = page_window(max_results, next_token, bounds)
+    if start > len(items):
+        raise ApiError("InvalidNextToken", "The specified NextToken is not valid")
+    if size is None:
         return items[start:], None
-    low, high = bounds
-    if not low <= max_results <= high:
-        raise ApiError(
-            "InvalidParameterValue",
-            f"Value ( {max_results} ) for parameter maxResults is invalid. Expecting a value between {low} and {high}.",
-        )
-    end = start + max_results
-    token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
-    return items[start:end], token
+    end = start + size
+    return items[start:end], _token(end) if end < len(items) else None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from cloudlab.clc.addresses import Addresses
@@ -181,8 +182,15 @@ class CloudController:
         return owner
 
     # -- instances ---------------------------------------------------------------------------------------
-    def describe_instances(self, user: User, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.records.visible(user, instance_ids)]
+    def describe_instances(
+        self,
+        user: User,
+        instance_ids: list[str] | None = None,
+        matching: Sequence[tuple[str, Sequence[str]]] = (),
+        window: tuple[int, int | None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """See :meth:`cloudlab.clc.instances.InstanceRecords.visible` for ``matching`` and ``window``."""
+        return [dict(row) for row in self.records.visible(user, instance_ids, matching, window)]
 
     def instance(self, instance_id: str) -> dict[str, Any] | None:
         return self.records.get(instance_id)

@@ -17,6 +17,7 @@ Invariants kept here:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from cloudlab.clc.addresses import Addresses
@@ -28,6 +29,11 @@ from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id
 
 _LIVE = ",".join("?" * len(LIVE_STATES))
+#: The record's columns a listing can be narrowed on in SQL (see :meth:`InstanceRecords.visible`).
+MATCHABLE = frozenset(
+    {"instance_id", "image_id", "instance_type", "state", "zone", "node", "kernel_id", "ramdisk_id", "key_name",
+     "reservation_id"}
+)  # fmt: skip
 TERMINATED_VISIBLE_S = 3600.0  # EC2: "terminated instances remain visible for approximately one hour"
 #: Every state but terminated: always visible.
 _SHOWN = ("pending", "running", "shutting-down", "stopping", "stopped")
@@ -45,12 +51,26 @@ class InstanceRecords:
         self.terminated_visible_s = terminated_visible_s
 
     # -- reads --------------------------------------------------------------------------------------------
-    def visible(self, user: User, instance_ids: list[str] | None = None) -> list[Any]:
-        """``user``'s instances (all of them for an admin), or exactly ``instance_ids`` if given."""
+    def visible(
+        self,
+        user: User,
+        instance_ids: list[str] | None = None,
+        matching: Sequence[tuple[str, Sequence[str]]] = (),
+        window: tuple[int, int | None] | None = None,
+    ) -> list[Any]:
+        """``user``'s instances (all of them for an admin), or exactly ``instance_ids`` if given.
+
+        ``matching`` narrows them in SQL: (column, values) pairs, each an exact match on one of the
+        values, all ANDed (what a filter on the record's own fields becomes, so a describe of one
+        instance among 10,000 reads one row). ``window`` is (offset, limit) in the listing's order, for a
+        page. Neither is allowed with ``instance_ids``, whose unknown ids must be refused first.
+        """
         for instance_id in instance_ids or []:
             if not is_valid_id(instance_id, "i"):
                 raise CloudError("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
-        sql, params = self.visible_query(user, instance_ids)
+        if instance_ids and (matching or window):
+            raise ValueError("matching and window apply to a listing, not to named instances")
+        sql, params = self.visible_query(user, instance_ids, matching, window)
         rows = self.store.query(sql, params)
         if instance_ids:
             missing = sorted(set(instance_ids) - {r["instance_id"] for r in rows})
@@ -64,7 +84,13 @@ class InstanceRecords:
                 )
         return rows
 
-    def visible_query(self, user: User, instance_ids: list[str] | None = None) -> tuple[str, list[Any]]:
+    def visible_query(
+        self,
+        user: User,
+        instance_ids: list[str] | None = None,
+        matching: Sequence[tuple[str, Sequence[str]]] = (),
+        window: tuple[int, int | None] | None = None,
+    ) -> tuple[str, list[Any]]:
         """The SQL (and its parameters) that lists what ``user`` sees: live states and recent
         terminations named explicitly, so that it is answered from an index, not a table scan."""
         where, params = [_VISIBLE], [time.time() - self.terminated_visible_s]
@@ -74,7 +100,18 @@ class InstanceRecords:
         if instance_ids:
             where.append(f"instance_id IN ({','.join('?' * len(instance_ids))})")
             params.extend(instance_ids)
-        return f"SELECT * FROM instances WHERE {' AND '.join(where)} ORDER BY launch_time, launch_index", params
+        for column, values in matching:
+            if column not in MATCHABLE:
+                raise ValueError(f"instances cannot be matched on {column!r}")
+            where.append(f"{column} IN ({','.join('?' * len(values))})" if values else "0")
+            params.extend(values)
+        # rowid last: instances launched in the same instant keep one order from page to page
+        sql = f"SELECT * FROM instances WHERE {' AND '.join(where)} ORDER BY launch_time, launch_index, rowid"
+        if window is not None:
+            offset, limit = window
+            sql += " LIMIT ? OFFSET ?"
+            params += [-1 if limit is None else limit, offset]
+        return sql, params
 
     def get(self, instance_id: str) -> dict[str, Any] | None:
         row = self.store.one("SELECT * FROM instances WHERE instance_id=?", (instance_id,))

@@ -47,6 +47,25 @@ RECORD_FILTERS = frozenset(
 )  # fmt: skip
 
 
+#: Filters that are an exact match on one column of the instance record, answered in SQL when their values hold no
+#: wildcard (``*``, ``?``; and ``[``, which the Python matcher would read as a set).
+SQL_FILTERS = {
+    "instance-id": "instance_id", "image-id": "image_id", "instance-type": "instance_type",
+    "instance-state-name": "state", "availability-zone": "zone", "host-id": "node", "kernel-id": "kernel_id",
+    "ramdisk-id": "ramdisk_id", "key-name": "key_name", "reservation-id": "reservation_id",
+}  # fmt: skip
+
+
+def _in_sql(wanted: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """The filters SQL can answer exactly, as (column, values) (the rest are applied to the items after)."""
+    matching = []
+    for flt in wanted:
+        column, values = SQL_FILTERS.get(flt.get("Name") or ""), [str(v) for v in flt.get("Values") or []]
+        if column and values and not any(c in v for v in values for c in "*?["):
+            matching.append((column, values))
+    return matching
+
+
 def _network_of(req: dict[str, Any]) -> tuple[str | None, str | None, list[str] | None]:
     """(subnet, private address, group ids) from ``SubnetId``/``PrivateIpAddress``/``SecurityGroupIds`` or,
     as EC2 also takes them, from the one entry of ``NetworkInterfaces``."""
@@ -104,27 +123,42 @@ def describe_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(
             "InvalidParameterCombination", "The parameter instancesSet cannot be used with the parameter maxResults"
         )
-    rows = ctx.clc.describe_instances(ctx.user, req.get("InstanceIds") or None)
-    owners = owner_ids(ctx)
-    items = []
-    for row in rows:
-        item = views.instance(row)
-        item["_reservation"], item["_owner_id"], item["_owner"] = (
-            row["reservation_id"],
-            owners.get(row["owner"]),
-            row["owner"],
-        )
-        items.append(item)
+    instance_ids = req.get("InstanceIds") or None
     wanted = req.get("Filters") or []
-    early = [f for f in wanted if f.get("Name") in RECORD_FILTERS]
-    items = filters.apply_filters(items, early, INSTANCE_FILTERS)
-    if len(early) == len(wanted):  # nothing left that needs the enrichment: enrich only the page
-        page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
+    matching = [] if instance_ids else _in_sql(wanted)  # named instances: unknown ids are refused first
+    owners = owner_ids(ctx)
+
+    def items_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items = []
+        for row in rows:
+            item = views.instance(row)
+            item["_reservation"], item["_owner_id"], item["_owner"] = (
+                row["reservation_id"],
+                owners.get(row["owner"]),
+                row["owner"],
+            )
+            items.append(item)
+        return items
+
+    if not instance_ids and len(matching) == len(wanted):  # SQL answers every filter: read only the page
+        page, token = filters.windowed_page(
+            lambda offset, limit: ctx.clc.describe_instances(ctx.user, None, matching, (offset, limit)),
+            req.get("MaxResults"),
+            req.get("NextToken"),
+        )
+        page = items_of(page)
         enrich.instances(ctx, page)
     else:
-        enrich.instances(ctx, items)
-        items = filters.apply_filters(items, wanted, INSTANCE_FILTERS, "DescribeInstances")
-        page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
+        items = items_of(ctx.clc.describe_instances(ctx.user, instance_ids, matching))
+        early = [f for f in wanted if f.get("Name") in RECORD_FILTERS]
+        items = filters.apply_filters(items, early, INSTANCE_FILTERS)
+        if len(early) == len(wanted):  # nothing left that needs the enrichment: enrich only the page
+            page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
+            enrich.instances(ctx, page)
+        else:
+            enrich.instances(ctx, items)
+            items = filters.apply_filters(items, wanted, INSTANCE_FILTERS, "DescribeInstances")
+            page, token = filters.paginate(items, req.get("MaxResults"), req.get("NextToken"))
     reservations = []
     for reservation_id, group in groupby(page, key=lambda i: i["_reservation"]):
         members = list(group)
