@@ -23,7 +23,7 @@ from botocore.serialize import create_serializer
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cloudlab.api import query_input, query_output
+from cloudlab.api import query_input, query_output, query_templates
 from cloudlab.api.errors import ApiError, ResponseShapeError
 from cloudlab.api.model import XML_NAMESPACE, operation_model, operation_names, service_model
 from cloudlab.api.protocol import parse_body, parse_request, serialize_error, serialize_response
@@ -1153,5 +1153,6 @@ def test_plans_are_cached() -> None:
     op = operation_model("DescribeInstances")
     serialize_response(op, {}, "r")
     parse_request(op, {})
-    assert query_output._out_ready[op.output_shape.name] is query_output._top_output_writer(op.output_shape)
+    assert query_output._out_writers[op.output_shape.name] is query_output._output_writer(op.output_shape)
+    assert query_templates._fast[op.output_shape.name] is query_templates.fast_writer(op.output_shape)
     assert query_input._in_ready[op.input_shape.name] is query_input._top_input_plan(op.input_shape)

@@ -308,7 +308,9 @@ def serialize_response(op: OperationModel, output: Mapping[str, Any] | None, req
             raise ResponseShapeError(f"{name} has no output shape, but output was {sorted(body)}")
         out.append("<return>true</return>")
     else:
-        _top_output_writer(shape)(body, out, name)
+        from cloudlab.api.query_templates import fast_writer
+
+        out.append(fast_writer(shape)(body, name))
     out.append(f"</{name}Response>")
     return "".join(out).encode("utf-8")
 
