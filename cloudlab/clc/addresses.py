@@ -282,6 +282,13 @@ class Addresses:
         """``{instance_id: public_ip}`` for those of the instances that have a (live) association."""
         ids = list(dict.fromkeys(instance_ids))
         found: dict[str, str] = {}
+        if len(ids) > _CHUNK:  # a large describe: the associations are few, read them all and keep the ones asked
+            wanted = set(ids)
+            rows = self.store.query(
+                "SELECT a.instance_id, a.public_ip FROM addresses a JOIN instances i ON i.instance_id = a.instance_id"
+                f" WHERE i.state IN ({_HOLDING}) AND a.instance_id IS NOT NULL"
+            )
+            return {r["instance_id"]: r["public_ip"] for r in rows if r["instance_id"] in wanted}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             rows = self.store.query(

@@ -213,6 +213,9 @@ class NetworkInterfaces:
         """Each live instance's interface (terminated instances have none left, as on EC2)."""
         found: dict[str, Interface] = {}
         ids = list(dict.fromkeys(instance_ids))
+        if len(ids) > 1000:  # most of a large cloud (a describe of all): one pass over the live ones, kept by id
+            wanted = set(ids)
+            return {n.instance_id: n for n in self._rows("i.state != 'terminated'", ()) if n.instance_id in wanted}
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             where = f"n.instance_id IN ({','.join('?' * len(chunk))}) AND i.state != 'terminated'"
