@@ -64,6 +64,7 @@ class Reconciler:
         self._node_alive: dict[str, bool] = {}
         self._cluster_alive: dict[str, bool] = {}  # did the cluster's CC answer its last report request?
         self._reports: dict[str, c.ClusterReport] = {}  # each cluster's last report (its zone's room)
+        self._noted: dict[str, tuple[float, str | None]] = {}  # node -> (last_seen, accel) in the nodes table
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -174,10 +175,15 @@ class Reconciler:
 
     def _note_node(self, cluster: str, node: c.NodeSummary) -> None:
         now = time.time()
-        row = self.store.one("SELECT last_seen, accel FROM nodes WHERE name=?", (node.name,))
-        if row is not None and now - row["last_seen"] < 30 and row["accel"] == node.accel:
+        # (last_seen, accel) as last written (only this class writes the table): 200 nodes cost no query a pass
+        known = self._noted.get(node.name)
+        if known is None:
+            row = self.store.one("SELECT last_seen, accel FROM nodes WHERE name=?", (node.name,))
+            if row is not None:
+                known = self._noted[node.name] = (row["last_seen"], row["accel"])
+        if known is not None and now - known[0] < 30 and known[1] == node.accel:
             return
-        if not node.alive and row is not None:
+        if not node.alive and known is not None:
             return
         with self.store.transaction() as db:
             db.execute(
@@ -187,6 +193,7 @@ class Reconciler:
                 " memory_mb_total=excluded.memory_mb_total, last_seen=excluded.last_seen",
                 (node.name, cluster, node.hypervisor, node.accel, node.vcpus_total, node.memory_mb_total, now, now),
             )
+        self._noted[node.name] = (now, node.accel)
 
     def _note_unknown(self, node: str, instance_id: str, state: str) -> None:
         now = time.time()
