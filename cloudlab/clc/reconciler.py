@@ -68,10 +68,22 @@ class Reconciler:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._last_retry = float("-inf")
+        self._started = False
+        self._followed: set[str] = set()  # the clusters a thread follows
 
     # -- running ------------------------------------------------------------------------------------------
     def start(self) -> None:
+        with self._lock:
+            self._started = True
         for link in self.clusters.all():
+            self.follow(link)
+
+    def follow(self, link: ClusterLink) -> None:
+        """Follow ``link``'s cluster from now on (at start, or a CC that registered later); once per cluster."""
+        with self._lock:
+            if not self._started or self._stop.is_set() or link.name in self._followed:
+                return
+            self._followed.add(link.name)
             thread = threading.Thread(target=self._follow, args=(link,), name=f"clc-reconcile-{link.name}", daemon=True)
             thread.start()
             self._threads.append(thread)
