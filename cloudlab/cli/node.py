@@ -69,7 +69,9 @@ def cluster_credentials(args: argparse.Namespace) -> int:
     from cloudlab.cc.daemon import cc_identity_name
 
     out = _issue_credentials(args, cc_identity_name(args.name), "cc", "the cluster's credentials")
-    print(f"  cloudlab cc --name {args.name} --clc CLC_URL --pki {out} --listen 0.0.0.0:PORT --advertise http://HOST:PORT")
+    print(
+        f"  cloudlab cc --name {args.name} --clc CLC_URL --pki {out} --listen 0.0.0.0:PORT --advertise http://HOST:PORT"
+    )
     print("and for each of its nodes: cloudlab node-credentials NODE --out DIR (the same way as for any node)")
     return 0
 
