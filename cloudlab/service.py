@@ -174,6 +174,7 @@ class CloudService:
         """The CLC's own signed endpoint, where cluster controllers that run as processes of their own
         (``cloudlab cc --clc URL``) register (cloudlab/clc/remote_clusters.py)."""
         self.remote_clusters = RemoteClusters(self.clc, signer, verifier, local={c.name for c in self.clusters})
+        self.remote_clusters.restore()
         dispatcher = Dispatcher("clc", signer, verifier)
         self.remote_clusters.register_routes(dispatcher)
         self.clc_server = serve_http(dispatcher, self.config.clc_host, self.config.clc_port)

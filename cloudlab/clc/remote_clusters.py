@@ -10,13 +10,16 @@ certificate): a bad or hostile URL is refused and the cluster stays where it was
 zone it had (the ``clusters`` table remembers it across restarts), else it gets the region's first free
 zone letter. From then on the CLC follows it as it follows an in-service cluster: its zone is unavailable
 while its CC does not answer, its instances' records stay as they were, and they reconcile when it answers
-again (a CC that is started again registers the same URL, which the CLC still holds).
+again (a CC that is started again registers the same URL, which the CLC still holds). The URL is
+remembered too, so a restarted CLC follows the cluster at once (its zone ``unavailable`` until the CC answers
+there) rather than forgetting the zone until the CC's next registration.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from cloudlab import contract as c
@@ -33,6 +36,14 @@ REGISTER_CHECK_S = 5.0
 CC_PREFIX = "cc-"
 MAX_ZONES = 26
 
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS remote_clusters (
+    name TEXT PRIMARY KEY,       -- the cluster (its CC's certificate is cc-<name>)
+    url TEXT NOT NULL,           -- where its CC last registered
+    registered REAL NOT NULL
+);
+"""
+
 
 class RemoteClusters:
     """Takes registrations of cluster controllers that run outside the cloud service."""
@@ -44,6 +55,24 @@ class RemoteClusters:
         self._local = set(local)  # the clusters the service runs itself: no outside CC may take their place
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
+        clc.store.ensure_schema(SCHEMA)
+
+    def restore(self) -> None:
+        """Follow the clusters whose CCs registered before this CLC started, at the URLs they gave (the channel
+        is addressed to ``cc-<name>`` and checks who signs each reply, so nobody else can answer there)."""
+        for row in self._clc.store.query("SELECT name, url FROM remote_clusters ORDER BY registered"):
+            name, url = str(row["name"]), str(row["url"])
+            if name in self._local or self._clc.clusters.get(name) is not None:
+                continue
+            try:
+                channel = HttpChannel(CC_PREFIX + name, "cc", self._signer, self._verifier, url)
+            except ValueError as exc:
+                log.warning("cluster %s: its remembered URL %s is unusable: %s", name, url, exc)
+                continue
+            link = self._clc.add_cluster(name, self._zone_for(name), channel, network="none")
+            with self._lock:
+                self._urls[name] = url
+            log.info("cluster %s (zone %s): following its cluster controller at %s", name, link.zone, url)
 
     def register_routes(self, dispatcher: Dispatcher) -> None:
         dispatcher.serve(c.REGISTER_CLUSTER, lambda r, m: self.register(m.sender, r.url))
@@ -85,6 +114,12 @@ class RemoteClusters:
                 link = self._clc.add_cluster(name, self._zone_for(name), channel, network="none", policy=report.policy)
                 self._clc.reconciler.follow(link)
             self._urls[name] = url
+            with self._clc.store.transaction() as db:
+                db.execute(
+                    "INSERT INTO remote_clusters (name, url, registered) VALUES (?,?,?)"
+                    " ON CONFLICT(name) DO UPDATE SET url=excluded.url, registered=excluded.registered",
+                    (name, url, time.time()),
+                )
         log.info("cluster %s (zone %s): its cluster controller registered at %s", name, link.zone, url)
         return c.ClusterRegistered(cluster=name, zone=link.zone)
 

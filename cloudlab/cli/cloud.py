@@ -227,6 +227,7 @@ def status(args: argparse.Namespace) -> int:
         print(
             f"cluster {cluster['name']} (zone {cluster['zone']} {zone_state}"
             f", network {cluster['network']}, scheduler {cluster['scheduler']}): {len(cluster['nodes'])} node(s)"
+            + (f"; its own CC process at {cluster['cc_url']} (cloudlab cc)" if cluster.get("remote") else "")
         )
         for node in cluster["nodes"]:
             health = {"up": "alive", "dead": f"NOT ANSWERING ({node.get('last_error')})"}.get(
