@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -85,9 +86,15 @@ class RemoteSite:
             "--listen", f"127.0.0.1:{self.cc_port}", "--heartbeat-s", "0.2",
         )  # fmt: skip
 
-    def start_nc(self) -> None:
+    def start_nc(self, *options: str) -> None:
         self.nc = self._spawn("nc.log", "nc", "--name", NODE, "--cc", self.cc_url, "--pki", str(self.pki),
-                              "--launch", "boot")  # fmt: skip
+                              "--launch", "boot", *options)  # fmt: skip
+
+    def credentials(self, cloud: RunningCloud) -> None:
+        """What the other host needs, issued on the cloud's host as README says."""
+        for command in ("cluster-credentials", REMOTE), ("node-credentials", NODE):
+            made = cli(cloud, *command, "--out", str(self.pki))
+            assert made.returncode == 0, made.stderr
 
     def log(self) -> str:
         return "".join(
@@ -155,8 +162,7 @@ def test_a_cluster_controller_of_its_own_serves_a_zone_dies_and_comes_back(
     made = cli(cloud, "cluster-credentials", REMOTE, "--out", str(remote.pki))
     assert made.returncode == 0, made.stderr
     assert f"cloudlab cc --name {REMOTE} --clc CLC_URL --pki {remote.pki}" in made.stdout
-    made = cli(cloud, "node-credentials", NODE, "--out", str(remote.pki))
-    assert made.returncode == 0, made.stderr
+    remote.credentials(cloud)  # (again: a new certificate replaces the first)
     assert sorted(p.name for p in remote.pki.iterdir()) == [
         "ca.crt",
         f"cc-cc-{REMOTE}.crt",
@@ -253,3 +259,51 @@ def test_a_cluster_controller_speaks_only_for_a_cluster_of_its_own(tmp_path: Pat
         ]
     finally:
         servicectl.down(cloud.layout)
+
+
+def test_a_restarted_cloud_follows_a_cluster_controller_of_its_own_at_once(tmp_path: Path) -> None:
+    """The service killed (-9) and started again remembers where the remote cluster's CC registered: its zone
+    is listed at once (unavailable while that CC is away too), and reconciles when the CC answers. Nodes on
+    libvirt's test driver (no boot is claimed here)."""
+    clc_port = free_port()
+    config = {"hypervisor": "test:///default", "nodes": 1, "node_vcpus": 4, "node_memory_mb": 4096,
+              "heartbeat_s": 0.2, "clc_port": clc_port}  # fmt: skip
+    cloud = start_cloud(tmp_path / "state", **config)
+    remote = RemoteSite(tmp_path / "other-host", cloud.status()["clc_url"])
+    try:
+        assert remote.clc_url == f"http://127.0.0.1:{clc_port}"
+        remote.credentials(cloud)
+        remote.start_cc()
+        remote.start_nc("--hypervisor", "test:///default", "--vcpus", "4", "--memory", "4096")
+        wait_until(lambda: remote_node_up(cloud), 120, what=f"{REMOTE} registered\n{remote.log()}", interval_s=0.5)
+        ec2 = cloud.ec2()
+        region = cloud.status()["region"]
+        zone_b = f"{region}b"
+        [far] = ec2.run_instances(ImageId=default_image(ec2), MinCount=1, MaxCount=1,
+                                  Placement={"AvailabilityZone": zone_b})["Instances"]  # fmt: skip
+        far_id = far["InstanceId"]
+        wait_states(ec2, [far_id], "running")
+
+        os.kill(servicectl.service_pid(cloud.layout), signal.SIGKILL)
+        wait_until(lambda: servicectl.service_pid(cloud.layout) is None, 10, what="the service to die")
+        assert remote.cc is not None
+        remote.cc.terminate()  # and the remote CC is away when the cloud comes back
+        remote.cc.wait(timeout=30)
+        cloud = start_cloud(tmp_path / "state", **config)
+        ec2 = cloud.ec2()
+        wait_until(lambda: zone_states(ec2) == {f"{region}a": "available", zone_b: "unavailable"}, 30,
+                   what="zone b known and unavailable", interval_s=0.3)  # fmt: skip
+        assert wait_states(ec2, [far_id], "running")[far_id]["Placement"]["AvailabilityZone"] == zone_b
+        remote.start_cc()
+        wait_until(lambda: remote_node_up(cloud) and zone_states(ec2)[zone_b] == "available", 60,
+                   what=f"zone b back\n{remote.log()}", interval_s=0.3)  # fmt: skip
+        passes = cloud.status()["reconcile_passes"]
+        wait_until(lambda: cloud.status()["reconcile_passes"] >= passes + 3, 30, what="passes", interval_s=0.2)
+        assert wait_states(ec2, [far_id], "running")[far_id]["Placement"]["HostId"] == NODE
+        servicectl.down(cloud.layout)
+        with sqlite3.connect(cloud.layout.database) as db:  # down terminated it through the remote CC
+            row = db.execute("SELECT state FROM instances WHERE instance_id=?", (far_id,)).fetchone()
+        assert row == ("terminated",)
+    finally:
+        servicectl.down(cloud.layout)
+        remote.stop()
