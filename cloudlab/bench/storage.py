@@ -170,8 +170,11 @@ def hand_guest(
     for attempt in range(options.boot_attempts):
         with contextlib.ExitStack() as stack:
             try:
-                hand = stack.enter_context(debian_by_hand(image, memory_mb=options.memory_mb,
-                                                          nbd_volumes=nbd_volumes, timeout_s=options.boot_timeout_s))
+                hand = stack.enter_context(
+                    debian_by_hand(
+                        image, memory_mb=options.memory_mb, nbd_volumes=nbd_volumes, timeout_s=options.boot_timeout_s
+                    )
+                )
             except BuildError as exc:
                 failures.append({"side": "hand", "error": str(exc)[-800:]})
                 if attempt + 1 == options.boot_attempts:
