@@ -31,6 +31,7 @@ from cloudlab.clc.node_hours import NodeHours
 from cloudlab.clc.states import REASON_GUEST_SHUTDOWN
 from cloudlab.clc.store import Store
 from cloudlab.clc.usage import NetworkBytes
+from cloudlab.errors import ControllerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,18 @@ class Reconciler:
 
     def _follow(self, link: ClusterLink) -> None:
         version = 0
+        unreachable = False
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 version = self.reconcile_cluster(link, after=version, wait_s=min(self.reconcile_s, LONG_POLL_S))
                 self.retry_unfinished(min_interval_s=self.reconcile_s)
+                unreachable = False
+            except ControllerUnavailable as exc:  # its CC is down (or its host): one line when it goes, not each pass
+                if not unreachable:
+                    log.warning("cluster %s does not answer: %s", link.name, exc.message)
+                unreachable, version = True, 0  # a CC that comes back numbers its reports from 0 again
+                self._stop.wait(self.reconcile_s)
             except Exception:
                 log.exception("reconcile pass of cluster %s failed", link.name)
                 self._stop.wait(self.reconcile_s)
