@@ -45,7 +45,8 @@ the face the servers import, and the one place the dialect is written down.
 from __future__ import annotations
 
 from cloudlab.api.query_input import parse_body, parse_request, split_form
-from cloudlab.api.query_output import format_timestamp, serialize_error, serialize_response, xml_escape
+from cloudlab.api.query_output import format_timestamp, serialize_error, xml_escape
+from cloudlab.api.query_templates import serialize_response
 
 __all__ = [
     "format_timestamp",

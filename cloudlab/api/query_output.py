@@ -3,8 +3,9 @@ operation's output shape, and EC2's error envelope.
 
 Each shape is compiled once into a writer (pre-built ``<tag>`` strings) and cached by shape name. The
 rules (``locationName``, ``<item>`` wrapping, ``None`` skipped, unknown keys refused) are written down
-in ``cloudlab.api.protocol``, which re-exports :func:`serialize_response`, :func:`serialize_error`,
-:func:`xml_escape` and :func:`format_timestamp`.
+in ``cloudlab.api.protocol``, which re-exports :func:`serialize_error`, :func:`xml_escape` and
+:func:`format_timestamp` (and :func:`cloudlab.api.query_templates.serialize_response`, whose fast path falls
+back on these writers).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
-from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
+from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from cloudlab.api.errors import ResponseShapeError
-from cloudlab.api.model import XML_NAMESPACE
 
 #: Writers are compiled under one lock (recursive shapes are registered before they are complete) and
 #: published in ``_out_ready`` only once complete, so other threads never see a half-built writer.
@@ -285,34 +285,6 @@ def _map_writer(shape: MapShape) -> _Writer:
 
 
 _XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
-
-
-def serialize_response(op: OperationModel, output: Mapping[str, Any] | None, request_id: str) -> bytes:
-    """Serialise an action's result (botocore member names, as boto3 returns them) as EC2's XML.
-
-    Operations without an output shape answer ``<return>true</return>``, as EC2 does.
-    Raises :class:`ResponseShapeError` if ``output`` does not fit the output shape.
-    """
-    name = op.name
-    out = [
-        f'{_XML_DECLARATION}<{name}Response xmlns="{XML_NAMESPACE}"><requestId>',
-        xml_escape(request_id),
-        "</requestId>",
-    ]
-    shape = op.output_shape
-    body = output or {}
-    if "ResponseMetadata" in body:
-        body = {key: value for key, value in body.items() if key != "ResponseMetadata"}
-    if shape is None:
-        if body:
-            raise ResponseShapeError(f"{name} has no output shape, but output was {sorted(body)}")
-        out.append("<return>true</return>")
-    else:
-        from cloudlab.api.query_templates import fast_writer
-
-        out.append(fast_writer(shape)(body, name))
-    out.append(f"</{name}Response>")
-    return "".join(out).encode("utf-8")
 
 
 MAX_ERROR_MESSAGE = 1024

@@ -11,19 +11,22 @@ calls inside it, each returning its text).
 Anything a template does not expect (a ``None`` member, a value of another type, a string that needs
 escaping, a tuple for a list, a member the shape lacks) sends that value to the member-by-member writer,
 which writes it or raises its :class:`~cloudlab.api.errors.ResponseShapeError`: output and errors are the
-same either way, only the common case is faster.
+same either way, only the common case is faster. :func:`serialize_response` (re-exported by
+``cloudlab.api.protocol``) writes a whole response with it.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from botocore.model import ListShape, Shape, StructureShape
+from botocore.model import ListShape, OperationModel, Shape, StructureShape
 
 from cloudlab.api import query_output as slow
+from cloudlab.api.errors import ResponseShapeError
+from cloudlab.api.model import XML_NAMESPACE
 
 _Fast = Callable[[Any, str], str]
 
@@ -205,3 +208,29 @@ def _structure(shape: StructureShape) -> _Fast:
         return writer(value, where)
 
     return write_structure
+
+
+def serialize_response(op: OperationModel, output: Mapping[str, Any] | None, request_id: str) -> bytes:
+    """Serialise an action's result (botocore member names, as boto3 returns them) as EC2's XML.
+
+    Operations without an output shape answer ``<return>true</return>``, as EC2 does.
+    Raises :class:`ResponseShapeError` if ``output`` does not fit the output shape.
+    """
+    name = op.name
+    out = [
+        f'{slow._XML_DECLARATION}<{name}Response xmlns="{XML_NAMESPACE}"><requestId>',
+        slow.xml_escape(request_id),
+        "</requestId>",
+    ]
+    shape = op.output_shape
+    body = output or {}
+    if "ResponseMetadata" in body:
+        body = {key: value for key, value in body.items() if key != "ResponseMetadata"}
+    if shape is None:
+        if body:
+            raise ResponseShapeError(f"{name} has no output shape, but output was {sorted(body)}")
+        out.append("<return>true</return>")
+    else:
+        out.append(fast_writer(shape)(body, name))
+    out.append(f"</{name}Response>")
+    return "".join(out).encode("utf-8")
