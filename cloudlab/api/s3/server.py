@@ -30,7 +30,7 @@ from cloudlab.api.s3.payload import STREAMING, ChunkedBody, plain_body
 from cloudlab.api.s3.restxml import error_document, parse_input, serialize_output
 from cloudlab.api.s3.routing import DEFAULT_DOMAIN, Target, resolve_operation, split_target
 from cloudlab.errors import CloudError
-from cloudlab.httpserve import HardenedHTTPServer, HardenedRequestHandler
+from cloudlab.httpserve import HardenedHTTPServer, LeanRequestHandler
 from cloudlab.walrus import Integrity, Principal, Walrus, WalrusError
 from cloudlab.walrus.access import canonical_id
 from cloudlab.walrus.base import decode_md5
@@ -193,7 +193,7 @@ def _integrity(headers: dict[str, str], auth: Authenticated, chunked: ChunkedBod
     return integrity
 
 
-class S3Handler(HardenedRequestHandler):
+class S3Handler(LeanRequestHandler):
     """One S3 connection. The whole-request deadline covers the request line and headers (a slow-loris
     client is cut off); an object body then streams for as long as it keeps moving (``timeout`` is the
     idle limit), since a gigabyte over a slow link legitimately takes longer than any fixed deadline."""
@@ -383,7 +383,8 @@ class S3Handler(HardenedRequestHandler):
                                                             ("Connection", "close")], body)  # fmt: skip
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s " + format, self.address_string(), *args)
+        if log.isEnabledFor(logging.DEBUG):  # not even the client's address is looked up otherwise
+            log.debug("%s " + format, self.address_string(), *args)
 
 
 class S3HTTPServer(HardenedHTTPServer):
