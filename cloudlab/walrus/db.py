@@ -6,7 +6,10 @@ hears 200: an acknowledged object survives even a power cut, not only a kill. Th
 ``synchronous=NORMAL`` and fsyncs the WAL itself right after each COMMIT, outside the writer's lock,
 which is what ``FULL`` would do inside it: the WAL holds the commit's frames once COMMIT returns, and
 after the fsync they are on disk (SQLite's recovery keeps every frame up to the last valid commit).
-Done outside the lock, the fsync no longer stops the next bodies from running meanwhile.
+Done outside the lock, the fsync no longer stops the next bodies from running meanwhile. The price: a
+reader may see a commit a few milliseconds before it is durable, while its writer still waits for the
+fsync; a kill -9 in that window loses nothing (the page cache has it), and only a power cut could take
+back what a reader saw early, never what a writer was told had succeeded.
 
 Small objects (at most 64 KiB) live in the row itself (``inline``): one durable commit instead of a
 file, its fsync, a rename and a folder fsync, which is what a 4 KiB PUT would otherwise spend its time on.
