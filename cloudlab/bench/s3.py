@@ -11,6 +11,13 @@ the same bytes over a bare loopback TCP connection with no protocol (into a file
 ``sendfile`` out of it for GET): the ceiling any HTTP server has on this machine, below the plain copy
 (which never crosses a socket). Nothing here asserts a time; the figures and ratios are for people to read
 (targets: >= 10x moto, large objects >= 50% of the plain copy).
+
+Which limit: for PUT the plain copy is already the durable one a store has to beat (every file written and
+fsynced before the next, as Walrus must before it answers 200; it skips the folder fsync a new file's name
+needs, so it is if anything a little generous to the copy). For GET it reads the same files back, which
+the page cache serves at memory speed, while every HTTP server has to push the bytes through a socket: a
+large GET's share of the plain copy is capped by the socket's share (``loopback socket``, measured in the
+same run), so read both. The definitions are unchanged since the first figures, so old and new runs compare.
 """
 
 from __future__ import annotations

@@ -26,8 +26,26 @@ from pathlib import Path
 from cloudlab.walrus.checksums import Digest, new_digest
 
 CHUNK = 1024 * 1024
-#: From this many bytes on, digests run in a thread of their own beside the socket and the disk.
+#: From this many bytes on, digests run in a thread of their own beside the socket and the disk...
 PARALLEL_FROM = 4 * CHUNK
+#: ...unless this many blobs are being written at once already: then the writers' own threads keep every
+#: core busy hashing, and a digest thread would only add a copy of every chunk and a thread switch.
+PARALLEL_WRITERS = os.cpu_count() or 1
+
+
+class _Active:
+    """How many blobs are being written right now (in this process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self.count += delta
+
+
+_writing = _Active()
 
 
 class _DigestThread:
@@ -84,15 +102,27 @@ class BlobWriter:
         self.size = 0
         self._done = False
         self._worker: _DigestThread | None = None
+        self._inline_digests = False  # decided once the blob reaches PARALLEL_FROM
+        _writing.add(1)
+        self._counted = True
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            _writing.add(-1)
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         view = memoryview(chunk)
         if not view.nbytes:
             return
-        if self._worker is None and self.size + view.nbytes >= PARALLEL_FROM:
-            self._worker = _DigestThread([self._md5, *self._digests.values()])
+        if self._worker is None and not self._inline_digests and self.size + view.nbytes >= PARALLEL_FROM:
+            if _writing.count > PARALLEL_WRITERS:
+                self._inline_digests = True
+            else:
+                self._worker = _DigestThread([self._md5, *self._digests.values()])
         if self._worker is not None:
-            data = bytes(view)  # the caller may reuse its buffer; the digest thread reads this copy later
+            # The caller may reuse its buffer; the digest thread reads this later (bytes never change).
+            data = chunk if isinstance(chunk, bytes) else bytes(view)
             self._worker.feed(data)
             view = memoryview(data)
         else:
@@ -120,6 +150,7 @@ class BlobWriter:
 
     def commit(self) -> BlobInfo:
         """fsync, rename into ``data/``, fsync the folder: from here the blob survives a crash."""
+        self._uncount()
         self._settle()
         os.fsync(self._fd)
         os.close(self._fd)
@@ -135,6 +166,7 @@ class BlobWriter:
         return BlobInfo(self.blob_id, self.size, self._md5.digest(), {k: d.digest() for k, d in self._digests.items()})
 
     def abort(self) -> None:
+        self._uncount()
         with contextlib.suppress(Exception):
             self._settle()
         if not self._done:

@@ -1,8 +1,15 @@
-"""Walrus's metadata: one SQLite database (``STATE/walrus/walrus.db``), WAL, ``synchronous=FULL``.
+"""Walrus's metadata: one SQLite database (``STATE/walrus/walrus.db``), WAL, every commit fsynced.
 
 It is its own database, not the CLC's, so that 100,000-key listings and a burst of PUTs never queue
-behind the cloud controller's writer (and the reverse). FULL makes every commit durable before an S3
-client hears 200: an acknowledged object survives even a power cut, not only a kill.
+behind the cloud controller's writer (and the reverse). Every commit is durable before an S3 client
+hears 200: an acknowledged object survives even a power cut, not only a kill. The writer runs with
+``synchronous=NORMAL`` and fsyncs the WAL itself right after each COMMIT, outside the writer's lock,
+which is what ``FULL`` would do inside it: the WAL holds the commit's frames once COMMIT returns, and
+after the fsync they are on disk (SQLite's recovery keeps every frame up to the last valid commit).
+Done outside the lock, the fsync no longer stops the next bodies from running meanwhile. The price: a
+reader may see a commit a few milliseconds before it is durable, while its writer still waits for the
+fsync; a kill -9 in that window loses nothing (the page cache has it), and only a power cut could take
+back what a reader saw early, never what a writer was told had succeeded.
 
 Small objects (at most 64 KiB) live in the row itself (``inline``): one durable commit instead of a
 file, its fsync, a rename and a folder fsync, which is what a 4 KiB PUT would otherwise spend its time on.
@@ -56,7 +63,7 @@ class MetaDB:
 
     Writes are group-committed: each :meth:`transaction` body runs alone on the writer connection,
     inside a savepoint of a transaction that stays open, and its caller waits, after the body, until
-    a COMMIT covering it is durable (``synchronous=FULL``). While one COMMIT's fsync runs, the bodies
+    a COMMIT covering it is durable (the WAL fsynced after it). While one COMMIT's fsync runs, the bodies
     that arrive meanwhile run into the next transaction, and one COMMIT (one fsync) then makes all of
     them durable. A caller still hears of success only once its own write is on disk, a body that
     fails is rolled back to its savepoint alone, and a COMMIT that fails fails every body it carried;
@@ -72,6 +79,8 @@ class MetaDB:
         os.close(fd)
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # the WAL is fsynced by _sync_wal after each COMMIT
+        self._wal = Path(f"{path}-wal")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()  # one body (or one COMMIT) at a time on the writer connection
         self._local = threading.local()
@@ -163,6 +172,14 @@ class MetaDB:
                         with contextlib.suppress(sqlite3.Error):
                             self._db.execute("ROLLBACK")
                     self._open, self._pending = False, 0
+                    committed = error is None
+                else:
+                    committed = False
+            if committed:  # outside the lock: the next bodies run while the disk works
+                try:
+                    self._sync_wal()
+                except BaseException as exc:  # noqa: BLE001 - handed to every body of the batch
+                    error = exc
             with self._state:
                 self._durable = batch
                 if error is not None:
@@ -171,6 +188,15 @@ class MetaDB:
                         del self._failed[old]
                 self._committing = False
                 self._state.notify_all()
+
+    def _sync_wal(self) -> None:
+        """Make every COMMIT so far durable: fdatasync the WAL (opened by name each time, so a WAL that
+        SQLite recreated is the one synced)."""
+        fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _reader(self) -> sqlite3.Connection:
         if self._writer == threading.get_ident():

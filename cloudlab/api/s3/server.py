@@ -10,12 +10,13 @@ timeout, so a stalled client is dropped.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import secrets
 import ssl
 import sys
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from cloudlab.api.s3.payload import STREAMING, ChunkedBody, plain_body
 from cloudlab.api.s3.restxml import error_document, parse_input, serialize_output
 from cloudlab.api.s3.routing import DEFAULT_DOMAIN, Target, resolve_operation, split_target
 from cloudlab.errors import CloudError
-from cloudlab.httpserve import HardenedHTTPServer, HardenedRequestHandler
+from cloudlab.httpserve import HardenedHTTPServer, LeanRequestHandler
 from cloudlab.walrus import Integrity, Principal, Walrus, WalrusError
 from cloudlab.walrus.access import canonical_id
 from cloudlab.walrus.base import decode_md5
@@ -43,6 +44,14 @@ MAX_THREADS = 64
 SMALL_BODY = 256 * 1024  # answers up to this size leave in one send with their headers
 STREAMED_INPUT = frozenset({"PutObject", "UploadPart"})
 _HEX64 = frozenset("0123456789abcdef")
+#: Request ids (16 hex digits, as S3's): a random prefix per process and a counter, unique without a
+#: system call per request (uuid4 reads the kernel's random pool every time).
+_ID_PREFIX = secrets.token_hex(4).upper()
+_ID_COUNTER = itertools.count()
+
+
+def _request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08X}"
 
 
 class _Bounded:
@@ -193,7 +202,7 @@ def _integrity(headers: dict[str, str], auth: Authenticated, chunked: ChunkedBod
     return integrity
 
 
-class S3Handler(HardenedRequestHandler):
+class S3Handler(LeanRequestHandler):
     """One S3 connection. The whole-request deadline covers the request line and headers (a slow-loris
     client is cut off); an object body then streams for as long as it keeps moving (``timeout`` is the
     idle limit), since a gigabyte over a slow link legitimately takes longer than any fixed deadline."""
@@ -252,7 +261,7 @@ class S3Handler(HardenedRequestHandler):
 
     def _serve(self) -> None:
         self.server.end_deadline(self.connection)  # headers are in: from here the idle timeout governs
-        request_id = uuid.uuid4().hex[:16].upper()
+        request_id = _request_id()
         self.api.requests += 1
         headers = self._headers()
         parts = urlsplit(self.path)
@@ -377,13 +386,14 @@ class S3Handler(HardenedRequestHandler):
         self.close_connection = True
         if self.request_version == "HTTP/0.9":
             self.request_version = self.protocol_version
-        body = error_document("BadRequest", message or explain or f"HTTP {code}", uuid.uuid4().hex[:16].upper())
+        body = error_document("BadRequest", message or explain or f"HTTP {code}", _request_id())
         with contextlib.suppress(OSError):
             self._send(code if 400 <= code < 500 else 400, [("Content-Type", "application/xml"),
                                                             ("Connection", "close")], body)  # fmt: skip
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s " + format, self.address_string(), *args)
+        if log.isEnabledFor(logging.DEBUG):  # not even the client's address is looked up otherwise
+            log.debug("%s " + format, self.address_string(), *args)
 
 
 class S3HTTPServer(HardenedHTTPServer):
