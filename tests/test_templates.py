@@ -20,6 +20,7 @@ from cloudlab.nc.hypervisor import open_connection
 from cloudlab.nc.templates import (
     DEFAULT_TEMPLATE_SIZE,
     INFO_FILE,
+    RAM_FILE,
     STATE_FILE,
     Launcher,
     Template,
@@ -57,6 +58,22 @@ def test_a_restored_domain_waits_for_a_migration_stream_and_has_the_identity_por
     root = ET.fromstring(build_domain_xml(restored))
     args = [a.get("value") for a in root.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
     assert args == ["-incoming", "defer"]
+    # restored with the template's RAM: mapped privately (copy-on-write), ahead of -incoming
+    mapped = dataclasses.replace(restored, memory_file=Path("/cache/tpl-1/ram"))
+    root_mapped = ET.fromstring(build_domain_xml(mapped))
+    args = [a.get("value") for a in root_mapped.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
+    assert args == [
+        "-object",
+        f"memory-backend-file,id=cloudlab.ram,size={256 << 20},mem-path=/cache/tpl-1/ram,share=off",
+        "-machine",
+        "memory-backend=cloudlab.ram",
+        "-incoming",
+        "defer",
+    ]
+    # a template writes its RAM into its file; a comma in a path is doubled (QEMU's option syntax)
+    template = dataclasses.replace(spec, memory_file=Path("/c,d/ram"), memory_shared=True)
+    arg = ET.fromstring(build_domain_xml(template)).find(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg[2]").get("value")
+    assert arg.endswith("mem-path=/c,,d/ram,share=on"), arg
     channel = root.find("devices/channel")
     assert channel is not None and channel.get("type") == "unix"
     assert channel.find("source").get("path") == "/run/x/identity.sock"
@@ -116,7 +133,10 @@ def test_the_store_finds_only_whole_templates_of_the_same_key(launcher: Launcher
     (folder / INFO_FILE).write_text(json.dumps({"key": dataclasses.asdict(key)}))
     assert store.ready(key) is None  # no state
     (folder / STATE_FILE).write_bytes(b"QEVM")
+    assert store.ready(key) is None  # no RAM
+    (folder / RAM_FILE).write_bytes(bytes(4096))
     assert store.ready(key) == Template(key, folder / STATE_FILE)
+    assert store.ready(key).ram == folder / RAM_FILE
     other = dataclasses.replace(key, memory_mb=128)
     assert store.ready(other) is None
     # another QEMU's templates are removed when a node starts; this QEMU's stay

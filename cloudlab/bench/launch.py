@@ -6,8 +6,9 @@ one ``--launch boot``; after one uncounted launch each, launches alternate betwe
 restore, ...), one instance at a time, so a busy host slows both alike. Each instance's console says how
 it started; a "restored" launch that was booted cold (no template yet) is counted as what it was. The
 figures are medians of ``repeats`` and the ratio cold ÷ restored, and each idle instance's QEMU memory
-(RSS and PSS: a restored guest's memory is a copy of the template's, read from the file, so nothing is
-shared between siblings); nothing here asserts a time.
+(RSS and PSS), and in the burst the PSS summed over all its QEMUs per instance: a restored guest maps the
+template's RAM file copy-on-write, so pages it only reads are shared with its siblings (and counted once in
+that sum); nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -143,11 +144,23 @@ def launch_burst(cloud: Any, image: str, group: str, count: int, timeout_s: floa
         for instance_id in ids:  # one after the other: the last to answer ends the wait
             wait_until(lambda i=instance_id: answers(i), timeout_s, what=f"SSH on {instance_id}", interval_s=0.1)
         ssh_s = time.monotonic() - started
+        time.sleep(IDLE_S)
+        memory = [qemu_memory_kib(instance_id) for instance_id in ids]
     finally:
         ec2.terminate_instances(InstanceIds=ids)
         cloud.wait_state(ids, "terminated", timeout=120)
     restored = sum("restored from template" in text for text in consoles.values())
-    return {"count": count, "all_marker_s": round(marker_s, 3), "all_ssh_s": round(ssh_s, 3), "restored": restored}
+    read = [m for m in memory if m]
+    return {
+        "count": count,
+        "all_marker_s": round(marker_s, 3),
+        "all_ssh_s": round(ssh_s, 3),
+        "restored": restored,
+        # PSS divides each shared page among the processes that map it, so the sum over all the burst's
+        # QEMUs counts the template's pages once: the sum over the count is the cost of one more instance
+        "idle_pss_mib_per_instance": round(sum(m["pss_kib"] for m in read) / 1024 / max(1, len(read)), 1),
+        "idle_rss_mib_per_instance": round(sum(m["rss_kib"] for m in read) / 1024 / max(1, len(read)), 1),
+    }
 
 
 def run_launch_benchmark(
@@ -238,6 +251,12 @@ def report_lines(result: dict[str, Any]) -> list[str]:
             f"{r['count']} launched at once, all SSH-ready      {r['all_ssh_s']:7.2f} s  {b['all_ssh_s']:7.2f} s"
             f" (cold boot)   x{b['all_ssh_s'] / r['all_ssh_s']:<6.3f} < 15 s ({r['restored']} restored)"
         )
+        if "idle_pss_mib_per_instance" in r:
+            extra.append(
+                f"  idle memory per instance of the {r['count']} (PSS summed / count, shared pages once)"
+                f" {r['idle_pss_mib_per_instance']:6.1f} MiB restored, {b['idle_pss_mib_per_instance']:.1f} MiB cold"
+                f" (RSS {r['idle_rss_mib_per_instance']:.0f} / {b['idle_rss_mib_per_instance']:.0f} MiB)"
+            )
     return [
         f"RunInstances→SSH answering, restored (median)  {restore['ssh_s']['median']:7.2f} s"
         f"  {boot['ssh_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_ssh']:<6} < 1 s, ≥ 4×",
