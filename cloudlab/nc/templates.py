@@ -66,7 +66,8 @@ from cloudlab.waiting import WaitTimeout, wait_until
 log = logging.getLogger(__name__)
 
 #: Bump when the way a template is made changes (part of every key, so older templates are never restored).
-TEMPLATE_FORMAT = 2  # 2: the RAM in a file of its own, mapped copy-on-write by each restored instance
+#: 2: the RAM in a file of its own, mapped copy-on-write by each restored instance; 3: saved running
+TEMPLATE_FORMAT = 3
 #: ``init_on_free=1``: pages the kernel frees are zeroed, so the bootloader's copy of the initramfs and
 #: the decompressed kernel's scratch become zero pages, which a migration stream skips: 67 MiB of state
 #: instead of 106 and a load ~3× faster. The restored guest keeps zeroing what it frees (a small cost).
@@ -193,15 +194,21 @@ def _ignore_shared_ram(dom: libvirt.virDomain) -> None:
 
 
 def save_state(dom: libvirt.virDomain, path: Path) -> None:
-    """Pause ``dom`` and write its device state (a QEMU migration stream without the RAM) to ``path``."""
-    dom.suspend()
+    """Write ``dom``'s device state (a QEMU migration stream without the RAM) to ``path``; QEMU stops the
+    guest for the last pass.
+
+    The guest is *not* paused first: the stream records the run state it was taken in, and a guest saved
+    paused would stay paused where it is restored, whatever the restore asks (QEMU's ``autostart`` only
+    applies to a stream taken from a running guest). Its RAM is not in the stream, so there is nothing
+    to converge: the migration ends at once.
+    """
     _ignore_shared_ram(dom)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         _qmp(dom, "getfd", [fd], fdname="cloudlab-template")
     finally:
         os.close(fd)
-    _qmp(dom, "migrate-set-parameters", **{"max-bandwidth": 1 << 40})  # a paused guest: one pass, no limit
+    _qmp(dom, "migrate-set-parameters", **{"max-bandwidth": 1 << 40})  # no RAM to send: one pass, no limit
     _qmp(dom, "migrate", uri="fd:cloudlab-template")
     wait_until(lambda: _migration_done(dom), SAVE_TIMEOUT_S, what="the template's state saved", interval_s=0.02)
 
