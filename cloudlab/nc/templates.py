@@ -2,11 +2,16 @@
 
 A *template* is a guest of one image and one size, booted once (kernel command line option
 ``cloudlab.identity=channel``) to the point where its init waits for its identity on the virtio-serial
-port ``org.cloudlab.identity``, then paused and saved as a QEMU migration stream. An instance launched
-from it is the same domain XML as a cold boot (its own name, UUID, MAC, console, kernel command line)
-plus the identity port and ``-incoming defer``; the node feeds QEMU the template's stream over the
-monitor, resumes it and writes the instance's identity line into the port. The guest's init then carries
-on as after a cold boot (MAC, address, metadata, user data, SSH, boot marker).
+port ``org.cloudlab.identity``, then saved: its RAM is a file (:data:`RAM_FILE`, QEMU's
+``memory-backend-file`` with ``share=on``, so the running template writes its RAM there), its devices a
+QEMU migration stream that leaves that RAM out (``x-ignore-shared``). An instance launched from it is the
+same domain XML as a cold boot (its own name, UUID, MAC, console, kernel command line) plus the identity
+port, ``-incoming defer`` and the template's RAM file mapped privately (``share=off``: copy-on-write, so
+nothing of the RAM is read at restore, and pages a guest only reads stay shared with its siblings in the
+host's page cache, counted once); the node feeds QEMU the device stream over the monitor, resumes it and
+writes the instance's identity line into the port. The guest's init then carries on as after a cold boot
+(MAC, address, metadata, user data, SSH, boot marker). The RAM file is never written once saved (a new
+build is a new folder, renamed into place; instances still mapping an old one keep its inode).
 
 Why a bare migration stream and not libvirt's ``virDomainSave``/``virDomainRestore``: libvirt refuses to
 restore a saved image under another UUID ("Target domain uuid ... does not match source"), so one saved
