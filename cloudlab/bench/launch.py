@@ -201,7 +201,7 @@ def run_launch_benchmark(
         )
         say(f"launch: template {template['name']} ready ({time.monotonic() - started:.1f} s waited)")
         for mode in MODES:  # each cloud's first launch also sets up its network's gateway: not counted
-            launch_once(clouds[mode], *prepared[mode])
+            launch_once(clouds[mode], *prepared[mode], timeout_s=300)  # (and may meet a host still busy)
         for repeat in range(repeats):
             for mode in MODES:
                 image, group = prepared[mode]
