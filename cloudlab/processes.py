@@ -105,3 +105,17 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
         libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
     return preexec
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise ``KeyboardInterrupt`` in the main thread, as Ctrl-C does.
+
+    A foreground run (a benchmark) holds clouds, hand-booted guests, ``qemu-nbd`` exports and
+    namespaces in context managers; SIGTERM's default action ends the process at once and leaves all
+    of them running, while an exception unwinds them. Call it from the main thread only.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -49,8 +49,12 @@ def test_fio_jobs_and_parsing() -> None:
 def test_ratios_are_cloud_over_hand_with_the_range_of_the_repeats() -> None:
     rows = [
         {"target": t, "job": "seq_read", "repeat": r, "mib_s": v, "iops": v, "lat_ms": 1.0, "error": None}
-        for t, r, v in [("cloud:volume", 0, 90.0), ("cloud:volume", 1, 110.0), ("hand:volume", 0, 100.0),
-                        ("hand:volume", 1, 100.0)]  # fmt: skip
+        for t, r, v in [
+            ("cloud:volume", 0, 90.0),
+            ("cloud:volume", 1, 110.0),
+            ("hand:volume", 0, 100.0),
+            ("hand:volume", 1, 100.0),
+        ]  # fmt: skip
     ]
     rows.append({"target": "hand:volume", "job": "seq_read", "repeat": 2, "mib_s": math.nan, "iops": math.nan,
                  "lat_ms": math.nan, "error": "fio failed"})  # fmt: skip

@@ -46,16 +46,6 @@ def names(conn: libvirt.virConnect) -> list[str]:
     return sorted(d.name() for d in conn.listAllDomains())
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeController]:
-    """A 4-vCPU, 2 GiB node on its own test-driver host."""
-    nc = NodeController("node-01", private_host_uri(tmp_path / "node-01", 4, 2048), tmp_path / "node-01", accel="test")
-    try:
-        yield nc
-    finally:
-        nc.close()
-
-
 def foreign_domain_xml(name: str) -> str:
     return (
         f"<domain type='test'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>2</vcpu>"

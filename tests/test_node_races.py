@@ -15,7 +15,6 @@ point between the two calls, by wrapping the first call.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,10 @@ import pytest
 
 from cloudlab import contract as c
 from cloudlab.errors import CloudError
-from cloudlab.nc.hypervisor import test_driver_uri as private_host_uri
 from cloudlab.nc.node import NodeController
 from cloudlab.waiting import wait_until
 from tests.clouds import LocalCloud
 from tests.test_node import IID, IID2, body, names
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeController]:
-    nc = NodeController("node-01", private_host_uri(tmp_path / "node-01", 4, 2048), tmp_path / "node-01", accel="test")
-    try:
-        yield nc
-    finally:
-        nc.close()
 
 
 def _in_another_thread(work: Any) -> None:

@@ -178,8 +178,17 @@ def lab_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
     [
         ("demo.ipynb", {"count": 2}, ["final_state", "terminated", "node-01"]),
         ("quickstart.ipynb", {}, ["cloudlab-boot: ok", "terminated", "Linux"]),
-        ("storage.ipynb", {"dataset_mib": 4}, ["is /dev/vdb in the guest", "read back: identical", "/dev/sdg=vol-",
-                                               "create volume from snapshot", "volumes left: 0"]),
+        (
+            "storage.ipynb",
+            {"dataset_mib": 4},
+            [
+                "is /dev/vdb in the guest",
+                "read back: identical",
+                "/dev/sdg=vol-",
+                "create volume from snapshot",
+                "volumes left: 0",
+            ],
+        ),
     ],
 )
 def test_notebook_runs_against_the_cloud(

@@ -29,6 +29,7 @@ from cloudlab.bench.launch import run_launch_benchmark
 from cloudlab.bench.scale_growth import growth_chart, growth_exponents, growth_rows, superlinear
 from cloudlab.config import CloudConfig
 from cloudlab.paths import StateLayout
+from cloudlab.processes import interrupt_on_sigterm
 from cloudlab.waiting import WaitTimeout, wait_until
 
 TARGETS = {
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         help="launches and terminations before the largest cloud's describes are timed again (default 100000)",
     )
     args = parser.parse_args(argv)
+    interrupt_on_sigterm()  # a killed run still tears down its clouds and guests
     parts = set(args.only.split(","))
     results: dict[str, Any] = {}
     accel = None

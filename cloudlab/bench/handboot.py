@@ -134,13 +134,15 @@ def debian_by_hand(
     timeout_s: float = 900,
     instance_id: str = INSTANCE_ID,
     nbd_volumes: Sequence[Path] = (),
+    root_over_nbd: bool = False,
 ) -> Iterator[HandBoot]:
     """Boot ``cloudlab-debian`` by hand and yield it once SSH answers (and cloud-init is done).
 
     ``disk_size_mb`` makes the overlay larger than the image (cloud-init grows the file system);
     ``nbd_volumes`` (qcow2 files) are exported by hand as the SC exports a volume and attached as
-    ``/dev/vdb``, ... (see :func:`export_by_hand`); everything is torn down on exit, also on error
-    (the console is in the error message).
+    ``/dev/vdb``, ... (see :func:`export_by_hand`); ``root_over_nbd`` serves the root overlay the same
+    way, as the cloud serves an instance's root volume from its SC (so a root-disk benchmark compares
+    like with like). Everything is torn down on exit, also on error (the console is in the error message).
     """
     image = image or debian_image()
     if image.disk is None:
@@ -169,7 +171,8 @@ def debian_by_hand(
         size = [f"{disk_size_mb}M"] if disk_size_mb else []
         lab.sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "qcow2", str(overlay), *size)
         console_path, qmp_path = lab.tmp / "console.log", lab.tmp / "qmp.sock"
-        argv = qemu_argv(image, overlay, console_path, instance_id, memory_mb, vcpus, accel)
+        root_drive = export_by_hand(lab, ns, overlay, len(nbd_volumes), drive_id="root") if root_over_nbd else None
+        argv = qemu_argv(image, overlay, console_path, instance_id, memory_mb, vcpus, accel, root_drive)
         argv += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
         for index, volume in enumerate(nbd_volumes):
             argv += export_by_hand(lab, ns, volume, index)
@@ -186,10 +189,20 @@ def debian_by_hand(
 
 
 def qemu_argv(
-    image: BuiltImage, overlay: Path, console: Path, instance_id: str, memory_mb: int, vcpus: int, accel: str
+    image: BuiltImage,
+    overlay: Path,
+    console: Path,
+    instance_id: str,
+    memory_mb: int,
+    vcpus: int,
+    accel: str,
+    root_drive: list[str] | None = None,
 ) -> list[str]:
     """QEMU as a node would run it: direct kernel boot, the overlay as the first virtio disk (vda),
-    one virtio NIC on the tap, a virtio RNG, the serial console to a file, nothing else."""
+    one virtio NIC on the tap, a virtio RNG, the serial console to a file, nothing else.
+    ``root_drive`` replaces the local overlay's drive (the root served over NBD)."""
+    local_root = ["-drive", f"file={overlay},if=none,id=root,format=qcow2,discard=unmap",
+                  "-device", "virtio-blk-pci,drive=root"]  # fmt: skip
     cmdline = f"{image.kernel_cmdline} cloudlab.hostname={instance_id} cloudlab.ip={GUEST_IP}/24,{GATEWAY}"
     return [
         "qemu-system-x86_64",
@@ -211,10 +224,7 @@ def qemu_argv(
         str(image.ramdisk),
         "-append",
         cmdline,
-        "-drive",
-        f"file={overlay},if=none,id=root,format=qcow2,discard=unmap",
-        "-device",
-        "virtio-blk-pci,drive=root",
+        *(root_drive or local_root),
         "-netdev",
         "tap,id=n0,ifname=tap0,script=no,downscript=no",
         "-device",
@@ -224,12 +234,13 @@ def qemu_argv(
     ]
 
 
-def export_by_hand(lab: Lab, ns: str, volume: Path, index: int) -> list[str]:
+def export_by_hand(lab: Lab, ns: str, volume: Path, index: int, drive_id: str | None = None) -> list[str]:
     """Serve ``volume`` with ``qemu-nbd`` in the namespace, with the flags the SC uses
     (``cloudlab/sc/exports.py``: qcow2 on the server's side, writeback cache, discard), on the gateway's
     address, and QEMU's arguments that attach it as the domain XML does (raw over NBD, ``cache=none``,
-    virtio-blk, the volume's file name as its serial)."""
+    virtio-blk, the volume's file name as its serial; ``drive_id`` names the drive, ``vol<index>`` else)."""
     port = NBD_PORT + index
+    drive_id = drive_id or f"vol{index}"
     export = volume.stem
     argv = ["qemu-nbd", "--persistent", "--shared=2", f"--bind={GATEWAY}", f"--port={port}", f"--export-name={export}",
             "--format=qcow2", "--cache=writeback", "--discard=unmap", str(volume)]  # fmt: skip
@@ -241,9 +252,9 @@ def export_by_hand(lab: Lab, ns: str, volume: Path, index: int) -> list[str]:
         return subprocess.run([*netns_argv(ns), "bash", "-c", probe], capture_output=True, timeout=10).returncode == 0
 
     wait_for(listening, 30, f"qemu-nbd serving {volume.name}", interval=0.2)
-    drive = (f"driver=raw,if=none,id=vol{index},cache=none,file.driver=nbd,file.server.type=inet,"
+    drive = (f"driver=raw,if=none,id={drive_id},cache=none,file.driver=nbd,file.server.type=inet,"
              f"file.server.host={GATEWAY},file.server.port={port},file.export={export}")  # fmt: skip
-    return ["-drive", drive, "-device", f"virtio-blk-pci,drive=vol{index},serial={export.replace('-', '')[:20]}"]
+    return ["-drive", drive, "-device", f"virtio-blk-pci,drive={drive_id},serial={export.replace('-', '')[:20]}"]
 
 
 def _wait_milestones(

@@ -8,7 +8,8 @@ One run, side by side, with fio inside ``cloudlab-debian`` guests (:mod:`cloudla
 * **hand:volume** -- a volume made with the same tools by hand (``qemu-img create -f qcow2``, served
   by ``qemu-nbd`` with the SC's flags, attached to a QEMU started by hand, ``cache=none``), in the
   hand-booted guest of :mod:`cloudlab.bench.handboot`;
-* **hand:root** -- a file on that guest's root disk (a local qcow2 overlay).
+* **hand:root** -- a file on that guest's root disk: a qcow2 overlay of the image served by ``qemu-nbd``
+  as the SC serves the cloud's root volume (every hand boot here has its root over NBD, like for like).
 
 Every target is measured ``repeats`` times per job, the targets' order rotating each repeat so a busy
 host slows all alike; the ratios are cloud ÷ hand of the medians, with the range the repeats allow.
@@ -170,8 +171,15 @@ def hand_guest(
     for attempt in range(options.boot_attempts):
         with contextlib.ExitStack() as stack:
             try:
-                hand = stack.enter_context(debian_by_hand(image, memory_mb=options.memory_mb,
-                                                          nbd_volumes=nbd_volumes, timeout_s=options.boot_timeout_s))
+                hand = stack.enter_context(
+                    debian_by_hand(
+                        image,
+                        memory_mb=options.memory_mb,
+                        nbd_volumes=nbd_volumes,
+                        timeout_s=options.boot_timeout_s,
+                        root_over_nbd=True,
+                    )
+                )
             except BuildError as exc:
                 failures.append({"side": "hand", "error": str(exc)[-800:]})
                 if attempt + 1 == options.boot_attempts:
@@ -377,7 +385,9 @@ def run_storage_benchmark(
                 except BootFailed as exc:  # counted as a failure, not as a time
                     failures.append({"side": "cloud", "error": str(exc)[-800:]})
                 try:
-                    with debian_by_hand(image, memory_mb=options.memory_mb, timeout_s=options.boot_timeout_s) as hand:
+                    with debian_by_hand(
+                        image, memory_mb=options.memory_mb, timeout_s=options.boot_timeout_s, root_over_nbd=True
+                    ) as hand:
                         hand_boots.append({k: hand.times[k] for k in ("ssh_s", "cloud_init_s") if k in hand.times})
                         progress(f"hand boot {n + 1}: {hand_boots[-1]}")
                 except BuildError as exc:

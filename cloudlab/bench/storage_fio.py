@@ -85,4 +85,3 @@ def find_disk(remote: Remote, serial: str, timeout_s: float = 120) -> str:
     if done.returncode != 0 or not done.stdout.strip():
         raise FioError(f"no disk with serial {serial} in {remote.name} after {timeout_s:g} s")
     return done.stdout.strip()
-

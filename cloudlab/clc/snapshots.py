@@ -31,9 +31,14 @@ CREATE INDEX IF NOT EXISTS snapshots_by_owner ON snapshots(owner, state);
 MAX_DESCRIPTION = 255
 
 
-
 def record_pending(
-    db: Any, user: User, snapshot_id: str, volume_id: str, size_gib: int, cluster: str, description: str | None,
+    db: Any,
+    user: User,
+    snapshot_id: str,
+    volume_id: str,
+    size_gib: int,
+    cluster: str,
+    description: str | None,
     now: float,
 ) -> None:
     """A new ``pending`` snapshot of ``user``'s, within their snapshot quota (in the caller's transaction): made
@@ -47,6 +52,7 @@ def record_pending(
         " progress, started, updated) VALUES (?,?,?,?,?,?,'pending',0,?,?)",
         (snapshot_id, user.name, volume_id, size_gib, cluster, description or "", now, now),
     )  # fmt: skip
+
 
 class Snapshots:
     """The ``snapshots`` table as the EC2 actions use it (``clc.service(Snapshots)``)."""

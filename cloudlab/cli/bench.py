@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cloudlab.cli.common import make_folder
 from cloudlab.cli.registry import arg, command, group
+from cloudlab.processes import interrupt_on_sigterm
 
 group("bench", help="benchmarks (results as CSV, JSON and charts)", state=False)
 
@@ -39,6 +40,7 @@ group("bench", help="benchmarks (results as CSV, JSON and charts)", state=False)
     ],
 )
 def bench_network(args: argparse.Namespace) -> int:
+    interrupt_on_sigterm()  # a killed benchmark still tears down what it built
     from cloudlab.bench.network import main as network_main
 
     make_folder("the results", Path(args.output))
@@ -62,6 +64,7 @@ def bench_network(args: argparse.Namespace) -> int:
     ],
 )
 def bench_s3(args: argparse.Namespace) -> int:
+    interrupt_on_sigterm()  # a killed benchmark still tears down what it built
     from cloudlab.bench.s3 import main as s3_main
 
     make_folder("the results", Path(args.output))
@@ -86,6 +89,7 @@ def bench_s3(args: argparse.Namespace) -> int:
     ],
 )
 def bench_storage(args: argparse.Namespace) -> int:
+    interrupt_on_sigterm()  # a killed benchmark still tears down what it built
     from cloudlab.bench.storage import main as storage_main
 
     make_folder("the results", Path(args.output))
@@ -103,6 +107,7 @@ def bench_storage(args: argparse.Namespace) -> int:
     add_help=False,
 )
 def bench_notebook(args: argparse.Namespace) -> int:
+    interrupt_on_sigterm()  # a killed benchmark still tears down what it built
     from cloudlab.bench.notebooks import main as notebook_main
 
     if getattr(args, "state", None):  # ``cloudlab --state DIR bench notebook ...``: the notebook finds it so
