@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import socket
 import threading
 import xml.etree.ElementTree as ET
@@ -281,3 +282,20 @@ def test_the_launch_benchmark_reads_an_instances_memory_from_its_process() -> No
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_scratch_disk_is_a_fresh_copy_of_one_blank_qcow2_per_size(tmp_path: Path) -> None:
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    from cloudlab.nc.disks import NodeDisks
+    from cloudlab.nc.templates import qcow2_size
+
+    first, second = tmp_path / "instances" / "i-1", tmp_path / "instances" / "i-2"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+    disk = NodeDisks._scratch_disk(first, 1)
+    assert qcow2_size(disk) == 1 << 30 and qcow2_size(NodeDisks._scratch_disk(second, 2)) == 2 << 30
+    assert sorted(p.name for p in tmp_path.glob("blank-*")) == ["blank-1G.qcow2", "blank-2G.qcow2"]
+    with disk.open("ab") as handle:
+        handle.write(b"written by the guest")
+    assert NodeDisks._scratch_disk(first, 1).read_bytes() == (tmp_path / "blank-1G.qcow2").read_bytes()
