@@ -267,9 +267,9 @@ def report_lines(result: dict[str, Any]) -> list[str]:
             )
     return [
         f"RunInstances→SSH answering, restored (median)  {restore['ssh_s']['median']:7.2f} s"
-        f"  {boot['ssh_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_ssh']:<6} < 1 s, ≥ 4×",
+        f"  {boot['ssh_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_ssh']!s:<6} < 1 s, ≥ 4×",
         f"RunInstances→boot marker, restored (median)    {restore['marker_s']['median']:7.2f} s"
-        f"  {boot['marker_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_marker']:<6}",
+        f"  {boot['marker_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_marker']!s:<6}",
         f"  launches started as asked: restore {restore['started_as_asked']}/{n}, boot {boot['started_as_asked']}/{n}",
         f"idle instance's QEMU, restored (median RSS/PSS) {restore['idle_rss_mib'].get('median', 0):6.0f}/"
         f"{restore['idle_pss_mib'].get('median', 0):.0f} MiB, cold boot {boot['idle_rss_mib'].get('median', 0):.0f}/"
