@@ -230,8 +230,14 @@ def restore_state(dom: libvirt.virDomain, path: Path) -> None:
     _qmp(dom, "migrate-incoming", uri="fd:cloudlab-template")
     # ``cont`` while the stream is still loading tells QEMU to run the guest the moment it is loaded (its
     # ``autostart``), so no round trip through libvirt waits for it; a stream that fails to load leaves
-    # the guest stopped, which the identity handover then notices (and :func:`check_restored` tells)
-    dom.resume()
+    # the guest stopped, which the identity handover then notices (and :func:`check_restored` tells).
+    # libvirt's own start of the domain sent a ``cont`` already, so a small stream may be loaded and the
+    # guest running before this one arrives: libvirt then refuses it ("already running"), which is fine
+    try:
+        dom.resume()
+    except libvirt.libvirtError:
+        if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            raise
 
 
 def check_restored(dom: libvirt.virDomain) -> None:
