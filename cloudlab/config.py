@@ -21,13 +21,14 @@ CHOICES = {
     "network_model": ("classic", "vpc"),
     "launch": ("restore", "boot"),
 }
-MINIMUM = {"nodes": 1, "clusters": 1, "api_port": 0, "node_vcpus": 1, "node_memory_mb": 1, "heartbeat_s": 0.01,
-           "image_max_mb": 1, "terminated_visible_s": 0, "powersave_idle_s": 0.1, "powersave_wake_s": 0}  # fmt: skip
+MINIMUM = {"nodes": 1, "clusters": 1, "api_port": 0, "clc_port": 0, "node_vcpus": 1, "node_memory_mb": 1,
+           "heartbeat_s": 0.01, "image_max_mb": 1, "terminated_visible_s": 0, "powersave_idle_s": 0.1,
+           "powersave_wake_s": 0}  # fmt: skip
 # What ``cluster_settings`` may set for one cluster (``{"cluster2": {"nodes": 3, "nat": true}}``), each over the
 # cloud-wide field of the same name; ``nat: true`` (the cluster's site behind a NAT) names it in ``nat_clusters``.
 CLUSTER_FIELDS: dict[str, Any] = {"nodes": int, "node_vcpus": int, "node_memory_mb": int, "scheduler": str,
                                   "powersave_idle_s": float, "nat": bool}  # fmt: skip
-MAXIMUM = {"api_port": 65535}
+MAXIMUM = {"api_port": 65535, "clc_port": 65535}
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,10 @@ class CloudConfig:
     api_host: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
     cc_host: str = "127.0.0.1"
+    # Where the CLC takes registrations of cluster controllers that run as processes of their own
+    # (``cloudlab cc --clc URL``, maybe on another host): a fixed port lets them find a restarted cloud.
+    clc_host: str = "127.0.0.1"
+    clc_port: int = 0
     # Elastic (public) addresses come from this pool. TEST-NET-2 (RFC 5737) is never routed on the
     # internet; NAT into the cloud's own namespaces arrives with the networking issue.
     public_pool: str = "198.51.100.0/24"  # where the cluster controller listens for node controllers

@@ -415,6 +415,14 @@ class Registered:
 
 
 @dataclass(frozen=True)
+class ClusterRegistered:
+    """The CLC's answer to a CC that registered: the cluster's name (from its certificate) and its zone."""
+
+    cluster: str
+    zone: str
+
+
+@dataclass(frozen=True)
 class Released:
     released: bool = True
 
@@ -449,6 +457,8 @@ REGISTER_NODE = _action("register_node", RegisterNode, Registered, "nc")
 NODE_CHANGED = _action("node_changed", Empty, Empty, "nc")
 # SC -> CC
 REGISTER_STORAGE = _action("register_storage", RegisterNode, Registered, "sc")
+# CC -> CLC (a cluster controller in a process of its own, maybe on another host: ``cloudlab cc``)
+REGISTER_CLUSTER = _action("register_cluster", RegisterNode, ClusterRegistered, "cc")
 # CC -> NC
 DESCRIBE_RESOURCE = _action("describe_resource", Empty, NodeReport, "cc")
 DESCRIBE_RESOURCE_IF_CHANGED = _action("describe_resource_if_changed", ReportAsk, ReportIfChanged, "cc")
@@ -518,6 +528,7 @@ NODE_ACTIONS: tuple[Action[Any, Any], ...] = (
     NODE_POWER_OFF,
     NODE_WAKE,
 )
+CLOUD_ACTIONS: tuple[Action[Any, Any], ...] = (HELLO, REGISTER_CLUSTER)
 STORAGE_ACTIONS: tuple[Action[Any, Any], ...] = (
     HELLO,
     SC_CREATE_VOLUME,

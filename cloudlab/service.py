@@ -27,6 +27,7 @@ from cloudlab.cc.network import NC_PORT
 from cloudlab.clc.cloud import CloudController
 from cloudlab.clc.images import Images
 from cloudlab.clc.offline import write_credentials
+from cloudlab.clc.remote_clusters import RemoteClusters
 from cloudlab.clc.store import Store
 from cloudlab.clc.uploads import UploadPolicy, ensure_root
 from cloudlab.config import CloudConfig
@@ -42,6 +43,7 @@ from cloudlab.service_clusters import (
     build_network,
     cluster_status,
     join_clusters,
+    remote_cluster_status,
     start_metadata_services,
 )
 from cloudlab.waiting import WaitTimeout, wait_until
@@ -97,6 +99,8 @@ class CloudService:
         self._networks_built: list[Any] = []
         self.started = time.time()
         self.nodes_missing: list[str] = []
+        self.clc_server: Any = None
+        self.remote_clusters: Any = None  # cloudlab.clc.remote_clusters.RemoteClusters, once built
 
     def _signer_verifier(self, name: str, role: str) -> tuple[MessageSigner, MessageVerifier]:
         return controller_keys(self.ca.identity(name, role), self.ca.ca_certificate)
@@ -152,6 +156,7 @@ class CloudService:
             )
             if cluster.network is not None:
                 self._start_metadata_service(cluster)
+        self._serve_clc(clc_signer, clc_verifier)
         admin, key = self.clc.users.ensure_admin()
         write_credentials(layout, admin.name, key.access_key, key.secret_key)
         self._register_default_image(admin.name)
@@ -164,6 +169,19 @@ class CloudService:
                 self._start_node(name)
         # (one storage controller, the first cluster's: volumes live in its zone)
         self._start_storage(self.clusters[0].url.split("//", 1)[1].rsplit(":", 1)[0])
+
+    def _serve_clc(self, signer: MessageSigner, verifier: MessageVerifier) -> None:
+        """The CLC's own signed endpoint, where cluster controllers that run as processes of their own
+        (``cloudlab cc --clc URL``) register (cloudlab/clc/remote_clusters.py)."""
+        self.remote_clusters = RemoteClusters(self.clc, signer, verifier, local={c.name for c in self.clusters})
+        self.remote_clusters.restore()
+        dispatcher = Dispatcher("clc", signer, verifier)
+        self.remote_clusters.register_routes(dispatcher)
+        self.clc_server = serve_http(dispatcher, self.config.clc_host, self.config.clc_port)
+
+    @property
+    def clc_url(self) -> str:
+        return f"http://{self.config.clc_host}:{self.clc_server.server_port}"
 
     def _build_cluster(self, index: int, name: str) -> ClusterRuntime:
         """The ``index``-th cluster's CC, its endpoint for node controllers and, if asked for, its network."""
@@ -414,7 +432,9 @@ class CloudService:
             "endpoint": self.endpoint_url,
             "region": self.config.region,
             "hypervisor": self.config.hypervisor,
-            "clusters": [self._cluster_status(cluster) for cluster in self.clusters],
+            "clusters": [self._cluster_status(cluster) for cluster in self.clusters]
+            + [remote_cluster_status(self, name, url) for name, url in self.remote_clusters.urls().items()],
+            "clc_url": self.clc_url,
             "instances": counts,
             "unknown_vms": self.clc.unknown_vms(),
             "refused_messages": [m for cluster in self.clusters for m in cluster.dispatcher.refused[-10:]][-10:],
@@ -468,6 +488,7 @@ class CloudService:
                 "url": self.endpoint_url,
                 "pid": os.getpid(),
                 "cc_url": self.cc_url,
+                "clc_url": self.clc_url,
                 "region": self.config.region,
                 "started": self.started,
                 "nodes_missing": self.nodes_missing,
@@ -524,6 +545,8 @@ class CloudService:
             self.walrus.stop()
         for cluster in self.clusters:
             cluster.server.shutdown()
+        if self.clc_server is not None:
+            self.clc_server.shutdown()
         self.store.close()
         self.layout.endpoint_file.unlink(missing_ok=True)
         log.info("cloud stopped")

@@ -170,6 +170,33 @@ def cluster_status(service: Any, runtime: ClusterRuntime) -> dict[str, Any]:
     }
 
 
+def remote_cluster_status(service: Any, name: str, url: str) -> dict[str, Any]:
+    """A cluster whose CC runs as a process of its own (``cloudlab cc``), as ``cloudlab status`` shows it: what
+    its CC said at the CLC's last reconcile pass (its nodes as they were then, if it no longer answers)."""
+    from cloudlab.contract import encode
+
+    link = service.clc.clusters.get(name)
+    report = service.clc.cluster_reports().get(name)
+    nodes = [encode(node) for node in report.nodes] if report is not None else []
+    for node in nodes:
+        node["process"] = None  # not a child of this service: it runs beside its CC
+        node["instances"] = len(node["instances"])
+        node["state"] = node_state(node)
+    return {
+        "name": name,
+        "zone": link.zone if link is not None else None,
+        "state": "available" if service.clc.cluster_health().get(name, True) else "unavailable",
+        "network": link.network if link is not None else "none",
+        "nat": False,
+        "scheduler": report.policy if report is not None else None,
+        "remote": True,
+        "cc_url": url,
+        "nodes": nodes,
+        "network_detail": None,
+        "storage": None,
+    }
+
+
 def storage_status(service: Any) -> dict[str, Any]:
     """The cluster's SC as ``cloudlab status`` shows it: where it is, its process, what it serves."""
     from cloudlab import contract as c

@@ -36,6 +36,8 @@ def cloudlab(*args: str, state: Path | None = None, timeout: float = 120) -> sub
         ["serve"],
         ["nc"],
         ["sc"],
+        ["cc"],
+        ["cluster-credentials"],
         ["accel"],
     ],
 )
@@ -59,6 +61,11 @@ def test_help_everywhere(command: list[str]) -> None:
         (["nc", "--name", "n1", "--cc", "notaurl"], "must look like http://HOST:PORT"),
         (["sc", "--name", "c1"], "--cc"),
         (["sc", "--name", "c1", "--cc", "ftp://x:1"], "must look like http://HOST:PORT"),
+        (["cc", "--name", "cluster2"], "--clc"),
+        (["cc", "--name", "cluster2", "--clc", "notaurl"], "must look like http://HOST:PORT"),
+        (["cc", "--name", "cluster2", "--clc", "http://127.0.0.1:1", "--listen", "h:99999"], "not a port"),
+        (["cc", "--name", "cluster2", "--clc", "http://127.0.0.1:1", "--network", "vde"], "invalid choice"),
+        (["up", "--clc-listen", ":80"], "not HOST or HOST:PORT"),
     ],
 )
 def test_usage_errors(tmp_path: Path, args: list[str], needle: str) -> None:

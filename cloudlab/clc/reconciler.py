@@ -31,6 +31,7 @@ from cloudlab.clc.node_hours import NodeHours
 from cloudlab.clc.states import REASON_GUEST_SHUTDOWN
 from cloudlab.clc.store import Store
 from cloudlab.clc.usage import NetworkBytes
+from cloudlab.errors import ControllerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,22 @@ class Reconciler:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._last_retry = float("-inf")
+        self._started = False
+        self._followed: set[str] = set()  # the clusters a thread follows
 
     # -- running ------------------------------------------------------------------------------------------
     def start(self) -> None:
+        with self._lock:
+            self._started = True
         for link in self.clusters.all():
+            self.follow(link)
+
+    def follow(self, link: ClusterLink) -> None:
+        """Follow ``link``'s cluster from now on (at start, or a CC that registered later); once per cluster."""
+        with self._lock:
+            if not self._started or self._stop.is_set() or link.name in self._followed:
+                return
+            self._followed.add(link.name)
             thread = threading.Thread(target=self._follow, args=(link,), name=f"clc-reconcile-{link.name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -83,11 +96,18 @@ class Reconciler:
 
     def _follow(self, link: ClusterLink) -> None:
         version = 0
+        unreachable = False
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 version = self.reconcile_cluster(link, after=version, wait_s=min(self.reconcile_s, LONG_POLL_S))
                 self.retry_unfinished(min_interval_s=self.reconcile_s)
+                unreachable = False
+            except ControllerUnavailable as exc:  # its CC is down (or its host): one line when it goes, not each pass
+                if not unreachable:
+                    log.warning("cluster %s does not answer: %s", link.name, exc.message)
+                unreachable, version = True, 0  # a CC that comes back numbers its reports from 0 again
+                self._stop.wait(self.reconcile_s)
             except Exception:
                 log.exception("reconcile pass of cluster %s failed", link.name)
                 self._stop.wait(self.reconcile_s)

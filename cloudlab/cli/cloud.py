@@ -11,6 +11,7 @@ from cloudlab import servicectl
 from cloudlab.cli.common import (
     CliError,
     hypervisor,
+    listen_address,
     log_to_stderr,
     port,
     positive,
@@ -86,6 +87,12 @@ UP_OPTIONS = {
             metavar="ADDR",
             help="address the cluster controller listens on for node controllers on other hosts (default 127.0.0.1)",
         ),
+        arg(
+            "--clc-listen",
+            type=listen_address,
+            metavar="HOST[:PORT]",
+            help="where the cloud controller takes cluster controllers of their own (cloudlab cc; default 127.0.0.1)",
+        ),
         arg("--subnet", metavar="CIDR", help="instances' private range, a /24 per group (10.211.0.0/16)"),
         arg(
             "--underlay", metavar="CIDR", help="range between the host namespaces (default auto: a free 10.253.N.0/24)"
@@ -113,6 +120,8 @@ def up(args: argparse.Namespace) -> int:
             setattr(config, attr, value)
         elif saved and getattr(config, attr) != getattr(CloudConfig(), attr):
             reused.append((option, getattr(config, attr)))
+    if args.clc_listen is not None:
+        config.clc_host, config.clc_port = args.clc_listen
     running = servicectl.endpoint(layout) is not None
     for option, value in [] if running else reused:  # said first, so that an error they cause is understood
         flag = option.replace("_", "-")
@@ -218,6 +227,7 @@ def status(args: argparse.Namespace) -> int:
         print(
             f"cluster {cluster['name']} (zone {cluster['zone']} {zone_state}"
             f", network {cluster['network']}, scheduler {cluster['scheduler']}): {len(cluster['nodes'])} node(s)"
+            + (f"; its own CC process at {cluster['cc_url']} (cloudlab cc)" if cluster.get("remote") else "")
         )
         for node in cluster["nodes"]:
             health = {"up": "alive", "dead": f"NOT ANSWERING ({node.get('last_error')})"}.get(

@@ -60,6 +60,16 @@ def controller_url(text: str) -> str:
     return text
 
 
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST`` or ``HOST:PORT`` (port 0, or none: any free one), checked before anything starts."""
+    host, sep, number = text.rpartition(":")
+    if not sep:
+        host, number = text, "0"
+    if not host or "/" in host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST or HOST:PORT")
+    return host, port(number)
+
+
 def identity_name(text: str) -> str:
     """A controller's name (it becomes a certificate subject and folder names), checked before anything starts."""
     from cloudlab.security.ca import validate_name
