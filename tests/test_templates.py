@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import socket
 import threading
 import xml.etree.ElementTree as ET
@@ -20,6 +21,7 @@ from cloudlab.nc.hypervisor import open_connection
 from cloudlab.nc.templates import (
     DEFAULT_TEMPLATE_SIZE,
     INFO_FILE,
+    RAM_FILE,
     STATE_FILE,
     Launcher,
     Template,
@@ -57,6 +59,22 @@ def test_a_restored_domain_waits_for_a_migration_stream_and_has_the_identity_por
     root = ET.fromstring(build_domain_xml(restored))
     args = [a.get("value") for a in root.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
     assert args == ["-incoming", "defer"]
+    # restored with the template's RAM: mapped privately (copy-on-write), ahead of -incoming
+    mapped = dataclasses.replace(restored, memory_file=Path("/cache/tpl-1/ram"))
+    root_mapped = ET.fromstring(build_domain_xml(mapped))
+    args = [a.get("value") for a in root_mapped.iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")]
+    assert args == [
+        "-object",
+        f"memory-backend-file,id=cloudlab.ram,size={256 << 20},mem-path=/cache/tpl-1/ram,share=off",
+        "-machine",
+        "memory-backend=cloudlab.ram",
+        "-incoming",
+        "defer",
+    ]
+    # a template writes its RAM into its file; a comma in a path is doubled (QEMU's option syntax)
+    template = dataclasses.replace(spec, memory_file=Path("/c,d/ram"), memory_shared=True)
+    arg = ET.fromstring(build_domain_xml(template)).find(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg[2]").get("value")
+    assert arg.endswith("mem-path=/c,,d/ram,share=on"), arg
     channel = root.find("devices/channel")
     assert channel is not None and channel.get("type") == "unix"
     assert channel.find("source").get("path") == "/run/x/identity.sock"
@@ -116,7 +134,10 @@ def test_the_store_finds_only_whole_templates_of_the_same_key(launcher: Launcher
     (folder / INFO_FILE).write_text(json.dumps({"key": dataclasses.asdict(key)}))
     assert store.ready(key) is None  # no state
     (folder / STATE_FILE).write_bytes(b"QEVM")
+    assert store.ready(key) is None  # no RAM
+    (folder / RAM_FILE).write_bytes(bytes(4096))
     assert store.ready(key) == Template(key, folder / STATE_FILE)
+    assert store.ready(key).ram == folder / RAM_FILE
     other = dataclasses.replace(key, memory_mb=128)
     assert store.ready(other) is None
     # another QEMU's templates are removed when a node starts; this QEMU's stay
@@ -261,3 +282,20 @@ def test_the_launch_benchmark_reads_an_instances_memory_from_its_process() -> No
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_scratch_disk_is_a_fresh_copy_of_one_blank_qcow2_per_size(tmp_path: Path) -> None:
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    from cloudlab.nc.disks import NodeDisks
+    from cloudlab.nc.templates import qcow2_size
+
+    first, second = tmp_path / "instances" / "i-1", tmp_path / "instances" / "i-2"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+    disk = NodeDisks._scratch_disk(first, 1)
+    assert qcow2_size(disk) == 1 << 30 and qcow2_size(NodeDisks._scratch_disk(second, 2)) == 2 << 30
+    assert sorted(p.name for p in tmp_path.glob("blank-*")) == ["blank-1G.qcow2", "blank-2G.qcow2"]
+    with disk.open("ab") as handle:
+        handle.write(b"written by the guest")
+    assert NodeDisks._scratch_disk(first, 1).read_bytes() == (tmp_path / "blank-1G.qcow2").read_bytes()

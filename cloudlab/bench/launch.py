@@ -6,8 +6,9 @@ one ``--launch boot``; after one uncounted launch each, launches alternate betwe
 restore, ...), one instance at a time, so a busy host slows both alike. Each instance's console says how
 it started; a "restored" launch that was booted cold (no template yet) is counted as what it was. The
 figures are medians of ``repeats`` and the ratio cold ÷ restored, and each idle instance's QEMU memory
-(RSS and PSS: a restored guest's memory is a copy of the template's, read from the file, so nothing is
-shared between siblings); nothing here asserts a time.
+(RSS and PSS), and in the burst the PSS summed over all its QEMUs per instance: a restored guest maps the
+template's RAM file copy-on-write, so pages it only reads are shared with its siblings (and counted once in
+that sum); nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cloudlab.images.cached import default_cache_dir, find_built_image
 from cloudlab.nc.templates import find_template
 from cloudlab.paths import StateLayout
 from cloudlab.reach import Unreachable, instance_remote
-from cloudlab.waiting import wait_until
+from cloudlab.waiting import WaitTimeout, wait_until
 
 MODES = ("restore", "boot")
 KEY_NAME = "bench-launch"
@@ -143,11 +144,23 @@ def launch_burst(cloud: Any, image: str, group: str, count: int, timeout_s: floa
         for instance_id in ids:  # one after the other: the last to answer ends the wait
             wait_until(lambda i=instance_id: answers(i), timeout_s, what=f"SSH on {instance_id}", interval_s=0.1)
         ssh_s = time.monotonic() - started
+        time.sleep(IDLE_S)
+        memory = [qemu_memory_kib(instance_id) for instance_id in ids]
     finally:
         ec2.terminate_instances(InstanceIds=ids)
         cloud.wait_state(ids, "terminated", timeout=120)
     restored = sum("restored from template" in text for text in consoles.values())
-    return {"count": count, "all_marker_s": round(marker_s, 3), "all_ssh_s": round(ssh_s, 3), "restored": restored}
+    read = [m for m in memory if m]
+    return {
+        "count": count,
+        "all_marker_s": round(marker_s, 3),
+        "all_ssh_s": round(ssh_s, 3),
+        "restored": restored,
+        # PSS divides each shared page among the processes that map it, so the sum over all the burst's
+        # QEMUs counts the template's pages once: the sum over the count is the cost of one more instance
+        "idle_pss_mib_per_instance": round(sum(m["pss_kib"] for m in read) / 1024 / max(1, len(read)), 1),
+        "idle_rss_mib_per_instance": round(sum(m["rss_kib"] for m in read) / 1024 / max(1, len(read)), 1),
+    }
 
 
 def run_launch_benchmark(
@@ -188,11 +201,15 @@ def run_launch_benchmark(
         )
         say(f"launch: template {template['name']} ready ({time.monotonic() - started:.1f} s waited)")
         for mode in MODES:  # each cloud's first launch also sets up its network's gateway: not counted
-            launch_once(clouds[mode], *prepared[mode])
+            launch_once(clouds[mode], *prepared[mode], timeout_s=300)  # (and may meet a host still busy)
         for repeat in range(repeats):
             for mode in MODES:
                 image, group = prepared[mode]
-                row = launch_once(clouds[mode], image, group)
+                try:
+                    row = launch_once(clouds[mode], image, group, timeout_s=300)
+                except WaitTimeout as exc:  # a busy host: one launch missing, not the whole run
+                    say(f"launch {mode} {repeat + 1}/{repeats}: {exc}")
+                    continue
                 rows.append({"mode": mode, "repeat": repeat, **row})
                 say(
                     f"launch {mode} {repeat + 1}/{repeats}: marker {row['marker_s']:.2f} s, ssh {row['ssh_s']:.2f} s"
@@ -200,7 +217,12 @@ def run_launch_benchmark(
                 )
         bursts = {}
         for mode in MODES if burst else ():
-            bursts[mode] = launch_burst(clouds[mode], *prepared[mode], burst)
+            try:
+                bursts[mode] = launch_burst(clouds[mode], *prepared[mode], burst)
+            except WaitTimeout as exc:  # a busy host: the launches' figures are kept, the burst says why not
+                bursts[mode] = {"count": burst, "error": str(exc)}
+                say(f"launch {mode}: {burst} at once did not finish: {exc}")
+                continue
             say(
                 f"launch {mode}: {burst} at once, all markers {bursts[mode]['all_marker_s']:.1f} s, all SSH "
                 f"{bursts[mode]['all_ssh_s']:.1f} s ({bursts[mode]['restored']} restored)"
@@ -220,9 +242,8 @@ def run_launch_benchmark(
             "idle_pss_mib": summarise([r["pss_kib"] / 1024 for r in mine if "pss_kib" in r]),
         }
     for what in ("marker_s", "ssh_s"):
-        result[f"ratio_boot_to_restore_{what[:-2]}"] = round(
-            result["boot"][what]["median"] / result["restore"][what]["median"], 3
-        )
+        medians = [result[mode][what].get("median") for mode in ("boot", "restore")]
+        result[f"ratio_boot_to_restore_{what[:-2]}"] = round(medians[0] / medians[1], 3) if all(medians) else None
     result["rows"] = rows
     return result
 
@@ -232,17 +253,23 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     n = result["repeats"]
     bursts = result.get("burst") or {}
     extra = []
-    if "restore" in bursts and "boot" in bursts:
+    if all(mode in bursts and "error" not in bursts[mode] for mode in MODES):
         r, b = bursts["restore"], bursts["boot"]
         extra.append(
             f"{r['count']} launched at once, all SSH-ready      {r['all_ssh_s']:7.2f} s  {b['all_ssh_s']:7.2f} s"
             f" (cold boot)   x{b['all_ssh_s'] / r['all_ssh_s']:<6.3f} < 15 s ({r['restored']} restored)"
         )
+        if "idle_pss_mib_per_instance" in r:
+            extra.append(
+                f"  idle memory per instance of the {r['count']} (PSS summed / count, shared pages once)"
+                f" {r['idle_pss_mib_per_instance']:6.1f} MiB restored, {b['idle_pss_mib_per_instance']:.1f} MiB cold"
+                f" (RSS {r['idle_rss_mib_per_instance']:.0f} / {b['idle_rss_mib_per_instance']:.0f} MiB)"
+            )
     return [
         f"RunInstances→SSH answering, restored (median)  {restore['ssh_s']['median']:7.2f} s"
-        f"  {boot['ssh_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_ssh']:<6} < 1 s, ≥ 4×",
+        f"  {boot['ssh_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_ssh']!s:<6} < 1 s, ≥ 4×",
         f"RunInstances→boot marker, restored (median)    {restore['marker_s']['median']:7.2f} s"
-        f"  {boot['marker_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_marker']:<6}",
+        f"  {boot['marker_s']['median']:7.2f} s (cold boot)   x{result['ratio_boot_to_restore_marker']!s:<6}",
         f"  launches started as asked: restore {restore['started_as_asked']}/{n}, boot {boot['started_as_asked']}/{n}",
         f"idle instance's QEMU, restored (median RSS/PSS) {restore['idle_rss_mib'].get('median', 0):6.0f}/"
         f"{restore['idle_pss_mib'].get('median', 0):.0f} MiB, cold boot {boot['idle_rss_mib'].get('median', 0):.0f}/"

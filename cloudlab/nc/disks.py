@@ -14,6 +14,7 @@ once the cloud has the volume served again, QEMU's NBD client reconnects and the
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -44,6 +45,17 @@ RESUME_IO_S = 2.0  # a guest paused by an I/O error is resumed at most this ofte
 IO_WARNED_S = 60.0  # a guest paused again within this long of its last resume is not logged again
 
 
+def _blank_qcow2(folder: Path, size_gib: int) -> Path:
+    """An empty qcow2 of ``size_gib`` in ``folder``, made the first time (an empty qcow2 is the same bytes
+    every time: a header and empty tables, no identity of its own)."""
+    blank = folder / f"blank-{size_gib}G.qcow2"
+    if not blank.is_file():
+        work = folder / f".{blank.name}.{threading.get_ident()}.tmp"
+        qemu_img("create", "-q", "-f", "qcow2", str(work), f"{size_gib}G")
+        work.rename(blank)
+    return blank
+
+
 class NodeDisks:
     """The node controller's disk operations (mixed into :class:`~cloudlab.nc.node.NodeController`)."""
 
@@ -64,10 +76,14 @@ class NodeDisks:
 
     @staticmethod
     def _scratch_disk(instance_dir: Path, size_gib: int) -> Path:
-        """A fresh, sparse scratch disk for the instance (EC2's instance store: empty at every start)."""
+        """A fresh, sparse scratch disk for the instance (EC2's instance store: empty at every start).
+
+        A copy of an empty qcow2 of that size made once per node folder: a start runs under the node's
+        lock, and running ``qemu-img`` there for each of 20 starts at once made them wait in line.
+        """
         path = instance_dir / SCRATCH_FILE
         path.unlink(missing_ok=True)
-        qemu_img("create", "-q", "-f", "qcow2", str(path), f"{size_gib}G")
+        shutil.copyfile(_blank_qcow2(instance_dir.parent.parent, size_gib), path)
         return path
 
     def attach_volume(self, request: c.AttachDisk) -> c.Done:

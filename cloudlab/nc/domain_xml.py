@@ -40,6 +40,11 @@ class DomainSpec:
     uuid: str | None = None  # a domain defined again keeps its UUID (libvirt picks one the first time)
     volumes: tuple[Volume, ...] = ()  # NBD-exported volumes (the root volume as vda)
     scratch: Path | None = None  # the instance's own scratch disk (qcow2) as vda, when no volume is vda
+    #: guest RAM as a file (a booted template's, see :mod:`cloudlab.nc.templates`): the template's QEMU
+    #: writes its RAM into it (``memory_shared``), a restored instance maps it copy-on-write (private), so
+    #: siblings share the template's pages in the host's page cache until they write them
+    memory_file: Path | None = None
+    memory_shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,11 +137,10 @@ def build_domain_xml(spec: DomainSpec) -> str:
     """The domain XML for ``spec``."""
     domain_type = {"kvm": "kvm", "tcg": "qemu", "test": "test"}[spec.accel]
     dom = ET.Element("domain", type=domain_type)
-    if spec.incoming:
-        # libvirt has no way to start a domain from a bare QEMU migration stream, so QEMU is told to wait for
-        # one; the node feeds it the template's file over the monitor (cloudlab.nc.templates)
+    args = _qemu_args(spec)
+    if args:
         commandline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
-        for arg in ("-incoming", "defer"):
+        for arg in args:
             ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     ET.SubElement(dom, "name").text = spec.instance_id
     if spec.uuid is not None:
@@ -198,6 +202,35 @@ def build_domain_xml(spec: DomainSpec) -> str:
     ET.register_namespace("cloudlab", METADATA_NS)
     ET.register_namespace("qemu", QEMU_NS)
     return ET.tostring(dom, encoding="unicode")
+
+
+#: The id of the file-backed RAM object (also the RAM block's name in a migration stream: the same in a
+#: template and in every instance restored from it).
+MEMORY_FILE_ID = "cloudlab.ram"
+
+
+def _qemu_args(spec: DomainSpec) -> list[str]:
+    """Arguments libvirt cannot express, passed through to QEMU.
+
+    * ``-incoming defer``: libvirt has no way to start a domain from a bare QEMU migration stream, so QEMU
+      is told to wait for one; the node feeds it the template's file over the monitor.
+    * RAM from a file of our choosing: libvirt's ``<memoryBacking><source type='file'/>`` puts the file in
+      a folder of its own, made at start, so a template's RAM could not be named there. A second
+      ``-machine memory-backend=`` overrides libvirt's (its ``pc.ram`` then backs nothing and is never touched).
+    """
+    args: list[str] = []
+    if spec.memory_file is not None:
+        path = str(spec.memory_file).replace(",", ",,")  # QEMU's option syntax doubles a literal comma
+        share = "on" if spec.memory_shared else "off"
+        args += [
+            "-object",
+            f"memory-backend-file,id={MEMORY_FILE_ID},size={spec.memory_mb << 20},mem-path={path},share={share}",
+            "-machine",
+            f"memory-backend={MEMORY_FILE_ID}",
+        ]
+    if spec.incoming:
+        args += ["-incoming", "defer"]
+    return args
 
 
 def _add_nic(devices: ET.Element, nic: Nic) -> None:

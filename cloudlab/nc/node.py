@@ -429,7 +429,9 @@ class NodeController(NodeDisks, NodeNics, NodePower):
             )
             template = self._template_for(spec)
             if template is not None:
-                spec = dataclasses.replace(spec, identity_socket=self._identity_socket(instance_id), incoming=True)
+                spec = dataclasses.replace(
+                    spec, identity_socket=self._identity_socket(instance_id), incoming=True, memory_file=template.ram
+                )
             try:
                 dom = self.conn.defineXML(build_domain_xml(spec))
             except libvirt.libvirtError as exc:
@@ -504,7 +506,7 @@ class NodeController(NodeDisks, NodeNics, NodePower):
         with contextlib.suppress(libvirt.libvirtError):
             dom.destroy()
         spec.console_log.write_bytes(b"")
-        cold = dataclasses.replace(spec, incoming=False, identity_socket=None, uuid=dom.UUIDString())
+        cold = dataclasses.replace(spec, incoming=False, identity_socket=None, memory_file=None, uuid=dom.UUIDString())
         dom = self.conn.defineXML(build_domain_xml(cold))
         dom.create()
         return dom

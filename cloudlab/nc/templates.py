@@ -2,11 +2,16 @@
 
 A *template* is a guest of one image and one size, booted once (kernel command line option
 ``cloudlab.identity=channel``) to the point where its init waits for its identity on the virtio-serial
-port ``org.cloudlab.identity``, then paused and saved as a QEMU migration stream. An instance launched
-from it is the same domain XML as a cold boot (its own name, UUID, MAC, console, kernel command line)
-plus the identity port and ``-incoming defer``; the node feeds QEMU the template's stream over the
-monitor, resumes it and writes the instance's identity line into the port. The guest's init then carries
-on as after a cold boot (MAC, address, metadata, user data, SSH, boot marker).
+port ``org.cloudlab.identity``, then saved: its RAM is a file (:data:`RAM_FILE`, QEMU's
+``memory-backend-file`` with ``share=on``, so the running template writes its RAM there), its devices a
+QEMU migration stream that leaves that RAM out (``x-ignore-shared``). An instance launched from it is the
+same domain XML as a cold boot (its own name, UUID, MAC, console, kernel command line) plus the identity
+port, ``-incoming defer`` and the template's RAM file mapped privately (``share=off``: copy-on-write, so
+nothing of the RAM is read at restore, and pages a guest only reads stay shared with its siblings in the
+host's page cache, counted once); the node feeds QEMU the device stream over the monitor, resumes it and
+writes the instance's identity line into the port. The guest's init then carries on as after a cold boot
+(MAC, address, metadata, user data, SSH, boot marker). The RAM file is never written once saved (a new
+build is a new folder, renamed into place; instances still mapping an old one keep its inode).
 
 Why a bare migration stream and not libvirt's ``virDomainSave``/``virDomainRestore``: libvirt refuses to
 restore a saved image under another UUID ("Target domain uuid ... does not match source"), so one saved
@@ -66,7 +71,8 @@ from cloudlab.waiting import WaitTimeout, wait_until
 log = logging.getLogger(__name__)
 
 #: Bump when the way a template is made changes (part of every key, so older templates are never restored).
-TEMPLATE_FORMAT = 1
+#: 2: the RAM in a file of its own, mapped copy-on-write by each restored instance; 3: saved running
+TEMPLATE_FORMAT = 3
 #: ``init_on_free=1``: pages the kernel frees are zeroed, so the bootloader's copy of the initramfs and
 #: the decompressed kernel's scratch become zero pages, which a migration stream skips: 67 MiB of state
 #: instead of 106 and a load ~3× faster. The restored guest keeps zeroing what it frees (a small cost).
@@ -80,10 +86,10 @@ TEMPLATE_MAC = "52:54:00:ff:ff:fe"
 SETTLE_S = 3.0
 BOOT_TIMEOUT_S = 90.0  # a template's boot to the waiting line (TCG on a busy host)
 SAVE_TIMEOUT_S = 60.0
-RESTORE_TIMEOUT_S = 60.0
-IDENTITY_TIMEOUT_S = 15.0
+IDENTITY_TIMEOUT_S = 60.0  # from the resume: the state loading, then the guest reading its port (busy host)
 RETRY_FAILED_AFTER_S = 600.0  # a template that failed to build is not tried again for this long
 STATE_FILE = "state"
+RAM_FILE = "ram"  # the template guest's RAM, as the guest left it (QEMU's memory-backend-file)
 INFO_FILE = "template.json"
 FAILED_FILE = "failed.json"
 LAUNCH_MODES = ("restore", "boot")
@@ -131,6 +137,11 @@ class Template:
     @property
     def name(self) -> str:
         return self.key.name
+
+    @property
+    def ram(self) -> Path:
+        """The guest's RAM, which a restored instance maps copy-on-write (never written after the save)."""
+        return self.state.parent / RAM_FILE
 
 
 _digests: dict[tuple[str, int, int], str] = {}
@@ -180,29 +191,59 @@ def _migration_done(dom: libvirt.virDomain) -> bool:
     return status == "completed"
 
 
+def _ignore_shared_ram(dom: libvirt.virDomain) -> None:
+    """Leave RAM in a file out of the stream: the template's RAM is its file already (``share=on``), and a
+    restored instance maps that file (``share=off``) instead of reading its pages from the stream. Both
+    ends must say so (it changes the stream's format)."""
+    _qmp(dom, "migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
+
+
 def save_state(dom: libvirt.virDomain, path: Path) -> None:
-    """Pause ``dom`` and write its state (a QEMU migration stream) to ``path``."""
-    dom.suspend()
+    """Write ``dom``'s device state (a QEMU migration stream without the RAM) to ``path``; QEMU stops the
+    guest for the last pass.
+
+    The guest is *not* paused first: the stream records the run state it was taken in, and a guest saved
+    paused would stay paused where it is restored, whatever the restore asks (QEMU's ``autostart`` only
+    applies to a stream taken from a running guest). Its RAM is not in the stream, so there is nothing
+    to converge: the migration ends at once.
+    """
+    _ignore_shared_ram(dom)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         _qmp(dom, "getfd", [fd], fdname="cloudlab-template")
     finally:
         os.close(fd)
-    _qmp(dom, "migrate-set-parameters", **{"max-bandwidth": 1 << 40})  # a paused guest: one pass, no limit
+    _qmp(dom, "migrate-set-parameters", **{"max-bandwidth": 1 << 40})  # no RAM to send: one pass, no limit
     _qmp(dom, "migrate", uri="fd:cloudlab-template")
     wait_until(lambda: _migration_done(dom), SAVE_TIMEOUT_S, what="the template's state saved", interval_s=0.02)
 
 
 def restore_state(dom: libvirt.virDomain, path: Path) -> None:
-    """Feed a started ``-incoming defer`` domain the state in ``path`` and let it run."""
+    """Feed a started ``-incoming defer`` domain the state in ``path`` and let it run once loaded (its RAM is the
+    template's file, mapped copy-on-write: nothing of it is read before the guest touches it)."""
+    _ignore_shared_ram(dom)
     fd = os.open(path, os.O_RDONLY)
     try:
         _qmp(dom, "getfd", [fd], fdname="cloudlab-template")
     finally:
         os.close(fd)
     _qmp(dom, "migrate-incoming", uri="fd:cloudlab-template")
-    wait_until(lambda: _migration_done(dom), RESTORE_TIMEOUT_S, what="the template's state loaded", interval_s=0.01)
-    dom.resume()
+    # ``cont`` while the stream is still loading tells QEMU to run the guest the moment it is loaded (its
+    # ``autostart``), so no round trip through libvirt waits for it; a stream that fails to load leaves
+    # the guest stopped, which the identity handover then notices (and :func:`check_restored` tells).
+    # libvirt's own start of the domain sent a ``cont`` already, so a small stream may be loaded and the
+    # guest running before this one arrives: libvirt then refuses it ("already running"), which is fine
+    try:
+        dom.resume()
+    except libvirt.libvirtError:
+        if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            raise
+
+
+def check_restored(dom: libvirt.virDomain) -> None:
+    """Raise if the template's state did not load (after the guest answered, this is one quick question)."""
+    if not _migration_done(dom):
+        raise TemplateError("the template's state is not loaded")
 
 
 def identity_line(spec: DomainSpec, template: Template, now: float | None = None) -> str:
@@ -266,6 +307,33 @@ def _template_progress(console: bytes) -> str | None:
     return "booted" if has_booted(console) else None
 
 
+def _punch_zero_pages(path: Path, page: int = 1 << 16) -> int:
+    """Turn the RAM file's zeroed runs back into holes (``init_on_free`` zeroes what the kernel freed, so
+    most of a booted guest's RAM is written zeros): less disk and page cache; a hole reads as zeros.
+    Returns the bytes left allocated."""
+    zero = bytes(page)
+    used = 0
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        for offset in range(0, size, page):
+            if os.pread(fd, page, offset) == zero:
+                fallocate(fd, offset, page)
+            else:
+                used += page
+    finally:
+        os.close(fd)
+    return used
+
+
+def fallocate(fd: int, offset: int, length: int) -> None:
+    """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; where the file system cannot, the zeros stay (no harm)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate(fd, 0x02 | 0x01, ctypes.c_long(offset), ctypes.c_long(length))
+
+
 class TemplateStore:
     """The templates in one folder: finished ones, failed builds, and how to build one."""
 
@@ -276,7 +344,9 @@ class TemplateStore:
         folder = self.root / key.name
         try:
             info = json.loads((folder / INFO_FILE).read_text())
-            if info.get("key") != dataclasses.asdict(key) or not (folder / STATE_FILE).is_file():
+            if info.get("key") != dataclasses.asdict(key) or not all(
+                (folder / name).is_file() for name in (STATE_FILE, RAM_FILE)
+            ):
                 return None
         except (OSError, ValueError):
             return None
@@ -324,6 +394,8 @@ class TemplateStore:
                 metadata={},
                 nic=Nic(TEMPLATE_MAC, "", "", "") if spec.nic is not None else None,
                 scratch=self._scratch(work, key.scratch_gib),
+                memory_file=work / RAM_FILE,  # the same file in the folder it is renamed to
+                memory_shared=True,
             )
             try:
                 dom = conn.createXML(build_domain_xml(template_spec), 0)
@@ -355,13 +427,17 @@ class TemplateStore:
                 "built_at": time.time(),
                 "build_s": round(time.monotonic() - started, 2),
                 "state_bytes": (work / STATE_FILE).stat().st_size,
+                "ram_bytes_used": _punch_zero_pages(work / RAM_FILE),
             }
             write_atomic(work / INFO_FILE, json.dumps(info, indent=2) + "\n")
             (work / "identity.sock").unlink(missing_ok=True)
             (work / "scratch.qcow2").unlink(missing_ok=True)  # empty, as every instance's is at its start
             shutil.rmtree(folder, ignore_errors=True)
             os.rename(work, folder)
-            log.info("template %s built in %.1f s (%d MiB)", key.name, info["build_s"], info["state_bytes"] >> 20)
+            log.info(
+                "template %s built in %.1f s (state %d KiB, RAM %d MiB used)",
+                *(key.name, info["build_s"], info["state_bytes"] >> 10, info["ram_bytes_used"] >> 20),
+            )
             return Template(key, folder / STATE_FILE)
 
     @staticmethod
@@ -490,11 +566,17 @@ class Launcher:
             restore_state(dom, template.state)
             resumed = time.monotonic()
             assert spec.identity_socket is not None
-            hand_identity(spec.identity_socket, identity_line(spec, template))
+            try:
+                hand_identity(spec.identity_socket, identity_line(spec, template))
+            except WaitTimeout:
+                check_restored(dom)  # a failed load says so rather than "no answer"
+                raise
             log.info(
                 "node %s: %s: QEMU started in %.2f s, state loaded in %.2f s, identity taken in %.2f s",
                 *(self.node, spec.instance_id, created - begun, resumed - created, time.monotonic() - resumed),
             )
-            self.conn.defineXML(build_domain_xml(dataclasses.replace(spec, incoming=False, uuid=dom.UUIDString())))
+            self.conn.defineXML(
+                build_domain_xml(dataclasses.replace(spec, incoming=False, memory_file=None, uuid=dom.UUIDString()))
+            )
         except (WaitTimeout, OSError) as exc:
             raise TemplateError(str(exc)) from exc
