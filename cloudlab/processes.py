@@ -113,9 +113,19 @@ def interrupt_on_sigterm() -> None:
     A foreground run (a benchmark) holds clouds, hand-booted guests, ``qemu-nbd`` exports and
     namespaces in context managers; SIGTERM's default action ends the process at once and leaves all
     of them running, while an exception unwinds them. Call it from the main thread only.
+
+    Only the process that installed it unwinds. A child forked from it (pyroute2's namespace helpers,
+    multiprocessing) inherits the handler; if it raised there, the child would run its parent's
+    ``finally`` blocks, a test run's session teardown included, and stop the parent's clouds. Such a
+    child dies of the signal as it would have without the handler.
     """
+    owner = os.getpid()
 
     def interrupt(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)

@@ -52,6 +52,41 @@ def test_without_it_sigterm_skips_the_clean_up(tmp_path: Path) -> None:
     assert text == "started" and returncode == -signal.SIGTERM
 
 
+FORKING_CHILD = """
+import os, signal, sys, time
+from pathlib import Path
+from cloudlab.processes import interrupt_on_sigterm
+interrupt_on_sigterm()
+marker = Path(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    try:
+        time.sleep(60)
+    finally:
+        marker.write_text("the child ran its parent's clean-up")
+    os._exit(0)
+time.sleep(0.5)
+os.kill(pid, signal.SIGTERM)
+_, status = os.waitpid(pid, 0)
+print(os.WIFSIGNALED(status) and os.WTERMSIG(status))
+"""
+
+
+def test_a_forked_child_dies_of_sigterm_without_running_its_parents_clean_up(tmp_path: Path) -> None:
+    """A child forked after the handler was installed (pyroute2 forks) is killed by SIGTERM as usual:
+    raising there once ran a test session's teardown in the child and stopped the shared cloud."""
+    marker = tmp_path / "marker"
+    done = subprocess.run(
+        [sys.executable, "-c", FORKING_CHILD, str(marker)],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == str(int(signal.SIGTERM)), done
+    assert not marker.exists()
+
+
 def test_the_benchmark_commands_install_it() -> None:
     source = (Path(__file__).parent.parent / "cloudlab" / "cli" / "bench.py").read_text()
     bodies = source.split("\ndef bench_")[1:]
