@@ -182,28 +182,43 @@ now_cs() {
     read -r up _ </proc/uptime
     echo $((${up%.*} * 100 + 1${up#*.} - 100))
 }
-# One metadata GET to stdout. busybox-static's wget has no -T (and crashes on it), so `timeout`
-# bounds each try: connect + request + reply in 2 s.
-imds_get() { timeout 2 wget -q -O - "http://169.254.169.254/latest/$1" 2>/dev/null; }
-
-# Metadata: only with a gateway (169.254.169.254 is reached through the default route). The first
-# request is retried (the service may come up just after the VM) for up to 4 s of tries, so with
-# each try bounded by 2 s a cloud without metadata delays the marker by at most ~6 s.
-case "$ip_config" in *,*) ;; *) metadata= ;; esac
-if [ -n "$metadata" ] && [ -n "$first_nic" ]; then
-    deadline=$(($(now_cs) + 400))
-    instance_id=
+# One metadata GET to stdout; status 0 with the body, 2 when the service answered with an error (a
+# 404: there is no such item, asking again will not make one), 1 when it did not answer. busybox-static's
+# wget has no -T (and crashes on it), so `timeout` bounds each try: connect + request + reply in 5 s.
+imds_get() {
+    if err=$(timeout 5 wget -q -O /run/cloudlab/imds.body "http://169.254.169.254/latest/$1" 2>&1); then
+        cat /run/cloudlab/imds.body
+        return 0
+    fi
+    case "$err" in *"server returned error"*) return 2 ;; esac
+    return 1
+}
+# The same GET tried again until the metadata deadline while the service does not answer: on a busy host
+# (twenty guests restored at once on two cores) one try can miss, and a missed key is a guest no one
+# can log in to.
+imds_fetch() {
     while :; do
-        instance_id=$(imds_get meta-data/instance-id) && [ -n "$instance_id" ] && break
-        instance_id=
-        [ "$(now_cs)" -lt "$deadline" ] || break
+        imds_get "$1"
+        status=$?
+        [ "$status" -eq 1 ] || return "$status"
+        [ "$(now_cs)" -lt "$deadline" ] || return 1
         sleep 0.3
     done
+}
+
+# Metadata: only with a gateway (169.254.169.254 is reached through the default route). Requests are
+# retried while the service does not answer (it may come up just after the VM, or be slow on a busy
+# host) for up to 30 s, so with each try bounded by 5 s a cloud without metadata delays the marker by
+# at most ~35 s; a service that answers "no such instance" ends the wait at once.
+case "$ip_config" in *,*) ;; *) metadata= ;; esac
+if [ -n "$metadata" ] && [ -n "$first_nic" ]; then
+    deadline=$(($(now_cs) + 3000))
+    instance_id=$(imds_fetch meta-data/instance-id) || instance_id=
     if [ -n "$instance_id" ]; then
         key=no
-        add_key "$(imds_get meta-data/public-keys/0/openssh-key)" && key=yes
+        add_key "$(imds_fetch meta-data/public-keys/0/openssh-key)" && key=yes
         user_data=no
-        if imds_get user-data >/run/cloudlab/user-data.part; then
+        if imds_fetch user-data >/run/cloudlab/user-data.part; then
             mv /run/cloudlab/user-data.part /run/cloudlab/user-data
             user_data=yes
         else
