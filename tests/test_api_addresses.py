@@ -292,7 +292,9 @@ def spare(alice: Any) -> Iterator[dict[str, Any]]:
         ),
         (
             lambda ec2, a: ec2.associate_address(
-                AllocationId=a["AllocationId"], NetworkInterfaceId="eni-0123456789abcdef0", InstanceId="i-0123456789abcdef0"
+                AllocationId=a["AllocationId"],
+                NetworkInterfaceId="eni-0123456789abcdef0",
+                InstanceId="i-0123456789abcdef0",
             ),
             "InvalidParameterCombination",
         ),

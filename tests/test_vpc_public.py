@@ -79,7 +79,8 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     assert ipaddress.ip_address(auto_ip) in POOL
     assert auto["NetworkInterfaces"][0]["Association"]["PublicIp"] == auto_ip
     default_router = router_of(cloud, auto["VpcId"])
-    eventually("the auto-assigned address routed to its router", lambda: route_dev(cloud, auto_ip) == f"v{slot_of(default_router)}")
+    uplink = f"v{slot_of(default_router)}"
+    eventually("the auto-assigned address routed to its router", lambda: route_dev(cloud, auto_ip) == uplink)
     edge = firewall.listing(default_router)
     assert f"ip daddr {auto_ip} dnat to {auto['PrivateIpAddress']}" in edge
     assert "masquerade" in edge

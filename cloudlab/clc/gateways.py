@@ -24,7 +24,6 @@ from cloudlab.clc.vpcs import Vpc, Vpcs
 from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id, new_id
 
-
 _LIVE = ",".join(f"'{s}'" for s in HOLDING_STATES)
 
 

@@ -62,7 +62,11 @@ UP_OPTIONS = {
         arg("--nodes", type=positive, metavar="N", help="number of node controllers (default 1)"),
         arg("--clusters", type=positive, metavar="N", help="clusters (zones), N nodes each (default 1)"),
         arg("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)"),
-        arg("--network-model", choices=["classic", "vpc"], help="vpc (default): VPC subnets, a router per VPC; classic: Eucalyptus' managed mode, a VLAN per security group"),
+        arg(
+            "--network-model",
+            choices=["vpc", "classic"],
+            help="vpc (default): VPC subnets, a router per VPC; classic: Eucalyptus' managed mode (a VLAN per group)",
+        ),
         arg("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN, POWERSAVE or module:Class"),
         arg(
             "--powersave-idle-s",

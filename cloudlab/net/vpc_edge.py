@@ -37,7 +37,7 @@ UPLINKS = ipaddress.IPv4Network("100.64.0.0/20")
 def uplink_addresses(slot: int) -> tuple[str, str]:
     """(outside end, router end) of router ``slot``'s uplink, both in a /30 of :data:`UPLINKS`."""
     base = UPLINKS.network_address + 4 * slot
-    if not 0 <= slot or base + 3 > UPLINKS.broadcast_address:
+    if slot < 0 or base + 3 > UPLINKS.broadcast_address:
         raise NetError(f"VPC router slot {slot} has no uplink in {UPLINKS}")
     return str(base + 1), str(base + 2)
 
