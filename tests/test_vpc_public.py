@@ -87,6 +87,15 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     # an elastic address taken from the pool is never the auto-assigned one
     other = ec2.allocate_address(Domain="vpc")
     assert other["PublicIp"] != auto_ip
+    # RunInstances' AssociatePublicIpAddress over the subnet's MapPublicIpOnLaunch
+    declined = ec2.run_instances(
+        ImageId=image,
+        MinCount=1,
+        MaxCount=1,
+        NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": auto["SubnetId"], "AssociatePublicIpAddress": False}],
+    )["Instances"][0]
+    assert "PublicIpAddress" not in declined
+    assert "Association" not in declined["NetworkInterfaces"][0]
 
     # a VPC without a gateway: no public address on launch, none associable, nothing through the uplink
     vpc = ec2.create_vpc(CidrBlock="10.86.0.0/16")["Vpc"]["VpcId"]
@@ -106,6 +115,17 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
     eventually("the masquerade", lambda: "masquerade" in firewall.listing(router))
+    asked = ec2.run_instances(
+        ImageId=image,
+        MinCount=1,
+        MaxCount=1,
+        NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "AssociatePublicIpAddress": True}],
+    )["Instances"][0]
+    asked_ip = asked["PublicIpAddress"]
+    assert asked_ip not in (auto_ip, other["PublicIp"], public_ip)
+    eventually("the asked-for address routed", lambda: route_dev(cloud, asked_ip) == f"v{slot_of(router)}")
+    ec2.terminate_instances(InstanceIds=[asked["InstanceId"]])
+    eventually("its route to go with it", lambda: route_dev(cloud, asked_ip) is None)
     nic = launched["NetworkInterfaces"][0]["NetworkInterfaceId"]
     association = ec2.associate_address(AllocationId=elastic["AllocationId"], NetworkInterfaceId=nic)["AssociationId"]
     shown = described(ec2, [private_id])[private_id]
