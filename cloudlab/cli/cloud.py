@@ -263,6 +263,10 @@ def status(args: argparse.Namespace) -> int:
                 f"underlay {network['underlay']}, outside namespace {network['namespaces']['outside']} "
                 f"(cloudlab exec), VLANs {network['vlans'] or '-'}"
             )
+            routers = network.get("vpc_routers") or {}
+            if routers:
+                public = network.get("vpc_public_ips") or {}
+                print(f"    VPC routers: {len(routers)}; public addresses routed to them: {', '.join(public) or '-'}")
             edge = network.get("edge")
             if edge:
                 behind = f"behind the NAT {edge['nat_namespace']}" if edge["behind_nat"] else "directly"
