@@ -185,7 +185,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.87.1.0/24")["Subnet"]["SubnetId"]
         own = ec2.create_security_group(GroupName="pub", Description="ssh and ping", VpcId=vpc)["GroupId"]
         ec2.authorize_security_group_ingress(GroupId=own, IpPermissions=OPEN_TO_ALL)
-        default_vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+        default_vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
         open_default = ec2.create_security_group(GroupName="pub", Description="ssh, ping", VpcId=default_vpc)
         ec2.authorize_security_group_ingress(GroupId=open_default["GroupId"], IpPermissions=OPEN_TO_ALL)
         image = default_image(ec2)
