@@ -87,7 +87,8 @@ def test_two_clouds_starting_at_once_take_different_underlays(tmp_path: Path) ->
         assert not a.overlaps(b), (a, b)
         routes = network_host.host_routes()
         assert (a, prefixes[0]) in routes and (b, prefixes[1]) in routes
-        assert ipaddress.ip_address(networks[1].hosts["node-01"].address) in b  # the addresses follow the underlay chosen at build
+        # the addresses follow the underlay chosen at build
+        assert ipaddress.ip_address(networks[1].hosts["node-01"].address) in b
     finally:
         for network in networks:
             network.teardown()
