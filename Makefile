@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STATE ?= $(CURDIR)/.cloudlab
 NETWORK ?= direct# the lab's cloud: direct (bridges), vde, or none
 PYTEST_ARGS ?=
+# two workers, each test file whole on one (its module's clouds booted once), the longest files first
+# (tests/scheduling.py); PYTEST_WORKERS=0 runs everything in one process
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 UP_ARGS ?=# more options for `cloudlab up` in lab and demo, e.g. --port 0
 FRESH_ARGS ?=# options for scripts/fresh-check.sh, e.g. --stage setup, --ref main, -- CMD
 
@@ -28,7 +32,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check cloudlab tests
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 bench: setup
 	@mkdir -p results

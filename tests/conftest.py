@@ -19,7 +19,7 @@ from cloudlab.nc.node import NodeController
 from cloudlab.security.ca import CertificateAuthority
 from cloudlab.security.messages import MessageSigner, MessageVerifier
 
-pytest_plugins = ["tests.clouds"]
+pytest_plugins = ["tests.clouds", "tests.scheduling"]
 
 
 @pytest.fixture

@@ -61,8 +61,10 @@ def test_kill_9_of_the_service_with_two_nodes(cloud_factory: Callable[..., Runni
 
     os.kill(servicectl.service_pid(cloud.layout), signal.SIGKILL)  # the service alone, as `kill -9 $(cat …)`
     wait_until(lambda: servicectl.service_pid(cloud.layout) is None, 10, what="the service to die")
-    # its node controllers do not outlive it (they would hold the libvirt driver's lock)
-    wait_until(lambda: not processes.node_controllers(cloud.layout), 20, what="the node controllers to exit")
+    # its node controllers do not outlive it (they would hold the libvirt driver's lock). They are gone within
+    # a second here; the bound is for a loaded host: at nice 19 beside a busy nice -5 QEMU and a second pytest
+    # worker (load 9-10) their shutdown once took longer than 20 s
+    wait_until(lambda: not processes.node_controllers(cloud.layout), 90, what="the node controllers to exit")
     assert set(servicectl.leftover_qemu(cloud.layout)) == qemu_before  # the guest does outlive them
 
     # `cloudlab up` again, as a user would (it reuses the saved configuration: two nodes)

@@ -11,6 +11,9 @@ Here the other clouds' routes come and go through ``host_routes``; nothing is bu
 from __future__ import annotations
 
 import ipaddress
+import os
+import secrets
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,37 @@ def test_without_a_leftover_the_first_free_underlay_is_taken(tmp_path: Path, mon
     assert str(make(tmp_path).underlay) == "10.253.1.0/24"
     (tmp_path / network_adoption.BUILT_FILE).write_text("not json")
     assert str(make(tmp_path).underlay) == "10.253.1.0/24"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and nft (make setup)")
+def test_two_clouds_starting_at_once_take_different_underlays(tmp_path: Path) -> None:
+    """Both chose the first free /24 when they were made, before either had built its route; the second build
+    chooses again (under the host's underlay lock) and sees the first one's route. Real namespaces, no VM."""
+    prefixes = [f"clu{secrets.token_hex(2)}{i}" for i in range(2)]
+    networks = [
+        ClusterNetwork(
+            "cluster1",
+            "direct",
+            prefix=p,
+            nodes=["node-01"],
+            subnet="10.80.0.0/16",
+            underlay="auto",
+            run_dir=tmp_path / p,
+        )  # fmt: skip
+        for p in prefixes
+    ]
+    assert networks[0].underlay == networks[1].underlay  # neither route exists yet
+    try:
+        for network in networks:
+            network.build()
+        a, b = (n.underlay for n in networks)
+        assert not a.overlaps(b), (a, b)
+        routes = network_host.host_routes()
+        assert (a, prefixes[0]) in routes and (b, prefixes[1]) in routes
+        # the addresses follow the underlay chosen at build
+        assert ipaddress.ip_address(networks[1].hosts["node-01"].address) in b
+    finally:
+        for network in networks:
+            network.teardown()
+    for prefix in prefixes:
+        assert network_host.sweep(prefix) == []

@@ -28,6 +28,7 @@ here like the cables between hosts. The root namespace's routes and the sweep ar
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import shutil
@@ -41,7 +42,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudlab.cc import network_adoption
-from cloudlab.cc.network_host import free_underlay, host_routes, sweep
+from cloudlab.cc.network_host import free_underlay, host_routes, sweep, underlay_lock
 from cloudlab.cc.vpc_routers import VpcRouters
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
@@ -118,28 +119,20 @@ class ClusterNetwork:
         self.flavour = flavour
         self.prefix = prefix
         self.subnet = subnet
-        if underlay == "auto":
-            self.underlay = free_underlay(prefix, prefer=network_adoption.recorded_underlay(run_dir))
-        else:
-            self.underlay = ipaddress.IPv4Network(underlay)
+        self.auto_underlay = underlay == "auto"
         self.run_dir = run_dir
         self.cable_kind = cable
         self.outside = outside_namespace_of(prefix)
         self.root_link = prefix  # the veth end in the root namespace
-        hosts = list(self.underlay.hosts())
-        self.root_address = str(hosts[0])
-        self.router_address = str(hosts[1])
         self.hosts: dict[str, Host] = {}
         for i, node in enumerate(nodes, start=1):
             behind = node in nat_nodes
-            host = Host(node, i, f"{prefix}-{node}", str(hosts[9 + i]), behind_nat=behind)
+            host = Host(node, i, f"{prefix}-{node}", "", behind_nat=behind)
             if behind:
                 host.nat_namespace = f"{prefix}-nat{i}"
-                host.public_address = str(hosts[39 + i])
                 host.address = f"192.168.{100 + i}.2"
-            else:
-                host.public_address = host.address
             self.hosts[node] = host
+        self._place(self._free_underlay() if self.auto_underlay else ipaddress.IPv4Network(underlay))
         self.gateway_plugs: dict[int, vde_plugs.TapPlug] = {}
         #: Cables to other clusters' switches (cloudlab.cc.fabric), by peer cluster: (process, port on the first
         #: host's switch). They carry every VPC subnet's VLAN.
@@ -153,6 +146,21 @@ class ClusterNetwork:
         self.history: list[str] = []
         self._lock = threading.RLock()
         self.built = False
+
+    def _free_underlay(self) -> ipaddress.IPv4Network:
+        return free_underlay(self.prefix, prefer=network_adoption.recorded_underlay(self.run_dir))
+
+    def _place(self, underlay: ipaddress.IPv4Network) -> None:
+        """The root's, the router's and the hosts' addresses on ``underlay``."""
+        self.underlay = underlay
+        hosts = list(underlay.hosts())
+        self.root_address = str(hosts[0])
+        self.router_address = str(hosts[1])
+        for host in self.hosts.values():
+            if host.behind_nat:
+                host.public_address = str(hosts[39 + host.index])
+            else:
+                host.address = host.public_address = str(hosts[9 + host.index])
 
     @classmethod
     def for_cloud(cls, config: CloudConfig, layout: StateLayout) -> ClusterNetwork:
@@ -205,19 +213,24 @@ class ClusterNetwork:
         self.built = True
 
     def _build(self) -> None:
-        # Leftovers of a killed cloud with the same state folder: rebuilt around its guests when it has the
-        # same shape (so they survive the kill), else removed.
-        if network_adoption.adoptable(self):
-            network_adoption.clear_around_guests(self)
-        else:
-            self.teardown()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # An automatic underlay is chosen again, under the host's lock, until its route is in place: another
+        # cloud starting at the same moment would otherwise see the same /24 free and take it too.
         out = self.outside
-        netns.create(out)
-        links.bridge(out, "lan0", vlan_filtering=False)
-        links.add_address(out, "lan0", f"{self.router_address}/{self.underlay.prefixlen}")
-        links.sysctl(out, "net.ipv4.ip_forward", 1)
-        self._root_veth()
+        with underlay_lock() if self.auto_underlay else contextlib.nullcontext():
+            if self.auto_underlay:
+                self._place(self._free_underlay())
+            # Leftovers of a killed cloud with the same state folder: rebuilt around its guests when it has
+            # the same shape (so they survive the kill), else removed.
+            if network_adoption.adoptable(self):
+                network_adoption.clear_around_guests(self)
+            else:
+                self.teardown()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            netns.create(out)
+            links.bridge(out, "lan0", vlan_filtering=False)
+            links.add_address(out, "lan0", f"{self.router_address}/{self.underlay.prefixlen}")
+            links.sysctl(out, "net.ipv4.ip_forward", 1)
+            self._root_veth()
         links.add_address(out, "lo", f"{METADATA_ADDRESS}/32")
         for host in self.hosts.values():
             self._build_host(host)

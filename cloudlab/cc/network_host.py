@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ipaddress
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cloudlab.images.cached import locked
 from cloudlab.net import NetError, netns
 
 T = TypeVar("T")
@@ -57,6 +61,19 @@ def free_underlay(prefix: str, prefer: str | None = None) -> ipaddress.IPv4Netwo
         if not any(candidate.overlaps(t) for t in taken):
             return candidate
     raise NetError("no free /24 in 10.253.0.0/16 for the underlay: pass --underlay CIDR")
+
+
+def underlay_lock_path() -> Path:
+    """The host-wide lock file of automatic underlays (beside the clouds' short socket paths)."""
+    return Path("/run/cloudlab" if os.access("/run", os.W_OK) else "/tmp/cloudlab") / "underlay.lock"
+
+
+@contextlib.contextmanager
+def underlay_lock() -> Iterator[None]:
+    """Held from choosing an automatic underlay until its route is on the root veth: two clouds starting at
+    once would otherwise both see the same 10.253.N.0/24 free (the route appears only when it is built)."""
+    with locked(underlay_lock_path()):
+        yield
 
 
 def _off_event_loop(fn: Callable[[], T]) -> T:
