@@ -41,6 +41,7 @@ UP_OPTIONS = {
     "nat_node": "nat_nodes",
     "nat_cluster": "nat_clusters",
     "cable": "cable",
+    "vde_profile": "vde_profile",
     "region": "region",
     "launch": "launch",
     "powersave_idle_s": "powersave_idle_s",
@@ -106,6 +107,12 @@ UP_OPTIONS = {
             " vde, --network-model vpc, --clusters 2+)",
         ),
         arg("--cable", choices=["tcp", "unix"], help="VDE cable transport between hosts (default tcp)"),
+        arg(
+            "--vde-profile",
+            choices=["fast", "classic"],
+            help="vde: fast (default; a vdeplug4 switch per segment and host, jumbo frames, MTU 9000) or classic"
+            " (one vde_switch per host, a VLAN per segment, MTU 1500: the 2008-style settings)",
+        ),
         arg("--timeout", type=float, default=90.0, help="seconds to wait for the API (default 90)"),
     ],
 )
