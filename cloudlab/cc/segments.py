@@ -140,4 +140,3 @@ class FastSegments:
         """Forget every switch and cable (the network's teardown has stopped them)."""
         self.switches.clear()
         self.cables.clear()
-
