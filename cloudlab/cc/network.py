@@ -20,6 +20,9 @@ port of the group's VLAN on the first host's switch) and enforces the groups' in
 nftables. Everything here is recreated from the plan the CLC sends, so applying the same plan twice
 changes nothing.
 
+That is the classic VDE profile; the fast one (``profile="fast"``, :mod:`cloudlab.cc.segments`) gives each
+segment a vdeplug4 switch of its own on every host instead, with jumbo frames and a cable per segment.
+
 Clusters of one cloud on vde with VPCs are joined by :mod:`cloudlab.cc.fabric`: the first host's switch then
 has *uplinks*, cables to other clusters' switches, which carry every VPC subnet's VLAN and are supervised
 here like the cables between hosts. The root namespace's routes and the sweep are in
