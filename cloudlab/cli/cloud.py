@@ -261,8 +261,9 @@ def status(args: argparse.Namespace) -> int:
         network = cluster.get("network_detail")
         if network:
             health = "healthy" if network["healthy"] else "NOT HEALTHY"
+            profile = f" --vde-profile {network['vde_profile']}" if network.get("vde_profile") else ""
             print(
-                f"  network {network['flavour']} ({health}): subnet {network['subnet']}, "
+                f"  network {network['flavour']}{profile} ({health}): subnet {network['subnet']}, "
                 f"underlay {network['underlay']}, outside namespace {network['namespaces']['outside']} "
                 f"(cloudlab exec), VLANs {network['vlans'] or '-'}"
             )
