@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,6 +59,9 @@ def test_two_instances_boot_list_and_terminate(vm_cloud: RunningCloud) -> None:
         assert f"host={instance_id}" in markers[0] and "uptime=" in markers[0]
     qemu = servicectl.leftover_qemu(vm_cloud.layout)
     assert len(qemu) == 2, "each instance is one real QEMU process"
+    for pid in qemu:  # in the node's own cgroup, as a QEMU started by hand would be (hypervisor.QEMU_CONF)
+        groups = Path(f"/proc/{pid}/cgroup").read_text()
+        assert "machine" not in groups and "libvirt" not in groups, groups
     listed = instances(ec2, ids)
     assert {i["Placement"]["HostId"] for i in listed.values()} == {"node-01"}
     ec2.terminate_instances(InstanceIds=ids)

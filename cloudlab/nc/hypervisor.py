@@ -33,6 +33,11 @@ namespaces = []
 remember_owner = 0
 # QEMU's own stdout/stderr go to a plain file: the embedded driver has no virtlogd to talk to.
 stdio_handler = "file"
+# No per-guest cgroups: QEMU stays in the node controller's group, a task among the host's others.
+# libvirt's machine/<guest> groups gave all guests together one share against each other process
+# (qemu-nbd, the SC, a hand-started QEMU), so on a busy 2-core host a TCG guest got about half the
+# CPU of the same QEMU started by hand; and the embedded driver left a group behind per guest.
+cgroup_controllers = []
 """
 
 
