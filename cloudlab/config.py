@@ -80,10 +80,11 @@ class CloudConfig:
     # Clusters whose whole site sits behind a masquerading NAT (vde, the VPC model, several clusters: they
     # dial the first cluster's cable; see cloudlab/cc/fabric.py).
     nat_clusters: list[str] = field(default_factory=list)
-    # How a cluster network places instances: "classic" is Eucalyptus' managed mode (a VLAN and a /24 of
-    # ``subnet`` per security group, EC2-Classic instances); "vpc" plumbs the VPC subnets (a segment per
-    # subnet, a router namespace per VPC; security groups and elastic addresses not enforced there yet).
-    network_model: str = "classic"
+    # How a cluster network places instances: "vpc" (the default, as on EC2 today) plumbs the VPC subnets (a
+    # segment per subnet, a router namespace per VPC with its internet gateway's NAT, security groups on each
+    # instance's port); "classic" is Eucalyptus' managed mode (a VLAN and a /24 of ``subnet`` per security
+    # group, EC2-Classic instances).
+    network_model: str = "vpc"
     # RegisterImage: ordinary users register only from <images_root>/<user>/ (default <state>/uploads),
     # files of at most image_max_mb each (see cloudlab/clc/uploads.py).
     images_root: str | None = None

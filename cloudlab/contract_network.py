@@ -64,6 +64,11 @@ class VpcRouter:
     slot: int
     subnets: tuple[SubnetSegment, ...] = ()
     home: str = ""
+    #: An internet gateway is attached: the router masquerades its instances' traffic to the cluster's public
+    #: side and translates ``nats`` (elastic and auto-assigned public addresses) 1:1. Without one: nothing
+    #: crosses its uplink.
+    internet: bool = False
+    nats: tuple[ElasticNat, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -281,8 +281,22 @@ def spare(alice: Any) -> Iterator[dict[str, Any]]:
             "InvalidParameterCombination",
         ),
         (
-            lambda ec2, a: ec2.associate_address(AllocationId=a["AllocationId"], NetworkInterfaceId="eni-0123456789"),
+            lambda ec2, a: ec2.associate_address(
+                AllocationId=a["AllocationId"], NetworkInterfaceId="eni-0123456789abcdef0"
+            ),
             "InvalidNetworkInterfaceID.NotFound",
+        ),
+        (
+            lambda ec2, a: ec2.associate_address(AllocationId=a["AllocationId"], NetworkInterfaceId="eni-bogus"),
+            "InvalidNetworkInterfaceId.Malformed",
+        ),
+        (
+            lambda ec2, a: ec2.associate_address(
+                AllocationId=a["AllocationId"],
+                NetworkInterfaceId="eni-0123456789abcdef0",
+                InstanceId="i-0123456789abcdef0",
+            ),
+            "InvalidParameterCombination",
         ),
         (
             lambda ec2, _: ec2.associate_address(

@@ -97,6 +97,7 @@ def test_quick_run_against_a_real_cloud(tmp_path: Path) -> None:
         assert positive(row["mib_s"]) and positive(row["iops"]) and positive(row["lat_ms"]), row
     assert result["devices"]["cloud:volume"].startswith("/dev/vd") and result["devices"]["cloud:volume"] != "/dev/vda"
     assert result["devices"]["hand:volume"] == "/dev/vdb"
+    assert result["devices"]["hand:volume-linked"] == "/dev/vdc"  # served from across a veth (the SC's hop)
     for pair in PAIRS:
         for job in JOBS:
             ratio = result["ratios"][f"{pair}:{job}"]

@@ -203,7 +203,8 @@ def witness_pids(cloud: RunningCloud) -> dict[str, int]:
 
 
 def pings(cloud: RunningCloud, address: str) -> bool:
-    """Whether ``address`` answers from the router's namespace (bounded: 2 echo requests, 1 s each)."""
+    """Whether ``address`` answers from the cluster's public side, the outside namespace (bounded: 2 echo
+    requests, 1 s each)."""
     return links.ping(cloud.layout.outside_namespace, address, count=2, timeout=1.0) > 0
 
 
@@ -264,7 +265,9 @@ def test_the_cloud_recovers_from_each_kill_and_loses_nothing(cloud_factory: Call
     ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="icmp", FromPort=-1, ToPort=-1, CidrIp="0.0.0.0/0")
     witnesses = ec2.run_instances(ImageId=default_image(ec2), MinCount=2, MaxCount=2)["Instances"]
     WITNESSES[:] = [w["InstanceId"] for w in witnesses]
-    addresses = [w["PrivateIpAddress"] for w in witnesses]
+    # the default subnet's public addresses, translated at the default VPC's router: reached from the public
+    # side through the router, its uplink and the NAT, which every fault must leave working (or rebuild)
+    addresses = [w["PublicIpAddress"] for w in witnesses]
 
     def witnesses_answer() -> bool:
         return all(pings(cloud, address) for address in addresses)

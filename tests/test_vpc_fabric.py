@@ -54,7 +54,7 @@ def test_up_refuses_a_nat_cluster_it_cannot_build_before_starting_anything(tmp_p
     argv = [sys.executable, "-m", "cloudlab.cli", "--state", str(state), "up", "--clusters", "2", "--network", "vde"]
     for extra, message in (
         (["--network-model", "vpc", "--nat-cluster", "cluster1"], "holds the VPC routers"),
-        (["--nat-cluster", "cluster2"], "--nat-cluster needs clusters joined by VDE cables"),
+        (["--network-model", "classic", "--nat-cluster", "cluster2"], "--nat-cluster needs clusters joined by VDE"),
     ):
         done = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=60)
         assert done.returncode == 1 and message in done.stderr, done.stderr

@@ -273,6 +273,10 @@ def test_real_instances_from_launcher_to_benchmark(cloud_factory) -> None:
     cloud.ec2.authorize_security_group_ingress(
         GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0"
     )
+    # the benchmark between the pair (iperf3, ping): a VPC group lets its members in only by a rule, as on EC2
+    cloud.ec2.authorize_security_group_ingress(
+        GroupId=group, IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}]
+    )
     launcher = Launcher(cloud, timeout=240)
     assert launcher.error is None, launcher.message.value
     launcher.count.value = 2

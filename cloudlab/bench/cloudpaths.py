@@ -55,6 +55,11 @@ def cloud_vms(
             ec2.authorize_security_group_ingress(
                 GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0"
             )
+            # iperf3 and ping between the pair: a VPC's group admits its own members only when a rule says so
+            # (the classic model's segment per group lets them talk without one)
+            ec2.authorize_security_group_ingress(
+                GroupId=group, IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}]
+            )
             reply = ec2.run_instances(
                 ImageId=_default_image(ec2),
                 MinCount=2,

@@ -45,6 +45,7 @@ from cloudlab.waiting import WaitTimeout, wait_until
 NET = "10.79.0"  # the guest's segment, only ever inside our namespace
 GUEST_IP = f"{NET}.10"
 GATEWAY = f"{NET}.1"
+SERVER = f"{NET}.2"  # the hand-made storage server across a link (export_across_a_link)
 GUEST_MAC = "52:54:00:79:00:10"
 INSTANCE_ID = "i-0000000000000a001"
 POLL_S = 0.25
@@ -135,6 +136,7 @@ def debian_by_hand(
     instance_id: str = INSTANCE_ID,
     nbd_volumes: Sequence[Path] = (),
     root_over_nbd: bool = False,
+    linked_volumes: Sequence[Path] = (),
 ) -> Iterator[HandBoot]:
     """Boot ``cloudlab-debian`` by hand and yield it once SSH answers (and cloud-init is done).
 
@@ -142,7 +144,10 @@ def debian_by_hand(
     ``nbd_volumes`` (qcow2 files) are exported by hand as the SC exports a volume and attached as
     ``/dev/vdb``, ... (see :func:`export_by_hand`); ``root_over_nbd`` serves the root overlay the same
     way, as the cloud serves an instance's root volume from its SC (so a root-disk benchmark compares
-    like with like). Everything is torn down on exit, also on error (the console is in the error message).
+    like with like); ``linked_volumes`` come next (``/dev/vd...`` after those) and are served from a second
+    namespace joined to the guest's bridge by a veth, as an SC serves a node across the cloud's underlay
+    (:func:`export_across_a_link`). Everything is torn down on exit, also on error (the console is in the
+    error message).
     """
     image = image or debian_image()
     if image.disk is None:
@@ -176,6 +181,8 @@ def debian_by_hand(
         argv += ["-qmp", f"unix:{qmp_path},server=on,wait=off"]
         for index, volume in enumerate(nbd_volumes):
             argv += export_by_hand(lab, ns, volume, index)
+        for index, volume in enumerate(linked_volumes, start=len(nbd_volumes) + 1):
+            argv += export_across_a_link(lab, ns, volume, index)
         ssh = SshRemote(GUEST_IP, key, ns)
         boot = HandBoot(instance_id, GUEST_IP, ssh, key, public_key, console_path, overlay, ns, argv, qmp_path)
         started = time.monotonic()
@@ -234,7 +241,22 @@ def qemu_argv(
     ]
 
 
-def export_by_hand(lab: Lab, ns: str, volume: Path, index: int, drive_id: str | None = None) -> list[str]:
+def export_across_a_link(lab: Lab, ns: str, volume: Path, index: int) -> list[str]:
+    """:func:`export_by_hand` from a namespace of its own (``<NET>.2``) joined to the guest's bridge by a
+    veth: the hop a cloud volume takes from its node to the SC over the underlay (a veth and a bridge,
+    each end in its own namespace), without any of cloudlab's orchestration."""
+    server = lab.netns("sc")
+    lab.ip(server, "link", "set", "lo", "up")
+    lab.sh("ip", "link", "add", "sc0", "netns", ns, "type", "veth", "peer", "name", "eth0", "netns", server)
+    lab.ip(ns, "link", "set", "sc0", "master", "br0", "up")
+    lab.ip(server, "addr", "add", f"{SERVER}/24", "dev", "eth0")
+    lab.ip(server, "link", "set", "eth0", "up")
+    return export_by_hand(lab, server, volume, index, address=SERVER)
+
+
+def export_by_hand(
+    lab: Lab, ns: str, volume: Path, index: int, drive_id: str | None = None, address: str = GATEWAY
+) -> list[str]:
     """Serve ``volume`` with ``qemu-nbd`` in the namespace, with the flags the SC uses
     (``cloudlab/sc/exports.py``: qcow2 on the server's side, writeback cache, discard), on the gateway's
     address, and QEMU's arguments that attach it as the domain XML does (raw over NBD, ``cache=none``,
@@ -242,18 +264,18 @@ def export_by_hand(lab: Lab, ns: str, volume: Path, index: int, drive_id: str | 
     port = NBD_PORT + index
     drive_id = drive_id or f"vol{index}"
     export = volume.stem
-    argv = ["qemu-nbd", "--persistent", "--shared=2", f"--bind={GATEWAY}", f"--port={port}", f"--export-name={export}",
+    argv = ["qemu-nbd", "--persistent", "--shared=2", f"--bind={address}", f"--port={port}", f"--export-name={export}",
             "--format=qcow2", "--cache=writeback", "--discard=unmap", str(volume)]  # fmt: skip
     proc = lab.spawn(f"nbd-{index}", argv, ns)
 
     def listening() -> bool:
         lab.alive(f"nbd-{index}", proc)
-        probe = f"exec 3<>/dev/tcp/{GATEWAY}/{port}"
+        probe = f"exec 3<>/dev/tcp/{address}/{port}"
         return subprocess.run([*netns_argv(ns), "bash", "-c", probe], capture_output=True, timeout=10).returncode == 0
 
     wait_for(listening, 30, f"qemu-nbd serving {volume.name}", interval=0.2)
     drive = (f"driver=raw,if=none,id={drive_id},cache=none,file.driver=nbd,file.server.type=inet,"
-             f"file.server.host={GATEWAY},file.server.port={port},file.export={export}")  # fmt: skip
+             f"file.server.host={address},file.server.port={port},file.export={export}")  # fmt: skip
     return ["-drive", drive, "-device", f"virtio-blk-pci,drive={drive_id},serial={export.replace('-', '')[:20]}"]
 
 

@@ -8,6 +8,10 @@ One run, side by side, with fio inside ``cloudlab-debian`` guests (:mod:`cloudla
 * **hand:volume** -- a volume made with the same tools by hand (``qemu-img create -f qcow2``, served
   by ``qemu-nbd`` with the SC's flags, attached to a QEMU started by hand, ``cache=none``), in the
   hand-booted guest of :mod:`cloudlab.bench.handboot`;
+* **hand:volume-linked** -- the same again, but served from a namespace of its own across a veth and the
+  guest's bridge (:func:`cloudlab.bench.handboot.export_across_a_link`), the hop a cloud volume takes from
+  its node to the SC over the underlay: cloud ÷ this is cloudlab's own overhead, cloud ÷ hand:volume that
+  plus the network's (a hand export in the guest's namespace goes over loopback);
 * **hand:root** -- a file on that guest's root disk: a qcow2 overlay of the image served by ``qemu-nbd``
   as the SC serves the cloud's root volume (every hand boot here has its root over NBD, like for like).
 
@@ -50,8 +54,12 @@ from cloudlab.waiting import WaitTimeout, wait_until
 
 KEY_NAME = "bench-storage"
 ROOT_FILE = "/var/tmp/fio-root.dat"
-TARGETS = ("cloud:volume", "hand:volume", "cloud:root", "hand:root")
-PAIRS = {"volume": ("cloud:volume", "hand:volume"), "root": ("cloud:root", "hand:root")}
+TARGETS = ("cloud:volume", "hand:volume", "hand:volume-linked", "cloud:root", "hand:root")
+PAIRS = {
+    "volume": ("cloud:volume", "hand:volume"),
+    "volume-linked": ("cloud:volume", "hand:volume-linked"),
+    "root": ("cloud:root", "hand:root"),
+}
 MIB = 2**20
 
 
@@ -165,7 +173,11 @@ def cloud_guest(
 
 @contextlib.contextmanager
 def hand_guest(
-    image: Any, options: Options, failures: list[dict[str, str]], nbd_volumes: tuple[Path, ...] = ()
+    image: Any,
+    options: Options,
+    failures: list[dict[str, str]],
+    nbd_volumes: tuple[Path, ...] = (),
+    linked_volumes: tuple[Path, ...] = (),
 ) -> Iterator[HandBoot]:
     """:func:`cloudlab.bench.handboot.debian_by_hand`, tried ``boot_attempts`` times like a cloud guest."""
     for attempt in range(options.boot_attempts):
@@ -176,6 +188,7 @@ def hand_guest(
                         image,
                         memory_mb=options.memory_mb,
                         nbd_volumes=nbd_volumes,
+                        linked_volumes=linked_volumes,
                         timeout_s=options.boot_timeout_s,
                         root_over_nbd=True,
                     )
@@ -352,15 +365,20 @@ def run_storage_benchmark(
                 vol = cloud.create_volume(options.volume_gib, name="bench-fio")
                 vol.attach(instance_id, "/dev/sdf")
                 hand_file = scratch / "vol-0000000000hand01.qcow2"  # a volume's name, so its serial looks alike
-                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(hand_file), f"{options.volume_gib}G"],
-                               check=True, timeout=60)  # fmt: skip
-                progress("booting cloudlab-debian by hand, with the hand-made volume on qemu-nbd")
-                with hand_guest(image, options, failures, (hand_file,)) as hand:
+                linked_file = scratch / "vol-0000000000hand02.qcow2"
+                for made in (hand_file, linked_file):
+                    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(made), f"{options.volume_gib}G"],
+                                   check=True, timeout=60)  # fmt: skip
+                progress("booting cloudlab-debian by hand, with the hand-made volumes on qemu-nbd")
+                with hand_guest(image, options, failures, (hand_file,), (linked_file,)) as hand:
                     hand_boots.append({k: hand.times[k] for k in ("ssh_s", "cloud_init_s") if k in hand.times})
                     progress(f"hand boot 1: {hand_boots[-1]}")
                     targets = [
                         Target("cloud:volume", remote, find_disk(remote, vol.replace("-", "")[:20])),
                         Target("hand:volume", hand.ssh, find_disk(hand.ssh, hand_file.stem.replace("-", "")[:20])),
+                        Target(
+                            "hand:volume-linked", hand.ssh, find_disk(hand.ssh, linked_file.stem.replace("-", "")[:20])
+                        ),
                         Target("cloud:root", remote, ROOT_FILE),
                         Target("hand:root", hand.ssh, ROOT_FILE),
                     ]
@@ -407,17 +425,18 @@ def run_storage_benchmark(
 
 
 def report_lines(result: dict[str, Any]) -> list[str]:
-    lines = [f"{'fio job':<15}{'target':<14}{'MiB/s (median)':>16}{'IOPS':>10}{'spread MiB/s':>22}"]
+    lines = [f"{'fio job':<15}{'target':<20}{'MiB/s (median)':>16}{'IOPS':>10}{'spread MiB/s':>22}"]
     for job in JOBS:
         for target in TARGETS:
             figures = result["fio"][target][job]
             m, i = figures["mib_s"], figures["iops"]
             if not m.get("n"):
-                lines.append(f"{job:<15}{target:<14}{'failed':>16}")
+                lines.append(f"{job:<15}{target:<20}{'failed':>16}")
                 continue
-            lines.append(f"{job:<15}{target:<14}{m['median']:>16.1f}{i['median']:>10.0f}"
+            lines.append(f"{job:<15}{target:<20}{m['median']:>16.1f}{i['median']:>10.0f}"
                          f"{m['min']:>11.1f} – {m['max']:<8.1f}")  # fmt: skip
     lines.append("cloud ÷ hand (median MiB/s; range over repeats); target ≥ 0.9 for volumes")
+    lines.append("  (volume-linked: the hand export across a veth, as the SC's; volume: in the guest's namespace)")
     for name, ratio in result["ratios"].items():
         text = "n/a" if ratio is None else f"{ratio['ratio']:.3f}  ({ratio['low']:.3f} – {ratio['high']:.3f})"
         lines.append(f"  {name:<28}{text}")

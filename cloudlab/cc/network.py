@@ -49,7 +49,7 @@ from cloudlab.cc.segments import FastSegments
 from cloudlab.cc.vpc_routers import VpcRouters
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
-from cloudlab.net import NetError, firewall, instance_filters, links, netns, vde, vde_plugs
+from cloudlab.net import NetError, firewall, instance_filters, links, netns, vde, vde_plugs, vpc_edge
 from cloudlab.paths import StateLayout, outside_namespace_of
 from cloudlab.waiting import WaitTimeout, wait_until
 
@@ -184,7 +184,8 @@ class ClusterNetwork:
     # -- checks -------------------------------------------------------------------------------------------
     def check(self, public_pool: str) -> None:
         """Refuse, before building anything, what would collide: overlapping ranges, a missing tool."""
-        ranges = {"--subnet": self.subnet, "--underlay": str(self.underlay), "public pool": public_pool}
+        ranges = {"--subnet": self.subnet, "--underlay": str(self.underlay), "public pool": public_pool,
+                  "the VPC routers' uplinks": str(vpc_edge.UPLINKS)}  # fmt: skip
         ipaddress.IPv4Network(self.subnet)  # a bad CIDR fails here with its own message
         nets = {k: ipaddress.ip_network(v, strict=False) for k, v in ranges.items()}
         names = list(nets)
@@ -561,6 +562,7 @@ class ClusterNetwork:
             "processes": [{"role": label} | proc.describe() for label, proc in self.processes()],
             "vlans": sorted(self.vlans),
             "vpc_routers": self.vpc_routers.describe(),
+            "vpc_public_ips": self.vpc_routers.public_routes(),
             "edge": self.edge,
             "public_ips": sorted(self.public_ips),
             "history": self.history[-10:],

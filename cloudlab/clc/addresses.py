@@ -12,13 +12,22 @@ at once (:meth:`Addresses.on_instance_terminated`, in the transaction that ends 
 whether or not it does, every read treats an association with an instance that is shutting down,
 terminated or gone as absent, and every write clears such associations first.
 
+In a VPC (EC2's rules): an address is associated with an instance, or with its network interface
+(``NetworkInterfaceId``), only while the instance's VPC has an internet gateway attached
+(``Gateway.NotAttached`` otherwise). An instance launched into a subnet that maps public addresses on
+launch (the default subnets; ``MapPublicIpOnLaunch``, or ``AssociatePublicIpAddress`` in RunInstances'
+``NetworkInterfaces``) gets an *auto-assigned* public address from the same pool: not an allocation of
+anybody's, held while the instance lives and shown in its place while an elastic address is associated
+with it (EC2 gives it a new one after; here it is the same one).
+
 This module only keeps the records: the NAT that makes an address reach its instance belongs to
-the cluster network.
+the cluster network (managed mode: :mod:`cloudlab.clc.network`; VPCs: :mod:`cloudlab.clc.vpc_network`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,8 +35,11 @@ from typing import Any
 
 from cloudlab.clc import quotas
 from cloudlab.clc.tags import Tags
+from cloudlab.clc.vpcs import Vpcs
 from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id, new_id
+
+log = logging.getLogger(__name__)
 
 DOMAINS = ("vpc", "standard")
 #: Instance states an address can be associated in (EC2 also allows stopped instances in a VPC).
@@ -42,6 +54,8 @@ CREATE TABLE IF NOT EXISTS addresses (
     domain TEXT NOT NULL DEFAULT 'vpc', instance_id TEXT, association_id TEXT UNIQUE, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS addresses_by_owner ON addresses(owner);
 CREATE INDEX IF NOT EXISTS addresses_by_instance ON addresses(instance_id);
+CREATE TABLE IF NOT EXISTS public_ips (
+    instance_id TEXT PRIMARY KEY, public_ip TEXT NOT NULL UNIQUE, created REAL NOT NULL);
 """
 
 _HOLDING = ",".join(f"'{s}'" for s in HOLDING_STATES)
@@ -56,6 +70,15 @@ _SWEEP = f"""
 UPDATE addresses SET instance_id=NULL, association_id=NULL
 WHERE instance_id IS NOT NULL AND NOT EXISTS (
     SELECT 1 FROM instances i WHERE i.instance_id = addresses.instance_id AND i.state IN ({_HOLDING}))
+"""
+_SWEEP_AUTO = f"""
+DELETE FROM public_ips WHERE NOT EXISTS (
+    SELECT 1 FROM instances i WHERE i.instance_id = public_ips.instance_id AND i.state IN ({_HOLDING}))
+"""
+#: Every address of the pool in use: allocated, or auto-assigned to a live instance.
+_USED = f"""
+SELECT public_ip FROM addresses UNION SELECT p.public_ip FROM public_ips p
+JOIN instances i ON i.instance_id = p.instance_id WHERE i.state IN ({_HOLDING})
 """
 
 
@@ -145,7 +168,7 @@ class Addresses:
             quota = quotas.limit(db, user.name, "addresses")
             if quota is not None and held >= quota:
                 raise quotas.refuse("addresses", user.name, quota, held, 1)
-            used = {r["public_ip"] for r in db.execute("SELECT public_ip FROM addresses")}
+            used = {r["public_ip"] for r in db.execute(_USED)}
             if wanted_ip is not None:
                 if str(wanted_ip) in used:
                     raise CloudError("InvalidIPAddress.InUse", f"Address {wanted_ip} is in use")
@@ -194,23 +217,51 @@ class Addresses:
         public_ip: str | None = None,
         allocation_id: str | None = None,
         allow_reassociation: bool = False,
+        interface_id: str | None = None,
     ) -> str:
-        """Point an address at one of ``user``'s instances; returns the association id.
+        """Point an address at one of ``user``'s instances (or at the instance of its network interface
+        ``interface_id``); returns the association id.
 
         An address already associated with another instance moves only with ``allow_reassociation``;
         an instance that already has an address gets the new one instead (the old one is disassociated).
+        An instance in a VPC without an internet gateway takes none (EC2's ``Gateway.NotAttached``).
         """
-        if not instance_id:
+        if instance_id and interface_id:
+            raise CloudError("InvalidParameterCombination", "Specify either InstanceId or NetworkInterfaceId, not both")
+        if not instance_id and not interface_id:
             raise CloudError("MissingParameter", "The request must contain the parameter InstanceId")
-        if not is_valid_id(instance_id, "i"):
+        if instance_id and not is_valid_id(instance_id, "i"):
             raise CloudError("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
+        if interface_id and not is_valid_id(interface_id, "eni"):
+            raise CloudError("InvalidNetworkInterfaceId.Malformed", f'Invalid id: "{interface_id[:80]}"')
         _one_of(public_ip, allocation_id, "AllocationId")
+        self.clc.service(Vpcs)  # (its tables: the interfaces and gateways read below)
         with self.store.transaction() as db:
             self._sweep(db)
             address = self._find(db, user, public_ip, allocation_id)
+            nic = db.execute(
+                "SELECT n.instance_id, n.owner, n.vpc_id, g.gateway_id FROM network_interfaces n"
+                " LEFT JOIN internet_gateways g ON g.vpc_id = n.vpc_id WHERE "
+                + ("n.interface_id=?" if interface_id else "n.instance_id=?"),
+                (interface_id or instance_id,),
+            ).fetchone()
+            if interface_id:
+                if nic is None or nic["instance_id"] is None or (not user.is_admin and nic["owner"] != user.name):
+                    raise CloudError(
+                        "InvalidNetworkInterfaceID.NotFound", f"The networkInterface ID '{interface_id}' does not exist"
+                    )
+                instance_id = nic["instance_id"]
             instance = db.execute("SELECT owner, state FROM instances WHERE instance_id=?", (instance_id,)).fetchone()
             if instance is None or (not user.is_admin and instance["owner"] != user.name):
+                if interface_id:
+                    raise CloudError(
+                        "InvalidNetworkInterfaceID.NotFound", f"The networkInterface ID '{interface_id}' does not exist"
+                    )
                 raise CloudError("InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist")
+            if nic is not None and nic["gateway_id"] is None:
+                raise CloudError(
+                    "Gateway.NotAttached", f"Network {nic['vpc_id']} is not attached to any internet gateway"
+                )
             if instance["state"] not in ASSOCIABLE_STATES:
                 raise CloudError(
                     "IncorrectInstanceState",
@@ -279,25 +330,54 @@ class Addresses:
         return rows
 
     def public_ips_of(self, instance_ids: Iterable[str]) -> dict[str, str]:
-        """``{instance_id: public_ip}`` for those of the instances that have a (live) association."""
+        """``{instance_id: public_ip}`` for those of the instances that have a public address: a (live)
+        association, else an auto-assigned one."""
         ids = list(dict.fromkeys(instance_ids))
-        found: dict[str, str] = {}
-        if len(ids) > _CHUNK:  # a large describe: the associations are few, read them all and keep the ones asked
+        found = self._auto_ips_of(ids)
+        found.update(self._elastic_ips_of(ids))
+        return found
+
+    def _auto_ips_of(self, ids: list[str]) -> dict[str, str]:
+        return self._ips_of(ids, "public_ips")
+
+    def _elastic_ips_of(self, ids: list[str]) -> dict[str, str]:
+        return self._ips_of(ids, "addresses")
+
+    def _ips_of(self, ids: list[str], table: str) -> dict[str, str]:
+        """``{instance_id: public_ip}`` of ``table``'s rows for the live ones of ``ids``."""
+        live = (
+            f"SELECT t.instance_id, t.public_ip FROM {table} t JOIN instances i ON i.instance_id = t.instance_id"
+            f" WHERE i.state IN ({_HOLDING})"
+        )
+        if len(ids) > _CHUNK:  # a large describe: read them all and keep the ones asked
             wanted = set(ids)
-            rows = self.store.query(
-                "SELECT a.instance_id, a.public_ip FROM addresses a JOIN instances i ON i.instance_id = a.instance_id"
-                f" WHERE i.state IN ({_HOLDING}) AND a.instance_id IS NOT NULL"
-            )
-            return {r["instance_id"]: r["public_ip"] for r in rows if r["instance_id"] in wanted}
+            return {r["instance_id"]: r["public_ip"] for r in self.store.query(live) if r["instance_id"] in wanted}
+        found: dict[str, str] = {}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
-            rows = self.store.query(
-                f"SELECT a.instance_id, a.public_ip FROM addresses a JOIN instances i ON i.instance_id = a.instance_id"
-                f" WHERE i.state IN ({_HOLDING}) AND a.instance_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
+            rows = self.store.query(f"{live} AND t.instance_id IN ({','.join('?' * len(chunk))})", chunk)
             found.update({r["instance_id"]: r["public_ip"] for r in rows})
         return found
+
+    # -- auto-assigned public addresses (MapPublicIpOnLaunch) -----------------------------------------------
+    def assign_public_ip(self, db: sqlite3.Connection, instance_id: str) -> str | None:
+        """Give a launching instance the lowest free address of the pool (inside RunInstances' transaction).
+
+        An exhausted pool launches the instance without one (logged), rather than refusing it: EC2's pool is
+        as good as endless, a private cloud's is a /24, and a user who asked for nothing in particular (a
+        default subnet) should not see a launch fail for an address they may never use."""
+        db.execute(_SWEEP_AUTO)
+        used = {r["public_ip"] for r in db.execute(_USED)}
+        network = self.pool()
+        free = next((ip for ip in map(str, network.hosts()) if ip not in used), None)
+        if free is None:
+            log.warning("%s: no auto-assigned public address, the public pool %s is exhausted", instance_id, network)
+            return None
+        db.execute(
+            "INSERT OR REPLACE INTO public_ips (instance_id, public_ip, created) VALUES (?,?,?)",
+            (instance_id, free, time.time()),
+        )
+        return free
 
     @staticmethod
     def on_instance_terminated(db: sqlite3.Connection, instance_id: str) -> None:
@@ -305,6 +385,7 @@ class Addresses:
         terminated). Harmless when the cloud has no addresses table yet."""
         try:
             db.execute("UPDATE addresses SET instance_id=NULL, association_id=NULL WHERE instance_id=?", (instance_id,))
+            db.execute("DELETE FROM public_ips WHERE instance_id=?", (instance_id,))
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise

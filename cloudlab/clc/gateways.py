@@ -17,11 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cloudlab.clc.addresses import HOLDING_STATES, Addresses
 from cloudlab.clc.tags import Tags
 from cloudlab.clc.users import User
 from cloudlab.clc.vpcs import Vpc, Vpcs
 from cloudlab.errors import CloudError
 from cloudlab.ids import is_valid_id, new_id
+
+_LIVE = ",".join(f"'{s}'" for s in HOLDING_STATES)
 
 
 @dataclass(frozen=True)
@@ -119,13 +122,17 @@ class Gateways:
     def detach(self, user: User, gateway_id: str, vpc_id: str) -> None:
         gateway = self._get(user, gateway_id)
         self.vpcs.get_vpc(user, vpc_id)
+        self._clc.service(Addresses)  # (its tables, read below)
         if gateway.vpc_id != vpc_id:
             raise CloudError("Gateway.NotAttached", f"resource {gateway_id} is not attached to network {vpc_id}")
         with self.store.transaction() as db:
+            # elastic addresses associated in the VPC, and auto-assigned ones of its live instances (EC2 counts both)
             public = db.execute(
                 "SELECT a.public_ip FROM addresses a JOIN network_interfaces n ON n.instance_id = a.instance_id"
-                " WHERE n.vpc_id=? LIMIT 1",
-                (vpc_id,),
+                " WHERE n.vpc_id=? UNION ALL SELECT p.public_ip FROM public_ips p JOIN network_interfaces n"
+                " ON n.instance_id = p.instance_id JOIN instances i ON i.instance_id = p.instance_id"
+                f" WHERE n.vpc_id=? AND i.state IN ({_LIVE}) LIMIT 1",
+                (vpc_id, vpc_id),
             ).fetchone()
             if public is not None:
                 raise CloudError(

@@ -40,6 +40,7 @@ class LaunchNetwork:
     group_ids: tuple[str, ...]
     subnet: Subnet | None = None  # None: an EC2-Classic launch (a managed-mode cluster)
     private_ip: str | None = None  # asked for (one instance only)
+    public_ip: bool = False  # each instance gets an auto-assigned public address (MapPublicIpOnLaunch)
     #: the subnet's addresses held so far, read once per launch (a launch of 1,000 reads them once, not 1,000 times)
     held: set[str] = field(default_factory=set, compare=False)
     cursor: list[Iterator[str]] = field(default_factory=list, compare=False)  # where the next free one is sought
@@ -91,11 +92,13 @@ class NetworkInterfaces:
         subnet_id: str | None,
         private_ip: str | None,
         security_groups: Sequence[str],
+        associate_public_ip: bool | None = None,
         security_group_ids: Sequence[str],
         count: int,
         classic: Any,
     ) -> LaunchNetwork:
-        """Resolve a launch's subnet, zone, groups and address (``classic(zone)``: is that zone managed-mode?)."""
+        """Resolve a launch's subnet, zone, groups and addresses (``classic(zone)``: is that zone managed-mode?);
+        ``associate_public_ip`` over the subnet's ``MapPublicIpOnLaunch``."""
         if private_ip is not None and count > 1:
             raise CloudError(
                 "InvalidParameterCombination", "PrivateIpAddress names one address: launch one instance with it"
@@ -119,7 +122,8 @@ class NetworkInterfaces:
         group_ids = self.groups.resolve_for_launch(user, security_groups, security_group_ids, subnet.vpc_id)
         if private_ip is not None:
             self._check_address(subnet, private_ip)
-        return LaunchNetwork(subnet.zone, tuple(group_ids), subnet, private_ip)
+        public_ip = subnet.map_public_ip if associate_public_ip is None else bool(associate_public_ip)
+        return LaunchNetwork(subnet.zone, tuple(group_ids), subnet, private_ip, public_ip)
 
     @staticmethod
     def _check_address(subnet: Subnet, address: str) -> None:

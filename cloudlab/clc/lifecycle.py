@@ -15,6 +15,7 @@ from typing import Any
 
 from cloudlab import contract as c
 from cloudlab.clc import quotas
+from cloudlab.clc.addresses import Addresses
 from cloudlab.clc.clusters import Clusters
 from cloudlab.clc.dispatch import Dispatch, quietly
 from cloudlab.clc.groups import SecurityGroups
@@ -81,6 +82,7 @@ class InstanceLifecycle:
         tag_specifications: list[dict[str, Any]] | None = None,
         subnet_id: str | None = None,
         private_ip: str | None = None,
+        associate_public_ip: bool | None = None,
         block_device_mappings: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Validate, schedule, record (pending) and dispatch; returns the reservation."""
@@ -118,6 +120,7 @@ class InstanceLifecycle:
                 tag_specifications=tag_specifications or [],
                 subnet_id=subnet_id,
                 private_ip=private_ip,
+                associate_public_ip=associate_public_ip,
                 block_device_mappings=block_device_mappings or [],
             )
 
@@ -139,11 +142,12 @@ class InstanceLifecycle:
         block_device_mappings: list[dict[str, Any]],
         subnet_id: str | None = None,
         private_ip: str | None = None,
+        associate_public_ip: bool | None = None,
     ) -> dict[str, Any]:
         # Services first: creating one runs its schema script, which must not happen inside a transaction.
         key_pairs, groups, tags = self._services(KeyPairs), self._services(SecurityGroups), self._services(Tags)
         networks, interfaces = self._services(InstanceNetworks), self._services(NetworkInterfaces)
-        vpc_networks = self._services(VpcNetworks)
+        vpc_networks, addresses = self._services(VpcNetworks), self._services(Addresses)
         volumes = self._services(Volumes)
         if not is_valid_id(image_id, "ami"):
             raise CloudError("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" (expecting "ami-...")')
@@ -177,6 +181,7 @@ class InstanceLifecycle:
             zone=zone,
             subnet_id=subnet_id,
             private_ip=private_ip,
+            associate_public_ip=associate_public_ip,
             security_groups=security_groups,
             security_group_ids=security_group_ids,
             count=max_count,
@@ -243,6 +248,8 @@ class InstanceLifecycle:
                     interfaces.attach(db, instance_id, user.name, launch)
                     if launch.subnet is not None and networks.plumbs_vpcs(link.name):
                         vpc_networks.allocate(db, link.name, launch.subnet.vpc_id, launch.subnet.subnet_id)
+                        if launch.public_ip:  # (a cluster without a network has no public side to map it to)
+                            addresses.assign_public_ip(db, instance_id)
                     if networks.is_classic(link.name):
                         networks.allocate(db, link.name, instance_id, group_ids[0])
                     inserted.append(

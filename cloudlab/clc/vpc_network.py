@@ -15,8 +15,10 @@ plans carry the same routers with ``home`` set: they make the VLANs, not the rou
 VPC per cluster would need the clusters to agree on routes between their routers; one router is the
 simplest design that is honest about where a VPC's traffic goes: through the cables, to the home.)
 
-Security groups are per-instance filters (:mod:`cloudlab.clc.vpc_filters`); not plumbed yet in this model
-(they work in Eucalyptus' managed mode): elastic addresses and traffic out of the VPC.
+Security groups are per-instance filters (:mod:`cloudlab.clc.vpc_filters`). A router whose VPC has an internet
+gateway attached carries ``internet`` and its instances' public addresses (an associated elastic address, else an
+auto-assigned one): the cluster translates them 1:1 at the router's uplink to the cluster's public side and
+masquerades the rest (:mod:`cloudlab.net.vpc_edge`); without a gateway nothing leaves the VPC.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import sqlite3
 import time
 from typing import Any
 
-from cloudlab.contract import FIRST_SUBNET_VLAN, NicPlan, SubnetSegment, VpcRouter
+from cloudlab.clc.addresses import Addresses
+from cloudlab.clc.vpcs import Vpcs
+from cloudlab.contract import FIRST_SUBNET_VLAN, ElasticNat, NicPlan, SubnetSegment, VpcRouter
 from cloudlab.errors import CloudError
 
 SCHEMA = """
@@ -139,7 +143,45 @@ class VpcNetworks:
                 )
             )
         elsewhere = "" if home == cluster else home
-        return tuple(VpcRouter(r["vpc_id"], r["slot"], tuple(by_vpc.get(r["vpc_id"], ())), elsewhere) for r in routers)
+        internet, nats = self._edges(cluster) if not elsewhere else (set(), {})
+        return tuple(
+            VpcRouter(
+                r["vpc_id"],
+                r["slot"],
+                tuple(by_vpc.get(r["vpc_id"], ())),
+                elsewhere,
+                r["vpc_id"] in internet,
+                tuple(nats.get(r["vpc_id"], ())),
+            )
+            for r in routers
+        )
+
+    def _edges(self, cluster: str) -> tuple[set[str], dict[str, list[ElasticNat]]]:
+        """The VPCs of ``cluster``'s routers with an internet gateway, and their live instances' public addresses."""
+        addresses = self.clc.service(Addresses)  # (its tables and the gateways', read here)
+        self.clc.service(Vpcs)
+        peers = self.peers(cluster)
+        internet = {
+            r["vpc_id"]
+            for r in self.store.query(
+                "SELECT g.vpc_id FROM internet_gateways g JOIN vpc_routers r ON r.vpc_id = g.vpc_id WHERE r.cluster=?",
+                (self.home(cluster),),
+            )
+        }
+        if not internet:
+            return internet, {}
+        rows = self.store.query(
+            "SELECT n.instance_id, n.vpc_id, n.private_ip FROM network_interfaces n JOIN instances i"
+            " ON i.instance_id = n.instance_id JOIN internet_gateways g ON g.vpc_id = n.vpc_id"
+            f" WHERE i.cluster IN ({','.join('?' * len(peers))}) AND i.state IN {_LIVE}",
+            peers,
+        )
+        public = addresses.public_ips_of([r["instance_id"] for r in rows])
+        nats: dict[str, list[ElasticNat]] = {}
+        for r in sorted(rows, key=lambda r: public.get(r["instance_id"], "")):
+            if r["instance_id"] in public:
+                nats.setdefault(r["vpc_id"], []).append(ElasticNat(public[r["instance_id"]], r["private_ip"]))
+        return internet, nats
 
     def instance_at(self, cluster: str, vpc_id: str, private_ip: str) -> dict[str, Any] | None:
         """The live instance of ``vpc_id`` at ``private_ip`` that ``cluster``'s router of it serves (for its VPC's

@@ -462,7 +462,8 @@ class Vpcs:
         db.execute(
             "INSERT INTO subnets (subnet_id, vpc_id, owner, cidr, zone, is_default, map_public_ip, created)"
             " VALUES (?,?,?,?,?,?,?,?)",
-            (subnet_id, vpc_id, owner, cidr, zone, int(is_default), 0, time.time()),
+            # a default subnet maps public addresses on launch, as EC2's do; a user's subnet does not until told
+            (subnet_id, vpc_id, owner, cidr, zone, int(is_default), int(is_default), time.time()),
         )
         return subnet_id
 

@@ -63,7 +63,11 @@ UP_OPTIONS = {
         arg("--nodes", type=positive, metavar="N", help="number of node controllers (default 1)"),
         arg("--clusters", type=positive, metavar="N", help="clusters (zones), N nodes each (default 1)"),
         arg("--network", choices=["none", "vde", "direct"], help="cluster network flavour (default none)"),
-        arg("--network-model", choices=["classic", "vpc"], help="managed mode (default) or VPC subnets on the network"),
+        arg(
+            "--network-model",
+            choices=["vpc", "classic"],
+            help="vpc (default): VPC subnets, a router per VPC; classic: Eucalyptus' managed mode (a VLAN per group)",
+        ),
         arg("--scheduler", metavar="POLICY", help="GREEDY (default), ROUNDROBIN, POWERSAVE or module:Class"),
         arg(
             "--powersave-idle-s",
@@ -267,6 +271,10 @@ def status(args: argparse.Namespace) -> int:
                 f"underlay {network['underlay']}, outside namespace {network['namespaces']['outside']} "
                 f"(cloudlab exec), VLANs {network['vlans'] or '-'}"
             )
+            routers = network.get("vpc_routers") or {}
+            if routers:
+                public = network.get("vpc_public_ips") or {}
+                print(f"    VPC routers: {len(routers)}; public addresses routed to them: {', '.join(public) or '-'}")
             edge = network.get("edge")
             if edge:
                 behind = f"behind the NAT {edge['nat_namespace']}" if edge["behind_nat"] else "directly"

@@ -394,6 +394,20 @@ def add_route(ns: str, dst: str, gateway: str | None = None, dev: str | None = N
             raise _fail(f"adding route {dst} via {gateway or dev} in {ns}", exc) from exc
 
 
+def del_route(ns: str, dst: str) -> None:
+    """Remove the route to ``dst`` (a CIDR) from ``ns``; gone already is fine."""
+    try:
+        net = str(ipaddress.ip_network(dst, strict=False))
+    except ValueError as exc:
+        raise NetError(f"bad route destination {dst!r}: use a CIDR such as 10.0.2.0/24") from exc
+    with _ipr(ns) as ipr:
+        try:
+            ipr.route("del", dst=net)
+        except NetlinkError as exc:
+            if exc.code not in (3, 2):  # ESRCH / ENOENT: no such route
+                raise _fail(f"removing route {dst} in {ns}", exc) from exc
+
+
 def route_get(ns: str, address: str) -> dict[str, Any]:
     """The route the kernel of ``ns`` picks for ``address``: ``{"dev", "gateway", "prefsrc"}`` (None if absent)."""
     with _ipr(ns) as ipr:

@@ -6,7 +6,6 @@ from typing import Any
 
 from cloudlab.api import filters
 from cloudlab.api.actions import Context, action
-from cloudlab.api.errors import ApiError
 from cloudlab.clc.addresses import Addresses
 
 ADDRESS_FILTERS: dict[str, filters.Getter] = {
@@ -57,19 +56,13 @@ def release_address(ctx: Context, req: dict[str, Any]) -> None:
 
 @action("AssociateAddress")
 def associate_address(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
-    if req.get("NetworkInterfaceId"):
-        if req.get("InstanceId"):
-            raise ApiError("InvalidParameterCombination", "Specify either InstanceId or NetworkInterfaceId, not both")
-        raise ApiError(
-            "InvalidNetworkInterfaceID.NotFound",
-            f"The networkInterface ID '{req['NetworkInterfaceId']}' does not exist",
-        )
     association_id = ctx.clc.service(Addresses).associate(
         ctx.user,
         req.get("InstanceId"),
         public_ip=req.get("PublicIp"),
         allocation_id=req.get("AllocationId"),
         allow_reassociation=bool(req.get("AllowReassociation")),
+        interface_id=req.get("NetworkInterfaceId"),
     )
     return {"AssociationId": association_id}
 

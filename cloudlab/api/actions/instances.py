@@ -94,6 +94,7 @@ def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         raise ApiError("MissingParameter", "The request must contain the parameter ImageId")
     placement = req.get("Placement") or {}
     subnet_id, private_ip, group_ids = _network_of(req)
+    nic = (req.get("NetworkInterfaces") or [{}])[0]
     result = ctx.clc.run_instances(
         ctx.user,
         req["ImageId"],
@@ -109,6 +110,7 @@ def run_instances(ctx: Context, req: dict[str, Any]) -> dict[str, Any]:
         tag_specifications=req.get("TagSpecifications"),
         subnet_id=subnet_id,
         private_ip=private_ip,
+        associate_public_ip=nic.get("AssociatePublicIpAddress"),
         block_device_mappings=req.get("BlockDeviceMappings"),
     )
     answer = views.reservation(result["reservation_id"], ctx.user.user_id, result["instances"])
