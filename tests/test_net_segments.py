@@ -186,7 +186,8 @@ def test_vde_profile_defaults_to_fast_and_is_checked(tmp_path: Path) -> None:
     assert CloudConfig.load(path).vde_profile_in_use == "classic"
     fabric = CloudConfig(network="vde", network_model="vpc", clusters=2)
     assert fabric.vde_profile == "fast" and fabric.vde_profile_in_use == "classic"  # the fabric trunks VLANs
-    assert CloudConfig(network="vde", clusters=2).vde_profile_in_use == "fast"
+    assert CloudConfig(network="vde", network_model="classic", clusters=2).vde_profile_in_use == "fast"
+    assert CloudConfig(network="vde", network_model="vpc", clusters=1).vde_profile_in_use == "fast"
 
 
 def test_up_help_names_the_profiles() -> None:

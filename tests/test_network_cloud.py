@@ -366,7 +366,9 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     assert network["vde_profile"] == ("fast" if fast else "classic")
     roles = {p["role"] for p in network["processes"]}
     [vid] = network["vlans"]
-    gateway_mtu = links.mtu(outside(vde_cloud), f"g{vid}")
+    # the segment's gateway: on the outside router (classic model) or on the VPC's own router (vpc, the default)
+    [router] = [ns for ns in [outside(vde_cloud), *network["vpc_routers"].values()] if links.exists(ns, f"g{vid}")]
+    gateway_mtu = links.mtu(router, f"g{vid}")
     if fast:
         assert {f"segment switch node-01 vlan {vid}", f"segment switch node-02 vlan {vid}"} <= roles
         assert f"segment cable node-02 vlan {vid}" in roles
