@@ -20,6 +20,7 @@ CHOICES = {
     "cable": ("tcp", "unix"),
     "network_model": ("classic", "vpc"),
     "launch": ("restore", "boot"),
+    "vde_profile": ("fast", "classic"),
 }
 MINIMUM = {"nodes": 1, "clusters": 1, "api_port": 0, "clc_port": 0, "node_vcpus": 1, "node_memory_mb": 1,
            "heartbeat_s": 0.01, "image_max_mb": 1, "terminated_visible_s": 0, "powersave_idle_s": 0.1,
@@ -72,6 +73,10 @@ class CloudConfig:
     underlay: str = "auto"  # a free 10.253.N.0/24, chosen at start
     nat_nodes: list[str] = field(default_factory=list)
     cable: str = "tcp"
+    # How a vde network switches frames (cloudlab/cc/segments.py): "fast" gives each segment (VLAN) a vdeplug4
+    # switch of its own on every host, with jumbo frames (MTU 9000) on every link of the segment, the guests'
+    # NICs included; "classic" is the 2008-style one: one vde_switch per host with a VLAN per segment, MTU 1500.
+    vde_profile: str = "fast"
     # Clusters whose whole site sits behind a masquerading NAT (vde, the VPC model, several clusters: they
     # dial the first cluster's cable; see cloudlab/cc/fabric.py).
     nat_clusters: list[str] = field(default_factory=list)
@@ -95,6 +100,14 @@ class CloudConfig:
         # list, which the fabric builds and checks (cloudlab/cc/fabric.py).
         own = [c for c, s in self.cluster_settings.items() if isinstance(s, dict) and s.get("nat") is True]
         self.nat_clusters = [*self.nat_clusters, *(c for c in own if c not in self.nat_clusters)]
+
+    @property
+    def vde_profile_in_use(self) -> str:
+        """The VDE profile the cloud's networks are built with: ``vde_profile``, except that the fabric joining
+        several clusters (vde, VPC model, 2+ clusters; cloudlab/cc/fabric.py) trunks every VPC subnet's VLAN over
+        one cable per cluster, which only ``vde_switch`` can do: such a cloud runs classic (said by ``status``)."""
+        spans = self.network == "vde" and self.network_model == "vpc" and self.clusters > 1
+        return "classic" if spans else self.vde_profile
 
     @property
     def zone(self) -> str:

@@ -164,7 +164,8 @@ class Attachment:
     """Where on its host a NIC goes, filled in by the CC (the CLC knows ports, not hosts).
 
     ``bridge``: a tap on the Linux bridge ``bridge``. ``vde``: a port between ``first_port`` and
-    ``last_port`` of the VDE switch at ``sock``, managed at ``mgmt``.
+    ``last_port`` of the VDE switch at ``sock``, managed at ``mgmt`` (None: the fast profile's segment switch,
+    which has no management: the port number then only names the NIC's bridge and tap).
     """
 
     kind: Literal["bridge", "vde"]
@@ -174,6 +175,7 @@ class Attachment:
     mgmt: str | None = None
     first_port: int | None = None
     last_port: int | None = None
+    mtu: int | None = None  # the segment's MTU when not 1500 (the fast VDE profile's jumbo frames)
 
 
 @dataclass(frozen=True)

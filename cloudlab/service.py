@@ -345,6 +345,10 @@ class CloudService:
         ]
         if self.config.network != "none":
             argv.append("--template-nic")
+            if self.config.network == "vde" and self.config.vde_profile_in_use == "fast":
+                from cloudlab.cc.segments import MTU
+
+                argv += ["--template-nic-mtu", str(MTU)]  # the NIC a fast segment's instance has
         if vcpus:
             argv += ["--vcpus", str(vcpus)]
         if memory_mb:

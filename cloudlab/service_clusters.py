@@ -58,6 +58,7 @@ def build_network(layout: StateLayout, config: CloudConfig, index: int, name: st
             underlay="auto",
             run_dir=run_dir.with_name(f"{run_dir.name}{index + 1}"),
             cable=config.cable,
+            profile=config.vde_profile_in_use,
         )
     network.check(config.public_pool)
     network.build()

@@ -345,3 +345,43 @@ def test_vpc_placements_in_their_quickest_form(tmp_path: Path) -> None:
         assert ratio["ratio"] == pytest.approx(expected, abs=2e-3) and ratio["n"] == [1, 1]
     assert "VPC cross-cluster/same-cluster: x" in done.stdout
     assert document["environment"]["tools"]["vde_switch"]
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+@needs_tools
+def test_vde_profiles_side_by_side_in_their_quickest_form(tmp_path: Path) -> None:
+    """``cloudlab bench network --vde-only``, one 1-s run per path: cloudlab direct, vde classic and vde fast, each
+    right before its hand-built twin; the report states the VDE penalty (direct ÷ vde) of both profiles."""
+    from tests.clouds import network_requirements
+
+    reason = network_requirements()
+    if reason:
+        pytest.skip(reason)
+    argv = [sys.executable, "-m", "cloudlab.cli", "bench", "network", "--vde-only", "--repeats", "1"]
+    done = subprocess.run(
+        [*argv, "--duration", "1", "--output", str(tmp_path)], capture_output=True, text=True, timeout=1500
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    [report] = list(tmp_path.glob("bench-network-*[0-9].json"))
+    document = json.loads(report.read_text())
+    order = [r["path"] for r in document["runs"]]
+    fast = "vm-vde-tap-vdeplug-switch-mtu9000"
+    assert order == [
+        "cloudlab:vm-bridge",
+        "hand:vm-bridge",
+        "cloudlab:vm-vde",
+        "hand:vm-vde",
+        f"cloudlab:{fast}",
+        f"hand:{fast}",
+    ]
+    runs = {r["path"]: r for r in document["runs"]}
+    for run in runs.values():
+        assert run["error"] is None and run["gbit_s"] > 0 and run["rtt_ms"] > 0 and run["loss_pct"] < 100
+    for name, vde in (("fast", f"cloudlab:{fast}"), ("classic", "cloudlab:vm-vde")):
+        ratio = document["ratios"][f"VDE penalty --vde-profile {name} (direct/vde)"]
+        assert ratio["numerator"] == "cloudlab:vm-bridge" and ratio["denominator"] == vde
+        expected = runs["cloudlab:vm-bridge"]["gbit_s"] / runs[vde]["gbit_s"]
+        assert ratio["ratio"] == pytest.approx(expected, abs=2e-3)
+        assert f"VDE penalty --vde-profile {name} (direct/vde): x" in done.stdout
+    assert "load average (1 min):" in done.stdout

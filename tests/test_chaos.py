@@ -162,8 +162,14 @@ def network_detail(cloud: RunningCloud) -> dict | None:
 
 
 def network_process(cloud: RunningCloud, role: str) -> int:
+    """The pid of ``role`` (classic VDE profile), or of that role of the first segment (fast: ``segment switch
+    node-02 vlan V``; of a segment's cable, the end node-02 dialled)."""
     detail = wait_until(lambda: network_detail(cloud), 30, what="the network's status")
-    return next(p["pid"] for p in detail["processes"] if p["role"] == role)
+    return next(
+        p["pid"]
+        for p in detail["processes"]
+        if p["role"] == role or (p["role"].startswith(f"segment {role} vlan ") and p["kind"] != "tcp-listener")
+    )
 
 
 def kill_switch(cloud: RunningCloud) -> None:

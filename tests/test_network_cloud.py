@@ -24,6 +24,7 @@ import pytest
 
 from cloudlab import servicectl
 from cloudlab.client import connect
+from cloudlab.config import CloudConfig
 from cloudlab.net import NetError, links, netns
 from cloudlab.waiting import wait_until
 from tests.clouds import (
@@ -295,14 +296,15 @@ def test_metadata_matches_describe_instances(direct_cloud: RunningCloud, direct_
 # -- the VDE flavour across two hosts, one behind a NAT ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def vde_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
+@pytest.fixture(scope="module", params=["fast", "classic"])
+def vde_cloud(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
     reason = network_requirements()
     if reason:
         pytest.skip(reason)
     cloud = start_cloud(
-        tmp_path_factory.mktemp("vde") / "state",
+        tmp_path_factory.mktemp(f"vde-{request.param}") / "state",
         network="vde",
+        vde_profile=request.param,
         nodes=2,
         nat_nodes=["node-02"],
         scheduler="ROUNDROBIN",
@@ -314,7 +316,16 @@ def vde_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud
     no_leftovers(cloud)
 
 
+def _roles(network: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
+    return [p for p in network["processes"] if p["role"].startswith(prefix)]
+
+
 def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud: RunningCloud) -> None:
+    """Both profiles: instances on two hosts (one behind a NAT) reach each other, run their user data, survive a
+    killed cable and a killed switch. fast: a vdeplug4 switch per segment and host, a cable per segment, jumbo
+    frames on every link (the guest's NIC at MTU 9000, a 8900-byte ping crosses the cable unfragmented); classic:
+    exactly the 2008-style path (one vde_switch per host with VLANs, one cable per host, MTU 1500)."""
+    fast = CloudConfig.load(vde_cloud.layout.config).vde_profile == "fast"
     ec2 = vde_cloud.ec2()
     ec2.create_key_pair(KeyName="vdekey")
     group = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
@@ -336,23 +347,50 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     assert result.stdout.strip() == behind_nat
     ping = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 {found[other]['PrivateIpAddress']}")
     assert ping.returncode == 0, ping.stdout
+    for instance_id in ids:  # the user data ran (it fetched it from the metadata service through the router)
+        wait_until(
+            lambda i=instance_id: f"user-data-ran-{i}" in ssh(vde_cloud, i, "cat /var/log/user-data.log").stdout,
+            30,
+            what=f"{instance_id}'s user data",
+            interval_s=0.5,
+        )
+    mtu = ssh(vde_cloud, behind_nat, "cat /sys/class/net/eth0/mtu").stdout.strip()
+    assert mtu == ("9000" if fast else "1500")
+    if fast:  # a jumbo frame crosses host, cable and host unfragmented (vde_switch would drop it)
+        jumbo = ssh(vde_cloud, behind_nat, f"ping -c 2 -W 2 -s 8900 {found[other]['PrivateIpAddress']}")
+        assert jumbo.returncode == 0 and "8908 bytes from" in jumbo.stdout, jumbo.stdout
 
     status = json.loads(cli(vde_cloud, "status", "--json").stdout)
     network = status["clusters"][0]["network_detail"]
     assert network["flavour"] == "vde"
+    assert network["vde_profile"] == ("fast" if fast else "classic")
     roles = {p["role"] for p in network["processes"]}
-    assert {"switch node-01", "switch node-02", "cable node-02"} <= roles
+    [vid] = network["vlans"]
+    # the segment's gateway: on the outside router (classic model) or on the VPC's own router (vpc, the default)
+    [router] = [ns for ns in [outside(vde_cloud), *network["vpc_routers"].values()] if links.exists(ns, f"g{vid}")]
+    gateway_mtu = links.mtu(router, f"g{vid}")
+    if fast:
+        assert {f"segment switch node-01 vlan {vid}", f"segment switch node-02 vlan {vid}"} <= roles
+        assert f"segment cable node-02 vlan {vid}" in roles
+        assert not any(role.startswith(("switch ", "cable ")) for role in roles)
+        assert gateway_mtu == 9000
+        cable_role, switch_role = f"segment cable node-02 vlan {vid}", f"segment switch node-02 vlan {vid}"
+    else:
+        assert {"switch node-01", "switch node-02", "cable node-02"} <= roles
+        assert not any(role.startswith("segment") for role in roles)
+        assert gateway_mtu == 1500
+        cable_role, switch_role = "cable node-02", "switch node-02"
     assert any(role.startswith("gateway plug ") for role in roles)
     assert any(h["behind_nat"] for h in network["hosts"])
     assert network["healthy"]
 
     # Kill the cable the NATed host dialled: the supervisor notices, dials again, traffic flows again.
-    cable = next(p for p in network["processes"] if p["role"] == "cable node-02")
+    cable = next(p for p in _roles(network, cable_role) if p["kind"] in ("tcp-dialer", "unix-cable"))
     os.kill(cable["pid"], signal.SIGKILL)
 
     def repaired() -> bool:
         detail = json.loads(cli(vde_cloud, "status", "--json").stdout)["clusters"][0]["network_detail"]
-        return detail["healthy"] and any("cable node-02" in h for h in detail["history"])
+        return detail["healthy"] and any(cable_role in h for h in detail["history"])
 
     wait_until(repaired, 20, what="the cable's restart", interval_s=0.5)
     wait_until(
@@ -363,15 +401,15 @@ def test_vde_instances_on_two_hosts_reach_each_other_through_the_cable(vde_cloud
     )
     assert set(described(ec2, ids)) == set(ids)  # the records are intact
 
-    # Kill a switch: it is restarted with its VLANs, its cables dial again, and the node plugs the
+    # Kill a switch: it is restarted (classic: with its VLANs), its cables dial again, and the node plugs the
     # instance's NIC (a tap joined to the switch by a supervised vde_plug) in again: no restart of the guest.
     boot_id = ssh(vde_cloud, behind_nat, "cat /proc/sys/kernel/random/boot_id").stdout.strip()
-    switch = next(p for p in network["processes"] if p["role"] == "switch node-02")
+    [switch] = _roles(network, switch_role)
     os.kill(switch["pid"], signal.SIGKILL)
 
     def switch_back() -> list[str] | None:
         detail = json.loads(cli(vde_cloud, "status", "--json").stdout)["clusters"][0]["network_detail"]
-        events = [h for h in detail["history"] if "switch node-02 died; restarted" in h]
+        events = [h for h in detail["history"] if f"{switch_role} died; restarted" in h]
         return events if detail["healthy"] and events else None
 
     wait_until(switch_back, 20, what="the switch's restart", interval_s=0.5)

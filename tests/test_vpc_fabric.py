@@ -140,6 +140,9 @@ def test_one_vpc_in_two_zones_has_one_router_on_the_first_cluster(fabric_cloud: 
     hub, nated = network_of(fabric_cloud, "cluster1"), network_of(fabric_cloud, "cluster2")
     assert list(hub["vpc_routers"]) == [lab["vpc"]] and nated["vpc_routers"] == {}
     assert hub["vlans"] == nated["vlans"] and len(hub["vlans"]) == 2  # both subnets' VLANs, on both clusters
+    # the fabric trunks every VPC subnet over one cable: only vde_switch can, so it runs classic (the default
+    # profile, fast, is not used here, and status says so)
+    assert hub["vde_profile"] == nated["vde_profile"] == "classic"
     assert hub["edge"]["behind_nat"] is False and nated["edge"]["behind_nat"] is True
     roles = {p["role"]: p for p in nated["processes"]}
     assert roles["cluster cable cluster1"]["kind"] == "tcp-dialer" and roles["cluster cable cluster1"]["alive"]

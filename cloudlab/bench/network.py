@@ -178,14 +178,26 @@ def default_pairs(df: pd.DataFrame) -> list[tuple[str, str, str]]:
         if f"cloudlab:{kind}" in present and f"hand:{kind}" in present:
             pairs.append((f"cloudlab/hand {kind}", f"cloudlab:{kind}", f"hand:{kind}"))
     for builder in ("hand", "cloudlab"):
-        for direct, vde in (("bridge", "vde"), ("vm-bridge", "vm-vde")):
+        for direct, vde in (("bridge", "vde"), ("vm-bridge", "vm-vde"), ("vm-bridge", FAST_KIND)):
             if f"{builder}:{direct}" in present and f"{builder}:{vde}" in present:
                 pairs.append((f"VDE penalty {builder} {direct}/{vde}", f"{builder}:{direct}", f"{builder}:{vde}"))
+    for name, num, den in PROFILE_PAIRS:
+        if num in present and den in present:
+            pairs.append((name, num, den))
     for name, num, den in VPC_PAIRS:
         if num in present and den in present:
             pairs.append((name, num, den))
     return pairs
 
+
+#: cloudlab's vde profiles (cloudlab.cc.segments): the VDE penalty (direct ÷ vde, VM to VM) of each, and fast
+#: against classic. Named so that a reader finds the figure the issue asks for.
+FAST_KIND = "vm-vde-tap-vdeplug-switch-mtu9000"  # = cloudpaths.KIND_OF_PROFILE["fast"] (not imported: no cloud)
+PROFILE_PAIRS = (
+    ("VDE penalty --vde-profile fast (direct/vde)", "cloudlab:vm-bridge", f"cloudlab:{FAST_KIND}"),
+    ("VDE penalty --vde-profile classic (direct/vde)", "cloudlab:vm-bridge", "cloudlab:vm-vde"),
+    ("vde fast/classic", f"cloudlab:{FAST_KIND}", "cloudlab:vm-vde"),
+)
 
 #: The VPC placements' ratios: what crossing clusters costs; cloudlab's cross-cluster path against the hand-built.
 VPC_PAIRS = (
@@ -310,29 +322,78 @@ def vpc_suite(image: Any = None) -> list[Callable[[], AbstractContextManager[Pat
 def full_suite(
     hand: list[Callable[[], AbstractContextManager[PathUnderTest]]],
 ) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
-    """cloudlab's two flavours, each measured right before the hand-built path of the same kind (so
-    that a drift in the machine's load hits both sides of a ratio alike), then the remaining paths."""
-    from cloudlab.bench.cloudpaths import cloud_vms
-
-    ordered: list[Callable[[], AbstractContextManager[PathUnderTest]]] = []
-    for flavour, hand_kind in (("direct", handmade.vms_bridge), ("vde", handmade.vms_vde)):
-        ordered.append(functools.partial(cloud_vms, flavour))
-        ordered += [f for f in hand if getattr(f, "func", None) is hand_kind]
+    """cloudlab's direct flavour and both vde profiles, each measured right before the hand-built path of the
+    same kind (so that a drift in the machine's load hits both sides of a ratio alike), then the remaining
+    paths."""
+    ordered = vm_suite(hand)
     return ordered + [f for f in hand if f not in ordered] + vpc_suite()
 
 
+def _kind_of(factory: Any) -> str | None:
+    """The kind a hand-built VM factory yields (None for other paths), from its arguments."""
+    func, kw = getattr(factory, "func", None), getattr(factory, "keywords", {})
+    if func is handmade.vms_bridge:
+        return "vm-bridge"
+    if func is handmade.vms_vde:
+        if not kw:
+            return "vm-vde"
+        if kw == {"attach": "tap", "switch": "vdeplug-switch", "mtu": 9000}:
+            return FAST_KIND
+    return None
+
+
+def vm_suite(
+    hand: list[Callable[[], AbstractContextManager[PathUnderTest]]] | None = None, image: Any = None
+) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
+    """VM to VM only: cloudlab direct, vde classic, vde fast, each right before its hand-built twin (from
+    ``hand`` if it has one, else made here), the VDE penalty of both profiles in one run."""
+    from cloudlab.bench.cloudpaths import cloud_vms
+
+    twins = {
+        "vm-bridge": functools.partial(handmade.vms_bridge, image),
+        "vm-vde": functools.partial(handmade.vms_vde, image),
+        FAST_KIND: functools.partial(handmade.vms_vde, image, attach="tap", switch="vdeplug-switch", mtu=9000),
+    }
+    for factory in hand or []:
+        kind = _kind_of(factory)
+        if kind in twins:
+            twins[kind] = factory
+    ordered: list[Callable[[], AbstractContextManager[PathUnderTest]]] = []
+    for cloud, kind in (
+        (functools.partial(cloud_vms, "direct"), "vm-bridge"),
+        (functools.partial(cloud_vms, "vde", vde_profile="classic"), "vm-vde"),
+        (functools.partial(cloud_vms, "vde", vde_profile="fast"), FAST_KIND),
+    ):
+        ordered += [cloud, twins[kind]]
+    return ordered
+
+
 def report_lines(summary: pd.DataFrame, pairs: dict[str, dict[str, Any]] | None = None) -> list[str]:
-    lines = [f"{'path':22} {'Gbit/s (min–max)':>24} {'retr':>7} {'RTT ms':>8} {'CPU %':>6}"]
+    width = max([22, *(len(str(p)) for p in summary["path"])]) if "path" in summary else 22
+    lines = [f"{'path':{width}} {'Gbit/s (min–max)':>24} {'retr':>7} {'RTT ms':>8} {'CPU %':>6}"]
     for row in summary.itertuples():
         spread = f"{row.gbit_s_median:.3f} ({row.gbit_s_min:.3f}–{row.gbit_s_max:.3f})"
         lines.append(
-            f"{row.path:22} {spread:>24} {row.retransmits_median:7.0f} {row.rtt_ms_median:8.3f} "
+            f"{row.path:{width}} {spread:>24} {row.retransmits_median:7.0f} {row.rtt_ms_median:8.3f} "
             f"{row.host_cpu_pct_median:6.1f}"
         )
     for name, r in (pairs or {}).items():
         if r.get("ratio") is not None:
             lines.append(f"{name}: x{r['ratio']} ({r['low']}–{r['high']})")
     return lines
+
+
+def load_line(df: pd.DataFrame) -> str:
+    """The machine's 1-minute load average over the runs: another workload skews every figure, so it is said."""
+    load = pd.to_numeric(df.get("load_1m"), errors="coerce").dropna() if "load_1m" in df else pd.Series(dtype=float)
+    start = df.attrs.get("load_avg_start")
+    first = f"{start[0]:.2f}" if start else "?"
+    if load.empty:
+        return f"load average (1 min): {first} at the start"
+    return (
+        f"load average (1 min): {first} at the start, over the runs median {load.median():.2f} "
+        f"({load.min():.2f}–{load.max():.2f}) on {os.cpu_count()} CPUs"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,11 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transports", default="unix,tcp,ssh,udp")
     parser.add_argument("--chart", action="store_true", help="also write PNG charts")
     parser.add_argument("--vpc-only", action="store_true", help="only the VPC placements (same/cross-cluster, hand)")
+    parser.add_argument(
+        "--vde-only",
+        action="store_true",
+        help="only VM to VM: direct, vde fast and vde classic, each beside its hand-built twin (the VDE penalty)",
+    )
     args = parser.parse_args(argv)
     transports = [t for t in args.transports.split(",") if t]
     suite = handmade_suite(include_vms=not args.no_vms, transports=transports, variants=args.variants)
     if args.vpc_only:
         suite = vpc_suite()
+    elif args.vde_only:
+        suite = vm_suite()
     elif not args.no_cloud and not args.no_vms:
         suite = full_suite(suite)
     df = run_paths(suite, repeats=args.repeats, duration_s=args.duration, streams=args.streams)
@@ -359,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(df)
     if not summary.empty:
         print("\n".join(report_lines(summary, ratios(df))))
+    print(load_line(df))
     if args.chart and not summary.empty:
         from cloudlab.bench.chart import rtt_chart, throughput_chart
 

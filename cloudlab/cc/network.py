@@ -20,6 +20,9 @@ port of the group's VLAN on the first host's switch) and enforces the groups' in
 nftables. Everything here is recreated from the plan the CLC sends, so applying the same plan twice
 changes nothing.
 
+That is the classic VDE profile; the fast one (``profile="fast"``, :mod:`cloudlab.cc.segments`) gives each
+segment a vdeplug4 switch of its own on every host instead, with jumbo frames and a cable per segment.
+
 Clusters of one cloud on vde with VPCs are joined by :mod:`cloudlab.cc.fabric`: the first host's switch then
 has *uplinks*, cables to other clusters' switches, which carry every VPC subnet's VLAN and are supervised
 here like the cables between hosts. The root namespace's routes and the sweep are in
@@ -43,6 +46,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudlab.cc import network_adoption
 from cloudlab.cc.network_host import free_underlay, host_routes, sweep, underlay_lock
+from cloudlab.cc.segments import FastSegments
 from cloudlab.cc.vpc_routers import VpcRouters
 from cloudlab.config import CloudConfig
 from cloudlab.contract import FIRST_VLAN, Attachment, GroupSegment, NetworkPlan
@@ -53,6 +57,7 @@ from cloudlab.waiting import WaitTimeout, wait_until
 log = logging.getLogger(__name__)
 
 FLAVOURS = ("vde", "direct")
+PROFILES = ("fast", "classic")  # how vde switches frames (cloudlab.cc.segments; CloudConfig.vde_profile)
 #: Cable transports between hosts. (SSH cables work by hand, see the benchmark's cable paths, but on
 #: one machine they need an sshd per host namespace that reads its own authorized_keys: not built in.)
 CABLES = ("tcp", "unix")
@@ -99,6 +104,7 @@ class ClusterNetwork:
         run_dir: Path,
         nat_nodes: list[str] | None = None,
         cable: str = "tcp",
+        profile: str = "classic",
     ) -> None:
         if flavour not in FLAVOURS:
             raise NetError(f"unknown network flavour {flavour!r}: use vde or direct")
@@ -115,6 +121,8 @@ class ClusterNetwork:
             raise NetError(f"the first node ({nodes[0]}) hosts the router and cannot sit behind a NAT: pick another")
         if cable not in CABLES:
             raise NetError(f"unknown cable transport {cable!r}: use {' or '.join(CABLES)}")
+        if profile not in PROFILES:
+            raise NetError(f"unknown VDE profile {profile!r}: use {' or '.join(PROFILES)}")
         self.cluster = cluster
         self.flavour = flavour
         self.prefix = prefix
@@ -122,6 +130,9 @@ class ClusterNetwork:
         self.auto_underlay = underlay == "auto"
         self.run_dir = run_dir
         self.cable_kind = cable
+        self.profile = profile if flavour == "vde" else None
+        #: The fast profile's segment switches and their cables (cloudlab.cc.segments); None: classic or direct.
+        self.segments = FastSegments(self) if self.profile == "fast" else None
         self.outside = outside_namespace_of(prefix)
         self.root_link = prefix  # the veth end in the root namespace
         self.hosts: dict[str, Host] = {}
@@ -175,6 +186,7 @@ class ClusterNetwork:
             run_dir=layout.network_run_dir,
             nat_nodes=config.nat_nodes,
             cable=config.cable,
+            profile=config.vde_profile_in_use,
         )
 
     # -- checks -------------------------------------------------------------------------------------------
@@ -235,7 +247,7 @@ class ClusterNetwork:
         for host in self.hosts.values():
             self._build_host(host)
         first = next(iter(self.hosts.values()))
-        if self.flavour == "vde":
+        if self.flavour == "vde" and self.segments is None:  # (fast: a cable per segment, made with the segment)
             for host in list(self.hosts.values())[1:]:
                 self._cable(first, host)
         self.apply(NetworkPlan(cluster=self.cluster))
@@ -295,6 +307,8 @@ class ClusterNetwork:
         if self.flavour == "vde":
             host_dir = self.run_dir / host.node
             host_dir.mkdir(parents=True, exist_ok=True)
+            if self.segments is not None:
+                return  # its segments' switches come with the segments (carry_segment)
             host.switch = vde.VdeSwitch(
                 host_dir / "sw", host_dir / "mgmt", numports=SWITCH_PORTS, log=host_dir / "switch.log", netns=ns
             )
@@ -384,6 +398,11 @@ class ClusterNetwork:
                 links.bridge(first.namespace, f"br{vid}", vlan_filtering=False)
             links.veth(first.namespace, f"t{vid}", router_ns, gateway_link)
             links.set_master(first.namespace, f"t{vid}", f"br{vid}")
+        elif self.segments is not None:
+            self.carry_segment(vid)
+            self.gateway_plugs[vid] = self.segments.gateway(vid, gateway_link, router_ns)
+            self._wait_link(router_ns, gateway_link)
+            links.up(router_ns, gateway_link)
         else:
             self.carry_segment(vid)
             assert first.switch is not None
@@ -399,7 +418,12 @@ class ClusterNetwork:
 
     def carry_segment(self, vid: int) -> None:
         """VLAN ``vid`` on every switch, tagged on the cables between hosts and to other clusters (vde only):
-        all a cluster needs for a segment whose router is elsewhere (another cluster of the fabric)."""
+        all a cluster needs for a segment whose router is elsewhere (another cluster of the fabric).
+        Fast profile: the segment's own switch on every host, and a cable of its own between hosts."""
+        if self.segments is not None:
+            self.segments.carry(vid)
+            self.vlans.add(vid)
+            return
         first = next(iter(self.hosts.values()))
         for host in self.hosts.values():
             assert host.switch is not None
@@ -448,6 +472,15 @@ class ClusterNetwork:
         host = self.hosts[node]
         if self.flavour == "direct":
             return Attachment(kind="bridge", bridge=f"br{vlan}", netns=host.namespace)
+        if self.segments is not None:
+            return Attachment(
+                kind="vde",
+                sock=str(self.segments.switch(node, vlan).sock),
+                netns=host.namespace,
+                first_port=FIRST_INSTANCE_PORT,
+                last_port=SWITCH_PORTS - 1,
+                mtu=self.segments.attach_mtu(),
+            )
         assert host.switch is not None
         return Attachment(
             kind="vde",
@@ -475,6 +508,8 @@ class ClusterNetwork:
             found.append((f"gateway plug {vid}", plug))
         for peer, (cable, _port) in sorted(self.uplinks.items()):
             found.append((f"cluster cable {peer}", cable))
+        if self.segments is not None:  # switches before the gateway plugs, which die with them and follow
+            found = self.segments.processes() + found
         return found
 
     def supervise_once(self) -> list[str]:
@@ -489,6 +524,9 @@ class ClusterNetwork:
                     event = f"{time.strftime('%H:%M:%S')} {label} died; restarted"
                     if label.startswith("switch"):  # the nodes plug their instances in again themselves
                         self._reattach_after_switch(label.split(" ", 1)[1])
+                    elif label.startswith("segment switch") and self.segments is not None:
+                        _, _, node, _, vid = label.split(" ")
+                        self.segments.reattach(node, int(vid))
                 except Exception as exc:  # reported, retried on the next round
                     event = f"{time.strftime('%H:%M:%S')} {label} died; restart failed: {exc}"
                 log.warning("cluster %s: %s", self.cluster, event)
@@ -516,6 +554,7 @@ class ClusterNetwork:
     def describe(self) -> dict[str, Any]:
         return {
             "flavour": self.flavour,
+            "vde_profile": self.profile,
             "subnet": self.subnet,
             "underlay": str(self.underlay),
             "namespaces": {
@@ -557,6 +596,8 @@ class ClusterNetwork:
         for host in self.hosts.values():
             host.switch = None
             host.cables = []
+        if self.segments is not None:
+            self.segments.clear()
         sweep(self.prefix)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.vlans.clear()

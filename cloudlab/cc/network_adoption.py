@@ -40,6 +40,7 @@ def signature(network: Any) -> dict[str, Any]:
         "subnet": network.subnet,
         "underlay": str(network.underlay),
         "cable": network.cable_kind,
+        "profile": network.profile,
         "hosts": [[h.node, h.namespace, h.address, h.behind_nat] for h in network.hosts.values()],
     }
 

@@ -33,6 +33,12 @@ group("bench", help="benchmarks (results as CSV, JSON and charts)", state=False)
         arg("--no-vms", action="store_true", help="only namespaces and cables (no VMs)"),
         arg("--variants", action="store_true", help="also vde_plug2tap and ptp taps (ways to shrink VDE's cost)"),
         arg(
+            "--vde-only",
+            action="store_true",
+            help="only VM to VM: cloudlab direct, vde --vde-profile fast and classic, each beside its hand-built twin"
+            " (the VDE penalty of both profiles)",
+        ),
+        arg(
             "--vpc-only",
             action="store_true",
             help="only one VPC's pair within a cluster, across two clusters (through a NAT) and that path by hand",
@@ -47,7 +53,7 @@ def bench_network(args: argparse.Namespace) -> int:
     argv = ["--output", args.output, "--repeats", str(args.repeats), "--duration", str(args.duration),
             "--streams", str(args.streams), "--transports", args.transports, "--chart"]  # fmt: skip
     argv += ["--no-cloud"] * args.no_cloud + ["--no-vms"] * args.no_vms + ["--variants"] * args.variants
-    argv += ["--vpc-only"] * args.vpc_only
+    argv += ["--vpc-only"] * args.vpc_only + ["--vde-only"] * args.vde_only
     return network_main(argv)
 
 

@@ -41,6 +41,7 @@ UP_OPTIONS = {
     "nat_node": "nat_nodes",
     "nat_cluster": "nat_clusters",
     "cable": "cable",
+    "vde_profile": "vde_profile",
     "region": "region",
     "launch": "launch",
     "powersave_idle_s": "powersave_idle_s",
@@ -110,6 +111,12 @@ UP_OPTIONS = {
             " vde, --network-model vpc, --clusters 2+)",
         ),
         arg("--cable", choices=["tcp", "unix"], help="VDE cable transport between hosts (default tcp)"),
+        arg(
+            "--vde-profile",
+            choices=["fast", "classic"],
+            help="vde: fast (default; a vdeplug4 switch per segment and host, jumbo frames, MTU 9000) or classic"
+            " (one vde_switch per host, a VLAN per segment, MTU 1500: the 2008-style settings)",
+        ),
         arg("--timeout", type=float, default=90.0, help="seconds to wait for the API (default 90)"),
     ],
 )
@@ -258,8 +265,9 @@ def status(args: argparse.Namespace) -> int:
         network = cluster.get("network_detail")
         if network:
             health = "healthy" if network["healthy"] else "NOT HEALTHY"
+            profile = f" --vde-profile {network['vde_profile']}" if network.get("vde_profile") else ""
             print(
-                f"  network {network['flavour']} ({health}): subnet {network['subnet']}, "
+                f"  network {network['flavour']}{profile} ({health}): subnet {network['subnet']}, "
                 f"underlay {network['underlay']}, outside namespace {network['namespaces']['outside']} "
                 f"(cloudlab exec), VLANs {network['vlans'] or '-'}"
             )

@@ -128,6 +128,13 @@ CC_URL = arg("--cc", required=True, type=controller_url, metavar="URL", help="th
         arg("--accel", choices=["auto", "kvm", "tcg"], default="auto"),
         arg("--launch", choices=["restore", "boot"], default="restore", help="restore templates or boot cold"),
         arg("--template-nic", action="store_true", help="build the start-up template with a NIC"),
+        arg(
+            "--template-nic-mtu",
+            type=int,
+            default=0,
+            metavar="MTU",
+            help="that NIC's MTU (the fast VDE profile's 9000; default 0: the usual 1500)",
+        ),
         arg("--wake-s", type=float, metavar="S", help="a wake's boot time when POWERSAVE powered it down (2)"),
         arg("--verbose", action="store_true"),
     ],
@@ -153,6 +160,7 @@ def nc(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         launch=args.launch,
         template_nic=args.template_nic,
+        template_nic_mtu=args.template_nic_mtu,
         wake_s=args.wake_s,
     )
     return 0

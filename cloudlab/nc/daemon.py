@@ -36,6 +36,7 @@ def run_node(
     advertise: str | None = None,
     launch: str = "restore",
     template_nic: bool = False,
+    template_nic_mtu: int = 0,
     wake_s: float | None = None,
 ) -> None:
     """Run one NC until SIGTERM/SIGINT (or ``stop`` is set)."""
@@ -55,6 +56,7 @@ def run_node(
         on_change=nudger.changed,
         launch=launch,
         template_nic=template_nic,
+        template_nic_mtu=template_nic_mtu,
         **({} if wake_s is None else {"wake_s": wake_s}),
     )
     dispatcher = Dispatcher(f"nc-{name}", signer, verifier)

@@ -131,6 +131,9 @@ class Nic:
     address: str  # ADDR/PREFIX, set by the guest's init from the kernel command line
     gateway: str
     bridge: str  # "" for a booted template's NIC: a tap on no bridge (the same device; the back-end differs)
+    #: Not 0: the NIC's MTU (libvirt's ``<mtu>``: the tap's MTU, and virtio-net's ``host_mtu``, which the guest's
+    #: driver takes as its MTU at probe; a fast VDE segment's jumbo frames, see cloudlab.cc.segments).
+    mtu: int = 0
 
 
 def build_domain_xml(spec: DomainSpec) -> str:
@@ -239,6 +242,8 @@ def _add_nic(devices: ET.Element, nic: Nic) -> None:
     if nic.bridge:
         ET.SubElement(iface, "source", bridge=nic.bridge)
     ET.SubElement(iface, "model", type="virtio")
+    if nic.mtu:
+        ET.SubElement(iface, "mtu", size=str(int(nic.mtu)))
 
 
 def tap_of(xml: str) -> str | None:

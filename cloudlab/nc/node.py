@@ -80,6 +80,7 @@ class NodeController(NodeDisks, NodeNics, NodePower):
         on_change: Callable[[], None] | None = None,
         launch: str = "restore",
         template_nic: bool = False,
+        template_nic_mtu: int = 0,
         templates_dir: Path | None = None,
         wake_s: float = DEFAULT_WAKE_S,
     ) -> None:
@@ -125,9 +126,9 @@ class NodeController(NodeDisks, NodeNics, NodePower):
         self._events_lock = threading.Lock()
         self._refresh_held()
         # restore booted templates (cloudlab.nc.templates) or boot cold; the templates built at start have
-        # a NIC when the cloud has a network (``template_nic``)
+        # a NIC when the cloud has a network (``template_nic``), at the fast VDE profile's MTU on one
         self.launcher: Launcher | None = None
-        self._template_nic = template_nic
+        self._template_nic, self._template_nic_mtu = template_nic, template_nic_mtu
         if self.kind == "qemu":
             from cloudlab.images.cached import default_cache_dir
 
@@ -168,7 +169,7 @@ class NodeController(NodeDisks, NodeNics, NodePower):
             ramdisk=ramdisk,
             console_log=self.node_dir / "template-console.log",
             accel=self._accel,
-            nic=Nic("", "", "", "") if self._template_nic else None,
+            nic=Nic("", "", "", "", mtu=self._template_nic_mtu) if self._template_nic else None,
             scratch=self._scratch_disk(self.node_dir, DEFAULT_TEMPLATE_SCRATCH_GIB),  # only its size counts
         )
         key = launcher.key_for(spec)

@@ -105,7 +105,7 @@ class NodeNics:
         places = [place for _dom, meta in running.values() if (place := PlugPlace.from_metadata(meta)) is not None]
         if places:
             active = {}
-            for mgmt in {p.mgmt for p in places}:
+            for mgmt in {p.mgmt for p in places if p.managed}:
                 ports = self._vde_ports(mgmt)
                 active[mgmt] = set(ports) if ports is not None else None
             self.vde_nics.check(places, active)
@@ -149,7 +149,7 @@ class NodeNics:
         if attach.kind == "bridge":
             assert attach.bridge is not None
             return Nic(plan.mac, plan.address, plan.gateway, bridge=attach.bridge), None
-        if attach.sock is None or attach.mgmt is None:
+        if attach.sock is None:
             raise CloudError("InvalidParameterValue", f"the VDE attachment of {plan.instance_id} names no switch")
         first, last = attach.first_port or 0, attach.last_port or 0
         taken = set()
@@ -160,5 +160,5 @@ class NodeNics:
         port = next((p for p in range(first, last + 1) if p not in taken), None)
         if port is None:
             raise CloudError("InsufficientInstanceCapacity", f"node {self.name}'s VDE switch has no free port")
-        place = PlugPlace(attach.sock, attach.mgmt, port, plan.vlan, attach.netns)
-        return Nic(plan.mac, plan.address, plan.gateway, bridge=bridge_name(port)), place
+        place = PlugPlace(attach.sock, attach.mgmt or "", port, plan.vlan, attach.netns, attach.mtu or 0)
+        return Nic(plan.mac, plan.address, plan.gateway, bridge=bridge_name(port), mtu=attach.mtu or 0), place

@@ -120,10 +120,14 @@ class TemplateKey:
     libvirt_version: int
     format: int = TEMPLATE_FORMAT
     scratch_gib: float = 0  # the scratch disk (vda) the template has, of the same size as the instance's
+    nic_mtu: int = 0  # the NIC's MTU (virtio-net's host_mtu, taken by the guest at boot) when not the default
 
     @property
     def name(self) -> str:
-        data = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        fields = dataclasses.asdict(self)
+        if not fields["nic_mtu"]:
+            del fields["nic_mtu"]  # so templates of the default NIC keep the names they had before it existed
+        data = json.dumps(fields, sort_keys=True).encode()
         return "tpl-" + hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -392,7 +396,7 @@ class TemplateStore:
                 identity_socket=work / "identity.sock",
                 incoming=False,
                 metadata={},
-                nic=Nic(TEMPLATE_MAC, "", "", "") if spec.nic is not None else None,
+                nic=Nic(TEMPLATE_MAC, "", "", "", mtu=spec.nic.mtu) if spec.nic is not None else None,
                 scratch=self._scratch(work, key.scratch_gib),
                 memory_file=work / RAM_FILE,  # the same file in the folder it is renamed to
                 memory_shared=True,
@@ -503,6 +507,7 @@ class Launcher:
             qemu_version=self.qemu_version,
             libvirt_version=self.libvirt_version,
             scratch_gib=scratch_gib,
+            nic_mtu=spec.nic.mtu if spec.nic is not None else 0,
         )
 
     def template_for(self, spec: DomainSpec) -> Template | None:

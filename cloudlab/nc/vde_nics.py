@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 #: Metadata keys a VDE NIC's domain carries (strings, as all cloudlab metadata).
 META_SOCK, META_MGMT, META_PORT, META_VLAN, META_NETNS = "vde_sock", "vde_mgmt", "vde_port", "vde_vlan", "vde_netns"
+META_MTU = "vde_mtu"  # only on a fast segment's NIC (cloudlab.cc.segments), whose links all run at that MTU
 
 
 def bridge_name(port: int) -> str:
@@ -42,28 +43,47 @@ def plug_tap_name(port: int) -> str:
 
 @dataclass(frozen=True)
 class PlugPlace:
-    """Where one instance's NIC is plugged: the switch, its port, the VLAN of the port, the host namespace."""
+    """Where one instance's NIC is plugged: the switch, its port, the VLAN of the port, the host namespace.
+
+    On the fast profile's segment switch (``mgmt`` empty) there is no management: the switch is the segment's
+    own, so no VLAN is set, the port number only names the bridge and tap, and every link runs at ``mtu``."""
 
     sock: str
     mgmt: str
     port: int
     vlan: int
     netns: str
+    mtu: int = 0  # 0: the kernel's default (1500)
+
+    @property
+    def managed(self) -> bool:
+        """Whether the switch is a ``vde_switch`` whose port must be put in the instance's VLAN."""
+        return bool(self.mgmt)
 
     def metadata(self) -> dict[str, str]:
-        return {
+        meta = {
             META_SOCK: self.sock,
             META_MGMT: self.mgmt,
             META_PORT: str(self.port),
             META_VLAN: str(self.vlan),
             META_NETNS: self.netns,
         }
+        if self.mtu:
+            meta[META_MTU] = str(self.mtu)
+        return meta
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str]) -> PlugPlace | None:
         """The place recorded in a domain's metadata; None for a domain without a VDE NIC."""
         try:
-            return cls(meta[META_SOCK], meta[META_MGMT], int(meta[META_PORT]), int(meta[META_VLAN]), meta[META_NETNS])
+            return cls(
+                meta[META_SOCK],
+                meta[META_MGMT],
+                int(meta[META_PORT]),
+                int(meta[META_VLAN]),
+                meta[META_NETNS],
+                int(meta.get(META_MTU, 0)),
+            )
         except (KeyError, ValueError):
             return None
 
@@ -84,6 +104,8 @@ class VdeNics:
         with self._lock:
             if not links.exists(place.netns, bridge):
                 links.bridge(place.netns, bridge, vlan_filtering=False)
+            if place.mtu:
+                links.set_mtu(place.netns, bridge, place.mtu)
             self._plug(place)
         return bridge
 
@@ -92,7 +114,7 @@ class VdeNics:
         plug = self._plugs.get(place.port)
         if plug is None:
             _end_stale_plugs(place)
-            plug = vde_plugs.TapPlug(place.sock, plug_tap_name(place.port), place.netns, port=place.port)
+            plug = _tap_plug(place)
             self._plugs[place.port] = plug
         else:
             plug.stop()
@@ -104,6 +126,8 @@ class VdeNics:
 
     def _join_vlan(self, place: PlugPlace) -> None:
         """Put the port in the instance's VLAN: fails while a restarted switch does not have the VLAN yet."""
+        if not place.managed:
+            return  # a segment switch of its own: nothing to join
         with vde.VdeManagement(Path(place.mgmt)) as management:
             management.set_port_vlan(place.port, place.vlan)
         self._in_vlan.add(place.port)
@@ -113,16 +137,20 @@ class VdeNics:
 
         ``active_ports`` maps a switch's management socket to the ports it has connected (None when the
         switch does not answer: it is being restarted, so nothing can be plugged now; the next check will).
+        A segment switch has no management: its plug ends when the switch does, so a dead plug is the sign
+        (plugging in fails while the switch is not back, and the next check tries again).
         """
         events = []
         with self._lock:
             for place in places:
-                ports = active_ports.get(place.mgmt)
+                ports = active_ports.get(place.mgmt) if place.managed else {place.port}
                 if ports is None:
                     continue
                 plug = self._plugs.get(place.port)
                 try:
                     if plug is not None and plug.alive() and place.port in ports:
+                        if not place.managed:
+                            continue
                         if place.port not in self._in_vlan:
                             self._join_vlan(place)
                             events.append(f"port {place.port} put in VLAN {place.vlan} again")
@@ -143,7 +171,7 @@ class VdeNics:
             self._in_vlan.discard(place.port)
             if plug is None:
                 _end_stale_plugs(place)
-                plug = vde_plugs.TapPlug(place.sock, plug_tap_name(place.port), place.netns, port=place.port)
+                plug = _tap_plug(place)
             with contextlib.suppress(NetError, OSError):
                 plug.remove()
             with contextlib.suppress(NetError, OSError):
@@ -155,6 +183,14 @@ class VdeNics:
             for plug in self._plugs.values():
                 plug.stop()
             self._plugs.clear()
+
+
+def _tap_plug(place: PlugPlace) -> vde_plugs.TapPlug:
+    """The plug of ``place``'s tap: on a ``vde_switch`` pinned to the instance's port; on a segment switch
+    (which numbers its ports itself) unpinned, its tap at the segment's MTU."""
+    if not place.managed:
+        return vde_plugs.TapPlug(place.sock, plug_tap_name(place.port), place.netns, mtu=place.mtu or None)
+    return vde_plugs.TapPlug(place.sock, plug_tap_name(place.port), place.netns, port=place.port)
 
 
 def _end_stale_plugs(place: PlugPlace) -> None:

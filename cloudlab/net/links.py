@@ -208,6 +208,21 @@ def tap(ns: str, name: str) -> None:
     _add_link(ns, name, kind="tuntap", mode="tap")
 
 
+def set_mtu(ns: str, ifname: str, mtu: int) -> None:
+    """Set ``ifname``'s MTU (jumbo frames on a fast VDE segment: every link of the segment carries the same)."""
+    with _ipr(ns) as ipr:
+        try:
+            ipr.link("set", index=_index(ipr, ns, ifname), mtu=int(mtu))
+        except NetlinkError as exc:
+            raise _fail(f"setting the MTU of {ifname} in {ns} to {mtu}", exc) from exc
+
+
+def mtu(ns: str, ifname: str) -> int:
+    """``ifname``'s MTU."""
+    with _ipr(ns) as ipr:
+        return int(ipr.link("get", index=_index(ipr, ns, ifname))[0].get_attr("IFLA_MTU"))
+
+
 def set_master(ns: str, ifname: str, bridge: str) -> None:
     """Enslave ``ifname`` to ``bridge`` (a port; with VLAN filtering it starts as an access port of VLAN 1)."""
     with _ipr(ns) as ipr:
