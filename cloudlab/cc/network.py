@@ -45,7 +45,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudlab.cc import network_adoption
-from cloudlab.cc.network_host import free_underlay, host_routes, sweep, underlay_lock
+from cloudlab.cc.network_host import behind_a_home_router, free_underlay, host_routes, sweep, underlay_lock
 from cloudlab.cc.segments import FastSegments
 from cloudlab.cc.vpc_routers import VpcRouters
 from cloudlab.config import CloudConfig
@@ -271,34 +271,14 @@ class ClusterNetwork:
         prefixlen = self.underlay.prefixlen
         if host.behind_nat:
             assert host.nat_namespace is not None and host.public_address is not None
-            nat = host.nat_namespace
-            netns.create(nat)
-            links.veth(nat, "wan0", self.outside, f"n{host.index}")
-            links.set_master(self.outside, f"n{host.index}", "lan0")
-            links.add_address(nat, "wan0", f"{host.public_address}/{prefixlen}")
-            links.veth(nat, "in0", ns, "eth0")
-            inner = f"192.168.{100 + host.index}"
-            links.add_address(nat, "in0", f"{inner}.1/24")
-            links.add_address(ns, "eth0", f"{host.address}/24")
-            links.add_route(ns, "0.0.0.0/0", gateway=f"{inner}.1")
-            links.sysctl(nat, "net.ipv4.ip_forward", 1)
-            # Masquerade outgoing (the host dials out: registration, cables); forward only the NC's port in,
-            # as an administrator would for a node behind a home router.
-            netns.run(
-                nat,
-                ["nft", "-f", "-"],
-                input=(
-                    "table ip cloudlab_nat {\n"
-                    "  chain prerouting {\n"
-                    "    type nat hook prerouting priority dstnat;\n"
-                    f'    iifname "wan0" tcp dport {NC_PORT} dnat to {host.address}:{NC_PORT}\n'
-                    "  }\n"
-                    "  chain postrouting {\n"
-                    "    type nat hook postrouting priority srcnat;\n"
-                    '    oifname "wan0" masquerade\n'
-                    "  }\n"
-                    "}\n"
-                ),
+            behind_a_home_router(
+                host.nat_namespace,
+                ns,
+                self.outside,
+                host.index,
+                f"{host.public_address}/{prefixlen}",
+                host.address,
+                NC_PORT,
             )
         else:
             links.veth(ns, "eth0", self.outside, f"h{host.index}")

@@ -1,5 +1,6 @@
 """The host side of a cluster network: the root namespace's routes (so ranges never collide with the host's),
-a free underlay, and the sweep that removes everything a cloud's networks made (``cloudlab down``, a rebuild).
+a free underlay, a simulated host behind a home router, and the sweep that removes everything a cloud's
+networks made (``cloudlab down``, a rebuild).
 
 Split from :mod:`cloudlab.cc.network` (which re-exports these names) so that the cluster network reads as
 its build, plan, supervision and teardown.
@@ -20,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudlab.images.cached import locked
-from cloudlab.net import NetError, netns
+from cloudlab.net import NetError, links, netns
 
 T = TypeVar("T")
 
@@ -108,3 +109,34 @@ def _sweep(prefix: str) -> list[str]:
                 if exc.code != 19:
                     raise
     return removed
+
+
+def behind_a_home_router(
+    nat: str, ns: str, outside: str, index: int, public_cidr: str, address: str, nc_port: int
+) -> None:
+    """Host namespace ``ns`` behind NAT namespace ``nat``, whose ``wan0`` (``public_cidr``) is on the
+    underlay bridge as ``n<index>``: what the host dials out (registration, cables) is masqueraded and only
+    the NC's port is forwarded in, as an administrator would do for a node behind a home router."""
+    netns.create(nat)
+    links.veth(nat, "wan0", outside, f"n{index}")
+    links.set_master(outside, f"n{index}", "lan0")
+    links.add_address(nat, "wan0", public_cidr)
+    links.veth(nat, "in0", ns, "eth0")
+    inner = f"192.168.{100 + index}"
+    links.add_address(nat, "in0", f"{inner}.1/24")
+    links.add_address(ns, "eth0", f"{address}/24")
+    links.add_route(ns, "0.0.0.0/0", gateway=f"{inner}.1")
+    links.sysctl(nat, "net.ipv4.ip_forward", 1)
+    rules = (
+        "table ip cloudlab_nat {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat;\n"
+        f'    iifname "wan0" tcp dport {nc_port} dnat to {address}:{nc_port}\n'
+        "  }\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat;\n"
+        '    oifname "wan0" masquerade\n'
+        "  }\n"
+        "}\n"
+    )
+    netns.run(nat, ["nft", "-f", "-"], input=rules)
