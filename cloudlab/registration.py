@@ -8,6 +8,7 @@ so a restarted CC learns of it within seconds, until SIGTERM/SIGINT (or ``stop``
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -43,10 +44,20 @@ def controller_identity(pki_dir: Path, name: str, role: str, who: str) -> tuple[
 
 
 def stop_on_signals(stop: threading.Event) -> None:
-    """Set ``stop`` on SIGTERM and SIGINT (only the main thread may install handlers)."""
+    """Set ``stop`` on SIGTERM and SIGINT (only the main thread may install handlers); SIGUSR1 writes every
+    thread's stack to stderr (the daemon's log), for a controller that does not stop when told.
+
+    The handler sets ``stop`` from a thread of its own: a handler runs in the main thread between two
+    bytecodes, and if that thread is inside ``stop.wait()`` holding the event's (non-reentrant) lock at
+    that moment, ``stop.set()`` there would wait for that lock forever."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+        def on_signal(signum: int, frame: object) -> None:
+            threading.Thread(target=stop.set, name="stop-on-signal", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def keep_registered(

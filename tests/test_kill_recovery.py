@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 
 from cloudlab import processes, servicectl
 from cloudlab.paths import StateLayout
-from cloudlab.waiting import wait_until
+from cloudlab.waiting import WaitTimeout, wait_until
 from tests.clouds import (
     RunningCloud,
     console,
@@ -64,7 +65,14 @@ def test_kill_9_of_the_service_with_two_nodes(cloud_factory: Callable[..., Runni
     # its node controllers do not outlive it (they would hold the libvirt driver's lock). They are gone within
     # a second here; the bound is for a loaded host: at nice 19 beside a busy nice -5 QEMU and a second pytest
     # worker (load 9-10) their shutdown once took longer than 20 s
-    wait_until(lambda: not processes.node_controllers(cloud.layout), 90, what="the node controllers to exit")
+    try:
+        wait_until(lambda: not processes.node_controllers(cloud.layout), 90, what="the node controllers to exit")
+    except WaitTimeout:  # where they are stuck: each left one writes its threads' stacks to its log
+        for pid in processes.node_controllers(cloud.layout):
+            os.kill(pid, signal.SIGUSR1)
+        time.sleep(1)
+        logs = {p.parent.name: p.read_text()[-6000:] for p in cloud.layout.root.glob("nodes/*/nc.log")}
+        raise AssertionError(f"node controllers outlived the service: {logs}") from None
     assert set(servicectl.leftover_qemu(cloud.layout)) == qemu_before  # the guest does outlive them
 
     # `cloudlab up` again, as a user would (it reuses the saved configuration: two nodes)
