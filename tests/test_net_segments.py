@@ -9,6 +9,7 @@ network: the configuration field, the domain XML's ``<mtu>``, the template key, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -55,12 +56,12 @@ def _ours(run_dir: Path) -> list[int]:
     return [pid for pid, words in processes.command_lines() if any(mark in w for w in words)]
 
 
-@pytest.fixture(params=[("fast", "tcp"), ("fast", "unix"), ("classic", "tcp")], ids=lambda p: "-".join(p))
-def network(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClusterNetwork]:
+@contextlib.contextmanager
+def _built(profile: str, cable: str, tmp_path: Path) -> Iterator[ClusterNetwork]:
+    """Two hosts of one cluster (node-02 behind a NAT) with one group's segment, torn down to nothing after."""
     for mark in needs_network:
         if mark.args[0]:
             pytest.skip(mark.kwargs["reason"])
-    profile, cable = request.param
     net = ClusterNetwork(
         "cluster1",
         "vde",
@@ -82,6 +83,19 @@ def network(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClusterN
         net.teardown()
     assert netns.names(net.prefix + "-") == []
     assert _ours(tmp_path / "run") == []
+
+
+@pytest.fixture(params=[("fast", "tcp"), ("fast", "unix"), ("classic", "tcp")], ids=lambda p: "-".join(p))
+def network(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClusterNetwork]:
+    with _built(*request.param, tmp_path) as net:
+        yield net
+
+
+@pytest.fixture(params=["tcp", "unix"], ids=lambda cable: f"fast-{cable}")
+def fast_network(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClusterNetwork]:
+    """The fast profile only: what its segment switches do that the classic switch does not have."""
+    with _built("fast", request.param, tmp_path) as net:
+        yield net
 
 
 def _instance_tap(net: ClusterNetwork, node: str, port: int, address: str) -> vde_plugs.TapPlug:
@@ -126,9 +140,8 @@ def test_each_profile_builds_its_own_path_and_jumbo_frames_cross_the_fast_cable(
     plug.stop()
 
 
-def test_a_killed_segment_switch_is_restarted_with_its_cable_and_gateway(network: ClusterNetwork) -> None:
-    if network.profile != "fast":
-        pytest.skip("the classic switch's supervision is tests/test_net_vde.py's and test_network_cloud.py's")
+def test_a_killed_segment_switch_is_restarted_with_its_cable_and_gateway(fast_network: ClusterNetwork) -> None:
+    network = fast_network  # the classic switch's supervision is tests/test_net_vde.py's and test_network_cloud.py's
     plug = _instance_tap(network, "node-02", 80, "10.211.0.5")
     ns = plug.netns
     assert ns is not None
@@ -151,9 +164,8 @@ def test_a_killed_segment_switch_is_restarted_with_its_cable_and_gateway(network
     plug.stop()
 
 
-def test_the_node_plugs_an_unmanaged_nic_in_again_when_its_plug_dies(network: ClusterNetwork) -> None:
-    if network.profile != "fast":
-        pytest.skip("the managed NIC's re-plugging is tests/test_network_cloud.py's")
+def test_the_node_plugs_an_unmanaged_nic_in_again_when_its_plug_dies(fast_network: ClusterNetwork) -> None:
+    network = fast_network  # the managed NIC's re-plugging is tests/test_network_cloud.py's
     attach = network.attachment("node-01", VID)
     assert attach.sock is not None
     place = PlugPlace(attach.sock, "", 81, VID, attach.netns, segments.MTU)
