@@ -15,6 +15,7 @@ with a well-formed ``<ActionResponse>``.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import http.client
 import socket
 import sqlite3
@@ -98,8 +99,10 @@ class Endpoint:
                 sock.sendall(data)
                 if shutdown:
                     sock.shutdown(socket.SHUT_WR)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the server answered and closed before reading everything: its answer is still there
+            except OSError as error:  # EPIPE, ECONNRESET, or ENOTCONN from shutdown() once the peer has gone
+                if error.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    raise
+                # the server answered and closed before reading everything: its answer may still be there
             response = http.client.HTTPResponse(sock)
             response.begin()
             return Reply(response.status, response.getheader("Content-Type") or "", response.read())
