@@ -7,7 +7,10 @@ import dataclasses
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -155,6 +158,39 @@ def test_a_template_that_cannot_be_built_is_not_retried_at_once(launcher: Launch
     assert launcher.store.failed_recently(key)
     launcher.want(key, spec)
     assert not launcher._wanted  # nothing queued
+
+
+def test_a_closing_node_abandons_a_build_that_waits_for_another_builders_lock(
+    launcher: Launcher, spec: DomainSpec
+) -> None:
+    """Another process builds the same template (it holds the cache's lock): the node told to stop gives
+    up waiting at once, records no failure (the template can be built) and its builder thread ends."""
+    key = launcher.key_for(spec)
+    store = launcher.store
+    store.root.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_LOCK, str(store.root / f".{key.name}.lock")], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        launcher.want(key, spec)
+        wait_until(lambda: launcher._thread is not None and launcher._thread.is_alive(), 5, what="the builder")
+        started = time.monotonic()
+        launcher.close(timeout_s=20)
+        assert not launcher._thread.is_alive() and time.monotonic() - started < 10
+        assert not launcher.building and not store.failed_recently(key) and store.ready(key) is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD_A_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def test_a_template_build_tells_a_waiting_guest_from_one_that_booted_through() -> None:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,12 +99,28 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+class LockAbandoned(Exception):
+    """``locked`` gave up waiting because its caller is stopping."""
+
+
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) for the block: one builder at a time."""
+def locked(path: Path, abandon: threading.Event | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: one builder at a time.
+
+    With ``abandon``, the wait polls and raises LockAbandoned once it is set: a stopping controller must
+    not sit behind another process's build (and then do one itself for a cloud that is gone)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        if abandon is None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        else:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if abandon.wait(0.1):
+                        raise LockAbandoned(str(path)) from None
         try:
             yield
         finally:

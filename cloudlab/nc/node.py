@@ -197,6 +197,8 @@ class NodeController(NodeDisks, NodeNics, NodePower):
         dispatcher.serve(c.NODE_WAKE, lambda r, m: self.wake())
 
     def close(self) -> None:
+        if self.launcher is not None:
+            self.launcher.close()
         self.vde_nics.close()
         with contextlib.suppress(libvirt.libvirtError):
             self.conn.close()
@@ -497,13 +499,8 @@ class NodeController(NodeDisks, NodeNics, NodePower):
         except (TemplateError, libvirt.libvirtError) as exc:
             if isinstance(exc, libvirt.libvirtError) and vanished(exc):
                 raise  # terminated meanwhile: booting it cold would define it again
-            log.warning(
-                "node %s: %s not restored from %s (%s): booting it cold",
-                self.name,
-                spec.instance_id,
-                template.name,
-                exc,
-            )
+            what = (self.name, spec.instance_id, template.name, exc)
+            log.warning("node %s: %s not restored from %s (%s): booting it cold", *what)
         with contextlib.suppress(libvirt.libvirtError):
             dom.destroy()
         spec.console_log.write_bytes(b"")

@@ -60,12 +60,12 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import libvirt_qemu
 
 from cloudlab.files import write_atomic
 from cloudlab.guest import IDENTITY_ACK, TEMPLATE_CMDLINE_OPTION, TEMPLATE_WAITING_MARKER, has_booted
-from cloudlab.images.cached import locked
+from cloudlab.images.cached import LockAbandoned, locked
 from cloudlab.nc.domain_xml import DomainSpec, Nic, build_domain_xml
+from cloudlab.nc.guest_state import TemplateError, check_restored, punch_zero_pages, restore_state, save_state
 from cloudlab.waiting import WaitTimeout, wait_until
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,6 @@ TEMPLATE_MAC = "52:54:00:ff:ff:fe"
 #: interval (``max(1 s, uptime / 2)``, uptime ~3 s here), so the first random draw after a restore reseeds.
 SETTLE_S = 3.0
 BOOT_TIMEOUT_S = 90.0  # a template's boot to the waiting line (TCG on a busy host)
-SAVE_TIMEOUT_S = 60.0
 IDENTITY_TIMEOUT_S = 60.0  # from the resume: the state loading, then the guest reading its port (busy host)
 RETRY_FAILED_AFTER_S = 600.0  # a template that failed to build is not tried again for this long
 STATE_FILE = "state"
@@ -99,10 +98,6 @@ DEFAULT_TEMPLATE_SIZE = (1, 256)
 #: The scratch disk (GiB) of the start-up template: what the cloud controller gives an instance of an image
 #: without a disk (``clc/dispatch.py:SCRATCH_GIB``; a test keeps the two equal).
 DEFAULT_TEMPLATE_SCRATCH_GIB = 1
-
-
-class TemplateError(Exception):
-    """A template could not be built or restored (the launch then boots cold)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,81 +170,6 @@ def qcow2_size(path: Path) -> int:
     return int.from_bytes(header[24:32], "big")
 
 
-def _qmp(dom: libvirt.virDomain, command: str, files: list[int] | None = None, **arguments: Any) -> Any:
-    """One QMP command on the domain's monitor (with file descriptors to pass), its ``return``."""
-    text = json.dumps({"execute": command, "arguments": arguments} if arguments else {"execute": command})
-    if files:
-        reply, _ = libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, files, 0)
-    else:
-        reply = libvirt_qemu.qemuMonitorCommand(dom, text, 0)
-    answer = json.loads(reply)
-    if "error" in answer:
-        raise TemplateError(f"QEMU {command}: {answer['error'].get('desc', answer['error'])}")
-    return answer.get("return")
-
-
-def _migration_done(dom: libvirt.virDomain) -> bool:
-    status = (_qmp(dom, "query-migrate") or {}).get("status")
-    if status in ("failed", "cancelled"):
-        raise TemplateError(f"migration {status}")
-    return status == "completed"
-
-
-def _ignore_shared_ram(dom: libvirt.virDomain) -> None:
-    """Leave RAM in a file out of the stream: the template's RAM is its file already (``share=on``), and a
-    restored instance maps that file (``share=off``) instead of reading its pages from the stream. Both
-    ends must say so (it changes the stream's format)."""
-    _qmp(dom, "migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
-
-
-def save_state(dom: libvirt.virDomain, path: Path) -> None:
-    """Write ``dom``'s device state (a QEMU migration stream without the RAM) to ``path``; QEMU stops the
-    guest for the last pass.
-
-    The guest is *not* paused first: the stream records the run state it was taken in, and a guest saved
-    paused would stay paused where it is restored, whatever the restore asks (QEMU's ``autostart`` only
-    applies to a stream taken from a running guest). Its RAM is not in the stream, so there is nothing
-    to converge: the migration ends at once.
-    """
-    _ignore_shared_ram(dom)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _qmp(dom, "getfd", [fd], fdname="cloudlab-template")
-    finally:
-        os.close(fd)
-    _qmp(dom, "migrate-set-parameters", **{"max-bandwidth": 1 << 40})  # no RAM to send: one pass, no limit
-    _qmp(dom, "migrate", uri="fd:cloudlab-template")
-    wait_until(lambda: _migration_done(dom), SAVE_TIMEOUT_S, what="the template's state saved", interval_s=0.02)
-
-
-def restore_state(dom: libvirt.virDomain, path: Path) -> None:
-    """Feed a started ``-incoming defer`` domain the state in ``path`` and let it run once loaded (its RAM is the
-    template's file, mapped copy-on-write: nothing of it is read before the guest touches it)."""
-    _ignore_shared_ram(dom)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        _qmp(dom, "getfd", [fd], fdname="cloudlab-template")
-    finally:
-        os.close(fd)
-    _qmp(dom, "migrate-incoming", uri="fd:cloudlab-template")
-    # ``cont`` while the stream is still loading tells QEMU to run the guest the moment it is loaded (its
-    # ``autostart``), so no round trip through libvirt waits for it; a stream that fails to load leaves
-    # the guest stopped, which the identity handover then notices (and :func:`check_restored` tells).
-    # libvirt's own start of the domain sent a ``cont`` already, so a small stream may be loaded and the
-    # guest running before this one arrives: libvirt then refuses it ("already running"), which is fine
-    try:
-        dom.resume()
-    except libvirt.libvirtError:
-        if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
-            raise
-
-
-def check_restored(dom: libvirt.virDomain) -> None:
-    """Raise if the template's state did not load (after the guest answered, this is one quick question)."""
-    if not _migration_done(dom):
-        raise TemplateError("the template's state is not loaded")
-
-
 def identity_line(spec: DomainSpec, template: Template, now: float | None = None) -> str:
     """What a restored guest learns over its identity port (the words of a cold boot's command line, and more)."""
     words = [f"cloudlab.hostname={spec.instance_id}"]
@@ -311,33 +231,6 @@ def _template_progress(console: bytes) -> str | None:
     return "booted" if has_booted(console) else None
 
 
-def _punch_zero_pages(path: Path, page: int = 1 << 16) -> int:
-    """Turn the RAM file's zeroed runs back into holes (``init_on_free`` zeroes what the kernel freed, so
-    most of a booted guest's RAM is written zeros): less disk and page cache; a hole reads as zeros.
-    Returns the bytes left allocated."""
-    zero = bytes(page)
-    used = 0
-    fd = os.open(path, os.O_RDWR)
-    try:
-        size = os.fstat(fd).st_size
-        for offset in range(0, size, page):
-            if os.pread(fd, page, offset) == zero:
-                fallocate(fd, offset, page)
-            else:
-                used += page
-    finally:
-        os.close(fd)
-    return used
-
-
-def fallocate(fd: int, offset: int, length: int) -> None:
-    """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; where the file system cannot, the zeros stay (no harm)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate(fd, 0x02 | 0x01, ctypes.c_long(offset), ctypes.c_long(length))
-
-
 class TemplateStore:
     """The templates in one folder: finished ones, failed builds, and how to build one."""
 
@@ -374,75 +267,91 @@ class TemplateStore:
                     log.info("removing template %s (QEMU/libvirt changed)", info_file.parent.name)
                     shutil.rmtree(info_file.parent, ignore_errors=True)
 
-    def build(self, conn: libvirt.virConnect, key: TemplateKey, spec: DomainSpec) -> Template:
-        """Boot ``spec`` as a template, wait until it waits for its identity, save it (under a lock: once)."""
+    def build(
+        self, conn: libvirt.virConnect, key: TemplateKey, spec: DomainSpec, stopping: threading.Event | None = None
+    ) -> Template:
+        """Boot ``spec`` as a template, wait until it waits for its identity, save it (under a lock: once).
+
+        ``stopping`` (the node is closing) abandons the wait for another builder's lock and the boot."""
+        stopping = stopping or threading.Event()
         self.root.mkdir(parents=True, exist_ok=True)
-        with locked(self.root / f".{key.name}.lock"):
-            found = self.ready(key)
-            if found is not None:
-                return found
-            for stale in self.root.glob(f".{key.name}.*.tmp"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a killed build; we hold the lock
-            work = self.root / f".{key.name}.{os.getpid()}.tmp"
-            work.mkdir()
-            started = time.monotonic()
-            console = work / "console.log"
-            console.write_bytes(b"")
-            template_spec = dataclasses.replace(
-                spec,
-                instance_id=f"cloudlab-{key.name}",  # TEMPLATE_DOMAIN_PREFIX: not an instance (no "i-")
-                console_log=console,
-                cmdline=f"{spec.cmdline} {TEMPLATE_CMDLINE_OPTION} {TEMPLATE_ONLY_CMDLINE}",
-                identity_socket=work / "identity.sock",
-                incoming=False,
-                metadata={},
-                nic=Nic(TEMPLATE_MAC, "", "", "", mtu=spec.nic.mtu) if spec.nic is not None else None,
-                scratch=self._scratch(work, key.scratch_gib),
-                memory_file=work / RAM_FILE,  # the same file in the folder it is renamed to
-                memory_shared=True,
+        try:
+            with locked(self.root / f".{key.name}.lock", abandon=stopping):
+                return self._build_locked(conn, key, spec, stopping)
+        except LockAbandoned as exc:
+            raise TemplateError(f"template {key.name} not built: the node is stopping") from exc
+
+    def _build_locked(
+        self, conn: libvirt.virConnect, key: TemplateKey, spec: DomainSpec, stopping: threading.Event
+    ) -> Template:
+        found = self.ready(key)
+        if found is not None:
+            return found
+        for stale in self.root.glob(f".{key.name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build; we hold the lock
+        work = self.root / f".{key.name}.{os.getpid()}.tmp"
+        work.mkdir()
+        started = time.monotonic()
+        console = work / "console.log"
+        console.write_bytes(b"")
+        template_spec = dataclasses.replace(
+            spec,
+            instance_id=f"cloudlab-{key.name}",  # TEMPLATE_DOMAIN_PREFIX: not an instance (no "i-")
+            console_log=console,
+            cmdline=f"{spec.cmdline} {TEMPLATE_CMDLINE_OPTION} {TEMPLATE_ONLY_CMDLINE}",
+            identity_socket=work / "identity.sock",
+            incoming=False,
+            metadata={},
+            nic=Nic(TEMPLATE_MAC, "", "", "", mtu=spec.nic.mtu) if spec.nic is not None else None,
+            scratch=self._scratch(work, key.scratch_gib),
+            memory_file=work / RAM_FILE,  # the same file in the folder it is renamed to
+            memory_shared=True,
+        )
+        try:
+            dom = conn.createXML(build_domain_xml(template_spec), 0)
+        except libvirt.libvirtError as exc:
+            self._failed(key, f"cannot start: {exc}")
+            shutil.rmtree(work, ignore_errors=True)
+            raise TemplateError(f"template {key.name} cannot start: {exc}") from exc
+        try:
+            seen = wait_until(
+                lambda: _template_progress(console.read_bytes()) or ("stopping" if stopping.is_set() else None),
+                BOOT_TIMEOUT_S,
+                what=f"template {key.name} waiting for its identity",
+                interval_s=0.1,
             )
-            try:
-                dom = conn.createXML(build_domain_xml(template_spec), 0)
-            except libvirt.libvirtError as exc:
-                self._failed(key, f"cannot start: {exc}")
-                shutil.rmtree(work, ignore_errors=True)
-                raise TemplateError(f"template {key.name} cannot start: {exc}") from exc
-            try:
-                seen = wait_until(
-                    lambda: _template_progress(console.read_bytes()),
-                    BOOT_TIMEOUT_S,
-                    what=f"template {key.name} waiting for its identity",
-                    interval_s=0.1,
-                )
-                if seen == "booted":  # an init that knows no cloudlab.identity=channel: never a template
-                    raise TemplateError("the image booted through without waiting for an identity")
-                time.sleep(SETTLE_S)
-                save_state(dom, work / STATE_FILE)
-            except (WaitTimeout, TemplateError, libvirt.libvirtError, OSError) as exc:
+            if seen == "stopping":
+                raise TemplateError("the node is stopping")
+            if seen == "booted":  # an init that knows no cloudlab.identity=channel: never a template
+                raise TemplateError("the image booted through without waiting for an identity")
+            time.sleep(SETTLE_S)
+            save_state(dom, work / STATE_FILE)
+        except (WaitTimeout, TemplateError, libvirt.libvirtError, OSError) as exc:
+            if not stopping.is_set():  # a node that stops has not shown the template cannot be built
                 self._failed(key, str(exc))
-                shutil.rmtree(work, ignore_errors=True)
-                raise TemplateError(f"template {key.name} not built: {exc}") from exc
-            finally:
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-            folder = self.root / key.name
-            info = {
-                "key": dataclasses.asdict(key),
-                "built_at": time.time(),
-                "build_s": round(time.monotonic() - started, 2),
-                "state_bytes": (work / STATE_FILE).stat().st_size,
-                "ram_bytes_used": _punch_zero_pages(work / RAM_FILE),
-            }
-            write_atomic(work / INFO_FILE, json.dumps(info, indent=2) + "\n")
-            (work / "identity.sock").unlink(missing_ok=True)
-            (work / "scratch.qcow2").unlink(missing_ok=True)  # empty, as every instance's is at its start
-            shutil.rmtree(folder, ignore_errors=True)
-            os.rename(work, folder)
-            log.info(
-                "template %s built in %.1f s (state %d KiB, RAM %d MiB used)",
-                *(key.name, info["build_s"], info["state_bytes"] >> 10, info["ram_bytes_used"] >> 20),
-            )
-            return Template(key, folder / STATE_FILE)
+            shutil.rmtree(work, ignore_errors=True)
+            raise TemplateError(f"template {key.name} not built: {exc}") from exc
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+        folder = self.root / key.name
+        info = {
+            "key": dataclasses.asdict(key),
+            "built_at": time.time(),
+            "build_s": round(time.monotonic() - started, 2),
+            "state_bytes": (work / STATE_FILE).stat().st_size,
+            "ram_bytes_used": punch_zero_pages(work / RAM_FILE),
+        }
+        write_atomic(work / INFO_FILE, json.dumps(info, indent=2) + "\n")
+        (work / "identity.sock").unlink(missing_ok=True)
+        (work / "scratch.qcow2").unlink(missing_ok=True)  # empty, as every instance's is at its start
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(work, folder)
+        log.info(
+            "template %s built in %.1f s (state %d KiB, RAM %d MiB used)",
+            *(key.name, info["build_s"], info["state_bytes"] >> 10, info["ram_bytes_used"] >> 20),
+        )
+        return Template(key, folder / STATE_FILE)
 
     @staticmethod
     def _scratch(work: Path, size_gib: float) -> Path | None:
@@ -485,6 +394,7 @@ class Launcher:
         self._wanted: set[TemplateKey] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.on_built: Callable[[Template], None] | None = None
 
     def key_for(self, spec: DomainSpec) -> TemplateKey | None:
@@ -543,11 +453,22 @@ class Launcher:
         """Wait until no template is queued or being built (tests and benchmarks)."""
         wait_until(lambda: not self._wanted, timeout_s, what="templates built", interval_s=0.2)
 
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Abandon the build in progress (its QEMU destroyed, no failure recorded) before the node closes
+        libvirt: a node told to stop must not go on booting a template for a cloud that is gone."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+
     def _build_loop(self) -> None:
-        while True:
-            key, spec = self._queue.get()
+        while not self._stopping.is_set():
             try:
-                template = self.store.build(self.conn, key, spec)
+                key, spec = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                template = self.store.build(self.conn, key, spec, self._stopping)
                 if self.on_built is not None:
                     self.on_built(template)
             except TemplateError as exc:
