@@ -25,7 +25,16 @@ from cloudlab.client import connect
 from cloudlab.net import NetError, firewall, links, netns
 from cloudlab.net.vpc_edge import uplink_addresses
 from cloudlab.waiting import WaitTimeout, wait_until
-from tests.clouds import RunningCloud, cli, default_image, described, network_requirements, no_leftovers, start_cloud
+from tests.clouds import (
+    RunningCloud,
+    cli,
+    default_image,
+    described,
+    network_requirements,
+    no_leftovers,
+    start_cloud,
+    wait_states,
+)
 
 SYNC_BOUND_S = 10.0  # how long a change may take to reach the routers (promised: about a second)
 POOL = ipaddress.ip_network("198.51.100.0/24")
@@ -156,6 +165,47 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     # terminated: its auto-assigned address is free again, and its route gone
     ec2.terminate_instances(InstanceIds=[auto_id])
     eventually("the terminated instance's route to go", lambda: route_dev(cloud, auto_ip) is None)
+
+
+def test_stop_gives_up_the_auto_assigned_address_and_start_takes_a_fresh_one(cloud_factory: Any) -> None:
+    """EC2's rule: a stopped instance has no public address but its elastic one; started, it gets a new one."""
+    cloud = cloud_factory(hypervisor="test:///default", network="direct", network_model="vpc", nodes=1, node_vcpus=4)
+    ec2 = cloud.ec2()
+    image = default_image(ec2)
+    auto_id, elastic_id = (
+        ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"] for _ in range(2)
+    )
+    allocation = ec2.allocate_address(Domain="vpc")
+    ec2.associate_address(AllocationId=allocation["AllocationId"], InstanceId=elastic_id)
+    shown = wait_states(ec2, [auto_id, elastic_id], "running")
+    old_ip, private_ip = shown[auto_id]["PublicIpAddress"], shown[auto_id]["PrivateIpAddress"]
+    router = router_of(cloud, shown[auto_id]["VpcId"])
+    uplink = f"v{slot_of(router)}"
+    eventually("the auto-assigned address routed", lambda: route_dev(cloud, old_ip) == uplink)
+
+    ec2.stop_instances(InstanceIds=[auto_id, elastic_id])
+    stopped = wait_states(ec2, [auto_id, elastic_id], "stopped")
+    assert "PublicIpAddress" not in stopped[auto_id]
+    assert "Association" not in stopped[auto_id]["NetworkInterfaces"][0]
+    assert stopped[auto_id]["PrivateIpAddress"] == private_ip, "the private address stays"
+    assert stopped[elastic_id]["PublicIpAddress"] == allocation["PublicIp"], "an elastic address stays associated"
+    eventually("the released address's route to go", lambda: route_dev(cloud, old_ip) is None)
+    assert old_ip not in firewall.listing(router)
+    assert route_dev(cloud, allocation["PublicIp"]) == uplink
+    # the address is the pool's again: the next allocation (lowest free first) takes it
+    taker = ec2.allocate_address(Domain="vpc")
+    assert taker["PublicIp"] == old_ip
+
+    ec2.start_instances(InstanceIds=[auto_id, elastic_id])
+    started = wait_states(ec2, [auto_id, elastic_id], "running")
+    new_ip = started[auto_id]["PublicIpAddress"]
+    assert ipaddress.ip_address(new_ip) in POOL and new_ip not in (old_ip, allocation["PublicIp"])
+    assert started[auto_id]["NetworkInterfaces"][0]["Association"]["PublicIp"] == new_ip
+    assert started[elastic_id]["PublicIpAddress"] == allocation["PublicIp"]
+    eventually("the fresh address routed to the same router", lambda: route_dev(cloud, new_ip) == uplink)
+    assert f"ip daddr {new_ip} dnat to {private_ip}" in firewall.listing(router)
+    assert old_ip not in firewall.listing(router), "the old address's translation is gone"
+    assert route_dev(cloud, old_ip) is None, "the old address is not routed back (it is allocated, unassociated)"
 
 
 # -- real VMs ------------------------------------------------------------------------------------------------
