@@ -10,8 +10,9 @@ other. The router forwards between its VPC's subnets and answers the metadata ad
 applying a plan twice changes nothing.
 
 Each router has an uplink into the cluster's outside namespace (:mod:`cloudlab.net.vpc_edge`): while its VPC
-has an internet gateway, its instances' public addresses are translated 1:1 there and the rest masqueraded;
-the outside namespace routes each public address to its router. Without a gateway the uplink carries nothing.
+has an internet gateway, its instances' public addresses are translated 1:1 there (instances without one do not
+get out, as on EC2); the outside namespace routes each public address to its router. Without a gateway the uplink
+carries nothing.
 
 In a VDE fabric of several clusters (:mod:`cloudlab.cc.fabric`), a VPC has one router, on its home
 cluster; the plan of every other cluster names that home (``VpcRouter.home``), and there this class only
