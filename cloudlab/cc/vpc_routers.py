@@ -76,7 +76,9 @@ class VpcRouters:
         links.sysctl(ns, "net.ipv4.ip_forward", 1)
         links.add_address(ns, "lo", f"{METADATA_ADDRESS}/32")
         if not self.namespaces:  # the first router: the outside namespace's guard on what comes up the uplinks
-            firewall.apply(self.network.outside, vpc_edge.outside_ruleset())
+            edge = self.network.edge or {}  # (a direct cloud's zones share a WAN: cloudlab.cc.public_wan)
+            guard = vpc_edge.outside_ruleset(edge.get("public_pool_routed"), edge.get("wan_range"))
+            firewall.apply(self.network.outside, guard)
         outside_end, router_end = vpc_edge.uplink_addresses(router.slot)
         link = vpc_edge.outside_link(router.slot)
         links.veth(self.network.outside, link, ns, vpc_edge.UPLINK)

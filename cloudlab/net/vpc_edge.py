@@ -80,14 +80,25 @@ def ruleset(nats: Sequence[ElasticNat], internet: bool) -> str:
     return "\n".join(out) + "\n"
 
 
-def outside_ruleset() -> str:
+def outside_ruleset(public_pool: str | None = None, wan: str | None = None) -> str:
     """The outside namespace's guard (table ``inet cloudlab_uplinks``): traffic from a VPC router's uplink
-    (``v<slot>``) reaches the outside namespace and other uplinks, nothing else."""
+    (``v<slot>``) reaches the outside namespace and other uplinks, nothing else. With ``public_pool`` (the
+    zones of a direct cloud share a WAN, :mod:`cloudlab.cc.public_wan`), the pool's addresses are also
+    forwarded between the uplinks and the WAN (``wan0``), as are answers to the other zones' public sides
+    (``wan``, the WAN's range: ``cloudlab exec`` there reaching this zone's public addresses), and nothing else
+    crosses it."""
+    lines = []
+    if public_pool is not None:
+        pool = str(ipaddress.IPv4Network(public_pool, strict=False))
+        lines += [f'    iifname "v*" oifname "wan0" ip daddr {pool} accept']
+        lines += [f'    iifname "v*" oifname "wan0" ip daddr {wan} accept'] if wan else []
+        lines += [f'    iifname "wan0" oifname "v*" ip daddr {pool} accept', '    iifname "wan0" drop']
+    lines.append('    iifname "v*" oifname != "v*" drop')
     return (
         f"table inet {OUTSIDE_TABLE} {{\n"
         "  chain forward {\n"
         "    type filter hook forward priority filter; policy accept;\n"
-        '    iifname "v*" oifname != "v*" drop\n'
-        "  }\n"
+        + "".join(f"{line}\n" for line in lines)
+        + "  }\n"
         "}\n"
     )
