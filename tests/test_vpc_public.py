@@ -388,6 +388,7 @@ def test_a_started_instance_answers_at_its_fresh_address_only(lab: dict[str, Any
     new_ip = wait_states(ec2, [auto], "running", timeout=120)[auto]["PublicIpAddress"]
     assert new_ip != old_ip and ipaddress.ip_address(new_ip) in POOL
     connect(str(cloud.layout.root)).wait_booted([auto], timeout=300)
+    assert in_guest(lab, auto, "echo up").strip() == "up"  # (sshd answers: booted again)
     assert becomes("the fresh address to answer", lambda: pinged_from_public_side(lab, new_ip))
     result = cli(cloud, "ssh", "--public", auto, "--", "hostname")
     assert result.stdout.strip() == auto, result.stderr
