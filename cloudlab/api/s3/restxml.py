@@ -249,7 +249,8 @@ _PLANS: dict[str, tuple[tuple[str, str, Shape, str], ...]] = {}
 
 
 def _plan(shape: StructureShape) -> tuple[tuple[str, str, Shape, str], ...]:
-    """(member, wire name, shape, how) per member, compiled once per shape: "attr", "flat" or "element"."""
+    """(member, wire name, shape, how) per member, compiled once per shape: "attr", "flat", "scalar" or
+    "element"."""
     plan = _PLANS.get(shape.name)
     if plan is None:
         entries = []
@@ -258,6 +259,8 @@ def _plan(shape: StructureShape) -> tuple[tuple[str, str, Shape, str], ...]:
             how = "attr" if member.serialization.get("xmlAttribute") else "element"
             if isinstance(member, ListShape) and member.serialization.get("flattened"):
                 how = "flat"
+            elif how == "element" and not isinstance(member, StructureShape | ListShape):
+                how = "scalar"  # written in place: a listing has ~6,000 of them per page
             entries.append((name, wire, member, how))
         plan = _PLANS[shape.name] = tuple(entries)
     return plan
@@ -271,7 +274,9 @@ def _write_element(tag: str, shape: Shape, value: Any, out: list[str], top: bool
             item = value.get(name)
             if item is None:
                 continue
-            if how == "attr":
+            if how == "scalar":
+                inner.append(f"<{wire}>{xml_escape(item) if isinstance(item, str) else _text(member, item)}</{wire}>")
+            elif how == "attr":
                 if wire.startswith("xsi:"):
                     attributes += f' xmlns:xsi="{XSI}"'
                 attributes += f' {wire}="{xml_escape(str(item))}"'
