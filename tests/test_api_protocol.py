@@ -1179,3 +1179,19 @@ def test_unix_timestamps_format_as_through_datetime() -> None:
     assert format_timestamp(1_764_882_000) == "2025-12-04T21:00:00.000Z"
     assert format_timestamp(-1.5) == "1969-12-31T23:59:58.500Z"  # outside the fast path, as before
     assert format_timestamp(datetime(2026, 1, 2, 3, 4, 5, 678_900)) == "2026-01-02T03:04:05.678Z"
+
+
+def test_http_dates_of_unix_times_as_through_datetime() -> None:
+    """S3's Last-Modified header: numbers formatted once per whole second, the same as before, rounding
+    into the next second included."""
+    import random
+    from datetime import UTC, datetime
+    from email.utils import format_datetime
+
+    from cloudlab.api.s3.restxml import http_date
+
+    rng = random.Random(7)
+    values = [0, 0.5, 1.9999995, 1.9999996, 2**34 - 1, -1.0] + [rng.uniform(0, 2**34) for _ in range(20_000)]
+    expected = [format_datetime(datetime.fromtimestamp(v, UTC), usegmt=True) for v in values]
+    assert [http_date(v) for v in values] == expected
+    assert http_date(1.9999996) == "Thu, 01 Jan 1970 00:00:02 GMT"

@@ -85,16 +85,21 @@ _SECONDS: dict[int, str] = {}  # a whole Unix second -> "YYYY-MM-DDTHH:MM:SS", e
 _SECONDS_KEPT = 4096
 
 
-def _unix_timestamp(value: float) -> str:
-    """``format_timestamp`` of Unix seconds, exactly as through ``datetime.fromtimestamp`` (microseconds
-    rounded half to even, as it rounds them), with the date and time of day formatted once per second: a
-    listing of 1,000 keys has 1,000 timestamps, mostly of a few seconds, and building a datetime for each
-    was a fifth of its time."""
+def unix_second(value: float) -> tuple[int, int]:
+    """Whole Unix second and microseconds of ``value`` >= 0, as ``datetime.fromtimestamp`` splits them
+    (microseconds rounded half to even, a carry into the next second)."""
     fraction, whole = math.modf(value)
     micro = round(fraction * 1e6)
     if micro >= 1_000_000:
         whole, micro = whole + 1, micro - 1_000_000
-    second = int(whole)
+    return int(whole), micro
+
+
+def _unix_timestamp(value: float) -> str:
+    """``format_timestamp`` of Unix seconds, exactly as through ``datetime.fromtimestamp``, with the date
+    and time of day formatted once per second: a listing of 1,000 keys has 1,000 timestamps, mostly of a
+    few seconds, and building a datetime for each was a fifth of its time."""
+    second, micro = unix_second(value)
     text = _SECONDS.get(second)
     if text is None:
         d = datetime.fromtimestamp(second, UTC)

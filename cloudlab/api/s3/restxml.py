@@ -27,6 +27,7 @@ from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
 
 from cloudlab.api.protocol import format_timestamp, xml_escape
+from cloudlab.api.query_output import unix_second
 from cloudlab.api.s3.model import ROOT_ELEMENTS, XML_NAMESPACE
 from cloudlab.walrus.errors import WalrusError
 
@@ -87,9 +88,24 @@ def parse_time(text: str, where: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+_HTTP_DATES: dict[int, str] = {}  # a whole Unix second -> its HTTP date (Last-Modified of every GET and HEAD)
+
+
 def http_date(value: float | datetime) -> str:
-    moment = value if isinstance(value, datetime) else datetime.fromtimestamp(value, UTC)
-    return format_datetime(moment.astimezone(UTC), usegmt=True)
+    """RFC 7231's date (whole seconds); a number's is formatted once per second (``format_datetime`` is a
+    few microseconds of every GET's answer)."""
+    if isinstance(value, datetime):
+        return format_datetime(value.astimezone(UTC), usegmt=True)
+    if not 0 <= value < 2**34:
+        return format_datetime(datetime.fromtimestamp(value, UTC), usegmt=True)
+    second, _ = unix_second(value)
+    text = _HTTP_DATES.get(second)
+    if text is None:
+        text = format_datetime(datetime.fromtimestamp(second, UTC), usegmt=True)
+        if len(_HTTP_DATES) >= 4096:
+            _HTTP_DATES.clear()
+        _HTTP_DATES[second] = text
+    return text
 
 
 # -- input -----------------------------------------------------------------------------------------
