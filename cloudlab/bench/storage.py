@@ -435,7 +435,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
                 continue
             lines.append(f"{job:<15}{target:<20}{m['median']:>16.1f}{i['median']:>10.0f}"
                          f"{m['min']:>11.1f} – {m['max']:<8.1f}")  # fmt: skip
-    lines.append("cloud ÷ hand (median MiB/s; range over repeats); target ≥ 0.9 for volumes")
+    lines.append("cloud ÷ hand (median MiB/s; range over repeats); target ≥ 0.9 for volume-linked")
     lines.append("  (volume-linked: the hand export across a veth, as the SC's; volume: in the guest's namespace)")
     for name, ratio in result["ratios"].items():
         text = "n/a" if ratio is None else f"{ratio['ratio']:.3f}  ({ratio['low']:.3f} – {ratio['high']:.3f})"
