@@ -151,6 +151,30 @@ def test_unknown_key_and_wrong_secret(s3: S3Endpoint, bucket: str) -> None:  # n
     assert error_code(excinfo) == "SignatureDoesNotMatch"
 
 
+def test_a_deactivated_key_or_disabled_user_fails_on_the_next_request(s3: S3Endpoint, bucket: str) -> None:  # noqa: F811
+    """The endpoint keeps the keys it has looked up, but only while the users' database is unchanged: a
+    key deactivated (or a user disabled) between two requests of one keep-alive client is refused at once."""
+    from cloudlab.clc.users import Users
+
+    assert s3.store is not None
+    users = Users(s3.store, None)
+    key = s3.new_user("revoked")
+    client = s3.client(key)
+    name = s3.bucket(client, prefix="revoke")
+    for _ in range(3):  # looked up once, then from memory
+        assert client.head_bucket(Bucket=name)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    users.set_enabled(key.user_name, False)
+    with pytest.raises(ClientError) as excinfo:
+        client.head_bucket(Bucket=name)
+    assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    users.set_enabled(key.user_name, True)
+    assert client.list_objects_v2(Bucket=name)["KeyCount"] == 0
+    users.revoke_key(key.user_name, key.access_key)
+    with pytest.raises(ClientError) as excinfo:
+        client.list_objects_v2(Bucket=name)
+    assert error_code(excinfo) == "InvalidAccessKeyId"
+
+
 # -- payload modes -----------------------------------------------------------------------------------
 
 

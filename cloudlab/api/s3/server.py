@@ -150,18 +150,38 @@ def _drained(stream: Any, limit: int = 64 * 1024) -> bool:
 
 
 class Directory:
-    """The cloud's users as S3 principals: by access key (with the secret), by name, by canonical id."""
+    """The cloud's users as S3 principals: by access key (with the secret), by name, by canonical id.
+
+    Every signed request looks up its access key; the answers are kept while the users' database is
+    unchanged (:meth:`Store.data_version`, read before each lookup, moves with any commit by anyone),
+    so a key that is deactivated or a user who is disabled fails on the very next request, as before.
+    Unknown keys are not kept (a client spraying made-up keys cannot fill memory).
+    """
+
+    MAX_KEPT = 4096
 
     def __init__(self, users: Any) -> None:
         self._users = users
         self._by_cid: dict[str, Principal] = {}
+        store = getattr(users, "store", None)
+        self._version: Callable[[], int] | None = getattr(store, "data_version", None)
+        self._keys: dict[str, tuple[int, tuple[Principal, str]]] = {}
 
     def key(self, access_key: str) -> tuple[Principal, str] | None:
+        version = self._version() if self._version is not None else None
+        kept = self._keys.get(access_key) if version is not None else None
+        if kept is not None and kept[0] == version:
+            return kept[1]
         hit = self._users.authenticate(access_key)
         if hit is None:
             return None
         user, secret = hit
-        return Principal(user.name, user.user_id, user.is_admin), secret
+        found = Principal(user.name, user.user_id, user.is_admin), secret
+        if version is not None:
+            if len(self._keys) >= self.MAX_KEPT:
+                self._keys.clear()
+            self._keys[access_key] = (version, found)
+        return found
 
     def named(self, name: str) -> Principal | None:
         user = self._users.get(name)
