@@ -399,3 +399,20 @@ def test_a_node_takes_a_root_volume_as_fresh_only_when_the_cloud_says_so(tmp_pat
     assert fresh_root((c.DiskPlan("vol-1", "vda", export),)) == {}  # attached before: boots cold
     assert fresh_root((c.DiskPlan("vol-1", "vdb", export, str(disk), 8),)) == {}
     assert fresh_root((c.DiskPlan("vol-1", "vda", export, str(tmp_path / "elsewhere"), 8),)) == {}
+
+
+def test_the_launch_benchmark_reports_which_image_against_its_target() -> None:
+    from cloudlab.bench.__main__ import main
+    from cloudlab.bench.launch import IMAGES, report_lines
+
+    figures = {"median": 1.5}
+    side = {"ssh_s": figures, "marker_s": figures, "started_as_asked": 3, "idle_rss_mib": {}, "idle_pss_mib": {}}
+    result = {"repeats": 3, "restore": side, "boot": side, "image": "cloudlab-debian", "target_restored_ssh_s": 2.0}
+    result |= {"ratio_boot_to_restore_ssh": 1.0, "ratio_boot_to_restore_marker": 1.0}
+    assert (
+        report_lines(result)[0].startswith("cloudlab-debian: RunInstances→SSH answering")
+        and "< 2 s" in report_lines(result)[0]
+    )
+    assert IMAGES["debian"][1] == "cloudlab-debian" and IMAGES["default"][2] == 1.0
+    with pytest.raises(SystemExit):
+        main(["--only", "launch", "--launch-image", "windows"])
