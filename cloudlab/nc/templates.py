@@ -34,6 +34,12 @@ What siblings of one template would share, and what each gets instead (see ``ima
 * the clock: the stream resumes the guest's clock where the template stopped; the identity carries the
   host's time, and init sets it (to the second) before anything else runs.
 
+An image with a disk (cloudlab-debian) has templates too, keyed also by the disk's sha256 and the root
+volume's size: the template boots its root read-only (:func:`template_cmdline`) on a throwaway overlay of the
+disk, which must hold nothing of its own after the save (:func:`written_clusters`), so the saved page cache
+is the disk's content, and an instance is restored onto its own new root volume (an overlay of that disk,
+which nothing has written yet: ``DiskPlan.fresh_from``; any other root volume boots cold).
+
 Templates live in a machine-wide cache (``<cache>/templates``; on one machine every simulated node
 shares it, as they share the image cache), one folder per :class:`TemplateKey` digest: the image files'
 contents, the kernel command line, vCPUs and memory, NIC or none, accelerator and the QEMU and libvirt
