@@ -137,6 +137,18 @@ class _HttpChunked:
         return bytes(out)
 
 
+def _drained(stream: Any, limit: int = 64 * 1024) -> bool:
+    """Read what an operation left of its body, up to ``limit`` bytes: the HTTP chunked terminator after an
+    aws-chunked body (boto3 over HTTPS nests the two), else a next request on the kept-alive connection
+    would begin with it. Whether the body is now read to its end."""
+    while stream.remaining > 0 and limit > 0:
+        data = stream.read(min(limit, 16 * 1024))
+        if not data:
+            break
+        limit -= len(data)
+    return stream.remaining <= 0
+
+
 class Directory:
     """The cloud's users as S3 principals: by access key (with the secret), by name, by canonical id."""
 
@@ -334,7 +346,9 @@ class S3Handler(LeanRequestHandler):
                 self.api.directory.named, self.api.directory.canonical,
             )  # fmt: skip
             output = OPERATIONS[name](call)
-            body_left = body_left and stream.remaining > 0
+            body_left = body_left and not _drained(stream)
+            if body_left:  # more than a framing's tail left unread: the next request's start is unknown
+                self.close_connection = True
             status_override = output.pop("_status", None)
             status, out_headers, body = serialize_output(op, output)
             out_headers = [("x-amz-request-id", request_id), *cors_headers, *out_headers]
