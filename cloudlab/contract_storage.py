@@ -27,6 +27,12 @@ class DiskPlan:
     volume_id: str
     device: str  # vda, vdb, ... (the guest sees the disks in this order)
     export: NbdExport
+    #: Set only for a root volume made for this very start from an image's disk (its copy-on-write overlay,
+    #: nothing has written it yet): that disk, and the volume's size. Its content is then the image disk's
+    #: exactly, so the node may restore a booted template of that disk on it (``cloudlab.nc.templates``);
+    #: a volume that was ever attached (a retried start, a StartInstances after a stop) boots cold.
+    fresh_from: str | None = None
+    size_gib: int = 0
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ DEFAULT_IMAGE_NAME = "cloudlab-default"
 #: The name of the Debian image (``cloudlab image build debian``: Debian 12 with cloud-init, on a disk).
 DEBIAN_IMAGE_NAME = "cloudlab-debian"
 #: The first line a guest prints: how it was started ("cold boot", or "restored from template TPL" for a
-#: guest restored from a booted template; cloudlab-debian says "cold boot" only so far).
+#: guest restored from a booted template, in cloudlab-debian too).
 LAUNCH_MARKER = "cloudlab-launch: "
 #: What a booted template's init prints once it waits for its identity (``cloudlab.identity=channel``),
 #: and the virtio-serial port it waits on; a restored guest answers :data:`IDENTITY_ACK` on that port.

@@ -335,3 +335,84 @@ def test_a_scratch_disk_is_a_fresh_copy_of_one_blank_qcow2_per_size(tmp_path: Pa
     with disk.open("ab") as handle:
         handle.write(b"written by the guest")
     assert NodeDisks._scratch_disk(first, 1).read_bytes() == (tmp_path / "blank-1G.qcow2").read_bytes()
+
+
+def test_a_fresh_root_volume_of_an_image_disk_keys_a_template_by_the_disks_digest(
+    tmp_path: Path, launcher: Launcher, spec: DomainSpec
+) -> None:
+    import hashlib
+
+    from cloudlab.nc.domain_xml import Volume
+
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"disk-1")
+    root = Volume("vol-1", "vda", "h", 1, "vol-1")
+    fresh = dataclasses.replace(spec, volumes=(root,), root_backing=disk, root_gib=2)
+    key = launcher.key_for(fresh)
+    assert key is not None and key.disk_sha256 == hashlib.sha256(b"disk-1").hexdigest() and key.root_gib == 2
+    assert key.scratch_gib == 0 and key.name != launcher.key_for(spec).name
+    assert launcher.key_for(dataclasses.replace(fresh, root_gib=4)).name != key.name  # the guest saw its size
+    # a root volume the cloud did not vouch for (ever attached before), or more volumes: booted cold
+    assert launcher.key_for(dataclasses.replace(fresh, root_backing=None)) is None
+    assert launcher.key_for(dataclasses.replace(fresh, volumes=(root, Volume("vol-2", "vdb", "h", 2, "e")))) is None
+    assert launcher.key_for(dataclasses.replace(fresh, root_backing=tmp_path / "gone.qcow2")) is None
+    disk.write_bytes(b"disk-2")  # the image's disk changed: another template
+    assert launcher.key_for(fresh).name != key.name
+    # keys without a disk are named as before the disk fields existed (their templates stay valid)
+    plain = launcher.key_for(spec)
+    fields = {k: v for k, v in dataclasses.asdict(plain).items() if k not in ("nic_mtu", "disk_sha256", "root_gib")}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    assert plain.name == f"tpl-{digest}"
+
+
+def test_a_disk_templates_root_is_read_only_until_its_identity_comes() -> None:
+    from cloudlab.nc.templates import template_cmdline
+
+    cmdline = "console=ttyS0 quiet root=/dev/vda rw"
+    assert template_cmdline(cmdline, disk=True) == (
+        "console=ttyS0 quiet root=/dev/vda ro fsck.mode=skip cloudlab.identity=channel init_on_free=1"
+    )
+    assert template_cmdline("console=ttyS0", disk=False) == "console=ttyS0 cloudlab.identity=channel init_on_free=1"
+
+
+def test_a_template_root_overlay_written_before_the_save_is_seen(tmp_path: Path) -> None:
+    from cloudlab.nc.templates import written_clusters
+    from cloudlab.sc.files import qemu_img
+
+    base, overlay = tmp_path / "base.qcow2", tmp_path / "overlay.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "16M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 7 0 1M", str(base)], check=True, capture_output=True)
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(overlay), "32M")
+    assert written_clusters(overlay) == 0  # the backing's data is not the overlay's
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write 4M 64k", str(overlay)], check=True, capture_output=True)
+    assert written_clusters(overlay) == 64 << 10
+
+
+def test_a_node_takes_a_root_volume_as_fresh_only_when_the_cloud_says_so(tmp_path: Path) -> None:
+    from cloudlab import contract as c
+    from cloudlab.nc.node_launch import fresh_root
+
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"disk")
+    export = c.NbdExport("10.0.0.1", 10809, "vol-1")
+    assert fresh_root((c.DiskPlan("vol-1", "vda", export, str(disk), 8),)) == {"root_backing": disk, "root_gib": 8}
+    assert fresh_root((c.DiskPlan("vol-1", "vda", export),)) == {}  # attached before: boots cold
+    assert fresh_root((c.DiskPlan("vol-1", "vdb", export, str(disk), 8),)) == {}
+    assert fresh_root((c.DiskPlan("vol-1", "vda", export, str(tmp_path / "elsewhere"), 8),)) == {}
+
+
+def test_the_launch_benchmark_reports_which_image_against_its_target() -> None:
+    from cloudlab.bench.__main__ import main
+    from cloudlab.bench.launch import IMAGES, report_lines
+
+    figures = {"median": 1.5}
+    side = {"ssh_s": figures, "marker_s": figures, "started_as_asked": 3, "idle_rss_mib": {}, "idle_pss_mib": {}}
+    result = {"repeats": 3, "restore": side, "boot": side, "image": "cloudlab-debian", "target_restored_ssh_s": 2.0}
+    result |= {"ratio_boot_to_restore_ssh": 1.0, "ratio_boot_to_restore_marker": 1.0}
+    assert (
+        report_lines(result)[0].startswith("cloudlab-debian: RunInstances→SSH answering")
+        and "< 2 s" in report_lines(result)[0]
+    )
+    assert IMAGES["debian"][1] == "cloudlab-debian" and IMAGES["default"][2] == 1.0
+    with pytest.raises(SystemExit):
+        main(["--only", "launch", "--launch-image", "windows"])

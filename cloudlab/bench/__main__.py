@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--launch-repeats", type=int, default=10, help="launches per mode in part launch (default 10)")
     parser.add_argument("--launch-burst", type=int, default=20, help="instances at once in part launch")
+    parser.add_argument(
+        "--launch-image",
+        choices=("default", "debian"),
+        default="default",
+        help="the image part launch restores and boots: cloudlab-default (default) or cloudlab-debian",
+    )
     parser.add_argument("--network-repeats", type=int, default=3, help="repeats per path in part network (default 3)")
     parser.add_argument("--storage-repeats", type=int, default=3, help="fio rounds per target in part storage")
     parser.add_argument("--api-seconds", type=float, default=10.0, help="load duration per side in part api")
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if "launch" in parts:
             say("launch: restored from a booted template against cold boot, interleaved")
             results["launch"] = run_launch_benchmark(
-                Path(tmp), args.launch_repeats, progress=say, burst=args.launch_burst
+                Path(tmp), args.launch_repeats, progress=say, burst=args.launch_burst, image=args.launch_image
             )
         if "scale" in parts:
             sizes = tuple(int(n) for n in args.scale_sizes.split(","))

@@ -375,12 +375,15 @@ class VolumeWork:
             if row["attach_state"] == "detaching":
                 continue
             channel = self._channel(row["cluster"])
+            fresh_from = None
             if row["state"] == "creating":
                 self._make(row)
                 self.volumes._set(row["volume_id"], expect=("creating",), ledger=True, state="in-use")
+                if row["is_root"] and row["backing"] and not row["snapshot_id"]:
+                    fresh_from = row["backing"]  # made just now from the image's disk: nothing wrote it yet
             export = channel.ask(c.EXPORT_VOLUME, c.VolumeRef(row["volume_id"]))
             self._unserved.discard(row["volume_id"])
-            plans.append(c.DiskPlan(row["volume_id"], row["guest_device"], export))
+            plans.append(c.DiskPlan(row["volume_id"], row["guest_device"], export, fresh_from, row["size_gib"]))
             if row["attach_state"] == "attaching":
                 self.volumes._set(row["volume_id"], attach_state="attached")
         return tuple(plans)

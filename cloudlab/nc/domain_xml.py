@@ -45,6 +45,11 @@ class DomainSpec:
     #: siblings share the template's pages in the host's page cache until they write them
     memory_file: Path | None = None
     memory_shared: bool = False
+    #: the image disk that the root volume (``vda`` among ``volumes``) was made from for this very start, a
+    #: copy-on-write overlay of it nothing has written yet, and its size: such an instance may be restored
+    #: from a booted template of that disk (the guest's page cache is the disk's content exactly)
+    root_backing: Path | None = None
+    root_gib: int = 0
 
 
 @dataclass(frozen=True)

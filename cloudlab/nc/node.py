@@ -36,17 +36,11 @@ from cloudlab.nc.domain_xml import (
 )
 from cloudlab.nc.hypervisor import driver_kind, open_connection
 from cloudlab.nc.image_cache import ImageCache
+from cloudlab.nc.node_launch import NodeLaunch, fresh_root
 from cloudlab.nc.node_nics import NodeNics
 from cloudlab.nc.node_power import DEFAULT_WAKE_S, NodePower
 from cloudlab.nc.states import EVENT_NAMES, state_of, vanished
-from cloudlab.nc.templates import (
-    DEFAULT_TEMPLATE_SCRATCH_GIB,
-    DEFAULT_TEMPLATE_SIZE,
-    Launcher,
-    Template,
-    TemplateError,
-    TemplateStore,
-)
+from cloudlab.nc.templates import DEFAULT_TEMPLATE_SCRATCH_GIB, DEFAULT_TEMPLATE_SIZE, Launcher, TemplateStore
 from cloudlab.nc.vde_nics import PlugPlace, VdeNics
 from cloudlab.net import NetError, vde
 from cloudlab.rpc import Dispatcher
@@ -64,7 +58,7 @@ PARALLEL_STARTS = 4  # QEMU processes a node starts at once from one batch
 NUDGING_EVENTS = frozenset({"stopped", "shutdown", "crashed", "undefined"})
 
 
-class NodeController(NodeDisks, NodeNics, NodePower):
+class NodeController(NodeDisks, NodeNics, NodePower, NodeLaunch):
     """Runs instances on one host through one libvirt connection."""
 
     def __init__(
@@ -420,6 +414,7 @@ class NodeController(NodeDisks, NodeNics, NodePower):
                 volumes=volumes,
                 scratch=scratch,
                 cmdline=request.cmdline or DEFAULT_KERNEL_CMDLINE,
+                **fresh_root(request.disks),  # a root volume made for this start from an image's disk
                 metadata={
                     "owner": request.owner,
                     "image_id": request.image_id,
@@ -474,40 +469,6 @@ class NodeController(NodeDisks, NodeNics, NodePower):
             *(self.name, instance_id, accel, vcpus, memory_mb, how, time.monotonic() - begun),
         )
         return c.InstanceStarted(instance_id, state_of(dom), self.name, accel)
-
-    def _template_for(self, spec: DomainSpec) -> Template | None:
-        """The booted template to restore ``spec`` from, if one is ready (else it boots cold)."""
-        if self.launcher is None:
-            return None
-        if len(str(self._identity_socket(spec.instance_id))) > 107:  # what a unix socket's path holds
-            log.info("node %s: %s boots cold: the state path is too long for a socket", self.name, spec.instance_id)
-            return None
-        return self.launcher.template_for(spec)
-
-    def _identity_socket(self, instance_id: str) -> Path:
-        """Where QEMU listens for a restored instance's identity (short: a socket's path holds 107 bytes)."""
-        folder = self.node_dir / "id"
-        folder.mkdir(exist_ok=True)
-        return folder / instance_id
-
-    def _restore(self, dom: Any, spec: DomainSpec, template: Template) -> Any:
-        """Restore ``dom`` from ``template``; if that fails, boot it cold after all (a launch never fails for it)."""
-        assert self.launcher is not None
-        try:
-            self.launcher.restore(dom, spec, template)
-            return dom
-        except (TemplateError, libvirt.libvirtError) as exc:
-            if isinstance(exc, libvirt.libvirtError) and vanished(exc):
-                raise  # terminated meanwhile: booting it cold would define it again
-            what = (self.name, spec.instance_id, template.name, exc)
-            log.warning("node %s: %s not restored from %s (%s): booting it cold", *what)
-        with contextlib.suppress(libvirt.libvirtError):
-            dom.destroy()
-        spec.console_log.write_bytes(b"")
-        cold = dataclasses.replace(spec, incoming=False, identity_socket=None, memory_file=None, uuid=dom.UUIDString())
-        dom = self.conn.defineXML(build_domain_xml(cold))
-        dom.create()
-        return dom
 
     def run_instances(self, requests: tuple[c.StartInstance, ...]) -> c.StartOutcomes:
         """Start several instances; each succeeds or fails on its own (as separate starts would).

@@ -34,6 +34,12 @@ What siblings of one template would share, and what each gets instead (see ``ima
 * the clock: the stream resumes the guest's clock where the template stopped; the identity carries the
   host's time, and init sets it (to the second) before anything else runs.
 
+An image with a disk (cloudlab-debian) has templates too, keyed also by the disk's sha256 and the root
+volume's size: the template boots its root read-only (:func:`template_cmdline`) on a throwaway overlay of the
+disk, which must hold nothing of its own after the save (:func:`written_clusters`), so the saved page cache
+is the disk's content, and an instance is restored onto its own new root volume (an overlay of that disk,
+which nothing has written yet: ``DiskPlan.fresh_from``; any other root volume boots cold).
+
 Templates live in a machine-wide cache (``<cache>/templates``; on one machine every simulated node
 shares it, as they share the image cache), one folder per :class:`TemplateKey` digest: the image files'
 contents, the kernel command line, vCPUs and memory, NIC or none, accelerator and the QEMU and libvirt
@@ -61,6 +67,7 @@ from typing import Any
 
 import libvirt
 
+from cloudlab.errors import CloudError
 from cloudlab.files import write_atomic
 from cloudlab.guest import IDENTITY_ACK, TEMPLATE_CMDLINE_OPTION, TEMPLATE_WAITING_MARKER, has_booted
 from cloudlab.images.cached import LockAbandoned, locked
@@ -90,6 +97,7 @@ RETRY_FAILED_AFTER_S = 600.0  # a template that failed to build is not tried aga
 STATE_FILE = "state"
 RAM_FILE = "ram"  # the template guest's RAM, as the guest left it (QEMU's memory-backend-file)
 INFO_FILE = "template.json"
+ROOT_FILE = "root.qcow2"  # a disk template's root while it boots: an overlay of the image's disk, never written
 FAILED_FILE = "failed.json"
 LAUNCH_MODES = ("restore", "boot")
 #: The size a node builds a template for when it starts: the default instance type's (t2.micro, see
@@ -116,12 +124,17 @@ class TemplateKey:
     format: int = TEMPLATE_FORMAT
     scratch_gib: float = 0  # the scratch disk (vda) the template has, of the same size as the instance's
     nic_mtu: int = 0  # the NIC's MTU (virtio-net's host_mtu, taken by the guest at boot) when not the default
+    #: an image with a disk (cloudlab-debian): the sha256 of the disk the root volume is an overlay of, and the
+    #: root volume's size (the guest read its capacity); the template's file system state is that disk's
+    disk_sha256: str = ""
+    root_gib: int = 0
 
     @property
     def name(self) -> str:
         fields = dataclasses.asdict(self)
-        if not fields["nic_mtu"]:
-            del fields["nic_mtu"]  # so templates of the default NIC keep the names they had before it existed
+        for optional in ("nic_mtu", "disk_sha256", "root_gib"):
+            if not fields[optional]:
+                del fields[optional]  # so templates without them keep the names they had before these existed
         data = json.dumps(fields, sort_keys=True).encode()
         return "tpl-" + hashlib.sha256(data).hexdigest()[:16]
 
@@ -170,6 +183,32 @@ def qcow2_size(path: Path) -> int:
     return int.from_bytes(header[24:32], "big")
 
 
+#: A disk template's root is mounted read-only until its identity came (systemd-remount-fs makes it
+#: writable after that, as it does on a cold boot), and not checked (a cold boot's root, mounted writable
+#: by the initrd, is not either): nothing is written to the disk before the save, so the template's page
+#: cache and file system state are its image disk's, which is each restored instance's root volume.
+DISK_TEMPLATE_CMDLINE = "fsck.mode=skip"
+
+
+def template_cmdline(cmdline: str, *, disk: bool) -> str:
+    """A template's kernel command line: the instance's, marked as a template; a disk's root read-only."""
+    words = cmdline.split()
+    if disk:
+        words = ["ro" if word == "rw" else word for word in words]
+        if "ro" not in words:
+            words.append("ro")
+        words.append(DISK_TEMPLATE_CMDLINE)
+    return " ".join([*words, TEMPLATE_CMDLINE_OPTION, TEMPLATE_ONLY_CMDLINE])
+
+
+def written_clusters(path: Path) -> int:
+    """Bytes a qcow2 overlay holds of its own (``qemu-img map``: extents at depth 0 with data)."""
+    from cloudlab.sc.files import qemu_img
+
+    extents = json.loads(qemu_img("map", "--output=json", str(path), timeout=30))
+    return sum(e["length"] for e in extents if e.get("depth") == 0 and e.get("data"))
+
+
 def identity_line(spec: DomainSpec, template: Template, now: float | None = None) -> str:
     """What a restored guest learns over its identity port (the words of a cold boot's command line, and more)."""
     words = [f"cloudlab.hostname={spec.instance_id}"]
@@ -207,18 +246,26 @@ def hand_identity(path: Path, line: str, timeout_s: float = IDENTITY_TIMEOUT_S) 
 
 
 def find_template(
-    root: Path, kernel: Path, ramdisk: Path, *, nic: bool, memory_mb: int, scratch_gib: float = 1
+    root: Path,
+    kernel: Path,
+    ramdisk: Path,
+    *,
+    nic: bool,
+    memory_mb: int,
+    scratch_gib: float = 1,
+    disk: Path | None = None,
 ) -> dict[str, Any] | None:
-    """The finished template of these image files, NIC or none and size in ``root``, as its info (and
-    ``name``), or None: how a benchmark or a test waits for the one a node builds at start."""
-    want = (file_digest(kernel), file_digest(ramdisk), nic, memory_mb, scratch_gib, TEMPLATE_FORMAT)
+    """The finished template of these image files (``disk``: an image with a disk, no scratch), NIC or none
+    and size in ``root``, as its info (and ``name``), or None: how a benchmark or a test waits for one."""
+    disk_sha256 = file_digest(disk) if disk is not None else ""
+    scratch_gib = 0 if disk is not None else scratch_gib
+    want = (file_digest(kernel), file_digest(ramdisk), nic, memory_mb, scratch_gib, TEMPLATE_FORMAT, disk_sha256)
+    fields = ("kernel_sha256", "ramdisk_sha256", "nic", "memory_mb", "scratch_gib", "format")
     for info_file in root.glob(f"tpl-*/{INFO_FILE}"):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             info = json.loads(info_file.read_text())
             key = info["key"]
-            found = tuple(
-                key.get(k) for k in ("kernel_sha256", "ramdisk_sha256", "nic", "memory_mb", "scratch_gib", "format")
-            )
+            found = (*(key.get(k) for k in fields), key.get("disk_sha256", ""))
             if found == want and (info_file.parent / STATE_FILE).is_file():
                 return info | {"name": info_file.parent.name}
     return None
@@ -294,22 +341,25 @@ class TemplateStore:
         started = time.monotonic()
         console = work / "console.log"
         console.write_bytes(b"")
-        template_spec = dataclasses.replace(
-            spec,
-            instance_id=f"cloudlab-{key.name}",  # TEMPLATE_DOMAIN_PREFIX: not an instance (no "i-")
-            console_log=console,
-            cmdline=f"{spec.cmdline} {TEMPLATE_CMDLINE_OPTION} {TEMPLATE_ONLY_CMDLINE}",
-            identity_socket=work / "identity.sock",
-            incoming=False,
-            metadata={},
-            nic=Nic(TEMPLATE_MAC, "", "", "", mtu=spec.nic.mtu) if spec.nic is not None else None,
-            scratch=self._scratch(work, key.scratch_gib),
-            memory_file=work / RAM_FILE,  # the same file in the folder it is renamed to
-            memory_shared=True,
-        )
         try:
+            root_disk = self._root_overlay(work, spec, key) if key.disk_sha256 else None
+            template_spec = dataclasses.replace(
+                spec,
+                instance_id=f"cloudlab-{key.name}",  # TEMPLATE_DOMAIN_PREFIX: not an instance (no "i-")
+                console_log=console,
+                cmdline=template_cmdline(spec.cmdline, disk=root_disk is not None),
+                identity_socket=work / "identity.sock",
+                incoming=False,
+                metadata={},
+                nic=Nic(TEMPLATE_MAC, "", "", "", mtu=spec.nic.mtu) if spec.nic is not None else None,
+                # the root volume's stand-in (the same virtio-blk vda), or the scratch disk
+                scratch=root_disk or self._scratch(work, key.scratch_gib),
+                volumes=(),  # (never the instance's own root volume: the template reads its image's disk)
+                memory_file=work / RAM_FILE,  # the same file in the folder it is renamed to
+                memory_shared=True,
+            )
             dom = conn.createXML(build_domain_xml(template_spec), 0)
-        except libvirt.libvirtError as exc:
+        except (libvirt.libvirtError, OSError, RuntimeError, CloudError) as exc:
             self._failed(key, f"cannot start: {exc}")
             shutil.rmtree(work, ignore_errors=True)
             raise TemplateError(f"template {key.name} cannot start: {exc}") from exc
@@ -334,6 +384,13 @@ class TemplateStore:
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
+        written = written_clusters(root_disk) if root_disk is not None else 0
+        if written:
+            # the guest wrote its disk before the save: its restored instances' page cache would not be
+            # their root volume's content (a fresh overlay of the image's disk), so this is no template
+            self._failed(key, f"the template wrote {written} bytes to its read-only root before the save")
+            shutil.rmtree(work, ignore_errors=True)
+            raise TemplateError(f"template {key.name} not built: its root disk was written before the save")
         folder = self.root / key.name
         info = {
             "key": dataclasses.asdict(key),
@@ -345,6 +402,7 @@ class TemplateStore:
         write_atomic(work / INFO_FILE, json.dumps(info, indent=2) + "\n")
         (work / "identity.sock").unlink(missing_ok=True)
         (work / "scratch.qcow2").unlink(missing_ok=True)  # empty, as every instance's is at its start
+        (work / ROOT_FILE).unlink(missing_ok=True)  # unwritten: each instance's root volume is the image's disk
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(work, folder)
         log.info(
@@ -363,6 +421,22 @@ class TemplateStore:
 
         path = work / "scratch.qcow2"
         qemu_img("create", "-q", "-f", "qcow2", str(path), str(int(size_gib * (1 << 30))))
+        return path
+
+    @staticmethod
+    def _root_overlay(work: Path, spec: DomainSpec, key: TemplateKey) -> Path:
+        """The template's root disk: a throwaway copy-on-write overlay of the image's disk at the root
+        volume's size (what each instance's root volume is, so the guest sees the same vda), which the
+        guest only reads until its identity comes (its root is mounted read-only): checked after the save."""
+        from cloudlab.sc.files import image_info, qemu_img
+
+        assert spec.root_backing is not None
+        if file_digest(spec.root_backing) != key.disk_sha256:
+            raise RuntimeError(f"the image disk {spec.root_backing} changed")
+        path = work / ROOT_FILE
+        backing_format = image_info(spec.root_backing)["format"]
+        size = str(key.root_gib << 30)
+        qemu_img("create", "-q", "-f", "qcow2", "-b", str(spec.root_backing), "-F", backing_format, str(path), size)
         return path
 
     def _failed(self, key: TemplateKey, reason: str) -> None:
@@ -398,12 +472,17 @@ class Launcher:
         self.on_built: Callable[[Template], None] | None = None
 
     def key_for(self, spec: DomainSpec) -> TemplateKey | None:
-        """The template ``spec`` could be restored from, or None (an image disk, volumes, no ramdisk: booted)."""
-        if spec.ramdisk is None or spec.disk is not None or spec.volumes or spec.accel not in ("tcg", "kvm"):
+        """The template ``spec`` could be restored from, or None (booted): an instance with no ramdisk, an
+        attached image disk, or volumes other than a root volume made for this start from an image's disk."""
+        if spec.ramdisk is None or spec.disk is not None or spec.accel not in ("tcg", "kvm"):
+            return None
+        on_fresh_root = spec.root_backing is not None and [v.device for v in spec.volumes] == ["vda"]
+        if spec.volumes and not on_fresh_root:
             return None
         try:
             kernel, ramdisk = file_digest(spec.kernel), file_digest(spec.ramdisk)
             scratch_gib = qcow2_size(spec.scratch) / (1 << 30) if spec.scratch is not None else 0
+            disk_sha256 = file_digest(spec.root_backing) if on_fresh_root and spec.root_backing else ""
         except (OSError, ValueError):
             return None
         return TemplateKey(
@@ -418,6 +497,8 @@ class Launcher:
             libvirt_version=self.libvirt_version,
             scratch_gib=scratch_gib,
             nic_mtu=spec.nic.mtu if spec.nic is not None else 0,
+            disk_sha256=disk_sha256,
+            root_gib=spec.root_gib if disk_sha256 else 0,
         )
 
     def template_for(self, spec: DomainSpec) -> Template | None:
