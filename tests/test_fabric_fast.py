@@ -26,8 +26,8 @@ from cloudlab.cc import fabric_cables, segments
 from cloudlab.cc.fabric import Fabric
 from cloudlab.cc.network import ClusterNetwork
 from cloudlab.contract import NetworkPlan, SubnetSegment, VpcRouter
-from cloudlab.net import NetError, links, netns, vde_plugs
 from cloudlab.nc.vde_nics import plug_tap_name
+from cloudlab.net import NetError, links, netns, vde_plugs
 from cloudlab.waiting import wait_until
 
 HUB_SEGMENT = SubnetSegment("subnet-a", 1000, "10.90.1.0/24", "10.90.1.1")
@@ -138,7 +138,8 @@ def test_each_profile_joins_the_clusters_its_own_way_and_the_nat_side_dials(lab:
     assert hub.describe()["vde_profile"] == far.describe()["vde_profile"] == lab["profile"]
     if fast:  # a cable per VPC subnet segment, both segments on both clusters, none trunked
         for vid in (1000, 1001):
-            listener, dialer = hub_roles[f"cluster cable cluster2 vlan {vid}"], far_roles[f"cluster cable cluster1 vlan {vid}"]
+            listener = hub_roles[f"cluster cable cluster2 vlan {vid}"]
+            dialer = far_roles[f"cluster cable cluster1 vlan {vid}"]
             assert isinstance(listener, vde_plugs.TcpCableListener) and isinstance(dialer, vde_plugs.TcpCableDialer)
             assert listener.port == dialer.port == fabric_cables.fabric_tcp_port(vid, 2)
             assert listener.netns == hub.outside and dialer.netns == far.outside

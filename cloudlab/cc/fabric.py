@@ -197,8 +197,8 @@ class Fabric:
         others = {n.cluster: index for index, n in enumerate(self.networks[1:], start=2)}
         self.hub.segments.join(SegmentUplinks(self.hub, listen=True, address=hub_address, peers=others))
         for network in self.networks[1:]:
-            uplinks = SegmentUplinks(network, listen=False, address=hub_address, peers={self.hub.cluster: others[network.cluster]})
-            network.segments.join(uplinks)
+            peer = {self.hub.cluster: others[network.cluster]}
+            network.segments.join(SegmentUplinks(network, listen=False, address=hub_address, peers=peer))
 
     # -- views and teardown -----------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
