@@ -321,8 +321,8 @@ def test_vms_bridge_vm_to_vm() -> None:
 @needs_tools
 def test_vpc_placements_in_their_quickest_form(tmp_path: Path) -> None:
     """``cloudlab bench network --vpc-only``, one 1-s run per path: one VPC's pair within a cluster and across
-    two clusters (through the NAT) on the fast profile, then on classic, and the classic-shaped path by hand; the
-    report has all five, the cross-cluster cost of each profile, fast against classic, and classic against hand."""
+    two clusters (through the NAT), then that path by hand in the same shape, on the fast profile, then on classic;
+    the report has all six, the cross-cluster cost of each profile, fast against classic, and each against hand."""
     from tests.clouds import network_requirements
 
     reason = network_requirements()
@@ -339,6 +339,7 @@ def test_vpc_placements_in_their_quickest_form(tmp_path: Path) -> None:
     assert list(runs) == [
         "cloudlab:vm-vpc-same-cluster-fast",
         "cloudlab:vm-vpc-cross-cluster-fast",
+        "hand:vm-vde-nat-cable-vdeplug-switch-mtu9000",
         "cloudlab:vm-vpc-same-cluster-classic",
         "cloudlab:vm-vpc-cross-cluster-classic",
         "hand:vm-vde-nat-cable",
@@ -350,7 +351,8 @@ def test_vpc_placements_in_their_quickest_form(tmp_path: Path) -> None:
         "VPC cross-cluster/same-cluster --vde-profile fast",
         "VPC cross-cluster/same-cluster --vde-profile classic",
         "VPC cross-cluster fast/classic",
-        "VPC cross-cluster cloudlab classic/hand",
+        "VPC cross-cluster cloudlab/hand --vde-profile fast",
+        "VPC cross-cluster cloudlab/hand --vde-profile classic",
     ]
     for name in names:
         ratio = document["ratios"][name]
@@ -367,14 +369,18 @@ def test_the_vpc_placements_run_on_each_profile_asked_for_in_neighbouring_pairs(
     suite = network.vpc_suite()
     shapes = [(f.func, f.args, f.keywords) for f in suite]
     pair = cloudpaths.cloud_vpc_pair
-    assert shapes[:4] == [
+    hand = handcables.vms_vde_nat_cable
+    assert shapes == [
         (pair, ("same-cluster",), {"vde_profile": "fast"}),
         (pair, ("cross-cluster",), {"vde_profile": "fast"}),
+        (hand, (None,), {"switch": "vdeplug-switch", "mtu": 9000}),  # the fast profile's shape, by hand
         (pair, ("same-cluster",), {"vde_profile": "classic"}),
         (pair, ("cross-cluster",), {"vde_profile": "classic"}),
+        (hand, (None,), {}),
     ]
-    assert shapes[4][0] is handcables.vms_vde_nat_cable and len(suite) == 5
     assert len(network.vpc_suite(profiles=["classic"])) == 3
+    with pytest.raises(ValueError, match="jumbo frames need vdeplug-switch"), hand(mtu=9000):
+        pass
     with pytest.raises(ValueError, match="unknown VDE profile 'quick'"):
         network.vpc_suite(profiles=["quick"])
     assert cloudpaths.vpc_kind("cross-cluster", "classic") == "vm-vpc-cross-cluster-classic"
@@ -386,7 +392,7 @@ def test_the_vpc_placements_run_on_each_profile_asked_for_in_neighbouring_pairs(
         "cloudlab:vm-vpc-cross-cluster-fast",
         "cloudlab:vm-vpc-cross-cluster-classic",
     )
-    assert "VPC cross-cluster cloudlab classic/hand" not in found  # no hand path measured: no ratio made up
+    assert "VPC cross-cluster cloudlab/hand --vde-profile fast" not in found  # no hand path measured: no ratio
 
 
 @pytest.mark.vm

@@ -195,6 +195,35 @@ def test_a_cut_cable_between_the_clusters_is_dialled_again_and_reported(lab: dic
     assert far.describe()["healthy"] and hub.describe()["healthy"]
 
 
+def test_a_killed_segment_switch_on_the_hub_makes_the_far_cluster_dial_again(tmp_path: Path) -> None:
+    """fast: the hub's switch of a segment ends, and with it the plug of its cable's connection; the hub restarts
+    the switch, the far cluster's dialer sees its connection close and its supervisor dials again."""
+    with _fabric("fast", tmp_path) as (hub, far, _joined):
+        here = _guest(hub, HUB_SEGMENT, "10.90.1.5", FAR_SEGMENT)
+        there = _guest(far, FAR_SEGMENT, "10.90.2.5", HUB_SEGMENT)
+        try:
+            _reaches(there.netns, "10.90.1.5")
+            switch = hub.segments.switch("node-01", FAR_SEGMENT.vlan)  # type: ignore[union-attr]
+            dialer = _roles(far)[f"cluster cable cluster1 vlan {FAR_SEGMENT.vlan}"]
+            old_switch, old_dialer = switch.pid, dialer.pid
+            os.kill(old_switch, 9)
+
+            def healed() -> bool:
+                hub.supervise_once()
+                far.supervise_once()
+                return all(p.alive() for _, p in hub.processes() + far.processes()) and dialer.pid != old_dialer
+
+            wait_until(healed, 20, what="both clusters whole again", interval_s=0.3)
+            assert switch.pid != old_switch
+            assert any(f"segment switch node-01 vlan {FAR_SEGMENT.vlan} died; restarted" in e for e in hub.history)
+            assert any(f"cluster cable cluster1 vlan {FAR_SEGMENT.vlan} died; restarted" in e for e in far.history)
+            # the far guest's segment reaches the router again (through the new connection), and the hub's guest
+            _reaches(there.netns, "10.90.1.5", segments.MTU - 28)
+        finally:
+            there.remove()
+            here.remove()
+
+
 def test_a_segment_whose_plan_comes_before_the_hubs_is_dialled_by_the_supervisor(tmp_path: Path) -> None:
     """The far cluster carries a segment the hub does not listen for yet (its plan came first): the dial fails,
     is said in the history, and the supervisor dials it once the hub carries the segment."""

@@ -200,9 +200,11 @@ PROFILE_PAIRS = (
     ("vde fast/classic", f"cloudlab:{FAST_KIND}", "cloudlab:vm-vde"),
 )
 
+#: The hand-built twin of each profile's cross-cluster path (``handcables.vms_vde_nat_cable``): classic's two
+#: vde_switches at MTU 1500, fast's two vdeplug4 switches at MTU 9000, each with a TCP cable through a NAT.
+HAND_NAT_CABLE = {"classic": "vm-vde-nat-cable", "fast": "vm-vde-nat-cable-vdeplug-switch-mtu9000"}
 #: The VPC placements' ratios (kinds as ``cloudpaths.vpc_kind`` names them): what crossing clusters costs on each
-#: profile, fast against classic across clusters, and cloudlab's cross-cluster path against the hand-built one
-#: (two vde_switches at MTU 1500: the classic profile's shape, so it is compared with classic).
+#: profile, fast against classic across clusters, and each profile's cross-cluster path against its hand-built twin.
 VPC_PAIRS = (
     *(
         (f"VPC cross-cluster/same-cluster --vde-profile {p}", f"cloudlab:vm-vpc-cross-cluster-{p}",
@@ -210,7 +212,11 @@ VPC_PAIRS = (
         for p in ("fast", "classic")
     ),
     ("VPC cross-cluster fast/classic", "cloudlab:vm-vpc-cross-cluster-fast", "cloudlab:vm-vpc-cross-cluster-classic"),
-    ("VPC cross-cluster cloudlab classic/hand", "cloudlab:vm-vpc-cross-cluster-classic", "hand:vm-vde-nat-cable"),
+    *(
+        (f"VPC cross-cluster cloudlab/hand --vde-profile {p}", f"cloudlab:vm-vpc-cross-cluster-{p}",
+         f"hand:{HAND_NAT_CABLE[p]}")
+        for p in ("fast", "classic")
+    ),
 )  # fmt: skip
 #: The VDE profiles the VPC placements run on by default (``--vpc-profiles``).
 VPC_PROFILES = ("fast", "classic")
@@ -320,9 +326,9 @@ def handmade_suite(
 def vpc_suite(
     image: Any = None, profiles: Iterable[str] = VPC_PROFILES
 ) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
-    """cloudlab's VPC pair within one cluster, then across clusters (through the NAT), on each VDE profile of
-    ``profiles`` in turn, then the cross-cluster path built by hand, measured one after the other (a drift in
-    load hits them alike; each placement's ratio is of two neighbours)."""
+    """On each VDE profile of ``profiles`` in turn: cloudlab's VPC pair within one cluster, then across clusters
+    (through the NAT), then that cross-cluster path built by hand in the profile's shape, measured one after the
+    other (a drift in load hits them alike; every ratio but fast/classic is of neighbours)."""
     from cloudlab.bench.cloudpaths import cloud_vpc_pair
 
     suite: list[Callable[[], AbstractContextManager[PathUnderTest]]] = []
@@ -330,7 +336,9 @@ def vpc_suite(
         if profile not in VPC_PROFILES:
             raise ValueError(f"unknown VDE profile {profile!r}: use {' or '.join(VPC_PROFILES)}")
         suite += [functools.partial(cloud_vpc_pair, p, vde_profile=profile) for p in ("same-cluster", "cross-cluster")]
-    return suite + [functools.partial(handcables.vms_vde_nat_cable, image)]
+        shape = {"switch": "vdeplug-switch", "mtu": 9000} if profile == "fast" else {}
+        suite.append(functools.partial(handcables.vms_vde_nat_cable, image, **shape))
+    return suite
 
 
 def full_suite(
