@@ -30,7 +30,8 @@ is per frame and out of reach here: ``vde_plug``'s taps carry no virtio-net head
 
 Between clusters (a VPC spanning zones, :mod:`cloudlab.cc.fabric`), a segment has a cable of its own too, from
 each other cluster's first host to the first cluster's (:mod:`cloudlab.cc.fabric_cables`): the fabric installs
-them as :attr:`FastSegments.uplinks`, and they come and go with the segment like the cables between hosts.
+them as :attr:`FastSegments.uplinks`; each is made with its segment and kept as long as the segment, like the
+cables between hosts.
 """
 
 from __future__ import annotations
