@@ -28,8 +28,18 @@ from cloudlab.cc import fabric
 from cloudlab.client import connect
 from cloudlab.config import CloudConfig
 from cloudlab.net import NetError, links, netns
+from cloudlab.usage_frames import fetch_usage
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, cli, default_image, network_requirements, no_leftovers, ssh, start_cloud
+from tests.clouds import (
+    RunningCloud,
+    cli,
+    default_image,
+    network_requirements,
+    no_leftovers,
+    ssh,
+    start_cloud,
+    wait_states,
+)
 
 
 def test_nat_clusters_that_cannot_be_built_are_refused_with_the_reason() -> None:
@@ -252,6 +262,25 @@ def test_kill_9_of_the_service_spares_the_guests_and_joins_the_clusters_again(
     assert nated["edge"]["behind_nat"] and {p["role"] for p in nated["processes"]} >= {far_cable(fabric_cloud, lab)}
     again = reaches(fabric_cloud, b["InstanceId"], a["PrivateIpAddress"])
     assert "2 packets received" in again.stdout
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_the_nated_instances_bytes_reach_the_ledger(fabric_cloud: RunningCloud, lab: dict) -> None:
+    """Accounting across the fabric: the NATed cluster's instance's NIC counters (its tap's, on either profile)
+    become ledger bytes; it pinged across the cable in frames of the segment's MTU and served SSH sessions, so
+    more than such a frame went each way."""
+    ec2, b = lab["ec2"], lab["b"]["InstanceId"]
+    ec2.terminate_instances(InstanceIds=[b])  # (its final counters go into the ledger)
+    wait_states(ec2, [b], "terminated", 90, interval_s=0.5)
+    creds = fabric_cloud.credentials()
+    frame = fetch_usage(
+        {"endpoint_url": fabric_cloud.url, "region_name": fabric_cloud.info["region"],
+         "aws_access_key_id": creds["access_key"], "aws_secret_access_key": creds["secret_key"]},
+        by="instance",
+    ).set_index("instance")  # fmt: skip
+    mtu = 9000 if fabric_cloud.profile == "fast" else 1500  # type: ignore[attr-defined]
+    assert frame.loc[b, "net_rx_bytes"] > 2 * mtu and frame.loc[b, "net_tx_bytes"] > 2 * mtu, frame.loc[b]
 
 
 @pytest.mark.vm
