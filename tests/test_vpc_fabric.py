@@ -270,7 +270,7 @@ def test_the_nated_instances_bytes_reach_the_ledger(fabric_cloud: RunningCloud, 
     """Accounting across the fabric: the NATed cluster's instance's NIC counters (its tap's, on either profile)
     become ledger bytes; it pinged across the cable in frames of the segment's MTU and served SSH sessions, so
     more than such a frame went each way."""
-    ec2, b = lab["ec2"], lab["b"]["InstanceId"]
+    ec2, b = fabric_cloud.ec2(), lab["b"]["InstanceId"]  # (the endpoint of the cloud started again above)
     ec2.terminate_instances(InstanceIds=[b])  # (its final counters go into the ledger)
     wait_states(ec2, [b], "terminated", 90, interval_s=0.5)
     creds = fabric_cloud.credentials()
