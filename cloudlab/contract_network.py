@@ -64,8 +64,8 @@ class VpcRouter:
     slot: int
     subnets: tuple[SubnetSegment, ...] = ()
     home: str = ""
-    #: An internet gateway is attached: the router masquerades its instances' traffic to the cluster's public
-    #: side and translates ``nats`` (elastic and auto-assigned public addresses) 1:1. Without one: nothing
+    #: An internet gateway is attached: the router translates ``nats`` (elastic and auto-assigned public
+    #: addresses) 1:1 to the cluster's public side, and lets only those instances out. Without one: nothing
     #: crosses its uplink.
     internet: bool = False
     nats: tuple[ElasticNat, ...] = ()

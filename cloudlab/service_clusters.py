@@ -67,11 +67,17 @@ def build_network(layout: StateLayout, config: CloudConfig, index: int, name: st
 
 
 def join_clusters(layout: StateLayout, config: CloudConfig, clusters: list[ClusterRuntime]) -> Any:
-    """The fabric joining the clusters' networks (vde, the VPC model, several clusters; else None), built:
-    the WAN between their sites, NATs for ``nat_clusters``, and a cable from each cluster to the first."""
-    from cloudlab.cc import fabric
+    """What joins the clusters' networks, built (else None): on vde with the VPC model the fabric (the WAN
+    between their sites, NATs for ``nat_clusters``, a cable from each cluster to the first); on direct with the
+    VPC model a WAN between their public sides, so zones reach each other's public addresses."""
+    from cloudlab.cc import fabric, public_wan
 
     fabric.check_config(config)
+    public_wan.check_config(config)
+    if public_wan.wanted(config) and all(c.network is not None for c in clusters):
+        joined_wan = public_wan.PublicWan(layout.network_prefix, [c.network for c in clusters], config.public_pool)
+        joined_wan.build()
+        return joined_wan
     if not fabric.wanted(config):
         return None
     joined = fabric.Fabric(layout.network_prefix, [c.network for c in clusters], config.nat_clusters)

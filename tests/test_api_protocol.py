@@ -1156,3 +1156,42 @@ def test_plans_are_cached() -> None:
     assert query_output._out_writers[op.output_shape.name] is query_output._output_writer(op.output_shape)
     assert query_templates._fast[op.output_shape.name] is query_templates.fast_writer(op.output_shape)
     assert query_input._in_ready[op.input_shape.name] is query_input._top_input_plan(op.input_shape)
+
+
+def test_unix_timestamps_format_as_through_datetime() -> None:
+    """Numbers take a fast path (the time of day formatted once a second); it must agree with datetime's
+    own conversion to the millisecond, rounding included, for any Unix time, and leave other forms alone."""
+    import math
+    import random
+    from datetime import UTC, datetime
+
+    from cloudlab.api.query_output import format_timestamp
+
+    def through_datetime(value: float) -> str:
+        d = datetime.fromtimestamp(value, UTC)
+        return f"{d:%Y-%m-%dT%H:%M:%S}.{d.microsecond // 1000:03d}Z"
+
+    rng = random.Random(14)
+    values: list[float] = [0, 1, 0.0005, 0.9995, 1.9999995, 1.0000005, 1.0000025, 2.5e-6, 2**34 - 0.5]
+    values += [rng.uniform(0, 2**34) for _ in range(20_000)] + [rng.uniform(1.7e9, 1.8e9) for _ in range(20_000)]
+    values += [math.floor(v) + k / 1e6 + e for v in values[:500] for k in (0, 999_999, 500_000) for e in (0, 5e-7)]
+    assert [format_timestamp(v) for v in values] == [through_datetime(v) for v in values]
+    assert format_timestamp(1_764_882_000) == "2025-12-04T21:00:00.000Z"
+    assert format_timestamp(-1.5) == "1969-12-31T23:59:58.500Z"  # outside the fast path, as before
+    assert format_timestamp(datetime(2026, 1, 2, 3, 4, 5, 678_900)) == "2026-01-02T03:04:05.678Z"
+
+
+def test_http_dates_of_unix_times_as_through_datetime() -> None:
+    """S3's Last-Modified header: numbers formatted once per whole second, the same as before, rounding
+    into the next second included."""
+    import random
+    from datetime import UTC, datetime
+    from email.utils import format_datetime
+
+    from cloudlab.api.s3.restxml import http_date
+
+    rng = random.Random(7)
+    values = [0, 0.5, 1.9999995, 1.9999996, 2**34 - 1, -1.0] + [rng.uniform(0, 2**34) for _ in range(20_000)]
+    expected = [format_datetime(datetime.fromtimestamp(v, UTC), usegmt=True) for v in values]
+    assert [http_date(v) for v in values] == expected
+    assert http_date(1.9999996) == "Thu, 01 Jan 1970 00:00:02 GMT"

@@ -1,5 +1,6 @@
-"""The S3 benchmark's harness on a tiny load: every side (Walrus, moto, the plain copy) measured for every
-operation, size and client count, and the summary's ratios computed from those rows (no time asserted)."""
+"""The S3 benchmark's harness on a tiny load: every side (Walrus, moto, the plain copy, the loopback socket, the
+null server) measured for every operation, size and client count, and the summary's ratios computed from those
+rows (no time asserted)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_bench_s3_harness(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     (result_file,) = tmp_path.glob("bench-s3-*.json")
     result = json.loads(result_file.read_text())
     sides = {(r["side"], r["op"], r["size"], r["clients"]) for r in result["rows"]}
-    for side in ("walrus", "moto", "plain copy", "loopback socket"):
+    for side in ("walrus", "moto", "plain copy", "loopback socket", "null server"):
         for op in ("PUT", "GET"):
             for size in ("4KiB", "1MiB"):
                 for clients in (1, 2):
@@ -39,5 +40,10 @@ def test_bench_s3_harness(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     wire = next(r for r in result["rows"] if (r["side"], r["op"], r["size"], r["clients"]) ==
                 ("loopback socket", "GET", "1MiB", 2))  # fmt: skip
     assert summary["share_of_socket"] == round(walrus["MBps"] / wire["MBps"], 3)
+    null = next(r for r in result["rows"] if (r["side"], r["op"], r["size"], r["clients"]) ==
+                ("null server", "GET", "1MiB", 2))  # fmt: skip
+    assert null["bytes"] == null["ops"] * 1024**2  # the client read every byte of the canned answers
+    assert summary["share_of_null"] == round(walrus["MBps"] / null["MBps"], 3)
+    assert summary["null_to_moto"] == round(null["MBps"] / summary["moto"], 2)
     assert "x moto" in capsys.readouterr().out
     assert not list(tmp_path.glob(".s3-work-*"))  # the stores were removed

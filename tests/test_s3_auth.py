@@ -151,6 +151,30 @@ def test_unknown_key_and_wrong_secret(s3: S3Endpoint, bucket: str) -> None:  # n
     assert error_code(excinfo) == "SignatureDoesNotMatch"
 
 
+def test_a_deactivated_key_or_disabled_user_fails_on_the_next_request(s3: S3Endpoint, bucket: str) -> None:  # noqa: F811
+    """The endpoint keeps the keys it has looked up, but only while the users' database is unchanged: a
+    key deactivated (or a user disabled) between two requests of one keep-alive client is refused at once."""
+    from cloudlab.clc.users import Users
+
+    assert s3.store is not None
+    users = Users(s3.store, None)
+    key = s3.new_user("revoked")
+    client = s3.client(key)
+    name = s3.bucket(client, prefix="revoke")
+    for _ in range(3):  # looked up once, then from memory
+        assert client.head_bucket(Bucket=name)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    users.set_enabled(key.user_name, False)
+    with pytest.raises(ClientError) as excinfo:
+        client.head_bucket(Bucket=name)
+    assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    users.set_enabled(key.user_name, True)
+    assert client.list_objects_v2(Bucket=name)["KeyCount"] == 0
+    users.revoke_key(key.user_name, key.access_key)
+    with pytest.raises(ClientError) as excinfo:
+        client.list_objects_v2(Bucket=name)
+    assert error_code(excinfo) == "InvalidAccessKeyId"
+
+
 # -- payload modes -----------------------------------------------------------------------------------
 
 
@@ -254,6 +278,42 @@ def test_trailer_checksum_is_verified(s3: S3Endpoint, bucket: str) -> None:  # n
     assert (status, _code(body)) == (400, "BadDigest")
     with pytest.raises(ClientError):
         s3.client().head_object(Bucket=bucket, Key="bad-trailer")
+
+
+def test_an_http_chunked_trailer_body_leaves_the_connection_ready_for_the_next_request(
+    s3: S3Endpoint,  # noqa: F811
+    bucket: str,
+) -> None:
+    """boto3 over HTTPS wraps the aws-chunked body in HTTP chunks: once the object is stored, the HTTP
+    terminator (``0``, CRLF) must be read too, or the next request on the kept-alive connection starts
+    with it (seen once as "Bad request syntax ('0')" on a GetObject after a PutObject)."""
+    import base64
+    import http.client
+
+    data = b"x" * 70_000
+    checksum = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    body = _trailer_body(data, checksum)
+    headers = {"X-Amz-Content-SHA256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "Content-Encoding": "aws-chunked",
+               "X-Amz-Trailer": "x-amz-checksum-crc32", "X-Amz-Decoded-Content-Length": str(len(data))}  # fmt: skip
+    request = AWSRequest(method="PUT", url=f"{s3.url}/{bucket}/http-chunked", headers=headers)
+    signer = signer_declaring("STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+    signer(Credentials(s3.admin.access_key, s3.admin.secret_key), "s3", REGION).add_auth(request)
+    sent = {name: value for name, value in request.prepare().headers.items() if name != "Content-Length"}
+    sent["Transfer-Encoding"] = "chunked"  # as urllib3 sends a body of unknown length
+    connection = http.client.HTTPConnection("127.0.0.1", s3.port, timeout=30)
+    try:
+        pieces = [body[i : i + 16384] for i in range(0, len(body), 16384)]
+        connection.request("PUT", f"/{bucket}/http-chunked", body=iter(pieces), headers=sent, encode_chunked=True)
+        answer = connection.getresponse()
+        reply = answer.read()
+        assert (answer.status, reply) == (200, b""), reply
+        get = AWSRequest(method="GET", url=f"{s3.url}/{bucket}/http-chunked")
+        S3SigV4Auth(Credentials(s3.admin.access_key, s3.admin.secret_key), "s3", REGION).add_auth(get)
+        connection.request("GET", f"/{bucket}/http-chunked", headers=dict(get.prepare().headers))
+        again = connection.getresponse()
+        assert (again.status, again.read()) == (200, data)
+    finally:
+        connection.close()
 
 
 def _aws_example_headers() -> dict[str, str]:

@@ -1,11 +1,13 @@
 """Public addresses and the way out of a VPC (``network_model: vpc``): EC2's internet gateway, made real.
 
-An instance of a VPC with an internet gateway gets out to the cluster's public side (the outside namespace,
-where the classic model's elastic addresses live: cloudlab's "internet", nothing beyond) behind its router's
-masquerade; with a public address (elastic, or auto-assigned by a subnet that maps them on launch) it is
-reached there too, translated 1:1 at its router. Without a gateway nothing crosses, and an elastic address is
-refused (``Gateway.NotAttached``). First from the records to the routers (libvirt's test driver: no guests,
-real namespaces), then with real VMs on direct and on vde: ping and SSH from the public side, bounded.
+An instance of a VPC with an internet gateway and a public address (elastic, or auto-assigned by a subnet that
+maps them on launch) reaches the cluster's public side (the outside namespace, where the classic model's elastic
+addresses live: cloudlab's "internet", nothing beyond) and is reached there, translated 1:1 at its router; an
+instance with only a private address does not get out, as on EC2 (it would need a NAT gateway). Without a
+gateway nothing crosses, and an elastic address is refused (``Gateway.NotAttached``). A stopped instance gives
+its auto-assigned address up; started, it gets a fresh one. First from the records to the routers (libvirt's
+test driver: no guests, real namespaces), then with real VMs on direct and on vde: ping and SSH from the public
+side, bounded.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from cloudlab.client import connect
 from cloudlab.net import NetError, firewall, links, netns
 from cloudlab.net.vpc_edge import uplink_addresses
 from cloudlab.waiting import WaitTimeout, wait_until
-from tests.clouds import RunningCloud, cli, default_image, described, network_requirements, no_leftovers, start_cloud
+from tests.clouds import (
+    RunningCloud,
+    cli,
+    default_image,
+    described,
+    network_requirements,
+    no_leftovers,
+    start_cloud,
+    wait_states,
+)
 
 SYNC_BOUND_S = 10.0  # how long a change may take to reach the routers (promised: about a second)
 POOL = ipaddress.ip_network("198.51.100.0/24")
@@ -83,7 +94,9 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     eventually("the auto-assigned address routed to its router", lambda: route_dev(cloud, auto_ip) == uplink)
     edge = firewall.listing(default_router)
     assert f"ip daddr {auto_ip} dnat to {auto['PrivateIpAddress']}" in edge
-    assert "masquerade" in edge
+    let_out = f'oifname "up0" ip saddr {auto["PrivateIpAddress"]} accept'
+    assert let_out in edge, "an instance with a public address gets out"
+    assert "masquerade" not in edge, "no masquerade: without a public address nothing gets out, as on EC2"
     # an elastic address taken from the pool is never the auto-assigned one
     other = ec2.allocate_address(Domain="vpc")
     assert other["PublicIp"] != auto_ip
@@ -109,12 +122,16 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     assert code == "Gateway.NotAttached"
     router = router_of(cloud, vpc)
     eventually("a closed uplink", lambda: 'oifname "up0" drop' in firewall.listing(router))
-    assert "masquerade" not in firewall.listing(router)
+    assert "ct status dnat" not in firewall.listing(router)
 
-    # with a gateway: masquerade, then the elastic address (named by the interface) translated 1:1
+    # with a gateway: the uplink opens for public addresses only, then the elastic address (named by the
+    # interface) translated 1:1
     gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
-    eventually("the masquerade", lambda: "masquerade" in firewall.listing(router))
+    eventually("the gateway's uplink", lambda: "ct status dnat accept" in firewall.listing(router))
+    private_only = f"ip saddr {launched['PrivateIpAddress']} accept"
+    assert private_only not in firewall.listing(router), "a private address alone does not get out"
+    assert 'oifname "up0" drop' in firewall.listing(router)
     asked = ec2.run_instances(
         ImageId=image,
         MinCount=1,
@@ -133,6 +150,7 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     assert shown["NetworkInterfaces"][0]["Association"]["PublicIp"] == public_ip
     eventually("the elastic address routed to its router", lambda: route_dev(cloud, public_ip) == f"v{slot_of(router)}")
     assert f"ip daddr {public_ip} dnat to {launched['PrivateIpAddress']}" in firewall.listing(router)
+    assert private_only in firewall.listing(router), "with its elastic address it gets out"
     assert uplink_addresses(slot_of(router))[1] in links.addresses(router, "up0")[0]
     assert error_of(lambda: ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)) == "DependencyViolation"
 
@@ -140,9 +158,10 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     ec2.disassociate_address(AssociationId=association)
     eventually("the route to go", lambda: route_dev(cloud, public_ip) is None)
     assert public_ip not in firewall.listing(router)
+    assert private_only not in firewall.listing(router)
     assert "PublicIpAddress" not in described(ec2, [private_id])[private_id]
     ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
-    eventually("the uplink to close", lambda: "masquerade" not in firewall.listing(router))
+    eventually("the uplink to close", lambda: "ct status dnat" not in firewall.listing(router))
     ec2.release_address(AllocationId=elastic["AllocationId"])
 
     # an elastic address over an auto-assigned one, and back
@@ -156,6 +175,47 @@ def test_public_addresses_reach_the_routers(cloud_factory: Any) -> None:
     # terminated: its auto-assigned address is free again, and its route gone
     ec2.terminate_instances(InstanceIds=[auto_id])
     eventually("the terminated instance's route to go", lambda: route_dev(cloud, auto_ip) is None)
+
+
+def test_stop_gives_up_the_auto_assigned_address_and_start_takes_a_fresh_one(cloud_factory: Any) -> None:
+    """EC2's rule: a stopped instance has no public address but its elastic one; started, it gets a new one."""
+    cloud = cloud_factory(hypervisor="test:///default", network="direct", network_model="vpc", nodes=1, node_vcpus=4)
+    ec2 = cloud.ec2()
+    image = default_image(ec2)
+    auto_id, elastic_id = (
+        ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"] for _ in range(2)
+    )
+    allocation = ec2.allocate_address(Domain="vpc")
+    ec2.associate_address(AllocationId=allocation["AllocationId"], InstanceId=elastic_id)
+    shown = wait_states(ec2, [auto_id, elastic_id], "running")
+    old_ip, private_ip = shown[auto_id]["PublicIpAddress"], shown[auto_id]["PrivateIpAddress"]
+    router = router_of(cloud, shown[auto_id]["VpcId"])
+    uplink = f"v{slot_of(router)}"
+    eventually("the auto-assigned address routed", lambda: route_dev(cloud, old_ip) == uplink)
+
+    ec2.stop_instances(InstanceIds=[auto_id, elastic_id])
+    stopped = wait_states(ec2, [auto_id, elastic_id], "stopped")
+    assert "PublicIpAddress" not in stopped[auto_id]
+    assert "Association" not in stopped[auto_id]["NetworkInterfaces"][0]
+    assert stopped[auto_id]["PrivateIpAddress"] == private_ip, "the private address stays"
+    assert stopped[elastic_id]["PublicIpAddress"] == allocation["PublicIp"], "an elastic address stays associated"
+    eventually("the released address's route to go", lambda: route_dev(cloud, old_ip) is None)
+    assert old_ip not in firewall.listing(router)
+    assert route_dev(cloud, allocation["PublicIp"]) == uplink
+    # the address is the pool's again: the next allocation (lowest free first) takes it
+    taker = ec2.allocate_address(Domain="vpc")
+    assert taker["PublicIp"] == old_ip
+
+    ec2.start_instances(InstanceIds=[auto_id, elastic_id])
+    started = wait_states(ec2, [auto_id, elastic_id], "running")
+    new_ip = started[auto_id]["PublicIpAddress"]
+    assert ipaddress.ip_address(new_ip) in POOL and new_ip not in (old_ip, allocation["PublicIp"])
+    assert started[auto_id]["NetworkInterfaces"][0]["Association"]["PublicIp"] == new_ip
+    assert started[elastic_id]["PublicIpAddress"] == allocation["PublicIp"]
+    eventually("the fresh address routed to the same router", lambda: route_dev(cloud, new_ip) == uplink)
+    assert f"ip daddr {new_ip} dnat to {private_ip}" in firewall.listing(router)
+    assert old_ip not in firewall.listing(router), "the old address's translation is gone"
+    assert route_dev(cloud, old_ip) is None, "the old address is not routed back (it is allocated, unassociated)"
 
 
 # -- real VMs ------------------------------------------------------------------------------------------------
@@ -276,9 +336,10 @@ def test_internet_gateway_and_elastic_address_on_real_vms(lab: dict[str, Any]) -
 
     gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=lab["vpc"])
-    assert becomes("the way out", lambda: reaches_public_side(lab, mine))
     router = router_of(cloud, lab["vpc"])
-    assert seen_from(lab, mine) == [uplink_addresses(slot_of(router))[1]], "masqueraded behind the router"
+    eventually("the gateway at the router", lambda: "ct status dnat accept" in firewall.listing(router))
+    assert not reaches_public_side(lab, mine), "a gateway alone: a private address does not get out (EC2's rule)"
+    assert seen_from(lab, mine) == [], "no connection arrives on the public side, masqueraded or not"
     assert not pinged_from_public_side(lab, public_ip)
 
     association = ec2.associate_address(AllocationId=allocation["AllocationId"], InstanceId=mine)["AssociationId"]
@@ -293,11 +354,12 @@ def test_internet_gateway_and_elastic_address_on_real_vms(lab: dict[str, Any]) -
     assert becomes("the elastic address to go", lambda: not pinged_from_public_side(lab, public_ip))
     probe = f"busybox nc -w 2 {public_ip} 22 </dev/null >/dev/null 2>&1 && echo ANSWERS || echo GONE"
     assert cli(cloud, "exec", "--", "sh", "-c", probe).stdout.strip() == "GONE"
-    assert reaches_public_side(lab, mine), "still out, behind the masquerade"
+    assert becomes("the way out to close with it", lambda: not reaches_public_side(lab, mine))
     ec2.release_address(AllocationId=allocation["AllocationId"])
 
     ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=lab["vpc"])
-    assert becomes("the way out to close", lambda: not reaches_public_side(lab, mine))
+    eventually("the uplink to close", lambda: "ct status dnat" not in firewall.listing(router))
+    assert not reaches_public_side(lab, mine)
 
 
 @pytest.mark.vm
@@ -310,3 +372,28 @@ def test_default_subnet_gives_a_reachable_public_address(lab: dict[str, Any]) ->
     result = cli(cloud, "ssh", "--public", auto, "--", "hostname")
     assert result.stdout.strip() == auto, result.stderr
     assert reaches_public_side(lab, auto)
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_a_started_instance_answers_at_its_fresh_address_only(lab: dict[str, Any]) -> None:
+    ec2, cloud, auto = lab["ec2"], lab["cloud"], lab["auto"]
+    old_ip = described(ec2, [auto])[auto]["PublicIpAddress"]
+    assert becomes("the auto-assigned address to answer", lambda: pinged_from_public_side(lab, old_ip))
+    ec2.stop_instances(InstanceIds=[auto])
+    assert "PublicIpAddress" not in wait_states(ec2, [auto], "stopped", timeout=120)[auto]
+    taker = ec2.allocate_address(Domain="vpc")  # the lowest free address: the one the instance gave up
+    assert taker["PublicIp"] == old_ip
+    ec2.start_instances(InstanceIds=[auto])
+    new_ip = wait_states(ec2, [auto], "running", timeout=120)[auto]["PublicIpAddress"]
+    assert new_ip != old_ip and ipaddress.ip_address(new_ip) in POOL
+    connect(str(cloud.layout.root)).wait_booted([auto], timeout=300)
+    assert in_guest(lab, auto, "echo up").strip() == "up"  # (sshd answers: booted again)
+    assert becomes("the fresh address to answer", lambda: pinged_from_public_side(lab, new_ip))
+    result = cli(cloud, "ssh", "--public", auto, "--", "hostname")
+    assert result.stdout.strip() == auto, result.stderr
+    assert seen_from(lab, auto) == [new_ip], "translated to the fresh address on the way out"
+    metadata = in_guest(lab, auto, "wget -q -O - http://169.254.169.254/latest/meta-data/public-ipv4")
+    assert metadata.strip() == new_ip
+    assert not pinged_from_public_side(lab, old_ip), "the old translation is gone"
+    ec2.release_address(AllocationId=taker["AllocationId"])

@@ -9,7 +9,10 @@ Every side is driven by the same lean client (``http.client``, SigV4 by botocore
 the same on every side and small: what differs is the server. A fourth side, ``loopback socket``, moves
 the same bytes over a bare loopback TCP connection with no protocol (into a file with fsync for PUT,
 ``sendfile`` out of it for GET): the ceiling any HTTP server has on this machine, below the plain copy
-(which never crosses a socket). Nothing here asserts a time; the figures and ratios are for people to read
+(which never crosses a socket). A fifth, ``null server`` (small objects only,
+:mod:`cloudlab.bench.s3_null`), answers every request at once with a canned reply: the client's own
+ceiling, which bounds every server's small-object rate (``null/moto`` is the best ratio to moto that any
+server could show in that run). Nothing here asserts a time; the figures and ratios are for people to read
 (targets: >= 10x moto, large objects >= 50% of the plain copy).
 
 Which limit: for PUT the plain copy is already the durable one a store has to beat (every file written and
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudlab.bench.api_load import free_port, wait_for_port
+from cloudlab.bench.s3_null import NULL_MAX_SIZE, null_server
 from cloudlab.waiting import WaitTimeout, wait_until
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
@@ -387,7 +391,7 @@ def run_s3_benchmark(
     rows: list[dict[str, Any]] = []
     lists = {f"list-{n}": n for n in list_sizes}
     skipped: list[str] = []
-    for side in ("walrus", "moto", "plain copy", "loopback socket"):
+    for side in ("walrus", "moto", "plain copy", "loopback socket", "null server"):
         for label, size in sizes.items():
             for n_clients in clients:
                 count = max(1, volume[label] // size)
@@ -400,6 +404,11 @@ def run_s3_benchmark(
                 if side == "loopback socket":
                     progress(f"loopback socket: {label} x {n_clients} clients")
                     rows += _socket(work_dir / "socket", label, size, n_clients, count)
+                if side == "null server" and size <= NULL_MAX_SIZE:
+                    progress(f"null server: {label} x {n_clients} clients")
+                    with null_server(size) as port:
+                        target = Target("null server", "127.0.0.1", port, "cloudlab-1", "AKIANULL", "null")
+                        rows += _transfer(target, "null", label, size, n_clients, count)
     with tempfile.TemporaryDirectory(dir=work_dir) as walrus_root, walrus_server(Path(walrus_root), lists) as target:
         rows += _side(target, sizes, clients, volume, lists, progress, skip=())
     with tempfile.TemporaryDirectory(dir=work_dir) as moto_root, moto_server(Path(moto_root), lists) as target:
@@ -454,19 +463,25 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if wire is not None and wire[measure]:
             entry["socket"] = wire[measure]
             entry["share_of_socket"] = round(row[measure] / wire[measure], 3)
+        null = index.get(("null server", op, size, n_clients))
+        if null is not None and null[measure]:
+            entry["null"] = null[measure]
+            entry["share_of_null"] = round(row[measure] / null[measure], 3)
+            if moto is not None and moto[measure]:
+                entry["null_to_moto"] = round(null[measure] / moto[measure], 2)  # the best ratio any server has
         out[key] = entry
     return out
 
 
 def report_lines(result: dict[str, Any]) -> list[str]:
     lines = [f"{'S3 measurement':24} {'walrus':>12} {'moto':>12} {'x moto':>8} {'plain':>12} {'of plain':>9}"
-             f" {'socket':>9} {'of socket':>9}"]  # fmt: skip
+             f" {'socket':>9} {'of socket':>9} {'null':>7} {'null/moto':>9}"]  # fmt: skip
     for key, e in result["summary"].items():
         unit = "keys/s" if key.startswith("LIST") else "MB/s"
         lines.append(
             f"{key:24} {e['walrus']:>9} {unit:<2} {e.get('moto', '-'):>12} {e.get('ratio_to_moto', '-'):>8} "
             f"{e.get('plain', '-'):>12} {e.get('share_of_plain', '-'):>9} {e.get('socket', '-'):>9}"
-            f" {e.get('share_of_socket', '-'):>9}"
+            f" {e.get('share_of_socket', '-'):>9} {e.get('null', '-'):>7} {e.get('null_to_moto', '-'):>9}"
         )
     lines += [f"skipped: {s}" for s in result.get("skipped", [])]
     return lines

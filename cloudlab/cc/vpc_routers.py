@@ -10,8 +10,9 @@ other. The router forwards between its VPC's subnets and answers the metadata ad
 applying a plan twice changes nothing.
 
 Each router has an uplink into the cluster's outside namespace (:mod:`cloudlab.net.vpc_edge`): while its VPC
-has an internet gateway, its instances' public addresses are translated 1:1 there and the rest masqueraded;
-the outside namespace routes each public address to its router. Without a gateway the uplink carries nothing.
+has an internet gateway, its instances' public addresses are translated 1:1 there (instances without one do not
+get out, as on EC2); the outside namespace routes each public address to its router. Without a gateway the uplink
+carries nothing.
 
 In a VDE fabric of several clusters (:mod:`cloudlab.cc.fabric`), a VPC has one router, on its home
 cluster; the plan of every other cluster names that home (``VpcRouter.home``), and there this class only
@@ -75,7 +76,9 @@ class VpcRouters:
         links.sysctl(ns, "net.ipv4.ip_forward", 1)
         links.add_address(ns, "lo", f"{METADATA_ADDRESS}/32")
         if not self.namespaces:  # the first router: the outside namespace's guard on what comes up the uplinks
-            firewall.apply(self.network.outside, vpc_edge.outside_ruleset())
+            edge = self.network.edge or {}  # (a direct cloud's zones share a WAN: cloudlab.cc.public_wan)
+            guard = vpc_edge.outside_ruleset(edge.get("public_pool_routed"), edge.get("wan_range"))
+            firewall.apply(self.network.outside, guard)
         outside_end, router_end = vpc_edge.uplink_addresses(router.slot)
         link = vpc_edge.outside_link(router.slot)
         links.veth(self.network.outside, link, ns, vpc_edge.UPLINK)

@@ -17,8 +17,12 @@ In a VPC (EC2's rules): an address is associated with an instance, or with its n
 (``Gateway.NotAttached`` otherwise). An instance launched into a subnet that maps public addresses on
 launch (the default subnets; ``MapPublicIpOnLaunch``, or ``AssociatePublicIpAddress`` in RunInstances'
 ``NetworkInterfaces``) gets an *auto-assigned* public address from the same pool: not an allocation of
-anybody's, held while the instance lives and shown in its place while an elastic address is associated
-with it (EC2 gives it a new one after; here it is the same one).
+anybody's, held while the instance runs and shown in its place while an elastic address is associated
+with it (EC2 gives it a new one after; here it is the same one). As on EC2, a stopped instance gives its
+auto-assigned address back to the pool and StartInstances gives it a fresh one (the lowest free, so perhaps
+another); an elastic address stays associated across a stop and start. Whether an instance gets one on start is
+recorded at launch (``public_ip_wanted``), so an instance launched while the pool was exhausted gets one on its
+next start if the pool has room then.
 
 This module only keeps the records: the NAT that makes an address reach its instance belongs to
 the cluster network (managed mode: :mod:`cloudlab.clc.network`; VPCs: :mod:`cloudlab.clc.vpc_network`).
@@ -56,6 +60,7 @@ CREATE INDEX IF NOT EXISTS addresses_by_owner ON addresses(owner);
 CREATE INDEX IF NOT EXISTS addresses_by_instance ON addresses(instance_id);
 CREATE TABLE IF NOT EXISTS public_ips (
     instance_id TEXT PRIMARY KEY, public_ip TEXT NOT NULL UNIQUE, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS public_ip_wanted (instance_id TEXT PRIMARY KEY);
 """
 
 _HOLDING = ",".join(f"'{s}'" for s in HOLDING_STATES)
@@ -366,6 +371,7 @@ class Addresses:
         An exhausted pool launches the instance without one (logged), rather than refusing it: EC2's pool is
         as good as endless, a private cloud's is a /24, and a user who asked for nothing in particular (a
         default subnet) should not see a launch fail for an address they may never use."""
+        db.execute("INSERT OR IGNORE INTO public_ip_wanted (instance_id) VALUES (?)", (instance_id,))
         db.execute(_SWEEP_AUTO)
         used = {r["public_ip"] for r in db.execute(_USED)}
         network = self.pool()
@@ -379,6 +385,37 @@ class Addresses:
         )
         return free
 
+    def assign_on_start(self, instance_id: str) -> str | None:
+        """A fresh auto-assigned address for an instance that StartInstances has just moved to ``pending``, if it
+        was launched with one (EC2 gives a started instance a new public address; it gave its old one up when it
+        stopped). An elastic address associated with it still takes its place."""
+        with self.store.transaction() as db:
+            wanted = db.execute(
+                "SELECT 1 FROM public_ip_wanted w JOIN instances i ON i.instance_id = w.instance_id"
+                " WHERE w.instance_id=? AND i.state IN ('pending', 'running')",
+                (instance_id,),
+            ).fetchone()
+            held = db.execute("SELECT 1 FROM public_ips WHERE instance_id=?", (instance_id,)).fetchone()
+            if wanted is None or held is not None:
+                return None
+            return self.assign_public_ip(db, instance_id)
+
+    @staticmethod
+    def on_instance_stopped(db: sqlite3.Connection, instance_id: str) -> None:
+        """Give the instance's auto-assigned address back to the pool (call in the transaction that moves it to
+        stopping or stopped); its elastic address stays associated, as on EC2. The wish for one on start is kept
+        (recorded here too for instances launched before it was recorded at launch)."""
+        try:
+            db.execute(
+                "INSERT OR IGNORE INTO public_ip_wanted (instance_id) SELECT instance_id FROM public_ips"
+                " WHERE instance_id=?",
+                (instance_id,),
+            )
+            db.execute("DELETE FROM public_ips WHERE instance_id=?", (instance_id,))
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+
     @staticmethod
     def on_instance_terminated(db: sqlite3.Connection, instance_id: str) -> None:
         """Disassociate the instance's address (call in the transaction that moves it to shutting-down or
@@ -386,6 +423,7 @@ class Addresses:
         try:
             db.execute("UPDATE addresses SET instance_id=NULL, association_id=NULL WHERE instance_id=?", (instance_id,))
             db.execute("DELETE FROM public_ips WHERE instance_id=?", (instance_id,))
+            db.execute("DELETE FROM public_ip_wanted WHERE instance_id=?", (instance_id,))
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise

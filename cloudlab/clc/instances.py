@@ -219,6 +219,8 @@ class InstanceRecords:
         append_ledger(db, dict(row) | sets, new, reason, when=now)
         if new in ("shutting-down", "terminated"):
             Addresses.on_instance_terminated(db, instance_id)  # EC2 disassociates elastic addresses
+        elif new in ("stopping", "stopped"):
+            Addresses.on_instance_stopped(db, instance_id)  # EC2 releases the auto-assigned public address
         return True
 
     def mark_dispatched(self, *instance_ids: str) -> None:

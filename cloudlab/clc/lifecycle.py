@@ -289,9 +289,11 @@ class InstanceLifecycle:
     def stop_instances(self, user: User, instance_ids: list[str]) -> list[Change]:
         """Power the VMs off and keep the instances (their room on the node is given back).
 
-        A stopped instance keeps its identity, type, user data, groups, addresses and volumes (its root
-        volume with what was written to it, see clc/volumes.py), and boots again on start, possibly on
-        another node; its scratch disk (an image without a disk) starts empty, as EC2's instance store.
+        A stopped instance keeps its identity, type, user data, groups, private and elastic addresses and
+        volumes (its root volume with what was written to it, see clc/volumes.py), and boots again on start,
+        possibly on another node; its scratch disk (an image without a disk) starts empty, as EC2's instance
+        store. Its auto-assigned public address goes back to the pool; start gives it a fresh one, as on EC2
+        (:meth:`cloudlab.clc.addresses.Addresses.assign_on_start`).
         """
         rows = {r["instance_id"]: r for r in self._visible(user, instance_ids)}
         for instance_id, row in rows.items():
@@ -338,7 +340,7 @@ class InstanceLifecycle:
             raise CloudError("InvalidAMIID.Unavailable", f"the image of {instance_id} is gone")
         need = c.InstanceNeed(instance_id, row["vcpus"], row["memory_mb"])
         placed = link.channel.ask(c.SCHEDULE, c.ScheduleRequest(instances=(need,), min_count=1)).placements
-        self.records.transition(
+        moved = self.records.transition(
             instance_id,
             "pending",
             None,
@@ -347,6 +349,8 @@ class InstanceLifecycle:
             dispatched_at=None,
             running_at=None,
         )
+        if moved:  # a fresh auto-assigned address before the guest boots and asks the metadata service for it
+            self._services(Addresses).assign_on_start(instance_id)
         self.dispatch.start(instance_id)
 
     # -- RebootInstances / GetConsoleOutput ---------------------------------------------------------------

@@ -99,6 +99,8 @@ class Store:
         self._local = threading.local()
         self._writer_thread: int | None = None
         self._closed = False
+        self._version_db: sqlite3.Connection | None = None
+        self._version_lock = threading.Lock()
         self._db.executescript(SCHEMA)
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -151,7 +153,24 @@ class Store:
             return self._db.execute(sql, params).fetchone()
         return self._reader().execute(sql, params).fetchone()
 
+    def data_version(self) -> int:
+        """A number that changes whenever anyone (any connection, any process) commits to the database.
+
+        SQLite's ``PRAGMA data_version`` on a connection of its own that never writes: a few
+        microseconds, where a query costs a parse and a lookup. A reader may keep what it derived from
+        the database for as long as this number stays the same (the S3 endpoint keeps access keys so).
+        """
+        with self._version_lock:
+            if self._version_db is None:
+                self._version_db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                                   timeout=30)  # fmt: skip
+            return int(self._version_db.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
+        with self._version_lock:
+            if self._version_db is not None:
+                self._version_db.close()
+                self._version_db = None
         with self._lock:
             self._closed = True
             self._db.close()

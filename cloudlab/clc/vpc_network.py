@@ -17,8 +17,8 @@ simplest design that is honest about where a VPC's traffic goes: through the cab
 
 Security groups are per-instance filters (:mod:`cloudlab.clc.vpc_filters`). A router whose VPC has an internet
 gateway attached carries ``internet`` and its instances' public addresses (an associated elastic address, else an
-auto-assigned one): the cluster translates them 1:1 at the router's uplink to the cluster's public side and
-masquerades the rest (:mod:`cloudlab.net.vpc_edge`); without a gateway nothing leaves the VPC.
+auto-assigned one): the cluster translates them 1:1 at the router's uplink to the cluster's public side, and only
+those instances get out (:mod:`cloudlab.net.vpc_edge`); without a gateway nothing leaves the VPC.
 """
 
 from __future__ import annotations

@@ -179,11 +179,12 @@ def _check_network(layout: StateLayout, config: CloudConfig) -> None:
 
     if os.geteuid() != 0:
         raise CliError(f"the {config.network} network needs root (namespaces, taps, nftables): run as root")
-    from cloudlab.cc import fabric
+    from cloudlab.cc import fabric, public_wan
 
     try:
         ClusterNetwork.for_cloud(config, layout).check(config.public_pool)
         fabric.check_config(config)
+        public_wan.check_config(config)
     except (NetError, ValueError) as exc:
         raise CliError(str(exc)) from None
 

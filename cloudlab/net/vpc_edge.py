@@ -7,9 +7,11 @@ namespaces. Each VPC router has one veth into the outside namespace (its *uplink
 :data:`UPLINKS`, shared address space that no VPC may use: their ranges are RFC 1918's). Through it:
 
 - while the VPC has an internet gateway, an instance with a public address (elastic, or auto-assigned in a
-  subnet that maps public addresses on launch) is translated 1:1 (DNAT in, SNAT out), and every other
-  instance's traffic to the public side is masqueraded behind the router's uplink address;
-- without a gateway, nothing crosses the uplink in either direction (dropped in the router's forward hook).
+  subnet that maps public addresses on launch) is translated 1:1 (DNAT in, SNAT out); an instance with only a
+  private address does not get out (dropped in the router's forward hook), as on EC2, where an internet gateway
+  translates only public addresses and a private instance needs a NAT gateway (which cloudlab does not offer: a
+  masquerade here once let every instance out and so hid a missing public address);
+- without a gateway, nothing crosses the uplink in either direction.
 
 The outside namespace routes each public address to its VPC router's uplink (:mod:`cloudlab.cc.vpc_routers`),
 and has no route to any VPC's private range, so overlapping VPC ranges never meet there. What comes up an
@@ -54,9 +56,9 @@ def _ip(text: str, what: str) -> str:
 
 
 def ruleset(nats: Sequence[ElasticNat], internet: bool) -> str:
-    """The router's edge as nftables text (table ``ip cloudlab_edge``): 1:1 NAT of ``nats`` and masquerade
-    while ``internet`` (an attached gateway), else a closed uplink. Public addresses without a gateway are
-    refused: they would be a NAT nobody asked for."""
+    """The router's edge as nftables text (table ``ip cloudlab_edge``): 1:1 NAT of ``nats`` while ``internet``
+    (an attached gateway), and only their private addresses let out; else a closed uplink. Public addresses
+    without a gateway are refused: they would be a NAT nobody asked for."""
     if nats and not internet:
         raise NetError("public addresses need the VPC's internet gateway: none is attached")
     pairs = [(_ip(n.public_ip, "public address"), _ip(n.private_ip, "private address")) for n in nats]
@@ -68,28 +70,35 @@ def ruleset(nats: Sequence[ElasticNat], internet: bool) -> str:
     out += ["  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;"]
     out += [f"    iifname {up} ip daddr {public} dnat to {private}" for public, private in pairs] + ["  }"]
     out += ["  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;"]
-    out += [f"    oifname {up} ip saddr {private} snat to {public}" for public, private in pairs]
-    if internet:
-        out.append(f"    oifname {up} masquerade")
-    out.append("  }")
+    out += [f"    oifname {up} ip saddr {private} snat to {public}" for public, private in pairs] + ["  }"]
     out += ["  chain forward {", "    type filter hook forward priority filter; policy accept;"]
     if internet:
         out += [f"    iifname {up} ct state established,related accept", f"    iifname {up} ct status dnat accept"]
-    out.append(f"    iifname {up} drop")
-    if not internet:
-        out.append(f"    oifname {up} drop")
-    out += ["  }", "}"]
+        # (the forward hook sees a packet before postrouting's SNAT: its source is still the private address)
+        out += [f"    oifname {up} ip saddr {private} accept" for private in dict.fromkeys(p for _, p in pairs)]
+    out += [f"    iifname {up} drop", f"    oifname {up} drop", "  }", "}"]
     return "\n".join(out) + "\n"
 
 
-def outside_ruleset() -> str:
+def outside_ruleset(public_pool: str | None = None, wan: str | None = None) -> str:
     """The outside namespace's guard (table ``inet cloudlab_uplinks``): traffic from a VPC router's uplink
-    (``v<slot>``) reaches the outside namespace and other uplinks, nothing else."""
+    (``v<slot>``) reaches the outside namespace and other uplinks, nothing else. With ``public_pool`` (the
+    zones of a direct cloud share a WAN, :mod:`cloudlab.cc.public_wan`), the pool's addresses are also
+    forwarded between the uplinks and the WAN (``wan0``), as are answers to the other zones' public sides
+    (``wan``, the WAN's range: ``cloudlab exec`` there reaching this zone's public addresses), and nothing else
+    crosses it."""
+    lines = []
+    if public_pool is not None:
+        pool = str(ipaddress.IPv4Network(public_pool, strict=False))
+        lines += [f'    iifname "v*" oifname "wan0" ip daddr {pool} accept']
+        lines += [f'    iifname "v*" oifname "wan0" ip daddr {wan} accept'] if wan else []
+        lines += [f'    iifname "wan0" oifname "v*" ip daddr {pool} accept', '    iifname "wan0" drop']
+    lines.append('    iifname "v*" oifname != "v*" drop')
     return (
         f"table inet {OUTSIDE_TABLE} {{\n"
         "  chain forward {\n"
         "    type filter hook forward priority filter; policy accept;\n"
-        '    iifname "v*" oifname != "v*" drop\n'
-        "  }\n"
+        + "".join(f"{line}\n" for line in lines)
+        + "  }\n"
         "}\n"
     )

@@ -16,7 +16,8 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ MAX_KEY_BYTES = 1024
 MAX_OBJECT_BYTES = 5 * 1024**4  # 5 TiB, as S3
 MAX_PUT_BYTES = 5 * 1024**3  # a single PUT, as S3
 INLINE_MAX = 64 * 1024  # objects up to this size are kept in their metadata row (see cloudlab.walrus.db)
+MAX_KEPT_BUCKETS = 4096  # bucket records kept in memory (the cache starts over beyond this)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class EngineBase:
         self.blobs = BlobStore(root)
         self._pending_out: dict[str, int] = {}
         self._out_lock = threading.Lock()
+        self._buckets: dict[str, tuple[int, Bucket]] = {}  # name -> (generation read under, record)
+        self._generations = itertools.count(1)
+        self._bucket_generation = 0
         self.collected = self.blobs.collect_garbage(self._referenced_blobs())
 
     # -- lookups and permissions --------------------------------------------------------------------
@@ -79,10 +84,49 @@ class EngineBase:
         return referenced
 
     def bucket(self, name: str) -> Bucket:
+        """A bucket's record, from memory unless a bucket changed since it was read.
+
+        Every request reads its bucket (ACL, owner, versioning) and buckets change rarely, so records
+        are kept, tagged with the generation they were read under; :meth:`buckets_changed` (called after
+        every write to the table, once it is committed) starts a new generation, which retires every
+        kept record. A record read before a change but kept after it carries the old tag and is never
+        served. Inside a write transaction the record is read afresh (it may be uncommitted).
+        Only this process writes ``walrus.db`` (the engine is the cloud service's), so the
+        generation sees every change.
+        """
+        if self.db.in_transaction():
+            return self._read_bucket(name)
+        generation = self._bucket_generation
+        kept = self._buckets.get(name)
+        if kept is not None and kept[0] == generation:
+            return kept[1]
+        bucket = self._read_bucket(name)
+        if len(self._buckets) >= MAX_KEPT_BUCKETS:
+            self._buckets.clear()
+        self._buckets[name] = (generation, bucket)
+        return bucket
+
+    def _read_bucket(self, name: str) -> Bucket:
         row = self.db.one("SELECT * FROM buckets WHERE name=?", (name,))
         if row is None:
             raise no_such_bucket(name)
         return Bucket.from_row(row)
+
+    @contextmanager
+    def bucket_write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on the buckets table: kept records retire once it has committed (or failed).
+        Never nested in another transaction, whose COMMIT would come after the records retired."""
+        if self.db.in_transaction():
+            raise RuntimeError("a bucket write must be a transaction of its own")
+        try:
+            with self.db.transaction() as db:
+                yield db
+        finally:
+            self.buckets_changed()
+
+    def buckets_changed(self) -> None:
+        """Retire every kept bucket record (after a write to the buckets table, committed or not)."""
+        self._bucket_generation = next(self._generations)  # next() is atomic: no two writers share one
 
     def require_bucket(self, principal: Principal | None, name: str, permission: str) -> Bucket:
         bucket = self.bucket(name)

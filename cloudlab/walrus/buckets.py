@@ -57,7 +57,7 @@ class BucketOps(EngineBase):
                 f"this request was sent to ({self.region}).",
             )
         acl = self.new_acl(principal, spec)
-        with self.db.transaction() as db:
+        with self.bucket_write() as db:
             row = db.execute("SELECT owner FROM buckets WHERE name=?", (name,)).fetchone()
             if row is not None:
                 if row["owner"] == principal.name:
@@ -96,7 +96,7 @@ class BucketOps(EngineBase):
 
     def delete_bucket(self, principal: Principal, name: str) -> None:
         self.require_owner(principal, name)
-        with self.db.transaction() as db:
+        with self.bucket_write() as db:
             if (
                 db.execute("SELECT 1 FROM versions WHERE bucket=? LIMIT 1", (name,)).fetchone()
                 or db.execute("SELECT 1 FROM uploads WHERE bucket=? LIMIT 1", (name,)).fetchone()
@@ -119,7 +119,7 @@ class BucketOps(EngineBase):
         bucket = self.require_bucket(principal, name, "WRITE_ACP")
         owner = Principal(bucket.owner, "") if principal.name != bucket.owner else principal
         acl = self.new_acl(principal, spec) if owner is principal else _reowned(self.new_acl(principal, spec), bucket)
-        with self.db.transaction() as db:
+        with self.bucket_write() as db:
             db.execute("UPDATE buckets SET acl=? WHERE name=?", (access.dump(acl), name))
 
     # -- tagging, versioning, CORS ------------------------------------------------------------------
@@ -134,7 +134,7 @@ class BucketOps(EngineBase):
         self.require_owner(principal, name)
         if tags is not None:
             check_tags(tags, MAX_BUCKET_TAGS)
-        with self.db.transaction() as db:
+        with self.bucket_write() as db:
             db.execute("UPDATE buckets SET tags=? WHERE name=?", (json.dumps(tags) if tags is not None else None, name))
 
     def get_versioning(self, principal: Principal, name: str) -> str:
@@ -145,7 +145,7 @@ class BucketOps(EngineBase):
         if status not in ("Enabled", "Suspended"):
             raise WalrusError("IllegalVersioningConfigurationException",
                               "The Versioning element must be specified")  # fmt: skip
-        with self.db.transaction() as db:
+        with self.bucket_write() as db:
             db.execute("UPDATE buckets SET versioning=? WHERE name=?", (status, name))
 
     def get_cors(self, principal: Principal, name: str) -> list[dict[str, Any]]:
@@ -166,7 +166,7 @@ class BucketOps(EngineBase):
                 )
             if not rule.get("AllowedOrigins"):
                 raise WalrusError("MalformedXML", "Each CORSRule must have at least one AllowedOrigin")
-        with self.db.transaction() as db:
+        with self.bucket_write() as db:
             db.execute("UPDATE buckets SET cors=? WHERE name=?", (json.dumps(rules) if rules else None, name))
 
     def cors_rules(self, name: str) -> list[dict[str, Any]]:

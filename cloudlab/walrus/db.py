@@ -198,6 +198,10 @@ class MetaDB:
         finally:
             os.close(fd)
 
+    def in_transaction(self) -> bool:
+        """Whether this thread is inside a :meth:`transaction` body (its reads see its own writes)."""
+        return self._writer == threading.get_ident()
+
     def _reader(self) -> sqlite3.Connection:
         if self._writer == threading.get_ident():
             return self._db

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cloudlab.walrus import access
 
@@ -86,9 +86,9 @@ class ObjectVersion:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Listed:
-    """What a listing shows of a version: read without decoding its metadata, ACL and tags."""
+class Listed(NamedTuple):
+    """What a listing shows of a version: read without decoding its metadata, ACL and tags (a named tuple:
+    a page builds a thousand, and a frozen dataclass's ``__init__`` costs nine ``object.__setattr__``)."""
 
     key: str
     version_id: str

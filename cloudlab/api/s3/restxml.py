@@ -27,6 +27,7 @@ from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
 
 from cloudlab.api.protocol import format_timestamp, xml_escape
+from cloudlab.api.query_output import unix_second
 from cloudlab.api.s3.model import ROOT_ELEMENTS, XML_NAMESPACE
 from cloudlab.walrus.errors import WalrusError
 
@@ -87,9 +88,24 @@ def parse_time(text: str, where: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+_HTTP_DATES: dict[int, str] = {}  # a whole Unix second -> its HTTP date (Last-Modified of every GET and HEAD)
+
+
 def http_date(value: float | datetime) -> str:
-    moment = value if isinstance(value, datetime) else datetime.fromtimestamp(value, UTC)
-    return format_datetime(moment.astimezone(UTC), usegmt=True)
+    """RFC 7231's date (whole seconds); a number's is formatted once per second (``format_datetime`` is a
+    few microseconds of every GET's answer)."""
+    if isinstance(value, datetime):
+        return format_datetime(value.astimezone(UTC), usegmt=True)
+    if not 0 <= value < 2**34:
+        return format_datetime(datetime.fromtimestamp(value, UTC), usegmt=True)
+    second, _ = unix_second(value)
+    text = _HTTP_DATES.get(second)
+    if text is None:
+        text = format_datetime(datetime.fromtimestamp(second, UTC), usegmt=True)
+        if len(_HTTP_DATES) >= 4096:
+            _HTTP_DATES.clear()
+        _HTTP_DATES[second] = text
+    return text
 
 
 # -- input -----------------------------------------------------------------------------------------
@@ -249,7 +265,8 @@ _PLANS: dict[str, tuple[tuple[str, str, Shape, str], ...]] = {}
 
 
 def _plan(shape: StructureShape) -> tuple[tuple[str, str, Shape, str], ...]:
-    """(member, wire name, shape, how) per member, compiled once per shape: "attr", "flat" or "element"."""
+    """(member, wire name, shape, how) per member, compiled once per shape: "attr", "flat", "scalar" or
+    "element"."""
     plan = _PLANS.get(shape.name)
     if plan is None:
         entries = []
@@ -258,6 +275,8 @@ def _plan(shape: StructureShape) -> tuple[tuple[str, str, Shape, str], ...]:
             how = "attr" if member.serialization.get("xmlAttribute") else "element"
             if isinstance(member, ListShape) and member.serialization.get("flattened"):
                 how = "flat"
+            elif how == "element" and not isinstance(member, StructureShape | ListShape):
+                how = "scalar"  # written in place: a listing has ~6,000 of them per page
             entries.append((name, wire, member, how))
         plan = _PLANS[shape.name] = tuple(entries)
     return plan
@@ -271,7 +290,9 @@ def _write_element(tag: str, shape: Shape, value: Any, out: list[str], top: bool
             item = value.get(name)
             if item is None:
                 continue
-            if how == "attr":
+            if how == "scalar":
+                inner.append(f"<{wire}>{xml_escape(item) if isinstance(item, str) else _text(member, item)}</{wire}>")
+            elif how == "attr":
                 if wire.startswith("xsi:"):
                     attributes += f' xmlns:xsi="{XSI}"'
                 attributes += f' {wire}="{xml_escape(str(item))}"'

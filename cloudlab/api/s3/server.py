@@ -137,19 +137,51 @@ class _HttpChunked:
         return bytes(out)
 
 
+def _drained(stream: Any, limit: int = 64 * 1024) -> bool:
+    """Read what an operation left of its body, up to ``limit`` bytes: the HTTP chunked terminator after an
+    aws-chunked body (boto3 over HTTPS nests the two), else a next request on the kept-alive connection
+    would begin with it. Whether the body is now read to its end."""
+    while stream.remaining > 0 and limit > 0:
+        data = stream.read(min(limit, 16 * 1024))
+        if not data:
+            break
+        limit -= len(data)
+    return stream.remaining <= 0
+
+
 class Directory:
-    """The cloud's users as S3 principals: by access key (with the secret), by name, by canonical id."""
+    """The cloud's users as S3 principals: by access key (with the secret), by name, by canonical id.
+
+    Every signed request looks up its access key; the answers are kept while the users' database is
+    unchanged (:meth:`Store.data_version`, read before each lookup, moves with any commit by anyone),
+    so a key that is deactivated or a user who is disabled fails on the very next request, as before.
+    Unknown keys are not kept (a client spraying made-up keys cannot fill memory).
+    """
+
+    MAX_KEPT = 4096
 
     def __init__(self, users: Any) -> None:
         self._users = users
         self._by_cid: dict[str, Principal] = {}
+        store = getattr(users, "store", None)
+        self._version: Callable[[], int] | None = getattr(store, "data_version", None)
+        self._keys: dict[str, tuple[int, tuple[Principal, str]]] = {}
 
     def key(self, access_key: str) -> tuple[Principal, str] | None:
+        version = self._version() if self._version is not None else None
+        kept = self._keys.get(access_key) if version is not None else None
+        if kept is not None and kept[0] == version:
+            return kept[1]
         hit = self._users.authenticate(access_key)
         if hit is None:
             return None
         user, secret = hit
-        return Principal(user.name, user.user_id, user.is_admin), secret
+        found = Principal(user.name, user.user_id, user.is_admin), secret
+        if version is not None:
+            if len(self._keys) >= self.MAX_KEPT:
+                self._keys.clear()
+            self._keys[access_key] = (version, found)
+        return found
 
     def named(self, name: str) -> Principal | None:
         user = self._users.get(name)
@@ -334,7 +366,9 @@ class S3Handler(LeanRequestHandler):
                 self.api.directory.named, self.api.directory.canonical,
             )  # fmt: skip
             output = OPERATIONS[name](call)
-            body_left = body_left and stream.remaining > 0
+            body_left = body_left and not _drained(stream)
+            if body_left:  # more than a framing's tail left unread: the next request's start is unknown
+                self.close_connection = True
             status_override = output.pop("_status", None)
             status, out_headers, body = serialize_output(op, output)
             out_headers = [("x-amz-request-id", request_id), *cors_headers, *out_headers]
