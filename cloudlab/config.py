@@ -103,11 +103,11 @@ class CloudConfig:
 
     @property
     def vde_profile_in_use(self) -> str:
-        """The VDE profile the cloud's networks are built with: ``vde_profile``, except that the fabric joining
-        several clusters (vde, VPC model, 2+ clusters; cloudlab/cc/fabric.py) trunks every VPC subnet's VLAN over
-        one cable per cluster, which only ``vde_switch`` can do: such a cloud runs classic (said by ``status``)."""
-        spans = self.network == "vde" and self.network_model == "vpc" and self.clusters > 1
-        return "classic" if spans else self.vde_profile
+        """The VDE profile the cloud's networks are built with: ``vde_profile``, for one cluster and for a fabric of
+        several alike (cloudlab/cc/fabric.py trunks VLANs over one cable per cluster on classic, and gives fast a
+        cable per VPC subnet and cluster, cloudlab/cc/fabric_cables.py). One name for what the networks, the
+        nodes' NIC templates and ``status`` must agree on."""
+        return self.vde_profile
 
     @property
     def zone(self) -> str:

@@ -321,7 +321,8 @@ def test_vms_bridge_vm_to_vm() -> None:
 @needs_tools
 def test_vpc_placements_in_their_quickest_form(tmp_path: Path) -> None:
     """``cloudlab bench network --vpc-only``, one 1-s run per path: one VPC's pair within a cluster and across
-    two clusters (through the NAT), and that path by hand; the report has all three and the two ratios."""
+    two clusters (through the NAT), then that path by hand in the same shape, on the fast profile, then on classic;
+    the report has all six, the cross-cluster cost of each profile, fast against classic, and each against hand."""
     from tests.clouds import network_requirements
 
     reason = network_requirements()
@@ -329,22 +330,69 @@ def test_vpc_placements_in_their_quickest_form(tmp_path: Path) -> None:
         pytest.skip(reason)
     argv = [sys.executable, "-m", "cloudlab.cli", "bench", "network", "--vpc-only", "--repeats", "1"]
     done = subprocess.run(
-        [*argv, "--duration", "1", "--output", str(tmp_path)], capture_output=True, text=True, timeout=900
+        [*argv, "--duration", "1", "--output", str(tmp_path)], capture_output=True, text=True, timeout=1800
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     [report] = list(tmp_path.glob("bench-network-*[0-9].json"))
     document = json.loads(report.read_text())
     runs = {r["path"]: r for r in document["runs"]}
-    assert set(runs) == {"cloudlab:vm-vpc-same-cluster", "cloudlab:vm-vpc-cross-cluster", "hand:vm-vde-nat-cable"}
+    assert list(runs) == [
+        "cloudlab:vm-vpc-same-cluster-fast",
+        "cloudlab:vm-vpc-cross-cluster-fast",
+        "hand:vm-vde-nat-cable-vdeplug-switch-mtu9000",
+        "cloudlab:vm-vpc-same-cluster-classic",
+        "cloudlab:vm-vpc-cross-cluster-classic",
+        "hand:vm-vde-nat-cable",
+    ]  # measured in this order, side by side
     for run in runs.values():
         assert run["error"] is None and run["gbit_s"] > 0 and run["rtt_ms"] > 0 and run["loss_pct"] < 100
-    assert [r["path"] for r in document["summary"]] == list(runs)  # measured in this order, side by side
-    for name in ("VPC cross-cluster/same-cluster", "VPC cross-cluster cloudlab/hand"):
+    assert [r["path"] for r in document["summary"]] == list(runs)
+    names = [
+        "VPC cross-cluster/same-cluster --vde-profile fast",
+        "VPC cross-cluster/same-cluster --vde-profile classic",
+        "VPC cross-cluster fast/classic",
+        "VPC cross-cluster cloudlab/hand --vde-profile fast",
+        "VPC cross-cluster cloudlab/hand --vde-profile classic",
+    ]
+    for name in names:
         ratio = document["ratios"][name]
         expected = runs[ratio["numerator"]]["gbit_s"] / runs[ratio["denominator"]]["gbit_s"]
         assert ratio["ratio"] == pytest.approx(expected, abs=2e-3) and ratio["n"] == [1, 1]
-    assert "VPC cross-cluster/same-cluster: x" in done.stdout
+        assert f"{name}: x" in done.stdout
     assert document["environment"]["tools"]["vde_switch"]
+    assert "load average (1 min):" in done.stdout
+
+
+def test_the_vpc_placements_run_on_each_profile_asked_for_in_neighbouring_pairs() -> None:
+    from cloudlab.bench import cloudpaths, handcables, network
+
+    suite = network.vpc_suite()
+    shapes = [(f.func, f.args, f.keywords) for f in suite]
+    pair = cloudpaths.cloud_vpc_pair
+    hand = handcables.vms_vde_nat_cable
+    assert shapes == [
+        (pair, ("same-cluster",), {"vde_profile": "fast"}),
+        (pair, ("cross-cluster",), {"vde_profile": "fast"}),
+        (hand, (None,), {"switch": "vdeplug-switch", "mtu": 9000}),  # the fast profile's shape, by hand
+        (pair, ("same-cluster",), {"vde_profile": "classic"}),
+        (pair, ("cross-cluster",), {"vde_profile": "classic"}),
+        (hand, (None,), {}),
+    ]
+    assert len(network.vpc_suite(profiles=["classic"])) == 3
+    with pytest.raises(ValueError, match="jumbo frames need vdeplug-switch"), hand(mtu=9000):
+        pass
+    with pytest.raises(ValueError, match="unknown VDE profile 'quick'"):
+        network.vpc_suite(profiles=["quick"])
+    assert cloudpaths.vpc_kind("cross-cluster", "classic") == "vm-vpc-cross-cluster-classic"
+    assert cloudpaths.KIND_OF_PLACEMENT["same-cluster"] == "vm-vpc-same-cluster-fast"  # the default profile's
+    kinds = [cloudpaths.vpc_kind(p, v) for p in ("same-cluster", "cross-cluster") for v in ("fast", "classic")]
+    measured = pd.DataFrame({"path": [f"cloudlab:{kind}" for kind in kinds]})
+    found = {name: (num, den) for name, num, den in network.default_pairs(measured)}
+    assert found["VPC cross-cluster fast/classic"] == (
+        "cloudlab:vm-vpc-cross-cluster-fast",
+        "cloudlab:vm-vpc-cross-cluster-classic",
+    )
+    assert "VPC cross-cluster cloudlab/hand --vde-profile fast" not in found  # no hand path measured: no ratio
 
 
 @pytest.mark.vm

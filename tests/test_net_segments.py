@@ -196,8 +196,9 @@ def test_vde_profile_defaults_to_fast_and_is_checked(tmp_path: Path) -> None:
         CloudConfig.load(path)
     path.write_text(json.dumps({"network": "vde", "vde_profile": "classic"}))
     assert CloudConfig.load(path).vde_profile_in_use == "classic"
-    fabric = CloudConfig(network="vde", network_model="vpc", clusters=2)
-    assert fabric.vde_profile == "fast" and fabric.vde_profile_in_use == "classic"  # the fabric trunks VLANs
+    fabric = CloudConfig(network="vde", network_model="vpc", clusters=2)  # a cable per segment: fast there too
+    assert fabric.vde_profile == "fast" and fabric.vde_profile_in_use == "fast"
+    assert dataclasses.replace(fabric, vde_profile="classic").vde_profile_in_use == "classic"
     assert CloudConfig(network="vde", network_model="classic", clusters=2).vde_profile_in_use == "fast"
     assert CloudConfig(network="vde", network_model="vpc", clusters=1).vde_profile_in_use == "fast"
 

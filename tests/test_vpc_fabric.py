@@ -5,6 +5,9 @@ a masquerading NAT (``--nat-cluster cluster2``). One VPC, a subnet in each zone,
 reach each other on their private addresses over the cable that the NATed cluster dialled to the first
 cluster's switch, through their VPC's one router (on the first cluster). The cable's process is killed: it is
 dialled again, the status says so, and the instances reach each other again. ``cloudlab down`` leaves nothing.
+
+Every test runs on both VDE profiles: ``fast`` (the default: a cable per VPC subnet segment and cluster, MTU 9000
+in the guests, :mod:`cloudlab.cc.fabric_cables`) and ``classic`` (one cable per cluster, the VLANs tagged on it).
 """
 
 from __future__ import annotations
@@ -25,8 +28,18 @@ from cloudlab.cc import fabric
 from cloudlab.client import connect
 from cloudlab.config import CloudConfig
 from cloudlab.net import NetError, links, netns
+from cloudlab.usage_frames import fetch_usage
 from cloudlab.waiting import wait_until
-from tests.clouds import RunningCloud, cli, default_image, network_requirements, no_leftovers, ssh, start_cloud
+from tests.clouds import (
+    RunningCloud,
+    cli,
+    default_image,
+    network_requirements,
+    no_leftovers,
+    ssh,
+    start_cloud,
+    wait_states,
+)
 
 
 def test_nat_clusters_that_cannot_be_built_are_refused_with_the_reason() -> None:
@@ -61,11 +74,12 @@ def test_up_refuses_a_nat_cluster_it_cannot_build_before_starting_anything(tmp_p
     assert not (state / "cloud.json").exists()  # nothing saved, nothing started
 
 
-@pytest.fixture(scope="module")
-def fabric_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
+@pytest.fixture(scope="module", params=["fast", "classic"])
+def fabric_cloud(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCloud]:
     reason = network_requirements()
     if reason:
         pytest.skip(reason)
+    kwargs = {} if request.param == "fast" else {"vde_profile": request.param}  # fast: the default, unsaid
     cloud = start_cloud(
         tmp_path_factory.mktemp("fabric") / "state",
         network="vde",
@@ -74,9 +88,18 @@ def fabric_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCl
         nat_clusters=["cluster2"],
         node_vcpus=2,
         node_memory_mb=1024,
+        **kwargs,
     )
+    cloud.profile = request.param  # type: ignore[attr-defined]
     yield cloud
     servicectl.down(cloud.layout)
+
+
+def far_cable(cloud: RunningCloud, lab: dict) -> str:
+    """The role of the NATed cluster's cable that carries its instance's subnet (fast: that segment's own)."""
+    if cloud.profile == "classic":  # type: ignore[attr-defined]
+        return "cluster cable cluster1"
+    return f"cluster cable cluster1 vlan {lab['vlans'][1]}"
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +119,8 @@ def lab(fabric_cloud: RunningCloud) -> dict[str, Any]:
         for s in subnets
     )
     connect(str(fabric_cloud.layout.root)).wait_booted([a["InstanceId"], b["InstanceId"]], timeout=300)
-    return {"ec2": ec2, "vpc": vpc, "zones": zones, "subnets": subnets, "a": a, "b": b}
+    vlans = sorted(network_of(fabric_cloud, "cluster1")["vlans"])  # the subnets' segments, in slot order
+    return {"ec2": ec2, "vpc": vpc, "zones": zones, "subnets": subnets, "a": a, "b": b, "vlans": vlans}
 
 
 def ssh_when_up(cloud: RunningCloud, instance_id: str, command: str) -> subprocess.CompletedProcess[str]:
@@ -140,14 +164,18 @@ def test_one_vpc_in_two_zones_has_one_router_on_the_first_cluster(fabric_cloud: 
     hub, nated = network_of(fabric_cloud, "cluster1"), network_of(fabric_cloud, "cluster2")
     assert list(hub["vpc_routers"]) == [lab["vpc"]] and nated["vpc_routers"] == {}
     assert hub["vlans"] == nated["vlans"] and len(hub["vlans"]) == 2  # both subnets' VLANs, on both clusters
-    # the fabric trunks every VPC subnet over one cable: only vde_switch can, so it runs classic (the default
-    # profile, fast, is not used here, and status says so)
-    assert hub["vde_profile"] == nated["vde_profile"] == "classic"
+    assert hub["vde_profile"] == nated["vde_profile"] == fabric_cloud.profile  # type: ignore[attr-defined]
     assert hub["edge"]["behind_nat"] is False and nated["edge"]["behind_nat"] is True
     roles = {p["role"]: p for p in nated["processes"]}
-    assert roles["cluster cable cluster1"]["kind"] == "tcp-dialer" and roles["cluster cable cluster1"]["alive"]
-    listener = {p["role"]: p for p in hub["processes"]}["cluster cable cluster2"]
-    assert listener["kind"] == "tcp-listener" and listener["connected"]
+    hub_roles = {p["role"]: p for p in hub["processes"]}
+    # classic: one cable, every subnet's VLAN tagged on it; fast: a cable per subnet segment, none shared
+    suffixes = [""] if fabric_cloud.profile == "classic" else [f" vlan {v}" for v in hub["vlans"]]  # type: ignore[attr-defined]
+    assert sorted(r for r in roles if r.startswith("cluster cable")) == [f"cluster cable cluster1{s}" for s in suffixes]
+    for suffix in suffixes:
+        dialer = roles[f"cluster cable cluster1{suffix}"]
+        assert dialer["kind"] == "tcp-dialer" and dialer["alive"]
+        listener = hub_roles[f"cluster cable cluster2{suffix}"]
+        assert listener["kind"] == "tcp-listener" and listener["connected"]
 
 
 @pytest.mark.vm
@@ -164,6 +192,14 @@ def test_private_addresses_reach_each_other_across_the_clusters(fabric_cloud: Ru
         fabric_cloud, b["InstanceId"], "wget -q -O - http://169.254.169.254/latest/meta-data/instance-id"
     )
     assert meta.stdout.strip() == b["InstanceId"], meta.stderr
+    # the guests' MTU is the segment's (fast: 9000, from libvirt's <mtu>), and a frame that fills it crosses the
+    # cable, the NAT and the router whole (ICMP payload = MTU - 28; busybox ping does not fragment below the MTU)
+    mtu = 9000 if fabric_cloud.profile == "fast" else 1500  # type: ignore[attr-defined]
+    for instance in (a, b):
+        shown = ssh_when_up(fabric_cloud, instance["InstanceId"], "cat /sys/class/net/eth0/mtu").stdout.strip()
+        assert shown == str(mtu), shown
+    full = ssh_when_up(fabric_cloud, b["InstanceId"], f"ping -c 2 -W 2 -s {mtu - 28} {a['PrivateIpAddress']}")
+    assert f"{mtu - 20} bytes from {a['PrivateIpAddress']}" in full.stdout, full.stdout + full.stderr
 
 
 @pytest.mark.vm
@@ -187,19 +223,20 @@ def test_the_nated_cluster_dialled_out_and_nothing_dials_in(fabric_cloud: Runnin
 @pytest.mark.vm
 @pytest.mark.slow
 def test_a_cut_cable_is_dialled_again_and_reported(fabric_cloud: RunningCloud, lab: dict) -> None:
-    cable = {p["role"]: p for p in network_of(fabric_cloud, "cluster2")["processes"]}["cluster cable cluster1"]
+    role = far_cable(fabric_cloud, lab)
+    cable = {p["role"]: p for p in network_of(fabric_cloud, "cluster2")["processes"]}[role]
     subprocess.run(["kill", "-9", str(cable["pid"])], check=True)
 
     def redialled() -> dict[str, Any] | None:
         procs = {p["role"]: p for p in network_of(fabric_cloud, "cluster2")["processes"]}
-        now = procs["cluster cable cluster1"]
+        now = procs[role]
         return now if now["alive"] and now["restarts"] >= cable["restarts"] + 1 and now["pid"] != cable["pid"] else None
 
     wait_until(redialled, 30, what="the cable to be dialled again", interval_s=0.5)
     history = network_of(fabric_cloud, "cluster2")["history"]
-    assert any("cluster cable cluster1 died; restarted" in event for event in history), history
+    assert any(f"{role} died; restarted" in event for event in history), history
     shown = cli(fabric_cloud, "status").stdout
-    assert "cluster cable cluster1: running" in shown and "cluster cable cluster1 died; restarted" in shown, shown
+    assert f"{role}: running" in shown and f"{role} died; restarted" in shown, shown
     assert "behind the NAT" in shown
     again = reaches(fabric_cloud, lab["b"]["InstanceId"], lab["a"]["PrivateIpAddress"])
     assert "2 packets received" in again.stdout
@@ -222,9 +259,28 @@ def test_kill_9_of_the_service_spares_the_guests_and_joins_the_clusters_again(
     after = {i: ssh_when_up(fabric_cloud, i, boot_id).stdout for i in before}
     assert after == before and all(after.values())  # the same guests, never rebooted
     nated = network_of(fabric_cloud, "cluster2")
-    assert nated["edge"]["behind_nat"] and {p["role"] for p in nated["processes"]} >= {"cluster cable cluster1"}
+    assert nated["edge"]["behind_nat"] and {p["role"] for p in nated["processes"]} >= {far_cable(fabric_cloud, lab)}
     again = reaches(fabric_cloud, b["InstanceId"], a["PrivateIpAddress"])
     assert "2 packets received" in again.stdout
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_the_nated_instances_bytes_reach_the_ledger(fabric_cloud: RunningCloud, lab: dict) -> None:
+    """Accounting across the fabric: the NATed cluster's instance's NIC counters (its tap's, on either profile)
+    become ledger bytes; it pinged across the cable in frames of the segment's MTU and served SSH sessions, so
+    more than such a frame went each way."""
+    ec2, b = fabric_cloud.ec2(), lab["b"]["InstanceId"]  # (the endpoint of the cloud started again above)
+    ec2.terminate_instances(InstanceIds=[b])  # (its final counters go into the ledger)
+    wait_states(ec2, [b], "terminated", 90, interval_s=0.5)
+    creds = fabric_cloud.credentials()
+    frame = fetch_usage(
+        {"endpoint_url": fabric_cloud.url, "region_name": fabric_cloud.info["region"],
+         "aws_access_key_id": creds["access_key"], "aws_secret_access_key": creds["secret_key"]},
+        by="instance",
+    ).set_index("instance")  # fmt: skip
+    mtu = 9000 if fabric_cloud.profile == "fast" else 1500  # type: ignore[attr-defined]
+    assert frame.loc[b, "net_rx_bytes"] > 2 * mtu and frame.loc[b, "net_tx_bytes"] > 2 * mtu, frame.loc[b]
 
 
 @pytest.mark.vm

@@ -112,15 +112,21 @@ def _default_image(ec2: Any) -> str:
     return images[0]["ImageId"]
 
 
-#: The placements of a VPC pair (``cloud_vpc_pair``) and the kinds their results are filed under.
-KIND_OF_PLACEMENT = {"same-cluster": "vm-vpc-same-cluster", "cross-cluster": "vm-vpc-cross-cluster"}
+def vpc_kind(placement: str, vde_profile: str = "fast") -> str:
+    """The kind a VPC pair's results are filed under: its placement and the VDE profile it ran on."""
+    return f"vm-vpc-{placement}-{vde_profile}"
+
+
+#: The placements of a VPC pair (``cloud_vpc_pair``) and the kinds their results are filed under (default profile).
+KIND_OF_PLACEMENT = {p: vpc_kind(p) for p in ("same-cluster", "cross-cluster")}
 
 
 @contextlib.contextmanager
 def cloud_vpc_pair(
-    placement: str, boot_timeout: float = 180, instance_type: str = INSTANCE_TYPE
+    placement: str, boot_timeout: float = 180, instance_type: str = INSTANCE_TYPE, vde_profile: str = "fast"
 ) -> Iterator[PathUnderTest]:
-    """Two instances of one VPC on a vde cloud of two clusters, the second behind a NAT (``--nat-cluster``).
+    """Two instances of one VPC on a vde cloud of two clusters, the second behind a NAT (``--nat-cluster``), on
+    ``vde_profile`` (fast: a cable per subnet segment and MTU 9000 in the guests; classic: VLANs on one cable).
 
     ``same-cluster``: both in the first zone, in two subnets; ``cross-cluster``: one in each zone, the server
     behind the NAT. Both pairs are routed once, by the VPC's router on the first cluster, so their ratio is
@@ -130,10 +136,14 @@ def cloud_vpc_pair(
 
     if placement not in KIND_OF_PLACEMENT:
         raise ValueError(f"placement must be one of {', '.join(KIND_OF_PLACEMENT)}")
+    if vde_profile not in KIND_OF_PROFILE:
+        raise ValueError(f"vde_profile must be one of {', '.join(KIND_OF_PROFILE)}")
     with tempfile.TemporaryDirectory(prefix="cloudlab-netbench-") as tmp:
         layout = StateLayout(Path(tmp) / "state")
         started = time.monotonic()
-        config = CloudConfig(api_port=0, network="vde", network_model="vpc", clusters=2, nat_clusters=["cluster2"])
+        # launch=boot, as cloud_vms: no template built in the background while the pair is measured
+        config = CloudConfig(api_port=0, network="vde", network_model="vpc", clusters=2, nat_clusters=["cluster2"],
+                             vde_profile=vde_profile, launch="boot")  # fmt: skip
         servicectl.up(layout, config, timeout_s=180)
         try:
             cloud = connect(str(layout.root))
@@ -164,9 +174,11 @@ def cloud_vpc_pair(
             server, client = instance_remote(cloud, server_id), instance_remote(cloud, client_id)
             for remote in (server, client):
                 remote.wait_ready(60)
+            mtu = client.run("cat $(ls -d /sys/class/net/* | grep -v /lo$ | head -1)/mtu", timeout=20).stdout.strip()
             yield PathUnderTest(
-                kind=KIND_OF_PLACEMENT[placement],
-                label=f"cloudlab vde, one VPC, {placement} (two clusters, cluster2 behind a NAT)",
+                kind=vpc_kind(placement, vde_profile),
+                label=f"cloudlab vde --vde-profile {vde_profile}, one VPC, {placement} (two clusters, cluster2 behind"
+                " a NAT)",
                 built_by="cloudlab",
                 server=server,
                 client=client,
@@ -174,6 +186,8 @@ def cloud_vpc_pair(
                 extra={
                     "instances": ids,
                     "zones": [zones[0], far],
+                    "vde_profile": vde_profile,
+                    "guest_mtu": int(mtu) if mtu.isdigit() else mtu,
                     "ready_s": round(time.monotonic() - started, 2),
                     "boot_s": round(booted_s, 2),
                 },

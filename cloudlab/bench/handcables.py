@@ -10,6 +10,9 @@ cross-cluster pair has a baseline of the same shape:
   namespace with a tap on switch A, like every VM pair of ``cloudlab.bench.handmade``. Each VM's NIC is
   attached as cloudlab attaches it (``cloudlab.nc.vde_nics``): QEMU's tap and a ``vde_plug`` tap on one
   Linux bridge per VM (``attach="qemu"``: QEMU's own ``vde`` netdev instead, kind ``...-qemu``).
+- ``vms_vde_nat_cable(image, switch="vdeplug-switch", mtu=9000)``: the same with vdeplug4's ``switch://`` on
+  each host and MTU 9000 on every link of the segment, guests included: the fast profile's shape
+  (``cloudlab.cc.fabric_cables``), kind ``vm-vde-nat-cable-vdeplug-switch-mtu9000``.
 
 Everything lives in a ``cloudlab.bench.lab.Lab`` (namespaces ``clb<hex>-hand-<role>``), removed on exit.
 """
@@ -55,17 +58,27 @@ NAT_RULES = """table ip hand_nat {
 
 @contextlib.contextmanager
 def vms_vde_nat_cable(
-    image: Any = None, boot_timeout: float = 60, ssh_timeout: float = 60, attach: str = "tap"
+    image: Any = None,
+    boot_timeout: float = 60,
+    ssh_timeout: float = 60,
+    attach: str = "tap",
+    switch: str = "vde_switch",
+    mtu: int | None = None,
 ) -> Iterator[PathUnderTest]:
-    """Two TCG VMs on two vde_switches joined by a TCP cable that host B dials through a masquerading NAT."""
+    """Two TCG VMs on two switches (``vde_switch``, or vdeplug4's ``vdeplug-switch``) joined by a TCP cable that
+    host B dials through a masquerading NAT; ``mtu`` on every link of the segment and in the guests."""
     if attach not in ("tap", "qemu"):
         raise ValueError("attach must be tap or qemu")
+    if switch not in ("vde_switch", "vdeplug-switch"):
+        raise ValueError("switch must be vde_switch or vdeplug-switch")
+    if mtu is not None and (switch == "vde_switch" or attach != "tap"):
+        raise ValueError("jumbo frames need vdeplug-switch and tap attachment (vde_switch drops them)")
     image = _default_image(image)
     with open_lab() as lab:
         key, pubkey = _keypair(lab)
         ha, hb, nat, m = lab.netns("ha"), lab.netns("hb"), lab.netns("nat"), lab.netns("m")
         started = time.monotonic()
-        sock_a, sock_b = lab.vde_switch("swa", ha), lab.vde_switch("swb", hb)
+        sock_a, sock_b = lab.vde_switch("swa", ha, switch), lab.vde_switch("swb", hb, switch)
         lab.vde_tap(sock_a, m, "tap0", f"{NET}.100")
         # the WAN: host A's u0 and the NAT's w0; behind the NAT: its i0 and host B's u0
         lab.veth(ha, "u0", nat, "w0")
@@ -111,10 +124,15 @@ def vms_vde_nat_cable(
         route = vma.run(f"ip route get {NET}.2", timeout=20)
         if route.returncode != 0 or " via " in route.stdout:
             raise BuildError(f"in vma, {NET}.2 is not on its own segment: {route.stdout} {route.stderr}")
+        if mtu is not None:
+            _jumbo(lab, m, ((1, ha), (2, hb)), (vma, vmb), int(mtu))
+        suffix = ("-qemu" if attach == "qemu" else "") + ("-vdeplug-switch" if switch != "vde_switch" else "")
+        suffix += f"-mtu{int(mtu)}" if mtu is not None else ""
         yield PathUnderTest(
-            "vm-vde-nat-cable" + ("-qemu" if attach == "qemu" else ""),
+            "vm-vde-nat-cable" + suffix,
             f"TCG VMs ({'QEMU vde netdev' if attach == 'qemu' else 'taps bridged to vde_plug taps'}) on two"
-            " vde_switches, a TCP cable dialled through a masquerading NAT",
+            f" {'vde_switches' if switch == 'vde_switch' else 'vdeplug4 switches'}, a TCP cable dialled through a"
+            " masquerading NAT" + (f", MTU {int(mtu)}" if mtu is not None else ""),
             "hand",
             vmb,
             vma,
@@ -122,9 +140,27 @@ def vms_vde_nat_cable(
             {
                 "ends": "vms",
                 "attach": attach,
+                "switch": switch,
+                "mtu": mtu,
                 "accel": "tcg",
                 "boot_s": round(boot_s, 2),
                 "ready_s": round(time.monotonic() - started, 2),
                 "namespaces": list(lab.namespaces),
             },
         )
+
+
+def _jumbo(lab: Any, m: str, hosts: tuple[tuple[int, str], ...], vms: tuple[SshRemote, SshRemote], mtu: int) -> None:
+    """``mtu`` on every link of the segment: the measuring tap, each VM's tap, plug tap and bridge, the guests' NICs."""
+    lab.ip(m, "link", "set", "tap0", "mtu", str(mtu))
+    for n, host in hosts:
+        for dev in (f"v{n}", f"p{n}", f"b{n}"):
+            lab.ip(host, "link", "set", dev, "mtu", str(mtu))
+    for vm in vms:  # the guest's NIC: the only interface besides lo
+        done = vm.run(
+            f"for d in $(ls /sys/class/net); do [ $d = lo ] || ip link set $d mtu {mtu}; done;"
+            " cat /sys/class/net/*/mtu",
+            timeout=20,
+        )
+        if done.returncode != 0 or str(mtu) not in done.stdout:
+            raise BuildError(f"mtu {mtu} in the guest: {done.stdout} {done.stderr}")

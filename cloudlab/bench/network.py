@@ -6,9 +6,10 @@ retransmits, ping RTT and loss, the machine's CPU. ``ratios`` compares paths (cl
 hand-built, direct against VDE) with the spread taken from the repeats.
 
 The VPC placements (``vpc_suite``, ``--vpc-only``): two instances of one VPC within one cluster and
-across two clusters of a vde cloud (the second behind a NAT, over the cable it dialled), beside the
-same cross-cluster path built by hand (``cloudlab.bench.handcables``), so the cross-cluster cost is a
-ratio of two paths measured in one run.
+across two clusters of a vde cloud (the second behind a NAT, over the cable it dialled), on each VDE
+profile (``--vpc-profiles``, default fast and classic), beside the same cross-cluster path built by hand
+(``cloudlab.bench.handcables``), so the cross-cluster cost of each profile is a ratio of two paths
+measured in one run.
 
 ``python -m cloudlab.bench.network --output results`` runs the hand-built suite.
 """
@@ -199,11 +200,26 @@ PROFILE_PAIRS = (
     ("vde fast/classic", f"cloudlab:{FAST_KIND}", "cloudlab:vm-vde"),
 )
 
-#: The VPC placements' ratios: what crossing clusters costs; cloudlab's cross-cluster path against the hand-built.
+#: The hand-built twin of each profile's cross-cluster path (``handcables.vms_vde_nat_cable``): classic's two
+#: vde_switches at MTU 1500, fast's two vdeplug4 switches at MTU 9000, each with a TCP cable through a NAT.
+HAND_NAT_CABLE = {"classic": "vm-vde-nat-cable", "fast": "vm-vde-nat-cable-vdeplug-switch-mtu9000"}
+#: The VPC placements' ratios (kinds as ``cloudpaths.vpc_kind`` names them): what crossing clusters costs on each
+#: profile, fast against classic across clusters, and each profile's cross-cluster path against its hand-built twin.
 VPC_PAIRS = (
-    ("VPC cross-cluster/same-cluster", "cloudlab:vm-vpc-cross-cluster", "cloudlab:vm-vpc-same-cluster"),
-    ("VPC cross-cluster cloudlab/hand", "cloudlab:vm-vpc-cross-cluster", "hand:vm-vde-nat-cable"),
-)
+    *(
+        (f"VPC cross-cluster/same-cluster --vde-profile {p}", f"cloudlab:vm-vpc-cross-cluster-{p}",
+         f"cloudlab:vm-vpc-same-cluster-{p}")
+        for p in ("fast", "classic")
+    ),
+    ("VPC cross-cluster fast/classic", "cloudlab:vm-vpc-cross-cluster-fast", "cloudlab:vm-vpc-cross-cluster-classic"),
+    *(
+        (f"VPC cross-cluster cloudlab/hand --vde-profile {p}", f"cloudlab:vm-vpc-cross-cluster-{p}",
+         f"hand:{HAND_NAT_CABLE[p]}")
+        for p in ("fast", "classic")
+    ),
+)  # fmt: skip
+#: The VDE profiles the VPC placements run on by default (``--vpc-profiles``).
+VPC_PROFILES = ("fast", "classic")
 
 
 def ratios(
@@ -307,26 +323,32 @@ def handmade_suite(
     return suite
 
 
-def vpc_suite(image: Any = None) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
-    """cloudlab's VPC pair within one cluster, then across clusters (through the NAT), then the same
-    cross-cluster path built by hand, measured one after the other (a drift in load hits them alike)."""
+def vpc_suite(
+    image: Any = None, profiles: Iterable[str] = VPC_PROFILES
+) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
+    """On each VDE profile of ``profiles`` in turn: cloudlab's VPC pair within one cluster, then across clusters
+    (through the NAT), then that cross-cluster path built by hand in the profile's shape, measured one after the
+    other (a drift in load hits them alike; every ratio but fast/classic is of neighbours)."""
     from cloudlab.bench.cloudpaths import cloud_vpc_pair
 
-    return [
-        functools.partial(cloud_vpc_pair, "same-cluster"),
-        functools.partial(cloud_vpc_pair, "cross-cluster"),
-        functools.partial(handcables.vms_vde_nat_cable, image),
-    ]
+    suite: list[Callable[[], AbstractContextManager[PathUnderTest]]] = []
+    for profile in profiles:
+        if profile not in VPC_PROFILES:
+            raise ValueError(f"unknown VDE profile {profile!r}: use {' or '.join(VPC_PROFILES)}")
+        suite += [functools.partial(cloud_vpc_pair, p, vde_profile=profile) for p in ("same-cluster", "cross-cluster")]
+        shape = {"switch": "vdeplug-switch", "mtu": 9000} if profile == "fast" else {}
+        suite.append(functools.partial(handcables.vms_vde_nat_cable, image, **shape))
+    return suite
 
 
 def full_suite(
-    hand: list[Callable[[], AbstractContextManager[PathUnderTest]]],
+    hand: list[Callable[[], AbstractContextManager[PathUnderTest]]], vpc_profiles: Iterable[str] = VPC_PROFILES
 ) -> list[Callable[[], AbstractContextManager[PathUnderTest]]]:
     """cloudlab's direct flavour and both vde profiles, each measured right before the hand-built path of the
     same kind (so that a drift in the machine's load hits both sides of a ratio alike), then the remaining
-    paths."""
+    paths, then the VPC placements."""
     ordered = vm_suite(hand)
-    return ordered + [f for f in hand if f not in ordered] + vpc_suite()
+    return ordered + [f for f in hand if f not in ordered] + vpc_suite(profiles=vpc_profiles)
 
 
 def _kind_of(factory: Any) -> str | None:
@@ -409,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chart", action="store_true", help="also write PNG charts")
     parser.add_argument("--vpc-only", action="store_true", help="only the VPC placements (same/cross-cluster, hand)")
     parser.add_argument(
+        "--vpc-profiles", default=",".join(VPC_PROFILES), help="VDE profiles of the VPC placements (fast,classic)"
+    )
+    parser.add_argument(
         "--vde-only",
         action="store_true",
         help="only VM to VM: direct, vde fast and vde classic, each beside its hand-built twin (the VDE penalty)",
@@ -416,12 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     transports = [t for t in args.transports.split(",") if t]
     suite = handmade_suite(include_vms=not args.no_vms, transports=transports, variants=args.variants)
+    profiles = [p for p in args.vpc_profiles.split(",") if p]
     if args.vpc_only:
-        suite = vpc_suite()
+        suite = vpc_suite(profiles=profiles)
     elif args.vde_only:
         suite = vm_suite()
     elif not args.no_cloud and not args.no_vms:
-        suite = full_suite(suite)
+        suite = full_suite(suite, profiles)
     df = run_paths(suite, repeats=args.repeats, duration_s=args.duration, streams=args.streams)
     files = write_results(df, args.output, "network")
     summary = summarise(df)

@@ -21,6 +21,11 @@ cluster's underlay veth, as a CC on its own site would; the NAT stands between s
 The cables are supervised by the networks they end in (``ClusterNetwork.uplinks``, role
 ``cluster cable <peer>``): a dialer whose cable is cut dials again within a supervision round, and the
 event goes into that cluster's network history, which ``cloudlab status`` shows.
+
+That is the classic VDE profile, whose ``vde_switch`` tags VLANs. On the fast profile (the default) a segment is
+a switch of its own per host and there are no VLANs to tag, so the fabric gives each VPC subnet's segment a
+cable of its own per cluster instead, dialled the same way, made when the cluster first carries the segment
+(:mod:`cloudlab.cc.fabric_cables`; role ``cluster cable <peer> vlan <vid>``). The WAN and the NATs are the same.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import ipaddress
 import logging
 from typing import Any
 
+from cloudlab.cc.fabric_cables import SegmentUplinks
 from cloudlab.config import CloudConfig
 from cloudlab.net import NetError, links, netns, vde_plugs
 
@@ -75,6 +81,9 @@ class Fabric:
             raise NetError("a fabric joins two clusters or more")
         if networks[0].cluster in nat_clusters:
             raise NetError(f"the hub cluster {networks[0].cluster} cannot sit behind a NAT")
+        profiles = {n.profile for n in networks}
+        if len(profiles) > 1:  # a VLAN trunk and a cable per segment do not meet
+            raise NetError(f"the clusters of one fabric need one VDE profile, not {' and '.join(sorted(profiles))}")
         self.namespace = f"{prefix}-wan"
         self.networks = networks  # cloudlab.cc.network.ClusterNetwork, the hub first
         self.nat_clusters = list(nat_clusters)
@@ -110,8 +119,11 @@ class Fabric:
         links.bridge(self.namespace, "wan0", vlan_filtering=False)
         for index, network in enumerate(self.networks, start=1):
             self._edge(index, network)
-        for index, network in enumerate(self.networks[1:], start=2):
-            self._cable(index, network)
+        if self.hub.segments is not None:  # fast: a cable per segment and cluster, made with the segments
+            self._segment_cables()
+        else:
+            for index, network in enumerate(self.networks[1:], start=2):
+                self._cable(index, network)
         log.info("fabric: %d clusters joined to %s over %s", len(self.networks) - 1, self.hub.cluster, self.namespace)
 
     def _edge(self, index: int, network: Any) -> None:
@@ -177,6 +189,17 @@ class Fabric:
         dialer.start()
         network.add_uplink(hub.cluster, dialer, port)
 
+    def _segment_cables(self) -> None:
+        """Fast profile: the hub listens and every other cluster dials, per segment, for the segments carried now
+        and every one carried later (:class:`~cloudlab.cc.fabric_cables.SegmentUplinks`). The hub first, so that
+        its listeners exist when the others dial."""
+        hub_address = self.edge_address(1)
+        others = {n.cluster: index for index, n in enumerate(self.networks[1:], start=2)}
+        self.hub.segments.join(SegmentUplinks(self.hub, listen=True, address=hub_address, peers=others))
+        for network in self.networks[1:]:
+            peer = {self.hub.cluster: others[network.cluster]}
+            network.segments.join(SegmentUplinks(network, listen=False, address=hub_address, peers=peer))
+
     # -- views and teardown -----------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         return {
@@ -184,6 +207,7 @@ class Fabric:
             "hub": self.hub.cluster,
             "nat_clusters": list(self.nat_clusters),
             "edges": {n.cluster: getattr(n, "edge", None) for n in self.networks},
+            "cables": "one per cluster, VLANs tagged" if self.hub.segments is None else "one per segment and cluster",
         }
 
     def teardown(self) -> None:

@@ -25,8 +25,8 @@ segment a vdeplug4 switch of its own on every host instead, with jumbo frames an
 
 Clusters of one cloud on vde with VPCs are joined by :mod:`cloudlab.cc.fabric`: the first host's switch then
 has *uplinks*, cables to other clusters' switches, which carry every VPC subnet's VLAN and are supervised
-here like the cables between hosts. The root namespace's routes and the sweep are in
-:mod:`cloudlab.cc.network_host`.
+here like the cables between hosts (fast: a cable per segment instead, held by ``segments.uplinks``). The root
+namespace's routes and the sweep are in :mod:`cloudlab.cc.network_host`.
 """
 
 from __future__ import annotations

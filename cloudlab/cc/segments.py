@@ -28,8 +28,10 @@ vde netdev on the segment switch (no tap: the guest then segments and checksums 
 is per frame and out of reach here: ``vde_plug``'s taps carry no virtio-net header, so no offload crosses VDE
 (the receiving guest checksums every frame under TCG), and each frame passes three user-space processes.
 
-What it cannot do yet: the fabric between clusters trunks every VPC subnet's VLAN over one cable, so a cloud
-of several clusters on the VPC model runs classic (``CloudConfig.vde_profile_in_use``).
+Between clusters (a VPC spanning zones, :mod:`cloudlab.cc.fabric`), a segment has a cable of its own too, from
+each other cluster's first host to the first cluster's (:mod:`cloudlab.cc.fabric_cables`): the fabric installs
+them as :attr:`FastSegments.uplinks`; each is made with its segment and kept as long as the segment, like the
+cables between hosts.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class FastSegments:
         self.network = network
         self.switches: dict[tuple[str, int], vde_plugs.SegmentSwitch] = {}
         self.cables: dict[tuple[str, int], list[Any]] = {}
+        #: The cables to other clusters (cloudlab.cc.fabric_cables.SegmentUplinks), set by the fabric; None: alone.
+        self.uplinks: Any = None
 
     def _hosts(self) -> list[Any]:
         return list(self.network.hosts.values())
@@ -91,6 +95,15 @@ class FastSegments:
         for host in hosts[1:]:
             if (host.node, vid) not in self.cables:
                 self.cables[(host.node, vid)] = self._cable(first, host, vid)
+        if self.uplinks is not None:
+            self.uplinks.carry(vid)
+
+    def join(self, uplinks: Any) -> None:
+        """Cables to other clusters from now on (the fabric's): for every segment carried already, and each new one."""
+        with self.network._lock:  # (the plan's apply carries segments under it too)
+            self.uplinks = uplinks
+            for vid in sorted({vid for _node, vid in self.switches}):
+                uplinks.carry(vid)
 
     def _cable(self, first: Any, host: Any, vid: int) -> list[Any]:
         here, there = self.switches[(first.node, vid)], self.switches[(host.node, vid)]
@@ -127,7 +140,7 @@ class FastSegments:
             found.append((f"segment switch {node} vlan {vid}", switch))
         for (node, vid), cables in sorted(self.cables.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             found += [(f"segment cable {node} vlan {vid}", cable) for cable in cables]
-        return found
+        return found + (self.uplinks.processes() if self.uplinks is not None else [])
 
     def reattach(self, node: str, vid: int) -> None:
         """After segment ``vid``'s switch on ``node`` was restarted, what still runs into it dials again.
@@ -142,8 +155,12 @@ class FastSegments:
         plug = self.network.gateway_plugs.get(vid)
         if plug is not None and node == self._hosts()[0].node and plug.alive():
             plug.restart()
+        if self.uplinks is not None and node == self._hosts()[0].node:
+            self.uplinks.reattach(vid)
 
     def clear(self) -> None:
-        """Forget every switch and cable (the network's teardown has stopped them)."""
+        """Forget every switch and cable (the network's teardown has stopped them), and the fabric's cables: a
+        rebuilt network is joined again by the fabric that is built after it."""
         self.switches.clear()
         self.cables.clear()
+        self.uplinks = None

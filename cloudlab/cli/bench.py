@@ -43,6 +43,11 @@ group("bench", help="benchmarks (results as CSV, JSON and charts)", state=False)
             action="store_true",
             help="only one VPC's pair within a cluster, across two clusters (through a NAT) and that path by hand",
         ),
+        arg(
+            "--vpc-profiles",
+            default="fast,classic",
+            help="VDE profiles the VPC pairs run on, each within and across clusters (default fast,classic)",
+        ),
     ],
 )
 def bench_network(args: argparse.Namespace) -> int:
@@ -53,7 +58,7 @@ def bench_network(args: argparse.Namespace) -> int:
     argv = ["--output", args.output, "--repeats", str(args.repeats), "--duration", str(args.duration),
             "--streams", str(args.streams), "--transports", args.transports, "--chart"]  # fmt: skip
     argv += ["--no-cloud"] * args.no_cloud + ["--no-vms"] * args.no_vms + ["--variants"] * args.variants
-    argv += ["--vpc-only"] * args.vpc_only + ["--vde-only"] * args.vde_only
+    argv += ["--vpc-only"] * args.vpc_only + ["--vde-only"] * args.vde_only + ["--vpc-profiles", args.vpc_profiles]
     return network_main(argv)
 
 

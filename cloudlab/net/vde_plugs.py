@@ -334,6 +334,16 @@ def _check_port(port: int) -> None:
         raise NetError(f"port {port} out of range: use 1-65535")
 
 
+def no_delay(sock: socket.socket) -> None:
+    """Send each frame at once (``TCP_NODELAY``), as the benchmark's hand-built cables do.
+
+    A cable carries one frame per ``vde_plug`` write; Nagle's algorithm holds a small one (the inner TCP's ACKs,
+    say) back until the previous write is acknowledged, and the far kernel delays that acknowledgement. Measured
+    between namespaces across the fabric's cable and a VPC router (tests/test_fabric_fast.py's path, iperf3 3 s,
+    2 cores at load 8-9): median 0.83 against 0.48 Gbit/s on the fast profile, 0.26 against 0.19 on classic."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class TcpCableListener(_PlugProcess):
     """The listening end of a TCP cable: each accepted connection becomes ``vde_plug vde://SOCK`` on that socket.
 
@@ -412,6 +422,7 @@ class TcpCableListener(_PlugProcess):
                 return
             with conn:
                 conn.setblocking(True)
+                no_delay(conn)
                 old, self._proc = self._proc, None
                 stop_process(old)
                 try:
@@ -476,6 +487,7 @@ class TcpCableDialer(_PlugProcess):
                 sock.close()
                 raise
             sock.settimeout(None)
+            no_delay(sock)
             return sock
 
         try:
